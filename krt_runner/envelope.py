@@ -1,0 +1,111 @@
+"""The KRE v1 wire format: KreNatsMessage bytes in and out, gzip, tracking, timestamps."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from datetime import datetime, timezone
+
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import DecodeError, Message
+
+from ._proto.kre_nats_msg_pb2 import KreNatsMessage
+from .errors import EnvelopeError, PayloadTooLargeError
+
+__all__ = [
+    "AnyMessage",
+    "KreNatsMessage",
+    "decode",
+    "encode",
+    "pack",
+    "parse_timestamp",
+    "timestamp",
+]
+
+GZIP_MAGIC = b"\x1f\x8b"
+# Inflating in chunks bounds memory to one chunk past the cap, whatever the ratio.
+_INFLATE_CHUNK = 1024 * 1024
+# Compression level 6 is gzip's default: a fair trade of CPU for size.
+_GZIP_LEVEL = 6
+# Naive UTC with microseconds always present, as KRE v1's Python and Go runners write and parse.
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """An ISO 8601 UTC timestamp as KRE v1 writes it: ``2026-01-02T03:04:05.123456``."""
+    moment = moment or datetime.now(timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Read a tracking timestamp: naive (taken as UTC), with ``Z``, or with an offset."""
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(_trim_fraction(value))
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _trim_fraction(value: str) -> str:
+    """Python 3.10 reads at most 6 fractional digits; Go writes up to 9."""
+    if "." not in value:
+        return value
+    head, tail = value.split(".", 1)
+    digits = len(tail) - len(tail.lstrip("0123456789"))
+    return f"{head}.{tail[:min(digits, 6)]:0<6}{tail[digits:]}"
+
+
+def decode(data: bytes, *, max_decompressed: int) -> KreNatsMessage:
+    """Parse received bytes, inflating gzip (capped at ``max_decompressed`` bytes) first."""
+    if data[:2] == GZIP_MAGIC:
+        data = _gunzip(data, max_decompressed)
+    message = KreNatsMessage()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        raise EnvelopeError(f"message is not a KreNatsMessage ({len(data)} bytes): {exc}") from None
+    return message
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    chunks: list[bytes] = []
+    size = 0
+    pending = data
+    try:
+        while pending and not inflater.eof:
+            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+            size += len(chunk)
+            if size > limit:
+                raise EnvelopeError(f"gzip message inflates to more than {limit} bytes (KRT_MAX_DECOMPRESSED_BYTES)")
+            chunks.append(chunk)
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise EnvelopeError(f"message has a gzip header but is not valid gzip: {exc}") from None
+    if not inflater.eof:
+        raise EnvelopeError("gzip message is truncated")
+    return b"".join(chunks)
+
+
+def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
+    """Serialize, gzip-compressing when over ``max_payload``; raise when still too large."""
+    data = message.SerializeToString()
+    if len(data) <= max_payload:
+        return data
+    compressed = gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)
+    if len(compressed) > max_payload:
+        raise PayloadTooLargeError(
+            f"answer is {len(data)} bytes, {len(compressed)} compressed, over the server's max payload of {max_payload}"
+        )
+    return compressed
+
+
+def pack(result: Message) -> AnyMessage:
+    """Wrap a handler result in ``Any``; an ``Any`` is used as is."""
+    if isinstance(result, AnyMessage):
+        return result
+    wrapped = AnyMessage()
+    wrapped.Pack(result)
+    return wrapped

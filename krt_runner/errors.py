@@ -1,0 +1,52 @@
+"""One hierarchy for every error krt-runner raises on purpose."""
+
+from __future__ import annotations
+
+
+class KrtRunnerError(Exception):
+    """Base class of every error krt-runner raises on purpose."""
+
+
+class ConfigError(KrtRunnerError):
+    """One or more settings are missing or invalid; ``problems`` lists each of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"invalid settings ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class HandlerLoadError(KrtRunnerError):
+    """The handler module could not be found, imported or lacks ``handler``."""
+
+
+class EnvelopeError(KrtRunnerError):
+    """Bytes received are not a valid (possibly gzip-compressed) KreNatsMessage."""
+
+
+class PayloadTooLargeError(KrtRunnerError):
+    """An answer is over the server's max payload even after compression."""
+
+
+class HandlerTimeoutError(KrtRunnerError):
+    """The handler did not finish within ``KRT_HANDLER_TIMEOUT``."""
+
+
+class InvalidResultError(KrtRunnerError):
+    """The handler returned something that is not a protobuf message."""
+
+
+class ReplyError(KrtRunnerError):
+    """``ctx.reply`` was called twice, or with no requester to answer."""
+
+
+class BrokerConnectError(KrtRunnerError):
+    """The first connection to NATS failed for a reason retrying cannot fix."""
+
+
+class HandlerError(KrtRunnerError):
+    """The user's handler raised; the message names the exception."""
+
+
+class InitError(KrtRunnerError):
+    """The user's ``init`` raised; the node does not start."""

@@ -1,0 +1,332 @@
+"""A node's life cycle and its per-message pipeline.
+
+Start-up order (fixed and logged): settings, handler module (both done by the
+CLI), connect, ``init`` awaited to the end, subscribe. No message reaches a
+half-initialised node.
+
+Shutdown order: stop intake (unsubscribe; nats-py runs the callbacks of what it
+already holds), wait for in-flight messages up to ``KRT_DRAIN_TIMEOUT``, flush
+the answers and close NATS, flush measurements. Every message taken gets its
+answer before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+
+from . import envelope
+from .broker import Broker
+from .config import Settings
+from .context import HandlerContext, NodeState
+from .envelope import AnyMessage, KreNatsMessage
+from .errors import (
+    BrokerConnectError,
+    HandlerError,
+    HandlerTimeoutError,
+    InitError,
+    InvalidResultError,
+    KrtRunnerError,
+    ReplyError,
+)
+from .handler import Caller, UserCode
+from .logging import node_logger
+from .measurements import Measurement, NodePoints, PointSink
+
+
+class Job:
+    """One message on its way through the node."""
+
+    __slots__ = ("hops", "replied", "reply", "request", "started", "started_at")
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.request: KreNatsMessage | None = None
+        self.hops = 0  # tracking entries received, before this node's own
+        self.replied = False
+        self.started = time.perf_counter()
+        self.started_at = envelope.timestamp()
+
+    @property
+    def tracking_id(self) -> str:
+        return self.request.tracking_id if self.request is not None else ""
+
+
+class Node:
+    """One running node: a NATS subscription calling the user's handler once per message."""
+
+    def __init__(self, settings: Settings, code: UserCode, *, sink: PointSink) -> None:
+        self.settings = settings
+        self.code = code
+        self.name = settings.node_name or code.name
+        self.log = node_logger(node=self.name, workflow=settings.workflow_name, version=settings.version)
+        self._sink = sink
+        self._points = NodePoints(
+            sink=sink,
+            workflow=settings.workflow_name,
+            version=settings.version,
+            node=self.name,
+            last_node=settings.is_last_node,
+        )
+        measurement = Measurement(sink=sink, version=settings.version)
+        self.state = NodeState(base_path=settings.base_path, logger=self.log, measurement=measurement)
+        self.broker = Broker(settings, self.log)
+        self._caller = Caller(workers=settings.concurrency)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._debug = settings.log_level == "debug"
+        self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
+        self.ready = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, run ``init`` to the end, then subscribe."""
+        self.state.loop = asyncio.get_running_loop()
+        self.log.info("connecting to NATS", servers=self.settings.describe()["nats_servers"])
+        await self.broker.connect()
+        await self._run_init()
+        queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
+        await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self._on_message)
+        self.ready.set()
+        self.log.info("node ready", input=self.settings.input_subject, output=self.settings.output_subject or None)
+
+    async def _run_init(self) -> None:
+        if self.code.init is None:
+            return
+        self.log.info("running init")
+        started = time.perf_counter()
+        try:
+            await self._caller.call(self.code.init, HandlerContext(self.state))
+        except Exception as exc:
+            raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
+        self.log.info("init done", seconds=round(time.perf_counter() - started, 3))
+
+    async def stop(self) -> None:
+        """Stop intake, finish in-flight messages, publish their answers, flush measurements."""
+        self.log.info("draining: no new messages; finishing those in flight", in_flight=len(self._in_flight))
+        deadline = time.monotonic() + self.settings.drain_timeout
+        try:
+            await asyncio.wait_for(self.broker.stop_intake(), timeout=self.settings.drain_timeout)
+        except asyncio.TimeoutError:
+            self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
+        await self._wait_in_flight(deadline)
+        await self.broker.close()
+        await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
+        self._caller.close()
+        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops)
+
+    async def _wait_in_flight(self, deadline: float) -> None:
+        if not self._in_flight:
+            return
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=max(0.0, deadline - time.monotonic()))
+        if pending:
+            self.log.error("drain timeout: cancelling unfinished messages", unfinished=len(pending))
+            for task in pending:
+                task.cancel()
+
+    # -- per message -------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        if self.settings.concurrency == 1:
+            await self.handle(msg.data, msg.reply)
+            return
+        await self._slots.acquire()  # back-pressure: nats-py keeps the rest in its pending queue
+        task = asyncio.get_running_loop().create_task(self._handle_in_slot(msg.data, msg.reply))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _handle_in_slot(self, data: bytes, reply: str) -> None:
+        try:
+            await self.handle(data, reply)
+        finally:
+            self._slots.release()
+
+    async def handle(self, data: bytes, reply: str) -> None:
+        """Process one message: every path ends in exactly one answer, or a logged drop."""
+        self.counts["received"] += 1
+        job = Job(reply)
+        error = ""
+        try:
+            self._decode(job, data)
+            result = await self._call_handler(job)
+            await self._send_answer(job, result)
+            self.counts["answered"] += 1
+        except Exception as exc:
+            error = "failed"
+            await self._send_error(job, exc)
+        finally:
+            self._record(job, error)
+
+    def _decode(self, job: Job, data: bytes) -> None:
+        request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
+        job.request = request
+        job.hops = len(request.tracking)
+        if not job.reply:
+            job.reply = request.reply
+        if self._debug:
+            self.log.debug("message received", tracking_id=request.tracking_id, bytes=len(data))
+
+    async def _call_handler(self, job: Job) -> Any:
+        assert job.request is not None
+        ctx = HandlerContext(self.state, job.request.tracking_id, lambda message: self._early_reply(job, message))
+        call = self._caller.call(self.code.handler, ctx, job.request.payload)
+        timeout = self.settings.handler_timeout
+        try:
+            if timeout is None:
+                return await call
+            return await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError as exc:
+            if timeout is not None and time.perf_counter() - job.started >= timeout:
+                raise HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)") from None
+            raise HandlerError(f"handler raised {_describe(exc)}") from exc
+        except Exception as exc:
+            raise HandlerError(f"handler raised {_describe(exc)}") from exc
+
+    async def _send_answer(self, job: Job, result: Any) -> None:
+        request = job.request
+        assert request is not None
+        if not isinstance(result, Message):
+            raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
+        request.reply = job.reply
+        request.replied = request.replied or job.replied
+        request.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
+        if isinstance(result, AnyMessage):
+            request.payload.CopyFrom(result)
+        else:
+            request.payload.Pack(result)
+        await self._publish_answer(job, request)
+
+    async def _publish_answer(self, job: Job, answer: KreNatsMessage) -> None:
+        subject = self.settings.output_subject or ("" if answer.replied else job.reply)
+        if subject:
+            await self.broker.publish(subject, envelope.encode(answer, max_payload=self.broker.max_payload))
+            if self._debug:
+                self.log.debug("answer published", tracking_id=answer.tracking_id, subject=subject)
+        elif not answer.replied:
+            self.counts["dropped"] += 1
+            self.log.warning("answer dropped: last node and no reply subject", tracking_id=answer.tracking_id)
+
+    async def _early_reply(self, job: Job, message: Message) -> None:
+        request = job.request
+        assert request is not None
+        if job.replied or request.replied:
+            raise ReplyError("ctx.reply() was already called for this request; a request gets one answer")
+        if not job.reply:
+            raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
+        answer = self._answer_envelope(job, request)
+        answer.replied = True
+        answer.payload.CopyFrom(envelope.pack(message))
+        await self.broker.publish(job.reply, envelope.encode(answer, max_payload=self.broker.max_payload))
+        job.replied = True
+
+    def _answer_envelope(self, job: Job, request: KreNatsMessage | None) -> KreNatsMessage:
+        answer = KreNatsMessage(tracking_id=request.tracking_id if request else "", reply=job.reply)
+        if request is not None:
+            answer.tracking.extend(request.tracking[: job.hops])
+        answer.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
+        return answer
+
+    async def _send_error(self, job: Job, exc: Exception) -> None:
+        self.counts["errors"] += 1
+        text = f"error in node '{self.name}': {_cause(exc)}"
+        answered = job.replied or (job.request is not None and job.request.replied)
+        self.log.error(text, tracking_id=job.tracking_id, exc_info=_traceback_worthy(exc))
+        if answered or not job.reply:
+            if not answered:
+                self.counts["dropped"] += 1
+                self.log.warning("error not sent: no reply subject", tracking_id=job.tracking_id)
+            return
+        answer = self._answer_envelope(job, job.request)
+        answer.error = text
+        try:
+            await self.broker.publish(job.reply, answer.SerializeToString())
+        except Exception as publish_exc:
+            self.log.error("could not publish error answer", error=_describe(publish_exc), tracking_id=job.tracking_id)
+
+    def _record(self, job: Job, error: str) -> None:
+        elapsed_ms = (time.perf_counter() - job.started) * 1000
+        request = job.request
+        previous = request.tracking[job.hops - 1] if request is not None and job.hops else None
+        self._points.record(
+            tracking_id=job.tracking_id,
+            node_from=previous.node_name if previous is not None else "",
+            elapsed_ms=elapsed_ms,
+            waiting_ms=_ms_between(previous.end if previous is not None else "", job.started_at),
+            workflow_ms=_ms_between(request.tracking[0].start, envelope.timestamp()) if request and job.hops else None,
+            error=error,
+        )
+
+
+def _ms_between(start: str, end: str) -> float:
+    if not start:
+        return 0.0
+    try:
+        delta = envelope.parse_timestamp(end) - envelope.parse_timestamp(start)
+    except ValueError:
+        return 0.0
+    return delta.total_seconds() * 1000
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__module__}.{type(value).__qualname__}"
+
+
+def _cause(exc: Exception) -> str:
+    if isinstance(exc, KrtRunnerError):
+        return str(exc)
+    return f"internal error {_describe(exc)}"
+
+
+def _traceback_worthy(exc: Exception) -> bool:
+    """Tracebacks for handler bugs and our own bugs; one line for bad input and limits."""
+    return isinstance(exc, HandlerError) or not isinstance(exc, KrtRunnerError)
+
+
+async def run_node(settings: Settings, code: UserCode, *, sink: PointSink) -> int:
+    """Run a node until SIGTERM or SIGINT; return the process exit code."""
+    node = Node(settings, code, sink=sink)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    starting = loop.create_task(node.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        node.log.info("stopped before start-up finished")
+        await node.broker.close()
+        return 0
+    stopping.cancel()
+    code_on_failure = _startup_failure(node, starting)
+    if code_on_failure is not None:
+        await node.broker.close()
+        return code_on_failure
+    await stop.wait()
+    node.log.info("signal received; stopping")
+    await node.stop()
+    return 0
+
+
+def _startup_failure(node: Node, starting: asyncio.Task[None]) -> int | None:
+    error = starting.exception()
+    if error is None:
+        return None
+    if isinstance(error, BrokerConnectError):
+        node.log.error(str(error))
+        return 2
+    if isinstance(error, InitError):
+        node.log.error(str(error), exc_info=error.__cause__)
+        return 1
+    raise error

@@ -1,0 +1,57 @@
+"""A test handler whose behaviour is chosen by the request's name.
+
+Every answer is a ``Request`` whose name is the input name followed by
+``>node`` so that chains of this handler show the path taken. Async version;
+``behaviours_sync.py`` is the same in sync functions.
+"""
+
+import asyncio
+import os
+
+from greeter_pb2 import Request, Response
+
+INIT_CALLS = 0
+NODE = os.environ.get("KRT_NODE_NAME", "node")
+
+
+async def init(ctx):
+    global INIT_CALLS
+    INIT_CALLS += 1
+    await asyncio.sleep(0.2)  # a slow init: no message may arrive before it ends
+    ctx.set("ready", "yes")
+
+
+def read_name(data):
+    if data.Is(Response.DESCRIPTOR):
+        response = Response()
+        data.Unpack(response)
+        return response.greeting
+    request = Request()
+    if not data.Unpack(request):
+        raise TypeError(f"expected greeter.Request, got {data.type_url}")
+    return request.name
+
+
+async def handler(ctx, data):
+    name = read_name(data)
+    command, _, argument = name.partition(":")
+    if command == "boom":
+        raise ValueError("boom requested")
+    if command == "none":
+        return None
+    if command == "notproto":
+        return {"not": "a protobuf message"}
+    if command == "sleep":
+        await asyncio.sleep(float(argument))
+    if command == "early":
+        await ctx.reply(Request(name="early answer"))
+    if command == "twice":
+        await ctx.reply(Request(name="first"))
+        await ctx.reply(Request(name="second"))
+    if command == "path":
+        return Request(name=ctx.path(argument))
+    if command == "get":
+        return Request(name=str(ctx.get(argument)))
+    if command == "init":
+        return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
+    return Request(name=f"{name}>{NODE}")

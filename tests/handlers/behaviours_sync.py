@@ -1,0 +1,36 @@
+"""``behaviours.py`` with a sync init and a sync handler (run on worker threads)."""
+
+import os
+import threading
+import time
+
+from behaviours import read_name
+from greeter_pb2 import Request
+
+INIT_CALLS = 0
+NODE = os.environ.get("KRT_NODE_NAME", "node")
+
+
+def init(ctx):
+    global INIT_CALLS
+    INIT_CALLS += 1
+    time.sleep(0.2)
+    ctx.set("ready", "yes")
+
+
+def handler(ctx, data):
+    name = read_name(data)
+    command, _, argument = name.partition(":")
+    if command == "boom":
+        raise ValueError("boom requested")
+    if command == "busy":  # CPU-bound, holding the GIL as little as Python allows
+        deadline = time.monotonic() + float(argument)
+        while time.monotonic() < deadline:
+            pass
+    if command == "early":
+        ctx.reply(Request(name="early answer"))
+    if command == "thread":
+        return Request(name=threading.current_thread().name)
+    if command == "init":
+        return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
+    return Request(name=f"{name}>{NODE}")

@@ -1,0 +1,293 @@
+"""A node end to end: real nats-server, real `krt-runner run` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Requester, greeter_pb2, node_env, request_envelope, unpack
+
+from krt_runner.envelope import KreNatsMessage, decode
+
+HANDLERS = ROOT / "tests" / "handlers"
+GREETER = ROOT / "examples" / "greeter"
+# How long to keep listening for a second, unwanted answer.
+SECOND_ANSWER_WINDOW = 0.5
+
+
+async def answers_to(requester: Requester, subject: str, data: bytes, *, expect: int = 1) -> list[KreNatsMessage]:
+    """Publish ``data`` with a fresh inbox; collect every answer for a while after the first."""
+    nc = requester.nc
+    inbox = nc.new_inbox()
+    received: list[KreNatsMessage] = []
+    got_enough = asyncio.Event()
+
+    async def collect(msg) -> None:
+        received.append(decode(msg.data, max_decompressed=64 * 1024 * 1024))
+        if len(received) >= expect:
+            got_enough.set()
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    await nc.publish(subject, data, reply=inbox)
+    await asyncio.wait_for(got_enough.wait(), timeout=10)
+    await asyncio.sleep(SECOND_ANSWER_WINDOW)
+    await sub.unsubscribe()
+    return received
+
+
+def names(answer: KreNatsMessage) -> list[str]:
+    return [entry.node_name for entry in answer.tracking]
+
+
+async def test_single_node_round_trip_answers_the_requester(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, GREETER, "src/greet.py", input="greet-in"))
+
+    answer = await requester.greet("greet-in", "Ada")
+
+    assert answer.error == ""
+    assert unpack(answer, greeter_pb2.Response).greeting == "Hello, Ada!"
+    assert names(answer) == ["entrypoint", "greet"]
+
+
+async def test_three_node_chain_answers_with_every_tracking_entry_in_order(nats_server, start_node, requester):
+    for name, subject_in, subject_out in [("a", "s1", "s2"), ("b", "s2", "s3"), ("c", "s3", "")]:
+        start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input=subject_in, output=subject_out, name=name))
+
+    answer = await requester.greet("s1", "x")
+
+    assert unpack(answer, greeter_pb2.Request).name == "x>a>b>c"
+    assert names(answer) == ["entrypoint", "a", "b", "c"]
+    for entry in answer.tracking[1:]:
+        assert entry.start <= entry.end
+    assert answer.tracking[1].end <= answer.tracking[2].start
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+async def test_init_runs_once_before_any_message(nats_server, start_node, requester, module):
+    start_node(**node_env(nats_server, HANDLERS, module, input="in"))
+
+    answers = await asyncio.gather(*(requester.greet("in", "init") for _ in range(5)))
+
+    assert {unpack(a, greeter_pb2.Request).name for a in answers} == {"init_calls=1 ready=yes"}
+
+
+async def test_sync_handler_runs_on_a_worker_thread(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours_sync.py", input="in"))
+
+    answer = await requester.greet("in", "thread")
+
+    assert unpack(answer, greeter_pb2.Request).name.startswith("krt-handler")
+
+
+async def test_ctx_path_joins_onto_the_base_path(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in"))
+
+    answer = await requester.greet("in", "path:models/model.joblib")
+
+    assert unpack(answer, greeter_pb2.Request).name == str(HANDLERS / "models" / "model.joblib")
+
+
+async def test_ctx_get_of_a_missing_key_is_an_error_naming_the_key(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="getter"))
+
+    answer = await requester.greet("in", "get:nothing-here")
+
+    assert "getter" in answer.error
+    assert "KeyError" in answer.error and "nothing-here" in answer.error
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+async def test_handler_exception_gives_one_error_answer_and_the_node_keeps_serving(
+    nats_server, start_node, requester, module
+):
+    start_node(**node_env(nats_server, HANDLERS, module, input="in", name="failing"))
+
+    answers = await answers_to(requester, "in", request_envelope(greeter_pb2.Request(name="boom")).SerializeToString())
+    after = await requester.greet("in", "fine")
+
+    assert len(answers) == 1
+    assert "failing" in answers[0].error and "ValueError: boom requested" in answers[0].error
+    assert answers[0].tracking_id
+    assert unpack(after, greeter_pb2.Request).name == "fine>failing"
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [
+        (b"\x00\xffnot a protobuf at all\xff", "not a KreNatsMessage"),
+        (gzip.compress(b"x")[:8], "gzip"),
+    ],
+    ids=["random-bytes", "broken-gzip"],
+)
+async def test_undecodable_bytes_give_one_error_answer(nats_server, start_node, requester, data, cause):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="decoder"))
+
+    answers = await answers_to(requester, "in", data)
+    after = await requester.greet("in", "still-here")
+
+    assert len(answers) == 1
+    assert "decoder" in answers[0].error and cause in answers[0].error
+    assert unpack(after, greeter_pb2.Request).name == "still-here>decoder"
+
+
+async def test_wrong_payload_type_gives_one_error_answer(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="typed"))
+    wrong = request_envelope(KreNatsMessage(tracking_id="a message of the wrong type"), tracking_id="t-wrong")
+
+    answers = await answers_to(requester, "in", wrong.SerializeToString())
+
+    assert len(answers) == 1
+    assert answers[0].tracking_id == "t-wrong"
+    assert "typed" in answers[0].error and "expected greeter.Request" in answers[0].error
+
+
+@pytest.mark.parametrize(("command", "cause"), [("none", "returned None"), ("notproto", "not a protobuf message")])
+async def test_a_result_that_is_not_a_protobuf_message_gives_an_error_answer(
+    nats_server, start_node, requester, command, cause
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in"))
+
+    answers = await answers_to(requester, "in", request_envelope(greeter_pb2.Request(name=command)).SerializeToString())
+
+    assert len(answers) == 1 and cause in answers[0].error
+
+
+async def test_200_concurrent_requests_through_two_nodes_each_get_exactly_one_answer(
+    nats_server, start_node, requester
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="c1", output="c2", name="one"))
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="c2", name="two", KRT_CONCURRENCY="8"))
+
+    answers = await asyncio.gather(*(requester.greet("c1", f"r{i}") for i in range(200)))
+
+    assert sorted(unpack(a, greeter_pb2.Request).name for a in answers) == sorted(f"r{i}>one>two" for i in range(200))
+
+
+async def test_two_replicas_share_200_requests_each_handled_once(nats_server, start_node, requester):
+    replicas = [
+        start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="shared", name=f"replica{i}"))
+        for i in (1, 2)
+    ]
+
+    answers = await asyncio.gather(*(requester.greet("shared", f"r{i}") for i in range(200)))
+
+    handled_by = [unpack(a, greeter_pb2.Request).name.split(">")[1] for a in answers]
+    assert sorted(unpack(a, greeter_pb2.Request).name.split(">")[0] for a in answers) == sorted(
+        f"r{i}" for i in range(200)
+    )
+    assert handled_by.count("replica1") + handled_by.count("replica2") == 200
+    assert handled_by.count("replica1") > 0 and handled_by.count("replica2") > 0, "one replica took everything"
+    for replica in replicas:
+        replica.signal()
+        assert replica.wait() == 0
+    received = sum(_summary(replica.output)["received"] for replica in replicas)
+    assert received == 200
+
+
+def _summary(output: str) -> dict:
+    import json
+
+    for line in output.splitlines():
+        if '"stopped"' in line:
+            return json.loads(line)
+    raise AssertionError(f"no summary line in:\n{output}")
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+async def test_early_reply_answers_at_once_and_the_last_node_stays_silent(nats_server, start_node, requester, module):
+    start_node(**node_env(nats_server, HANDLERS, module, input="e1", output="e2", name="first"))
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="e2", name="last"))
+
+    answers = await answers_to(requester, "e1", request_envelope(greeter_pb2.Request(name="early")).SerializeToString())
+
+    assert len(answers) == 1
+    assert unpack(answers[0], greeter_pb2.Request).name == "early answer"
+    assert answers[0].replied
+
+
+async def test_a_second_early_reply_is_an_error_and_only_one_answer_is_sent(nats_server, start_node, requester):
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in"))
+
+    answers = await answers_to(requester, "in", request_envelope(greeter_pb2.Request(name="twice")).SerializeToString())
+
+    assert [unpack(a, greeter_pb2.Request).name for a in answers] == ["first"]
+    await asyncio.sleep(0.2)
+    assert "already called" in node.output
+
+
+async def test_a_3mb_payload_through_two_nodes_is_compressed_on_the_wire_and_arrives_intact(
+    nats_server, start_node, requester
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="big1", output="big2", name="n1"))
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="big2", name="n2"))
+    wire: list[bytes] = []
+
+    async def on_wire(msg) -> None:
+        wire.append(msg.data)
+
+    await requester.nc.subscribe("big2", cb=on_wire)
+    name = "lorem ipsum dolor sit amet " * (3 * 1024 * 1024 // 27)
+    request = gzip.compress(request_envelope(greeter_pb2.Request(name=name)).SerializeToString())
+
+    answer = await requester.request_raw("big1", request, timeout=20)
+
+    assert unpack(answer, greeter_pb2.Request).name == f"{name}>n1>n2"
+    assert len(wire) == 1 and wire[0][:2] == b"\x1f\x8b" and len(wire[0]) < 1024 * 1024
+
+
+async def test_sigterm_with_a_message_in_flight_delivers_its_answer_and_exits_0(nats_server, start_node, requester):
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="slow"))
+
+    pending = asyncio.ensure_future(requester.greet("in", "sleep:1.5"))
+    await asyncio.sleep(0.5)
+    node.signal(signal.SIGTERM)
+    answer = await pending
+
+    assert unpack(answer, greeter_pb2.Request).name == "sleep:1.5>slow"
+    assert await asyncio.to_thread(node.wait) == 0
+
+
+async def test_node_serves_again_after_nats_server_restarts_on_the_same_port(nats_server, start_node, requester):
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_NATS_RECONNECT_WAIT="0.2"))
+    assert unpack(await requester.greet("in", "before"), greeter_pb2.Request).name == "before>behaviours"
+
+    nats_server.stop(kill=True)
+    nats_server.start()
+    answer = await _retry_greet(requester, "in", "after", attempts=40)
+
+    assert unpack(answer, greeter_pb2.Request).name == "after>behaviours"
+    assert "reconnected to NATS" in node.output
+
+
+async def _retry_greet(requester: Requester, subject: str, name: str, *, attempts: int) -> KreNatsMessage:
+    for _ in range(attempts):
+        try:
+            return await requester.greet(subject, name, timeout=0.5)
+        except Exception:  # not reconnected yet: no responders, timeout or connection errors
+            await asyncio.sleep(0.25)
+    raise AssertionError(f"no answer after {attempts} attempts")
+
+
+def test_undecodable_message_with_no_reply_subject_is_dropped_and_logged(nats_server, start_node):
+    import nats as nats_client
+
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_LOG_LEVEL="info"))
+
+    async def publish() -> None:
+        nc = await nats_client.connect(nats_server.url)
+        await nc.publish("in", b"\xff\xfe garbage")
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    node.wait_for_line("error not sent: no reply subject", timeout=10)
+    assert node.process.poll() is None
+
+
+def test_base_path_from_a_dotted_module_name(nats_server, start_node, tmp_path: Path):
+    env = node_env(nats_server, HANDLERS, "behaviours", input="in")
+    node = start_node(**env)
+    assert node.process.poll() is None
