@@ -2,6 +2,8 @@
 
 from .context import HandlerContext
 from .errors import KrtRunnerError
+from .processor import Processor
+from .serve import serve
 
-__all__ = ["HandlerContext", "KrtRunnerError"]
+__all__ = ["HandlerContext", "KrtRunnerError", "Processor", "serve"]
 __version__ = "0.1.0"

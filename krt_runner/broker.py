@@ -1,22 +1,24 @@
 """The only module that talks to NATS: connect, subscribe, publish, drain, close.
 
 Reconnects are nats-py's own, told never to give up. Failures that retrying
-cannot fix (bad credentials, an untrusted certificate) stop the first connect
-with :class:`BrokerConnectError` instead of looping and hiding the cause.
+cannot fix (bad credentials, an untrusted certificate, TLS asked for but not
+offered) stop the first connect with :class:`BrokerConnectError` instead of
+looping and hiding the cause.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
 
 from .config import Settings, redact_url
@@ -26,6 +28,12 @@ MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer).
 _ERROR_LOG_INTERVAL = 5.0
 _FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
+_NO_TLS = "the server does not offer TLS"
+_CREDENTIAL_SETTINGS = (
+    "KRT_NATS_USER and KRT_NATS_PASSWORD, KRT_NATS_TOKEN, KRT_NATS_NKEY_SEED, KRT_NATS_CREDS "
+    "or the user:password in KRT_NATS_SERVER"
+)
+_TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -36,6 +44,30 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.nats_tls_cert and settings.nats_tls_key:
         context.load_cert_chain(str(settings.nats_tls_cert), str(settings.nats_tls_key))
     return context
+
+
+def tls_required(settings: Settings) -> bool:
+    """TLS settings or a ``tls://`` URL: the connection must be encrypted, never plaintext."""
+    return bool(settings.nats_tls_ca or settings.nats_tls_cert) or any(
+        url.startswith("tls://") for url in settings.nats_servers
+    )
+
+
+class _Client(Client):
+    """nats-py's client, refusing a server that does not offer TLS when TLS is asked for (as nats.go does).
+
+    nats-py upgrades to TLS only when the server's first INFO says so, and would
+    otherwise send the credentials in clear to a server without TLS or to
+    anyone who rewrites that INFO. The check runs before CONNECT is sent, on
+    every connect and reconnect.
+    """
+
+    require_tls = False
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and self.require_tls and not info.get("tls_required"):
+            raise NatsError(f"nats: {_NO_TLS}, and this node's settings require TLS")
+        await super()._process_info(info, initial_connection=initial_connection)
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:
@@ -61,9 +93,11 @@ class Broker:
     def __init__(self, settings: Settings, logger: Any) -> None:
         self._settings = settings
         self._log = logger
-        self._nc: Client = nats.NATS()
+        self._nc: Client = _Client()
+        self._nc.require_tls = tls_required(settings)
         self._subscription: Subscription | None = None
         self._connected_once = False
+        self._closing = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self._last_error_log = 0.0
         self.slow_consumer_drops = 0
@@ -85,7 +119,8 @@ class Broker:
         self._fatal = asyncio.get_running_loop().create_future()
         servers = list(self._settings.nats_servers)
         attempt = asyncio.ensure_future(self._nc.connect(servers=servers, **self._client_options()))
-        await asyncio.wait({attempt, self._fatal}, return_when=asyncio.FIRST_COMPLETED)
+        waiters: set[asyncio.Future[Any]] = {attempt, self._fatal}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not attempt.done():
             attempt.cancel()
             await self._close_quietly()
@@ -110,7 +145,7 @@ class Broker:
 
     def _fatal_message(self, error: BaseException) -> str:
         servers = ", ".join(redact_url(url) for url in self._settings.nats_servers)
-        return f"cannot connect to NATS at {servers}: {_describe(error)}; check the credentials and TLS settings"
+        return f"cannot connect to NATS at {servers}: {_explain(error)}"
 
     async def subscribe(self, subject: str, *, queue: str, callback: MessageCallback) -> None:
         self._subscription = await self._nc.subscribe(
@@ -133,12 +168,13 @@ class Broker:
         if self._subscription is None or self._nc.is_closed:
             return
         try:
-            await self._subscription.drain()
+            await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
         except Exception as exc:  # a connection lost mid-shutdown must not stop the shutdown
             self._log.warning("could not drain subscription", error=_describe(exc))
 
     async def close(self) -> None:
         """Flush what is queued for the server, then close."""
+        self._closing = True
         if self._nc.is_closed:
             return
         try:
@@ -148,10 +184,8 @@ class Broker:
             await self._close_quietly()
 
     async def _close_quietly(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing a connection that never opened
             await self._nc.close()
-        except Exception:  # noqa: S110 - closing a connection that never opened
-            pass
 
     def _server_url(self) -> str:
         url = self._nc.connected_url
@@ -161,9 +195,12 @@ class Broker:
         if isinstance(error, SlowConsumerError):
             self._on_slow_consumer()
             return
-        if not self._connected_once and _is_fatal(error) and self._fatal and not self._fatal.done():
-            self._fatal.set_result(error)
-            return
+        if not self._connected_once and self._fatal is not None:
+            if self._fatal.done():  # start-up already fails with the first fatal error; the rest is its echo
+                return
+            if _is_fatal(error):
+                self._fatal.set_result(error)
+                return
         if self._error_log_due():
             self._log.warning("NATS error", error=_describe(error), connected=self.is_connected)
 
@@ -185,7 +222,7 @@ class Broker:
         return True
 
     async def _on_disconnected(self) -> None:
-        if self._connected_once:
+        if self._connected_once and not self._closing:
             self._log.warning("disconnected from NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
@@ -201,6 +238,23 @@ def _is_fatal(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return any(marker in text for marker in _FATAL_MARKERS)
+
+
+def _explain(error: BaseException) -> str:
+    """One sentence for a fatal connect error: what went wrong and which settings to look at."""
+    text = str(error).strip()
+    if "authorization violation" in text.lower():
+        return f"the server refused the credentials (Authorization Violation); check {_CREDENTIAL_SETTINGS}"
+    if _NO_TLS in text:
+        return f"{_NO_TLS} but TLS is set ({_TLS_SETTINGS} or a tls:// URL); nothing was sent in clear"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"the server's TLS certificate is not trusted ({error.verify_message}); check {_TLS_SETTINGS}"
+    if isinstance(error, ssl.SSLError):
+        return (
+            f"the TLS handshake failed ({error.reason or text}): the server did not accept this node's certificate; "
+            f"check {_TLS_SETTINGS}"
+        )
+    return f"{_describe(error)}; check the credentials and TLS settings"
 
 
 def _describe(error: BaseException) -> str:

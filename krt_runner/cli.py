@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -13,6 +15,8 @@ import structlog
 from .config import OPTIONS, load_settings
 from .errors import ConfigError, HandlerLoadError
 from .handler import load_user_code
+from .health import DEFAULT_MAX_AGE
+from .health import check as health_problem
 from .logging import configure_logging
 
 EXIT_USAGE = 2
@@ -43,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         if details:
             print(details, file=sys.stderr, end="")
         return EXIT_USAGE
-    log.info("handler module loaded", handler=code.source, init=code.init is not None)
+    log.info("handler module loaded", handler=code.source, request=code.request_name, init=code.init is not None)
     return _serve(settings, code)
 
 
@@ -53,7 +57,10 @@ def _serve(settings: Any, code: Any) -> int:
 
     async def main() -> int:
         sink = make_sink(settings, structlog.get_logger("krt_runner"))
-        return await run_node(settings, code, sink=sink)
+        try:
+            return await run_node(settings, code, sink=sink)
+        finally:  # also when start-up failed: points saved by init are written, the writer thread ends
+            await sink.close(timeout=settings.influx_shutdown_timeout)
 
     return _run_async(main())
 
@@ -66,10 +73,93 @@ def _run_async(coroutine: Any) -> int:
     return int(uvloop.run(coroutine))
 
 
+def _add_up(commands: Any) -> None:
+    up = commands.add_parser("up", help="run every node of a KRT directory locally, on an embedded NATS")
+    up.add_argument("directory", type=Path, help="directory holding krt.yml")
+    up.add_argument("--nats", help="use this NATS server instead of starting one")
+    up.add_argument("--replicas", action="append", default=[], metavar="NODE=N", help="run N processes of NODE")
+    up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
+    up.add_argument("--workflow", help="the workflow --request goes to (needed when there are several)")
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
+    up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds every node gets to be ready")
+    up.set_defaults(command=_up)
+
+
+def _add_call(commands: Any) -> None:
+    call = commands.add_parser("call", help="send a JSON request to a workflow and print the answer")
+    call.add_argument("subject", help="the workflow's entry subject (krt-runner up prints it)")
+    call.add_argument("--proto", required=True, help="a .proto file (needs the proto extra) or a generated _pb2.py")
+    call.add_argument("--request", default="{}", help="the request as JSON, or @FILE")
+    call.add_argument("--method", help="the rpc whose input and output types to use")
+    call.add_argument("--request-type", help="request message name (overrides --method)")
+    call.add_argument("--response-type", help="response message name (overrides --method)")
+    call.add_argument("--nats", default=os.environ.get("KRT_NATS_SERVER", "nats://127.0.0.1:4222"), help="NATS URL")
+    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
+    call.add_argument("--repeat", type=_positive, default=1, help="send N requests and print a latency summary")
+    call.add_argument("--concurrency", type=_positive, default=1, help="requests in flight at once with --repeat")
+    call.set_defaults(command=_call)
+
+
+def _add_check_and_health(commands: Any) -> None:
+    check = commands.add_parser("check", help="validate krt.yml and import every node's handler (no NATS)")
+    check.add_argument("directory", type=Path, help="directory holding krt.yml")
+    check.set_defaults(command=_check)
+    health = commands.add_parser("health", help="exit 0 when the node's health file is fresh (an exec probe)")
+    health.add_argument("--health-file", default=os.environ.get("KRT_HEALTH_FILE", ""), help="default: KRT_HEALTH_FILE")
+    health.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE, help="seconds since the node last touched it")
+    health.set_defaults(command=_health)
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .up import UpOptions, parse_replicas, run_up
+
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as exc:
+        print(f"krt-runner up: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    options = UpOptions(
+        directory=args.directory, nats=args.nats, replicas=replicas, request=args.request,
+        workflow=args.workflow, timeout=args.timeout, ready_timeout=args.ready_timeout,
+    )  # fmt: skip
+    return run_up(options)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from .call import CallOptions, run_call
+
+    fields = ("subject", "nats", "proto", "request", "method", "request_type", "response_type", "timeout", "repeat")
+    return run_call(CallOptions(**{name: getattr(args, name) for name in fields}, concurrency=args.concurrency))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import run_check
+
+    return run_check(args.directory)
+
+
+def _health(args: argparse.Namespace) -> int:
+    problem = health_problem(args.health_file, max_age=args.max_age)
+    if problem:
+        print(f"krt-runner health: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krt-runner", description="Run KRT v1 workflow nodes on NATS.")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_run(commands)
+    _add_up(commands)
+    _add_call(commands)
+    _add_check_and_health(commands)
     return parser
 
 

@@ -103,6 +103,22 @@ def _input_subject(raw: str) -> str:
     return value
 
 
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(value)!r} is not an http(s) URL such as http://influxdb:8086")
+    _ = parts.port  # raises ValueError on a non-numeric port
+    return value.rstrip("/")
+
+
+def _file_to_write(raw: str) -> str:
+    path = Path(raw.strip()).expanduser()
+    if not path.parent.is_dir():
+        raise ValueError(f"{raw!r} is not in an existing directory")
+    return str(path)
+
+
 def _existing_dir(raw: str) -> Path:
     path = Path(raw).expanduser()
     if not path.is_dir():
@@ -190,7 +206,7 @@ OPTIONS: tuple[Option, ...] = (
            help="client certificate file for mutual TLS"),
     Option("nats_tls_key", "KRT_NATS_TLS_KEY", "--nats-tls-key", _existing_file, default=None,
            help="client private key file for mutual TLS"),
-    Option("influx_uri", "KRT_INFLUX_URI", "--influx", _text, default="",
+    Option("influx_uri", "KRT_INFLUX_URI", "--influx", _http_url, default="",
            help="InfluxDB URL (v2 write API); empty: points go to the measurements file"),
     Option("influx_token", "KRT_INFLUX_TOKEN", "--influx-token", _text, default="", secret=True,
            help="InfluxDB API token (user:password for the 1.8 compatibility API)"),
@@ -202,8 +218,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("influx_flush_interval", "KRT_INFLUX_FLUSH_INTERVAL", "--influx-flush-interval", _positive_float,
            default=1.0, help="seconds between writes of a partial batch"),
     Option("influx_max_buffered_points", "KRT_INFLUX_MAX_BUFFERED_POINTS", "--influx-max-buffered-points",
-           _positive_int, default=100_000, help="points kept while InfluxDB is unreachable; older ones are dropped"),
-    Option("measurements_file", "KRT_MEASUREMENTS_FILE", "--measurements-file", _text, default="",
+           _positive_int, default=100_000,
+           help="cap on points held in memory while writes fail; when full the oldest are dropped and counted"),
+    Option("influx_timeout", "KRT_INFLUX_TIMEOUT", "--influx-timeout", _positive_float, default=5.0,
+           help="seconds one write request may take before it counts as failed and is retried"),
+    Option("influx_shutdown_timeout", "KRT_INFLUX_SHUTDOWN_TIMEOUT", "--influx-shutdown-timeout", _positive_float,
+           default=5.0, help="seconds a stopping node spends writing buffered points; what is left is dropped"),
+    Option("measurements_file", "KRT_MEASUREMENTS_FILE", "--measurements-file", _file_to_write, default="",
            help="line-protocol file used when KRT_INFLUX_URI is empty (default: measurements.lp in the cwd)"),
     Option("measurements_enabled", "KRT_MEASUREMENTS_ENABLED", "--measurements-enabled", _flag, default=True,
            help="false turns every measurement off"),
@@ -213,6 +234,8 @@ OPTIONS: tuple[Option, ...] = (
            help="debug shows one line per message"),
     Option("health_file", "KRT_HEALTH_FILE", "--health-file", _text, default="",
            help="file the node keeps fresh while connected and subscribed (for exec probes)"),
+    Option("idle_timeout", "KRT_IDLE_TIMEOUT", "--idle-timeout", _optional_seconds, default=None,
+           help="seconds without a message after which the node drains and exits 0 (scale to zero); 0 = off"),
 )
 
 
@@ -251,11 +274,14 @@ class Settings:
     influx_batch_size: int = 1000
     influx_flush_interval: float = 1.0
     influx_max_buffered_points: int = 100_000
+    influx_timeout: float = 5.0
+    influx_shutdown_timeout: float = 5.0
     measurements_file: str = ""
     measurements_enabled: bool = True
     log_format: str = "auto"
     log_level: str = "info"
     health_file: str = ""
+    idle_timeout: float | None = None
 
     @property
     def is_last_node(self) -> bool:
@@ -307,8 +333,13 @@ def _read_option(option: Option, raw: str | None, values: dict[str, Any], proble
     try:
         values[option.field] = option.parse(str(raw))
     except ValueError as exc:
-        shown = "***" if option.secret else repr(raw)
+        shown = "***" if option.secret else repr(_redact_urls(str(raw)))
         problems.append(f"{where}={shown} is invalid: {_reason(exc)}")
+
+
+def _redact_urls(raw: str) -> str:
+    """Any comma-separated part with credentials in it loses them."""
+    return ",".join(redact_url(part) if "@" in part else part for part in raw.split(","))
 
 
 def _reason(exc: ValueError) -> str:

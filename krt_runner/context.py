@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import structlog
 from google.protobuf.message import Message
 
 from .errors import ReplyError
 from .measurements import Measurement
 
-ReplyFunction = Callable[[Message], Awaitable[None]]
+ReplyFunction = Callable[[Message], Coroutine[Any, Any, None]]
 
 
 class NodeState:

@@ -58,7 +58,8 @@ class EmbeddedNats:
 
     def start(self) -> EmbeddedNats:
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), *self.extra_args]
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        # Its own session: a Ctrl-C on the terminal reaches only the owner, which stops the server last.
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_ready()
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from datetime import datetime, timezone
 
@@ -31,21 +32,54 @@ _GZIP_LEVEL = 6
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
 
-def timestamp(moment: datetime | None = None) -> str:
-    """An ISO 8601 UTC timestamp as KRE v1 writes it: ``2026-01-02T03:04:05.123456``."""
-    moment = moment or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
+def timestamp(moment: datetime | int | None = None) -> str:
+    """An ISO 8601 UTC timestamp as KRE v1 writes it: ``2026-01-02T03:04:05.123456``.
+
+    ``moment`` is a datetime, nanoseconds since the epoch (``time.time_ns()``), or ``None`` for now.
+    """
+    if isinstance(moment, datetime):
+        return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
+    return _epoch_timestamp(time.time_ns() if moment is None else moment)
+
+
+def _epoch_timestamp(nanoseconds: int) -> str:
+    # Called twice per message: formatting the whole second once per second keeps it cheap.
+    global _cached_second, _cached_prefix  # noqa: PLW0603 - a one-entry cache
+    whole, rest = divmod(nanoseconds, 1_000_000_000)
+    if whole != _cached_second:
+        _cached_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        _cached_second = whole
+    return f"{_cached_prefix}{rest // 1000:06d}"
+
+
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_cached_second = -1
+_cached_prefix = ""
+
+
+def epoch_seconds(text: str) -> float:
+    """Seconds since the epoch of a tracking timestamp (see :func:`parse_timestamp`)."""
+    if len(text) == 26 and text[10] == "T":  # the naive form KRE v1 writes: the fast path
+        return (datetime.fromisoformat(text) - _NAIVE_EPOCH).total_seconds()
+    return parse_timestamp(text).timestamp()
 
 
 def parse_timestamp(text: str) -> datetime:
-    """Read a tracking timestamp: naive (taken as UTC), with ``Z``, or with an offset."""
+    """Read a tracking timestamp: naive (taken as UTC), with ``Z``, or with an offset.
+
+    Raises ``ValueError`` for anything else, including times that leave the
+    datetime range once moved to UTC (``0001-01-01T00:00:00+01:00``).
+    """
     value = text.strip()
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     moment = datetime.fromisoformat(_trim_fraction(value))
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"timestamp {text!r} is out of range in UTC") from None
 
 
 def _trim_fraction(value: str) -> str:
@@ -91,7 +125,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
     """Serialize, gzip-compressing when over ``max_payload``; raise when still too large."""
-    data = message.SerializeToString()
+    data: bytes = message.SerializeToString()
     if len(data) <= max_payload:
         return data
     compressed = gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)

@@ -50,3 +50,46 @@ class HandlerError(KrtRunnerError):
 
 class InitError(KrtRunnerError):
     """The user's ``init`` raised; the node does not start."""
+
+
+class KrtFileError(KrtRunnerError):
+    """A ``krt.yml`` is missing or invalid; ``problems`` lists each as ``field: what is wrong``."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {path}: {problem}" for problem in self.problems)
+        super().__init__(f"{path} is invalid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class CallError(KrtRunnerError):
+    """A request to a workflow got no usable answer (``krt_runner.client``)."""
+
+
+class ErrorAnswer(CallError):
+    """The workflow answered with an error; ``error`` is its text, ``tracking_id`` the request's id."""
+
+    def __init__(self, error: str, *, tracking_id: str) -> None:
+        self.error = error
+        self.tracking_id = tracking_id
+        super().__init__(error)
+
+
+class CallTimeout(CallError):
+    """No answer arrived within the timeout."""
+
+
+class NoResponders(CallError):
+    """No node listens on the subject (the workflow is not running, or the subject is wrong)."""
+
+
+class UnexpectedAnswer(CallError):
+    """The answer's payload is not the expected response type."""
+
+
+class ClientConnectError(CallError):
+    """The client could not reach NATS."""
+
+
+class InvalidRequestError(KrtRunnerError):
+    """The request was rejected before processing: a payload of the wrong type, or ``validate`` raised."""

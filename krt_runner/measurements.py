@@ -1,23 +1,49 @@
 """Measurement points: ``ctx.measurement`` and the runner's own timing points.
 
-Points are turned into InfluxDB line protocol at once (a few string joins, no
-client objects) and handed to a :class:`PointSink`, which writes them in the
-background. Saving never blocks the handler.
+A point is checked and turned into one line of InfluxDB line protocol at once,
+in the caller (a few string joins, no client objects), and handed to a
+:class:`PointSink`. A point InfluxDB would reject raises
+:class:`MeasurementError` right there, in the handler, so a bad point never
+reaches a batch of good ones. The sinks write in the background
+(:mod:`krt_runner._batching`); saving never waits for the network or the disk.
+
+Values follow influxdb-client's ``Point``, which KRE v1 used: ``None`` fields
+and non-finite floats are skipped, empty tags are left out, numpy numbers are
+numbers.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import math
+import numbers
+import re
 import time as _time
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
+from .config import Settings
 from .errors import KrtRunnerError
 
 _NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
-_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# InfluxDB integers are signed 64-bit; a larger one would get the whole batch rejected.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# Keys InfluxDB reserves for itself: a point using one is rejected by the server.
+_RESERVED_KEYS = frozenset({"time", "_measurement", "_field"})
+# Line protocol has no newline inside a point: like influxdb-client, keys and
+# tags get "\n" as two characters; so do string fields (which it left raw).
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"})
+_STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": r"\\", "\n": r"\n", "\r": r"\r"})
+# translate() is slow and most names and values need no escaping: look first.
+_MEASUREMENT_SPECIALS = re.compile(r"[, \n\t\r]")
+_KEY_SPECIALS = re.compile(r"[,= \n\t\r]")
+_STRING_SPECIALS = re.compile(r'["\\\n\r]')
+DEFAULT_MEASUREMENTS_FILE = "measurements.lp"
 
 
 class MeasurementError(KrtRunnerError, ValueError):
@@ -25,7 +51,7 @@ class MeasurementError(KrtRunnerError, ValueError):
 
 
 class PointSink(Protocol):
-    """Where finished line-protocol lines go. ``put`` must return at once."""
+    """Where finished line-protocol lines go. ``put`` must return at once, from any thread."""
 
     def put(self, line: str) -> None: ...
 
@@ -55,34 +81,97 @@ class MemorySink:
         pass
 
 
-def _escape_key(value: str) -> str:
-    return value.translate(_KEY_ESCAPES)
+# -- line protocol ----------------------------------------------------------------------------
 
 
-def _field_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise MeasurementError(f"field {key!r} is {value}, which InfluxDB cannot store")
-        return repr(value)
+def _escaped(text: str, specials: re.Pattern[str], table: dict[int, str]) -> str:
+    return text.translate(table) if specials.search(text) else text
+
+
+@functools.lru_cache(maxsize=4096)  # a handler uses a few names over and over
+def _key(kind: str, key: Any) -> str:
+    if not isinstance(key, str) or not key:
+        raise MeasurementError(f"{kind} names must be non-empty strings, not {key!r}")
+    if key in _RESERVED_KEYS:
+        raise MeasurementError(f"{kind} name {key!r} is reserved by InfluxDB; choose another name")
+    return _escaped(key, _KEY_SPECIALS, _KEY_ESCAPES)
+
+
+def _tag_value(key: str, value: Any) -> str:
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = value
+    elif isinstance(value, (numbers.Number, bool)):
+        text = str(value)
+    else:
+        raise MeasurementError(f"tag {key!r} must be a string or a number, not {type(value).__name__}")
+    escaped = _escaped(text, _KEY_SPECIALS, _KEY_ESCAPES)
+    # A trailing backslash would escape the separator after it; influxdb-client adds a space too.
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
+def _tag_set(tags: Mapping[str, Any]) -> str:
+    if not isinstance(tags, Mapping):
+        raise MeasurementError(f"tags must be a dict of strings, not {type(tags).__name__}")
+    parts = []
+    for key in sorted(tags, key=str):  # sorted, as InfluxDB prefers
+        value = tags[key]
+        if value is None or (isinstance(value, str) and not value):  # InfluxDB has no empty tags: leave them out
+            continue
+        parts.append(f",{_key('tag', key)}={_tag_value(key, value)}")
+    return "".join(parts)
+
+
+def _string(value: str) -> str:
+    return '"' + _escaped(value, _STRING_SPECIALS, _STRING_ESCAPES) + '"'
+
+
+def _duration(value: float) -> str:
+    """A duration the runner measured: finite, but a clock gone wrong must not spoil a batch."""
+    return repr(float(value)) if math.isfinite(value) else "0.0"
+
+
+def _integer(key: str, value: int) -> str:
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise MeasurementError(f"field {key!r} is {value}, beyond InfluxDB's 64-bit integers; save it as a float")
+    return f"{value}i"
+
+
+def _field_value(key: str, value: Any) -> str | None:
+    """Line-protocol text of one field value; ``None`` for a value that is skipped."""
+    if isinstance(value, bool):  # before int: a bool is an int
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, numbers.Integral):  # int, numpy integers
+        return _integer(key, int(value))
+    if isinstance(value, (numbers.Real, Decimal)):  # numpy floats, Decimal
+        return _field_value(key, float(value))
+    if getattr(getattr(value, "dtype", None), "kind", "") == "b":  # numpy.bool_
+        return _field_value(key, bool(value))
     raise MeasurementError(f"field {key!r} has type {type(value).__name__}; use bool, int, float or str")
 
 
-def _timestamp_ns(moment: datetime | int | float | None, precision: str) -> int:
-    if moment is None:
-        return _time.time_ns()
-    if isinstance(moment, datetime):
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return int(moment.timestamp() * 1_000_000) * 1_000
-    if isinstance(moment, (int, float)) and not isinstance(moment, bool):
-        return int(moment * _NS_PER[precision])
-    raise MeasurementError(f"time must be a datetime or a number in {precision}, not {type(moment).__name__}")
+def _field_set(measurement: str, fields: Mapping[str, Any]) -> str:
+    if not isinstance(fields, Mapping) or not fields:
+        raise MeasurementError(f"measurement {measurement!r} needs a dict with at least one field")
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        text = _field_value(key, value)
+        if text is not None:
+            parts.append(f"{_key('field', key)}={text}")
+    return ",".join(parts)
+
+
+def _head(measurement: str, tags: Mapping[str, Any] | None) -> str:
+    if not isinstance(measurement, str) or not measurement:
+        raise MeasurementError("measurement name must be a non-empty string")
+    if measurement.startswith("#"):
+        raise MeasurementError(f"measurement name {measurement!r} starts with '#', which makes the line a comment")
+    return _escaped(measurement, _MEASUREMENT_SPECIALS, _MEASUREMENT_ESCAPES) + _tag_set(tags or {})
 
 
 def line_protocol(
@@ -91,20 +180,43 @@ def line_protocol(
     tags: Mapping[str, Any] | None = None,
     time_ns: int | None = None,
 ) -> str:
-    """One point as a line of InfluxDB line protocol, checked for what InfluxDB rejects."""
-    if not isinstance(measurement, str) or not measurement:
-        raise MeasurementError("measurement name must be a non-empty string")
-    if not isinstance(fields, Mapping) or not fields:
-        raise MeasurementError(f"measurement {measurement!r} needs at least one field")
-    head = measurement.translate(_MEASUREMENT_ESCAPES)
-    for key in sorted(tags or {}):
-        value = (tags or {})[key]
-        if not isinstance(key, str) or not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise MeasurementError(f"tag {key!r} must map a string to a string, not {type(value).__name__}")
-        if str(value) != "":
-            head += f",{_escape_key(key)}={_escape_key(str(value))}"
-    body = ",".join(f"{_escape_key(str(key))}={_field_value(key, value)}" for key, value in fields.items())
+    """One point as a line of InfluxDB line protocol, checked for what InfluxDB rejects.
+
+    Returns ``""`` when every field was skipped (``None``, NaN, infinity): there is nothing to store.
+    """
+    head = _head(measurement, tags)
+    body = _field_set(measurement, fields)
+    if not body:
+        return ""
     return f"{head} {body} {time_ns if time_ns is not None else _time.time_ns()}"
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+def _datetime_ns(moment: datetime) -> int:
+    if moment.tzinfo is None:  # naive means UTC, as datetime.utcnow() in KRE v1 handlers
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _timestamp_ns(moment: datetime | int | float | None, precision: str) -> int:
+    """Nanoseconds since the epoch, cut to ``precision`` as InfluxDB would store them."""
+    if moment is None:
+        ns = _time.time_ns()
+    elif isinstance(moment, datetime):
+        ns = _datetime_ns(moment)
+    elif isinstance(moment, numbers.Integral) and not isinstance(moment, bool):
+        ns = int(moment) * _NS_PER[precision]  # exact, however large
+    elif isinstance(moment, numbers.Real):
+        ns = int(float(moment) * _NS_PER[precision])
+    else:
+        raise MeasurementError(f"time must be a datetime or a number of {precision}, not {type(moment).__name__}")
+    return ns - ns % _NS_PER[precision]
+
+
+# -- the two producers ---------------------------------------------------------------------------
 
 
 class Measurement:
@@ -114,6 +226,11 @@ class Measurement:
     MS = "ms"
     US = "us"
     NS = "ns"
+    # KRE v1 handlers spell them ctx.measurement.PRECISION_MS etc.
+    PRECISION_S = S
+    PRECISION_MS = MS
+    PRECISION_US = US
+    PRECISION_NS = NS
 
     def __init__(self, *, sink: PointSink, version: str) -> None:
         self._sink = sink
@@ -127,20 +244,35 @@ class Measurement:
         time: datetime | int | float | None = None,
         precision: str = NS,
     ) -> None:
-        """Queue one point; raises :class:`MeasurementError` at once for a point InfluxDB would reject."""
+        """Queue one point and return at once.
+
+        ``time`` is a datetime (naive means UTC) or a number in ``precision``
+        units; by default, now. Raises :class:`MeasurementError`
+        at once for a point InfluxDB would reject, so the handler sees it.
+        """
         if precision not in _NS_PER:
             raise MeasurementError(f"precision must be one of s, ms, us, ns, not {precision!r}")
+        if tags is not None and not isinstance(tags, Mapping):
+            raise MeasurementError(f"tags must be a dict of strings, not {type(tags).__name__}")
         all_tags = {**(tags or {}), "version": self._version}
-        self._sink.put(line_protocol(measurement, fields, all_tags, _timestamp_ns(time, precision)))
+        line = line_protocol(measurement, fields, all_tags, _timestamp_ns(time, precision))
+        if line:
+            self._sink.put(line)
 
 
 class NodePoints:
-    """The runner's own points, with KRE v1's names: ``node_elapsed_time`` and ``workflow_elapsed_time``."""
+    """The runner's own points, with KRE v1's names: ``node_elapsed_time`` and ``workflow_elapsed_time``.
+
+    KRE v1 fields keep their names and meanings; ``success`` (bool) and
+    ``error`` (``""``; ``"invalid"``: the request was rejected before the
+    handler ran; ``"failed"``: anything else went wrong) are added.
+    """
 
     def __init__(self, *, sink: PointSink, workflow: str, version: str, node: str, last_node: bool) -> None:
         self._sink = sink
-        self._node_tags = {"workflow": workflow, "version": version, "node": node}
-        self._workflow_tags = {"workflow": workflow, "version": version}
+        # Tags never change: their part of the line is built once.
+        self._node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
+        self._workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
         self._last_node = last_node
 
     def record(
@@ -154,69 +286,46 @@ class NodePoints:
         error: str = "",
     ) -> None:
         """Queue this message's points; ``error`` is ``""``, ``"invalid"`` or ``"failed"``."""
+        # Once per message on every node: written out by hand, no dicts, no generic checks.
         now = _time.time_ns()
-        fields = {
-            "tracking_id": tracking_id,
-            "node_from": node_from,
-            "elapsed_ms": elapsed_ms,
-            "waiting_ms": waiting_ms,
-            "success": not error,
-            "error": error,
-        }
-        self._sink.put(line_protocol("node_elapsed_time", fields, self._node_tags, now))
+        tracking = _string(tracking_id)
+        success = "false" if error else "true"
+        self._sink.put(
+            f"{self._node_head} tracking_id={tracking},node_from={_string(node_from)},"
+            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(waiting_ms)},"
+            f"success={success},error={_string(error)} {now}"
+        )
         if self._last_node and workflow_ms is not None:
-            workflow_fields = {"elapsed_ms": workflow_ms, "tracking_id": tracking_id, "success": not error}
-            self._sink.put(line_protocol("workflow_elapsed_time", workflow_fields, self._workflow_tags, now))
+            self._sink.put(
+                f"{self._workflow_head} elapsed_ms={_duration(workflow_ms)},tracking_id={tracking},"
+                f"success={success} {now}"
+            )
 
 
-class FileSink:
-    """Appends line protocol to a file that ``influx write`` can import later.
-
-    Lines are collected in memory and written by a background task every
-    ``interval`` seconds on a worker thread, so saving never waits for the disk.
-    """
-
-    def __init__(self, path: str, *, interval: float = 1.0, max_buffered: int = 100_000) -> None:
-        self.path = path
-        self._interval = interval
-        self._max_buffered = max_buffered
-        self._lines: list[str] = []
-        self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
-
-    def put(self, line: str) -> None:
-        if len(self._lines) >= self._max_buffered:
-            self.dropped += 1
-            return
-        self._lines.append(line)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        lines, self._lines = self._lines, []
-        if lines:
-            await asyncio.to_thread(self._append, lines)
-
-    def _append(self, lines: list[str]) -> None:
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
-
-    async def close(self, timeout: float) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await asyncio.wait_for(self._flush(), timeout)
+# -- choosing a sink -----------------------------------------------------------------------------
 
 
-def make_sink(settings: Any, logger: Any) -> PointSink:
+def make_sink(settings: Settings, logger: Any) -> PointSink:
     """The sink the settings ask for: none, InfluxDB, or the line-protocol file."""
+    from . import _batching
+
     if not settings.measurements_enabled:
         logger.info("measurements off (KRT_MEASUREMENTS_ENABLED=false)")
         return NullSink()
-    path = settings.measurements_file or "measurements.lp"
-    logger.info("measurements go to a line-protocol file", path=path)
-    return FileSink(path, interval=settings.influx_flush_interval, max_buffered=settings.influx_max_buffered_points)
+    destination: _batching.Destination
+    if settings.influx_uri:
+        from .influx import InfluxDestination
+
+        destination = InfluxDestination.from_settings(settings)
+    else:
+        path = Path(settings.measurements_file or DEFAULT_MEASUREMENTS_FILE).resolve()
+        destination = _batching.FileDestination(path)
+    logger.info("measurements go to " + destination.description, **destination.details)
+    return _batching.BatchWriter(
+        destination,
+        logger=logger,
+        batch_size=settings.influx_batch_size,
+        flush_interval=settings.influx_flush_interval,
+        max_buffered=settings.influx_max_buffered_points,
+        shutdown_timeout=settings.influx_shutdown_timeout,
+    )

@@ -13,6 +13,8 @@ answer before exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import signal
 import time
 from typing import Any
@@ -27,14 +29,17 @@ from .context import HandlerContext, NodeState
 from .envelope import AnyMessage, KreNatsMessage
 from .errors import (
     BrokerConnectError,
+    EnvelopeError,
     HandlerError,
     HandlerTimeoutError,
     InitError,
+    InvalidRequestError,
     InvalidResultError,
     KrtRunnerError,
     ReplyError,
 )
-from .handler import Caller, UserCode
+from .handler import Caller, UserCode, unpack_request
+from .health import HealthFile
 from .logging import node_logger
 from .measurements import Measurement, NodePoints, PointSink
 
@@ -42,15 +47,17 @@ from .measurements import Measurement, NodePoints, PointSink
 class Job:
     """One message on its way through the node."""
 
-    __slots__ = ("hops", "replied", "reply", "request", "started", "started_at")
+    __slots__ = ("handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns")
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
         self.request: KreNatsMessage | None = None
         self.hops = 0  # tracking entries received, before this node's own
         self.replied = False
+        self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
         self.started = time.perf_counter()
-        self.started_at = envelope.timestamp()
+        self.started_ns = time.time_ns()
+        self.started_at = envelope.timestamp(self.started_ns)
 
     @property
     def tracking_id(self) -> str:
@@ -82,6 +89,8 @@ class Node:
         self._debug = settings.log_level == "debug"
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
         self.ready = asyncio.Event()
+        self.last_received = time.perf_counter()  # for KRT_IDLE_TIMEOUT
+        self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -93,7 +102,9 @@ class Node:
         await self._run_init()
         queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
         await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self._on_message)
+        self.last_received = time.perf_counter()  # a long init is not idle time
         self.ready.set()
+        self.health.start()
         self.log.info("node ready", input=self.settings.input_subject, output=self.settings.output_subject or None)
 
     async def _run_init(self) -> None:
@@ -110,6 +121,7 @@ class Node:
     async def stop(self) -> None:
         """Stop intake, finish in-flight messages, publish their answers, flush measurements."""
         self.log.info("draining: no new messages; finishing those in flight", in_flight=len(self._in_flight))
+        await self.health.stop()
         deadline = time.monotonic() + self.settings.drain_timeout
         try:
             await asyncio.wait_for(self.broker.stop_intake(), timeout=self.settings.drain_timeout)
@@ -151,12 +163,16 @@ class Node:
         """Process one message: every path ends in exactly one answer, or a logged drop."""
         self.counts["received"] += 1
         job = Job(reply)
+        self.last_received = job.started
         error = ""
         try:
             self._decode(job, data)
             result = await self._call_handler(job)
             await self._send_answer(job, result)
             self.counts["answered"] += 1
+        except InvalidRequestError as exc:
+            error = "invalid"
+            await self._send_error(job, exc)
         except Exception as exc:
             error = "failed"
             await self._send_error(job, exc)
@@ -168,14 +184,17 @@ class Node:
         job.request = request
         job.hops = len(request.tracking)
         if not job.reply:
-            job.reply = request.reply
+            job.reply = _publishable(request.reply)
         if self._debug:
             self.log.debug("message received", tracking_id=request.tracking_id, bytes=len(data))
 
     async def _call_handler(self, job: Job) -> Any:
         assert job.request is not None
         ctx = HandlerContext(self.state, job.request.tracking_id, lambda message: self._early_reply(job, message))
-        call = self._caller.call(self.code.handler, ctx, job.request.payload)
+        data: Any = job.request.payload
+        if self.code.request_type is not None:
+            data = unpack_request(data, self.code.request_type)
+        call = self._caller.call(self.code.handler, ctx, data)
         timeout = self.settings.handler_timeout
         try:
             if timeout is None:
@@ -185,8 +204,12 @@ class Node:
             if timeout is not None and time.perf_counter() - job.started >= timeout:
                 raise HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)") from None
             raise HandlerError(f"handler raised {_describe(exc)}") from exc
+        except InvalidRequestError:
+            raise
         except Exception as exc:
             raise HandlerError(f"handler raised {_describe(exc)}") from exc
+        finally:
+            job.handler_done = True
 
     async def _send_answer(self, job: Job, result: Any) -> None:
         request = job.request
@@ -195,6 +218,7 @@ class Node:
             raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
         request.reply = job.reply
         request.replied = request.replied or job.replied
+        request.error = ""  # the request becomes the answer: a stray incoming error must not mark it failed
         request.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
         if isinstance(result, AnyMessage):
             request.payload.CopyFrom(result)
@@ -217,6 +241,10 @@ class Node:
         assert request is not None
         if job.replied or request.replied:
             raise ReplyError("ctx.reply() was already called for this request; a request gets one answer")
+        if job.handler_done:
+            self.log.warning("late ctx.reply() ignored: the request was answered when its handler ended or timed out",
+                             tracking_id=request.tracking_id)
+            raise ReplyError("ctx.reply() after the handler ended or timed out; the request was already answered")
         if not job.reply:
             raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
         answer = self._answer_envelope(job, request)
@@ -249,6 +277,12 @@ class Node:
         except Exception as publish_exc:
             self.log.error("could not publish error answer", error=_describe(publish_exc), tracking_id=job.tracking_id)
 
+    def _workflow_ms(self, request: KreNatsMessage) -> float | None:
+        """From the first tracking entry's start to now; only the last node records it."""
+        if not self.settings.is_last_node:
+            return None
+        return _ms_since(request.tracking[0].start, time.time_ns())
+
     def _record(self, job: Job, error: str) -> None:
         elapsed_ms = (time.perf_counter() - job.started) * 1000
         request = job.request
@@ -257,25 +291,36 @@ class Node:
             tracking_id=job.tracking_id,
             node_from=previous.node_name if previous is not None else "",
             elapsed_ms=elapsed_ms,
-            waiting_ms=_ms_between(previous.end if previous is not None else "", job.started_at),
-            workflow_ms=_ms_between(request.tracking[0].start, envelope.timestamp()) if request and job.hops else None,
+            waiting_ms=_ms_since(previous.end if previous is not None else "", job.started_ns),
+            workflow_ms=self._workflow_ms(request) if request is not None and job.hops else None,
             error=error,
         )
 
 
-def _ms_between(start: str, end: str) -> float:
+def _ms_since(start: str, end_ns: int) -> float:
+    """Milliseconds from a tracking timestamp to ``end_ns``; 0 when it is missing or unreadable."""
     if not start:
         return 0.0
     try:
-        delta = envelope.parse_timestamp(end) - envelope.parse_timestamp(start)
+        return (end_ns / 1e9 - envelope.epoch_seconds(start)) * 1000
     except ValueError:
         return 0.0
-    return delta.total_seconds() * 1000
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# What may follow PUB: no whitespace (a CR LF in it would inject protocol lines), no wildcards, no empty tokens.
+_PUBLISHABLE_SUBJECT = re.compile(r"[^\s*>]+(?:\.[^\s*>]+)*")
+
+
+def _publishable(subject: str) -> str:
+    """The envelope's reply subject, if one may publish to it; an EnvelopeError otherwise."""
+    if subject and not _PUBLISHABLE_SUBJECT.fullmatch(subject):
+        raise EnvelopeError(f"the envelope's reply subject {subject[:120]!r} is not a valid NATS subject")
+    return subject
 
 
 def _type_name(value: Any) -> str:
@@ -313,8 +358,7 @@ async def run_node(settings: Settings, code: UserCode, *, sink: PointSink) -> in
     if code_on_failure is not None:
         await node.broker.close()
         return code_on_failure
-    await stop.wait()
-    node.log.info("signal received; stopping")
+    await _wait_for_stop(node, stop)
     await node.stop()
     return 0
 
@@ -330,3 +374,17 @@ def _startup_failure(node: Node, starting: asyncio.Task[None]) -> int | None:
         node.log.error(str(error), exc_info=error.__cause__)
         return 1
     raise error
+
+
+async def _wait_for_stop(node: Node, stop: asyncio.Event) -> None:
+    """Until SIGTERM or SIGINT, or ``KRT_IDLE_TIMEOUT`` seconds without a message received."""
+    timeout = node.settings.idle_timeout
+    while timeout is not None and not stop.is_set():
+        remaining = node.last_received + timeout - time.perf_counter()
+        if remaining <= 0:
+            node.log.info("idle timeout: no message received; stopping", idle_timeout=timeout)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), remaining)
+    await stop.wait()
+    node.log.info("signal received; stopping")

@@ -17,6 +17,7 @@ TARGETS = [
     (ROOT / "protos", "kre_nats_msg.proto", ROOT / "krt_runner" / "_proto"),
     (ROOT / "examples/greeter/proto", "greeter.proto", ROOT / "examples/greeter/src"),
     (ROOT / "examples/greeter/proto", "greeter.proto", ROOT / "tests/handlers"),
+    (ROOT / "examples/iris/proto", "iris.proto", ROOT / "examples/iris/src"),
 ]
 
 

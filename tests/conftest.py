@@ -128,7 +128,9 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
         node.stop()
 
 
-def node_env(server: EmbeddedNats, base: Path | str, handler: str, *, input: str, output: str = "", **extra: str) -> dict:
+def node_env(
+    server: EmbeddedNats, base: Path | str, handler: str, *, input: str, output: str = "", **extra: str
+) -> dict:
     """KRE v1 variables for one node."""
     return {
         "KRT_NATS_SERVER": server.url,
@@ -182,3 +184,16 @@ async def requester(nats_server: EmbeddedNats) -> AsyncIterator[Requester]:
     nc = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     yield Requester(nc)
     await nc.close()
+
+
+from influx_server import VictoriaMetrics, require_binary  # noqa: E402  (the measurement tests' server)
+
+
+@pytest.fixture
+def influx_server() -> Iterator[VictoriaMetrics]:
+    """A VictoriaMetrics (InfluxDB v2 write API) on a free loopback port with a temporary data directory.
+
+    Skips loudly where the binary is missing, fails instead under CI=true.
+    """
+    with VictoriaMetrics(require_binary()) as server:
+        yield server

@@ -1,0 +1,118 @@
+"""The requester: keeps W requests in flight and checks every answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import nats
+from greeter_pb2 import Request, Response
+
+from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
+
+# A run with no answer for this long counts what is missing as lost.
+STALL_SECONDS = 15.0
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    answered: int = 0
+    wrong: int = 0
+    duplicates: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.answered
+
+    @property
+    def per_second(self) -> float:
+        return self.answered / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def requests(count: int) -> list[bytes]:
+    """Envelopes as a KRE v1 entrypoint sends them, built before the clock starts."""
+    built = []
+    for i in range(count):
+        message = KreNatsMessage(tracking_id=f"bench-{i}")
+        message.tracking.add(node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001")
+        message.payload.Pack(Request(name=f"n{i}"))
+        built.append(message.SerializeToString())
+    return built
+
+
+async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -> LoadResult:
+    """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer."""
+    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    result = LoadResult()
+    payloads = requests(count)
+    sent_at: dict[int, float] = {}
+    slots = asyncio.Semaphore(window)
+    finished = asyncio.Event()
+    prefix = f"_INBOX.bench{uuid.uuid4().hex[:8]}"
+
+    async def on_answer(msg) -> None:
+        index = int(msg.subject.rsplit(".", 1)[1])
+        started = sent_at.pop(index, None)
+        if started is None:
+            result.duplicates += 1
+            return
+        result.latencies.append(time.perf_counter() - started)
+        result.answered += 1
+        result.wrong += not _is_right(msg.data, index, hops)
+        slots.release()
+        if result.answered == count:
+            finished.set()
+
+    await nc.subscribe(f"{prefix}.*", cb=on_answer, pending_msgs_limit=1_000_000)
+    await nc.flush()
+    began = time.perf_counter()
+    for index, payload in enumerate(payloads):
+        if not await _acquire(slots):
+            break
+        sent_at[index] = time.perf_counter()
+        result.sent += 1
+        await nc.publish(subject, payload, reply=f"{prefix}.{index}")
+    await _wait(finished, result)
+    result.seconds = time.perf_counter() - began
+    await asyncio.sleep(0.2)  # a late duplicate would show up here
+    await nc.close()
+    return result
+
+
+async def _acquire(slots: asyncio.Semaphore) -> bool:
+    try:
+        await asyncio.wait_for(slots.acquire(), STALL_SECONDS)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _wait(finished: asyncio.Event, result: LoadResult) -> None:
+    last = -1
+    while not finished.is_set() and result.answered != last:
+        last = result.answered
+        try:
+            await asyncio.wait_for(finished.wait(), STALL_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _is_right(data: bytes, index: int, hops: int) -> bool:
+    answer = KreNatsMessage.FromString(data)
+    response = Response()
+    return (
+        not answer.error
+        and answer.payload.Unpack(response)
+        and response.greeting == f"n{index}"
+        and len(answer.tracking) == hops + 1
+        and answer.tracking_id == f"bench-{index}"
+    )

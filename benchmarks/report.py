@@ -1,0 +1,104 @@
+"""BENCHMARKS.md from the benchmark's results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = (
+    ("3-node chain, W=128: answers/s", (3, 128), "answers_per_s", ">=", 1.0),
+    ("1 node, W=1: p50 latency", (1, 1), "p50_ms", "<=", 1.1),
+    ("CPU per 1000 messages (3-node chain, W=128)", (3, 128), "cpu_s_per_1000", "<=", 1.2),
+)
+IDLE_RSS_TARGET_MB = 60.0
+FIGURES = (
+    ("answers/s", "answers_per_s", "{:.0f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p90 ms", "p90_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("CPU s/1000 msgs", "cpu_s_per_1000", "{:.3f}"),
+    ("peak RSS MB/node", "peak_rss_mb", "{:.1f}"),
+)
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `{results['command']}` ({results['seconds']} s). Measurements on for krt-runner, "
+        f"written to {results['measurements']}; the floor (`benchmarks/floor_node.py`) logs and measures nothing.",
+        "",
+        "Machine: " + ", ".join(f"{key} {value}" for key, value in results["machine"].items()),
+        "",
+        "Each figure is the median over the repeats, with [min - max] where a configuration was repeated. "
+        "Ratios are krt-runner / floor measured in the same run.",
+        "",
+        *_targets(results),
+        "",
+        *_matrix(results["matrix"]),
+        "",
+        *_extras(results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _row_for(results: dict[str, Any], key: tuple[int, int]) -> dict[str, Any]:
+    return next(r for r in results["matrix"] if (r["nodes"], r["window"]) == key)
+
+
+def _targets(results: dict[str, Any]) -> list[str]:
+    lines = ["## Targets", "", "| target | krt-runner / floor | goal | met |", "| --- | --- | --- | --- |"]
+    for label, key, figure, op, goal in TARGETS:
+        ratio = _row_for(results, key)["ratio"][figure]
+        met = ratio is not None and (ratio >= goal if op == ">=" else ratio <= goal)
+        lines.append(f"| {label} | {ratio:.2f}x | {op} {goal}x | {'yes' if met else 'NO'} |")
+    idle = max(r["krt"]["idle_rss_mb"]["max"] for r in results["matrix"])
+    lines.append(f"| idle node RSS | {idle:.1f} MB | <= {IDLE_RSS_TARGET_MB:.0f} MB | "
+                 f"{'yes' if idle <= IDLE_RSS_TARGET_MB else 'NO'} |")
+    return lines
+
+
+def _cell(stats: dict[str, float], fmt: str, repeated: bool) -> str:
+    text = fmt.format(stats["median"])
+    if repeated:
+        text += f" [{fmt.format(stats['min'])} - {fmt.format(stats['max'])}]"
+    return text
+
+
+def _matrix(rows: list[dict[str, Any]]) -> list[str]:
+    header = "| nodes | W | runner | " + " | ".join(name for name, _, _ in FIGURES) + " | lost/wrong |"
+    lines = ["## Chains", "", header, "|" + " --- |" * (len(FIGURES) + 4)]
+    for row in rows:
+        repeated = row["repeats"] > 1
+        for kind in ("floor", "krt"):
+            stats = row[kind]
+            cells = " | ".join(_cell(stats[key], fmt, repeated) for _, key, fmt in FIGURES)
+            bad = f"{stats['lost']['max']:.0f}/{stats['wrong']['max']:.0f}"
+            lines.append(f"| {row['nodes']} | {row['window']} | {kind} | {cells} | {bad} |")
+        ratios = " | ".join(f"{row['ratio'][key]:.2f}x" if row["ratio"][key] else "-" for _, key, _ in FIGURES)
+        lines.append(f"| {row['nodes']} | {row['window']} | ratio | {ratios} | |")
+    return lines
+
+
+def _extras(results: dict[str, Any]) -> list[str]:
+    lines = ["## Concurrency: async handler awaiting 5 ms", "", "| KRT_CONCURRENCY | answers/s | ideal | efficiency |",
+             "| --- | --- | --- | --- |"]
+    for row in results["concurrency"]:
+        lines.append(f"| {row['concurrency']} | {row['answers_per_s']:.0f} | {row['ideal']} | {row['efficiency']:.0%} |")
+    busy = results["busy_sync_handler"]
+    memory = results["memory"]
+    lines += [
+        "",
+        "## Sync handler busy 2 ms (one replica)",
+        "",
+        f"{busy['answers_per_s']:.0f} answers/s (ideal 500), lost {busy['lost']}, "
+        f"disconnects logged {busy['disconnects']}.",
+        "",
+        "## Memory",
+        "",
+        f"{memory['messages']} messages through one node with measurements on: RSS {memory['rss_mb_after_first']:.1f} MB "
+        f"after the first 10%, {memory['rss_mb_after_all']:.1f} MB at the end (growth {memory['growth_mb']:+.1f} MB), "
+        f"lost {memory['lost']}. No garbage collection is forced per message.",
+    ]
+    if results.get("failures"):
+        lines += ["", "## Failures", "", *[f"- {failure}" for failure in results["failures"]]]
+    return lines

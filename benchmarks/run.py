@@ -1,0 +1,265 @@
+"""krt-runner against a hand-written nats-py floor, in the same run, on this machine.
+
+    .venv/bin/python benchmarks/run.py            # full run: writes BENCHMARKS.md and benchmarks/results.json
+    .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite)
+
+Starts its own nats-server and victoria-metrics (for "measurements on") on free
+loopback ports and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
+
+from load import LoadResult, drive  # noqa: E402
+from processes import ROOT, NodeProc, VictoriaMetrics, cpu_seconds, machine, memory_kb, start_node  # noqa: E402
+
+from krt_runner.embedded import EmbeddedNats  # noqa: E402
+
+WARM_UP = 300
+
+
+@dataclass
+class Run:
+    """One measured configuration run."""
+
+    kind: str
+    nodes: int
+    window: int
+    result: LoadResult
+    cpu_per_1000: float
+    peak_rss_mb: list[float]
+    idle_rss_mb: list[float]
+    exit_codes: list[int]
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "answers_per_s": self.result.per_second,
+            "p50_ms": self.result.percentile(0.50),
+            "p90_ms": self.result.percentile(0.90),
+            "p99_ms": self.result.percentile(0.99),
+            "cpu_s_per_1000": self.cpu_per_1000,
+            "peak_rss_mb": max(self.peak_rss_mb),
+            "idle_rss_mb": max(self.idle_rss_mb),
+            "lost": self.result.lost,
+            "wrong": self.result.wrong,
+            "duplicates": self.result.duplicates,
+        }
+
+
+@dataclass
+class Bench:
+    nats: EmbeddedNats
+    influx_url: str
+    measurements_dir: str
+    runs: list[Run] = field(default_factory=list)
+
+    def node_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {"KRT_MEASUREMENTS_ENABLED": "true", "KRT_LOG_LEVEL": "info"}
+        if self.influx_url:
+            env.update(KRT_INFLUX_URI=self.influx_url, KRT_INFLUX_TOKEN="bench:bench", KRT_INFLUX_BUCKET="kre")
+        else:
+            env["KRT_MEASUREMENTS_FILE"] = f"{self.measurements_dir}/{uuid.uuid4().hex}.lp"
+        return {**env, **(extra or {})}
+
+    def start_chain(self, kind: str, nodes: int, handler: str, env: dict[str, str] | None = None) -> list[NodeProc]:
+        run_id = uuid.uuid4().hex[:6]
+        subjects = [f"b{run_id}-{i}" for i in range(nodes)] + [""]
+        chain = [
+            start_node(kind, url=self.nats.url, name=f"node{i}", subject_in=subjects[i], subject_out=subjects[i + 1],
+                       handler=handler, env=self.node_env(env))
+            for i in range(nodes)
+        ]
+        for node in chain:
+            node.wait_ready()
+        return chain
+
+    def measure(self, kind: str, nodes: int, window: int, count: int, **options: Any) -> Run:
+        chain = self.start_chain(kind, nodes, options.get("handler", "bench_handler.py"), options.get("env"))
+        try:
+            time.sleep(0.3)
+            idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
+            entry = _entry(chain)
+            asyncio.run(drive(self.nats.url, entry, count=WARM_UP, window=16, hops=nodes))
+            cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
+            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes))
+            cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
+            peak = [memory_kb(n.process.pid, "VmHWM") / 1024 for n in chain]
+        finally:
+            codes = [n.stop() for n in chain]
+        run = Run(kind, nodes, window, result, 1000 * cpu / max(1, result.answered), peak, idle, codes)
+        self.runs.append(run)
+        _progress(run, options.get("label", ""))
+        return run
+
+
+def _entry(chain: list[NodeProc]) -> str:
+    # The first node's input subject is in its start-up arguments or environment.
+    process = chain[0].process
+    args = process.args if isinstance(process.args, list) else []
+    if "floor_node.py" in " ".join(map(str, args)):
+        return str(args[3])
+    return _env_of(process.pid)["KRT_NATS_INPUT"]
+
+
+def _env_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def _progress(run: Run, label: str) -> None:
+    f = run.figures()
+    print(
+        f"{label or run.kind:>12} nodes={run.nodes} W={run.window:<4} {f['answers_per_s']:8.0f}/s "
+        f"p50={f['p50_ms']:.2f}ms p99={f['p99_ms']:.2f}ms cpu/1000={f['cpu_s_per_1000']:.3f}s "
+        f"peak={f['peak_rss_mb']:.0f}MB lost={f['lost']} wrong={f['wrong']} dup={f['duplicates']}",
+        flush=True,
+    )
+
+
+def main_matrix(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
+    """Chains of 1 and 3 nodes at W = 1, 16, 128; krt-runner against the floor, alternating."""
+    rows = []
+    for nodes in (1, 3):
+        for window in (1, 16, 128):
+            main = (nodes, window) in ((3, 128), (1, 1))
+            repeats = 1 if quick else (3 if main else 1)
+            count = (200 if window == 1 else 1000) if quick else (2000 if window == 1 else 10000)
+            samples: dict[str, list[Run]] = {"floor": [], "krt": []}
+            for _ in range(repeats):
+                for kind in ("floor", "krt"):
+                    samples[kind].append(bench.measure(kind, nodes, window, count))
+            rows.append(_compare(nodes, window, samples))
+    return rows
+
+
+def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str, Any]:
+    row: dict[str, Any] = {"nodes": nodes, "window": window, "repeats": len(samples["krt"])}
+    for kind, runs in samples.items():
+        figures = [run.figures() for run in runs]
+        row[kind] = {key: _spread([f[key] for f in figures]) for key in figures[0]}
+    row["ratio"] = {
+        key: row["krt"][key]["median"] / row["floor"][key]["median"] if row["floor"][key]["median"] else None
+        for key in ("answers_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_s_per_1000", "peak_rss_mb")
+    }
+    return row
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def concurrency_scaling(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
+    """An async handler awaiting 5 ms at KRT_CONCURRENCY 1, 8, 32: ideal is 200/s per slot."""
+    rows = []
+    for slots in (1, 8, 32):
+        count = (40 if quick else 200) * slots
+        run = bench.measure("krt", 1, 64, count, handler="bench_handler_sleep.py",
+                            env={"KRT_CONCURRENCY": str(slots)}, label=f"sleep5ms c={slots}")
+        rate = run.result.per_second
+        rows.append({"concurrency": slots, "answers_per_s": rate, "ideal": 200 * slots,
+                     "efficiency": rate / (200 * slots), "lost": run.result.lost})
+    return rows
+
+
+def busy_handler(bench: Bench, *, quick: bool) -> dict[str, Any]:
+    """A sync handler busy 2 ms: close to 500/s per replica, the connection healthy."""
+    chain = bench.start_chain("krt", 1, "bench_handler_busy.py")
+    try:
+        entry = _env_of(chain[0].process.pid)["KRT_NATS_INPUT"]
+        result = asyncio.run(drive(bench.nats.url, entry, count=300 if quick else 2000, window=16, hops=1))
+    finally:
+        chain[0].stop()
+    disconnects = sum("disconnected" in line for line in chain[0].lines)
+    print(f"   busy 2ms  {result.per_second:.0f}/s lost={result.lost} disconnects={disconnects}", flush=True)
+    return {"answers_per_s": result.per_second, "lost": result.lost, "disconnects": disconnects}
+
+
+def memory_growth(bench: Bench, *, quick: bool) -> dict[str, Any]:
+    """100,000 messages through one node with measurements on: RSS after 10,000 against the end."""
+    first, rest = (2000, 8000) if quick else (10_000, 90_000)
+    chain = bench.start_chain("krt", 1, "bench_handler.py")
+    pid = chain[0].process.pid
+    try:
+        entry = _env_of(pid)["KRT_NATS_INPUT"]
+        asyncio.run(drive(bench.nats.url, entry, count=first, window=64, hops=1))
+        after_first = memory_kb(pid, "VmRSS") / 1024
+        result = asyncio.run(drive(bench.nats.url, entry, count=rest, window=64, hops=1))
+        after_all = memory_kb(pid, "VmRSS") / 1024
+    finally:
+        chain[0].stop()
+    growth = after_all - after_first
+    print(f"   memory    after {first}: {after_first:.1f}MB, after {first + rest}: {after_all:.1f}MB", flush=True)
+    return {"messages": first + rest, "rss_mb_after_first": after_first, "rss_mb_after_all": after_all,
+            "growth_mb": growth, "lost": result.lost}
+
+
+def write_report(results: dict[str, Any], path: Path) -> None:
+    from report import render
+
+    path.write_text(render(results))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, one repeat: a smoke run")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    started = time.time()
+    with EmbeddedNats() as nats_server, tempfile.TemporaryDirectory() as scratch:
+        influx = _start_influx()
+        try:
+            bench = Bench(nats_server, influx.url if influx else "", scratch)
+            results = {
+                "machine": machine(),
+                "command": " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),
+                "measurements": "victoria-metrics (InfluxDB v2 write API)" if influx else "line-protocol file",
+                "matrix": main_matrix(bench, quick=args.quick),
+                "concurrency": concurrency_scaling(bench, quick=args.quick),
+                "busy_sync_handler": busy_handler(bench, quick=args.quick),
+                "memory": memory_growth(bench, quick=args.quick),
+            }
+        finally:
+            if influx:
+                influx.stop()
+    results["seconds"] = round(time.time() - started, 1)
+    results["failures"] = _failures(bench)
+    args.json.write_text(json.dumps(results, indent=2))
+    write_report(results, args.out)
+    print(f"wrote {args.out} and {args.json} in {results['seconds']}s")
+    return 1 if results["failures"] else 0
+
+
+def _start_influx() -> VictoriaMetrics | None:
+    try:
+        return VictoriaMetrics()
+    except RuntimeError as exc:
+        print(f"measurements go to a file: {exc}", file=sys.stderr)
+        return None
+
+
+def _failures(bench: Bench) -> list[str]:
+    failures = []
+    for run in bench.runs:
+        f = run.figures()
+        if f["lost"] or f["wrong"] or f["duplicates"] or any(run.exit_codes):
+            failures.append(f"{run.kind} nodes={run.nodes} W={run.window}: {f} exit={run.exit_codes}")
+    return failures
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Unit test of the iris node with krt_runner.testing: the model is trained into a temporary copy.
+
+Run it with  pytest examples/iris
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from krt_runner.testing import run_node
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "src"))  # the generated iris_pb2, as the node imports it
+
+from iris_pb2 import Request, Response  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def iris_copy(tmp_path_factory):
+    """The example's files with a freshly trained models/model.joblib."""
+    pytest.importorskip("sklearn")
+    sys.path.insert(0, str(HERE))
+    import joblib
+    from train import train
+
+    copy = tmp_path_factory.mktemp("iris")
+    shutil.copytree(HERE / "src", copy / "src")
+    (copy / "models").mkdir()
+    model, _ = train()
+    joblib.dump(model, copy / "models" / "model.joblib")
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("flower", "species"),
+    [((5.1, 3.5, 1.4, 0.2), "setosa"), ((6.0, 2.7, 4.1, 1.0), "versicolor"), ((6.7, 3.0, 5.8, 2.2), "virginica")],
+)
+def test_the_classifier_names_the_species_and_saves_the_prediction(iris_copy, flower, species):
+    request = Request(sepal_length=flower[0], sepal_width=flower[1], petal_length=flower[2], petal_width=flower[3])
+
+    with run_node(iris_copy, "src/classifier.py") as node:
+        answer = node.call(request, Response)
+
+    assert answer.species == species
+    assert sum(answer.probabilities.values()) == pytest.approx(1.0)
+    assert answer.probabilities[species] == max(answer.probabilities.values())
+    assert node.points[0].measurement == "iris_predictions"
+    assert node.points[0].tags["species"] == species
+
+
+def test_the_classifier_rejects_a_request_of_another_type(iris_copy):
+    with run_node(iris_copy, "src/classifier.py") as node, pytest.raises(ValueError, match=r"expected an iris\."):
+        node.call(Response(species="not a request"))

@@ -1,0 +1,298 @@
+"""The background writer behind every measurement sink.
+
+``put`` appends a finished line of line protocol to a bounded buffer, under a
+lock held for an append, and returns: it never waits for the network or the
+disk, and it is safe from any thread (sync handlers run on worker threads).
+One thread, ``krt-measurements``, takes whole batches and hands them to a
+:class:`Destination` (InfluxDB, or the line-protocol file), retrying with
+backoff while that fails.
+
+Memory is bounded: at most ``max_buffered`` lines are held, the batch being
+retried included. When the buffer is full the oldest waiting line makes room
+for the new one. Every line that is not written is counted; the counts are
+logged at most once per ``_REPORT_EVERY`` seconds, never once per line.
+
+Close: the thread writes what is left within the shutdown bound, closes the
+destination (and with it influxdb-client's connections) and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Protocol
+
+# Seconds between two log lines about dropped points or a failing destination.
+_REPORT_EVERY = 10.0
+# Waits between retries of a failed write: doubling from the first to the last.
+_FIRST_RETRY_WAIT = 0.5
+_LAST_RETRY_WAIT = 8.0
+# How often close() looks whether the writer thread has finished.
+_CLOSE_POLL = 0.01
+
+
+class WriteError(Exception):
+    """A batch was not written. ``retry=False``: the destination refused it for good."""
+
+    def __init__(self, text: str, *, retry: bool) -> None:
+        super().__init__(text)
+        self.retry = retry
+
+
+class Destination(Protocol):
+    """Where batches go. ``write`` blocks (it runs on the writer thread) and raises :class:`WriteError`."""
+
+    description: str  # for the start-up line: "InfluxDB", "a line-protocol file"
+    details: dict[str, Any]  # log-safe: no token, no password
+
+    def write(self, lines: list[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileDestination:
+    """Appends batches to a file that ``influx write --file`` imports (precision ns)."""
+
+    description = "a line-protocol file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.details: dict[str, Any] = {"path": str(path)}
+
+    def write(self, lines: list[str]) -> None:
+        try:
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write("\n".join(lines) + "\n")
+        except OSError as exc:  # a full or read-only disk may recover: retried
+            raise WriteError(f"cannot append to {self.path}: {exc.strerror or exc}", retry=True) from None
+
+    def close(self) -> None:
+        pass
+
+
+class _Backoff:
+    def __init__(self, first: float, last: float) -> None:
+        self._first = first
+        self._last = last
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    def next_wait(self) -> float:
+        wait, self._next = self._next, min(self._next * 2, self._last)
+        return wait * random.uniform(0.75, 1.0)  # jitter: replicas do not retry in step
+
+
+class BatchWriter:
+    """A :class:`~krt_runner.measurements.PointSink` that writes to a :class:`Destination` in the background."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        logger: Any,
+        batch_size: int,
+        flush_interval: float,
+        max_buffered: int,
+        shutdown_timeout: float,
+        retry_waits: tuple[float, float] = (_FIRST_RETRY_WAIT, _LAST_RETRY_WAIT),
+    ) -> None:
+        self._destination = destination
+        self._log = logger
+        self._max_buffered = max_buffered
+        self._batch_size = min(batch_size, max_buffered)
+        self._flush_interval = flush_interval
+        self._shutdown_timeout = shutdown_timeout
+        self._backoff = _Backoff(*retry_waits)
+        self._lock = threading.Lock()
+        self._queue: deque[str] = deque()
+        self._held = 0  # lines taken out of the queue and not yet written
+        self._closed = False
+        self._deadline = float("inf")  # set by close(): the writer stops trying then
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
+        self._report = _Reporter(logger, destination.description, max_buffered=max_buffered)
+        self._thread = threading.Thread(target=self._run, name="krt-measurements", daemon=True)
+        self._thread.start()
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def put(self, line: str) -> None:
+        """Queue one line; when the buffer is full the oldest waiting line is dropped and counted."""
+        with self._lock:
+            if self._closed:
+                self.counts["dropped_at_close"] += 1
+                return
+            if len(self._queue) + self._held >= self._max_buffered:
+                self.counts["dropped_full"] += 1
+                if not self._queue:  # all held lines are the batch being retried: the new one goes
+                    return
+                self._queue.popleft()
+            self._queue.append(line)
+            full = len(self._queue) >= self._batch_size
+        if full and not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def buffered(self) -> int:
+        """Lines in memory: waiting, plus the batch being written or retried."""
+        with self._lock:
+            return len(self._queue) + self._held
+
+    @property
+    def dropped(self) -> int:
+        """Lines that will never be written, for any reason."""
+        return self.counts["dropped_full"] + self.counts["dropped_rejected"] + self.counts["dropped_at_close"]
+
+    async def close(self, timeout: float) -> None:
+        """Write what is buffered within ``min(timeout, shutdown_timeout)`` seconds, then stop the thread."""
+        budget = min(timeout, self._shutdown_timeout)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._deadline = time.monotonic() + budget
+        self._closing.set()
+        self._wake.set()
+        while self._thread.is_alive() and time.monotonic() < self._deadline + _CLOSE_POLL * 10:
+            await asyncio.sleep(_CLOSE_POLL)
+        if self._thread.is_alive():  # stuck in a request: the daemon thread ends with the process
+            self._log.error("measurements: writer still busy after shutdown bound; unwritten points are lost",
+                            seconds=budget, unwritten=self.buffered)
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[str] = []
+        try:
+            pending = self._serve()
+            self._flush_at_close(pending)
+        finally:
+            self._destination.close()
+            self._report.closed(self.counts, self.dropped)
+
+    def _serve(self) -> list[str]:
+        """Write batches until close; returns a failed batch still to be retried."""
+        pending: list[str] = []
+        next_flush = time.monotonic() + self._flush_interval
+        while not self._closing.is_set():
+            if pending:  # close() interrupts the pause
+                self._closing.wait(self._backoff.next_wait())
+            else:
+                self._wake.wait(max(0.0, next_flush - time.monotonic()))
+                self._wake.clear()
+            partial = time.monotonic() >= next_flush
+            if partial:
+                next_flush = time.monotonic() + self._flush_interval
+            pending = self._write_batches(pending, partial=partial)
+            self._report.drops(self.counts, self.buffered)
+        return pending
+
+    def _flush_at_close(self, pending: list[str]) -> None:
+        while time.monotonic() < self._deadline:
+            pending = self._write_batches(pending, partial=True)
+            if not pending:
+                break
+            time.sleep(max(0.0, min(self._backoff.next_wait(), self._deadline - time.monotonic())))
+        with self._lock:
+            left = len(self._queue) + self._held
+            self._queue.clear()
+            self._held = 0
+            self.counts["dropped_at_close"] += left
+
+    def _write_batches(self, pending: list[str], *, partial: bool) -> list[str]:
+        """Write full batches (and a last partial one if ``partial``); returns a batch that failed."""
+        batch = pending or self._take(partial=partial)
+        while batch and time.monotonic() < self._deadline:
+            if not self._send(batch):
+                return batch
+            batch = self._take(partial=partial)
+        return batch
+
+    def _take(self, *, partial: bool) -> list[str]:
+        with self._lock:
+            size = min(len(self._queue), self._batch_size)
+            if size == 0 or (size < self._batch_size and not partial):
+                return []
+            self._held += size
+            return [self._queue.popleft() for _ in range(size)]
+
+    def _send(self, batch: list[str]) -> bool:
+        """Try one batch: ``True`` when it is done with (written or refused), ``False`` to retry it."""
+        try:
+            self._destination.write(batch)
+        except WriteError as exc:
+            if exc.retry:
+                self._report.failing(str(exc), self.buffered)
+                return False
+            self._settle(batch, "dropped_rejected")
+            self._report.rejected(str(exc), len(batch))
+            return True
+        except Exception as exc:  # a bug in a destination must not end the thread: retried like a failure
+            self._report.failing(f"{type(exc).__name__}: {exc}", self.buffered)
+            return False
+        self._settle(batch, "written")
+        self._backoff.reset()
+        self._report.written(len(batch))
+        return True
+
+    def _settle(self, batch: list[str], outcome: str) -> None:
+        with self._lock:
+            self._held -= len(batch)
+            self.counts[outcome] += len(batch)
+
+
+class _Reporter:
+    """The writer's log lines: on a change of state, and drops at most once per ``_REPORT_EVERY``."""
+
+    def __init__(self, logger: Any, destination: str, *, max_buffered: int) -> None:
+        self._log = logger
+        self._destination = destination
+        self._max_buffered = max_buffered
+        self._failing_since: float | None = None
+        self._failed_attempts = 0
+        self._first_written = False
+        self._reported_drops = 0
+        self._last_report = 0.0
+
+    def written(self, lines: int) -> None:
+        if self._failing_since is not None:
+            self._log.info("measurements: writes succeed again", destination=self._destination,
+                           failed_attempts=self._failed_attempts,
+                           outage_seconds=round(time.monotonic() - self._failing_since, 1))
+            self._failing_since = None
+            self._failed_attempts = 0
+        elif not self._first_written:
+            self._log.info("measurements: first batch written", destination=self._destination, points=lines)
+        self._first_written = True
+
+    def failing(self, error: str, buffered: int) -> None:
+        self._failed_attempts += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._log.error("measurements: write failed; points are kept and retried",
+                            destination=self._destination, error=error, buffered=buffered)
+
+    def rejected(self, error: str, lines: int) -> None:
+        self._log.error("measurements: batch refused for good; its points are dropped",
+                        destination=self._destination, error=error, dropped=lines)
+
+    def drops(self, counts: dict[str, int], buffered: int) -> None:
+        total = counts["dropped_full"] + counts["dropped_at_close"]
+        now = time.monotonic()
+        if total == self._reported_drops or now - self._last_report < _REPORT_EVERY:
+            return
+        self._log.warning("measurements: buffer full, oldest points dropped",
+                          dropped=total - self._reported_drops, dropped_total=total, buffered=buffered,
+                          max_buffered=self._max_buffered)
+        self._reported_drops = total
+        self._last_report = now
+
+    def closed(self, counts: dict[str, int], dropped: int) -> None:
+        self._log.info("measurements closed", destination=self._destination, dropped=dropped, **counts)

@@ -1,0 +1,151 @@
+"""``krt-runner call``: send one request (or many, with a latency summary) as a KRE v1 entrypoint would."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from google.protobuf.message import Message
+
+from .client import Client
+from .errors import CallError, CallTimeout, ErrorAnswer
+from .protos import MessageTypes, ProtoError, load_file, parse_json, select_types, to_json
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What ``krt-runner call`` was asked to do."""
+
+    subject: str
+    nats: str
+    proto: str
+    request: str = "{}"
+    method: str | None = None
+    request_type: str | None = None
+    response_type: str | None = None
+    timeout: float = 30.0
+    repeat: int = 1
+    concurrency: int = 1
+
+
+def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the ``call`` command; returns its exit code (0 answered, 1 no usable answer, 2 bad usage)."""
+    try:
+        types = select_types(
+            load_file(options.proto),
+            method=options.method,
+            request=options.request_type,
+            response=options.response_type,
+        )
+        request = parse_json(read_request(options.request), types.request)
+    except (ProtoError, OSError) as exc:
+        print(f"krt-runner call: {exc}", file=err)
+        return EXIT_USAGE
+    return asyncio.run(_call(options, types, request, out=out, err=err))
+
+
+def read_request(text: str) -> str:
+    """The request JSON: ``text`` itself, or the contents of file ``F`` when ``text`` is ``@F``."""
+    return Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
+
+
+async def _call(options: CallOptions, types: MessageTypes, request: Message, *, out: TextIO, err: TextIO) -> int:
+    try:
+        client = await Client.connect(options.nats)
+    except CallError as exc:
+        print(f"krt-runner call: {exc}", file=err)
+        return EXIT_FAILED
+    async with client:
+        if options.repeat == 1:
+            subject, timeout = options.subject, options.timeout
+            return await send_one(client, subject, request, types.response, timeout=timeout, out=out, err=err)
+        return await _send_many(client, options, request, types.response, out=out, err=err)
+
+
+async def send_one(
+    client: Client,
+    subject: str,
+    request: Message,
+    response_type: type[Message],
+    *,
+    timeout: float,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Send ``request``; print the answer as JSON on ``out``, or the error on ``err``. Returns the exit code."""
+    try:
+        answer = await client.call(subject, request, response_type, timeout=timeout)
+    except ErrorAnswer as exc:
+        print(f"error answer (tracking_id {exc.tracking_id}): {exc.error}", file=err)
+        return EXIT_FAILED
+    except CallError as exc:
+        print(f"krt-runner call: {exc}", file=err)
+        return EXIT_FAILED
+    print(to_json(answer), file=out, flush=True)
+    return 0
+
+
+async def _send_many(
+    client: Client, options: CallOptions, request: Message, response_type: type[Message], *, out: TextIO, err: TextIO
+) -> int:
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    first_failure: list[str] = []
+    tickets = iter(range(options.repeat))
+
+    async def worker() -> None:
+        for _ in tickets:  # one shared iterator: the workers together send exactly `repeat`
+            started = time.perf_counter()
+            try:
+                await client.call(options.subject, request, response_type, timeout=options.timeout)
+                latencies.append((time.perf_counter() - started) * 1000)
+            except CallError as exc:
+                failures[_failure_kind(exc)] += 1
+                if not first_failure:
+                    first_failure.append(str(exc))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(options.concurrency, options.repeat))))
+    print(summary(latencies, failures, time.perf_counter() - started), file=out, flush=True)
+    if first_failure:
+        print(f"first failure: {first_failure[0]}", file=err)
+    return EXIT_FAILED if failures else 0
+
+
+def _failure_kind(exc: CallError) -> str:
+    if isinstance(exc, ErrorAnswer):
+        return "error answers"
+    if isinstance(exc, CallTimeout):
+        return "timeouts"
+    return "other failures"
+
+
+def percentile(sorted_values: list[float], percent: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    rank = max(1, math.ceil(percent / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def summary(latencies_ms: list[float], failures: Counter[str], seconds: float) -> str:
+    """Two lines: counts and throughput, then latency percentiles of the answered requests."""
+    total = len(latencies_ms) + sum(failures.values())
+    counts = ", ".join(f"{failures[kind]} {kind}" for kind in ("error answers", "timeouts", "other failures"))
+    head = (
+        f"{total} requests in {seconds:.2f}s ({total / seconds if seconds else 0:.1f} requests/s): "
+        f"{len(latencies_ms)} answered, {counts}"
+    )
+    if not latencies_ms:
+        return head
+    ordered = sorted(latencies_ms)
+    spread = "  ".join(f"p{p} {percentile(ordered, p):.1f}" for p in PERCENTILES)
+    return f"{head}\nlatency ms (answered): {spread}  max {ordered[-1]:.1f}"

@@ -1,0 +1,75 @@
+"""``krt-runner check DIR``: validate krt.yml and import every Python node's handler, without NATS.
+
+Each handler module is imported in a child process of its own, as the node
+would be: two nodes may both have a ``model_pb2.py`` or a ``utils.py`` and must
+not see each other's. ``init`` is not run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TextIO
+
+from .errors import HandlerLoadError, KrtFileError
+from .handler import load_user_code
+from .workflow import Krt, Node, load_krt, wiring
+
+EXIT_PROBLEMS = 2
+# Seconds one handler module may take to import (module-level code runs, models may load).
+IMPORT_TIMEOUT = 120.0
+# Imports run side by side, this many at a time.
+_PARALLEL_IMPORTS = 4
+
+
+def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
+    """The KRT and every problem found in it; an empty list means ``up`` can start it."""
+    try:
+        krt = load_krt(directory)
+    except KrtFileError as exc:
+        return None, [f"{exc.path}: {problem}" for problem in exc.problems]
+    python_nodes = [node for node in krt.nodes if node.is_python]
+    with ThreadPoolExecutor(max_workers=_PARALLEL_IMPORTS) as pool:
+        found = pool.map(lambda node: _import_problem(krt.directory, node), python_nodes)
+        return krt, [problem for problem in found if problem]
+
+
+def _import_problem(base_path: Path, node: Node) -> str:
+    command = [sys.executable, "-m", "krt_runner.check", str(base_path), node.src]
+    try:
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
+    if done.returncode == 0:
+        return ""
+    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
+    return f"node {node.name!r}: {lines[0]}"
+
+
+def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the ``check`` command: 0 and the wiring when all is well, 2 and every problem otherwise."""
+    krt, problems = check_krt(directory)
+    if problems or krt is None:
+        print(f"krt-runner check: {len(problems)} problem(s) in {directory}:", file=err)
+        for problem in problems:
+            print(f"  - {problem}", file=err)
+        return EXIT_PROBLEMS
+    print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
+    for wired in wiring(krt):
+        print(f"  {wired.workflow.name}/{wired.node.name}: {wired.input} -> {wired.output or '(reply)'}", file=out)
+    return 0
+
+
+def _import_only(base_path: str, handler_path: str) -> int:
+    try:
+        load_user_code(handler_path, Path(base_path))
+    except HandlerLoadError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_PROBLEMS
+    return 0
+
+
+if __name__ == "__main__":  # the child process of _import_problem
+    sys.exit(_import_only(sys.argv[1], sys.argv[2]))

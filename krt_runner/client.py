@@ -1,0 +1,201 @@
+"""Request a workflow from Python, as a KRE v1 entrypoint does.
+
+:class:`Client` (asyncio) and :class:`BlockingClient` (plain threads) keep one
+NATS connection for all their calls; any number of calls can be in flight at
+once (nats-py routes every answer to its caller through one inbox
+subscription). Each call sends a ``KreNatsMessage`` with a fresh
+``tracking_id`` and an ``entrypoint`` tracking entry, and returns the answer's
+payload as ``response_type``. A call that gets no usable answer raises a
+:class:`~krt_runner.errors.CallError`:
+
+- :class:`ErrorAnswer`: the workflow answered with an error (``.error``, ``.tracking_id``);
+- :class:`CallTimeout`: no answer within ``timeout`` seconds;
+- :class:`NoResponders`: no node listens on the subject;
+- :class:`UnexpectedAnswer`: the payload is not a ``response_type``;
+- :class:`ClientConnectError`: NATS could not be reached.
+
+Nodes talk to NATS through :mod:`krt_runner.broker`; this module is the
+requester's side of the same wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+from nats import errors as nats_errors
+from nats.aio.client import Client as NatsClient
+
+from . import envelope
+from .config import redact_url
+from .envelope import KreNatsMessage
+from .errors import (
+    CallError,
+    CallTimeout,
+    ClientConnectError,
+    ErrorAnswer,
+    NoResponders,
+    UnexpectedAnswer,
+)
+
+__all__ = [
+    "BlockingClient",
+    "CallError",
+    "CallTimeout",
+    "Client",
+    "ClientConnectError",
+    "ErrorAnswer",
+    "NoResponders",
+    "UnexpectedAnswer",
+    "request_envelope",
+]
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+ResultT = TypeVar("ResultT")
+# Seconds a call waits for its answer unless told otherwise.
+DEFAULT_TIMEOUT = 30.0
+# Seconds the first connection may take before the client gives up.
+CONNECT_TIMEOUT = 5.0
+# Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
+_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+def request_envelope(request: Message, *, tracking_id: str | None = None) -> KreNatsMessage:
+    """The ``KreNatsMessage`` a KRE v1 entrypoint sends: a fresh tracking id and an ``entrypoint`` entry."""
+    started = envelope.timestamp()
+    message = KreNatsMessage(tracking_id=tracking_id or str(uuid.uuid4()))
+    message.payload.CopyFrom(envelope.pack(request))
+    message.tracking.add(node_name="entrypoint", start=started, end=envelope.timestamp())
+    return message
+
+
+def unpack_answer(answer: KreNatsMessage, response_type: type[ResponseT]) -> ResponseT:
+    """The answer's payload as ``response_type``; raises :class:`ErrorAnswer` or :class:`UnexpectedAnswer`."""
+    if answer.error:
+        raise ErrorAnswer(answer.error, tracking_id=answer.tracking_id)
+    response = response_type()
+    if not answer.payload.Unpack(response):
+        got = answer.payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
+        raise UnexpectedAnswer(f"answer is {got}, not the expected {response.DESCRIPTOR.full_name}")
+    return response
+
+
+class Client:
+    """An asyncio client: ``async with await Client.connect(url) as client: await client.call(...)``."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+
+    @classmethod
+    async def connect(
+        cls, servers: str | Sequence[str], *, connect_timeout: float = CONNECT_TIMEOUT, **options: Any
+    ) -> Client:
+        """Connect to NATS (``servers``: a URL, comma-separated URLs or a list); ``options`` go to nats-py."""
+        urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else list(servers)
+        last_error: list[Exception] = []  # only the latest: the callback lives as long as the connection
+
+        async def remember(error: Exception) -> None:
+            last_error[:] = [error]
+
+        nc = NatsClient()
+        settings = {"name": "krt-runner-client", "max_reconnect_attempts": -1, "error_cb": remember, **options}
+        try:
+            await asyncio.wait_for(nc.connect(servers=urls, **settings), timeout=connect_timeout)
+        except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
+            await nc.close()
+            cause = last_error[0] if last_error else exc
+            shown = ", ".join(redact_url(url) for url in urls)
+            raise ClientConnectError(f"cannot connect to NATS at {shown}: {type(cause).__name__}: {cause}") from None
+        return cls(nc)
+
+    async def call(
+        self,
+        subject: str,
+        request: Message,
+        response_type: type[ResponseT],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> ResponseT:
+        """Send ``request`` to the workflow listening on ``subject``; return its answer as ``response_type``."""
+        return unpack_answer(await self.call_raw(subject, request, timeout=timeout), response_type)
+
+    async def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
+        """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
+        data = envelope.encode(request_envelope(request), max_payload=int(self._nc.max_payload))
+        try:
+            reply = await self._nc.request(subject, data, timeout=timeout)
+        except nats_errors.NoRespondersError:
+            raise NoResponders(f"no node listens on {subject!r}: is the workflow running?") from None
+        except nats_errors.TimeoutError:
+            raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
+        return envelope.decode(reply.data, max_decompressed=_MAX_ANSWER_BYTES)
+
+    async def close(self) -> None:
+        """Close the connection (waits for nothing: every call returns its own answer)."""
+        await self._nc.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class BlockingClient:
+    """A client for code without asyncio; safe to share between threads.
+
+    It runs its own event loop on a background thread; :meth:`call` blocks the
+    calling thread only, so many threads can have calls in flight at once.
+    """
+
+    def __init__(self, servers: str | Sequence[str], **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="krt-client", daemon=True)
+        self._thread.start()
+        try:
+            self._client = self._run(Client.connect(servers, **options))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def call(
+        self, subject: str, request: Message, response_type: type[ResponseT], *, timeout: float = DEFAULT_TIMEOUT
+    ) -> ResponseT:
+        """Send ``request`` and wait for the answer; see :meth:`Client.call`."""
+        return self._run(self._client.call(subject, request, response_type, timeout=timeout))
+
+    def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
+        """See :meth:`Client.call_raw`."""
+        return self._run(self._client.call_raw(subject, request, timeout=timeout))
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _run(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

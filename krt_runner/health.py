@@ -1,0 +1,79 @@
+"""A readiness and liveness signal for exec probes: a file kept fresh while the node can serve.
+
+The node touches ``KRT_HEALTH_FILE`` every :data:`TOUCH_INTERVAL` seconds while
+it is subscribed and connected to NATS, and deletes it when it starts to drain.
+``krt-runner health`` exits 0 when the file was touched within ``--max-age``
+seconds: a node that is starting, disconnected, draining, gone, or whose event
+loop is stuck fails the check. No port to open, nothing to serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Seconds between touches; a probe's max age should be a few of these.
+TOUCH_INTERVAL = 5.0
+DEFAULT_MAX_AGE = 3 * TOUCH_INTERVAL
+
+
+class HealthFile:
+    """Keeps ``path`` fresh while ``is_healthy()`` is true; a no-op when ``path`` is empty."""
+
+    def __init__(
+        self, path: str, *, is_healthy: Callable[[], bool], logger: Any, interval: float = TOUCH_INTERVAL
+    ) -> None:
+        self.path = Path(path) if path else None
+        self._is_healthy = is_healthy
+        self._log = logger
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Touch the file now and then every interval (call once the node is subscribed)."""
+        if self.path is not None and self._task is None and self._touch():
+            self._task = asyncio.get_running_loop().create_task(self._touch_forever())
+
+    async def _touch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if not self._touch():
+                return
+
+    def _touch(self) -> bool:
+        """Refresh the file when healthy; ``False`` when it cannot be written (logged once)."""
+        assert self.path is not None
+        if not self._is_healthy():
+            return True
+        try:
+            self.path.touch()
+        except OSError as exc:
+            self._log.error("cannot write KRT_HEALTH_FILE", path=str(self.path), error=str(exc))
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop touching and delete the file: a draining node is not ready."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def check(path: str, *, max_age: float = DEFAULT_MAX_AGE) -> str | None:
+    """``None`` when ``path`` was touched within ``max_age`` seconds, else why the node is not healthy."""
+    if not path:
+        return "no health file: set KRT_HEALTH_FILE (or pass --health-file) for the node and the check"
+    try:
+        age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+        return f"{path} does not exist: the node is starting, draining or stopped"
+    if age > max_age:
+        return f"{path} is {age:.0f}s old (limit {max_age:g}s): the node is disconnected from NATS or stuck"
+    return None

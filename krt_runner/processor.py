@@ -1,0 +1,29 @@
+"""``Processor``: a node written as a class, with ``setup``, ``validate`` and ``process``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import HandlerContext
+
+
+class Processor:
+    """Base class of a node written as a class; subclass it and define :meth:`process`.
+
+    ``setup`` runs once before any message (like ``init``); per message,
+    ``validate`` and then ``process`` run with the request. Each may be sync
+    (run on a worker thread) or async. Annotate the request parameter with its
+    protobuf class (``def process(self, ctx, req: Request) -> Response``) and the
+    runner unpacks the ``Any`` for you. The class is built once, with no
+    arguments, when the node loads.
+    """
+
+    def setup(self, ctx: HandlerContext) -> Any:
+        """Run once before the first message: load models, open clients, ``ctx.set`` them."""
+
+    def validate(self, ctx: HandlerContext, req: Any) -> Any:
+        """Raise to reject ``req``: the requester gets an ``invalid request`` error answer."""
+
+    def process(self, ctx: HandlerContext, req: Any) -> Any:
+        """Return the answer (a protobuf message) for ``req``; an exception is a processing failure."""
+        raise NotImplementedError(f"{type(self).__name__} must define process(self, ctx, req)")

@@ -1,0 +1,191 @@
+"""Request and response types for ``krt-runner call`` and ``up --request``, and their JSON form.
+
+Types come from a generated ``_pb2`` module (a ``.py`` file or a module name)
+or from a ``.proto`` file compiled on the fly by the ``proto`` extra
+(grpcio-tools). Which messages to use: an rpc named by ``method`` (KRE v1's
+entrypoint proto has one rpc per workflow entrypoint), explicit type names, the
+file's only rpc, or messages named ``Request`` and ``Response``, in that order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+
+from .errors import KrtRunnerError
+
+
+class ProtoError(KrtRunnerError):
+    """Message types could not be loaded or chosen, or JSON does not fit them."""
+
+
+@dataclass(frozen=True)
+class MessageTypes:
+    """The request and response classes of one call."""
+
+    request: type[Message]
+    response: type[Message]
+
+
+def load_file(source: str) -> FileDescriptor:
+    """The file descriptor behind ``source``: a ``.proto`` file, a ``_pb2.py`` file or a module name."""
+    if source.endswith(".proto"):
+        return _compile(Path(source))
+    if source.endswith(".py"):
+        return _import_file(Path(source))
+    try:
+        module = importlib.import_module(source)
+    except ImportError as exc:
+        raise ProtoError(f"cannot import {source!r}: {exc}; pass a .proto or a _pb2.py file instead") from None
+    return _descriptor_of(module, source)
+
+
+def find_types_source(proto: Path, search: Iterable[Path]) -> str:
+    """The generated ``<name>_pb2.py`` of ``proto`` beside it or in ``search``, else ``proto`` itself."""
+    generated = f"{proto.stem}_pb2.py"
+    for directory in (proto.parent, *search):
+        if (directory / generated).is_file():
+            return str(directory / generated)
+    return str(proto)
+
+
+def select_types(
+    file: FileDescriptor, *, method: str | None = None, request: str | None = None, response: str | None = None
+) -> MessageTypes:
+    """Pick the request and response types of ``file`` (see the module docstring for the order)."""
+    if request and response and not method:
+        pair = (_message(file, request), _message(file, response))
+    else:
+        default = _default_pair(file, method)
+        pair = (
+            _message(file, request) if request else default[0],
+            _message(file, response) if response else default[1],
+        )
+    return MessageTypes(
+        request=message_factory.GetMessageClass(pair[0]), response=message_factory.GetMessageClass(pair[1])
+    )
+
+
+def parse_json(text: str, message_type: type[Message]) -> Message:
+    """``text`` (protobuf's JSON mapping) as a ``message_type``; a :class:`ProtoError` says what does not fit."""
+    message = message_type()
+    pool: Any = message.DESCRIPTOR.file.pool  # the C and Python pools share one interface
+    try:
+        json_format.Parse(text, message, descriptor_pool=pool)
+    except json_format.ParseError as exc:
+        raise ProtoError(f"request is not a valid {message.DESCRIPTOR.full_name} in JSON: {exc}") from None
+    return message
+
+
+def to_json(message: Message, *, indent: int | None = 2, with_defaults: bool = False) -> str:
+    """``message`` in protobuf's JSON mapping, with the field names of the .proto."""
+    pool: Any = message.DESCRIPTOR.file.pool
+    return json_format.MessageToJson(
+        message,
+        preserving_proto_field_name=True,
+        indent=indent,
+        always_print_fields_with_no_presence=with_defaults,
+        descriptor_pool=pool,
+    )
+
+
+def rpc_names(file: FileDescriptor) -> list[str]:
+    """The names of every rpc of every service in ``file``."""
+    return [method.name for method in _methods(file)]
+
+
+def _methods(file: FileDescriptor) -> list[MethodDescriptor]:
+    return [method for service in file.services_by_name.values() for method in service.methods]
+
+
+def _default_pair(file: FileDescriptor, method: str | None) -> tuple[Descriptor, Descriptor]:
+    methods = _methods(file)
+    names = ", ".join(m.name for m in methods) or "none"
+    if method:
+        for candidate in methods:
+            if candidate.name == method:
+                return candidate.input_type, candidate.output_type
+        raise ProtoError(f"{file.name} has no rpc {method!r} (rpcs: {names})")
+    if len(methods) == 1:
+        return methods[0].input_type, methods[0].output_type
+    messages = file.message_types_by_name
+    if "Request" in messages and "Response" in messages:
+        return messages["Request"], messages["Response"]
+    raise ProtoError(
+        f"cannot tell the request and response types of {file.name} (rpcs: {names}; "
+        f"messages: {', '.join(messages) or 'none'}): pass --method or --request-type and --response-type"
+    )
+
+
+def _message(file: FileDescriptor, name: str) -> Descriptor:
+    full_name = name if "." in name or not file.package else f"{file.package}.{name}"
+    try:
+        return file.pool.FindMessageTypeByName(full_name)
+    except KeyError:
+        known = ", ".join(file.message_types_by_name) or "none"
+        raise ProtoError(f"no message {name!r} in {file.name} (messages: {known})") from None
+
+
+def _descriptor_of(module: object, source: str) -> FileDescriptor:
+    descriptor = getattr(module, "DESCRIPTOR", None)
+    if not isinstance(descriptor, FileDescriptor):
+        raise ProtoError(f"{source!r} is not a generated protobuf module (no DESCRIPTOR)")
+    return descriptor
+
+
+def _import_file(path: Path) -> FileDescriptor:
+    path = path.resolve()
+    if not path.is_file():
+        raise ProtoError(f"no file at {path}")
+    loaded = sys.modules.get(path.stem)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+        return _descriptor_of(loaded, str(path))
+    # Its directory goes on sys.path so the module can import the _pb2 modules it depends on.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ProtoError(f"{path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
+    sys.modules[path.stem] = module
+    return _descriptor_of(module, str(path))
+
+
+def _compile(path: Path) -> FileDescriptor:
+    """Compile with the protoc of grpcio-tools into a private pool (no generated code is written)."""
+    if not path.is_file():
+        raise ProtoError(f"no file at {path}")
+    tools = importlib.util.find_spec("grpc_tools")
+    if tools is None or tools.origin is None:
+        raise ProtoError(
+            f"compiling {path.name} needs grpcio-tools: pip install 'krt-runner[proto]', "
+            f"or pass the generated {path.stem}_pb2.py instead"
+        )
+    include = Path(tools.origin).parent / "_proto"
+    with tempfile.TemporaryDirectory(prefix="krt-proto-") as workdir:
+        out = Path(workdir) / "set.pb"
+        args = ["-m", "grpc_tools.protoc", f"-I{path.parent}", f"-I{include}", "--include_imports"]
+        command = [sys.executable, *args, f"--descriptor_set_out={out}", str(path)]
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ProtoError(f"protoc failed on {path}: {done.stderr.strip()}")
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    return pool.FindFileByName(path.name)

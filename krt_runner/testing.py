@@ -1,0 +1,153 @@
+"""Test a node's ``init`` and ``handler`` in-process, with plain pytest: no NATS, no InfluxDB.
+
+::
+
+    from krt_runner.testing import run_node
+
+    def test_greet_says_hello():
+        with run_node("examples/greeter", "src/greet.py") as node:   # loads the module, runs init
+            answer = node.call(Request(name="Ada"), Response)          # runs handler once
+        assert answer.greeting == "Hello, Ada!"
+        assert node.points[0].measurement == "greetings"
+
+The handler gets a real :class:`~krt_runner.context.HandlerContext`: the same
+``set``/``get`` store, ``path``, logger and measurement checks as in a running
+node; sync functions run on a worker thread as they do there. Measurements are
+kept in memory (:attr:`NodeUnderTest.points`, :attr:`NodeUnderTest.lines`) and
+early replies in :attr:`NodeUnderTest.replies`. A handler that raises raises
+here too, with its own traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from . import envelope
+from .context import HandlerContext, NodeState
+from .handler import Caller, UserCode, load_user_code
+from .logging import node_logger
+from .measurements import Measurement, MemorySink
+
+__all__ = ["NodeUnderTest", "SavedPoint", "run_node"]
+
+ResponseT = TypeVar("ResponseT", bound=Message)
+
+
+@dataclass(frozen=True)
+class SavedPoint:
+    """One ``ctx.measurement.save`` call, as the handler made it (the ``version`` tag included)."""
+
+    measurement: str
+    fields: dict[str, Any]
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+class _RecordingMeasurement(Measurement):
+    def __init__(self, *, sink: MemorySink, version: str, points: list[SavedPoint]) -> None:
+        super().__init__(sink=sink, version=version)
+        self._points = points
+        self._tagged_version = version
+
+    def save(
+        self,
+        measurement: str,
+        fields: Mapping[str, Any],
+        tags: Mapping[str, Any] | None = None,
+        time: datetime | int | float | None = None,
+        precision: str = Measurement.NS,
+    ) -> None:
+        super().save(measurement, fields, tags, time, precision)  # the same checks as in a node
+        self._points.append(SavedPoint(measurement, dict(fields), {**(tags or {}), "version": self._tagged_version}))
+
+
+class NodeUnderTest:
+    """A loaded handler module with its context; made by :func:`run_node`."""
+
+    def __init__(self, code: UserCode, *, base_path: Path, node_name: str, workflow: str, version: str) -> None:
+        self.code = code
+        self.points: list[SavedPoint] = []
+        self.replies: list[Message] = []
+        self._sink = MemorySink()
+        logger = node_logger(node=node_name, workflow=workflow, version=version)
+        measurement = _RecordingMeasurement(sink=self._sink, version=version, points=self.points)
+        self.state = NodeState(base_path=base_path, logger=logger, measurement=measurement)
+        self._caller = Caller(workers=1)
+        self._loop = asyncio.new_event_loop()
+        self.state.loop = self._loop
+
+    @property
+    def lines(self) -> list[str]:
+        """Every point saved, in InfluxDB line protocol, as a node would write it."""
+        return self._sink.lines
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """What ``ctx.set`` stored."""
+        return self.state.store
+
+    def init(self) -> None:
+        """Run the module's ``init(ctx)``, if it has one (:func:`run_node` does this for you)."""
+        if self.code.init is not None:
+            self._loop.run_until_complete(self._caller.call(self.code.init, HandlerContext(self.state)))
+
+    def call(
+        self, request: Message, response_type: type[ResponseT] | None = None, *, tracking_id: str | None = None
+    ) -> Any:
+        """Run ``handler(ctx, data)`` once with ``request`` packed in ``Any``; return its result.
+
+        With ``response_type``, the result (or an ``Any`` holding one) is
+        returned as that type, and anything else fails the test with a
+        ``TypeError`` naming what came back.
+        """
+        tracking = tracking_id or str(uuid.uuid4())
+        ctx = HandlerContext(self.state, tracking, self._capture_reply)
+        result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, envelope.pack(request)))
+        return result if response_type is None else _as_type(result, response_type)
+
+    async def _capture_reply(self, message: Message) -> None:
+        self.replies.append(message)
+
+    def close(self) -> None:
+        """Stop the worker thread and the event loop."""
+        self._caller.close()
+        self._loop.close()
+
+
+def _as_type(result: Any, response_type: type[ResponseT]) -> ResponseT:
+    if isinstance(result, response_type):
+        return result
+    if isinstance(result, envelope.AnyMessage):
+        unpacked = response_type()
+        if result.Unpack(unpacked):
+            return unpacked
+        raise TypeError(f"handler returned an Any holding {result.type_url}, not {response_type.__name__}")
+    raise TypeError(f"handler returned {type(result).__name__}, not {response_type.__name__}")
+
+
+@contextmanager
+def run_node(
+    base_path: Path | str,
+    handler: str,
+    *,
+    node_name: str = "",
+    workflow: str = "test",
+    version: str = "test",
+) -> Iterator[NodeUnderTest]:
+    """Load ``handler`` (relative to ``base_path``, as ``KRT_HANDLER_PATH``), run ``init``, yield the node."""
+    base = Path(base_path).resolve()
+    code = load_user_code(handler, base)
+    node = NodeUnderTest(code, base_path=base, node_name=node_name or code.name, workflow=workflow, version=version)
+    try:
+        node.init()
+        yield node
+    finally:
+        node.close()

@@ -1,0 +1,280 @@
+"""The KRT v1 ``krt.yml``: read, validate (every problem at once) and wire nodes to subjects.
+
+Subjects follow KRE v1: the first node of a workflow listens on
+``<version>-<workflow entrypoint>-entrypoint`` (what a KRE v1 entrypoint
+publishes to); every later node listens on ``<version>-<workflow>-<node>``, which
+is the output of the node before it; the last node's output is empty, so it
+answers the requester. :meth:`NodeWiring.environment` is the one place that
+turns this into ``KRT_*`` variables, used by ``krt-runner up`` and checked
+against ``examples/*/docker-compose.yml`` by the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KrtFileError
+
+KRT_FILE = "krt.yml"
+# KRE v1's "resource-name": lowercase letters, digits and '-', shorter than 20 characters.
+_RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MAX_NAME_LENGTH = 19
+# KRE v1's "env": config names are environment variable names.
+_ENV_NAME = re.compile(r"^[A-Z0-9]([_A-Z0-9]*[A-Z0-9])?$")
+# A workflow entrypoint is an rpc name and becomes part of a subject: no dots, spaces or wildcards.
+_ENTRYPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOP_FIELDS = ("krtVersion", "version", "description", "entrypoint", "config", "nodes", "workflows")
+_V2_HINT = "is a KRT v2 field; krt-runner reads KRT v1 (workflows list nodes in 'sequential')"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One entry of ``nodes``: the code a workflow step runs."""
+
+    name: str
+    image: str
+    src: str
+    gpu: bool = False
+
+    @property
+    def is_python(self) -> bool:
+        return self.src.endswith(".py")
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """One entry of ``workflows``: an entrypoint rpc and the nodes it runs, in order."""
+
+    name: str
+    entrypoint: str
+    sequential: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Krt:
+    """A validated ``krt.yml`` and the directory it lives in."""
+
+    directory: Path
+    version: str
+    description: str
+    proto: str
+    image: str
+    variables: tuple[str, ...]
+    files: tuple[str, ...]
+    nodes: tuple[Node, ...]
+    workflows: tuple[Workflow, ...]
+
+    @property
+    def config_names(self) -> tuple[str, ...]:
+        return self.variables + self.files
+
+    def node(self, name: str) -> Node:
+        return next(node for node in self.nodes if node.name == name)
+
+    def workflow(self, name: str) -> Workflow:
+        return next(workflow for workflow in self.workflows if workflow.name == name)
+
+
+@dataclass(frozen=True)
+class NodeWiring:
+    """Where one node of one workflow reads and writes."""
+
+    krt: Krt
+    workflow: Workflow
+    node: Node
+    input: str
+    output: str
+
+    @property
+    def label(self) -> str:
+        """``node``, or ``workflow-node`` when the KRT has several workflows (a compose service name)."""
+        return self.node.name if len(self.krt.workflows) == 1 else f"{self.workflow.name}-{self.node.name}"
+
+    def environment(self, *, nats_url: str, base_path: str, config: Mapping[str, str]) -> dict[str, str]:
+        """The ``KRT_*`` variables (and config values) this node runs with, as KRE v1 sets them."""
+        return {
+            "KRT_NATS_SERVER": nats_url,
+            "KRT_NATS_INPUT": self.input,
+            "KRT_NATS_OUTPUT": self.output,
+            "KRT_BASE_PATH": base_path,
+            "KRT_HANDLER_PATH": self.node.src,
+            "KRT_NODE_NAME": self.node.name,
+            "KRT_WORKFLOW_NAME": self.workflow.name,
+            "KRT_VERSION": self.krt.version,
+            "KRT_VERSION_ID": self.krt.version,
+            **{name: config[name] for name in self.krt.config_names},
+        }
+
+
+def entry_subject(version: str, workflow: Workflow) -> str:
+    """The subject a KRE v1 entrypoint publishes a workflow's requests to."""
+    return f"{version}-{workflow.entrypoint}-entrypoint"
+
+
+def wiring(krt: Krt) -> list[NodeWiring]:
+    """Every node of every workflow with its input and output subject, in workflow order."""
+    wired = []
+    for workflow in krt.workflows:
+        names = workflow.sequential
+        inputs = [entry_subject(krt.version, workflow)]
+        inputs += [f"{krt.version}-{workflow.name}-{name}" for name in names[1:]]
+        outputs = [*inputs[1:], ""]
+        for name, subject_in, subject_out in zip(names, inputs, outputs, strict=True):
+            wired.append(NodeWiring(krt, workflow, krt.node(name), subject_in, subject_out))
+    return wired
+
+
+def load_krt(directory: Path | str) -> Krt:
+    """Read and validate ``DIRECTORY/krt.yml``; raise :class:`KrtFileError` listing every problem."""
+    root = Path(directory)
+    path = root / KRT_FILE
+    if not path.is_file():
+        raise KrtFileError(str(path), ["does not exist: a KRT v1 directory has a krt.yml at its top"])
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise KrtFileError(str(path), [f"not valid YAML: {_one_line(exc)}"]) from None
+    reader = _Reader(root)
+    krt = reader.krt(document)
+    if reader.problems:
+        raise KrtFileError(str(path), reader.problems)
+    return krt
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+class _Reader:
+    """Builds a :class:`Krt` from parsed YAML, noting each problem as ``field: what is wrong``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    def krt(self, document: Any) -> Krt:
+        top = self.mapping(document, "(top level)", _TOP_FIELDS)
+        if top.get("krtVersion", "v1") != "v1":
+            self.problem("krtVersion", f"is {top['krtVersion']!r}; krt-runner reads KRT v1 files only")
+        version = self.name(top, "version", "version")
+        description = self.text(top, "description", "description")
+        entrypoint = self.mapping(top.get("entrypoint"), "entrypoint", ("proto", "image"))
+        proto, image = self.proto(entrypoint), self.text(entrypoint, "image", "entrypoint.image")
+        config = self.mapping(top.get("config") or {}, "config", ("variables", "files"))
+        variables, files = self.env_names(config, "variables"), self.env_names(config, "files")
+        nodes = self.nodes(top.get("nodes"))
+        workflows = self.workflows(top.get("workflows"), {node.name for node in nodes})
+        return Krt(self.root.resolve(), version, description, proto, image, variables, files, nodes, workflows)
+
+    # -- fields ---------------------------------------------------------------------------------
+
+    def mapping(self, value: Any, where: str, fields: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.problem(where, f"must be a mapping with {', '.join(fields)}")
+            return {}
+        for key in value:
+            if key not in fields:
+                hint = _V2_HINT if key in ("subscriptions", "nodes", "exitpoint", "exitPoint") else (
+                    f"unknown field; expected one of {', '.join(fields)}"
+                )
+                self.problem(f"{where}.{key}" if where != "(top level)" else str(key), hint)
+        return value
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        if not isinstance(value, list) or not value:
+            self.problem(where, "must be a list with at least one entry")
+            return []
+        return value
+
+    def text(self, mapping: Mapping[str, Any], key: str, where: str) -> str:
+        value = mapping.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            self.problem(where, "is required")
+            return ""
+        if not isinstance(value, str):
+            self.problem(where, f"must be a string, not {type(value).__name__}")
+            return ""
+        return value.strip()
+
+    def name(self, mapping: Mapping[str, Any], key: str, where: str) -> str:
+        value = self.text(mapping, key, where)
+        if value and not (_RESOURCE_NAME.match(value) and len(value) <= _MAX_NAME_LENGTH):
+            self.problem(
+                where,
+                f"{value!r} is not a valid name: lowercase letters, digits and '-' only, "
+                f"at most {_MAX_NAME_LENGTH} characters, e.g. my-name",
+            )
+        return value
+
+    def env_names(self, config: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        values = config.get(key) or []
+        if not isinstance(values, list):
+            self.problem(f"config.{key}", "must be a list of names")
+            return ()
+        for index, value in enumerate(values):
+            if not isinstance(value, str) or not _ENV_NAME.match(value):
+                self.problem(f"config.{key}[{index}]", f"{value!r} must use capital letters, digits and '_' only")
+        return tuple(str(value) for value in values)
+
+    def proto(self, entrypoint: Mapping[str, Any]) -> str:
+        proto = self.text(entrypoint, "proto", "entrypoint.proto")
+        if proto and not proto.endswith(".proto"):
+            self.problem("entrypoint.proto", f"{proto!r} must be a .proto file")
+        elif proto and not (self.root / proto).is_file():
+            self.problem("entrypoint.proto", f"{proto!r} does not exist under {self.root}")
+        return proto
+
+    # -- nodes and workflows ---------------------------------------------------------------------
+
+    def nodes(self, value: Any) -> tuple[Node, ...]:
+        nodes = tuple(self.node(item, f"nodes[{index}]") for index, item in enumerate(self.items(value, "nodes")))
+        self.unique([node.name for node in nodes], "nodes", "node")
+        return nodes
+
+    def node(self, item: Any, where: str) -> Node:
+        fields = self.mapping(item, where, ("name", "image", "src", "gpu"))
+        name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
+        src = self.text(fields, "src", f"{where}.src")
+        if src and not (self.root / src).is_file():
+            self.problem(f"{where}.src", f"{src!r} does not exist under {self.root}")
+        gpu = fields.get("gpu", False)
+        if not isinstance(gpu, bool):
+            self.problem(f"{where}.gpu", f"must be true or false, not {gpu!r}")
+        return Node(name=name, image=image, src=src, gpu=gpu is True)
+
+    def workflows(self, value: Any, node_names: set[str]) -> tuple[Workflow, ...]:
+        workflows = tuple(
+            self.workflow(item, f"workflows[{index}]", node_names)
+            for index, item in enumerate(self.items(value, "workflows"))
+        )
+        self.unique([workflow.name for workflow in workflows], "workflows", "workflow name")
+        self.unique([workflow.entrypoint for workflow in workflows], "workflows", "entrypoint")
+        return workflows
+
+    def workflow(self, item: Any, where: str, node_names: set[str]) -> Workflow:
+        fields = self.mapping(item, where, ("name", "entrypoint", "sequential"))
+        name = self.name(fields, "name", f"{where}.name")
+        entrypoint = self.text(fields, "entrypoint", f"{where}.entrypoint")
+        if entrypoint and not _ENTRYPOINT_NAME.match(entrypoint):
+            self.problem(f"{where}.entrypoint", f"{entrypoint!r} must be letters, digits, '_' or '-' (an rpc name)")
+        sequential = tuple(str(name) for name in self.items(fields.get("sequential"), f"{where}.sequential"))
+        for index, node in enumerate(sequential):
+            if node not in node_names:
+                self.problem(f"{where}.sequential[{index}]", f"node {node!r} is not defined in nodes")
+        self.unique(list(sequential), f"{where}.sequential", "node")
+        return Workflow(name=name, entrypoint=entrypoint, sequential=sequential)
+
+    def unique(self, values: list[str], where: str, what: str) -> None:
+        for value, count in Counter(values).items():
+            if value and count > 1:
+                self.problem(where, f"{what} {value!r} appears {count} times; each must be unique")

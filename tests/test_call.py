@@ -1,0 +1,234 @@
+"""`krt-runner call` and the client API against real nodes on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import KRT_RUNNER, ROOT, NodeProcess, greeter_pb2, node_env
+
+from krt_runner.call import percentile, summary
+from krt_runner.client import (
+    BlockingClient,
+    CallTimeout,
+    Client,
+    ClientConnectError,
+    ErrorAnswer,
+    NoResponders,
+    UnexpectedAnswer,
+    request_envelope,
+)
+from krt_runner.embedded import EmbeddedNats, free_port
+from krt_runner.errors import KrtRunnerError
+
+GREETER = ROOT / "examples" / "greeter"
+HANDLERS = ROOT / "tests" / "handlers"
+GREETER_PB2 = str(GREETER / "src" / "greeter_pb2.py")
+ECHO_TYPES = ("--proto", GREETER_PB2, "--request-type", "Request", "--response-type", "greeter.Request")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory) -> Iterator[tuple[EmbeddedNats, str, str]]:
+    """One nats-server with the greeter's two nodes and an echo node, shared by this module's tests.
+
+    greeter: the example's workflow, wired as krt.yml says. echo: tests/handlers/behaviours.py,
+    where "boom" fails, "sleep:S" sleeps and anything else is echoed.
+    """
+    cwd = tmp_path_factory.mktemp("nodes")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    env.update({"KRT_LOG_FORMAT": "json", "KRT_MEASUREMENTS_ENABLED": "false"})
+    with EmbeddedNats() as server:
+        started = [
+            NodeProcess([*KRT_RUNNER, "run"], {**env, **node_env(server, *args, **extra)}, cwd=cwd)
+            for args, extra in [
+                ((GREETER, "src/greet.py"), {"input": "g-in", "output": "g-mid", "name": "greet"}),
+                ((GREETER, "src/decorate.py"), {"input": "g-mid", "name": "decorate"}),
+                ((HANDLERS, "behaviours.py"), {"input": "echo", "name": "echo", "KRT_CONCURRENCY": "4"}),
+            ]
+        ]
+        try:
+            for node in started:
+                node.wait_for_line('"node ready"')
+            yield server, "g-in", "echo"
+        finally:
+            for node in started:
+                node.stop()
+
+
+@pytest.fixture
+def nats_server(nodes) -> EmbeddedNats:
+    return nodes[0]
+
+
+@pytest.fixture
+def greeter(nodes) -> str:
+    return nodes[1]
+
+
+@pytest.fixture
+def echo(nodes) -> str:
+    return nodes[2]
+
+
+def call(nats_server, subject: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [*KRT_RUNNER, "call", subject, "--nats", nats_server.url, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+# -- krt-runner call ------------------------------------------------------------------------------
+
+
+def test_call_prints_the_answer_as_json(nats_server, greeter):
+    done = call(nats_server, greeter, "--proto", GREETER_PB2, "--method", "Greet", "--request", '{"name": "Ada"}')
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, Ada! **"}
+
+
+def test_call_compiles_a_proto_file_on_the_fly(nats_server, greeter):
+    pytest.importorskip("grpc_tools")
+    proto = str(GREETER / "proto" / "greeter.proto")
+
+    done = call(nats_server, greeter, "--proto", proto, "--request", '{"name": "Lin"}')
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, Lin! **"}
+
+
+def test_call_prints_an_error_answer_and_exits_1(nats_server, echo):
+    done = call(nats_server, echo, *ECHO_TYPES, "--request", '{"name": "boom"}')
+
+    assert done.returncode == 1
+    assert "error in node 'echo': handler raised ValueError: boom requested" in done.stderr
+    assert done.stdout == ""
+
+
+def test_call_exits_1_with_a_clear_message_on_a_timeout(nats_server, echo):
+    done = call(nats_server, echo, *ECHO_TYPES, "--request", '{"name": "sleep:1"}', "--timeout", "0.3")
+
+    assert done.returncode == 1
+    assert "no answer on 'echo' within 0.3s" in done.stderr
+
+
+def test_call_exits_1_when_no_node_listens(nats_server):
+    done = call(nats_server, "nobody-here", *ECHO_TYPES)
+
+    assert done.returncode == 1
+    assert "no node listens on 'nobody-here'" in done.stderr
+
+
+def test_call_rejects_a_request_that_does_not_fit_its_type_with_exit_2(nats_server):
+    done = call(nats_server, "any", "--proto", GREETER_PB2, "--method", "Greet", "--request", '{"nom": "x"}')
+
+    assert done.returncode == 2
+    assert "not a valid greeter.Request" in done.stderr and "nom" in done.stderr
+
+
+def test_call_repeat_with_concurrency_prints_a_latency_summary(nats_server, greeter):
+    done = call(nats_server, greeter, "--proto", GREETER_PB2, "--repeat", "200", "--concurrency", "8")
+
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.strip().splitlines()
+    assert first.startswith("200 requests in ") and "200 answered, 0 error answers, 0 timeouts" in first
+    assert "requests/s" in first
+    assert second.startswith("latency ms (answered): p50 ") and " p90 " in second and " p99 " in second
+
+
+def test_call_repeat_counts_error_answers_and_exits_1(nats_server, echo):
+    done = call(nats_server, echo, *ECHO_TYPES, "--request", '{"name": "boom"}', "--repeat", "5")
+
+    assert done.returncode == 1
+    assert "5 requests in" in done.stdout and "0 answered, 5 error answers" in done.stdout
+    assert "first failure: error in node 'echo'" in done.stderr
+
+
+def test_percentiles_use_the_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+
+    assert [percentile(values, p) for p in (50, 90, 99, 100)] == [50.0, 90.0, 99.0, 100.0]
+    assert percentile([7.0], 99) == 7.0
+    assert summary([], Counter(timeouts=2), 1.0).startswith("2 requests in 1.00s (2.0 requests/s): 0 answered")
+
+
+# -- the client API -------------------------------------------------------------------------------
+
+
+def test_a_request_looks_like_a_kre_v1_entrypoint_request():
+    first = request_envelope(greeter_pb2.Request(name="x"))
+    second = request_envelope(greeter_pb2.Request(name="x"))
+
+    assert first.tracking_id != second.tracking_id
+    assert [entry.node_name for entry in first.tracking] == ["entrypoint"]
+    assert first.tracking[0].start <= first.tracking[0].end
+    assert first.payload.Is(greeter_pb2.Request.DESCRIPTOR)
+
+
+async def test_many_calls_in_flight_on_one_connection_each_get_their_own_answer(nats_server, greeter):
+    async with await Client.connect(nats_server.url) as client:
+        names = [f"caller-{i}" for i in range(500)]
+
+        answers = await asyncio.gather(
+            *(client.call(greeter, greeter_pb2.Request(name=n), greeter_pb2.Response, timeout=20) for n in names)
+        )
+
+    assert [a.greeting for a in answers] == [f"** Hello, {n}! **" for n in names]
+
+
+async def test_the_raw_answer_carries_the_tracking_of_every_node(nats_server, greeter):
+    async with await Client.connect(nats_server.url) as client:
+        answer = await client.call_raw(greeter, greeter_pb2.Request(name="t"))
+
+    assert [entry.node_name for entry in answer.tracking] == ["entrypoint", "greet", "decorate"]
+
+
+async def test_an_error_answer_raises_error_answer_with_the_tracking_id(nats_server, echo):
+    async with await Client.connect(nats_server.url) as client:
+        with pytest.raises(ErrorAnswer) as caught:
+            await client.call(echo, greeter_pb2.Request(name="boom"), greeter_pb2.Request)
+
+    assert isinstance(caught.value, KrtRunnerError)
+    assert "boom requested" in caught.value.error and caught.value.tracking_id
+
+
+async def test_a_slow_answer_raises_call_timeout_and_the_client_keeps_working(nats_server, echo):
+    async with await Client.connect(nats_server.url) as client:
+        with pytest.raises(CallTimeout):
+            await client.call(echo, greeter_pb2.Request(name="sleep:1"), greeter_pb2.Request, timeout=0.2)
+        answer = await client.call(echo, greeter_pb2.Request(name="after"), greeter_pb2.Request, timeout=5)
+
+    assert answer.name == "after>echo"
+
+
+async def test_no_listener_raises_no_responders_and_a_wrong_type_unexpected_answer(nats_server, echo):
+    async with await Client.connect(nats_server.url) as client:
+        with pytest.raises(NoResponders):
+            await client.call("nobody", greeter_pb2.Request(), greeter_pb2.Response, timeout=2)
+        with pytest.raises(UnexpectedAnswer, match=r"answer is greeter\.Request, not the expected greeter\.Response"):
+            await client.call(echo, greeter_pb2.Request(name="x"), greeter_pb2.Response)
+
+
+async def test_connecting_to_no_server_fails_fast_with_a_typed_error():
+    started = time.monotonic()
+
+    with pytest.raises(ClientConnectError, match=r"cannot connect to NATS at nats://127\.0\.0\.1:"):
+        await Client.connect(f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
+
+    assert time.monotonic() - started < 5
+
+
+def test_the_blocking_client_serves_many_threads_at_once(nats_server, greeter):
+    with BlockingClient(nats_server.url) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        names = [f"thread-{i}" for i in range(100)]
+
+        answers = list(
+            pool.map(lambda n: client.call(greeter, greeter_pb2.Request(name=n), greeter_pb2.Response), names)
+        )
+
+    assert [a.greeting for a in answers] == [f"** Hello, {n}! **" for n in names]

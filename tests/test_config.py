@@ -1,0 +1,144 @@
+"""Settings from KRT_* variables and flags: defaults, overrides, every problem at once."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from krt_runner.config import OPTIONS, Settings, load_settings, redact_url
+from krt_runner.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+KRE_V1_ENV = {
+    "KRT_NATS_SERVER": "kre-nats:4222",
+    "KRT_NATS_INPUT": "v1-greet-in",
+    "KRT_NATS_OUTPUT": "v1-greet-out",
+    "KRT_BASE_PATH": str(ROOT / "examples" / "greeter"),
+    "KRT_HANDLER_PATH": "src/greet.py",
+    "KRT_NODE_NAME": "greet",
+    "KRT_WORKFLOW_NAME": "greeting",
+    "KRT_VERSION": "greeter-v1",
+    "KRT_VERSION_ID": "id-1",
+    "KRT_INFLUX_URI": "http://influxdb:8086",
+}
+
+
+def test_kre_v1_variables_alone_make_complete_settings():
+    settings = load_settings(KRE_V1_ENV)
+
+    assert settings.nats_servers == ("nats://kre-nats:4222",)
+    assert settings.input_subject == "v1-greet-in" and settings.output_subject == "v1-greet-out"
+    assert settings.base_path == ROOT / "examples" / "greeter"
+    assert (settings.node_name, settings.workflow_name, settings.version) == ("greet", "greeting", "greeter-v1")
+    assert settings.influx_uri == "http://influxdb:8086"
+    assert not settings.is_last_node
+
+
+def test_an_empty_output_makes_the_last_node():
+    assert load_settings({**KRE_V1_ENV, "KRT_NATS_OUTPUT": ""}).is_last_node
+
+
+def test_a_flag_overrides_its_variable():
+    settings = load_settings(KRE_V1_ENV, overrides={"input_subject": "other", "concurrency": "4"})
+
+    assert settings.input_subject == "other" and settings.concurrency == 4
+
+
+def test_comma_separated_servers_are_all_kept():
+    settings = load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "nats://a:4222, b:4223"})
+
+    assert settings.nats_servers == ("nats://a:4222", "nats://b:4223")
+
+
+def test_every_problem_is_reported_at_once():
+    env = {"KRT_NATS_SERVER": "http://x", "KRT_CONCURRENCY": "zero", "KRT_LOG_FORMAT": "xml"}
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+
+    text = str(caught.value)
+    for name in ("KRT_NATS_SERVER", "KRT_NATS_INPUT", "KRT_HANDLER_PATH", "KRT_CONCURRENCY", "KRT_LOG_FORMAT"):
+        assert name in text
+    assert len(caught.value.problems) == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KRT_CONCURRENCY", "0"),
+        ("KRT_HANDLER_TIMEOUT", "-1"),
+        ("KRT_BASE_PATH", "/no/such/dir"),
+        ("KRT_NATS_OUTPUT", "has space"),
+        ("KRT_NATS_SERVER", "nats://host:notaport"),
+        ("KRT_MEASUREMENTS_ENABLED", "maybe"),
+    ],
+)
+def test_an_invalid_value_names_its_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({**KRE_V1_ENV, variable: value})
+
+
+def test_a_handler_timeout_of_zero_means_no_limit():
+    assert load_settings({**KRE_V1_ENV, "KRT_HANDLER_TIMEOUT": "0"}).handler_timeout is None
+
+
+def test_secrets_stay_out_of_repr_and_describe():
+    env = {**KRE_V1_ENV, "KRT_NATS_SERVER": "nats://alice:s3cret@host:4222", "KRT_NATS_TOKEN": "tok-123",
+           "KRT_INFLUX_TOKEN": "influx-tok"}
+    settings = load_settings(env)
+
+    shown = repr(settings) + str(settings.describe())
+
+    for secret in ("s3cret", "tok-123", "influx-tok"):
+        assert secret not in shown.replace(repr(settings.nats_servers), "")
+    assert "s3cret" not in str(settings.describe()) and "alice:***@host" in str(settings.describe())
+
+
+def test_an_invalid_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "ftp://bob:hunter2@host"})
+
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("nats://u:p@h:1", "nats://u:***@h:1"),
+        ("nats://token@h:1", "nats://***@h:1"),
+        ("nats://h:1", "nats://h:1"),
+    ],
+)
+def test_redact_url_hides_passwords_and_tokens(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+
+    missing = [o.env for o in OPTIONS if not re.search(rf"`{o.env}`", readme)]
+
+    assert not missing, f"README lacks {missing}"
+
+
+def test_settings_fields_and_options_match():
+    fields = set(Settings.__dataclass_fields__)
+
+    assert {o.field for o in OPTIONS} == fields
+
+
+def test_run_with_missing_settings_exits_2_listing_every_problem(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "krt_runner", "run"],
+        env={"PATH": "/usr/bin:/bin", "KRT_CONCURRENCY": "-3"},
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )
+
+    assert result.returncode == 2
+    for name in ("KRT_NATS_SERVER", "KRT_NATS_INPUT", "KRT_HANDLER_PATH", "KRT_CONCURRENCY"):
+        assert name in result.stderr
+    assert "Traceback" not in result.stderr

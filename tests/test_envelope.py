@@ -1,0 +1,126 @@
+"""The KRE v1 envelope: timestamps, gzip both ways, size limits, Any packing."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from conftest import greeter_pb2
+
+from krt_runner import envelope
+from krt_runner.envelope import AnyMessage, KreNatsMessage
+from krt_runner.errors import EnvelopeError, PayloadTooLargeError
+
+
+def test_timestamps_are_naive_utc_with_microseconds_always_present():
+    moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+    assert envelope.timestamp(moment) == "2026-01-02T03:04:05.000000"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-01-02T03:04:05.123456",
+        "2026-01-02T03:04:05.123456Z",
+        "2026-01-02T04:04:05.123456+01:00",
+        "2026-01-02T03:04:05.123456789Z",
+    ],
+)
+def test_timestamps_are_read_naive_with_z_or_with_an_offset(text):
+    expected = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+
+    assert envelope.parse_timestamp(text) == expected
+
+
+def test_a_timestamp_without_fraction_is_read():
+    assert envelope.parse_timestamp("2026-01-02T03:04:05Z") == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def test_timestamp_round_trip_keeps_order_within_a_microsecond():
+    now = datetime.now(timezone.utc)
+
+    assert abs(envelope.parse_timestamp(envelope.timestamp(now)) - now) < timedelta(microseconds=1)
+
+
+def request(name: str = "Ada") -> KreNatsMessage:
+    message = KreNatsMessage(tracking_id="t-1", reply="inbox")
+    message.payload.Pack(greeter_pb2.Request(name=name))
+    return message
+
+
+def test_a_small_message_is_sent_uncompressed_and_decodes_back():
+    data = envelope.encode(request(), max_payload=1024 * 1024)
+
+    assert data[:2] != envelope.GZIP_MAGIC
+    assert envelope.decode(data, max_decompressed=1024) == request()
+
+
+def test_a_message_over_max_payload_is_gzipped_and_decodes_back():
+    big = request("abc" * 500_000)
+
+    data = envelope.encode(big, max_payload=1024 * 1024)
+
+    assert data[:2] == envelope.GZIP_MAGIC and len(data) <= 1024 * 1024
+    assert envelope.decode(data, max_decompressed=4 * 1024 * 1024) == big
+
+
+def test_a_message_too_large_even_compressed_is_refused():
+    incompressible = request(os.urandom(1_200_000).hex())
+
+    with pytest.raises(PayloadTooLargeError, match="max payload"):
+        envelope.encode(incompressible, max_payload=1024 * 1024)
+
+
+def test_gzip_over_the_cap_is_refused_without_inflating_it_all():
+    bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))
+
+    with pytest.raises(EnvelopeError, match="more than 1048576 bytes"):
+        envelope.decode(bomb, max_decompressed=1024 * 1024)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\x1f\x8b\x08garbage-after-the-magic", gzip.compress(request().SerializeToString())[:-10]],
+    ids=["corrupt", "truncated"],
+)
+def test_broken_gzip_is_an_envelope_error(data):
+    with pytest.raises(EnvelopeError, match="gzip"):
+        envelope.decode(data, max_decompressed=1024 * 1024)
+
+
+def test_bytes_that_are_not_an_envelope_are_an_envelope_error():
+    with pytest.raises(EnvelopeError, match="not a KreNatsMessage"):
+        envelope.decode(b"\xff\xff\xff\xff", max_decompressed=1024)
+
+
+def test_pack_wraps_a_message_and_keeps_an_any_as_it_is():
+    wrapped = envelope.pack(greeter_pb2.Response(greeting="hi"))
+    already = AnyMessage(type_url="type.googleapis.com/custom.Thing", value=b"\x01")
+
+    assert wrapped.type_url == "type.googleapis.com/greeter.Response"
+    assert envelope.pack(already) is already
+
+
+def test_envelope_field_numbers_match_kre_v1():
+    fields = {f.name: f.number for f in KreNatsMessage.DESCRIPTOR.fields}
+    tracking = {f.name: f.number for f in KreNatsMessage.Tracking.DESCRIPTOR.fields}
+
+    assert fields == {"tracking_id": 1, "tracking": 2, "reply": 3, "payload": 4, "error": 5, "replied": 6}
+    assert tracking == {"node_name": 1, "start": 2, "end": 3}
+
+
+def test_a_timestamp_from_nanoseconds_matches_one_from_a_datetime():
+    moment = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+    nanoseconds = int(moment.timestamp()) * 1_000_000_000 + 123_456_789
+
+    assert envelope.timestamp(nanoseconds) == envelope.timestamp(moment) == "2026-01-02T03:04:05.123456"
+
+
+@pytest.mark.parametrize("text", ["2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.123456Z"])
+def test_epoch_seconds_reads_both_forms(text):
+    expected = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc).timestamp()
+
+    assert envelope.epoch_seconds(text) == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,63 @@
+"""The health file and `krt-runner health`: the exec probe for readiness and liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+
+from conftest import KRT_RUNNER, ROOT, node_env
+
+from krt_runner.health import HealthFile, check
+
+GREETER = ROOT / "examples" / "greeter"
+
+
+def health(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    command = [*KRT_RUNNER, "health", *args]
+    return subprocess.run(command, env={**base, **(env or {})}, capture_output=True, text=True, timeout=30)
+
+
+async def test_the_file_is_touched_while_healthy_and_deleted_on_stop(tmp_path):
+    path = tmp_path / "healthy"
+    healthy = [True]
+    keeper = HealthFile(str(path), is_healthy=lambda: healthy[0], logger=None, interval=0.05)
+
+    keeper.start()
+    await asyncio.sleep(0.1)
+    touched = path.stat().st_mtime
+    healthy[0] = False
+    await asyncio.sleep(0.2)
+    untouched = path.stat().st_mtime
+    await keeper.stop()
+
+    assert touched == untouched, "an unhealthy node must not refresh the file"
+    assert not path.exists()
+
+
+def test_check_accepts_a_fresh_file_and_names_what_is_wrong_otherwise(tmp_path):
+    path = tmp_path / "healthy"
+    path.touch()
+    fresh = check(str(path), max_age=5)
+    os.utime(path, (time.time() - 60, time.time() - 60))
+
+    assert fresh is None
+    assert "is 60s old (limit 5s)" in check(str(path), max_age=5)
+    assert "does not exist" in check(str(tmp_path / "missing"))
+    assert "set KRT_HEALTH_FILE" in check("")
+
+
+def test_health_passes_while_the_node_serves_and_fails_once_it_stops(nats_server, start_node, tmp_path):
+    path = tmp_path / "node.health"
+    node = start_node(**node_env(nats_server, GREETER, "src/greet.py", input="in", KRT_HEALTH_FILE=str(path)))
+
+    serving = health(env={"KRT_HEALTH_FILE": str(path)})
+    node.signal()
+    assert node.wait() == 0
+    stopped = health("--health-file", str(path))
+
+    assert serving.returncode == 0, serving.stderr
+    assert stopped.returncode == 1
+    assert "does not exist: the node is starting, draining or stopped" in stopped.stderr

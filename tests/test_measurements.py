@@ -1,0 +1,386 @@
+"""Measurement points without a server: line protocol, checks, the runner's points, the background writer."""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from krt_runner._batching import BatchWriter, FileDestination, WriteError
+from krt_runner.config import load_settings
+from krt_runner.errors import ConfigError
+from krt_runner.measurements import (
+    Measurement,
+    MeasurementError,
+    MemorySink,
+    NodePoints,
+    NullSink,
+    line_protocol,
+    make_sink,
+)
+
+# measurement[,tag=value...] field=value[,field=value...] timestamp -- escapes allowed, no raw newline.
+_ESCAPED = r"(?:[^\\ ,=\n]|\\.)+"
+_FIELD_VALUE = r'(?:"(?:[^"\\\n]|\\.)*"|-?[0-9.e+-]+i?|true|false)'
+LINE_PROTOCOL = re.compile(
+    rf"^{_ESCAPED}(?:,{_ESCAPED}={_ESCAPED})* {_ESCAPED}={_FIELD_VALUE}(?:,{_ESCAPED}={_FIELD_VALUE})* \d+$"
+)
+NODE_ENV = {"KRT_NATS_SERVER": "h:4222", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x.py"}
+T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+T0_NS = 1767323045123456000
+
+
+class RecordingLogger:
+    """Collects (level, event, fields) as structlog's bound logger would log them."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.records.append((level, event, fields))
+
+    def events(self, level: str | None = None) -> list[str]:
+        return [event for lvl, event, _ in self.records if level in (None, lvl)]
+
+    def text(self) -> str:
+        return repr(self.records)
+
+
+class FlakyDestination:
+    """Fails the first ``failures`` writes (retryable unless ``refuse``), then keeps what it gets."""
+
+    description = "a test destination"
+
+    def __init__(self, failures: int = 0, *, refuse: bool = False) -> None:
+        self.details: dict[str, Any] = {}
+        self.failures = failures
+        self.refuse = refuse
+        self.batches: list[list[str]] = []
+        self.attempts = 0
+        self.closed = False
+
+    def write(self, lines: list[str]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise WriteError("server says no", retry=not self.refuse)
+        self.batches.append(list(lines))
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for batch in self.batches for line in batch]
+
+
+def writer(destination: Any, logger: Any = None, **options: Any) -> BatchWriter:
+    settings = {"batch_size": 10, "flush_interval": 0.05, "max_buffered": 100, "shutdown_timeout": 2.0,
+                "retry_waits": (0.01, 0.05), **options}
+    return BatchWriter(destination, logger=logger or RecordingLogger(), **settings)
+
+
+# -- line protocol ----------------------------------------------------------------------------
+
+
+def test_a_point_becomes_one_line_with_sorted_tags_and_typed_fields():
+    line = line_protocol("predictions", {"label": "cat", "score": 0.5, "count": 3, "ok": True}, {"z": "1", "a": "2"},
+                         time_ns=T0_NS)
+
+    assert line == f'predictions,a=2,z=1 label="cat",score=0.5,count=3i,ok=true {T0_NS}'
+    assert LINE_PROTOCOL.match(line)
+
+
+def test_special_characters_are_escaped_and_never_break_the_line():
+    line = line_protocol("my measure,x", {"say": 'a "quote" \\ and\nnewline', "f k": 1.0}, {"t=k": "v, w\nx"},
+                         time_ns=1)
+
+    assert line == r'my\ measure\,x,t\=k=v\,\ w\nx say="a \"quote\" \\ and\nnewline",f\ k=1.0 1'
+    assert "\n" not in line and LINE_PROTOCOL.match(line)
+
+
+def test_a_trailing_backslash_in_a_tag_value_cannot_escape_the_separator():
+    line = line_protocol("m", {"f": 1}, {"path": "C:\\"}, time_ns=1)
+
+    assert LINE_PROTOCOL.match(line), line
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (np.int64(7), "7i"),
+        (np.float32(0.5), "0.5"),
+        (np.bool_(True), "true"),
+        (Decimal("2.5"), "2.5"),
+        (-(2**63), f"{-(2**63)}i"),
+    ],
+)
+def test_numpy_numbers_and_decimals_are_numbers(value, text):
+    assert line_protocol("m", {"f": value}, time_ns=1) == f"m f={text} 1"
+
+
+def test_none_and_non_finite_fields_are_skipped_as_influxdb_client_does():
+    assert line_protocol("m", {"a": None, "b": float("nan"), "c": float("inf"), "d": 1}, time_ns=1) == "m d=1i 1"
+    assert line_protocol("m", {"b": float("nan")}, time_ns=1) == ""
+
+
+def test_empty_and_none_tags_are_left_out():
+    assert line_protocol("m", {"f": 1}, {"a": "", "b": None, "c": 3}, time_ns=1) == "m,c=3 f=1i 1"
+
+
+@pytest.mark.parametrize(
+    ("measurement", "fields", "tags", "message"),
+    [
+        ("m", {"f": {"nested": 1}}, None, "field 'f' has type dict"),
+        ("m", {"f": [1, 2]}, None, "field 'f' has type list"),
+        ("m", {"f": 2**63}, None, "beyond InfluxDB's 64-bit integers"),
+        ("m", {}, None, "at least one field"),
+        ("m", {"time": 1}, None, "'time' is reserved"),
+        ("m", {"": 1}, None, "non-empty strings"),
+        ("m", {"f": 1}, {"t": ["x"]}, "tag 't' must be a string or a number, not list"),
+        ("m", {"f": 1}, {"_measurement": "x"}, "reserved"),
+        ("m", {"f": 1}, "not-a-dict", "tags must be a dict"),
+        ("", {"f": 1}, None, "non-empty string"),
+        ("#m", {"f": 1}, None, "comment"),
+    ],
+)
+def test_a_point_influxdb_would_reject_raises_a_clear_error(measurement, fields, tags, message):
+    with pytest.raises(MeasurementError, match=re.escape(message)):
+        line_protocol(measurement, fields, tags, time_ns=1)
+
+
+# -- ctx.measurement ----------------------------------------------------------------------------
+
+
+def test_save_adds_the_version_tag_over_any_the_handler_gave():
+    sink = MemorySink()
+
+    Measurement(sink=sink, version="v7").save("m", {"f": 1}, {"version": "mine", "model": "a"}, time=T0)
+
+    assert sink.lines == [f"m,model=a,version=v7 f=1i {T0_NS}"]
+
+
+def test_a_bad_point_raises_in_the_caller_and_reaches_no_sink():
+    sink = MemorySink()
+    measurement = Measurement(sink=sink, version="v1")
+
+    with pytest.raises(MeasurementError, match="field 'f'"):
+        measurement.save("m", {"f": object()})
+
+    assert sink.lines == []
+
+
+@pytest.mark.parametrize(
+    ("time", "precision", "expected"),
+    [
+        (T0, Measurement.NS, T0_NS),
+        (T0.replace(tzinfo=None), Measurement.NS, T0_NS),  # naive means UTC, as datetime.utcnow()
+        (T0.astimezone(timezone(timedelta(hours=2))), Measurement.NS, T0_NS),
+        (T0, Measurement.S, 1767323045_000000000),
+        (T0, Measurement.PRECISION_MS, 1767323045123_000000),  # KRE v1 spelling
+        (1767323045123, Measurement.MS, 1767323045123_000000),
+        (1767323045.5, Measurement.S, 1767323045_000000000),
+        (1767323045123456, Measurement.US, T0_NS),
+    ],
+)
+def test_time_and_precision_give_the_timestamp_influxdb_would_store(time, precision, expected):
+    sink = MemorySink()
+
+    Measurement(sink=sink, version="v1").save("m", {"f": 1}, time=time, precision=precision)
+
+    assert sink.lines[0].endswith(f" {expected}")
+
+
+def test_an_unknown_precision_or_time_type_is_refused():
+    measurement = Measurement(sink=MemorySink(), version="v1")
+
+    with pytest.raises(MeasurementError, match="precision"):
+        measurement.save("m", {"f": 1}, precision="minutes")
+    with pytest.raises(MeasurementError, match="time must be"):
+        measurement.save("m", {"f": 1}, time="yesterday")  # type: ignore[arg-type]
+
+
+# -- the runner's own points --------------------------------------------------------------------
+
+
+def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
+    sink = MemorySink()
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+
+    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, waiting_ms=0.25, workflow_ms=9.0)
+
+    (line,) = sink.lines
+    assert re.fullmatch(
+        r'node_elapsed_time,node=a,version=v1,workflow=wf tracking_id="t-1",node_from="entrypoint",'
+        r'elapsed_ms=1\.5,waiting_ms=0\.25,success=true,error="" \d+',
+        line,
+    ), line
+
+
+def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
+    sink = MemorySink()
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
+
+    points.record(tracking_id="t-2", node_from="b", elapsed_ms=2.0, waiting_ms=0.5, workflow_ms=12.5, error="failed")
+
+    node, workflow = sink.lines
+    assert "success=false" in node and 'error="failed"' in node
+    assert re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=12\.5,tracking_id="t-2",'
+                        r"success=false \d+", workflow), workflow
+    assert all(LINE_PROTOCOL.match(line) for line in sink.lines)
+
+
+# -- choosing a sink ----------------------------------------------------------------------------
+
+
+def test_measurements_disabled_means_a_null_sink():
+    settings = load_settings({**NODE_ENV, "KRT_MEASUREMENTS_ENABLED": "false", "KRT_INFLUX_URI": "http://influx:8086"})
+    logger = RecordingLogger()
+
+    assert isinstance(make_sink(settings, logger), NullSink)
+    assert logger.events() == ["measurements off (KRT_MEASUREMENTS_ENABLED=false)"]
+
+
+async def test_without_influx_uri_points_go_to_the_file_whose_path_is_logged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(NODE_ENV)
+    logger = RecordingLogger()
+
+    sink = make_sink(settings, logger)
+    sink.put("m f=1i 1")
+    await sink.close(timeout=5)
+
+    assert (tmp_path / "measurements.lp").read_text() == "m f=1i 1\n"
+    assert ("info", "measurements go to a line-protocol file", {"path": str(tmp_path / "measurements.lp")}) \
+        in logger.records
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KRT_INFLUX_URI", "influxdb:8086"),
+        ("KRT_INFLUX_URI", "udp://influxdb:8089"),
+        ("KRT_MEASUREMENTS_FILE", "/no/such/directory/points.lp"),
+        ("KRT_INFLUX_MAX_BUFFERED_POINTS", "0"),
+        ("KRT_INFLUX_SHUTDOWN_TIMEOUT", "-1"),
+    ],
+)
+def test_a_bad_measurement_setting_stops_start_up_naming_it(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({**NODE_ENV, variable: value})
+
+
+# -- the background writer ----------------------------------------------------------------------
+
+
+async def test_every_line_put_is_written_once_in_batches_in_order():
+    destination = FlakyDestination()
+    sink = writer(destination)
+
+    for number in range(95):
+        sink.put(f"m f={number}i 1")
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(95)]
+    assert max(len(batch) for batch in destination.batches) <= 10
+    assert sink.counts["written"] == 95 and sink.dropped == 0 and destination.closed
+
+
+async def test_lines_from_many_threads_are_all_written_to_the_file(tmp_path):
+    path = tmp_path / "points.lp"
+    sink = writer(FileDestination(path), max_buffered=10_000, batch_size=100)
+
+    def produce(thread: int) -> None:
+        for number in range(1000):
+            sink.put(f"m,thread={thread} f={number}i 1")
+
+    threads = [threading.Thread(target=produce, args=(thread,)) for thread in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    await sink.close(timeout=5)
+
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4000 == len(set(lines))
+    assert all(LINE_PROTOCOL.match(line) for line in lines)
+
+
+async def test_failed_writes_are_retried_until_they_succeed():
+    destination = FlakyDestination(failures=3)
+    logger = RecordingLogger()
+    sink = writer(destination, logger)
+
+    for number in range(25):
+        sink.put(f"m f={number}i 1")
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(25)]
+    assert destination.attempts >= 4
+    assert logger.events("error") == ["measurements: write failed; points are kept and retried"]
+    assert "measurements: writes succeed again" in logger.events("info")
+
+
+async def test_a_refused_batch_is_dropped_and_counted_and_later_batches_still_go():
+    destination = FlakyDestination(failures=1, refuse=True)
+    sink = writer(destination, flush_interval=60)  # the first batch is the first ten lines, exactly
+
+    for number in range(15):
+        sink.put(f"m f={number}i 1")
+    await sink.close(timeout=5)
+
+    assert sink.counts["dropped_rejected"] == 10
+    assert destination.lines == [f"m f={number}i 1" for number in range(10, 15)]
+
+
+async def test_a_full_buffer_drops_the_oldest_counts_them_and_logs_once():
+    destination = FlakyDestination(failures=10**9)  # the server never comes back
+    logger = RecordingLogger()
+    sink = writer(destination, logger, max_buffered=50, batch_size=10)
+
+    sizes = []
+    for number in range(1000):
+        sink.put(f"m f={number}i 1")
+        sizes.append(sink.buffered)
+    await sink.close(timeout=0.2)
+
+    assert max(sizes) == 50
+    assert sink.counts["dropped_full"] == 950
+    assert sink.counts["written"] == 0 and sink.dropped == 1000
+    assert len([e for e in logger.events() if "dropped" in e]) <= 2  # rate-limited, not one line per point
+
+
+async def test_close_is_bounded_when_the_destination_never_recovers():
+    sink = writer(FlakyDestination(failures=10**9), shutdown_timeout=0.3)
+    for number in range(30):
+        sink.put(f"m f={number}i 1")
+
+    await sink.close(timeout=30)
+
+    assert not sink._thread.is_alive()
+    assert sink.counts["dropped_at_close"] == 30
+
+
+async def test_points_put_after_close_are_counted_not_kept():
+    destination = FlakyDestination()
+    sink = writer(destination)
+    await sink.close(timeout=1)
+
+    sink.put("m f=1i 1")
+
+    assert sink.counts["dropped_at_close"] == 1 and destination.lines == []
+
+
+def test_the_file_is_valid_for_influx_write(tmp_path: Path):
+    """``influx write --file`` reads line protocol at precision ns, one point per line."""
+    path = tmp_path / "m.lp"
+    destination = FileDestination(path)
+
+    destination.write([line_protocol("m", {"s": "a\nb"}, {"t": "x y"}, time_ns=T0_NS), "n f=1i 2"])
+
+    assert path.read_text() == f'm,t=x\\ y s="a\\nb" {T0_NS}\nn f=1i 2\n'

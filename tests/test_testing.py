@@ -1,0 +1,82 @@
+"""krt_runner.testing: a handler run in-process with a real context, no NATS."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, greeter_pb2
+
+from krt_runner.envelope import AnyMessage
+from krt_runner.measurements import MeasurementError
+from krt_runner.testing import run_node
+
+HANDLERS = ROOT / "tests" / "handlers"
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+def test_init_runs_once_before_the_handler_and_its_store_is_shared(module):
+    with run_node(HANDLERS, module, node_name="n") as node:
+        answers = [node.call(greeter_pb2.Request(name="init"), greeter_pb2.Request).name for _ in range(3)]
+
+    assert answers == ["init_calls=1 ready=yes"] * 3
+    assert node.store["ready"] == "yes"
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+def test_an_early_reply_is_captured(module):
+    with run_node(HANDLERS, module) as node:
+        node.call(greeter_pb2.Request(name="early"))
+
+    assert node.replies == [greeter_pb2.Request(name="early answer")]
+
+
+def test_a_handler_exception_reaches_the_test_as_it_is():
+    with run_node(HANDLERS, "behaviours.py") as node, pytest.raises(ValueError, match="boom requested"):
+        node.call(greeter_pb2.Request(name="boom"))
+
+
+def test_ctx_path_joins_onto_the_base_path():
+    with run_node(HANDLERS, "behaviours.py") as node:
+        answer = node.call(greeter_pb2.Request(name="path:models/m.joblib"), greeter_pb2.Request)
+
+    assert answer.name == str(HANDLERS / "models" / "m.joblib")
+
+
+def test_a_result_of_another_type_fails_with_a_type_error():
+    with run_node(HANDLERS, "behaviours.py") as node, pytest.raises(TypeError, match="not Response"):
+        node.call(greeter_pb2.Request(name="x"), greeter_pb2.Response)
+
+
+def test_without_a_response_type_the_result_comes_back_unchanged():
+    with run_node(HANDLERS, "behaviours.py", node_name="plain") as node:
+        assert node.call(greeter_pb2.Request(name="x")) == greeter_pb2.Request(name="x>node")
+
+
+def test_measurements_are_kept_as_points_and_as_line_protocol(handler_dir):
+    base = handler_dir(
+        """
+        def handler(ctx, data):
+            ctx.measurement.save("seen", {"count": 1}, {"kind": "a"})
+            return data
+        """
+    )
+
+    with run_node(base, "src/node.py", version="v7") as node:
+        result = node.call(greeter_pb2.Request(name="x"))
+
+    assert isinstance(result, AnyMessage)
+    saved = [(p.measurement, p.fields, p.tags) for p in node.points]
+    assert saved == [("seen", {"count": 1}, {"kind": "a", "version": "v7"})]
+    assert node.lines[0].startswith("seen,kind=a,version=v7 count=1i ")
+
+
+def test_a_point_influxdb_would_reject_fails_the_test(handler_dir):
+    base = handler_dir(
+        """
+        def handler(ctx, data):
+            ctx.measurement.save("bad", {})
+            return data
+        """
+    )
+
+    with run_node(base, "src/node.py") as node, pytest.raises(MeasurementError, match="at least one field"):
+        node.call(greeter_pb2.Request())

@@ -1,0 +1,224 @@
+"""`krt-runner up` end to end: real processes, an embedded nats-server, both examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import KRT_RUNNER, READY_TIMEOUT, ROOT, greeter_pb2
+
+from krt_runner.client import Client
+
+GREETER = ROOT / "examples" / "greeter"
+IRIS = ROOT / "examples" / "iris"
+
+
+class UpRun:
+    """A background `krt-runner up` with stdout and stderr collected line by line."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.marker = uuid.uuid4().hex
+        self.process = subprocess.Popen(
+            [*KRT_RUNNER, "up", *args],
+            cwd=cwd,
+            env=_env(self.marker),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stderr, self.err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list[str]) -> None:
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def wait_for_call_line(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            for line in self.out:
+                if line.strip().startswith("krt-runner call"):
+                    return line.strip()
+            assert self.process.poll() is None, "\n".join(self.err)
+            time.sleep(0.05)
+        raise AssertionError("no call line:\n" + "\n".join(self.err))
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # up stops what it started
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_up(tmp_path):
+    runs: list[UpRun] = []
+
+    def start(*args: str) -> UpRun:
+        runs.append(UpRun(*args, cwd=tmp_path))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()
+
+
+def _env(marker: str) -> dict[str, str]:
+    """The test's environment without KRT_* settings, plus a marker every process `up` starts inherits."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    return {**env, "UP_TEST_MARKER": marker}
+
+
+def run_up(*args: str, cwd: Path, marker: str) -> subprocess.CompletedProcess[str]:
+    command = [*KRT_RUNNER, "up", *args]
+    return subprocess.run(command, cwd=cwd, env=_env(marker), capture_output=True, text=True, timeout=90)
+
+
+def leftovers(marker: str) -> list[str]:
+    """Processes still running with the marker: whatever `up` started and did not stop."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if f"UP_TEST_MARKER={marker}\0".encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours
+            continue
+    return found
+
+
+def test_up_with_a_request_answers_through_both_greeter_nodes_then_stops_everything_in_order(tmp_path):
+    marker = uuid.uuid4().hex
+
+    done = run_up(str(GREETER), "--request", '{"name": "Ada"}', cwd=tmp_path, marker=marker)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, Ada! **"}
+    stops = [line for line in done.stderr.splitlines() if line.startswith("up ") and "stop" in line]
+    assert [line.split("| ")[1] for line in stops] == ["stopping greet", "stopping decorate", "nats-server stopped"]
+    assert re.search(r"^greet +\| .* node ready", done.stderr, re.MULTILINE)
+    assert leftovers(marker) == []
+
+
+def test_up_runs_the_iris_model_end_to_end(tmp_path):
+    pytest.importorskip("sklearn")
+    iris = tmp_path / "iris"
+    shutil.copytree(IRIS, iris, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    trained = subprocess.run([sys.executable, "train.py", "--out", "models/model.joblib"], cwd=iris, timeout=120)
+    assert trained.returncode == 0
+
+    flower = {"sepal_length": 6.7, "sepal_width": 3.0, "petal_length": 5.8, "petal_width": 2.2}
+    done = run_up(str(iris), "--request", json.dumps(flower), cwd=tmp_path, marker=uuid.uuid4().hex)
+
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["species"] == "virginica"
+    assert set(answer["probabilities"]) == {"setosa", "versicolor", "virginica"}
+    assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+    assert "iris_predictions,species=virginica" in (tmp_path / "measurements.lp").read_text()
+
+
+def test_the_printed_call_line_works_as_pasted(start_up, tmp_path):
+    up = start_up(str(GREETER))
+    line = up.wait_for_call_line()
+
+    args = shlex.split(line.replace('{"name": ""}', '{"name": "Grace"}'))
+    done = subprocess.run([*KRT_RUNNER, *args[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, Grace! **"}
+
+
+def test_sigterm_stops_every_replica_and_the_server_exits_0_and_leaves_no_process(start_up):
+    up = start_up(str(GREETER), "--replicas", "greet=2")
+    subject, url = _subject_and_url(up.wait_for_call_line())
+
+    answers = asyncio.run(_greet_many(url, subject, 60))
+    up.process.send_signal(signal.SIGTERM)
+
+    assert up.wait() == 0
+    assert {a.greeting for a in answers} == {f"** Hello, n{i}! **" for i in range(60)}
+    received = {label: _received(up.err, label) for label in ("greet#1", "greet#2", "decorate")}
+    assert received["greet#1"] > 0 and received["greet#2"] > 0, received
+    assert received["greet#1"] + received["greet#2"] == received["decorate"] == 60
+    assert leftovers(up.marker) == []
+
+
+def test_a_node_that_dies_is_reported_with_its_exit_code_and_last_lines_and_up_exits_1(tmp_path):
+    krt = tmp_path / "dying"
+    (krt / "src").mkdir(parents=True)
+    (krt / "proto").mkdir()
+    shutil.copy(GREETER / "proto" / "greeter.proto", krt / "proto")
+    shutil.copy(GREETER / "src" / "greeter_pb2.py", krt / "src")
+    (krt / "src" / "crash.py").write_text(
+        "import os\n\ndef handler(ctx, data):\n    ctx.logger.info('about to crash')\n    os._exit(3)\n"
+    )
+    (krt / "src" / "after.py").write_text("def handler(ctx, data):\n    return data\n")
+    (krt / "krt.yml").write_text(
+        "version: dying-v1\ndescription: crashes\nentrypoint: {proto: proto/greeter.proto, image: e}\n"
+        "nodes:\n  - {name: crash, image: i, src: src/crash.py}\n  - {name: after, image: i, src: src/after.py}\n"
+        "workflows:\n  - {name: main, entrypoint: Greet, sequential: [crash, after]}\n"
+    )
+
+    marker = uuid.uuid4().hex
+
+    done = run_up(str(krt), "--request", '{"name": "x"}', cwd=tmp_path, marker=marker)
+
+    assert done.returncode == 1
+    assert "up    | crash exited with code 3; its last lines:" in done.stderr
+    assert re.search(r"^up +\|  +.*about to crash", done.stderr, re.MULTILINE)
+    assert "stopping everything else" in done.stderr
+    assert leftovers(marker) == []
+
+
+def test_a_krt_that_cannot_start_exits_2_before_starting_anything(tmp_path):
+    done = run_up(str(GREETER), "--replicas", "ghost=2", "--request", '{"nom": 1}', cwd=tmp_path, marker="none")
+
+    assert done.returncode == 2
+    assert "--replicas ghost: no node 'ghost' in krt.yml" in done.stderr
+    assert "nats-server" not in done.stderr
+
+
+def _subject_and_url(call_line: str) -> tuple[str, str]:
+    args = shlex.split(call_line)
+    return args[2], args[args.index("--nats") + 1]
+
+
+async def _greet_many(url: str, subject: str, count: int) -> list[greeter_pb2.Response]:
+    async with await Client.connect(url) as client:
+        calls = (client.call(subject, greeter_pb2.Request(name=f"n{i}"), greeter_pb2.Response) for i in range(count))
+        return list(await asyncio.gather(*calls))
+
+
+def _received(stderr_lines: list[str], label: str) -> int:
+    for line in stderr_lines:
+        if line.startswith(f"{label} ") and " stopped received=" in line:
+            return int(line.split(" stopped received=")[1].split()[0])
+    raise AssertionError(f"no summary line of {label}:\n" + "\n".join(stderr_lines))
