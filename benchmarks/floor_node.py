@@ -18,9 +18,9 @@ from pathlib import Path
 import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_handler import handler  # noqa: E402
+from bench_handler import handler
 
-from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage  # noqa: E402
+from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
 
 
 def now() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ def requests(count: int) -> list[bytes]:
     built = []
     for i in range(count):
         message = KreNatsMessage(tracking_id=f"bench-{i}")
-        message.tracking.add(node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001")
+        message.tracking.add(
+            node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001"
+        )
         message.payload.Pack(Request(name=f"n{i}"))
         built.append(message.SerializeToString())
     return built
@@ -100,10 +103,8 @@ async def _wait(finished: asyncio.Event, result: LoadResult) -> None:
     last = -1
     while not finished.is_set() and result.answered != last:
         last = result.answered
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(finished.wait(), STALL_SECONDS)
-        except asyncio.TimeoutError:
-            pass
 
 
 def _is_right(data: bytes, index: int, hops: int) -> bool:

@@ -83,7 +83,8 @@ def _extras(results: dict[str, Any]) -> list[str]:
     lines = ["## Concurrency: async handler awaiting 5 ms", "", "| KRT_CONCURRENCY | answers/s | ideal | efficiency |",
              "| --- | --- | --- | --- |"]
     for row in results["concurrency"]:
-        lines.append(f"| {row['concurrency']} | {row['answers_per_s']:.0f} | {row['ideal']} | {row['efficiency']:.0%} |")
+        rate, ideal, efficiency = row["answers_per_s"], row["ideal"], row["efficiency"]
+        lines.append(f"| {row['concurrency']} | {rate:.0f} | {ideal} | {efficiency:.0%} |")
     busy = results["busy_sync_handler"]
     memory = results["memory"]
     lines += [
@@ -95,7 +96,8 @@ def _extras(results: dict[str, Any]) -> list[str]:
         "",
         "## Memory",
         "",
-        f"{memory['messages']} messages through one node with measurements on: RSS {memory['rss_mb_after_first']:.1f} MB "
+        f"{memory['messages']} messages through one node with measurements on: "
+        f"RSS {memory['rss_mb_after_first']:.1f} MB "
         f"after the first 10%, {memory['rss_mb_after_all']:.1f} MB at the end (growth {memory['growth_mb']:+.1f} MB), "
         f"lost {memory['lost']}. No garbage collection is forced per message.",
     ]

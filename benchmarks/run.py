@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 
-from load import LoadResult, drive  # noqa: E402
-from processes import ROOT, NodeProc, VictoriaMetrics, cpu_seconds, machine, memory_kb, start_node  # noqa: E402
+from load import LoadResult, drive
+from processes import ROOT, NodeProc, VictoriaMetrics, cpu_seconds, machine, memory_kb, start_node
 
-from krt_runner.embedded import EmbeddedNats  # noqa: E402
+from krt_runner.embedded import EmbeddedNats
 
 WARM_UP = 300
 

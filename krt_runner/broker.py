@@ -65,9 +65,15 @@ class _Client(Client):
     require_tls = False
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if initial_connection and self.require_tls and not info.get("tls_required"):
+        if initial_connection and self.require_tls and not self._will_encrypt(info):
             raise NatsError(f"nats: {_NO_TLS}, and this node's settings require TLS")
         await super()._process_info(info, initial_connection=initial_connection)
+
+    def _will_encrypt(self, info: dict[str, Any]) -> bool:
+        scheme = self._current_server.uri.scheme if self._current_server is not None else ""
+        if scheme in ("ws", "wss"):  # websocket TLS is the transport's: wss is encrypted already, ws never
+            return scheme == "wss"
+        return bool(info.get("tls_required"))
 
 
 def connect_options(settings: Settings) -> dict[str, Any]:

@@ -48,14 +48,31 @@ def _import_problem(base_path: Path, node: Node) -> str:
     return f"node {node.name!r}: {lines[0]}"
 
 
+def check_source(source: Path) -> tuple[Krt | None, list[str]]:
+    """:func:`check_krt` for a folder or a ``.krt`` package; problems name the package, not where it was unpacked."""
+    from .package import open_krt
+
+    try:
+        with open_krt(source) as root:
+            krt, problems = check_krt(root)
+            return krt, [problem.replace(str(root), str(source)) for problem in problems]
+    except KrtFileError as exc:  # the package itself cannot be read
+        return None, [f"{exc.path}: {problem}" for problem in exc.problems]
+
+
+def report_problems(command: str, source: Path | str, problems: list[str], *, err: TextIO) -> int:
+    """Print every problem as ``check`` does (``build`` refuses a KRT with the same list); returns exit code 2."""
+    print(f"krt-runner {command}: {len(problems)} problem(s) in {source}:", file=err)
+    for problem in problems:
+        print(f"  - {problem}", file=err)
+    return EXIT_PROBLEMS
+
+
 def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run the ``check`` command: 0 and the wiring when all is well, 2 and every problem otherwise."""
-    krt, problems = check_krt(directory)
+    """Run the ``check`` command on a folder or a ``.krt``: 0 and the wiring when all is well, 2 and every problem."""
+    krt, problems = check_source(directory)
     if problems or krt is None:
-        print(f"krt-runner check: {len(problems)} problem(s) in {directory}:", file=err)
-        for problem in problems:
-            print(f"  - {problem}", file=err)
-        return EXIT_PROBLEMS
+        return report_problems("check", directory, problems, err=err)
     print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
     for wired in wiring(krt):
         print(f"  {wired.workflow.name}/{wired.node.name}: {wired.input} -> {wired.output or '(reply)'}", file=out)

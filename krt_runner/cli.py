@@ -75,7 +75,7 @@ def _run_async(coroutine: Any) -> int:
 
 def _add_up(commands: Any) -> None:
     up = commands.add_parser("up", help="run every node of a KRT directory locally, on an embedded NATS")
-    up.add_argument("directory", type=Path, help="directory holding krt.yml")
+    up.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
     up.add_argument("--nats", help="use this NATS server instead of starting one")
     up.add_argument("--replicas", action="append", default=[], metavar="NODE=N", help="run N processes of NODE")
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
@@ -102,12 +102,25 @@ def _add_call(commands: Any) -> None:
 
 def _add_check_and_health(commands: Any) -> None:
     check = commands.add_parser("check", help="validate krt.yml and import every node's handler (no NATS)")
-    check.add_argument("directory", type=Path, help="directory holding krt.yml")
+    check.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
     check.set_defaults(command=_check)
     health = commands.add_parser("health", help="exit 0 when the node's health file is fresh (an exec probe)")
     health.add_argument("--health-file", default=os.environ.get("KRT_HEALTH_FILE", ""), help="default: KRT_HEALTH_FILE")
     health.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE, help="seconds since the node last touched it")
     health.set_defaults(command=_health)
+
+
+def _add_build(commands: Any) -> None:
+    build = commands.add_parser("build", help="validate a KRT as check does and pack it into dist/<version>.krt")
+    build.add_argument("source", help="directory holding krt.yml, or a Python file describing one (pipeline.py:krt)")
+    build.add_argument("--output", type=Path, help="where to write the package (default: SOURCE/dist/<version>.krt)")
+    build.set_defaults(command=_build)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import run_build
+
+    return run_build(args.source, output=args.output)
 
 
 def _positive(raw: str) -> int:
@@ -160,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(commands)
     _add_call(commands)
     _add_check_and_health(commands)
+    _add_build(commands)
     return parser
 
 

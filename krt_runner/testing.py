@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 
 from . import envelope
 from .context import HandlerContext, NodeState
-from .handler import Caller, UserCode, load_user_code
+from .handler import Caller, UserCode, load_user_code, unpack_request
 from .logging import node_logger
 from .measurements import Measurement, MemorySink
 
@@ -104,13 +104,18 @@ class NodeUnderTest:
     ) -> Any:
         """Run ``handler(ctx, data)`` once with ``request`` packed in ``Any``; return its result.
 
+        A typed handler or a Processor gets ``request`` unpacked into its
+        request class, as in a node; a request of another type, or one its
+        ``validate`` rejects, raises :class:`~krt_runner.errors.InvalidRequestError`.
         With ``response_type``, the result (or an ``Any`` holding one) is
         returned as that type, and anything else fails the test with a
         ``TypeError`` naming what came back.
         """
         tracking = tracking_id or str(uuid.uuid4())
         ctx = HandlerContext(self.state, tracking, self._capture_reply)
-        result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, envelope.pack(request)))
+        payload = envelope.pack(request)
+        data = unpack_request(payload, self.code.request_type) if self.code.request_type else payload
+        result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, data))
         return result if response_type is None else _as_type(result, response_type)
 
     async def _capture_reply(self, message: Message) -> None:

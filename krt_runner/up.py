@@ -4,12 +4,13 @@ Start order: nats-server (embedded, unless ``--nats``), then every node replica
 with the KRE v1 environment of :meth:`~krt_runner.workflow.NodeWiring.environment`,
 then wait until each has logged ``node ready`` (its ``init`` done, subscribed).
 
-Stop order (Ctrl-C, SIGTERM, a node that dies, or the end of ``--request``):
+Stop order (Ctrl-C, SIGTERM, a node that dies or stops on its idle timeout, or the end of ``--request``):
 the nodes in workflow order, first nodes first, each draining before the next
 is told to stop, so requests already inside a workflow still get their answers
 downstream; nats-server last. Children run in their own sessions, so a Ctrl-C
 on the terminal reaches ``up`` alone and this order holds. Every process
-``up`` started is stopped on every way out, exceptions included.
+``up`` started is stopped on every way out, exceptions included. The
+:class:`Supervisor` also serves :func:`krt_runner.local`, on a thread of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Awaitable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +34,7 @@ from .call import read_request, send_one
 from .client import Client
 from .embedded import EmbeddedNats
 from .errors import CallError, KrtFileError, KrtRunnerError
+from .package import open_krt
 from .protos import MessageTypes, ProtoError, find_types_source, load_file, parse_json, rpc_names, select_types, to_json
 from .workflow import Krt, NodeWiring, Workflow, entry_subject, load_krt, wiring
 
@@ -71,6 +73,7 @@ class UpOptions:
     workflow: str | None = None
     timeout: float = 30.0
     ready_timeout: float = READY_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=dict)  # for every node, over up's own environment
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,16 @@ class Plan:
 
 
 def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run the ``up`` command; returns its exit code (2 when the KRT or the options are wrong)."""
+    """Run the ``up`` command on a folder or a ``.krt``; its exit code (2 when the KRT or the options are wrong)."""
+    try:
+        with open_krt(options.directory) as directory:
+            return _run_up(replace(options, directory=directory), out=out, err=err)
+    except KrtFileError as exc:  # a package that cannot be unpacked
+        print(f"krt-runner up: {exc}", file=err)
+        return EXIT_USAGE
+
+
+def _run_up(options: UpOptions, *, out: TextIO, err: TextIO) -> int:
     try:
         plan = make_plan(options)
     except (UpError, KrtFileError) as exc:
@@ -123,6 +135,7 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
     """Read the KRT and check the options; raises :class:`UpError` (or ``KrtFileError``) listing every problem."""
     krt = load_krt(options.directory)
     wired = wiring(krt)
+    environ = {**environ, **options.env}
     problems = [
         f"node {w.node.name!r} (src {w.node.src}) is not a Python node; krt-runner up runs Python nodes only"
         for w in wired
@@ -135,7 +148,7 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
     target = _request_workflow(krt, options, problems)
     if problems:
         raise UpError(problems)
-    entry_points = [_entry_point(krt, workflow) for workflow in krt.workflows]
+    entry_points = workflow_entry_points(krt)
     return Plan(
         krt=krt,
         replicas=_replicas(wired, options.replicas),
@@ -171,6 +184,11 @@ def _replicas(wired: list[NodeWiring], replicas: Mapping[str, int]) -> list[tupl
         for index in range(1, count + 1):
             processes.append((wiring_, wiring_.label if count == 1 else f"{wiring_.label}#{index}"))
     return processes
+
+
+def workflow_entry_points(krt: Krt) -> list[EntryPoint]:
+    """Each workflow's entry subject with its request and response types (or the problem reading them)."""
+    return [_entry_point(krt, workflow) for workflow in krt.workflows]
 
 
 def _entry_point(krt: Krt, workflow: Workflow) -> EntryPoint:
@@ -247,6 +265,7 @@ class Child:
         self.position = position  # index in its workflow: the stop order
         self.process = process
         self.ready = asyncio.Event()
+        self.idled = False  # it logged that it stops on KRT_IDLE_TIMEOUT
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
         self._printer = printer
         self.exited = asyncio.get_running_loop().create_task(self._follow())
@@ -268,6 +287,8 @@ class Child:
         text, event = render(line)
         if event == "node ready":
             self.ready.set()
+        elif event.startswith("idle timeout"):
+            self.idled = True
         for part in text.splitlines() or [""]:
             self.last_lines.append(part)
             self._printer.line(self.label, part)
@@ -281,6 +302,11 @@ class Child:
             self._printer.line("up", f"{self.label} did not stop within {timeout:g}s: killing it")
             self.kill()
             await self.exited
+
+    @property
+    def stopped_on_idle(self) -> bool:
+        """It exited 0 by itself after its idle timeout: the KRT was idle, not broken."""
+        return self.idled and self.process.returncode == 0
 
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -305,6 +331,7 @@ class Supervisor:
         self.printer = Printer(err, [label for _, label in plan.replicas])
         self.children: list[Child] = []
         self.nats: EmbeddedNats | None = None
+        self.url = ""
         self._stop = asyncio.Event()
 
     def say(self, text: str) -> None:
@@ -322,26 +349,42 @@ class Supervisor:
             self.say(str(exc))
             return EXIT_FAILED
         finally:
-            await self._stop_everything()
+            await self.stop_everything()
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
 
     def _on_signal(self) -> None:
         if not self._stop.is_set():
             self.say("signal received: stopping everything")
+        self.request_stop()
+
+    def request_stop(self) -> None:
+        """Make :meth:`start` and :meth:`watch` return ``("stopped", None)`` now or as soon as they wait."""
         self._stop.set()
 
+    async def start(self) -> tuple[str, Any]:
+        """Start nats-server and every node; wait until all are ready.
+
+        Returns ``("done", None)`` when they are, else what came first: ``("died", child)``,
+        ``("stopped", None)`` or ``("timeout", None)`` (see :meth:`describe`).
+        """
+        self.url = await self._start_nats()
+        await self._start_nodes(self.url)
+        return await self._until(self._all_ready(), timeout=self.options.ready_timeout)
+
+    async def watch(self) -> tuple[str, Any]:
+        """Wait for a node to exit (``("died", child)``) or for :meth:`request_stop`."""
+        return await self._until(None)
+
     async def _run(self) -> int:
-        url = await self._start_nats()
-        await self._start_nodes(url)
-        kind, value = await self._until(self._all_ready(), timeout=self.options.ready_timeout)
+        kind, value = await self.start()
         if kind != "done":
             return self._outcome(kind, value)
         self.say(f"all {len(self.children)} node processes ready")
         if self.plan.request is not None:
-            kind, value = await self._until(self._send_request(url, *self.plan.request))
+            kind, value = await self._until(self._send_request(self.url, *self.plan.request))
             return int(value) if kind == "done" else self._outcome(kind, value)
-        self._print_entry_points(url)
+        self._print_entry_points(self.url)
         self.say("Ctrl-C stops everything")
         return self._outcome(*await self._until(None))
 
@@ -357,7 +400,8 @@ class Supervisor:
     async def _start_nodes(self, url: str) -> None:
         base_path, config = str(self.plan.krt.directory), self.plan.config
         for wired, label in self.plan.replicas:
-            env = {**os.environ, **wired.environment(nats_url=url, base_path=base_path, config=config)}
+            krt_env = wired.environment(nats_url=url, base_path=base_path, config=config)
+            env = {**os.environ, **self.options.env, **krt_env}
             env["KRT_LOG_FORMAT"] = "json"  # read back here for "node ready", rendered for the terminal
             self.say(f"starting {label}: {wired.input} -> {wired.output or '(answers the requester)'}")
             process = await asyncio.create_subprocess_exec(
@@ -391,18 +435,31 @@ class Supervisor:
         return next(exits[task] for task in exits if task in done)
 
     def _outcome(self, kind: str, value: Any) -> int:
-        if kind == "stopped":
-            return 0
+        code, lines = self.describe(kind, value)
+        for line in lines:
+            self.say(line)
+        if kind == "died":
+            self.say("stopping everything else")
+        return code
+
+    def describe(self, kind: str, value: Any) -> tuple[int, list[str]]:
+        """The exit code and the lines that explain an outcome of :meth:`start` or :meth:`watch`.
+
+        A node that stopped on its idle timeout (``KRT_IDLE_TIMEOUT``) means the
+        KRT is idle: ``up`` stops the rest and exits 0, as on Ctrl-C.
+        """
+        if kind in ("stopped", "done"):
+            return 0, []
         if kind == "died":
             child: Child = value
-            self.say(f"{child.label} exited with code {child.process.returncode}; its last lines:")
-            for line in child.last_lines:
-                self.say(f"    {line}")
-            self.say("stopping everything else")
-            return EXIT_FAILED
+            if child.stopped_on_idle:
+                return 0, [f"{child.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
+            lines = [f"    {line}" for line in child.last_lines]
+            return EXIT_FAILED, [f"{child.label} exited with code {child.process.returncode}; its last lines:", *lines]
         waiting = [child.label for child in self.children if not child.ready.is_set()]
-        self.say(f"not ready within {self.options.ready_timeout:g}s: {', '.join(waiting)} (see --ready-timeout)")
-        return EXIT_FAILED
+        return EXIT_FAILED, [
+            f"not ready within {self.options.ready_timeout:g}s: {', '.join(waiting)} (see --ready-timeout)"
+        ]
 
     async def _send_request(self, url: str, entry: EntryPoint, request: Message) -> int:
         assert entry.types is not None
@@ -431,7 +488,8 @@ class Supervisor:
         for position in sorted({child.position for child in self.children}):
             yield [child for child in self.children if child.position == position]
 
-    async def _stop_everything(self) -> None:
+    async def stop_everything(self) -> None:
+        """Stop every node, first nodes first, each draining before the next; nats-server last."""
         try:
             for group in self._in_stop_order():
                 if any(child.process.returncode is None for child in group):
@@ -441,5 +499,8 @@ class Supervisor:
             for child in self.children:
                 child.kill()
             if self.nats is not None:
-                await asyncio.to_thread(self.nats.close)
+                try:
+                    await asyncio.to_thread(self.nats.close)
+                except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
+                    self.nats.close()
                 self.say("nats-server stopped")

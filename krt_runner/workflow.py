@@ -141,10 +141,20 @@ def load_krt(directory: Path | str) -> Krt:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise KrtFileError(str(path), [f"not valid YAML: {_one_line(exc)}"]) from None
+    return parse_krt(document, root)
+
+
+def parse_krt(document: Any, directory: Path | str) -> Krt:
+    """Validate an already parsed ``krt.yml`` document whose files live in ``directory``.
+
+    The one validator: :func:`load_krt` and the Python DSL (:mod:`krt_runner.dsl`)
+    both end here, so their problems read the same.
+    """
+    root = Path(directory)
     reader = _Reader(root)
     krt = reader.krt(document)
     if reader.problems:
-        raise KrtFileError(str(path), reader.problems)
+        raise KrtFileError(str(root / KRT_FILE), reader.problems)
     return krt
 
 

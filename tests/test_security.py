@@ -81,45 +81,71 @@ def client_tls(pki: Pki, *, with_cert: bool) -> ssl.SSLContext:
     return context
 
 
+def _user_password(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    server = start(f'authorization {{ user: alice, password: "{PASSWORD}" }}\n')
+    env = {"KRT_NATS_USER": "alice", "KRT_NATS_PASSWORD": PASSWORD}
+    return Secured(server, env, {"user": "alice", "password": PASSWORD}, [PASSWORD])
+
+
+def _password_in_url(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    secured = _user_password(start, tmp_path, pki)
+    secured.env = {}
+    secured.url = f"nats://alice:{PASSWORD}@127.0.0.1:{secured.server.port}"
+    return secured
+
+
+def _token(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    server = start(f'authorization {{ token: "{TOKEN}" }}\n')
+    return Secured(server, {"KRT_NATS_TOKEN": TOKEN}, {"token": TOKEN}, [TOKEN])
+
+
+def _nkey(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    user = new_nkey(nkeys.PREFIX_BYTE_USER)
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_bytes(user.seed)
+    server = start(f"authorization {{ users = [ {{ nkey: {user.public_key.decode()} }} ] }}\n")
+    return Secured(server, {"KRT_NATS_NKEY_SEED": str(seed_file)}, {"nkeys_seed": str(seed_file)}, [user.seed.decode()])
+
+
+def _creds(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    chain = make_decentralized(tmp_path)
+    server = start(chain.server_config)
+    jwt_signature = chain.creds.read_text().split("\n")[1].rsplit(".", 1)[1]
+    env = {"KRT_NATS_CREDS": str(chain.creds)}
+    return Secured(server, env, {"user_credentials": str(chain.creds)}, [chain.user_seed, jwt_signature])
+
+
+def _tls_ca(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    server = start(tls_block(pki, verify=False))
+    return Secured(server, {"KRT_NATS_TLS_CA": str(pki.ca)}, {"tls": client_tls(pki, with_cert=False)})
+
+
+def _mutual_tls(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    server = start(tls_block(pki, verify=True))
+    env = {
+        "KRT_NATS_TLS_CA": str(pki.ca),
+        "KRT_NATS_TLS_CERT": str(pki.client_cert),
+        "KRT_NATS_TLS_KEY": str(pki.client_key),
+    }
+    key_body = pki.client_key.read_text().splitlines()[1]
+    return Secured(server, env, {"tls": client_tls(pki, with_cert=True)}, [key_body])
+
+
+SECURED = {
+    "user-password": _user_password,
+    "password-in-url": _password_in_url,
+    "token": _token,
+    "nkey": _nkey,
+    "creds": _creds,
+    "tls-ca": _tls_ca,
+    "mutual-tls": _mutual_tls,
+}
+KINDS = list(SECURED)
+
+
 def secure(kind: str, start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
     """The server, node settings and client options for one kind of credential."""
-    if kind in ("user-password", "password-in-url"):
-        server = start(f'authorization {{ user: alice, password: "{PASSWORD}" }}\n')
-        secured = Secured(server, {}, {"user": "alice", "password": PASSWORD}, [PASSWORD])
-        if kind == "password-in-url":
-            secured.url = f"nats://alice:{PASSWORD}@127.0.0.1:{server.port}"
-        else:
-            secured.env = {"KRT_NATS_USER": "alice", "KRT_NATS_PASSWORD": PASSWORD}
-        return secured
-    if kind == "token":
-        server = start(f'authorization {{ token: "{TOKEN}" }}\n')
-        return Secured(server, {"KRT_NATS_TOKEN": TOKEN}, {"token": TOKEN}, [TOKEN])
-    if kind == "nkey":
-        user = new_nkey(nkeys.PREFIX_BYTE_USER)
-        seed_file = tmp_path / "user.nk"
-        seed_file.write_bytes(user.seed)
-        server = start(f"authorization {{ users = [ {{ nkey: {user.public_key.decode()} }} ] }}\n")
-        return Secured(server, {"KRT_NATS_NKEY_SEED": str(seed_file)}, {"nkeys_seed": str(seed_file)},
-                       [user.seed.decode()])
-    if kind == "creds":
-        chain = make_decentralized(tmp_path)
-        server = start(chain.server_config)
-        user_jwt = chain.creds.read_text().split("\n")[1]
-        return Secured(server, {"KRT_NATS_CREDS": str(chain.creds)}, {"user_credentials": str(chain.creds)},
-                       [chain.user_seed, user_jwt.rsplit(".", 1)[1]])
-    if kind == "tls-ca":
-        server = start(tls_block(pki, verify=False))
-        return Secured(server, {"KRT_NATS_TLS_CA": str(pki.ca)}, {"tls": client_tls(pki, with_cert=False)})
-    if kind == "mutual-tls":
-        server = start(tls_block(pki, verify=True))
-        env = {"KRT_NATS_TLS_CA": str(pki.ca), "KRT_NATS_TLS_CERT": str(pki.client_cert),
-               "KRT_NATS_TLS_KEY": str(pki.client_key)}
-        key_body = pki.client_key.read_text().splitlines()[1]
-        return Secured(server, env, {"tls": client_tls(pki, with_cert=True)}, [key_body])
-    raise AssertionError(kind)
-
-
-KINDS = ["user-password", "password-in-url", "token", "nkey", "creds", "tls-ca", "mutual-tls"]
+    return SECURED[kind](start, tmp_path, pki)
 
 
 def secured_node_env(secured: Secured, **extra: str) -> dict[str, str]:
@@ -180,9 +206,14 @@ def run_until_exit(env: dict[str, str], cwd: Path, timeout: float = FATAL_EXIT_W
     try:
         done = subprocess.run([*KRT_RUNNER, "run"], env=full, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()  # type: ignore[union-attr]
+        output = _text(exc.stdout) + _text(exc.stderr)
         raise AssertionError(f"still running after {timeout}s: a retry loop hides the cause\n{output}") from None
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
+
+
+def _text(captured: bytes | str | None) -> str:
+    """subprocess gives bytes on a timeout even with text=True."""
+    return captured.decode(errors="replace") if isinstance(captured, bytes) else captured or ""
 
 
 @dataclass(frozen=True)
@@ -258,10 +289,15 @@ def test_credentials_the_server_refuses_stop_start_up_with_one_clear_message_and
     assert seconds < FATAL_EXIT_WITHIN
 
 
+@pytest.mark.parametrize("asks_for_tls", ["ca-file", "tls-url"])
 def test_tls_settings_against_a_server_without_tls_stop_start_up_instead_of_going_plaintext(
-    nats_server: EmbeddedNats, tmp_path: Path, pki: Pki
+    nats_server: EmbeddedNats, tmp_path: Path, pki: Pki, asks_for_tls: str
 ) -> None:
-    env = node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_NATS_TLS_CA=str(pki.ca))
+    env = node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_NATS_USER="u", KRT_NATS_PASSWORD=PASSWORD)
+    if asks_for_tls == "ca-file":
+        env["KRT_NATS_TLS_CA"] = str(pki.ca)
+    else:
+        env["KRT_NATS_SERVER"] = nats_server.url.replace("nats://", "tls://")
 
     code, output, _ = run_until_exit(env, tmp_path)
 
@@ -297,7 +333,7 @@ async def test_no_secret_appears_in_anything_a_node_prints(
     influx = f"http://influx-user:{INFLUX_TOKEN}@127.0.0.1:{free_port()}"
     env = secured_node_env(
         secured, KRT_LOG_LEVEL="debug", KRT_MEASUREMENTS_ENABLED="true", KRT_INFLUX_URI=influx,
-        KRT_INFLUX_TOKEN=INFLUX_TOKEN, KRT_INFLUX_FLUSH_INTERVAL="0.2",
+        KRT_INFLUX_TOKEN=INFLUX_TOKEN, KRT_INFLUX_FLUSH_INTERVAL="0.2", KRT_INFLUX_SHUTDOWN_TIMEOUT="0.5",
     )
     node = start_node(**env)
 

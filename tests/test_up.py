@@ -198,6 +198,21 @@ def test_a_node_that_dies_is_reported_with_its_exit_code_and_last_lines_and_up_e
     assert leftovers(marker) == []
 
 
+def test_a_node_that_stops_on_its_idle_timeout_is_no_death_up_stops_the_rest_and_exits_0(tmp_path):
+    marker = uuid.uuid4().hex
+    env = {**_env(marker), "KRT_IDLE_TIMEOUT": "1"}  # reaches every node, as any KRT_* variable does
+
+    done = subprocess.run(
+        [*KRT_RUNNER, "up", str(GREETER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^up +\| (greet|decorate) stopped on its idle timeout \(KRT_IDLE_TIMEOUT\)$", done.stderr, re.M)
+    assert "exited with code" not in done.stderr
+    assert "stopping everything else" in done.stderr and "nats-server stopped" in done.stderr
+    assert leftovers(marker) == []
+
+
 def test_a_krt_that_cannot_start_exits_2_before_starting_anything(tmp_path):
     done = run_up(str(GREETER), "--replicas", "ghost=2", "--request", '{"nom": 1}', cwd=tmp_path, marker="none")
 

@@ -1,4 +1,4 @@
-"""Unit test of the iris node with krt_runner.testing: the model is trained into a temporary copy.
+"""Unit test of the iris node (a Processor) with krt_runner.testing: the model is trained into a temporary copy.
 
 Run it with  pytest examples/iris
 """
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from krt_runner.errors import InvalidRequestError
 from krt_runner.testing import run_node
 
 HERE = Path(__file__).resolve().parent
@@ -51,5 +52,17 @@ def test_the_classifier_names_the_species_and_saves_the_prediction(iris_copy, fl
 
 
 def test_the_classifier_rejects_a_request_of_another_type(iris_copy):
-    with run_node(iris_copy, "src/classifier.py") as node, pytest.raises(ValueError, match=r"expected an iris\."):
+    with run_node(iris_copy, "src/classifier.py") as node, pytest.raises(InvalidRequestError) as caught:
         node.call(Response(species="not a request"))
+
+    assert str(caught.value) == "invalid request: expected iris.Request, received iris.Response"
+
+
+def test_validate_rejects_a_flower_that_cannot_be_one_before_the_model_sees_it(iris_copy):
+    flower = Request(sepal_length=5.1, sepal_width=3.5, petal_length=1.4, petal_width=0.0)
+
+    with run_node(iris_copy, "src/classifier.py") as node, pytest.raises(InvalidRequestError) as caught:
+        node.call(flower)
+
+    assert "petal_width must be a length in cm between 0 and 100, got 0" in str(caught.value)
+    assert node.points == []

@@ -1,0 +1,96 @@
+"""``krt-runner build SOURCE``: validate a KRT as ``check`` does and pack it into ``dist/<version>.krt``.
+
+``SOURCE`` is a KRT folder (with its ``krt.yml``) or a Python file describing
+one with :class:`krt_runner.KRT` (``pipeline.py:krt``), whose ``krt.yml`` is
+written first, beside the file. What goes into the package is
+:mod:`krt_runner.package`'s business.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .check import check_krt, report_problems
+from .errors import KrtFileError, KrtRunnerError
+from .package import SUFFIX, human_size, package_files, write_package
+from .workflow import KRT_FILE, Krt
+
+EXIT_FAILED = 1
+DIST = "dist"
+
+
+@dataclass(frozen=True)
+class Built:
+    """A package written by :func:`build`."""
+
+    path: Path
+    files: int
+    size: int
+
+
+class BuildProblems(KrtRunnerError):
+    """The KRT cannot be packed; ``problems`` lists every reason, as ``check`` words them."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in {source}")
+
+
+def build(source: str | Path, *, output: Path | None = None) -> Built:
+    """Validate ``source`` (a folder or ``FILE.py[:NAME]``) and write its package; returns what was written.
+
+    Raises :class:`BuildProblems` for an invalid KRT, naming every problem.
+    """
+    directory = _krt_folder(str(source))
+    krt, problems = check_krt(directory)
+    if krt is None or problems:
+        raise BuildProblems(str(source), problems)
+    files = package_files(directory)
+    missing = [name for name in _referenced(krt) if name not in files]
+    if missing:
+        ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
+        raise BuildProblems(str(source), ignored)
+    target = output or directory / DIST / f"{krt.version}{SUFFIX}"
+    return Built(path=target, files=len(files), size=write_package(directory, files, target))
+
+
+def _krt_folder(source: str) -> Path:
+    """The folder to pack; a DSL file's krt.yml is written (validated) first."""
+    if source.partition(":")[0].endswith(".py"):
+        from .dsl import load_pipeline
+
+        try:
+            krt = load_pipeline(source)
+            krt.write()
+        except KrtFileError as exc:
+            raise BuildProblems(source, [f"{exc.path}: {problem}" for problem in exc.problems]) from None
+        return krt.root
+    return Path(source)
+
+
+def _referenced(krt: Krt) -> list[str]:
+    names = [KRT_FILE, krt.proto, *(node.src for node in krt.nodes)]
+    return [Path(name).as_posix() for name in names]
+
+
+def run_build(source: str, *, output: Path | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run the ``build`` command: 0 and what was written, 2 and every problem, 1 when writing failed."""
+    try:
+        built = build(source, output=output)
+    except BuildProblems as exc:
+        return report_problems("build", exc.source, exc.problems, err=err)
+    except (KrtRunnerError, OSError) as exc:
+        print(f"krt-runner build: {exc}", file=err)
+        return EXIT_FAILED
+    print(f"built {_shown(built.path)}: {built.files} files, {human_size(built.size)}", file=out)
+    return 0
+
+
+def _shown(path: Path) -> Path:
+    """Relative to the working directory when it lies below it (a DSL file's folder is absolute)."""
+    absolute, here = path.absolute(), Path.cwd()
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else path

@@ -1,0 +1,322 @@
+"""Workflows as futures: run a KRT from Python (or attach to a running one) and submit requests.
+
+::
+
+    with krt_runner.local("examples/iris") as krt:              # as `krt-runner up`, stopped on exit
+        classify = krt.workflow("classify")
+        futures = [classify.submit(Request(...)) for ...]       # each returns at once
+        for future in krt_runner.as_completed(futures):
+            print(future.result().species)
+
+One event-loop thread per :class:`RunningKrt` owns the NATS connection (and,
+under :func:`local`, the processes ``up`` would start). ``submit`` hands the
+request to that loop and returns a :class:`Future` at once: a
+``concurrent.futures.Future`` (``result(timeout)``, ``done()``,
+``exception()``, ``concurrent.futures.wait``) that can also be awaited. A
+thousand requests in flight are a thousand asyncio tasks on that one thread,
+not a thousand threads. A request that gets no usable answer fails with the
+client's typed errors (:class:`~krt_runner.errors.ErrorAnswer`,
+:class:`~krt_runner.errors.CallTimeout`...); a node that exits, or closing the
+KRT, fails what is still pending with a :class:`~krt_runner.errors.CallError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO, TypeVar, cast
+
+from google.protobuf.message import Message
+
+from .client import DEFAULT_TIMEOUT, Client
+from .errors import CallError, KrtRunnerError
+from .package import open_krt
+from .protos import MessageTypes, parse_json
+from .up import READY_TIMEOUT, EntryPoint, Plan, Supervisor, UpOptions, make_plan, workflow_entry_points
+from .workflow import Krt, load_krt
+
+__all__ = ["Future", "RunningKrt", "Workflow", "as_completed", "connect", "local", "wait"]
+
+T = TypeVar("T")
+# Seconds local() waits for its processes to stop (each node drains first; see up.STOP_TIMEOUT).
+_CLOSE_TIMEOUT = 120.0
+
+
+class Future(concurrent.futures.Future[T]):
+    """A request in flight: ``result(timeout)``, ``done()``, ``exception()``; ``await future`` in async code."""
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+
+class _LoopThread:
+    """An event loop on a daemon thread; coroutines handed to it become :class:`Future` objects."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references until each is settled
+        self._calls: set[asyncio.Task[Any]] = set()  # the requests, failed together by fail_calls
+        self.failure: CallError | None = None  # why pending requests were cut short
+        self._thread = threading.Thread(target=self.loop.run_forever, name="krt-futures", daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T], *, call: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        self.loop.call_soon_threadsafe(self._start, coroutine, future, call)
+        return future
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.submit(coroutine).result(timeout)
+
+    def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:
+        if not future.set_running_or_notify_cancel():  # cancelled before it started
+            coroutine.close()
+            return
+        if call and self.failure is not None:
+            coroutine.close()
+            future.set_exception(self.failure)
+            return
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        if call:
+            self._calls.add(task)
+        task.add_done_callback(lambda done: self._settle(done, future))
+
+    def _settle(self, task: asyncio.Task[T], future: Future[T]) -> None:
+        self._tasks.discard(task)
+        self._calls.discard(task)
+        if task.cancelled():
+            future.set_exception(self.failure or CallError("cancelled"))
+        elif (error := task.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task.result())
+
+    def fail_calls(self, failure: CallError) -> None:
+        """On the loop thread: fail every pending request, and every later one, with ``failure``."""
+        self.failure = self.failure or failure
+        for task in self._calls:
+            task.cancel()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.run(self._cancel_all(), timeout=_CLOSE_TIMEOUT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    async def _cancel_all(self) -> None:
+        """Whatever is still running when the KRT closes (normally nothing) is cancelled and awaited."""
+        current = asyncio.current_task()
+        pending = [task for task in self._tasks if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+class Workflow:
+    """One workflow of a running KRT: :meth:`submit` requests to its entry subject."""
+
+    def __init__(self, owner: RunningKrt, entry: EntryPoint, types: MessageTypes) -> None:
+        self.name = entry.workflow.name
+        self.subject = entry.subject
+        self.request_type = types.request
+        self.response_type = types.response
+        self._owner = owner
+
+    def submit(self, request: Message | Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> Future[Message]:
+        """Send ``request`` (a message, or its fields as a dict) and return the future of its answer at once.
+
+        ``timeout`` is how long the answer may take (then :class:`~krt_runner.errors.CallTimeout`);
+        ``future.result(t)`` is how long you wait for it.
+        """
+        return self._owner._submit(self.subject, self._as_request(request), self.response_type, timeout)
+
+    def _as_request(self, request: Message | Mapping[str, Any]) -> Message:
+        expected = self.request_type.DESCRIPTOR.full_name
+        if isinstance(request, Mapping):
+            return parse_json(json.dumps(dict(request)), self.request_type)
+        if not isinstance(request, Message) or request.DESCRIPTOR.full_name != expected:
+            got = request.DESCRIPTOR.full_name if isinstance(request, Message) else type(request).__name__
+            raise TypeError(f"workflow {self.name!r} takes a {expected}, not a {got}")
+        return request
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name} on {self.subject}>"
+
+
+class RunningKrt:
+    """A KRT taking requests, made by :func:`local` or :func:`connect`; close it (or use ``with``) when done."""
+
+    krt: Krt  # the krt.yml model
+    url: str  # the NATS server
+
+    def __init__(self) -> None:
+        self._loop = _LoopThread()
+        self._exits = contextlib.ExitStack()  # undone in reverse: connection, processes, unpacked .krt, loop
+        self._exits.callback(self._loop.close)
+        self._client: Client | None = None
+        self._entries: dict[str, EntryPoint] = {}
+
+    def workflow(self, name: str) -> Workflow:
+        """The workflow called ``name`` in krt.yml."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise KeyError(f"no workflow {name!r} in {self.krt.version} (workflows: {', '.join(self._entries)})")
+        if entry.types is None:
+            raise KrtRunnerError(f"cannot read the request and response types of workflow {name!r}: {entry.problem}")
+        return Workflow(self, entry, entry.types)
+
+    def close(self) -> None:
+        """Fail what is pending, close the connection; under :func:`local`, stop every process it started."""
+        self._exits.close()
+
+    def __enter__(self) -> RunningKrt:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _submit(self, subject: str, request: Message, response_type: type[Message], timeout: float) -> Future[Message]:
+        if self._client is None:
+            raise KrtRunnerError(f"{self.krt.version} is closed: submit inside the with block")
+        return self._loop.submit(self._client.call(subject, request, response_type, timeout=timeout), call=True)
+
+    def _open(self, source: Path | str) -> Path:
+        return self._exits.enter_context(open_krt(source))
+
+    def _connect(self, url: str) -> None:
+        self.url = url
+        self._client = self._loop.run(Client.connect(url))
+        self._exits.callback(self._disconnect)
+        self._entries = {entry.workflow.name: entry for entry in workflow_entry_points(self.krt)}
+
+    def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            self._loop.run(self._close_client(client), timeout=_CLOSE_TIMEOUT)
+
+    async def _close_client(self, client: Client) -> None:
+        self._loop.fail_calls(CallError("the KRT was closed before the answer came"))
+        await client.close()
+
+
+def connect(nats_url: str, source: Path | str) -> RunningKrt:
+    """Attach to a KRT already running on ``nats_url`` (started by ``krt-runner up`` or KRE).
+
+    ``source``, its folder or ``.krt``, tells the workflows, their subjects and types.
+    """
+    running = RunningKrt()
+    try:
+        running.krt = load_krt(running._open(source))
+        running._connect(nats_url)
+    except BaseException:
+        running.close()
+        raise
+    return running
+
+
+def local(
+    source: Path | str,
+    *,
+    replicas: Mapping[str, int] | None = None,
+    ready_timeout: float = READY_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    output: TextIO | None = None,
+) -> RunningKrt:
+    """Start the KRT in ``source`` (a folder or a ``.krt``) as ``krt-runner up`` does; return once every node is ready.
+
+    Use it as ``with krt_runner.local(...) as krt:``: leaving the block stops
+    every node (draining, in workflow order) and then nats-server, also when
+    the block raises. ``env`` adds variables (config values, ``KRT_*``
+    settings) to the environment every node inherits. Node logs go to
+    ``output`` (default: ``sys.stderr``).
+    Raises :class:`~krt_runner.errors.KrtRunnerError` with the reason when the
+    KRT cannot start (a problem of krt.yml, a node's exit code and last lines...).
+    """
+    running = RunningKrt()
+    try:
+        options = UpOptions(
+            directory=running._open(source), replicas=dict(replicas or {}), ready_timeout=ready_timeout,
+            env=dict(env or {}),
+        )  # fmt: skip
+        plan = make_plan(options)
+        running.krt = plan.krt
+        processes = _Processes(running._loop, plan, options, output if output is not None else sys.stderr)
+        running._exits.callback(processes.stop)
+        processes.start(str(source))
+        running._connect(processes.supervisor.url)
+        processes.watch()
+    except BaseException:
+        running.close()
+        raise
+    # A script that never closes it still leaves no process behind when it exits.
+    atexit.register(running.close)
+    running._exits.callback(atexit.unregister, running.close)
+    return running
+
+
+class _Processes:
+    """What :func:`local` started, run by ``up``'s supervisor on the KRT's loop."""
+
+    def __init__(self, loop: _LoopThread, plan: Plan, options: UpOptions, output: TextIO) -> None:
+        self._loop = loop
+        self.supervisor = loop.run(self._make(plan, options, output))
+        self._started: list[Future[Any]] = []  # start and watch: awaited before stopping
+
+    @staticmethod
+    async def _make(plan: Plan, options: UpOptions, output: TextIO) -> Supervisor:
+        return Supervisor(plan, options, out=output, err=output)  # made on the loop that runs it
+
+    def start(self, source: str) -> None:
+        self._started.append(self._loop.submit(self.supervisor.start()))
+        kind, value = self._started[-1].result()
+        if kind != "done":
+            _, lines = self.supervisor.describe(kind, value)
+            raise KrtRunnerError(f"local({source!r}) cannot start:\n" + "\n".join(lines))
+
+    def watch(self) -> None:
+        self._started.append(self._loop.submit(self._watch()))
+
+    async def _watch(self) -> None:
+        """A node that exits while the KRT is in use fails what is pending, and what comes after, with the reason."""
+        kind, value = await self.supervisor.watch()
+        if kind == "died":
+            _, lines = self.supervisor.describe(kind, value)
+            self.supervisor.say("\n".join(lines))
+            self._loop.fail_calls(CallError("\n".join(lines)))
+
+    def stop(self) -> None:
+        self._loop.run(self._stop(), timeout=_CLOSE_TIMEOUT)
+
+    async def _stop(self) -> None:
+        self.supervisor.request_stop()  # start() and watch() return: no process starts after this
+        await asyncio.gather(*(asyncio.wrap_future(started) for started in self._started), return_exceptions=True)
+        await self.supervisor.stop_everything()
+
+
+def wait(
+    futures: Iterable[Future[T]], *, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
+) -> tuple[set[Future[T]], set[Future[T]]]:
+    """Wait for ``futures``: ``(done, not_done)``, as :func:`concurrent.futures.wait`.
+
+    ``return_when``: ``concurrent.futures.ALL_COMPLETED`` (default), ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``.
+    """
+    done, pending = concurrent.futures.wait(list(futures), timeout=timeout, return_when=return_when)
+    return cast(set[Future[T]], done), cast(set[Future[T]], pending)
+
+
+def as_completed(futures: Iterable[Future[T]], *, timeout: float | None = None) -> Iterator[Future[T]]:
+    """Yield ``futures`` as they finish, as :func:`concurrent.futures.as_completed`."""
+    return cast(Iterator[Future[T]], concurrent.futures.as_completed(list(futures), timeout=timeout))

@@ -1,0 +1,31 @@
+"""The benchmark keeps working: a quick run loses nothing and writes its report.
+
+Speed is judged by the benchmark itself (BENCHMARKS.md), never by a timed test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path):
+    report, data = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--out", str(report), "--json", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads(data.read_text())
+    assert results["failures"] == []
+    assert {(row["nodes"], row["window"]) for row in results["matrix"]} == {
+        (n, w) for n in (1, 3) for w in (1, 16, 128)
+    }
+    assert all(row["krt"]["lost"]["max"] == 0 and row["floor"]["lost"]["max"] == 0 for row in results["matrix"])
+    assert "## Targets" in report.read_text()
