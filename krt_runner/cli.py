@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from .config import OPTIONS, load_settings
-from .errors import ConfigError, HandlerLoadError
+from ._start import read_settings, serve_node
+from .config import OPTIONS
+from .errors import HandlerLoadError
 from .handler import load_user_code
 from .health import DEFAULT_MAX_AGE
 from .health import check as health_problem
-from .logging import configure_logging
 
 EXIT_USAGE = 2
 
@@ -30,15 +27,9 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = {option.field: getattr(args, option.field) for option in OPTIONS}
-    try:
-        settings = load_settings(overrides=overrides)
-    except ConfigError as exc:
-        print(f"krt-runner: {exc}", file=sys.stderr)
+    settings = read_settings({option.field: getattr(args, option.field) for option in OPTIONS})
+    if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
-    log = structlog.get_logger("krt_runner")
-    log.info("settings read", **settings.describe())
     try:
         code = load_user_code(settings.handler_path, settings.base_path)
     except HandlerLoadError as exc:
@@ -47,30 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         if details:
             print(details, file=sys.stderr, end="")
         return EXIT_USAGE
-    log.info("handler module loaded", handler=code.source, request=code.request_name, init=code.init is not None)
-    return _serve(settings, code)
-
-
-def _serve(settings: Any, code: Any) -> int:
-    from .measurements import make_sink
-    from .runner import run_node
-
-    async def main() -> int:
-        sink = make_sink(settings, structlog.get_logger("krt_runner"))
-        try:
-            return await run_node(settings, code, sink=sink)
-        finally:  # also when start-up failed: points saved by init are written, the writer thread ends
-            await sink.close(timeout=settings.influx_shutdown_timeout)
-
-    return _run_async(main())
-
-
-def _run_async(coroutine: Any) -> int:
-    try:
-        import uvloop  # optional: the 'speed' extra
-    except ImportError:
-        return int(asyncio.run(coroutine))
-    return int(uvloop.run(coroutine))
+    return serve_node(settings, code)
 
 
 def _add_up(commands: Any) -> None:

@@ -14,15 +14,40 @@ The token is sent in the ``Authorization`` header only and never logged.
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-from influxdb_client.client.influxdb_client import InfluxDBClient
-from influxdb_client.client.write_api import SYNCHRONOUS
-from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from ._batching import WriteError
 from .config import Settings, redact_url
+
+
+@contextlib.contextmanager
+def _without(*modules: str) -> Iterator[None]:
+    """Make ``modules`` unimportable for the duration, unless they are loaded already.
+
+    influxdb-client imports numpy (about 10 MB of RSS) only so that its ``Point``
+    class recognises numpy values; we hand it ready line protocol and never use
+    ``Point``. Without numpy loaded, it takes its no-numpy path. Nothing else
+    runs meanwhile: this happens at start-up, before ``init``.
+    """
+    blocked = [name for name in modules if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # None makes the import fail, as documented
+    try:
+        yield
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+
+
+with _without("numpy", "pandas"):
+    from influxdb_client.client.influxdb_client import InfluxDBClient
+    from influxdb_client.client.write_api import SYNCHRONOUS
+    from influxdb_client.rest import ApiException
 
 # HTTP answers worth retrying: the server is busy, restarting or timed out.
 # Any other 4xx means this batch will never be accepted as it is.

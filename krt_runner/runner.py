@@ -262,7 +262,7 @@ class Node:
 
     async def _send_error(self, job: Job, exc: Exception) -> None:
         self.counts["errors"] += 1
-        text = f"error in node '{self.name}': {_cause(exc)}"
+        text = _shorten(f"error in node '{self.name}': {_cause(exc)}")
         answered = job.replied or (job.request is not None and job.request.replied)
         self.log.error(text, tracking_id=job.tracking_id, exc_info=_traceback_worthy(exc))
         if answered or not job.reply:
@@ -321,6 +321,16 @@ def _publishable(subject: str) -> str:
     if subject and not _PUBLISHABLE_SUBJECT.fullmatch(subject):
         raise EnvelopeError(f"the envelope's reply subject {subject[:120]!r} is not a valid NATS subject")
     return subject
+
+
+# An error answer must fit any server's max payload, whatever the exception says.
+_MAX_ERROR_TEXT = 8192
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= _MAX_ERROR_TEXT:
+        return text
+    return f"{text[:_MAX_ERROR_TEXT]}... ({len(text) - _MAX_ERROR_TEXT} more characters)"
 
 
 def _type_name(value: Any) -> str:

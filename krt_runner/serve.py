@@ -28,9 +28,10 @@ import structlog
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
+from ._start import read_settings, serve_node
 from .config import Settings, load_settings
 from .envelope import AnyMessage, KreNatsMessage, decode
-from .errors import ConfigError, HandlerLoadError, InitError, InvalidRequestError, KrtRunnerError
+from .errors import HandlerLoadError, InitError, InvalidRequestError, KrtRunnerError
 from .handler import UserCode, UserFunction, user_code_from
 from .logging import configure_logging
 
@@ -82,28 +83,10 @@ def _script_of(target: Any) -> Path:
 
 def _run_as_node(code: UserCode, script: Path) -> int:
     # The code is given; KRT_HANDLER_PATH only names it in logs, so it may be left out.
-    overrides = {} if os.environ.get("KRT_HANDLER_PATH") else {"handler_path": str(script)}
-    try:
-        settings = load_settings(overrides=overrides)
-    except ConfigError as exc:
-        print(f"krt-runner: {exc}", file=sys.stderr)
+    settings = read_settings({} if os.environ.get("KRT_HANDLER_PATH") else {"handler_path": str(script)})
+    if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
-    log = structlog.get_logger("krt_runner")
-    log.info("settings read", **settings.describe())
-    log.info("handler loaded", handler=code.source, request=code.request_name, init=code.init is not None)
-    return asyncio.run(_node_main(settings, code))
-
-
-async def _node_main(settings: Settings, code: UserCode) -> int:
-    from .measurements import make_sink
-    from .runner import run_node
-
-    sink = make_sink(settings, structlog.get_logger("krt_runner"))
-    try:
-        return await run_node(settings, code, sink=sink)
-    finally:  # as `krt-runner run`: also after a failed start-up, points saved by init are written
-        await sink.close(timeout=settings.influx_shutdown_timeout)
+    return serve_node(settings, code)
 
 
 # -- local dev mode ---------------------------------------------------------------------------

@@ -114,6 +114,18 @@ async def test_handler_exception_gives_one_error_answer_and_the_node_keeps_servi
     assert unpack(after, greeter_pb2.Request).name == "fine>failing"
 
 
+async def test_an_exception_with_a_huge_message_still_gives_one_short_error_answer(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="verbose"))
+
+    answers = await answers_to(
+        requester, "in", request_envelope(greeter_pb2.Request(name="bigerror")).SerializeToString()
+    )
+
+    assert len(answers) == 1
+    assert answers[0].error.startswith("error in node 'verbose': handler raised ValueError: xxx")
+    assert len(answers[0].error) < 10_000 and "more characters" in answers[0].error
+
+
 @pytest.mark.parametrize(
     ("data", "cause"),
     [

@@ -27,8 +27,9 @@ def test_ci_runs_the_readme_test_command():
     assert "exec sh scripts/test.sh" in ci
 
 
-def test_the_demo_command_answers_a_real_request_through_an_embedded_nats():
+def test_the_demo_command_answers_a_real_request_through_an_embedded_nats(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRT_")}
+    env["KRT_MEASUREMENTS_FILE"] = str(tmp_path / "measurements.lp")  # not into the checkout
 
     result = subprocess.run(
         opening_commands()[0], shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -36,3 +37,4 @@ def test_the_demo_command_answers_a_real_request_through_an_embedded_nats():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "** Hello, Ada! **" in result.stdout
+    assert "node_elapsed_time" in (tmp_path / "measurements.lp").read_text()
