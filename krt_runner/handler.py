@@ -341,6 +341,7 @@ class Caller:
 
     def __init__(self, *, workers: int) -> None:
         self._workers = workers
+        self._is_async: dict[UserFunction, bool] = {}
         self._executor = self._new_executor()
         self.abandoned_threads = 0  # threads of timed-out calls, still running their function
 
@@ -348,7 +349,10 @@ class Caller:
         return ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="krt-handler")
 
     async def call(self, function: UserFunction, *args: Any) -> Any:
-        if inspect.iscoroutinefunction(function):
+        is_async = self._is_async.get(function)
+        if is_async is None:  # asked once per function, not per message
+            is_async = self._is_async[function] = inspect.iscoroutinefunction(function)
+        if is_async:
             return await function(*args)
         running = self._executor.submit(function, *args)
         try:

@@ -126,8 +126,8 @@ def _string(value: str) -> str:
 
 
 def _duration(value: float) -> str:
-    """A duration the runner measured: finite, but a clock gone wrong must not spoil a batch."""
-    return repr(float(value)) if math.isfinite(value) else "0.0"
+    """Milliseconds to the microsecond, as the tracking timestamps; a clock gone wrong must not spoil a batch."""
+    return f"{value:.3f}" if math.isfinite(value) else "0.0"
 
 
 def _integer(key: str, value: int) -> str:

@@ -87,6 +87,7 @@ class Node:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._debug = settings.log_level == "debug"
+        self._measured = settings.measurements_enabled
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
         self.ready = asyncio.Event()
         self.last_received = time.perf_counter()  # for KRT_IDLE_TIMEOUT
@@ -177,7 +178,10 @@ class Node:
             error = "failed"
             await self._send_error(job, exc)
         finally:
-            self._record(job, error)
+            # Recorded on the loop's next turn: nats-py's flusher, woken by the publish, sends the answer first.
+            if self._measured:
+                elapsed_ms = (time.perf_counter() - job.started) * 1000
+                asyncio.get_running_loop().call_soon(self._record, job, error, elapsed_ms)
 
     def _decode(self, job: Job, data: bytes) -> None:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
@@ -283,8 +287,7 @@ class Node:
             return None
         return _ms_since(request.tracking[0].start, time.time_ns())
 
-    def _record(self, job: Job, error: str) -> None:
-        elapsed_ms = (time.perf_counter() - job.started) * 1000
+    def _record(self, job: Job, error: str, elapsed_ms: float) -> None:
         request = job.request
         previous = request.tracking[job.hops - 1] if request is not None and job.hops else None
         self._points.record(

@@ -217,9 +217,18 @@ def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     (line,) = sink.lines
     assert re.fullmatch(
         r'node_elapsed_time,node=a,version=v1,workflow=wf tracking_id="t-1",node_from="entrypoint",'
-        r'elapsed_ms=1\.5,waiting_ms=0\.25,success=true,error="" \d+',
+        r'elapsed_ms=1\.500,waiting_ms=0\.250,success=true,error="" \d+',
         line,
     ), line
+
+
+def test_durations_are_written_to_the_microsecond():
+    sink = MemorySink()
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+
+    points.record(tracking_id="t", node_from="x", elapsed_ms=0.29717799998, waiting_ms=float("nan"), workflow_ms=None)
+
+    assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.0," in sink.lines[0]
 
 
 def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
@@ -230,7 +239,7 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
 
     node, workflow = sink.lines
     assert "success=false" in node and 'error="failed"' in node
-    assert re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=12\.5,tracking_id="t-2",'
+    assert re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=12\.500,tracking_id="t-2",'
                         r"success=false \d+", workflow), workflow
     assert all(LINE_PROTOCOL.match(line) for line in sink.lines)
 
