@@ -1,20 +1,22 @@
-"""Process helpers for the benchmark: start nodes and servers, read CPU and memory from /proc."""
+"""Process helpers for the benchmark: start nodes and servers, read CPU and memory from /proc.
+
+Imported by run.py, which puts tests/ on sys.path for ``influx_server`` (the tests' VictoriaMetrics).
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from krt_runner.embedded import free_port
+from influx_server import VictoriaMetrics, victoria_metrics_binary
+
+from krt_runner.embedded import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -62,13 +64,7 @@ class NodeProc:
         raise RuntimeError(f"{self.name} not ready:\n" + "\n".join(self.lines[-20:]))
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, timeout=30)
 
 
 def start_node(
@@ -91,45 +87,12 @@ def start_node(
     return NodeProc(name, process)
 
 
-class VictoriaMetrics:
-    """Debian's victoria-metrics on a free loopback port: the InfluxDB-protocol store the tests use."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics"
-        if not Path(binary).is_file():
-            raise RuntimeError("victoria-metrics not installed: run scripts/install_test_servers.sh")
-        self.port = free_port()
-        self._data = tempfile.TemporaryDirectory(prefix="bench-vm-")
-        self.process = subprocess.Popen(
-            [binary, f"-httpListenAddr=127.0.0.1:{self.port}", f"-storageDataPath={self._data.name}",
-             "-loggerLevel=ERROR"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self._wait_healthy()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("victoria-metrics did not become healthy")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._data.cleanup()
+def start_victoria_metrics() -> VictoriaMetrics:
+    """The InfluxDB-protocol store the measurement tests use (Debian's victoria-metrics), on a free port."""
+    binary = victoria_metrics_binary()
+    if binary is None:
+        raise RuntimeError("victoria-metrics not installed: run scripts/install_test_servers.sh")
+    return VictoriaMetrics(binary).start()
 
 
 def machine() -> dict[str, str]:

@@ -24,9 +24,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
 from load import LoadResult, drive
-from processes import ROOT, NodeProc, VictoriaMetrics, cpu_seconds, machine, memory_kb, start_node
+from processes import (
+    ROOT,
+    NodeProc,
+    VictoriaMetrics,
+    cpu_seconds,
+    machine,
+    memory_kb,
+    start_node,
+    start_victoria_metrics,
+)
 
 from krt_runner.embedded import EmbeddedNats
 
@@ -238,7 +248,7 @@ def main() -> int:
             }
         finally:
             if influx:
-                influx.stop()
+                influx.close()
     results["seconds"] = round(time.time() - started, 1)
     results["failures"] = _failures(bench)
     args.json.write_text(json.dumps(results, indent=2))
@@ -249,7 +259,7 @@ def main() -> int:
 
 def _start_influx() -> VictoriaMetrics | None:
     try:
-        return VictoriaMetrics()
+        return start_victoria_metrics()
     except RuntimeError as exc:
         print(f"measurements go to a file: {exc}", file=sys.stderr)
         return None

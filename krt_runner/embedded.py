@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .errors import KrtRunnerError
 
@@ -35,6 +36,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 10.0, kill: bool = False) -> int:
+    """SIGTERM (or SIGKILL) a child process, SIGKILL it if it lingers past ``timeout``; its exit code."""
+    if process.poll() is not None:
+        return process.returncode
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
 
 
 class EmbeddedNats:
@@ -82,17 +98,8 @@ class EmbeddedNats:
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server (SIGKILL with ``kill=True``) and wait for it to exit."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, kill=kill)
 
     def close(self) -> None:
         self.stop()

@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
 
-from krt_runner.embedded import EmbeddedNats
+from krt_runner.embedded import EmbeddedNats, stop_process
 from krt_runner.envelope import KreNatsMessage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +82,7 @@ class NodeProcess:
         return code
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
 
 
 NodeFactory = Callable[..., NodeProcess]

@@ -32,7 +32,7 @@ from types import TracebackType
 
 import pytest
 
-from krt_runner.embedded import free_port
+from krt_runner.embedded import free_port, stop_process
 
 BINARY_NAME = "victoria-metrics"
 # A fresh server answers /health within a second or two; a busy 2-core machine gets more.
@@ -114,14 +114,8 @@ class VictoriaMetrics:
         raise RuntimeError(f"victoria-metrics not healthy on {self.url} within {READY_TIMEOUT}s: {self.log_text()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()  # SIGTERM: it flushes what it holds to disk first
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout=15)  # SIGTERM: it flushes what it holds to disk first
 
     def close(self) -> None:
         self.stop()
