@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KRT_RUNNER, ROOT
-from test_up import UpRun
+from up_helpers import UpRun
 
 from krt_runner import KRT
 from krt_runner.errors import KrtFileError

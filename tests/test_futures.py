@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
-from test_up import UpRun, leftovers
+from up_helpers import UpRun, leftovers
 
 import krt_runner
 from krt_runner.errors import CallError, ErrorAnswer, KrtRunnerError

@@ -4,78 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from pathlib import Path
 
 import pytest
-from conftest import KRT_RUNNER, READY_TIMEOUT, ROOT, greeter_pb2
+from conftest import KRT_RUNNER, ROOT, greeter_pb2
+from up_helpers import UpRun, leftovers, run_up, up_env
 
 from krt_runner.client import Client
 
 GREETER = ROOT / "examples" / "greeter"
 IRIS = ROOT / "examples" / "iris"
-
-
-class UpRun:
-    """A background `krt-runner up` with stdout and stderr collected line by line."""
-
-    def __init__(self, *args: str, cwd: Path) -> None:
-        self.marker = uuid.uuid4().hex
-        self.process = subprocess.Popen(
-            [*KRT_RUNNER, "up", *args],
-            cwd=cwd,
-            env=_env(self.marker),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.process.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, self.err), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, lines: list[str]) -> None:
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    def wait_for_call_line(self) -> str:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            for line in self.out:
-                if line.strip().startswith("krt-runner call"):
-                    return line.strip()
-            assert self.process.poll() is None, "\n".join(self.err)
-            time.sleep(0.05)
-        raise AssertionError("no call line:\n" + "\n".join(self.err))
-
-    def wait(self, timeout: float = 60) -> int:
-        code = self.process.wait(timeout=timeout)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        return code
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # up stops what it started
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture
@@ -89,29 +33,6 @@ def start_up(tmp_path):
     yield start
     for run in runs:
         run.stop()
-
-
-def _env(marker: str) -> dict[str, str]:
-    """The test's environment without KRT_* settings, plus a marker every process `up` starts inherits."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
-    return {**env, "UP_TEST_MARKER": marker}
-
-
-def run_up(*args: str, cwd: Path, marker: str) -> subprocess.CompletedProcess[str]:
-    command = [*KRT_RUNNER, "up", *args]
-    return subprocess.run(command, cwd=cwd, env=_env(marker), capture_output=True, text=True, timeout=90)
-
-
-def leftovers(marker: str) -> list[str]:
-    """Processes still running with the marker: whatever `up` started and did not stop."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if f"UP_TEST_MARKER={marker}\0".encode() in (proc / "environ").read_bytes():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:  # gone, or not ours
-            continue
-    return found
 
 
 def test_up_with_a_request_answers_through_both_greeter_nodes_then_stops_everything_in_order(tmp_path):
@@ -200,7 +121,7 @@ def test_a_node_that_dies_is_reported_with_its_exit_code_and_last_lines_and_up_e
 
 def test_a_node_that_stops_on_its_idle_timeout_is_no_death_up_stops_the_rest_and_exits_0(tmp_path):
     marker = uuid.uuid4().hex
-    env = {**_env(marker), "KRT_IDLE_TIMEOUT": "1"}  # reaches every node, as any KRT_* variable does
+    env = {**up_env(marker), "KRT_IDLE_TIMEOUT": "1"}  # reaches every node, as any KRT_* variable does
 
     done = subprocess.run(
         [*KRT_RUNNER, "up", str(GREETER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
