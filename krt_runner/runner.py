@@ -17,6 +17,7 @@ import contextlib
 import re
 import signal
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -203,12 +204,13 @@ class Node:
         try:
             if timeout is None:
                 return await call
-            return await asyncio.wait_for(call, timeout)
+            return await asyncio.wait_for(_as_handler_errors(call), timeout)
         except asyncio.TimeoutError as exc:
-            if timeout is not None and time.perf_counter() - job.started >= timeout:
-                raise HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)") from None
-            raise HandlerError(f"handler raised {_describe(exc)}") from exc
-        except InvalidRequestError:
+            if timeout is None:  # the handler's own
+                raise HandlerError(f"handler raised {_describe(exc)}") from exc
+            # wait_for's: with a timeout set, the handler's own TimeoutError arrives as a HandlerError
+            raise HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)") from None
+        except (InvalidRequestError, HandlerError):
             raise
         except Exception as exc:
             raise HandlerError(f"handler raised {_describe(exc)}") from exc
@@ -298,6 +300,19 @@ class Node:
             workflow_ms=self._workflow_ms(request) if request is not None and job.hops else None,
             error=error,
         )
+
+
+async def _as_handler_errors(call: Awaitable[Any]) -> Any:
+    """The handler's exceptions as :class:`HandlerError`, so that none is taken for ``wait_for``'s timeout.
+
+    Comparing clocks instead fails: uvloop's timers tick in milliseconds and may fire just before the bound.
+    """
+    try:
+        return await call
+    except (InvalidRequestError, HandlerError):
+        raise
+    except Exception as exc:
+        raise HandlerError(f"handler raised {_describe(exc)}") from exc
 
 
 def _ms_since(start: str, end_ns: int) -> float:

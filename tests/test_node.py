@@ -114,6 +114,18 @@ async def test_handler_exception_gives_one_error_answer_and_the_node_keeps_servi
     assert unpack(after, greeter_pb2.Request).name == "fine>failing"
 
 
+@pytest.mark.parametrize("handler_timeout", ["0", "5"], ids=["no-limit", "with-limit"])
+async def test_a_timeout_error_raised_by_the_handler_is_a_handler_error_not_a_handler_timeout(
+    nats_server, start_node, requester, handler_timeout
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_HANDLER_TIMEOUT=handler_timeout))
+
+    answer = await requester.greet("in", "owntimeout")
+
+    assert "handler raised TimeoutError: upstream service timed out" in answer.error
+    assert "KRT_HANDLER_TIMEOUT" not in answer.error
+
+
 async def test_an_exception_with_a_huge_message_still_gives_one_short_error_answer(nats_server, start_node, requester):
     start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="verbose"))
 

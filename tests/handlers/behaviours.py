@@ -37,6 +37,8 @@ async def handler(ctx, data):
     command, _, argument = name.partition(":")
     if command == "boom":
         raise ValueError("boom requested")
+    if command == "owntimeout":
+        raise TimeoutError("upstream service timed out")
     if command == "bigerror":
         raise ValueError("x" * 3_000_000)
     if command == "none":
