@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from . import workflow
 from .errors import KrtFileError
 from .workflow import KRT_FILE, Krt, parse_krt
 
@@ -41,13 +42,8 @@ GENERATED_MARK = "# Written by krt_runner.KRT"
 
 
 @dataclass(frozen=True)
-class Node:
-    """A node of a :class:`KRT`; ``a >> b`` chains nodes into a workflow's sequence."""
-
-    name: str
-    image: str
-    src: str
-    gpu: bool = False
+class Node(workflow.Node):
+    """A krt.yml node (name, image, src, gpu) that ``a >> b`` chains into a workflow's sequence."""
 
     def __rshift__(self, other: Node | Chain) -> Chain:
         return Chain((self,)) >> other
