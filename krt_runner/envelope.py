@@ -43,13 +43,14 @@ def timestamp(moment: datetime | int | None = None) -> str:
 
 
 def _epoch_timestamp(nanoseconds: int) -> str:
-    # Called twice per message: formatting the whole second once per second keeps it cheap.
+    # Called twice per message: formatting the whole second once per second keeps it cheap,
+    # and str() of 1_000_000 + micros, first digit cut, pads to 6 digits faster than a format spec.
     global _cached_second, _cached_prefix  # noqa: PLW0603 - a one-entry cache
     whole, rest = divmod(nanoseconds, 1_000_000_000)
     if whole != _cached_second:
         _cached_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
         _cached_second = whole
-    return f"{_cached_prefix}{rest // 1000:06d}"
+    return _cached_prefix + str(rest // 1000 + 1_000_000)[1:]
 
 
 _NAIVE_EPOCH = datetime(1970, 1, 1)

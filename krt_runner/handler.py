@@ -17,12 +17,12 @@ import sys
 import traceback
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
@@ -348,12 +348,19 @@ class Caller:
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="krt-handler")
 
-    async def call(self, function: UserFunction, *args: Any) -> Any:
+    def call(self, function: UserFunction, *args: Any) -> Awaitable[Any]:
+        """What to await for ``function(*args)``: an async function's own coroutine, or its run on a worker thread.
+
+        A plain method, not a coroutine: an async handler is awaited with no frame of ours in between.
+        """
         is_async = self._is_async.get(function)
         if is_async is None:  # asked once per function, not per message
             is_async = self._is_async[function] = inspect.iscoroutinefunction(function)
         if is_async:
-            return await function(*args)
+            return cast(Awaitable[Any], function(*args))
+        return self._call_in_thread(function, args)
+
+    async def _call_in_thread(self, function: UserFunction, args: tuple[Any, ...]) -> Any:
         running = self._executor.submit(function, *args)
         try:
             result = await asyncio.wrap_future(running)

@@ -1,8 +1,10 @@
 """Measurement points: ``ctx.measurement`` and the runner's own timing points.
 
-A point is checked and turned into one line of InfluxDB line protocol at once,
-in the caller (a few string joins, no client objects), and handed to a
-:class:`PointSink`. A point InfluxDB would reject raises
+A user's point is checked and turned into one line of InfluxDB line protocol
+at once, in the caller (a few string joins, no client objects), and handed to a
+:class:`PointSink`. The runner's own points, one or two per message, are handed
+over as their values and rendered by the sink's writer thread (see
+:data:`PendingLine`). A point InfluxDB would reject raises
 :class:`MeasurementError` right there, in the handler, so a bad point never
 reaches a batch of good ones. The sinks write in the background
 (:mod:`krt_runner._batching`); saving never waits for the network or the disk.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Settings
+from .envelope import epoch_seconds
 from .errors import KrtRunnerError
 
 _NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -50,10 +53,20 @@ class MeasurementError(KrtRunnerError, ValueError):
     """A point that InfluxDB would reject: raised in the caller, never in the writer."""
 
 
-class PointSink(Protocol):
-    """Where finished line-protocol lines go. ``put`` must return at once, from any thread."""
+# What a sink takes: a finished line, or a tuple ``(render, ...)`` whose line ``render(that_tuple)`` makes later,
+# on the writer thread. The runner's own points take the second form: the message path only keeps their values.
+PendingLine = str | tuple[Any, ...]
 
-    def put(self, line: str) -> None: ...
+
+def rendered(item: PendingLine) -> str:
+    """The line-protocol text of what a sink was given."""
+    return item if isinstance(item, str) else item[0](item)
+
+
+class PointSink(Protocol):
+    """Where points go. ``put`` must return at once, from any thread."""
+
+    def put(self, line: PendingLine) -> None: ...
 
     async def close(self, timeout: float) -> None: ...
 
@@ -61,7 +74,7 @@ class PointSink(Protocol):
 class NullSink:
     """Measurements turned off: every point is discarded."""
 
-    def put(self, line: str) -> None:
+    def put(self, line: PendingLine) -> None:
         pass
 
     async def close(self, timeout: float) -> None:
@@ -74,8 +87,8 @@ class MemorySink:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def put(self, line: str) -> None:
-        self.lines.append(line)
+    def put(self, line: PendingLine) -> None:
+        self.lines.append(rendered(line))
 
     async def close(self, timeout: float) -> None:
         pass
@@ -266,6 +279,10 @@ class NodePoints:
     KRE v1 fields keep their names and meanings; ``success`` (bool) and
     ``error`` (``""``; ``"invalid"``: the request was rejected before the
     handler ran; ``"failed"``: anything else went wrong) are added.
+
+    :meth:`record` runs once per message on every node, so it only keeps the
+    values; the writer thread parses the timestamps and writes the lines, a
+    whole batch at a time.
     """
 
     def __init__(self, *, sink: PointSink, workflow: str, version: str, node: str, last_node: bool) -> None:
@@ -274,6 +291,8 @@ class NodePoints:
         self._node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
         self._workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
         self._last_node = last_node
+        self._node_line = self._render_node_line  # bound once, not once per message
+        self._workflow_line = self._render_workflow_line
 
     def record(
         self,
@@ -281,25 +300,57 @@ class NodePoints:
         tracking_id: str,
         node_from: str,
         elapsed_ms: float,
-        waiting_ms: float,
-        workflow_ms: float | None,
+        previous_end: str,
+        started_ns: int,
+        first_start: str | None,
         error: str = "",
     ) -> None:
-        """Queue this message's points; ``error`` is ``""``, ``"invalid"`` or ``"failed"``."""
-        # Once per message on every node: written out by hand, no dicts, no generic checks.
+        """Queue this message's points.
+
+        ``previous_end`` is the previous node's tracking ``end`` (``waiting_ms``
+        runs from it to ``started_ns``), ``first_start`` the first tracking
+        entry's ``start`` (``workflow_elapsed_time``, written by the last node
+        only; ``None`` when the message had no tracking) and ``error`` is ``""``, ``"invalid"`` or ``"failed"``.
+        """
         now = _time.time_ns()
-        tracking = _string(tracking_id)
-        success = "false" if error else "true"
-        self._sink.put(
-            f"{self._node_head} tracking_id={tracking},node_from={_string(node_from)},"
-            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(waiting_ms)},"
-            f"success={success},error={_string(error)} {now}"
+        self._sink.put((self._node_line, tracking_id, node_from, elapsed_ms, previous_end, started_ns, error, now))
+        if self._last_node and first_start is not None:
+            self._sink.put((self._workflow_line, tracking_id, first_start, error, now))
+
+    def _render_node_line(self, point: tuple[Any, ...]) -> str:
+        _, tracking_id, node_from, elapsed_ms, previous_end, started_ns, error, now = point
+        return (
+            f"{self._node_head} tracking_id={_string(tracking_id)},node_from={_quoted_name(node_from)},"
+            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(ms_since(previous_end, started_ns))},"
+            f"{_node_outcome(error)} {now}"
         )
-        if self._last_node and workflow_ms is not None:
-            self._sink.put(
-                f"{self._workflow_head} elapsed_ms={_duration(workflow_ms)},tracking_id={tracking},"
-                f"success={success} {now}"
-            )
+
+    def _render_workflow_line(self, point: tuple[Any, ...]) -> str:
+        _, tracking_id, first_start, error, now = point
+        return (
+            f"{self._workflow_head} elapsed_ms={_duration(ms_since(first_start, now))},"
+            f"tracking_id={_string(tracking_id)},success={'false' if error else 'true'} {now}"
+        )
+
+
+@functools.lru_cache(maxsize=256)  # node names: a workflow has a handful
+def _quoted_name(name: str) -> str:
+    return _string(name)
+
+
+@functools.lru_cache(maxsize=8)  # "", "invalid", "failed"
+def _node_outcome(error: str) -> str:
+    return f"success={'false' if error else 'true'},error={_string(error)}"
+
+
+def ms_since(start: str, end_ns: int) -> float:
+    """Milliseconds from a tracking timestamp to ``end_ns``; 0 when it is missing or unreadable."""
+    if not start:
+        return 0.0
+    try:
+        return (end_ns / 1e9 - epoch_seconds(start)) * 1000
+    except ValueError:
+        return 0.0
 
 
 # -- choosing a sink -----------------------------------------------------------------------------

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -48,21 +47,20 @@ from .measurements import Measurement, NodePoints, PointSink
 class Job:
     """One message on its way through the node."""
 
-    __slots__ = ("handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns")
+    __slots__ = (
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking_id",
+    )
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
         self.request: KreNatsMessage | None = None
+        self.tracking_id = ""  # the request's, once decoded
         self.hops = 0  # tracking entries received, before this node's own
         self.replied = False
         self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self.started_at = envelope.timestamp(self.started_ns)
-
-    @property
-    def tracking_id(self) -> str:
-        return self.request.tracking_id if self.request is not None else ""
 
 
 class Node:
@@ -89,6 +87,7 @@ class Node:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._debug = settings.log_level == "debug"
         self._measured = settings.measurements_enabled
+        self._last_node = settings.is_last_node
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
         self.ready = asyncio.Event()
         self.last_received = time.perf_counter()  # for KRT_IDLE_TIMEOUT
@@ -170,7 +169,11 @@ class Node:
         try:
             self._decode(job, data)
             result = await self._call_handler(job)
-            await self._send_answer(job, result)
+            subject, answer = self._answer(job, result)
+            if subject:
+                await self.broker.publish(subject, answer)
+                if self._debug:
+                    self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
             self.counts["answered"] += 1
         except InvalidRequestError as exc:
             error = "invalid"
@@ -179,32 +182,30 @@ class Node:
             error = "failed"
             await self._send_error(job, exc)
         finally:
-            # Recorded on the loop's next turn: nats-py's flusher, woken by the publish, sends the answer first.
             if self._measured:
-                elapsed_ms = (time.perf_counter() - job.started) * 1000
-                asyncio.get_running_loop().call_soon(self._record, job, error, elapsed_ms)
+                self._record(job, error)
 
     def _decode(self, job: Job, data: bytes) -> None:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
         job.request = request
+        job.tracking_id = request.tracking_id
         job.hops = len(request.tracking)
         if not job.reply:
             job.reply = _publishable(request.reply)
         if self._debug:
-            self.log.debug("message received", tracking_id=request.tracking_id, bytes=len(data))
+            self.log.debug("message received", tracking_id=job.tracking_id, bytes=len(data))
 
     async def _call_handler(self, job: Job) -> Any:
         assert job.request is not None
-        ctx = HandlerContext(self.state, job.request.tracking_id, lambda message: self._early_reply(job, message))
+        ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message))
         data: Any = job.request.payload
         if self.code.request_type is not None:
             data = unpack_request(data, self.code.request_type)
-        call = self._caller.call(self.code.handler, ctx, data)
         timeout = self.settings.handler_timeout
         try:
             if timeout is None:
-                return await call
-            return await asyncio.wait_for(_as_handler_errors(call), timeout)
+                return await self._caller.call(self.code.handler, ctx, data)
+            return await asyncio.wait_for(_as_handler_errors(self._caller.call, self.code.handler, ctx, data), timeout)
         except asyncio.TimeoutError as exc:
             if timeout is None:  # the handler's own
                 raise HandlerError(f"handler raised {_describe(exc)}") from exc
@@ -217,30 +218,32 @@ class Node:
         finally:
             job.handler_done = True
 
-    async def _send_answer(self, job: Job, result: Any) -> None:
+    def _answer(self, job: Job, result: Any) -> tuple[str, bytes]:
+        """Where the answer goes and its bytes; ``("", b"")`` when it goes nowhere.
+
+        The request becomes the answer: its tracking gets this node's entry and its payload the result.
+        """
         request = job.request
         assert request is not None
         if not isinstance(result, Message):
             raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
         request.reply = job.reply
-        request.replied = request.replied or job.replied
-        request.error = ""  # the request becomes the answer: a stray incoming error must not mark it failed
+        if job.replied:
+            request.replied = True
+        if request.error:  # a stray incoming error must not mark the answer failed
+            request.error = ""
         request.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
         if isinstance(result, AnyMessage):
             request.payload.CopyFrom(result)
         else:
             request.payload.Pack(result)
-        await self._publish_answer(job, request)
-
-    async def _publish_answer(self, job: Job, answer: KreNatsMessage) -> None:
-        subject = self.settings.output_subject or ("" if answer.replied else job.reply)
+        subject = self.settings.output_subject or ("" if request.replied else job.reply)
         if subject:
-            await self.broker.publish(subject, envelope.encode(answer, max_payload=self.broker.max_payload))
-            if self._debug:
-                self.log.debug("answer published", tracking_id=answer.tracking_id, subject=subject)
-        elif not answer.replied:
+            return subject, envelope.encode(request, max_payload=self.broker.max_payload)
+        if not request.replied:
             self.counts["dropped"] += 1
-            self.log.warning("answer dropped: last node and no reply subject", tracking_id=answer.tracking_id)
+            self.log.warning("answer dropped: last node and no reply subject", tracking_id=request.tracking_id)
+        return "", b""
 
     async def _early_reply(self, job: Job, message: Message) -> None:
         request = job.request
@@ -283,46 +286,37 @@ class Node:
         except Exception as publish_exc:
             self.log.error("could not publish error answer", error=_describe(publish_exc), tracking_id=job.tracking_id)
 
-    def _workflow_ms(self, request: KreNatsMessage) -> float | None:
-        """From the first tracking entry's start to now; only the last node records it."""
-        if not self.settings.is_last_node:
-            return None
-        return _ms_since(request.tracking[0].start, time.time_ns())
-
-    def _record(self, job: Job, error: str, elapsed_ms: float) -> None:
+    def _record(self, job: Job, error: str) -> None:
+        elapsed_ms = (time.perf_counter() - job.started) * 1000
         request = job.request
-        previous = request.tracking[job.hops - 1] if request is not None and job.hops else None
+        if request is None or not job.hops:  # undecodable, or no tracking to measure from
+            self._points.record(tracking_id=job.tracking_id, node_from="", elapsed_ms=elapsed_ms, previous_end="",
+                                started_ns=job.started_ns, first_start=None, error=error)
+            return
+        previous = request.tracking[job.hops - 1]
         self._points.record(
             tracking_id=job.tracking_id,
-            node_from=previous.node_name if previous is not None else "",
+            node_from=previous.node_name,
             elapsed_ms=elapsed_ms,
-            waiting_ms=_ms_since(previous.end if previous is not None else "", job.started_ns),
-            workflow_ms=self._workflow_ms(request) if request is not None and job.hops else None,
+            previous_end=previous.end,
+            started_ns=job.started_ns,
+            first_start=request.tracking[0].start if self._last_node else None,
             error=error,
         )
 
 
-async def _as_handler_errors(call: Awaitable[Any]) -> Any:
-    """The handler's exceptions as :class:`HandlerError`, so that none is taken for ``wait_for``'s timeout.
+async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``call(*args)`` awaited, its exceptions as :class:`HandlerError`, so that none is taken for ``wait_for``'s
+    timeout.
 
     Comparing clocks instead fails: uvloop's timers tick in milliseconds and may fire just before the bound.
     """
     try:
-        return await call
+        return await call(*args)
     except (InvalidRequestError, HandlerError):
         raise
     except Exception as exc:
         raise HandlerError(f"handler raised {_describe(exc)}") from exc
-
-
-def _ms_since(start: str, end_ns: int) -> float:
-    """Milliseconds from a tracking timestamp to ``end_ns``; 0 when it is missing or unreadable."""
-    if not start:
-        return 0.0
-    try:
-        return (end_ns / 1e9 - envelope.epoch_seconds(start)) * 1000
-    except ValueError:
-        return 0.0
 
 
 def _describe(exc: BaseException) -> str:
@@ -330,13 +324,21 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-# What may follow PUB: no whitespace (a CR LF in it would inject protocol lines), no wildcards, no empty tokens.
-_PUBLISHABLE_SUBJECT = re.compile(r"[^\s*>]+(?:\.[^\s*>]+)*")
-
-
 def _publishable(subject: str) -> str:
-    """The envelope's reply subject, if one may publish to it; an EnvelopeError otherwise."""
-    if subject and not _PUBLISHABLE_SUBJECT.fullmatch(subject):
+    """The envelope's reply subject, if one may publish to it; an EnvelopeError otherwise.
+
+    What may follow PUB: no whitespace or control characters (a CR LF in it would inject protocol lines),
+    no wildcards, no empty tokens. Plain string checks: this runs once per message on every node but the first.
+    """
+    if subject and not (
+        subject.isprintable()  # False for CR, LF, tab and the other control and Unicode space characters
+        and " " not in subject
+        and "*" not in subject
+        and ">" not in subject
+        and ".." not in subject
+        and subject[0] != "."
+        and subject[-1] != "."
+    ):
         raise EnvelopeError(f"the envelope's reply subject {subject[:120]!r} is not a valid NATS subject")
     return subject
 

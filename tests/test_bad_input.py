@@ -26,6 +26,7 @@ from probes import MB, AnswerLog, peak_rss, rss
 
 from krt_runner.embedded import EmbeddedNats
 from krt_runner.envelope import AnyMessage, EnvelopeError, KreNatsMessage, decode
+from krt_runner.runner import _publishable
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"
@@ -361,3 +362,17 @@ async def _greet(log: AnswerLog, name: str, times: int) -> None:
         reply = await log.send("fuzz", valid(name))
         answer = await log.first_answer(reply)
         assert unpack(answer, greeter_pb2.Response).greeting == f"Hello, {name}!"
+
+
+@pytest.mark.parametrize("subject", ["_INBOX.7Hj3kLmN9pQrStUvWx.12", "reply", "a.b-c_d.é"])
+def test_a_plain_reply_subject_is_publishable(subject):
+    assert _publishable(subject) == subject
+
+
+@pytest.mark.parametrize(
+    "subject",
+    ["a b", "a\r\nPUB x 1", "a\tb", "a\u00a0b", "a\u2028b", "a.*", "a.>", "*", "a..b", ".a", "a.", "a\x00b"],
+)
+def test_a_reply_subject_that_could_break_or_widen_a_publish_is_refused(subject):
+    with pytest.raises(EnvelopeError, match="not a valid NATS subject"):
+        _publishable(subject)

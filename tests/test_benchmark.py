@@ -28,4 +28,5 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
         (n, w) for n in (1, 3) for w in (1, 16, 128)
     }
     assert all(row["krt"]["lost"]["max"] == 0 and row["floor"]["lost"]["max"] == 0 for row in results["matrix"])
+    assert all(row["paired_ratio"]["answers_per_s"]["median"] > 0 for row in results["matrix"])
     assert "## Targets" in report.read_text()

@@ -34,6 +34,7 @@ LINE_PROTOCOL = re.compile(
 NODE_ENV = {"KRT_NATS_SERVER": "h:4222", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x.py"}
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
 T0_NS = 1767323045123456000
+TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 class RecordingLogger:
@@ -212,7 +213,8 @@ def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, waiting_ms=0.25, workflow_ms=9.0)
+    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=T0.strftime(TIMESTAMP),
+                  started_ns=T0_NS + 250_000, first_start=T0.strftime(TIMESTAMP))
 
     (line,) = sink.lines
     assert re.fullmatch(
@@ -222,26 +224,87 @@ def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     ), line
 
 
-def test_durations_are_written_to_the_microsecond():
+@pytest.mark.parametrize("previous_end", ["", "not a time", "2026-01-02T03:04:05Z"])
+def test_durations_are_written_to_the_microsecond_and_an_unreadable_start_waits_zero(previous_end):
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record(tracking_id="t", node_from="x", elapsed_ms=0.29717799998, waiting_ms=float("nan"), workflow_ms=None)
+    points.record(tracking_id="t", node_from="x", elapsed_ms=0.29717799998, previous_end=previous_end,
+                  started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0, first_start=None)
 
-    assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.0," in sink.lines[0]
+    assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000," in sink.lines[0]
 
 
 def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
+    first_start = datetime.now(timezone.utc) - timedelta(milliseconds=12.5)
 
-    points.record(tracking_id="t-2", node_from="b", elapsed_ms=2.0, waiting_ms=0.5, workflow_ms=12.5, error="failed")
+    points.record(tracking_id="t-2", node_from="b", elapsed_ms=2.0, previous_end="", started_ns=0,
+                  first_start=first_start.strftime(TIMESTAMP), error="failed")
 
     node, workflow = sink.lines
     assert "success=false" in node and 'error="failed"' in node
-    assert re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=12\.500,tracking_id="t-2",'
-                        r"success=false \d+", workflow), workflow
+    found = re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=(\d+\.\d{3}),tracking_id="t-2",'
+                         r"success=false \d+", workflow)
+    assert found and 12.5 <= float(found[1]) < 5000, workflow
     assert all(LINE_PROTOCOL.match(line) for line in sink.lines)
+
+
+def test_only_the_last_node_writes_workflow_elapsed_time_and_only_with_tracking():
+    sink = MemorySink()
+    NodePoints(sink=sink, workflow="wf", version="v1", node="b", last_node=False).record(
+        tracking_id="t", node_from="a", elapsed_ms=1.0, previous_end="", started_ns=0, first_start="")
+    NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True).record(
+        tracking_id="t", node_from="", elapsed_ms=1.0, previous_end="", started_ns=0, first_start=None)
+
+    assert [line.split(",")[0] for line in sink.lines] == ["node_elapsed_time", "node_elapsed_time"]
+
+
+async def test_the_writer_renders_node_points_on_its_own_thread():
+    destination = FlakyDestination()
+    sink = writer(destination)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=True)
+
+    points.record(tracking_id="t-3", node_from="entrypoint", elapsed_ms=1.0, previous_end="", started_ns=0,
+                  first_start="")
+    await sink.close(timeout=2)
+
+    assert [line.split(" ")[0] for line in destination.lines] == [
+        "node_elapsed_time,node=a,version=v1,workflow=wf", "workflow_elapsed_time,version=v1,workflow=wf"]
+    assert all(LINE_PROTOCOL.match(line) for line in destination.lines)
+
+
+async def test_a_batch_larger_than_a_render_slice_keeps_every_point_in_order():
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=1000, max_buffered=1000)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+
+    for i in range(450):  # more than two of the writer's render slices
+        points.record(tracking_id=f"t-{i}", node_from="x", elapsed_ms=1.0, previous_end="", started_ns=0,
+                      first_start=None)
+    await sink.close(timeout=2)
+
+    assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines] == [
+        f"t-{i}" for i in range(450)]
+
+
+async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_rest_are_written():
+    destination = FlakyDestination()
+    logger = RecordingLogger()
+    sink = writer(destination, logger)
+
+    def broken(point: tuple[Any, ...]) -> str:
+        raise RuntimeError("renderer bug")
+
+    sink.put("m f=1i 1")
+    sink.put((broken,))
+    sink.put("m f=2i 2")
+    await sink.close(timeout=2)
+
+    assert destination.lines == ["m f=1i 1", "m f=2i 2"]
+    assert sink.counts["dropped_rejected"] == 1 and sink.counts["written"] == 2 and sink.buffered == 0
+    assert "cannot render a point: RuntimeError: renderer bug" in logger.text()
 
 
 # -- choosing a sink ----------------------------------------------------------------------------
