@@ -2,8 +2,9 @@
 
 ``put`` appends a point (a finished line of line protocol, or the values of
 one that the writer renders: see ``measurements.PendingLine``) to a bounded
-buffer, under a lock held for an append, and returns: it never waits for the network or the
-disk, and it is safe from any thread (sync handlers run on worker threads).
+buffer, under a lock held for an append, and returns: it never waits for the
+network or the disk, and it is safe from any thread (sync handlers run on
+worker threads).
 One thread, ``krt-measurements``, takes whole batches and hands them to a
 :class:`Destination` (InfluxDB, or the line-protocol file), retrying with
 backoff while that fails.
