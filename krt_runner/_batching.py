@@ -246,17 +246,14 @@ class BatchWriter:
         return lines
 
     def _render_slice(self, items: list[PendingLine]) -> list[str]:
-        try:
-            return [rendered(item) for item in items]
-        except Exception:  # a bug in a renderer costs its own points, never the thread or the batch
-            lines = []
-            for item in items:
-                try:
-                    lines.append(rendered(item))
-                except Exception as exc:
-                    self._settle([item], "dropped_rejected")
-                    self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
-            return lines
+        lines = []
+        for item in items:
+            try:
+                lines.append(rendered(item))
+            except Exception as exc:  # a bug in a renderer costs its own point, never the thread or the batch
+                self._settle([item], "dropped_rejected")
+                self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
+        return lines
 
     def _send(self, batch: list[str]) -> bool:
         """Try one batch: ``True`` when it is done with (written or refused), ``False`` to retry it."""

@@ -321,14 +321,14 @@ class NodePoints:
         _, tracking_id, node_from, elapsed_ms, previous_end, started_ns, error, now = point
         return (
             f"{self._node_head} tracking_id={_string(tracking_id)},node_from={_quoted_name(node_from)},"
-            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(ms_since(previous_end, started_ns))},"
+            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(_ms_since(previous_end, started_ns))},"
             f"{_node_outcome(error)} {now}"
         )
 
     def _render_workflow_line(self, point: tuple[Any, ...]) -> str:
         _, tracking_id, first_start, error, now = point
         return (
-            f"{self._workflow_head} elapsed_ms={_duration(ms_since(first_start, now))},"
+            f"{self._workflow_head} elapsed_ms={_duration(_ms_since(first_start, now))},"
             f"tracking_id={_string(tracking_id)},success={'false' if error else 'true'} {now}"
         )
 
@@ -343,7 +343,7 @@ def _node_outcome(error: str) -> str:
     return f"success={'false' if error else 'true'},error={_string(error)}"
 
 
-def ms_since(start: str, end_ns: int) -> float:
+def _ms_since(start: str, end_ns: int) -> float:
     """Milliseconds from a tracking timestamp to ``end_ns``; 0 when it is missing or unreadable."""
     if not start:
         return 0.0

@@ -14,6 +14,7 @@ import pytest
 
 from krt_runner._batching import BatchWriter, FileDestination, WriteError
 from krt_runner.config import load_settings
+from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError
 from krt_runner.measurements import (
     Measurement,
@@ -34,7 +35,6 @@ LINE_PROTOCOL = re.compile(
 NODE_ENV = {"KRT_NATS_SERVER": "h:4222", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x.py"}
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
 T0_NS = 1767323045123456000
-TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%f"
 
 
 class RecordingLogger:
@@ -213,8 +213,8 @@ def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=T0.strftime(TIMESTAMP),
-                  started_ns=T0_NS + 250_000, first_start=T0.strftime(TIMESTAMP))
+    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=timestamp(T0),
+                  started_ns=T0_NS + 250_000, first_start=timestamp(T0))
 
     (line,) = sink.lines
     assert re.fullmatch(
@@ -241,7 +241,7 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
     first_start = datetime.now(timezone.utc) - timedelta(milliseconds=12.5)
 
     points.record(tracking_id="t-2", node_from="b", elapsed_ms=2.0, previous_end="", started_ns=0,
-                  first_start=first_start.strftime(TIMESTAMP), error="failed")
+                  first_start=timestamp(first_start), error="failed")
 
     node, workflow = sink.lines
     assert "success=false" in node and 'error="failed"' in node
