@@ -204,9 +204,10 @@ class BatchWriter:
     def _flush_at_close(self, pending: list[str]) -> None:
         while time.monotonic() < self._deadline:
             pending = self._write_batches(pending, partial=True)
-            if not pending:
+            if pending:
+                time.sleep(max(0.0, min(self._backoff.next_wait(), self._deadline - time.monotonic())))
+            elif not self.buffered:
                 break
-            time.sleep(max(0.0, min(self._backoff.next_wait(), self._deadline - time.monotonic())))
         with self._lock:
             left = len(self._queue) + self._held
             self._queue.clear()
@@ -214,11 +215,18 @@ class BatchWriter:
             self.counts["dropped_at_close"] += left
 
     def _write_batches(self, pending: list[str], *, partial: bool) -> list[str]:
-        """Write full batches (and a last partial one if ``partial``); returns a batch that failed."""
+        """Write full batches and, if ``partial``, one short batch; returns a batch that failed.
+
+        One short batch per call: on a busy node, what arrives while a short
+        batch is being sent waits for the next flush or a full batch, instead of
+        going out as a stream of requests of a few points each.
+        """
         batch = pending or self._take(partial=partial)
         while batch and time.monotonic() < self._deadline:
             if not self._send(batch):
                 return batch
+            if len(batch) < self._batch_size:
+                partial = False
             batch = self._take(partial=partial)
         return batch
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -361,6 +364,53 @@ async def test_every_line_put_is_written_once_in_batches_in_order():
     assert destination.lines == [f"m f={number}i 1" for number in range(95)]
     assert max(len(batch) for batch in destination.batches) <= 10
     assert sink.counts["written"] == 95 and sink.dropped == 0 and destination.closed
+
+
+class SlowDestination(FlakyDestination):
+    """Takes ``seconds`` per write, as a real server does, and notes when each write began."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.began: list[float] = []
+
+    def write(self, lines: list[str]) -> None:
+        self.began.append(time.monotonic())
+        time.sleep(self.seconds)
+        super().write(lines)
+
+
+async def test_a_busy_stream_goes_out_in_one_short_batch_per_flush_interval_not_a_request_per_few_points():
+    # Points keep arriving while a short batch is written: they wait for the next flush instead of
+    # going out at once as a stream of tiny requests (each costs the node and the server a whole request).
+    destination = SlowDestination(seconds=0.02)
+    sink = writer(destination, batch_size=10_000, max_buffered=10_000, flush_interval=0.1)
+
+    def produce() -> None:
+        for number in range(400):
+            sink.put(f"m f={number}i 1")
+            time.sleep(0.001)
+
+    await asyncio.to_thread(produce)
+    closing = time.monotonic()
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(400)]
+    before_close = [began for began in destination.began if began < closing]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(before_close)]
+    assert len(before_close) >= 2 and min(gaps) >= 0.08, gaps
+
+
+async def test_close_writes_every_batch_left_whatever_their_sizes():
+    destination = FlakyDestination(failures=1)
+    sink = writer(destination, batch_size=10, flush_interval=60)
+
+    for number in range(25):  # two full batches and a short one, the first write failing
+        sink.put(f"m f={number}i 1")
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(25)]
+    assert sink.dropped == 0
 
 
 async def test_lines_from_many_threads_are_all_written_to_the_file(tmp_path):
