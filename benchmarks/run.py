@@ -148,7 +148,7 @@ def main_matrix(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
         for window in (1, 16, 128):
             main = (nodes, window) in ((3, 128), (1, 1))
             # The targets: many short alternating pairs, so that the machine's drift hits both sides alike.
-            repeats = 1 if quick else (9 if main else 1)
+            repeats = 1 if quick else (15 if main else 1)
             count = (200 if window == 1 else 1000) if quick else (2000 if window == 1 else 6000 if main else 10000)
             samples: dict[str, list[Run]] = {"floor": [], "krt": []}
             for repeat in range(repeats):
