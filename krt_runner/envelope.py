@@ -37,16 +37,14 @@ def timestamp(moment: datetime | int | None = None) -> str:
 
     ``moment`` is a datetime, nanoseconds since the epoch (``time.time_ns()``), or ``None`` for now.
     """
-    if isinstance(moment, datetime):
-        return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
-    return _epoch_timestamp(time.time_ns() if moment is None else moment)
-
-
-def _epoch_timestamp(nanoseconds: int) -> str:
-    # Called twice per message: formatting the whole second once per second keeps it cheap,
+    # Called twice per message, in one frame: formatting the whole second once per second keeps it cheap,
     # and str() of 1_000_000 + micros, first digit cut, pads to 6 digits faster than a format spec.
     global _cached_second, _cached_prefix  # noqa: PLW0603 - a one-entry cache
-    whole, rest = divmod(nanoseconds, 1_000_000_000)
+    if moment is None:
+        moment = time.time_ns()
+    elif isinstance(moment, datetime):
+        return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
+    whole, rest = divmod(moment, 1_000_000_000)
     if whole != _cached_second:
         _cached_prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
         _cached_second = whole

@@ -48,12 +48,14 @@ class Job:
     """One message on its way through the node."""
 
     __slots__ = (
-        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking_id",
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking",
+        "tracking_id",
     )
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
         self.request: KreNatsMessage | None = None
+        self.tracking: Any = ()  # the request's tracking entries, once decoded: read once, used three times
         self.tracking_id = ""  # the request's, once decoded
         self.hops = 0  # tracking entries received, before this node's own
         self.replied = False
@@ -189,7 +191,8 @@ class Node:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
         job.request = request
         job.tracking_id = request.tracking_id
-        job.hops = len(request.tracking)
+        job.tracking = request.tracking
+        job.hops = len(job.tracking)
         if not job.reply:
             job.reply = _publishable(request.reply)
         if self._debug:
@@ -232,7 +235,7 @@ class Node:
             request.replied = True
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""
-        request.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
+        job.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
         if isinstance(result, AnyMessage):
             request.payload.CopyFrom(result)
         else:
@@ -293,14 +296,14 @@ class Node:
             self._points.record(tracking_id=job.tracking_id, node_from="", elapsed_ms=elapsed_ms, previous_end="",
                                 started_ns=job.started_ns, first_start=None, error=error)
             return
-        previous = request.tracking[job.hops - 1]
+        previous = job.tracking[job.hops - 1]
         self._points.record(
             tracking_id=job.tracking_id,
             node_from=previous.node_name,
             elapsed_ms=elapsed_ms,
             previous_end=previous.end,
             started_ns=job.started_ns,
-            first_start=request.tracking[0].start if self._last_node else None,
+            first_start=job.tracking[0].start if self._last_node else None,
             error=error,
         )
 
