@@ -10,6 +10,9 @@ TARGETS = (
     ("CPU per 1000 messages (3-node chain, W=128)", (3, 128), "cpu_s_per_1000", "<=", 1.2),
 )
 IDLE_RSS_TARGET_MB = 60.0
+# How far the median of fifteen pairs moved between full runs of the same code on the 2-core benchmark VM:
+# a ratio this close to its goal is not decided by one run.
+RUN_TO_RUN_SPREAD = 0.05
 FIGURES = (
     ("answers/s", "answers_per_s", "{:.0f}"),
     ("p50 ms", "p50_ms", "{:.2f}"),
@@ -39,6 +42,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_matrix(results["matrix"]),
         "",
+        *_cpu_shares(_row_for(results, (3, 128))),
+        "",
         *_extras(results),
     ]
     return "\n".join(lines) + "\n"
@@ -59,9 +64,11 @@ def _targets(results: dict[str, Any]) -> list[str]:
         row = _row_for(results, key)
         paired = row["paired_ratio"][figure]
         ratio = paired["median"]
-        met = ratio >= goal if op == ">=" else ratio <= goal
+        met = "yes" if (ratio >= goal if op == ">=" else ratio <= goal) else "NO"
+        if abs(ratio / goal - 1) < RUN_TO_RUN_SPREAD:
+            met += f" (within the ±{RUN_TO_RUN_SPREAD:.0%} that one run's median moves by)"
         lines.append(f"| {label} | {ratio:.2f}x [{paired['min']:.2f} - {paired['max']:.2f}] | "
-                     f"{row['ratio'][figure]:.2f}x | {op} {goal}x | {'yes' if met else 'NO'} |")
+                     f"{row['ratio'][figure]:.2f}x | {op} {goal}x | {met} |")
     idle = max(r["krt"]["idle_rss_mb"]["max"] for r in results["matrix"])
     lines.append(f"| idle node RSS | {idle:.1f} MB | | <= {IDLE_RSS_TARGET_MB:.0f} MB | "
                  f"{'yes' if idle <= IDLE_RSS_TARGET_MB else 'NO'} |")
@@ -87,6 +94,26 @@ def _matrix(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {row['nodes']} | {row['window']} | {kind} | {cells} | {bad} |")
         ratios = " | ".join(f"{row['ratio'][key]:.2f}x" if row["ratio"][key] else "-" for _, key, _ in FIGURES)
         lines.append(f"| {row['nodes']} | {row['window']} | ratio | {ratios} | |")
+    return lines
+
+
+def _cpu_shares(row: dict[str, Any]) -> list[str]:
+    """Where a request's CPU goes in the throughput target: every process shares this machine's cores."""
+    columns = [("nodes", "cpu_s_per_1000", 1000.0), ("nats-server", "nats_cpu_us", 1.0),
+               ("victoria-metrics", "store_cpu_us", 1.0), ("requester", "requester_cpu_us", 1.0)]
+    lines = [
+        "## Where the CPU goes (3-node chain, W=128)",
+        "",
+        "CPU µs per answer, medians over the pairs, of every process the run starts. They share the machine's "
+        "cores, so answers/s follows their total: the InfluxDB stand-in's work, which a deployment does on "
+        "another machine, counts against krt-runner here.",
+        "",
+        "| runner | " + " | ".join(name for name, _, _ in columns) + " | total |",
+        "|" + " --- |" * (len(columns) + 2),
+    ]
+    for kind in ("floor", "krt"):
+        values = [row[kind][key]["median"] * scale if key in row[kind] else 0.0 for _, key, scale in columns]
+        lines.append(f"| {kind} | " + " | ".join(f"{value:.0f}" for value in values) + f" | {sum(values):.0f} |")
     return lines
 
 

@@ -55,9 +55,12 @@ class Run:
     peak_rss_mb: list[float]
     idle_rss_mb: list[float]
     exit_codes: list[int]
+    # CPU µs per answer of the processes around the nodes: nats-server, the measurement store, the requester.
+    others_us: dict[str, float] = field(default_factory=dict)
 
     def figures(self) -> dict[str, float]:
         return {
+            **self.others_us,
             "answers_per_s": self.result.per_second,
             "p50_ms": self.result.percentile(0.50),
             "p90_ms": self.result.percentile(0.90),
@@ -76,6 +79,7 @@ class Bench:
     nats: EmbeddedNats
     influx_url: str
     measurements_dir: str
+    store_pid: int = 0  # victoria-metrics, when measurements go there
     runs: list[Run] = field(default_factory=list)
 
     def node_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -106,15 +110,26 @@ class Bench:
             entry = _entry(chain)
             asyncio.run(drive(self.nats.url, entry, count=WARM_UP, window=16, hops=nodes))
             cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
+            others_before = self._others_cpu()
             result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes))
             cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
+            others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
+                      for name, seconds in self._others_cpu().items()}
             peak = [memory_kb(n.process.pid, "VmHWM") / 1024 for n in chain]
         finally:
             codes = [n.stop() for n in chain]
-        run = Run(kind, nodes, window, result, 1000 * cpu / max(1, result.answered), peak, idle, codes)
+        run = Run(kind, nodes, window, result, 1000 * cpu / max(1, result.answered), peak, idle, codes, others)
         self.runs.append(run)
         _progress(run, options.get("label", ""))
         return run
+
+    def _others_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of nats-server, the measurement store and this process (the requester)."""
+        assert self.nats.process is not None
+        cpu = {"nats": cpu_seconds(self.nats.process.pid), "requester": time.process_time()}
+        if self.store_pid:
+            cpu["store"] = cpu_seconds(self.store_pid)
+        return cpu
 
 
 def _entry(chain: list[NodeProc]) -> str:
@@ -241,7 +256,8 @@ def main() -> int:
     with EmbeddedNats() as nats_server, tempfile.TemporaryDirectory() as scratch:
         influx = _start_influx()
         try:
-            bench = Bench(nats_server, influx.url if influx else "", scratch)
+            store_pid = influx.process.pid if influx and influx.process else 0
+            bench = Bench(nats_server, influx.url if influx else "", scratch, store_pid=store_pid)
             results = {
                 "machine": machine(),
                 "command": " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),

@@ -30,3 +30,8 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     assert all(row["krt"]["lost"]["max"] == 0 and row["floor"]["lost"]["max"] == 0 for row in results["matrix"])
     assert all(row["paired_ratio"]["answers_per_s"]["median"] > 0 for row in results["matrix"])
     assert "## Targets" in report.read_text()
+    # The other processes' CPU is measured too: the requester's and nats-server's are never zero.
+    target = next(row for row in results["matrix"] if (row["nodes"], row["window"]) == (3, 128))
+    for kind in ("floor", "krt"):
+        assert target[kind]["requester_cpu_us"]["median"] > 0 and target[kind]["nats_cpu_us"]["median"] > 0
+    assert "## Where the CPU goes (3-node chain, W=128)" in report.read_text()
