@@ -111,9 +111,10 @@ def _cpu_shares(row: dict[str, Any]) -> list[str]:
         "| runner | " + " | ".join(name for name, _, _ in columns) + " | total |",
         "|" + " --- |" * (len(columns) + 2),
     ]
-    for kind in ("floor", "krt"):
-        values = [row[kind][key]["median"] * scale if key in row[kind] else 0.0 for _, key, scale in columns]
-        lines.append(f"| {kind} | " + " | ".join(f"{value:.0f}" for value in values) + f" | {sum(values):.0f} |")
+    for kind in ("floor", "krt"):  # no victoria-metrics column figure when measurements went to a file
+        values = [row[kind][key]["median"] * scale if key in row[kind] else None for _, key, scale in columns]
+        cells = " | ".join("-" if value is None else f"{value:.0f}" for value in values)
+        lines.append(f"| {kind} | {cells} | {sum(value or 0.0 for value in values):.0f} |")
     return lines
 
 
