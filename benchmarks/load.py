@@ -53,14 +53,24 @@ def requests(count: int) -> list[bytes]:
 
 
 async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -> LoadResult:
-    """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer."""
+    """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer.
+
+    The first ``window`` requests go out at once; after that, each answer sends the next request from its
+    callback, so the window stays full without a wake-up of another task per request.
+    """
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     result = LoadResult()
     payloads = requests(count)
     sent_at: dict[int, float] = {}
-    slots = asyncio.Semaphore(window)
     finished = asyncio.Event()
     prefix = f"_INBOX.bench{uuid.uuid4().hex[:8]}"
+
+    async def send_next() -> None:
+        index = result.sent
+        if index < count:
+            result.sent += 1
+            sent_at[index] = time.perf_counter()
+            await nc.publish(subject, payloads[index], reply=f"{prefix}.{index}")
 
     async def on_answer(msg) -> None:
         index = int(msg.subject.rsplit(".", 1)[1])
@@ -71,32 +81,20 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
         result.latencies.append(time.perf_counter() - started)
         result.answered += 1
         result.wrong += not _is_right(msg.data, index, hops)
-        slots.release()
         if result.answered == count:
             finished.set()
+        await send_next()
 
     await nc.subscribe(f"{prefix}.*", cb=on_answer, pending_msgs_limit=1_000_000)
     await nc.flush()
     began = time.perf_counter()
-    for index, payload in enumerate(payloads):
-        if not await _acquire(slots):
-            break
-        sent_at[index] = time.perf_counter()
-        result.sent += 1
-        await nc.publish(subject, payload, reply=f"{prefix}.{index}")
+    for _ in range(min(window, count)):
+        await send_next()
     await _wait(finished, result)
     result.seconds = time.perf_counter() - began
     await asyncio.sleep(0.2)  # a late duplicate would show up here
     await nc.close()
     return result
-
-
-async def _acquire(slots: asyncio.Semaphore) -> bool:
-    try:
-        await asyncio.wait_for(slots.acquire(), STALL_SECONDS)
-    except asyncio.TimeoutError:
-        return False
-    return True
 
 
 async def _wait(finished: asyncio.Event, result: LoadResult) -> None:

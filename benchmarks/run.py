@@ -164,7 +164,7 @@ def main_matrix(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
             main = (nodes, window) in ((3, 128), (1, 1))
             # The targets: many short alternating pairs, so that the machine's drift hits both sides alike.
             repeats = 1 if quick else (15 if main else 1)
-            count = (200 if window == 1 else 1000) if quick else (2000 if window == 1 else 6000 if main else 10000)
+            count = (200 if window == 1 else 1000) if quick else (2000 if window == 1 else 20000 if main else 10000)
             samples: dict[str, list[Run]] = {"floor": [], "krt": []}
             for repeat in range(repeats):
                 for kind in ("floor", "krt") if repeat % 2 == 0 else ("krt", "floor"):  # neither side always first
