@@ -2,7 +2,8 @@
 
 ``put`` appends a point (a finished line of line protocol, or the values of
 one that the writer renders: see ``measurements.PendingLine``) to a bounded
-buffer, under a lock held for an append, and returns: it never waits for the
+buffer, under a lock held for an append (``put_many``: for the appends of a
+list), and returns: it never waits for the
 network or the disk, and it is safe from any thread (sync handlers run on
 worker threads).
 One thread, ``krt-measurements``, takes whole batches and hands them to a
@@ -25,10 +26,11 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .measurements import PendingLine, rendered
+from .measurements import PendingLine
 
 # Seconds between two log lines about dropped points or a failing destination.
 _REPORT_EVERY = 10.0
@@ -132,19 +134,31 @@ class BatchWriter:
 
     def put(self, line: PendingLine) -> None:
         """Queue one point; when the buffer is full the oldest waiting one is dropped and counted."""
+        self.put_many((line,))
+
+    def put_many(self, lines: Sequence[PendingLine]) -> None:
+        """Queue points in order, under one hold of the lock; see :meth:`put`."""
         with self._lock:
             if self._closed:
-                self.counts["dropped_at_close"] += 1
+                self.counts["dropped_at_close"] += len(lines)
                 return
-            if len(self._queue) + self._held >= self._max_buffered:
-                self.counts["dropped_full"] += 1
-                if not self._queue:  # all held lines are the batch being retried: the new one goes
-                    return
-                self._queue.popleft()
-            self._queue.append(line)
+            if len(self._queue) + self._held + len(lines) <= self._max_buffered:
+                self._queue.extend(lines)
+            else:
+                for line in lines:
+                    self._append_making_room(line)
             full = len(self._queue) >= self._batch_size
         if full and not self._wake.is_set():
             self._wake.set()
+
+    def _append_making_room(self, line: PendingLine) -> None:
+        """Under the lock, with the buffer full or nearly: the oldest waiting line goes to make room."""
+        if len(self._queue) + self._held >= self._max_buffered:
+            self.counts["dropped_full"] += 1
+            if not self._queue:  # all held lines are the batch being retried: the new one goes
+                return
+            self._queue.popleft()
+        self._queue.append(line)
 
     @property
     def buffered(self) -> int:
@@ -244,7 +258,7 @@ class BatchWriter:
 
         A slice at a time with a pause between: rendering holds the GIL, and the
         event loop's thread must never wait long for it (a whole batch of 5000
-        takes about 15 ms; a slice well under a millisecond).
+        takes about 8 ms; a slice about 0.3 ms).
         """
         lines: list[str] = []
         for start in range(0, len(taken), _RENDER_SLICE):
@@ -254,14 +268,29 @@ class BatchWriter:
         return lines
 
     def _render_slice(self, items: list[PendingLine]) -> list[str]:
-        lines = []
+        """Finished lines as they are, then each renderer's points through one call (see ``PendingLine``)."""
+        lines: list[str] = []
+        by_renderer: dict[Any, list[tuple[Any, ...]]] = {}
         for item in items:
-            try:
-                lines.append(rendered(item))
-            except Exception as exc:  # a bug in a renderer costs its own point, never the thread or the batch
-                self._settle([item], "dropped_rejected")
-                self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
+            if isinstance(item, str):
+                lines.append(item)
+            else:
+                by_renderer.setdefault(item[0], []).append(item)
+        for render, points in by_renderer.items():
+            lines.extend(self._render_points(render, points))
         return lines
+
+    def _render_points(self, render: Any, points: list[tuple[Any, ...]]) -> list[str]:
+        """A bug in a renderer costs its own points, never the thread or the batch: a failing group is retried
+        one point at a time, and only the points that fail alone are dropped."""
+        try:
+            return list(render(points))
+        except Exception as exc:
+            if len(points) > 1:
+                return [line for point in points for line in self._render_points(render, [point])]
+            self._settle(points, "dropped_rejected")
+            self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
+            return []
 
     def _send(self, batch: list[str]) -> bool:
         """Try one batch: ``True`` when it is done with (written or refused), ``False`` to retry it."""

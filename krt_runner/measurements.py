@@ -3,8 +3,8 @@
 A user's point is checked and turned into one line of InfluxDB line protocol
 at once, in the caller (a few string joins, no client objects), and handed to a
 :class:`PointSink`. The runner's own points, one or two per message, are handed
-over as their values and rendered by the sink's writer thread (see
-:data:`PendingLine`). A point InfluxDB would reject raises
+over as their values and rendered by the sink's writer thread, many at a time
+(see :data:`PendingLine`). A point InfluxDB would reject raises
 :class:`MeasurementError` right there, in the handler, so a bad point never
 reaches a batch of good ones. The sinks write in the background
 (:mod:`krt_runner._batching`); saving never waits for the network or the disk.
@@ -21,7 +21,7 @@ import math
 import numbers
 import re
 import time as _time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -53,20 +53,23 @@ class MeasurementError(KrtRunnerError, ValueError):
     """A point that InfluxDB would reject: raised in the caller, never in the writer."""
 
 
-# What a sink takes: a finished line, or a tuple ``(render, ...)`` whose line ``render(that_tuple)`` makes later,
-# on the writer thread. The runner's own points take the second form: the message path only keeps their values.
+# What a sink takes: a finished line, or a tuple ``(render, ...)`` whose line the writer thread makes later, with
+# ``render(tuples)``: one call for all the tuples of a batch that share ``render``, returning their lines in order.
+# The runner's own points take the second form: the message path only keeps their values.
 PendingLine = str | tuple[Any, ...]
 
 
 def rendered(item: PendingLine) -> str:
     """The line-protocol text of what a sink was given."""
-    return item if isinstance(item, str) else item[0](item)
+    return item if isinstance(item, str) else item[0]([item])[0]
 
 
 class PointSink(Protocol):
-    """Where points go. ``put`` must return at once, from any thread."""
+    """Where points go. ``put`` and ``put_many`` must return at once, from any thread."""
 
     def put(self, line: PendingLine) -> None: ...
+
+    def put_many(self, lines: Sequence[PendingLine]) -> None: ...
 
     async def close(self, timeout: float) -> None: ...
 
@@ -75,6 +78,9 @@ class NullSink:
     """Measurements turned off: every point is discarded."""
 
     def put(self, line: PendingLine) -> None:
+        pass
+
+    def put_many(self, lines: Sequence[PendingLine]) -> None:
         pass
 
     async def close(self, timeout: float) -> None:
@@ -89,6 +95,9 @@ class MemorySink:
 
     def put(self, line: PendingLine) -> None:
         self.lines.append(rendered(line))
+
+    def put_many(self, lines: Sequence[PendingLine]) -> None:
+        self.lines.extend(map(rendered, lines))
 
     async def close(self, timeout: float) -> None:
         pass
@@ -136,11 +145,6 @@ def _tag_set(tags: Mapping[str, Any]) -> str:
 
 def _string(value: str) -> str:
     return '"' + _escaped(value, _STRING_SPECIALS, _STRING_ESCAPES) + '"'
-
-
-def _duration(value: float) -> str:
-    """Milliseconds to the microsecond, as the tracking timestamps; a clock gone wrong must not spoil a batch."""
-    return f"{value:.3f}" if math.isfinite(value) else "0.0"
 
 
 def _integer(key: str, value: int) -> str:
@@ -273,6 +277,21 @@ class Measurement:
             self._sink.put(line)
 
 
+# A batch is rendered with C-level loops (zip, map, %-formatting) instead of a Python call per point. The durations
+# are finite by construction (differences of clock readings and parsed timestamps), so %.3f is safe for them.
+_NODE_FIELDS = ' tracking_id="%s",node_from=%s,elapsed_ms=%.3f,waiting_ms=%.3f,%s %d'
+_WORKFLOW_FIELDS = ' elapsed_ms=%.3f,tracking_id="%s",success=%s %d'
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+
+
+# One message's timing, as the runner hands it over (a plain tuple: one is made per message):
+# tracking_id, node_from (the previous node's name), elapsed (seconds, to the answer), previous_end (the previous
+# node's tracking end: waiting_ms runs from it to started_ns), started_ns, first_start (the first tracking entry's
+# start, on the last node, for workflow_elapsed_time; None otherwise or without tracking), error ("", "invalid" or
+# "failed"). Both points are stamped with the time of the answer, started_ns + elapsed.
+Timing = tuple[str, str, float, str, int, str | None, str]
+
+
 class NodePoints:
     """The runner's own points, with KRE v1's names: ``node_elapsed_time`` and ``workflow_elapsed_time``.
 
@@ -280,57 +299,71 @@ class NodePoints:
     ``error`` (``""``; ``"invalid"``: the request was rejected before the
     handler ran; ``"failed"``: anything else went wrong) are added.
 
-    :meth:`record` runs once per message on every node, so it only keeps the
+    :meth:`record` runs on the event loop's thread, so it only keeps the
     values; the writer thread parses the timestamps and writes the lines, a
     whole batch at a time.
     """
 
     def __init__(self, *, sink: PointSink, workflow: str, version: str, node: str, last_node: bool) -> None:
         self._sink = sink
-        # Tags never change: their part of the line is built once.
-        self._node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
-        self._workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
+        # Tags never change: their part of the line is built once, into a %-format for the rest.
+        node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
+        workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
+        self._node_format = node_head.replace("%", "%%") + _NODE_FIELDS
+        self._workflow_format = workflow_head.replace("%", "%%") + _WORKFLOW_FIELDS
         self._last_node = last_node
-        self._node_line = self._render_node_line  # bound once, not once per message
-        self._workflow_line = self._render_workflow_line
+        self._node_line = self._render_node_lines  # bound once, not once per message
+        self._workflow_line = self._render_workflow_lines
 
-    def record(
-        self,
-        *,
-        tracking_id: str,
-        node_from: str,
-        elapsed_ms: float,
-        previous_end: str,
-        started_ns: int,
-        first_start: str | None,
-        error: str = "",
-    ) -> None:
-        """Queue this message's points.
+    def record(self, timings: Sequence[Timing]) -> None:
+        """Queue the points of these messages: ``node_elapsed_time`` for each, and on the last node
+        ``workflow_elapsed_time`` for each that had tracking (a ``first_start``)."""
+        node_line = self._node_line
+        items: list[PendingLine] = [(node_line, timing) for timing in timings]
+        if self._last_node:
+            workflow_line = self._workflow_line
+            items += [(workflow_line, timing) for timing in timings if timing[5] is not None]
+        self._sink.put_many(items)
 
-        ``previous_end`` is the previous node's tracking ``end`` (``waiting_ms``
-        runs from it to ``started_ns``), ``first_start`` the first tracking
-        entry's ``start`` (``workflow_elapsed_time``, written by the last node
-        only; ``None`` when the message had no tracking) and ``error`` is ``""``, ``"invalid"`` or ``"failed"``.
-        """
-        now = _time.time_ns()
-        self._sink.put((self._node_line, tracking_id, node_from, elapsed_ms, previous_end, started_ns, error, now))
-        if self._last_node and first_start is not None:
-            self._sink.put((self._workflow_line, tracking_id, first_start, error, now))
+    def _render_node_lines(self, points: list[tuple[Any, Timing]]) -> list[str]:
+        tracking_ids, nodes_from, elapsed, previous_ends, started_ns, _, errors = _columns(points)
+        values = zip(_escaped_strings(tracking_ids), map(_quoted_name, nodes_from), [s * 1000 for s in elapsed],
+                     _ms_from_each(previous_ends, started_ns), map(_node_outcome, errors),
+                     _ends_ns(started_ns, elapsed), strict=True)
+        return list(map(self._node_format.__mod__, values))
 
-    def _render_node_line(self, point: tuple[Any, ...]) -> str:
-        _, tracking_id, node_from, elapsed_ms, previous_end, started_ns, error, now = point
-        return (
-            f"{self._node_head} tracking_id={_string(tracking_id)},node_from={_quoted_name(node_from)},"
-            f"elapsed_ms={_duration(elapsed_ms)},waiting_ms={_duration(_ms_since(previous_end, started_ns))},"
-            f"{_node_outcome(error)} {now}"
-        )
+    def _render_workflow_lines(self, points: list[tuple[Any, Timing]]) -> list[str]:
+        tracking_ids, _, elapsed, _, started_ns, first_starts, errors = _columns(points)
+        ended_ns = _ends_ns(started_ns, elapsed)
+        values = zip(_ms_from_each(first_starts, ended_ns), _escaped_strings(tracking_ids), map(_success, errors),
+                     ended_ns, strict=True)
+        return list(map(self._workflow_format.__mod__, values))
 
-    def _render_workflow_line(self, point: tuple[Any, ...]) -> str:
-        _, tracking_id, first_start, error, now = point
-        return (
-            f"{self._workflow_head} elapsed_ms={_duration(_ms_since(first_start, now))},"
-            f"tracking_id={_string(tracking_id)},success={'false' if error else 'true'} {now}"
-        )
+
+def _columns(points: list[tuple[Any, Timing]]) -> list[tuple[Any, ...]]:
+    """A batch's timings as columns, in :data:`Timing`'s order."""
+    return list(zip(*[timing for _, timing in points], strict=True))
+
+
+def _ends_ns(started_ns: tuple[int, ...], elapsed: tuple[float, ...]) -> list[int]:
+    """When each answer was made: the points' time."""
+    return [start + round(seconds * 1e9) for start, seconds in zip(started_ns, elapsed, strict=True)]
+
+
+def _escaped_strings(texts: tuple[str, ...]) -> tuple[str, ...] | list[str]:
+    """String-field contents, escaped; one search over the whole batch when, as usual, none needs it."""
+    if not _STRING_SPECIALS.search("".join(texts)):
+        return texts
+    return [_escaped(text, _STRING_SPECIALS, _STRING_ESCAPES) for text in texts]
+
+
+def _ms_from_each(starts: Sequence[str], ends_ns: Sequence[int]) -> list[float]:
+    """Milliseconds from each tracking timestamp to its ``ends_ns``; 0 for one that is missing or unreadable."""
+    try:  # KRE v1's naive timestamps, the usual case: parsed by datetime's C code, a batch at a time
+        seconds = [(moment - _NAIVE_EPOCH).total_seconds() for moment in map(datetime.fromisoformat, starts)]
+    except (ValueError, TypeError):  # an empty, malformed or time-zoned one in the batch: one at a time
+        return list(map(_ms_since, starts, ends_ns))
+    return [(end / 1e9 - start) * 1000 for start, end in zip(seconds, ends_ns, strict=True)]
 
 
 @functools.lru_cache(maxsize=256)  # node names: a workflow has a handful
@@ -340,7 +373,12 @@ def _quoted_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=8)  # "", "invalid", "failed"
 def _node_outcome(error: str) -> str:
-    return f"success={'false' if error else 'true'},error={_string(error)}"
+    return f"success={_success(error)},error={_string(error)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _success(error: str) -> str:
+    return "false" if error else "true"
 
 
 def _ms_since(start: str, end_ns: int) -> float:

@@ -41,15 +41,15 @@ from .errors import (
 from .handler import Caller, UserCode, unpack_request
 from .health import HealthFile
 from .logging import node_logger
-from .measurements import Measurement, NodePoints, PointSink
+from .measurements import Measurement, NodePoints, PointSink, Timing
 
 
 class Job:
     """One message on its way through the node."""
 
     __slots__ = (
-        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking",
-        "tracking_id",
+        "elapsed", "error", "handler_done", "hops", "replied", "reply", "request", "started", "started_at",
+        "started_ns", "tracking", "tracking_id",
     )
 
     def __init__(self, reply: str) -> None:
@@ -63,6 +63,8 @@ class Job:
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self.started_at = envelope.timestamp(self.started_ns)
+        self.elapsed = 0.0  # seconds, once answered
+        self.error = ""  # for the measurements: "", "invalid" or "failed"
 
 
 class Node:
@@ -87,6 +89,7 @@ class Node:
         self._caller = Caller(workers=settings.concurrency)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._unrecorded: list[Job] = []  # answered in this pass of the event loop; measured at its end
         self._debug = settings.log_level == "debug"
         self._measured = settings.measurements_enabled
         self._last_node = settings.is_last_node
@@ -132,6 +135,7 @@ class Node:
             self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
         await self._wait_in_flight(deadline)
         await self.broker.close()
+        self._record_unrecorded()  # the last answers' points, should the loop not have come round to them
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
         self._caller.close()
         self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops)
@@ -167,7 +171,6 @@ class Node:
         self.counts["received"] += 1
         job = Job(reply)
         self.last_received = job.started
-        error = ""
         try:
             self._decode(job, data)
             result = await self._call_handler(job)
@@ -178,14 +181,15 @@ class Node:
                     self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
             self.counts["answered"] += 1
         except InvalidRequestError as exc:
-            error = "invalid"
+            job.error = "invalid"
             await self._send_error(job, exc)
         except Exception as exc:
-            error = "failed"
+            job.error = "failed"
             await self._send_error(job, exc)
         finally:
             if self._measured:
-                self._record(job, error)
+                job.elapsed = time.perf_counter() - job.started
+                self._record_soon(job)
 
     def _decode(self, job: Job, data: bytes) -> None:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
@@ -289,23 +293,27 @@ class Node:
         except Exception as publish_exc:
             self.log.error("could not publish error answer", error=_describe(publish_exc), tracking_id=job.tracking_id)
 
-    def _record(self, job: Job, error: str) -> None:
-        elapsed_ms = (time.perf_counter() - job.started) * 1000
-        request = job.request
-        if request is None or not job.hops:  # undecodable, or no tracking to measure from
-            self._points.record(tracking_id=job.tracking_id, node_from="", elapsed_ms=elapsed_ms, previous_end="",
-                                started_ns=job.started_ns, first_start=None, error=error)
-            return
+    def _record_soon(self, job: Job) -> None:
+        """Measure ``job`` once this pass of the event loop has handled its other messages and written the answers.
+
+        The answers leave first (nats-py's flusher was woken by the first publish, so it runs before this): the
+        next node starts on them while this one makes the points, and no answer of the pass waits for them.
+        """
+        if not self._unrecorded:
+            asyncio.get_running_loop().call_soon(self._record_unrecorded)
+        self._unrecorded.append(job)
+
+    def _record_unrecorded(self) -> None:
+        jobs, self._unrecorded = self._unrecorded, []
+        if jobs:
+            self._points.record([self._timing(job) for job in jobs])
+
+    def _timing(self, job: Job) -> Timing:
+        if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
+            return (job.tracking_id, "", job.elapsed, "", job.started_ns, None, job.error)
         previous = job.tracking[job.hops - 1]
-        self._points.record(
-            tracking_id=job.tracking_id,
-            node_from=previous.node_name,
-            elapsed_ms=elapsed_ms,
-            previous_end=previous.end,
-            started_ns=job.started_ns,
-            first_start=job.tracking[0].start if self._last_node else None,
-            error=error,
-        )
+        first_start = job.tracking[0].start if self._last_node else None
+        return (job.tracking_id, previous.node_name, job.elapsed, previous.end, job.started_ns, first_start, job.error)
 
 
 async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:

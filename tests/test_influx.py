@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import threading
 import time
@@ -232,6 +233,24 @@ async def test_without_influx_uri_points_go_to_a_file_that_imports_into_influxdb
     assert sorted(influx_server.wait_for_samples("greetings_name_length", 3)) == [3, 4, 5]
     assert len(influx_server.wait_for_samples("node_elapsed_time_elapsed_ms", 3, node="greet")) == 3
     assert len(influx_server.wait_for_samples("workflow_elapsed_time_elapsed_ms", 3)) == 3
+
+
+async def test_elapsed_ms_ends_at_each_answer_when_messages_share_a_pass_of_the_event_loop(
+    nats_server, start_node, requester, tmp_path
+):
+    path = tmp_path / "points.lp"
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in",
+                                 KRT_MEASUREMENTS_ENABLED="true", KRT_MEASUREMENTS_FILE=str(path)))
+
+    answers = await asyncio.gather(*(requester.request_raw("in", fresh_request("spin:0.05")) for _ in range(4)))
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+
+    assert [answer.error for answer in answers] == [""] * 4
+    # Points are made once the pass has answered all its messages; each one's time still ends at its own answer.
+    elapsed = [float(re.search(r"elapsed_ms=([0-9.]+)", line)[1])  # type: ignore[index]
+               for line in path.read_text().splitlines() if line.startswith("node_elapsed_time")]
+    assert len(elapsed) == 4 and all(50 <= value < 100 for value in elapsed), elapsed
 
 
 # -- the InfluxDB writer in-process ---------------------------------------------------------------

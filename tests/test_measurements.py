@@ -25,6 +25,7 @@ from krt_runner.measurements import (
     MemorySink,
     NodePoints,
     NullSink,
+    Timing,
     line_protocol,
     make_sink,
 )
@@ -212,18 +213,22 @@ def test_an_unknown_precision_or_time_type_is_refused():
 # -- the runner's own points --------------------------------------------------------------------
 
 
+def timing(tracking_id: str = "t", *, node_from: str = "a", elapsed_ms: float = 1.0, previous_end: str = "",
+           started_ns: int = 0, first_start: str | None = None, error: str = "") -> Timing:
+    return (tracking_id, node_from, elapsed_ms / 1000, previous_end, started_ns, first_start, error)
+
+
 def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record(tracking_id="t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=timestamp(T0),
-                  started_ns=T0_NS + 250_000, first_start=timestamp(T0))
+    points.record([timing("t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=timestamp(T0),
+                          started_ns=T0_NS + 250_000, first_start=timestamp(T0))])
 
     (line,) = sink.lines
-    assert re.fullmatch(
-        r'node_elapsed_time,node=a,version=v1,workflow=wf tracking_id="t-1",node_from="entrypoint",'
-        r'elapsed_ms=1\.500,waiting_ms=0\.250,success=true,error="" \d+',
-        line,
+    assert line == (
+        'node_elapsed_time,node=a,version=v1,workflow=wf tracking_id="t-1",node_from="entrypoint",'
+        f'elapsed_ms=1.500,waiting_ms=0.250,success=true,error="" {T0_NS + 1_750_000}'
     ), line
 
 
@@ -232,8 +237,8 @@ def test_durations_are_written_to_the_microsecond_and_an_unreadable_start_waits_
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record(tracking_id="t", node_from="x", elapsed_ms=0.29717799998, previous_end=previous_end,
-                  started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0, first_start=None)
+    points.record([timing(elapsed_ms=0.29717799998, previous_end=previous_end,
+                          started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0)])
 
     assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000," in sink.lines[0]
 
@@ -243,8 +248,8 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
     first_start = datetime.now(timezone.utc) - timedelta(milliseconds=12.5)
 
-    points.record(tracking_id="t-2", node_from="b", elapsed_ms=2.0, previous_end="", started_ns=0,
-                  first_start=timestamp(first_start), error="failed")
+    points.record([timing("t-2", elapsed_ms=2.0, started_ns=time.time_ns() - 2_000_000,
+                          first_start=timestamp(first_start), error="failed")])
 
     node, workflow = sink.lines
     assert "success=false" in node and 'error="failed"' in node
@@ -256,10 +261,8 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
 
 def test_only_the_last_node_writes_workflow_elapsed_time_and_only_with_tracking():
     sink = MemorySink()
-    NodePoints(sink=sink, workflow="wf", version="v1", node="b", last_node=False).record(
-        tracking_id="t", node_from="a", elapsed_ms=1.0, previous_end="", started_ns=0, first_start="")
-    NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True).record(
-        tracking_id="t", node_from="", elapsed_ms=1.0, previous_end="", started_ns=0, first_start=None)
+    NodePoints(sink=sink, workflow="wf", version="v1", node="b", last_node=False).record([timing(first_start="")])
+    NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True).record([timing(first_start=None)])
 
     assert [line.split(",")[0] for line in sink.lines] == ["node_elapsed_time", "node_elapsed_time"]
 
@@ -269,12 +272,43 @@ async def test_the_writer_renders_node_points_on_its_own_thread():
     sink = writer(destination)
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=True)
 
-    points.record(tracking_id="t-3", node_from="entrypoint", elapsed_ms=1.0, previous_end="", started_ns=0,
-                  first_start="")
+    points.record([timing("t-3", first_start="")])
     await sink.close(timeout=2)
 
     assert [line.split(" ")[0] for line in destination.lines] == [
         "node_elapsed_time,node=a,version=v1,workflow=wf", "workflow_elapsed_time,version=v1,workflow=wf"]
+    assert all(LINE_PROTOCOL.match(line) for line in destination.lines)
+
+
+async def test_points_rendered_in_one_batch_read_each_timestamp_and_escape_each_string_on_its_own():
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=100)
+    points = NodePoints(sink=sink, workflow="w f", version="100%", node="n%s", last_node=True)
+    one_ms_later = T0_NS + 1_000_000
+    cases = [  # tracking id, as written; the previous node's end; waiting_ms written
+        ("plain", "plain", timestamp(T0), "1.000"),
+        ('q"b\\n\n', 'q\\"b\\\\n\\n', timestamp(T0), "1.000"),
+        ("zulu", "zulu", "2026-01-02T03:04:05.123456Z", "1.000"),
+        ("offset", "offset", "2026-01-02T04:04:05.123456+01:00", "1.000"),
+        ("missing", "missing", "", "0.000"),
+        ("unreadable", "unreadable", "not a time", "0.000"),
+    ]
+
+    for tracking_id, _, previous_end, _ in cases:
+        points.record([timing(tracking_id, elapsed_ms=0.5, previous_end=previous_end, started_ns=one_ms_later,
+                              first_start=timestamp(T0))])
+    await sink.close(timeout=2)
+
+    assert [line for line in destination.lines if line.startswith("node_elapsed_time")] == [
+        f'node_elapsed_time,node=n%s,version=100%,workflow=w\\ f tracking_id="{written}",node_from="a",'
+        f'elapsed_ms=0.500,waiting_ms={waiting},success=true,error="" {one_ms_later + 500_000}'
+        for _, written, _, waiting in cases
+    ]
+    assert [line for line in destination.lines if line.startswith("workflow_elapsed_time")] == [
+        f'workflow_elapsed_time,version=100%,workflow=w\\ f elapsed_ms=1.500,tracking_id="{written}",success=true'
+        f" {one_ms_later + 500_000}"
+        for _, written, _, _ in cases
+    ]
     assert all(LINE_PROTOCOL.match(line) for line in destination.lines)
 
 
@@ -284,8 +318,7 @@ async def test_a_batch_larger_than_a_render_slice_keeps_every_point_in_order():
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
     for i in range(450):  # more than two of the writer's render slices
-        points.record(tracking_id=f"t-{i}", node_from="x", elapsed_ms=1.0, previous_end="", started_ns=0,
-                      first_start=None)
+        points.record([timing(f"t-{i}")])
     await sink.close(timeout=2)
 
     assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines] == [
@@ -297,16 +330,18 @@ async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_re
     logger = RecordingLogger()
     sink = writer(destination, logger)
 
-    def broken(point: tuple[Any, ...]) -> str:
-        raise RuntimeError("renderer bug")
+    def picky(points: list[tuple[Any, ...]]) -> list[str]:  # renders a batch at once, as the runner's renderers do
+        if any(value == "bad" for _, value in points):
+            raise RuntimeError("renderer bug")
+        return [f"m f={value} 1" for _, value in points]
 
-    sink.put("m f=1i 1")
-    sink.put((broken,))
-    sink.put("m f=2i 2")
+    sink.put("m f=0i 0")
+    for value in ("1i", "bad", "2i"):
+        sink.put((picky, value))
     await sink.close(timeout=2)
 
-    assert destination.lines == ["m f=1i 1", "m f=2i 2"]
-    assert sink.counts["dropped_rejected"] == 1 and sink.counts["written"] == 2 and sink.buffered == 0
+    assert destination.lines == ["m f=0i 0", "m f=1i 1", "m f=2i 1"]  # the bad one costs only itself
+    assert sink.counts["dropped_rejected"] == 1 and sink.counts["written"] == 3 and sink.buffered == 0
     assert "cannot render a point: RuntimeError: renderer bug" in logger.text()
 
 

@@ -7,6 +7,7 @@ Every answer is a ``Request`` whose name is the input name followed by
 
 import asyncio
 import os
+import time
 
 from greeter_pb2 import Request, Response
 
@@ -47,6 +48,10 @@ async def handler(ctx, data):
         return {"not": "a protobuf message"}
     if command == "sleep":
         await asyncio.sleep(float(argument))
+    if command == "spin":  # busy without awaiting: messages that arrive together are handled in one loop pass
+        until = time.perf_counter() + float(argument)
+        while time.perf_counter() < until:
+            pass
     if command == "early":
         await ctx.reply(Request(name="early answer"))
     if command == "twice":
