@@ -89,7 +89,7 @@ class Node:
         self._caller = Caller(workers=settings.concurrency)
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._unrecorded: list[Job] = []  # answered in this pass of the event loop; measured at its end
+        self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
         self._debug = settings.log_level == "debug"
         self._measured = settings.measurements_enabled
         self._last_node = settings.is_last_node
@@ -298,15 +298,16 @@ class Node:
 
         The answers leave first (nats-py's flusher was woken by the first publish, so it runs before this): the
         next node starts on them while this one makes the points, and no answer of the pass waits for them.
+        Only the timing is kept, not the job: its envelope, payload included, is freed as before.
         """
         if not self._unrecorded:
             asyncio.get_running_loop().call_soon(self._record_unrecorded)
-        self._unrecorded.append(job)
+        self._unrecorded.append(self._timing(job))
 
     def _record_unrecorded(self) -> None:
-        jobs, self._unrecorded = self._unrecorded, []
-        if jobs:
-            self._points.record([self._timing(job) for job in jobs])
+        timings, self._unrecorded = self._unrecorded, []
+        if timings:
+            self._points.record(timings)
 
     def _timing(self, job: Job) -> Timing:
         if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
