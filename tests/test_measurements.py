@@ -495,6 +495,18 @@ async def test_a_refused_batch_is_dropped_and_counted_and_later_batches_still_go
     assert destination.lines == [f"m f={number}i 1" for number in range(10, 15)]
 
 
+async def test_put_many_past_the_cap_keeps_the_newest_in_order_and_counts_the_rest():
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=100, flush_interval=60, max_buffered=10)  # nothing is sent before close
+
+    sink.put_many([f"m f={number}i 1" for number in range(6)])
+    sink.put_many([f"m f={number}i 1" for number in range(6, 15)])  # crosses the cap of 10
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(5, 15)]
+    assert sink.counts["dropped_full"] == 5 and sink.counts["written"] == 10
+
+
 async def test_a_full_buffer_drops_the_oldest_counts_them_and_logs_once():
     destination = FlakyDestination(failures=10**9)  # the server never comes back
     logger = RecordingLogger()
