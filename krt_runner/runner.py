@@ -48,8 +48,8 @@ class Job:
     """One message on its way through the node."""
 
     __slots__ = (
-        "elapsed", "error", "handler_done", "hops", "replied", "reply", "request", "started", "started_at",
-        "started_ns", "tracking", "tracking_id",
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking",
+        "tracking_id",
     )
 
     def __init__(self, reply: str) -> None:
@@ -63,8 +63,6 @@ class Job:
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
         self.started_at = envelope.timestamp(self.started_ns)
-        self.elapsed = 0.0  # seconds, once answered
-        self.error = ""  # for the measurements: "", "invalid" or "failed"
 
 
 class Node:
@@ -171,6 +169,7 @@ class Node:
         self.counts["received"] += 1
         job = Job(reply)
         self.last_received = job.started
+        error = ""  # for the measurements: "", "invalid" or "failed"
         try:
             self._decode(job, data)
             result = await self._call_handler(job)
@@ -181,15 +180,14 @@ class Node:
                     self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
             self.counts["answered"] += 1
         except InvalidRequestError as exc:
-            job.error = "invalid"
+            error = "invalid"
             await self._send_error(job, exc)
         except Exception as exc:
-            job.error = "failed"
+            error = "failed"
             await self._send_error(job, exc)
         finally:
             if self._measured:
-                job.elapsed = time.perf_counter() - job.started
-                self._record_soon(job)
+                self._record_soon(self._timing(job, time.perf_counter() - job.started, error))
 
     def _decode(self, job: Job, data: bytes) -> None:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
@@ -293,8 +291,8 @@ class Node:
         except Exception as publish_exc:
             self.log.error("could not publish error answer", error=_describe(publish_exc), tracking_id=job.tracking_id)
 
-    def _record_soon(self, job: Job) -> None:
-        """Measure ``job`` once this pass of the event loop has handled its other messages and written the answers.
+    def _record_soon(self, timing: Timing) -> None:
+        """Measure a message once this pass of the event loop has handled its others and written the answers.
 
         The answers leave first (nats-py's flusher was woken by the first publish, so it runs before this): the
         next node starts on them while this one makes the points, and no answer of the pass waits for them.
@@ -302,19 +300,19 @@ class Node:
         """
         if not self._unrecorded:
             asyncio.get_running_loop().call_soon(self._record_unrecorded)
-        self._unrecorded.append(self._timing(job))
+        self._unrecorded.append(timing)
 
     def _record_unrecorded(self) -> None:
         timings, self._unrecorded = self._unrecorded, []
         if timings:
             self._points.record(timings)
 
-    def _timing(self, job: Job) -> Timing:
+    def _timing(self, job: Job, elapsed: float, error: str) -> Timing:
         if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
-            return (job.tracking_id, "", job.elapsed, "", job.started_ns, None, job.error)
+            return (job.tracking_id, "", elapsed, "", job.started_ns, None, error)
         previous = job.tracking[job.hops - 1]
         first_start = job.tracking[0].start if self._last_node else None
-        return (job.tracking_id, previous.node_name, job.elapsed, previous.end, job.started_ns, first_start, job.error)
+        return (job.tracking_id, previous.node_name, elapsed, previous.end, job.started_ns, first_start, error)
 
 
 async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
