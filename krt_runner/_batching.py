@@ -353,7 +353,8 @@ class _Reporter:
                         destination=self._destination, error=error, dropped=lines)
 
     def drops(self, counts: dict[str, int], buffered: int) -> None:
-        total = counts["dropped_full"] + counts["dropped_at_close"]
+        """Points dropped to make room; those dropped at close are in :meth:`closed`'s line, not here."""
+        total = counts["dropped_full"]
         now = time.monotonic()
         if total == self._reported_drops or now - self._last_report < _REPORT_EVERY:
             return

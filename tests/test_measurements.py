@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from krt_runner._batching import BatchWriter, FileDestination, WriteError
+from krt_runner._batching import BatchWriter, FileDestination, WriteError, _Reporter
 from krt_runner.config import load_settings
 from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError
@@ -543,6 +543,20 @@ async def test_points_put_after_close_are_counted_not_kept():
     sink.put("m f=1i 1")
 
     assert sink.counts["dropped_at_close"] == 1 and destination.lines == []
+
+
+def test_the_buffer_full_warning_counts_only_points_dropped_to_make_room():
+    # Points put after close are counted in the closing line; calling them "buffer full" would mislead.
+    logger = RecordingLogger()
+    report = _Reporter(logger, "InfluxDB", max_buffered=50)
+    counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 7}
+
+    report.drops(counts, buffered=0)
+    assert not [e for e in logger.events() if "buffer full" in e]
+
+    report.drops({**counts, "dropped_full": 3}, buffered=50)
+    warnings = [fields for _, event, fields in logger.records if "buffer full" in event]
+    assert warnings == [{"dropped": 3, "dropped_total": 3, "buffered": 50, "max_buffered": 50}]
 
 
 def test_the_file_is_valid_for_influx_write(tmp_path: Path):
