@@ -22,7 +22,7 @@ import numbers
 import re
 import time as _time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -282,6 +282,7 @@ class Measurement:
 _NODE_FIELDS = ' tracking_id="%s",node_from=%s,elapsed_ms=%.3f,waiting_ms=%.3f,%s %d'
 _WORKFLOW_FIELDS = ' elapsed_ms=%.3f,tracking_id="%s",success=%s %d'
 _NAIVE_EPOCH = datetime(1970, 1, 1)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 # One message's timing, as the runner hands it over (a plain tuple: one is made per message):
@@ -351,8 +352,10 @@ def _ends_ns(started_ns: tuple[int, ...], elapsed: tuple[float, ...]) -> list[in
 
 
 def _escaped_strings(texts: tuple[str, ...]) -> tuple[str, ...] | list[str]:
-    """String-field contents, escaped; one search over the whole batch when, as usual, none needs it."""
-    if not _STRING_SPECIALS.search("".join(texts)):
+    """String-field contents, escaped; four scans of the whole batch when, as usual, none needs it (``in`` is
+    many times faster than a regular expression here)."""
+    joined = "".join(texts)
+    if '"' not in joined and "\\" not in joined and "\n" not in joined and "\r" not in joined:
         return texts
     return [_escaped(text, _STRING_SPECIALS, _STRING_ESCAPES) for text in texts]
 
@@ -360,10 +363,10 @@ def _escaped_strings(texts: tuple[str, ...]) -> tuple[str, ...] | list[str]:
 def _ms_from_each(starts: Sequence[str], ends_ns: Sequence[int]) -> list[float]:
     """Milliseconds from each tracking timestamp to its ``ends_ns``; 0 for one that is missing or unreadable."""
     try:  # KRE v1's naive timestamps, the usual case: parsed by datetime's C code, a batch at a time
-        seconds = [(moment - _NAIVE_EPOCH).total_seconds() for moment in map(datetime.fromisoformat, starts)]
+        return [end / 1e6 - (moment - _NAIVE_EPOCH) / _MILLISECOND
+                for moment, end in zip(map(datetime.fromisoformat, starts), ends_ns, strict=True)]
     except (ValueError, TypeError):  # an empty, malformed or time-zoned one in the batch: one at a time
         return list(map(_ms_since, starts, ends_ns))
-    return [(end / 1e9 - start) * 1000 for start, end in zip(seconds, ends_ns, strict=True)]
 
 
 @functools.lru_cache(maxsize=256)  # node names: a workflow has a handful
