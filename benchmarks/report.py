@@ -72,7 +72,22 @@ def _targets(results: dict[str, Any]) -> list[str]:
     idle = max(r["krt"]["idle_rss_mb"]["max"] for r in results["matrix"])
     lines.append(f"| idle node RSS | {idle:.1f} MB | | <= {IDLE_RSS_TARGET_MB:.0f} MB | "
                  f"{'yes' if idle <= IDLE_RSS_TARGET_MB else 'NO'} |")
-    return lines
+    return lines + _measurements_off(_row_for(results, (3, 128)))
+
+
+def _measurements_off(row: dict[str, Any]) -> list[str]:
+    """The diagnostic side of the throughput target's rounds, when the run had it."""
+    if "paired_ratio_off" not in row:
+        return []
+    rate, cpu = row["paired_ratio_off"]["answers_per_s"], row["paired_ratio_off"]["cpu_s_per_1000"]
+    return [
+        "",
+        f"Not a target, a diagnostic: in the same rounds, krt-runner with measurements off "
+        f"(`KRT_MEASUREMENTS_ENABLED=false`, side `krt-off` below) ran at {rate['median']:.2f}x the floor's "
+        f"answers/s [{rate['min']:.2f} - {rate['max']:.2f}] for {cpu['median']:.2f}x its CPU per 1000 messages. "
+        f"The difference from the first row is what measuring costs on this machine: the writer threads, and "
+        f"victoria-metrics storing the points on the same two cores.",
+    ]
 
 
 def _cell(stats: dict[str, float], fmt: str, repeated: bool) -> str:
@@ -87,7 +102,7 @@ def _matrix(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["## Chains", "", header, "|" + " --- |" * (len(FIGURES) + 4)]
     for row in rows:
         repeated = row["repeats"] > 1
-        for kind in ("floor", "krt"):
+        for kind in _sides(row):
             stats = row[kind]
             cells = " | ".join(_cell(stats[key], fmt, repeated) for _, key, fmt in FIGURES)
             bad = f"{stats['lost']['max']:.0f}/{stats['wrong']['max']:.0f}"
@@ -111,11 +126,15 @@ def _cpu_shares(row: dict[str, Any]) -> list[str]:
         "| runner | " + " | ".join(name for name, _, _ in columns) + " | total |",
         "|" + " --- |" * (len(columns) + 2),
     ]
-    for kind in ("floor", "krt"):  # no victoria-metrics column figure when measurements went to a file
+    for kind in _sides(row):  # no victoria-metrics column figure when measurements went to a file
         values = [row[kind][key]["median"] * scale if key in row[kind] else None for _, key, scale in columns]
         cells = " | ".join("-" if value is None else f"{value:.0f}" for value in values)
         lines.append(f"| {kind} | {cells} | {sum(value or 0.0 for value in values):.0f} |")
     return lines
+
+
+def _sides(row: dict[str, Any]) -> list[str]:
+    return [side for side in ("floor", "krt", "krt-off") if side in row]
 
 
 def _extras(results: dict[str, Any]) -> list[str]:

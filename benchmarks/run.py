@@ -41,6 +41,7 @@ from processes import (
 from krt_runner.embedded import EmbeddedNats
 
 WARM_UP = 300
+MEASUREMENTS_OFF = {"KRT_MEASUREMENTS_ENABLED": "false"}
 
 
 @dataclass
@@ -165,12 +166,21 @@ def main_matrix(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
             # The targets: many short alternating pairs, so that the machine's drift hits both sides alike.
             repeats = 1 if quick else (15 if main else 1)
             count = (200 if window == 1 else 1000) if quick else (2000 if window == 1 else 20000 if main else 10000)
-            samples: dict[str, list[Run]] = {"floor": [], "krt": []}
+            # A diagnostic in the throughput target's rounds, not a target: krt-runner with measurements off shows
+            # what measuring costs on this machine (the writer threads, and victoria-metrics on the same cores).
+            sides = ("floor", "krt", "krt-off") if (nodes, window) == (3, 128) else ("floor", "krt")
+            samples: dict[str, list[Run]] = {side: [] for side in sides}
             for repeat in range(repeats):
-                for kind in ("floor", "krt") if repeat % 2 == 0 else ("krt", "floor"):  # neither side always first
-                    samples[kind].append(bench.measure(kind, nodes, window, count))
+                for side in sides if repeat % 2 == 0 else sides[::-1]:  # neither side always first
+                    samples[side].append(_measure_side(bench, side, nodes, window, count))
             rows.append(_compare(nodes, window, samples))
     return rows
+
+
+def _measure_side(bench: Bench, side: str, nodes: int, window: int, count: int) -> Run:
+    if side == "krt-off":
+        return bench.measure("krt", nodes, window, count, env=MEASUREMENTS_OFF, label=side)
+    return bench.measure(side, nodes, window, count)
 
 
 def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str, Any]:
@@ -184,9 +194,15 @@ def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str
         for key in keys
     }
     # krt / floor of each pair run back to back: what the targets are judged on (see report.py).
-    pairs = [(floor.figures(), krt.figures()) for floor, krt in zip(samples["floor"], samples["krt"], strict=True)]
-    row["paired_ratio"] = {key: _spread([k[key] / f[key] for f, k in pairs if f[key]] or [0.0]) for key in keys}
+    row["paired_ratio"] = _paired(samples["floor"], samples["krt"], keys)
+    if "krt-off" in samples:
+        row["paired_ratio_off"] = _paired(samples["floor"], samples["krt-off"], keys)
     return row
+
+
+def _paired(floors: list[Run], others: list[Run], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    pairs = [(floor.figures(), other.figures()) for floor, other in zip(floors, others, strict=True)]
+    return {key: _spread([o[key] / f[key] for f, o in pairs if f[key]] or [0.0]) for key in keys}
 
 
 def _spread(values: list[float]) -> dict[str, float]:

@@ -32,6 +32,9 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     assert "## Targets" in report.read_text()
     # The other processes' CPU is measured too: the requester's and nats-server's are never zero.
     target = next(row for row in results["matrix"] if (row["nodes"], row["window"]) == (3, 128))
-    for kind in ("floor", "krt"):
+    for kind in ("floor", "krt", "krt-off"):
         assert target[kind]["requester_cpu_us"]["median"] > 0 and target[kind]["nats_cpu_us"]["median"] > 0
     assert "## Where the CPU goes (3-node chain, W=128)" in report.read_text()
+    # The diagnostic side of the throughput target: krt-runner with measurements off, in the same rounds.
+    assert target["krt-off"]["lost"]["max"] == 0 and target["paired_ratio_off"]["answers_per_s"]["median"] > 0
+    assert "| 3 | 128 | krt-off |" in report.read_text() and "measurements off" in report.read_text()
