@@ -143,14 +143,14 @@ def _extras(results: dict[str, Any]) -> list[str]:
     for row in results["concurrency"]:
         rate, ideal, efficiency = row["answers_per_s"], row["ideal"], row["efficiency"]
         lines.append(f"| {row['concurrency']} | {rate:.0f} | {ideal} | {efficiency:.0%} |")
-    busy = results["busy_sync_handler"]
     memory = results["memory"]
+    lines += ["", "## Sync handlers taking 2 ms (one replica, KRT_CONCURRENCY=1)", "",
+              "| handler | answers/s | ideal | lost | disconnects logged |", "| --- | --- | --- | --- | --- |"]
+    for key, handler in (("busy_sync_handler", "busy on the CPU in Python (holds the GIL)"),
+                         ("waiting_sync_handler", "waiting with the GIL released (`time.sleep`)")):
+        row = results[key]
+        lines.append(f"| {handler} | {row['answers_per_s']:.0f} | 500 | {row['lost']} | {row['disconnects']} |")
     lines += [
-        "",
-        "## Sync handler busy 2 ms (one replica)",
-        "",
-        f"{busy['answers_per_s']:.0f} answers/s (ideal 500), lost {busy['lost']}, "
-        f"disconnects logged {busy['disconnects']}.",
         "",
         "## Memory",
         "",

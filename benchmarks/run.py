@@ -222,16 +222,16 @@ def concurrency_scaling(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def busy_handler(bench: Bench, *, quick: bool) -> dict[str, Any]:
-    """A sync handler busy 2 ms: close to 500/s per replica, the connection healthy."""
-    chain = bench.start_chain("krt", 1, "bench_handler_busy.py")
+def sync_handler(bench: Bench, handler: str, label: str, *, quick: bool) -> dict[str, Any]:
+    """A sync handler taking 2 ms: close to 500/s per replica, the connection healthy."""
+    chain = bench.start_chain("krt", 1, handler)
     try:
         entry = _env_of(chain[0].process.pid)["KRT_NATS_INPUT"]
         result = asyncio.run(drive(bench.nats.url, entry, count=300 if quick else 2000, window=16, hops=1))
     finally:
         chain[0].stop()
     disconnects = sum("disconnected" in line for line in chain[0].lines)
-    print(f"   busy 2ms  {result.per_second:.0f}/s lost={result.lost} disconnects={disconnects}", flush=True)
+    print(f"{label:>12}  {result.per_second:.0f}/s lost={result.lost} disconnects={disconnects}", flush=True)
     return {"answers_per_s": result.per_second, "lost": result.lost, "disconnects": disconnects}
 
 
@@ -280,7 +280,9 @@ def main() -> int:
                 "measurements": "victoria-metrics (InfluxDB v2 write API)" if influx else "line-protocol file",
                 "matrix": main_matrix(bench, quick=args.quick),
                 "concurrency": concurrency_scaling(bench, quick=args.quick),
-                "busy_sync_handler": busy_handler(bench, quick=args.quick),
+                # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
+                "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=args.quick),
+                "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=args.quick),
                 "memory": memory_growth(bench, quick=args.quick),
             }
         finally:

@@ -48,8 +48,7 @@ class Job:
     """One message on its way through the node."""
 
     __slots__ = (
-        "handler_done", "hops", "replied", "reply", "request", "started", "started_at", "started_ns", "tracking",
-        "tracking_id",
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
     )
 
     def __init__(self, reply: str) -> None:
@@ -62,7 +61,11 @@ class Job:
         self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
         self.started = time.perf_counter()
         self.started_ns = time.time_ns()
-        self.started_at = envelope.timestamp(self.started_ns)
+
+    def restart(self) -> None:
+        """Its handler starts now: a pipelined message's time in the node runs from here, not from its wait."""
+        self.started = time.perf_counter()
+        self.started_ns = time.time_ns()
 
 
 class Node:
@@ -85,7 +88,13 @@ class Node:
         self.state = NodeState(base_path=settings.base_path, logger=self.log, measurement=measurement)
         self.broker = Broker(settings, self.log)
         self._caller = Caller(workers=settings.concurrency)
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are worker threads
+        # is taken, so a worker goes from one call to the next without waiting for the event loop to answer the
+        # last message and decode the next. Calls stay KRT_CONCURRENCY at a time, in order. (A timeout is measured
+        # from when the message is taken, so with one the message waits for a free worker on the loop instead.)
+        self._pipelined = not code.handler_is_async and settings.handler_timeout is None
+        self._slots = asyncio.Semaphore(settings.concurrency + self._pipelined)
+        self._inline = settings.concurrency == 1 and not self._pipelined  # one message at a time: no task each
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
         self._debug = settings.log_level == "debug"
@@ -150,7 +159,7 @@ class Node:
     # -- per message -------------------------------------------------------------------------
 
     async def _on_message(self, msg: Msg) -> None:
-        if self.settings.concurrency == 1:
+        if self._inline:
             await self.handle(msg.data, msg.reply)
             return
         await self._slots.acquire()  # back-pressure: nats-py keeps the rest in its pending queue
@@ -208,6 +217,8 @@ class Node:
             data = unpack_request(data, self.code.request_type)
         timeout = self.settings.handler_timeout
         try:
+            if self._pipelined:
+                return await self._caller.call(self._handler_from_now, job, ctx, data)
             if timeout is None:
                 return await self._caller.call(self.code.handler, ctx, data)
             return await asyncio.wait_for(_as_handler_errors(self._caller.call, self.code.handler, ctx, data), timeout)
@@ -223,6 +234,11 @@ class Node:
         finally:
             job.handler_done = True
 
+    def _handler_from_now(self, job: Job, ctx: HandlerContext, data: Any) -> Any:
+        """The sync handler, on its worker thread, with the message's clock restarted (see ``_pipelined``)."""
+        job.restart()
+        return self.code.handler(ctx, data)
+
     def _answer(self, job: Job, result: Any) -> tuple[str, bytes]:
         """Where the answer goes and its bytes; ``("", b"")`` when it goes nowhere.
 
@@ -237,7 +253,7 @@ class Node:
             request.replied = True
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""
-        job.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
+        job.tracking.add(node_name=self.name, start=envelope.timestamp(job.started_ns), end=envelope.timestamp())
         if isinstance(result, AnyMessage):
             request.payload.CopyFrom(result)
         else:
@@ -271,7 +287,7 @@ class Node:
         answer = KreNatsMessage(tracking_id=request.tracking_id if request else "", reply=job.reply)
         if request is not None:
             answer.tracking.extend(request.tracking[: job.hops])
-        answer.tracking.add(node_name=self.name, start=job.started_at, end=envelope.timestamp())
+        answer.tracking.add(node_name=self.name, start=envelope.timestamp(job.started_ns), end=envelope.timestamp())
         return answer
 
     async def _send_error(self, job: Job, exc: Exception) -> None:

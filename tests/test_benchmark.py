@@ -38,3 +38,7 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     # The diagnostic side of the throughput target: krt-runner with measurements off, in the same rounds.
     assert target["krt-off"]["lost"]["max"] == 0 and target["paired_ratio_off"]["answers_per_s"]["median"] > 0
     assert "| 3 | 128 | krt-off |" in report.read_text() and "measurements off" in report.read_text()
+    # Sync handlers, one holding the GIL and one releasing it: every request answered, the connection kept.
+    for key in ("busy_sync_handler", "waiting_sync_handler"):
+        assert results[key]["lost"] == 0 and results[key]["disconnects"] == 0 and results[key]["answers_per_s"] > 0
+    assert "waiting with the GIL released" in report.read_text()

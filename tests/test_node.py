@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import signal
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, Requester, greeter_pb2, node_env, request_envelope, unpack
 
-from krt_runner.envelope import KreNatsMessage, decode
+from krt_runner.envelope import KreNatsMessage, decode, epoch_seconds
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"
@@ -80,6 +81,27 @@ async def test_sync_handler_runs_on_a_worker_thread(nats_server, start_node, req
     answer = await requester.greet("in", "thread")
 
     assert unpack(answer, greeter_pb2.Request).name.startswith("krt-handler")
+
+
+PIPELINED = ["message received", "message received", "answer published", "answer published"]
+ONE_AFTER_THE_OTHER = ["message received", "answer published", "message received", "answer published"]
+
+
+@pytest.mark.parametrize(("timeout", "events"), [("0", PIPELINED), ("5", ONE_AFTER_THE_OTHER)])
+async def test_a_sync_handler_takes_the_next_message_while_it_runs_unless_a_timeout_is_set(
+    nats_server, start_node, requester, timeout, events
+):
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours_sync.py", input="in", KRT_LOG_LEVEL="debug",
+                                 KRT_HANDLER_TIMEOUT=timeout))
+
+    answers = await asyncio.gather(requester.greet("in", "sleep:0.3"), requester.greet("in", "sleep:0.3"))
+
+    assert [unpack(answer, greeter_pb2.Request).name for answer in answers] == ["others=0", "others=0"]
+    first, second = sorted((epoch_seconds(a.tracking[-1].start), epoch_seconds(a.tracking[-1].end)) for a in answers)
+    assert second[0] >= first[0] + 0.3  # one call at a time
+    assert second[1] - second[0] < 0.45  # its time in the node is its own call, not its wait for the first
+    logged = [json.loads(line)["event"] for line in node.lines if "tracking_id" in line]
+    assert [event for event in logged if event in ("message received", "answer published")] == events
 
 
 async def test_ctx_path_joins_onto_the_base_path(nats_server, start_node, requester):
@@ -212,8 +234,6 @@ async def test_two_replicas_share_200_requests_each_handled_once(nats_server, st
 
 
 def _summary(output: str) -> dict:
-    import json
-
     for line in output.splitlines():
         if '"stopped"' in line:
             return json.loads(line)

@@ -9,6 +9,8 @@ from greeter_pb2 import Request
 
 INIT_CALLS = 0
 NODE = os.environ.get("KRT_NODE_NAME", "node")
+_CALLS = threading.Lock()
+_RUNNING = 0  # handler calls under way
 
 
 def init(ctx):
@@ -21,6 +23,8 @@ def init(ctx):
 def handler(ctx, data):
     name = read_name(data)
     command, _, argument = name.partition(":")
+    if command == "sleep":  # answers how many other calls were under way when this one began
+        return Request(name=f"others={_sleep(float(argument))}")
     if command == "boom":
         raise ValueError("boom requested")
     if command == "busy":  # CPU-bound, holding the GIL as little as Python allows
@@ -34,3 +38,14 @@ def handler(ctx, data):
     if command == "init":
         return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
     return Request(name=f"{name}>{NODE}")
+
+
+def _sleep(seconds):
+    global _RUNNING
+    with _CALLS:
+        others = _RUNNING
+        _RUNNING += 1
+    time.sleep(seconds)
+    with _CALLS:
+        _RUNNING -= 1
+    return others
