@@ -90,10 +90,11 @@ class Node:
         self._caller = Caller(workers=settings.concurrency)
         # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are worker threads
         # is taken, so a worker goes from one call to the next without waiting for the event loop to answer the
-        # last message and decode the next. Calls stay KRT_CONCURRENCY at a time, in order. (A timeout is measured
-        # from when the message is taken, so with one the message waits for a free worker on the loop instead.)
+        # last message and decode the next. Calls stay KRT_CONCURRENCY at a time and start in the order the
+        # messages came. (A timeout counts from when a message is taken: with one, it is taken when a worker is
+        # free.)
         self._pipelined = not code.handler_is_async and settings.handler_timeout is None
-        self._slots = asyncio.Semaphore(settings.concurrency + self._pipelined)
+        self._slots = asyncio.Semaphore(settings.concurrency + (1 if self._pipelined else 0))
         self._inline = settings.concurrency == 1 and not self._pipelined  # one message at a time: no task each
         self._in_flight: set[asyncio.Task[None]] = set()
         self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
