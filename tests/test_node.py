@@ -104,6 +104,30 @@ async def test_a_sync_handler_takes_the_next_message_while_it_runs_unless_a_time
     assert [event for event in logged if event in ("message received", "answer published")] == events
 
 
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+async def test_one_message_at_a_time_answers_in_the_order_the_requests_came(
+    nats_server, start_node, requester, module
+):
+    start_node(**node_env(nats_server, HANDLERS, module, input="in"))
+    nc = requester.nc
+    inbox = nc.new_inbox()
+    answered: list[str] = []
+    all_answered = asyncio.Event()
+
+    async def collect(msg) -> None:
+        answered.append(decode(msg.data, max_decompressed=1 << 20).tracking_id)
+        if len(answered) == 200:
+            all_answered.set()
+
+    await nc.subscribe(inbox, cb=collect)
+    for i in range(200):
+        request = request_envelope(greeter_pb2.Request(name=f"r{i}"), tracking_id=str(i))
+        await nc.publish("in", request.SerializeToString(), reply=inbox)
+    await asyncio.wait_for(all_answered.wait(), timeout=30)
+
+    assert answered == [str(i) for i in range(200)]
+
+
 async def test_ctx_path_joins_onto_the_base_path(nats_server, start_node, requester):
     start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in"))
 
