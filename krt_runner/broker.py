@@ -146,9 +146,9 @@ class Broker:
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
             drain_timeout=int(self._settings.drain_timeout),
-            # nats-py would run a regular expression over every published subject. This node publishes only
-            # to subjects already checked: its settings' (config), the server's reply inboxes, and envelope
-            # reply subjects (runner._publishable).
+            # nats-py would run a regular expression over every published subject. This node publishes only to
+            # its output subject (checked by config), to reply subjects the server delivered (no whitespace can
+            # pass its protocol), and to envelope reply subjects (checked by runner._publishable).
             skip_subject_validation=True,
             **connect_options(self._settings),
         )
