@@ -126,14 +126,16 @@ async def test_node_survives_nats_server_sigkill_and_answers_again_soon_after_re
 # -- SIGTERM under steady load -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize(
+    ("module", "concurrency"), [("behaviours.py", 1), ("behaviours.py", 4), ("behaviours_sync.py", 1)]
+)
 async def test_sigterm_under_steady_load_answers_every_message_taken_and_exits_0(
-    nats_server: EmbeddedNats, start_node: NodeFactory, answer_logs, concurrency: int
+    nats_server: EmbeddedNats, start_node: NodeFactory, answer_logs, module: str, concurrency: int
 ) -> None:
     # 50 ms per message, 60 offered per second: with one slot a backlog is queued when SIGTERM comes,
-    # with four, several messages are in the handler.
+    # with four, several messages are in the handler; a sync handler has one more taken, waiting for its thread.
     slots = {"KRT_CONCURRENCY": str(concurrency)}
-    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="load", name="loaded", **slots))
+    node = start_node(**node_env(nats_server, HANDLERS, module, input="load", name="loaded", **slots))
     log = await answer_logs(nats_server)
     stop = asyncio.Event()
     sender = asyncio.ensure_future(send_steadily(log, "load", name="sleep:0.05", per_second=60, stop=stop))

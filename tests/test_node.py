@@ -104,6 +104,17 @@ async def test_a_sync_handler_takes_the_next_message_while_it_runs_unless_a_time
     assert [event for event in logged if event in ("message received", "answer published")] == events
 
 
+async def test_a_pipelined_sync_handler_still_makes_at_most_krt_concurrency_calls_at_once(
+    nats_server, start_node, requester
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours_sync.py", input="in", KRT_CONCURRENCY="2"))
+
+    answers = await asyncio.gather(*(requester.greet("in", "sleep:0.2") for _ in range(6)))
+
+    others = [unpack(answer, greeter_pb2.Request).name for answer in answers]
+    assert "others=1" in others and "others=2" not in others, others  # two at a time, never three
+
+
 @pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
 async def test_one_message_at_a_time_answers_in_the_order_the_requests_came(
     nats_server, start_node, requester, module
