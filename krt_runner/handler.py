@@ -18,7 +18,6 @@ import traceback
 import types
 import typing
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +26,7 @@ from typing import Any
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
 
+from ._workers import WorkerThreads
 from .errors import HandlerLoadError, InvalidRequestError
 from .processor import Processor
 
@@ -342,11 +342,11 @@ class Caller:
     def __init__(self, *, workers: int) -> None:
         self._workers = workers
         self._is_async: dict[UserFunction, bool] = {}
-        self._executor = self._new_executor()
+        self._threads = self._new_threads()
         self.abandoned_threads = 0  # threads of timed-out calls, still running their function
 
-    def _new_executor(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="krt-handler")
+    def _new_threads(self) -> WorkerThreads:
+        return WorkerThreads(self._workers, name="krt-handler")
 
     def call(self, function: UserFunction, *args: Any) -> Awaitable[Any]:
         """What to await for ``function(*args)``: an async function's own coroutine, or its run on a worker thread.
@@ -362,27 +362,29 @@ class Caller:
         return self._call_in_thread(function, args)
 
     async def _call_in_thread(self, function: UserFunction, args: tuple[Any, ...]) -> Any:
-        running = self._executor.submit(function, *args)
+        threads = self._threads
+        running = threads.call(function, args)
         try:
-            result = await asyncio.wrap_future(running)
-        except asyncio.CancelledError:  # timed out: the thread cannot be stopped
-            if running.running():
-                self._replace_executor()
+            result = await running
+        except asyncio.CancelledError:  # timed out: a thread cannot be stopped
+            if threads.started(running):
+                self._abandon(threads)
             raise
         if inspect.isawaitable(result):  # a sync function that returned a coroutine
             result = await result
         return result
 
-    def _replace_executor(self) -> None:
-        """Leave the busy thread to finish on its own (its result is discarded); new calls get fresh threads.
+    def _abandon(self, threads: WorkerThreads) -> None:
+        """Leave a busy thread to finish on its own (its result is discarded); new calls get fresh threads.
 
         Without this a timed-out handler would keep its worker, and every later
         message would wait for it and time out too.
         """
         self.abandoned_threads += 1
-        retired, self._executor = self._executor, self._new_executor()
-        retired.shutdown(wait=False)  # its threads exit once they are done
+        if threads is self._threads:  # not replaced yet by another timed-out call of the same threads
+            self._threads = self._new_threads()
+            threads.retire()  # the others end once they have run what was handed to them
 
     def close(self) -> None:
         # Threads of timed-out handlers cannot be killed; do not wait for them.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()

@@ -104,6 +104,7 @@ CASES = [
     Case("handler-returns-oversized", "async", lambda: valid("oversized:3000000"), "over the server's max payload"),
     Case("handler-raises", "async", lambda: valid("boom"), "ValueError: boom requested"),
     Case("sync-handler-raises", "sync", lambda: valid("boom"), "ValueError: boom requested"),
+    Case("sync-handler-raises-stopiteration", "sync", lambda: valid("stop-iteration"), "StopIteration: no more"),
     Case("async-handler-times-out", "async", lambda: valid("sleep:3"), "timed out after 0.5s", quiet=3.0),
     Case("sync-handler-times-out", "sync", lambda: valid("sleep:2"), "timed out after 0.5s", quiet=2.5),
     Case("sync-handler-replies-late", "sync", lambda: valid("late-reply:2"), "timed out after 0.5s", quiet=2.5),

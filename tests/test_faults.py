@@ -162,6 +162,18 @@ async def test_sigterm_under_steady_load_answers_every_message_taken_and_exits_0
     assert all(not got[0].message.error for got in log.answers.values()), measured
 
 
+async def test_sigterm_exits_at_once_while_a_timed_out_sync_handler_is_still_running(
+    nats_server: EmbeddedNats, start_node: NodeFactory, requester
+) -> None:
+    node = start_node(**node_env(nats_server, HANDLERS, "hostile_sync.py", input="stuck", KRT_HANDLER_TIMEOUT="0.5"))
+    answer = await requester.greet("stuck", "sleep:60")  # its thread cannot be stopped: it sleeps on
+    assert "timed out after 0.5s" in answer.error
+
+    node.signal(signal.SIGTERM)
+
+    assert await node_exit(node, timeout=15) == 0, node.output  # the abandoned thread does not hold up the exit
+
+
 # -- a burst far above the node's rate --------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 - ``sleep:S``       sleeps S seconds, then returns a result (late, when over KRT_HANDLER_TIMEOUT)
 - ``late-reply:S``  sleeps S seconds, then calls ctx.reply() (late, when over KRT_HANDLER_TIMEOUT)
+- ``stop-iteration`` raises StopIteration, which an asyncio future refuses to carry
 """
 
 import os
@@ -25,4 +26,6 @@ def handler(ctx, data):
         time.sleep(float(argument))
         ctx.reply(Request(name=f"late reply>{NODE}"))
         return Request(name=f"after late reply>{NODE}")
+    if command == "stop-iteration":
+        raise StopIteration("no more")
     return behaviour(ctx, data)
