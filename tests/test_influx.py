@@ -73,10 +73,11 @@ def influx_writer(server_url: str, logger: Any, **options: Any) -> BatchWriter:
     return BatchWriter(destination, logger=logger, **settings)
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+async def wait_until(predicate: Any, timeout: float = 10.0, explain: Any = lambda: "") -> None:
+    """Poll ``predicate`` until it holds; past ``timeout``, fail with what ``explain()`` returns."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in {timeout}s\n{explain()}"
         await asyncio.sleep(0.05)
 
 
@@ -173,12 +174,14 @@ async def test_with_the_server_down_requests_are_answered_and_points_after_its_r
     answers = [await requester.request_raw("in", fresh_request(f"down{n}"), timeout=5) for n in range(150)]
     node.wait_for_line("measurements: buffer full, oldest points dropped", timeout=10)
     influx_server.start()
-    back_ms = time.time() * 1000
+    back_ms = int(time.time() * 1000)  # whole ms, as the server stores stamps: a point made in this ms counts
     for number in range(5):
         assert (await requester.request_raw("in", fresh_request(f"after{number}"))).error == ""
 
     assert [answer.error for answer in answers] == [""] * 150  # every request answered while it was down
-    await wait_until(lambda: len(points_since(influx_server, back_ms)) >= 5, timeout=20)
+    await wait_until(lambda: len(points_since(influx_server, back_ms)) >= 5, timeout=20,
+                     explain=lambda: f"points since its return: {points_since(influx_server, back_ms)}\n"
+                                     f"node:\n{node.output[-6000:]}\nserver:\n{influx_server.log_text()[-2000:]}")
     node.signal(signal.SIGTERM)
     assert node.wait() == 0
     (closed,) = log_events(node, "measurements closed")
