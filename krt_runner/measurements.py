@@ -17,8 +17,10 @@ numbers.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import numbers
+import operator
 import re
 import time as _time
 from collections.abc import Mapping, Sequence
@@ -278,28 +280,29 @@ class Measurement:
             self._sink.put(line)
 
 
-# A batch is rendered with C-level loops (zip, map, %-formatting) instead of a Python call per point. The durations
-# are finite by construction (differences of clock readings and parsed timestamps), so %.3f is safe for them.
-_NODE_FIELDS = ' tracking_id="%s",node_from=%s,elapsed_ms=%.3f,waiting_ms=%.3f,%s %d'
-_WORKFLOW_FIELDS = ' elapsed_ms=%.3f,tracking_id="%s",success=%s %d'
-_NAIVE_EPOCH = datetime(1970, 1, 1)
-_MILLISECOND = timedelta(milliseconds=1)
+# A batch is rendered by one comprehension over its columns, not a Python call per point. The durations are finite
+# by construction (differences of clock readings and parsed timestamps), so :.3f is safe for them.
+_MS_PER_NS = 1e-6
+# The error field of a message that failed; none for one that did not. The runner's three outcomes only.
+_ERROR_FIELDS = {"": "", "invalid": ',error="invalid"', "failed": ',error="failed"'}
 
 
 # One message's timing, as the runner hands it over (a plain tuple: one is made per message):
-# tracking_id, node_from (the previous node's name), elapsed (seconds, to the answer), previous_end (the previous
-# node's tracking end: waiting_ms runs from it to started_ns), started_ns, first_start (the first tracking entry's
-# start, on the last node, for workflow_elapsed_time; None otherwise or without tracking), error ("", "invalid" or
-# "failed"). Both points are stamped with the time of the answer, started_ns + elapsed.
-Timing = tuple[str, str, float, str, int, str | None, str]
+# tracking_id, node_from (the previous node's name), elapsed_ns (to the answer), previous_end (the previous node's
+# tracking end: waiting_ms runs from it to started_ns), started_ns, first_start (the first tracking entry's start, on
+# the last node, for workflow_elapsed_time; None otherwise or without tracking), error ("", "invalid" or "failed").
+# Both points are stamped with the time of the answer, started_ns + elapsed_ns.
+Timing = tuple[str, str, int, str, int, str | None, str]
 
 
 class NodePoints:
     """The runner's own points, with KRE v1's names: ``node_elapsed_time`` and ``workflow_elapsed_time``.
 
-    KRE v1 fields keep their names and meanings; ``success`` (bool) and
-    ``error`` (``""``; ``"invalid"``: the request was rejected before the
-    handler ran; ``"failed"``: anything else went wrong) are added.
+    KRE v1 fields keep their names and meanings. A message that ended in an
+    error adds an ``error`` field to both: ``"invalid"`` when the request was
+    rejected before the handler ran, ``"failed"`` for anything else. A
+    successful one writes no such field, so that the store keeps only
+    KRE v1's samples for it.
 
     :meth:`record` runs on the event loop's thread, so it only keeps the
     values; the writer thread parses the timestamps and writes the lines, a
@@ -308,11 +311,9 @@ class NodePoints:
 
     def __init__(self, *, sink: PointSink, workflow: str, version: str, node: str, last_node: bool) -> None:
         self._sink = sink
-        # Tags never change: their part of the line is built once, into a %-format for the rest.
-        node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
-        workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
-        self._node_format = node_head.replace("%", "%%") + _NODE_FIELDS
-        self._workflow_format = workflow_head.replace("%", "%%") + _WORKFLOW_FIELDS
+        # Tags never change: their part of the line is made once.
+        self._node_head = _head("node_elapsed_time", {"workflow": workflow, "version": version, "node": node})
+        self._workflow_head = _head("workflow_elapsed_time", {"workflow": workflow, "version": version})
         self._last_node = last_node
         self._node_line = self._render_node_lines  # bound once, not once per message
         self._workflow_line = self._render_workflow_lines
@@ -328,28 +329,30 @@ class NodePoints:
         self._sink.put_many(items)
 
     def _render_node_lines(self, points: list[tuple[Any, Timing]]) -> list[str]:
-        tracking_ids, nodes_from, elapsed, previous_ends, started_ns, _, errors = _columns(points)
-        values = zip(_escaped_strings(tracking_ids), map(_quoted_name, nodes_from), [s * 1000 for s in elapsed],
-                     _ms_from_each(previous_ends, started_ns), map(_node_outcome, errors),
-                     _ends_ns(started_ns, elapsed), strict=True)
-        return list(map(self._node_format.__mod__, values))
+        tracking_ids, nodes_from, elapsed_ns, previous_ends, started_ns, _, errors = _columns(points)
+        head, ms_per_ns, error_field = self._node_head, _MS_PER_NS, _ERROR_FIELDS
+        return [
+            f'{head} tracking_id="{tracking_id}",node_from="{node_from}",elapsed_ms={elapsed * ms_per_ns:.3f},'
+            f"waiting_ms={waiting:.3f}{error_field[error]} {started + elapsed}"
+            for tracking_id, node_from, elapsed, waiting, error, started in zip(
+                _escaped_strings(tracking_ids), _escaped_strings(nodes_from), elapsed_ns,
+                _ms_from_each(previous_ends, started_ns), errors, started_ns, strict=True)
+        ]
 
     def _render_workflow_lines(self, points: list[tuple[Any, Timing]]) -> list[str]:
-        tracking_ids, _, elapsed, _, started_ns, first_starts, errors = _columns(points)
-        ended_ns = _ends_ns(started_ns, elapsed)
-        values = zip(_ms_from_each(first_starts, ended_ns), _escaped_strings(tracking_ids), map(_success, errors),
-                     ended_ns, strict=True)
-        return list(map(self._workflow_format.__mod__, values))
+        tracking_ids, _, elapsed_ns, _, started_ns, first_starts, errors = _columns(points)
+        ended_ns = list(map(operator.add, started_ns, elapsed_ns))
+        head, error_field = self._workflow_head, _ERROR_FIELDS
+        return [
+            f'{head} elapsed_ms={elapsed:.3f},tracking_id="{tracking_id}"{error_field[error]} {ended}'
+            for elapsed, tracking_id, error, ended in zip(
+                _ms_from_each(first_starts, ended_ns), _escaped_strings(tracking_ids), errors, ended_ns, strict=True)
+        ]
 
 
 def _columns(points: list[tuple[Any, Timing]]) -> list[tuple[Any, ...]]:
     """A batch's timings as columns, in :data:`Timing`'s order."""
     return list(zip(*[timing for _, timing in points], strict=True))
-
-
-def _ends_ns(started_ns: tuple[int, ...], elapsed: tuple[float, ...]) -> list[int]:
-    """When each answer was made: the points' time."""
-    return [start + round(seconds * 1e9) for start, seconds in zip(started_ns, elapsed, strict=True)]
 
 
 def _escaped_strings(texts: tuple[str, ...]) -> tuple[str, ...] | list[str]:
@@ -362,27 +365,21 @@ def _escaped_strings(texts: tuple[str, ...]) -> tuple[str, ...] | list[str]:
 
 
 def _ms_from_each(starts: Sequence[str], ends_ns: Sequence[int]) -> list[float]:
-    """Milliseconds from each tracking timestamp to its ``ends_ns``; 0 for one that is missing or unreadable."""
-    try:  # KRE v1's naive timestamps, the usual case: parsed by datetime's C code, a batch at a time
-        return [end / 1e6 - (moment - _NAIVE_EPOCH) / _MILLISECOND
-                for moment, end in zip(map(datetime.fromisoformat, starts), ends_ns, strict=True)]
-    except (ValueError, TypeError):  # an empty, malformed or time-zoned one in the batch: one at a time
+    """Milliseconds from each tracking timestamp to its ``ends_ns``; 0 for one that is missing or unreadable.
+
+    The usual batch is parsed by datetime's C code and measured from its first timestamp, whose time since the
+    epoch is worked out once: small differences, exact to the microsecond, and little arithmetic per point.
+    """
+    if not starts:
+        return []
+    try:
+        moments = list(map(datetime.fromisoformat, starts))
+        base = moments[0]
+        base_ns = _datetime_ns(base)
+        return [(end - base_ns) * _MS_PER_NS - seconds * 1000 for end, seconds in zip(
+            ends_ns, map(timedelta.total_seconds, map(operator.sub, moments, itertools.repeat(base))), strict=True)]
+    except (ValueError, TypeError):  # an empty, malformed or mixed-zone one in the batch: one at a time
         return list(map(_ms_since, starts, ends_ns))
-
-
-@functools.lru_cache(maxsize=256)  # node names: a workflow has a handful
-def _quoted_name(name: str) -> str:
-    return _string(name)
-
-
-@functools.lru_cache(maxsize=8)  # "", "invalid", "failed"
-def _node_outcome(error: str) -> str:
-    return f"success={_success(error)},error={_string(error)}"
-
-
-@functools.lru_cache(maxsize=8)
-def _success(error: str) -> str:
-    return "false" if error else "true"
 
 
 def _ms_since(start: str, end_ns: int) -> float:

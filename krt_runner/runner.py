@@ -59,12 +59,12 @@ class Job:
         self.hops = 0  # tracking entries received, before this node's own
         self.replied = False
         self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
-        self.started = time.perf_counter()
-        self.started_ns = time.time_ns()
+        self.started = time.perf_counter_ns()  # for durations
+        self.started_ns = time.time_ns()  # for timestamps
 
     def restart(self) -> None:
         """Its handler starts now: a pipelined message's time in the node runs from here, not from its wait."""
-        self.started = time.perf_counter()
+        self.started = time.perf_counter_ns()
         self.started_ns = time.time_ns()
 
 
@@ -103,7 +103,7 @@ class Node:
         self._last_node = settings.is_last_node
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
         self.ready = asyncio.Event()
-        self.last_received = time.perf_counter()  # for KRT_IDLE_TIMEOUT
+        self.last_received = time.perf_counter_ns()  # for KRT_IDLE_TIMEOUT
         self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
 
     # -- life cycle -------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class Node:
         await self._run_init()
         queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
         await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self._on_message)
-        self.last_received = time.perf_counter()  # a long init is not idle time
+        self.last_received = time.perf_counter_ns()  # a long init is not idle time
         self.ready.set()
         self.health.start()
         self.log.info("node ready", input=self.settings.input_subject, output=self.settings.output_subject or None)
@@ -197,7 +197,7 @@ class Node:
             await self._send_error(job, exc)
         finally:
             if self._measured:
-                self._record_soon(self._timing(job, time.perf_counter() - job.started, error))
+                self._record_soon(self._timing(job, time.perf_counter_ns() - job.started, error))
 
     def _decode(self, job: Job, data: bytes) -> None:
         request = envelope.decode(data, max_decompressed=self.settings.max_decompressed_bytes)
@@ -324,12 +324,12 @@ class Node:
         if timings:
             self._points.record(timings)
 
-    def _timing(self, job: Job, elapsed: float, error: str) -> Timing:
+    def _timing(self, job: Job, elapsed_ns: int, error: str) -> Timing:
         if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
-            return (job.tracking_id, "", elapsed, "", job.started_ns, None, error)
+            return (job.tracking_id, "", elapsed_ns, "", job.started_ns, None, error)
         previous = job.tracking[job.hops - 1]
         first_start = job.tracking[0].start if self._last_node else None
-        return (job.tracking_id, previous.node_name, elapsed, previous.end, job.started_ns, first_start, error)
+        return (job.tracking_id, previous.node_name, elapsed_ns, previous.end, job.started_ns, first_start, error)
 
 
 async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -437,7 +437,7 @@ async def _wait_for_stop(node: Node, stop: asyncio.Event) -> None:
     """Until SIGTERM or SIGINT, or ``KRT_IDLE_TIMEOUT`` seconds without a message received."""
     timeout = node.settings.idle_timeout
     while timeout is not None and not stop.is_set():
-        remaining = node.last_received + timeout - time.perf_counter()
+        remaining = timeout - (time.perf_counter_ns() - node.last_received) / 1e9
         if remaining <= 0:
             node.log.info("idle timeout: no message received; stopping", idle_timeout=timeout)
             return

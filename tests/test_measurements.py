@@ -215,10 +215,10 @@ def test_an_unknown_precision_or_time_type_is_refused():
 
 def timing(tracking_id: str = "t", *, node_from: str = "a", elapsed_ms: float = 1.0, previous_end: str = "",
            started_ns: int = 0, first_start: str | None = None, error: str = "") -> Timing:
-    return (tracking_id, node_from, elapsed_ms / 1000, previous_end, started_ns, first_start, error)
+    return (tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start, error)
 
 
-def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
+def test_node_elapsed_time_has_kre_v1_tags_and_fields_and_no_error_field_when_the_message_succeeded():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
@@ -228,7 +228,7 @@ def test_node_elapsed_time_has_kre_v1_tags_and_fields_plus_success():
     (line,) = sink.lines
     assert line == (
         'node_elapsed_time,node=a,version=v1,workflow=wf tracking_id="t-1",node_from="entrypoint",'
-        f'elapsed_ms=1.500,waiting_ms=0.250,success=true,error="" {T0_NS + 1_750_000}'
+        f"elapsed_ms=1.500,waiting_ms=0.250 {T0_NS + 1_750_000}"
     ), line
 
 
@@ -240,21 +240,23 @@ def test_durations_are_written_to_the_microsecond_and_an_unreadable_start_waits_
     points.record([timing(elapsed_ms=0.29717799998, previous_end=previous_end,
                           started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0)])
 
-    assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000," in sink.lines[0]
+    assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000 " in sink.lines[0]
 
 
-def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded():
+@pytest.mark.parametrize("error", ["invalid", "failed"])
+def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded_in_both_points(error):
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
     first_start = datetime.now(timezone.utc) - timedelta(milliseconds=12.5)
 
     points.record([timing("t-2", elapsed_ms=2.0, started_ns=time.time_ns() - 2_000_000,
-                          first_start=timestamp(first_start), error="failed")])
+                          first_start=timestamp(first_start), error=error)])
 
     node, workflow = sink.lines
-    assert "success=false" in node and 'error="failed"' in node
+    assert re.fullmatch(rf'node_elapsed_time,node=c,version=v1,workflow=wf tracking_id="t-2",node_from="a",'
+                        rf'elapsed_ms=2\.000,waiting_ms=\d+\.\d{{3}},error="{error}" \d+', node), node
     found = re.fullmatch(r'workflow_elapsed_time,version=v1,workflow=wf elapsed_ms=(\d+\.\d{3}),tracking_id="t-2",'
-                         r"success=false \d+", workflow)
+                         rf'error="{error}" \d+', workflow)
     assert found and 12.5 <= float(found[1]) < 5000, workflow
     assert all(LINE_PROTOCOL.match(line) for line in sink.lines)
 
@@ -301,15 +303,39 @@ async def test_points_rendered_in_one_batch_read_each_timestamp_and_escape_each_
 
     assert [line for line in destination.lines if line.startswith("node_elapsed_time")] == [
         f'node_elapsed_time,node=n%s,version=100%,workflow=w\\ f tracking_id="{written}",node_from="a",'
-        f'elapsed_ms=0.500,waiting_ms={waiting},success=true,error="" {one_ms_later + 500_000}'
+        f"elapsed_ms=0.500,waiting_ms={waiting} {one_ms_later + 500_000}"
         for _, written, _, waiting in cases
     ]
     assert [line for line in destination.lines if line.startswith("workflow_elapsed_time")] == [
-        f'workflow_elapsed_time,version=100%,workflow=w\\ f elapsed_ms=1.500,tracking_id="{written}",success=true'
+        f'workflow_elapsed_time,version=100%,workflow=w\\ f elapsed_ms=1.500,tracking_id="{written}"'
         f" {one_ms_later + 500_000}"
         for _, written, _, _ in cases
     ]
     assert all(LINE_PROTOCOL.match(line) for line in destination.lines)
+
+
+@pytest.mark.parametrize("zone", ["", "Z", "+01:00"])
+async def test_waiting_ms_in_one_batch_is_exact_across_midnight_and_for_a_previous_end_after_the_start(zone):
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=100)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+    midnight = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    midnight_ns = int(midnight.timestamp()) * 1_000_000_000
+    offset = timedelta(hours=1) if zone == "+01:00" else timedelta(0)
+    ends = [  # the previous node's end, and milliseconds from it to this node's start
+        (midnight - timedelta(microseconds=1500), 1.500),
+        (midnight + timedelta(days=1, microseconds=250), -0.250 - 86_400_000),
+        (midnight - timedelta(seconds=3), 3000.0),
+        (midnight + timedelta(microseconds=1), -0.001),
+    ]
+
+    points.record([timing(f"t-{i}", previous_end=(end + offset).replace(tzinfo=None).isoformat() + zone,
+                          started_ns=midnight_ns) for i, (end, _) in enumerate(ends)])
+    await sink.close(timeout=2)
+
+    assert len(destination.batches) == 1  # rendered together: the batch path, not one point at a time
+    assert [line.split("waiting_ms=")[1].split(" ")[0] for line in destination.lines] == [
+        f"{waiting:.3f}" for _, waiting in ends]
 
 
 async def test_a_batch_larger_than_a_render_slice_keeps_every_point_in_order():
