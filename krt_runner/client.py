@@ -69,7 +69,7 @@ def request_envelope(request: Message, *, tracking_id: str | None = None) -> Kre
     """The ``KreNatsMessage`` a KRE v1 entrypoint sends: a fresh tracking id and an ``entrypoint`` entry."""
     started = envelope.timestamp()
     message = KreNatsMessage(tracking_id=tracking_id or str(uuid.uuid4()))
-    message.payload.CopyFrom(envelope.pack(request))
+    envelope.pack_into(message.payload, request)
     message.tracking.add(node_name="entrypoint", start=started, end=envelope.timestamp())
     return message
 

@@ -19,8 +19,10 @@ __all__ = [
     "decode",
     "encode",
     "pack",
+    "pack_into",
     "parse_timestamp",
     "timestamp",
+    "type_url",
 ]
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -28,6 +30,10 @@ GZIP_MAGIC = b"\x1f\x8b"
 _INFLATE_CHUNK = 1024 * 1024
 # Compression level 6 is gzip's default: a fair trade of CPU for size.
 _GZIP_LEVEL = 6
+# Any's type URLs, as Any.Pack writes them, by message class (a handler answers with a few classes).
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+_TYPE_URLS: dict[type[Message], str] = {}
+_TYPE_URLS_KEPT = 256
 # Naive UTC with microseconds always present, as KRE v1's Python and Go runners write and parse.
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -140,5 +146,28 @@ def pack(result: Message) -> AnyMessage:
     if isinstance(result, AnyMessage):
         return result
     wrapped = AnyMessage()
-    wrapped.Pack(result)
+    pack_into(wrapped, result)
     return wrapped
+
+
+def pack_into(payload: AnyMessage, result: Message) -> None:
+    """Make ``payload`` hold ``result``: what ``payload.Pack(result)`` makes, or a copy of an ``Any``.
+
+    Once per message on every node: the type URL is worked out once per class, where ``Any.Pack`` (Python code)
+    formats it from the descriptor on every call (about 40% of the cost of packing a small message).
+    """
+    if isinstance(result, AnyMessage):
+        payload.CopyFrom(result)
+        return
+    payload.type_url = type_url(type(result))
+    payload.value = result.SerializeToString()
+
+
+def type_url(message_class: type[Message]) -> str:
+    """The type URL ``Any.Pack`` writes for ``message_class``, worked out once per class."""
+    url = _TYPE_URLS.get(message_class)
+    if url is None:
+        url = _TYPE_URL_PREFIX + message_class.DESCRIPTOR.full_name
+        if len(_TYPE_URLS) < _TYPE_URLS_KEPT:
+            _TYPE_URLS[message_class] = url
+    return url

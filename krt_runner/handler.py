@@ -27,6 +27,7 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
 
 from ._workers import WorkerThreads
+from .envelope import type_url
 from .errors import HandlerLoadError, InvalidRequestError
 from .processor import Processor
 
@@ -266,7 +267,10 @@ def unpack_request(payload: AnyMessage, request_type: type[Message]) -> Message:
     """The payload as ``request_type``; :class:`InvalidRequestError` naming both types otherwise."""
     request = request_type()
     try:
-        if payload.Unpack(request):
+        if payload.type_url == type_url(request_type):  # as Any.Pack wrote it: no need for Unpack's parsing of it
+            request.ParseFromString(payload.value)
+            return request
+        if payload.Unpack(request):  # another prefix before the type name
             return request
     except DecodeError as exc:
         raise InvalidRequestError(

@@ -26,7 +26,7 @@ from . import envelope
 from .broker import Broker
 from .config import Settings
 from .context import HandlerContext, NodeState
-from .envelope import AnyMessage, KreNatsMessage
+from .envelope import KreNatsMessage
 from .errors import (
     BrokerConnectError,
     EnvelopeError,
@@ -255,10 +255,7 @@ class Node:
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""
         job.tracking.add(node_name=self.name, start=envelope.timestamp(job.started_ns), end=envelope.timestamp())
-        if isinstance(result, AnyMessage):
-            request.payload.CopyFrom(result)
-        else:
-            request.payload.Pack(result)
+        envelope.pack_into(request.payload, result)
         subject = self.settings.output_subject or ("" if request.replied else job.reply)
         if subject:
             return subject, envelope.encode(request, max_payload=self.broker.max_payload)
@@ -280,7 +277,7 @@ class Node:
             raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
         answer = self._answer_envelope(job, request)
         answer.replied = True
-        answer.payload.CopyFrom(envelope.pack(message))
+        envelope.pack_into(answer.payload, message)
         await self.broker.publish(job.reply, envelope.encode(answer, max_payload=self.broker.max_payload))
         job.replied = True
 

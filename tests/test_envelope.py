@@ -104,6 +104,24 @@ def test_pack_wraps_a_message_and_keeps_an_any_as_it_is():
     assert envelope.pack(already) is already
 
 
+@pytest.mark.parametrize("result", [
+    greeter_pb2.Response(greeting="hi"), greeter_pb2.Request(name="Ada"), greeter_pb2.Response(),
+    AnyMessage(type_url="type.googleapis.com/custom.Thing", value=b"\x01"),
+])
+def test_pack_into_makes_what_any_pack_makes_and_copies_an_any(result):
+    expected = AnyMessage()
+    if isinstance(result, AnyMessage):
+        expected.CopyFrom(result)
+    else:
+        expected.Pack(result)
+
+    for _ in range(2):  # the type URL worked out, then remembered
+        target = KreNatsMessage(tracking_id="t")
+        envelope.pack_into(target.payload, result)
+        assert target.payload.SerializeToString() == expected.SerializeToString()
+        assert target.payload.type_url == expected.type_url
+
+
 def test_envelope_field_numbers_match_kre_v1():
     fields = {f.name: f.number for f in KreNatsMessage.DESCRIPTOR.fields}
     tracking = {f.name: f.number for f in KreNatsMessage.Tracking.DESCRIPTOR.fields}

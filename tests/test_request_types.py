@@ -103,10 +103,21 @@ def packed(message) -> AnyMessage:
     return payload
 
 
-def test_a_payload_of_the_annotated_type_is_unpacked():
-    request = unpack_request(packed(greeter_pb2.Request(name="Ada")), greeter_pb2.Request)
+@pytest.mark.parametrize("prefix", ["type.googleapis.com/", "example.com/types/"])
+def test_a_payload_of_the_annotated_type_is_unpacked_whatever_the_type_url_prefix(prefix):
+    payload = AnyMessage()
+    payload.Pack(greeter_pb2.Request(name="Ada"), type_url_prefix=prefix)
+
+    request = unpack_request(payload, greeter_pb2.Request)
 
     assert request == greeter_pb2.Request(name="Ada")
+
+
+def test_a_payload_of_the_annotated_type_that_does_not_parse_is_an_invalid_request():
+    payload = AnyMessage(type_url="type.googleapis.com/greeter.Request", value=b"\xff\xff\xff")
+
+    with pytest.raises(InvalidRequestError, match="payload is not a valid greeter.Request"):
+        unpack_request(payload, greeter_pb2.Request)
 
 
 @pytest.mark.parametrize(
