@@ -116,7 +116,7 @@ def test_a_payload_of_the_annotated_type_is_unpacked_whatever_the_type_url_prefi
 def test_a_payload_of_the_annotated_type_that_does_not_parse_is_an_invalid_request():
     payload = AnyMessage(type_url="type.googleapis.com/greeter.Request", value=b"\xff\xff\xff")
 
-    with pytest.raises(InvalidRequestError, match="payload is not a valid greeter.Request"):
+    with pytest.raises(InvalidRequestError, match=r"payload is not a valid greeter\.Request"):
         unpack_request(payload, greeter_pb2.Request)
 
 
