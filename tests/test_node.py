@@ -83,6 +83,18 @@ async def test_sync_handler_runs_on_a_worker_thread(nats_server, start_node, req
     assert unpack(answer, greeter_pb2.Request).name.startswith("krt-handler")
 
 
+@pytest.mark.parametrize(("module", "interval"), [("behaviours_sync.py", "0.001"), ("behaviours.py", "0.005")])
+async def test_a_node_with_a_sync_handler_switches_threads_every_millisecond(
+    nats_server, start_node, requester, module, interval
+):
+    # A busy sync handler holds the GIL from one call to the next: the event loop's thread must get it back soon.
+    start_node(**node_env(nats_server, HANDLERS, module, input="in"))
+
+    answer = await requester.greet("in", "switchinterval")
+
+    assert unpack(answer, greeter_pb2.Request).name == interval  # an async handler's node keeps Python's default
+
+
 PIPELINED = ["message received", "message received", "answer published", "answer published"]
 ONE_AFTER_THE_OTHER = ["message received", "answer published", "message received", "answer published"]
 

@@ -7,6 +7,7 @@ Every answer is a ``Request`` whose name is the input name followed by
 
 import asyncio
 import os
+import sys
 import time
 
 from greeter_pb2 import Request, Response
@@ -63,4 +64,6 @@ async def handler(ctx, data):
         return Request(name=str(ctx.get(argument)))
     if command == "init":
         return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
+    if command == "switchinterval":
+        return Request(name=str(sys.getswitchinterval()))
     return Request(name=f"{name}>{NODE}")

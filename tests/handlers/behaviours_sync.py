@@ -1,6 +1,7 @@
 """``behaviours.py`` with a sync init and a sync handler (run on worker threads)."""
 
 import os
+import sys
 import threading
 import time
 
@@ -37,6 +38,8 @@ def handler(ctx, data):
         return Request(name=threading.current_thread().name)
     if command == "init":
         return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
+    if command == "switchinterval":
+        return Request(name=str(sys.getswitchinterval()))
     return Request(name=f"{name}>{NODE}")
 
 
