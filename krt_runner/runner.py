@@ -254,10 +254,7 @@ class Node:
             request.replied = True
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""
-        entry = job.tracking.add()  # field by field: cheaper than keyword arguments, once per message
-        entry.node_name = self.name
-        entry.start = envelope.timestamp(job.started_ns)
-        entry.end = envelope.timestamp()
+        _add_own_entry(job.tracking, self.name, job.started_ns)
         envelope.pack_into(request.payload, result)
         subject = self.settings.output_subject or ("" if request.replied else job.reply)
         if subject:
@@ -288,7 +285,7 @@ class Node:
         answer = KreNatsMessage(tracking_id=request.tracking_id if request else "", reply=job.reply)
         if request is not None:
             answer.tracking.extend(request.tracking[: job.hops])
-        answer.tracking.add(node_name=self.name, start=envelope.timestamp(job.started_ns), end=envelope.timestamp())
+        _add_own_entry(answer.tracking, self.name, job.started_ns)
         return answer
 
     async def _send_error(self, job: Job, exc: Exception) -> None:
@@ -330,6 +327,15 @@ class Node:
         previous = job.tracking[job.hops - 1]
         first_start = job.tracking[0].start if self._last_node else None
         return (job.tracking_id, previous.node_name, elapsed_ns, previous.end, job.started_ns, first_start, error)
+
+
+def _add_own_entry(tracking: Any, node_name: str, started_ns: int) -> None:
+    """This node's tracking entry, from ``started_ns`` to now: filled field by field, which is cheaper than keyword
+    arguments (it runs once per message)."""
+    entry = tracking.add()
+    entry.node_name = node_name
+    entry.start = envelope.timestamp(started_ns)
+    entry.end = envelope.timestamp()
 
 
 async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
