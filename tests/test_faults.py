@@ -127,13 +127,14 @@ async def test_node_survives_nats_server_sigkill_and_answers_again_soon_after_re
 
 
 @pytest.mark.parametrize(
-    ("module", "concurrency"), [("behaviours.py", 1), ("behaviours.py", 4), ("behaviours_sync.py", 1)]
+    ("module", "concurrency"), [("behaviours.py", 1), ("behaviours.py", 2), ("behaviours_sync.py", 1)]
 )
 async def test_sigterm_under_steady_load_answers_every_message_taken_and_exits_0(
     nats_server: EmbeddedNats, start_node: NodeFactory, answer_logs, module: str, concurrency: int
 ) -> None:
-    # 50 ms per message, 60 offered per second: with one slot a backlog is queued when SIGTERM comes,
-    # with four, several messages are in the handler; a sync handler has one more taken, waiting for its thread.
+    # 50 ms per message, 60 offered per second: a backlog is queued when SIGTERM comes. With one slot it waits in
+    # nats-py; with two, two messages are in the handler and more wait in the workers' queue as well; a sync
+    # handler has one more taken, waiting for its thread.
     slots = {"KRT_CONCURRENCY": str(concurrency)}
     node = start_node(**node_env(nats_server, HANDLERS, module, input="load", name="loaded", **slots))
     log = await answer_logs(nats_server)

@@ -127,6 +127,15 @@ async def test_a_pipelined_sync_handler_still_makes_at_most_krt_concurrency_call
     assert "others=1" in others and "others=2" not in others, others  # two at a time, never three
 
 
+async def test_an_async_handler_runs_krt_concurrency_calls_at_once_and_never_more(nats_server, start_node, requester):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_CONCURRENCY="3"))
+
+    answers = await asyncio.gather(*(requester.greet("in", "wait:0.3") for _ in range(9)))
+
+    others = sorted(unpack(answer, greeter_pb2.Request).name for answer in answers)
+    assert others[-1] == "others=2", others  # three at a time, never four
+
+
 @pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
 async def test_one_message_at_a_time_answers_in_the_order_the_requests_came(
     nats_server, start_node, requester, module

@@ -13,6 +13,7 @@ import time
 from greeter_pb2 import Request, Response
 
 INIT_CALLS = 0
+RUNNING = 0  # "wait" calls under way
 NODE = os.environ.get("KRT_NODE_NAME", "node")
 
 
@@ -49,6 +50,8 @@ async def handler(ctx, data):
         return {"not": "a protobuf message"}
     if command == "sleep":
         await asyncio.sleep(float(argument))
+    if command == "wait":  # answers how many other calls were under way when this one began
+        return Request(name=f"others={await _wait(float(argument))}")
     if command == "spin":  # busy without awaiting: messages that arrive together are handled in one loop pass
         until = time.perf_counter() + float(argument)
         while time.perf_counter() < until:
@@ -67,3 +70,14 @@ async def handler(ctx, data):
     if command == "switchinterval":
         return Request(name=str(sys.getswitchinterval()))
     return Request(name=f"{name}>{NODE}")
+
+
+async def _wait(seconds):
+    global RUNNING
+    others = RUNNING
+    RUNNING += 1
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        RUNNING -= 1
+    return others
