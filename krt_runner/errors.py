@@ -32,6 +32,10 @@ class HandlerTimeoutError(KrtRunnerError):
     """The handler did not finish within ``KRT_HANDLER_TIMEOUT``."""
 
 
+class DrainTimeoutError(KrtRunnerError):
+    """The node stopped before this message was answered: ``KRT_DRAIN_TIMEOUT`` ran out."""
+
+
 class InvalidResultError(KrtRunnerError):
     """The handler returned something that is not a protobuf message."""
 

@@ -5,9 +5,10 @@ CLI), connect, ``init`` awaited to the end, subscribe. No message reaches a
 half-initialised node.
 
 Shutdown order: stop intake (unsubscribe; nats-py runs the callbacks of what it
-already holds), wait for in-flight messages up to ``KRT_DRAIN_TIMEOUT``, flush
-the answers and close NATS, flush measurements. Every message taken gets its
-answer before exit.
+already holds), wait for in-flight messages up to ``KRT_DRAIN_TIMEOUT`` (then
+cancel them and refuse the rest, each with an error answer), flush the answers
+and close NATS, flush measurements. Every message taken gets its answer before
+exit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .context import HandlerContext, NodeState
 from .envelope import KreNatsMessage
 from .errors import (
     BrokerConnectError,
+    DrainTimeoutError,
     EnvelopeError,
     HandlerError,
     HandlerTimeoutError,
@@ -103,6 +105,9 @@ class Node:
         self._taken: asyncio.Queue[Msg] | None = asyncio.Queue(workers) if workers > 1 else None
         self._workers = workers
         self._worker_tasks: list[asyncio.Task[None]] = []
+        self._intake: asyncio.Task[Any] | None = None  # nats-py's task that runs _on_message (at concurrency 1)
+        self._handler_step: Callable[[Job], Awaitable[Any]] = self._call_handler  # _refuse once the drain ran out
+        self._drain_expired = False  # a message cancelled now is one stop() gave up on: it gets an error answer
         self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
         self._debug = settings.log_level == "debug"
         self._measured = settings.measurements_enabled
@@ -154,6 +159,7 @@ class Node:
             self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
         await self._wait_in_flight(deadline)
         await self.broker.close()
+        await self._end_workers()
         self._record_unrecorded()  # the last answers' points, should the loop not have come round to them
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
         self._caller.close()
@@ -166,13 +172,30 @@ class Node:
         return queued + self.counts["received"] - self.counts["answered"] - self.counts["errors"]
 
     async def _wait_in_flight(self, deadline: float) -> None:
-        """Let the workers finish what was taken (nats-py's drain has handed it all over), then end them."""
+        """Let the handlers finish what was taken (nats-py's drain has handed it over) until ``deadline``."""
+        if self._taken is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._taken.join(), timeout=max(0.0, deadline - time.monotonic()))
+        if self.in_flight:
+            self._give_up_on_in_flight()
+
+    def _give_up_on_in_flight(self) -> None:
+        """KRT_DRAIN_TIMEOUT ran out: cancel the handlers still running and refuse what waits, each message with an
+        error answer, before the connection closes."""
+        self.log.error("drain timeout: answering unfinished messages with an error", unfinished=self.in_flight,
+                       seconds=self.settings.drain_timeout)
+        self._drain_expired = True
+        self._handler_step = self._refuse
         if self._taken is None:
+            if self._intake is not None:  # nats-py's task goes on to the messages it still holds: refused
+                self._intake.cancel()
             return
-        try:
-            await asyncio.wait_for(self._taken.join(), timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            self.log.error("drain timeout: cancelling unfinished messages", unfinished=self.in_flight)
+        for task in self._worker_tasks:  # the busy ones go on as refusers; the idle ones end
+            task.cancel()
+        self._worker_tasks.append(asyncio.get_running_loop().create_task(self._work(self._taken)))
+
+    async def _end_workers(self) -> None:
+        self._drain_expired = False  # from now on a cancelled worker ends, whatever it is doing
         for task in self._worker_tasks:
             task.cancel()
         await asyncio.gather(*self._worker_tasks, return_exceptions=True)
@@ -180,6 +203,8 @@ class Node:
     # -- per message -------------------------------------------------------------------------
 
     async def _on_message(self, msg: Msg) -> None:
+        if self._intake is None:  # nats-py's task for the subscription: for stop(), should the drain time out
+            self._intake = asyncio.current_task()  # (1.6k instructions: once, not per message)
         await self.handle(msg.data, msg.reply)
 
     async def _work(self, taken: asyncio.Queue[Msg]) -> None:
@@ -201,7 +226,7 @@ class Node:
         error = ""  # for the measurements: "", "invalid" or "failed"
         try:
             self._decode(job, data)
-            result = await self._call_handler(job)
+            result = await self._handler_step(job)
             subject, answer = self._answer(job, result)
             if subject:
                 await self.broker.publish(subject, answer)
@@ -214,6 +239,12 @@ class Node:
         except Exception as exc:
             error = "failed"
             await self._send_error(job, exc)
+        except asyncio.CancelledError:
+            if not self._drain_expired:
+                raise
+            _uncancel()  # this task goes on: to refuse the messages still waiting
+            error = "failed"
+            await self._send_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
         finally:
             if self._measured:
                 self._record_soon(self._timing(job, time.perf_counter_ns() - job.started, error))
@@ -242,17 +273,34 @@ class Node:
             if timeout is None:
                 return await self._caller.call(self.code.handler, ctx, data)
             return await asyncio.wait_for(_as_handler_errors(self._caller.call, self.code.handler, ctx, data), timeout)
-        except asyncio.TimeoutError as exc:
-            if timeout is None:  # the handler's own
-                raise HandlerError(f"handler raised {_describe(exc)}") from exc
-            # wait_for's: with a timeout set, the handler's own TimeoutError arrives as a HandlerError
-            raise HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)") from None
         except (InvalidRequestError, HandlerError):
             raise
-        except Exception as exc:
-            raise HandlerError(f"handler raised {_describe(exc)}") from exc
+        except (Exception, asyncio.CancelledError) as exc:
+            raise self._handler_failure(exc, timeout)  # noqa: B904  (the failure carries its own cause)
         finally:
             job.handler_done = True
+
+    def _handler_failure(self, exc: BaseException, timeout: float | None) -> BaseException:
+        """What an exception out of the handler's call becomes: a HandlerError naming it, the timeout's error, or,
+        when stop() cancelled the call, that cancellation as it is."""
+        if isinstance(exc, asyncio.CancelledError) and self._drain_expired:
+            return exc
+        if isinstance(exc, asyncio.TimeoutError) and timeout is not None:
+            # wait_for's: with a timeout set, the handler's own TimeoutError arrives as a HandlerError
+            failure: BaseException = HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)")
+            failure.__suppress_context__ = True
+            return failure
+        # The handler's own, CancelledError included: the node goes on.
+        failure = HandlerError(f"handler raised {_describe(exc)}")
+        failure.__cause__ = exc
+        return failure
+
+    async def _refuse(self, job: Job) -> Any:
+        """In place of the handler once the drain has timed out."""
+        raise DrainTimeoutError(self._drain_text("before this message was handled"))
+
+    def _drain_text(self, when: str) -> str:
+        return f"the node stopped: KRT_DRAIN_TIMEOUT ({self.settings.drain_timeout:g}s) ran out {when}"
 
     def _handler_from_now(self, job: Job, ctx: HandlerContext, data: Any) -> Any:
         """The sync handler, on its worker thread, with the message's clock restarted (see ``_pipelined``)."""
@@ -346,6 +394,13 @@ class Node:
         previous = job.tracking[job.hops - 1]
         first_start = job.tracking[0].start if self._last_node else None
         return (job.tracking_id, previous.node_name, elapsed_ns, previous.end, job.started_ns, first_start, error)
+
+
+def _uncancel() -> None:
+    """Forget the cancellation just caught, so the task's later awaits behave as usual (Python 3.11+)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
 
 
 def _add_own_entry(tracking: Any, node_name: str, started_ns: int) -> None:

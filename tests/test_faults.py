@@ -163,6 +163,34 @@ async def test_sigterm_under_steady_load_answers_every_message_taken_and_exits_0
     assert all(not got[0].message.error for got in log.answers.values()), measured
 
 
+@pytest.mark.parametrize(
+    ("module", "concurrency"), [("behaviours.py", 1), ("behaviours.py", 2), ("behaviours_sync.py", 2)]
+)
+async def test_at_the_drain_timeout_every_message_taken_gets_an_error_answer_and_the_node_exits_0(
+    nats_server: EmbeddedNats, start_node: NodeFactory, answer_logs, module: str, concurrency: int
+) -> None:
+    # Handlers that outlast KRT_DRAIN_TIMEOUT: some messages are in a handler, the rest wait behind them.
+    env = {"KRT_CONCURRENCY": str(concurrency), "KRT_DRAIN_TIMEOUT": "1"}
+    node = start_node(**node_env(nats_server, HANDLERS, module, input="stuck", name="stuck", **env))
+    log = await answer_logs(nats_server)
+    for _ in range(5):
+        await log.send("stuck", request("sleep:30"))
+    await asyncio.sleep(0.5)  # the first ones are in their handlers
+
+    node.signal(signal.SIGTERM)
+    exit_code = await node_exit(node, timeout=15)
+    await log.wait_answered(list(log.sent), timeout=2.0)
+
+    errors = [got[0].message.error for got in log.answers.values()]
+    summary = summary_line(node.output)
+    assert exit_code == 0, node.output
+    assert len(errors) == 5 and not log.duplicates, f"{errors}\n{node.output}"
+    assert all("KRT_DRAIN_TIMEOUT (1s)" in error for error in errors), errors
+    # a pipelined sync handler has one more message in hand, waiting for a thread
+    assert sum("before its handler finished" in error for error in errors) >= concurrency, errors
+    assert summary["received"] == summary["errors"] == 5, summary
+
+
 async def test_sigterm_exits_at_once_while_a_timed_out_sync_handler_is_still_running(
     nats_server: EmbeddedNats, start_node: NodeFactory, requester
 ) -> None:

@@ -127,6 +127,19 @@ async def test_a_pipelined_sync_handler_still_makes_at_most_krt_concurrency_call
     assert "others=1" in others and "others=2" not in others, others  # two at a time, never three
 
 
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+async def test_a_handler_raising_cancelled_error_gets_an_error_answer_and_the_node_keeps_taking_messages(
+    nats_server, start_node, requester, concurrency
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_CONCURRENCY=concurrency))
+
+    failed = await asyncio.gather(*(requester.greet("in", "cancelled", timeout=5) for _ in range(3)))
+    answered = await requester.greet("in", "after", timeout=5)
+
+    assert all("handler raised CancelledError" in answer.error for answer in failed), failed
+    assert unpack(answered, greeter_pb2.Request).name == "after>behaviours"
+
+
 async def test_an_async_handler_runs_krt_concurrency_calls_at_once_and_never_more(nats_server, start_node, requester):
     start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_CONCURRENCY="3"))
 

@@ -42,6 +42,8 @@ async def handler(ctx, data):
         raise ValueError("boom requested")
     if command == "owntimeout":
         raise TimeoutError("upstream service timed out")
+    if command == "cancelled":  # as a cancelled call inside the handler raises it
+        raise asyncio.CancelledError()
     if command == "bigerror":
         raise ValueError("x" * 3_000_000)
     if command == "none":
