@@ -153,11 +153,13 @@ class Node:
         self.log.info("draining: no new messages; finishing those in flight", in_flight=self.in_flight)
         await self.health.stop()
         deadline = time.monotonic() + self.settings.drain_timeout
+        intake_stopped = True
         try:
             await asyncio.wait_for(self.broker.stop_intake(), timeout=self.settings.drain_timeout)
         except asyncio.TimeoutError:
+            intake_stopped = False  # nats-py still holds messages: they are refused below
             self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
-        await self._wait_in_flight(deadline)
+        await self._wait_in_flight(deadline, intake_stopped=intake_stopped)
         await self.broker.close()
         await self._end_workers()
         self._record_unrecorded()  # the last answers' points, should the loop not have come round to them
@@ -171,12 +173,15 @@ class Node:
         queued = self._taken.qsize() if self._taken is not None else 0
         return queued + self.counts["received"] - self.counts["answered"] - self.counts["errors"]
 
-    async def _wait_in_flight(self, deadline: float) -> None:
-        """Let the handlers finish what was taken (nats-py's drain has handed it over) until ``deadline``."""
+    async def _wait_in_flight(self, deadline: float, *, intake_stopped: bool) -> None:
+        """Let the handlers finish what was taken until ``deadline``; then give up on the rest."""
+        finished = intake_stopped
         if self._taken is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(self._taken.join(), timeout=max(0.0, deadline - time.monotonic()))
-        if self.in_flight:
+            except asyncio.TimeoutError:
+                finished = False
+        if not finished or self.in_flight:
             self._give_up_on_in_flight()
 
     def _give_up_on_in_flight(self) -> None:
@@ -187,7 +192,9 @@ class Node:
         self._drain_expired = True
         self._handler_step = self._refuse
         if self._taken is None:
-            if self._intake is not None:  # nats-py's task goes on to the messages it still holds: refused
+            # Only while it is inside a message: nats-py's task then goes on to those it still holds, refused.
+            # (Between messages it waits on an empty queue; cancelled there, it would end before the rest.)
+            if self._intake is not None and self.in_flight:
                 self._intake.cancel()
             return
         for task in self._worker_tasks:  # the busy ones go on as refusers; the idle ones end
