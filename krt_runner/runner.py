@@ -165,7 +165,8 @@ class Node:
         self._record_unrecorded()  # the last answers' points, should the loop not have come round to them
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
         self._caller.close()
-        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops)
+        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops,
+                      abandoned_threads=self._caller.abandoned_threads)
 
     @property
     def in_flight(self) -> int:

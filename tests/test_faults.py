@@ -201,6 +201,7 @@ async def test_sigterm_exits_at_once_while_a_timed_out_sync_handler_is_still_run
     node.signal(signal.SIGTERM)
 
     assert await node_exit(node, timeout=15) == 0, node.output  # the abandoned thread does not hold up the exit
+    assert summary_line(node.output)["abandoned_threads"] == 1, node.output
 
 
 # -- a burst far above the node's rate --------------------------------------------------------------
