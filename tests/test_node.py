@@ -127,17 +127,22 @@ async def test_a_pipelined_sync_handler_still_makes_at_most_krt_concurrency_call
     assert "others=1" in others and "others=2" not in others, others  # two at a time, never three
 
 
-@pytest.mark.parametrize("concurrency", ["1", "2"])
+@pytest.mark.parametrize(
+    ("module", "concurrency"), [("behaviours.py", "1"), ("behaviours.py", "2"), ("behaviours_sync.py", "1")]
+)
 async def test_a_handler_raising_cancelled_error_gets_an_error_answer_and_the_node_keeps_taking_messages(
-    nats_server, start_node, requester, concurrency
+    nats_server, start_node, requester, module, concurrency
 ):
-    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", KRT_CONCURRENCY=concurrency))
+    node = start_node(**node_env(nats_server, HANDLERS, module, input="in", KRT_CONCURRENCY=concurrency))
 
     failed = await asyncio.gather(*(requester.greet("in", "cancelled", timeout=5) for _ in range(3)))
     answered = await requester.greet("in", "after", timeout=5)
 
     assert all("handler raised CancelledError" in answer.error for answer in failed), failed
-    assert unpack(answered, greeter_pb2.Request).name == "after>behaviours"
+    assert unpack(answered, greeter_pb2.Request).name == f"after>{module.removesuffix('.py')}"
+    node.signal()
+    assert node.wait() == 0
+    assert _summary(node.output)["abandoned_threads"] == 0  # a sync call that raised it ended: not taken for a timeout
 
 
 async def test_an_async_handler_runs_krt_concurrency_calls_at_once_and_never_more(nats_server, start_node, requester):

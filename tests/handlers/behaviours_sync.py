@@ -1,5 +1,6 @@
 """``behaviours.py`` with a sync init and a sync handler (run on worker threads)."""
 
+import asyncio
 import os
 import sys
 import threading
@@ -28,6 +29,8 @@ def handler(ctx, data):
         return Request(name=f"others={_sleep(float(argument))}")
     if command == "boom":
         raise ValueError("boom requested")
+    if command == "cancelled":
+        raise asyncio.CancelledError()
     if command == "busy":  # CPU-bound, holding the GIL as little as Python allows
         deadline = time.monotonic() + float(argument)
         while time.monotonic() < deadline:
