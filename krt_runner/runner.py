@@ -298,10 +298,7 @@ class Node:
             failure: BaseException = HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)")
             failure.__suppress_context__ = True
             return failure
-        # The handler's own, CancelledError included: the node goes on.
-        failure = HandlerError(f"handler raised {_describe(exc)}")
-        failure.__cause__ = exc
-        return failure
+        return _handler_error(exc)  # the handler's own, CancelledError included: the node goes on
 
     async def _refuse(self, job: Job) -> Any:
         """In place of the handler once the drain has timed out."""
@@ -431,7 +428,14 @@ async def _as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) ->
     except (InvalidRequestError, HandlerError):
         raise
     except Exception as exc:
-        raise HandlerError(f"handler raised {_describe(exc)}") from exc
+        raise _handler_error(exc)  # noqa: B904  (it carries its cause)
+
+
+def _handler_error(exc: BaseException) -> HandlerError:
+    """The error an exception out of the user's handler becomes, naming it, with it as its cause."""
+    error = HandlerError(f"handler raised {_describe(exc)}")
+    error.__cause__ = exc
+    return error
 
 
 def _describe(exc: BaseException) -> str:
