@@ -16,7 +16,7 @@ from pathlib import Path
 
 from influx_server import VictoriaMetrics, victoria_metrics_binary
 
-from krt_runner.embedded import stop_process
+from krt_runner.local_krt.embedded import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"

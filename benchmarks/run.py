@@ -38,7 +38,7 @@ from processes import (
     start_victoria_metrics,
 )
 
-from krt_runner.embedded import EmbeddedNats
+from krt_runner.local_krt.embedded import EmbeddedNats
 
 WARM_UP = 300
 MEASUREMENTS_OFF = {"KRT_MEASUREMENTS_ENABLED": "false"}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .context import HandlerContext
-from .dsl import KRT
-from .errors import KrtRunnerError
-from .processor import Processor
-from .serve import serve
+from krt_runner.errors import KrtRunnerError
+from krt_runner.krt.dsl import KRT
+from krt_runner.local_krt.dev import serve
+from krt_runner.node.context import HandlerContext
+from krt_runner.processor import Processor
 
 if TYPE_CHECKING:
-    from .futures import as_completed, connect, local, wait
+    from krt_runner.local_krt.running_krt import as_completed, connect, local, wait
 
 __all__ = ["KRT", "HandlerContext", "KrtRunnerError", "Processor", "as_completed", "connect", "local", "serve", "wait"]
 __version__ = "0.1.0"
@@ -23,5 +23,5 @@ _FROM_FUTURES = ("as_completed", "connect", "local", "wait")
 
 def __getattr__(name: str) -> Any:
     if name in _FROM_FUTURES:
-        return getattr(importlib.import_module(".futures", __name__), name)
+        return getattr(importlib.import_module("krt_runner.local_krt.running_krt"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

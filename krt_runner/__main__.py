@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from krt_runner.cli import main
 
 sys.exit(main())

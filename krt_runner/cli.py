@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._start import read_settings, serve_node
-from .config import OPTIONS
-from .errors import HandlerLoadError
-from .handler import load_user_code
-from .health import DEFAULT_MAX_AGE
-from .health import check as health_problem
+from krt_runner.config import OPTIONS
+from krt_runner.errors import HandlerLoadError
+from krt_runner.node.health import DEFAULT_MAX_AGE
+from krt_runner.node.health import check as health_problem
+from krt_runner.node.main import read_settings, serve_node
+from krt_runner.node.user_code import load_user_code
 
 EXIT_USAGE = 2
 
@@ -86,7 +86,7 @@ def _add_build(commands: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import run_build
+    from krt_runner.krt.build import run_build
 
     return run_build(args.source, output=args.output)
 
@@ -99,7 +99,7 @@ def _positive(raw: str) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from .up import UpOptions, parse_replicas, run_up
+    from krt_runner.local_krt.up import UpOptions, parse_replicas, run_up
 
     try:
         replicas = parse_replicas(args.replicas)
@@ -114,14 +114,14 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from .call import CallOptions, run_call
+    from krt_runner.local_krt.call import CallOptions, run_call
 
     fields = ("subject", "nats", "proto", "request", "method", "request_type", "response_type", "timeout", "repeat")
     return run_call(CallOptions(**{name: getattr(args, name) for name in fields}, concurrency=args.concurrency))
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import run_check
+    from krt_runner.krt.check import run_check
 
     return run_check(args.directory)
 

@@ -14,7 +14,7 @@ payload as ``response_type``. A call that gets no usable answer raises a
 - :class:`UnexpectedAnswer`: the payload is not a ``response_type``;
 - :class:`ClientConnectError`: NATS could not be reached.
 
-Nodes talk to NATS through :mod:`krt_runner.broker`; this module is the
+Nodes talk to NATS through :mod:`krt_runner.node.broker`; this module is the
 requester's side of the same wire.
 """
 
@@ -31,10 +31,8 @@ from google.protobuf.message import Message
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
-from . import envelope
-from .config import redact_url
-from .envelope import KreNatsMessage
-from .errors import (
+from krt_runner.config import redact_url
+from krt_runner.errors import (
     CallError,
     CallTimeout,
     ClientConnectError,
@@ -42,6 +40,8 @@ from .errors import (
     NoResponders,
     UnexpectedAnswer,
 )
+from krt_runner.node import envelope
+from krt_runner.node.envelope import KreNatsMessage
 
 __all__ = [
     "BlockingClient",

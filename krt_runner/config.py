@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from krt_runner.errors import ConfigError
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_FORMATS = ("auto", "json", "console")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .context import HandlerContext
+from krt_runner.node.context import HandlerContext
 
 
 class Processor:

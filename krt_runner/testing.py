@@ -10,7 +10,7 @@
         assert answer.greeting == "Hello, Ada!"
         assert node.points[0].measurement == "greetings"
 
-The handler gets a real :class:`~krt_runner.context.HandlerContext`: the same
+The handler gets a real :class:`~krt_runner.node.context.HandlerContext`: the same
 ``set``/``get`` store, ``path``, logger and measurement checks as in a running
 node; sync functions run on a worker thread as they do there. Measurements are
 kept in memory (:attr:`NodeUnderTest.points`, :attr:`NodeUnderTest.lines`) and
@@ -31,11 +31,11 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from . import envelope
-from .context import HandlerContext, NodeState
-from .handler import Caller, UserCode, load_user_code, unpack_request
-from .logging import node_logger
-from .measurements import Measurement, MemorySink
+from krt_runner.logging import node_logger
+from krt_runner.measurements.points import Measurement, MemorySink
+from krt_runner.node import envelope
+from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.user_code import Caller, UserCode, load_user_code, unpack_request
 
 __all__ = ["NodeUnderTest", "SavedPoint", "run_node"]
 

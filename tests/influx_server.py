@@ -32,7 +32,7 @@ from types import TracebackType
 
 import pytest
 
-from krt_runner.embedded import free_port, stop_process
+from krt_runner.local_krt.embedded import free_port, stop_process
 
 BINARY_NAME = "victoria-metrics"
 # A fresh server answers /health within a second or two; a busy 2-core machine gets more.

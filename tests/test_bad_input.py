@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from probes import MB, AnswerLog, peak_rss, rss
 
-from krt_runner.embedded import EmbeddedNats
-from krt_runner.envelope import AnyMessage, EnvelopeError, KreNatsMessage, decode
-from krt_runner.runner import _publishable
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.node.envelope import AnyMessage, EnvelopeError, KreNatsMessage, decode
+from krt_runner.node.runner import _publishable
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"

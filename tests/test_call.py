@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import KRT_RUNNER, ROOT, NodeProcess, greeter_pb2, node_env
 
-from krt_runner.call import percentile, summary
 from krt_runner.client import (
     BlockingClient,
     CallTimeout,
@@ -25,8 +24,9 @@ from krt_runner.client import (
     UnexpectedAnswer,
     request_envelope,
 )
-from krt_runner.embedded import EmbeddedNats, free_port
 from krt_runner.errors import KrtRunnerError
+from krt_runner.local_krt.call import percentile, summary
+from krt_runner.local_krt.embedded import EmbeddedNats, free_port
 
 GREETER = ROOT / "examples" / "greeter"
 HANDLERS = ROOT / "tests" / "handlers"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from krt_runner.workflow import load_krt, wiring
+from krt_runner.krt.model import load_krt, wiring
 
 GREETER = ROOT / "examples" / "greeter"
 # The services that are not nodes.

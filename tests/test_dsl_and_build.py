@@ -19,8 +19,8 @@ from up_helpers import UpRun
 
 from krt_runner import KRT
 from krt_runner.errors import KrtFileError
-from krt_runner.package import open_krt
-from krt_runner.workflow import load_krt
+from krt_runner.krt.model import load_krt
+from krt_runner.krt.package import open_krt
 
 GREETER = ROOT / "examples" / "greeter"
 IRIS = ROOT / "examples" / "iris"
@@ -281,7 +281,7 @@ def test_a_package_entry_outside_its_folder_or_a_link_is_refused_and_nothing_is_
 
 
 def test_check_reads_a_package_and_names_it_in_its_problems(tmp_path):
-    from krt_runner.check import run_check
+    from krt_runner.krt.check import run_check
 
     archive = _evil_package(tmp_path / "evil.krt", _member("../escaped.txt"))
     err = io.StringIO()

@@ -17,7 +17,7 @@ import pytest_asyncio
 from conftest import ROOT, NodeFactory, NodeProcess, greeter_pb2, node_env, request_envelope, unpack
 from probes import AnswerLog, summary_line
 
-from krt_runner.embedded import EmbeddedNats
+from krt_runner.local_krt.embedded import EmbeddedNats
 
 HANDLERS = ROOT / "tests" / "handlers"
 # A server that PINGs every 200 ms and drops a client after 3 unanswered PINGs (~0.6 s of silence);

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from krt_runner.errors import HandlerLoadError
-from krt_runner.handler import load_user_code
+from krt_runner.node.user_code import load_user_code
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import time
 
 from conftest import KRT_RUNNER, ROOT, node_env
 
-from krt_runner.health import HealthFile, check
+from krt_runner.node.health import HealthFile, check
 
 GREETER = ROOT / "examples" / "greeter"
 

@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from krt_runner._batching import BatchWriter, FileDestination, WriteError, _Reporter
 from krt_runner.config import load_settings
-from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError
-from krt_runner.measurements import (
+from krt_runner.measurements.points import (
     Measurement,
     MeasurementError,
     MemorySink,
@@ -29,6 +27,8 @@ from krt_runner.measurements import (
     line_protocol,
     make_sink,
 )
+from krt_runner.measurements.writer import BatchWriter, FileDestination, WriteError, _Reporter
+from krt_runner.node.envelope import timestamp
 
 # measurement[,tag=value...] field=value[,field=value...] timestamp -- escapes allowed, no raw newline.
 _ESCAPED = r"(?:[^\\ ,=\n]|\\.)+"

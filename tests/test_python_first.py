@@ -21,8 +21,8 @@ import pytest
 from conftest import ROOT, NodeProcess, Requester, greeter_pb2, node_env, request_envelope, unpack
 
 from krt_runner.config import load_settings
-from krt_runner.envelope import KreNatsMessage, decode
 from krt_runner.errors import ConfigError
+from krt_runner.node.envelope import KreNatsMessage, decode
 
 HANDLERS = ROOT / "tests" / "handlers"
 # How long to keep listening for a second, unwanted answer.
@@ -136,7 +136,7 @@ async def test_path_colon_class_names_the_processor_to_run(nats_server, start_no
 
 @pytest.fixture
 def start_script(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Run ``python SCRIPT`` (a file calling krt_runner.serve) with KRT_* variables, as a deployment would."""
+    """Run ``python SCRIPT`` (a file calling krt_runner.local_krt.dev) with KRT_* variables, as a deployment would."""
     started: list[NodeProcess] = []
 
     def start(script: Path, **env_vars: str) -> NodeProcess:

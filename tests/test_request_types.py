@@ -12,7 +12,7 @@ from conftest import greeter_pb2  # also puts the greeter's folder on sys.path
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from krt_runner.errors import HandlerLoadError, InvalidRequestError
-from krt_runner.handler import Caller, UserCode, load_user_code, request_type_of, unpack_request
+from krt_runner.node.user_code import Caller, UserCode, load_user_code, request_type_of, unpack_request
 
 _NAMES = itertools.count()
 

@@ -7,10 +7,10 @@ import asyncio
 from conftest import Requester, greeter_pb2, unpack
 
 from krt_runner.config import load_settings
-from krt_runner.embedded import EmbeddedNats
-from krt_runner.handler import user_code_from
-from krt_runner.measurements import MemorySink
-from krt_runner.runner import Node
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.measurements.points import MemorySink
+from krt_runner.node.runner import Node
+from krt_runner.node.user_code import user_code_from
 
 
 async def greet(ctx, request: greeter_pb2.Request) -> greeter_pb2.Request:

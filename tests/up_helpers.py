@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import KRT_RUNNER, READY_TIMEOUT
 
-from krt_runner.embedded import stop_process
+from krt_runner.local_krt.embedded import stop_process
 
 
 class UpRun:

@@ -15,7 +15,7 @@ from greeter_pb2 import Request, Response
 import krt_runner
 
 if TYPE_CHECKING:
-    from krt_runner.context import HandlerContext
+    from krt_runner.node.context import HandlerContext
 
 NODE = os.environ.get("KRT_NODE_NAME", "node")
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .measurements import PendingLine
+from krt_runner.measurements.points import PendingLine
 
 # Seconds between two log lines about dropped points or a failing destination.
 _REPORT_EVERY = 10.0
@@ -98,7 +98,7 @@ class _Backoff:
 
 
 class BatchWriter:
-    """A :class:`~krt_runner.measurements.PointSink` that writes to a :class:`Destination` in the background."""
+    """A :class:`~krt_runner.measurements.points.PointSink` that writes to a :class:`Destination` in the background."""
 
     def __init__(
         self,

@@ -13,9 +13,9 @@ from typing import TextIO
 
 from google.protobuf.message import Message
 
-from .client import Client
-from .errors import CallError, CallTimeout, ErrorAnswer
-from .protos import MessageTypes, ProtoError, load_file, parse_json, select_types, to_json
+from krt_runner.client import Client
+from krt_runner.errors import CallError, CallTimeout, ErrorAnswer
+from krt_runner.krt.protos import MessageTypes, ProtoError, load_file, parse_json, select_types, to_json
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

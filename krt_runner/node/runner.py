@@ -23,12 +23,8 @@ from typing import Any
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 
-from . import envelope
-from .broker import Broker, MessageCallback
-from .config import Settings
-from .context import HandlerContext, NodeState
-from .envelope import KreNatsMessage
-from .errors import (
+from krt_runner.config import Settings
+from krt_runner.errors import (
     BrokerConnectError,
     DrainTimeoutError,
     EnvelopeError,
@@ -40,10 +36,14 @@ from .errors import (
     KrtRunnerError,
     ReplyError,
 )
-from .handler import Caller, UserCode, unpack_request
-from .health import HealthFile
-from .logging import node_logger
-from .measurements import Measurement, NodePoints, PointSink, Timing
+from krt_runner.logging import node_logger
+from krt_runner.measurements.points import Measurement, NodePoints, PointSink, Timing
+from krt_runner.node import envelope
+from krt_runner.node.broker import Broker, MessageCallback
+from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.envelope import KreNatsMessage
+from krt_runner.node.health import HealthFile
+from krt_runner.node.user_code import Caller, UserCode, unpack_request
 
 
 class Job:

@@ -17,7 +17,7 @@
     if __name__ == "__main__":
         krt.write()          # krt.yml beside this file
 
-The DSL only assembles the ``krt.yml`` document; :func:`~krt_runner.workflow.parse_krt`
+The DSL only assembles the ``krt.yml`` document; :func:`~krt_runner.krt.model.parse_krt`
 validates it, so a mistake is reported exactly as in a hand-written ``krt.yml``.
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 
 import yaml
 
-from . import workflow
-from .errors import KrtFileError
-from .workflow import KRT_FILE, Krt, parse_krt
+from krt_runner.errors import KrtFileError
+from krt_runner.krt import model as workflow
+from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
 
 # First line of a krt.yml that the DSL wrote: such a file may be written over, a hand-written one never.
 GENERATED_MARK = "# Written by krt_runner.KRT"
@@ -129,7 +129,7 @@ class KRT:
         return f"{GENERATED_MARK}{origin}; edit that, not this file.\n{body}"
 
     def validate(self) -> Krt:
-        """The validated model, as :func:`~krt_runner.workflow.load_krt` would read it from ``root``.
+        """The validated model, as :func:`~krt_runner.krt.model.load_krt` would read it from ``root``.
 
         Raises :class:`~krt_runner.errors.KrtFileError` with the problems a
         hand-written krt.yml of the same content would have.

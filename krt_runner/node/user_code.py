@@ -26,10 +26,10 @@ from typing import Any
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
 
-from ._workers import WorkerThreads
-from .envelope import type_url
-from .errors import HandlerLoadError, InvalidRequestError
-from .processor import Processor
+from krt_runner.errors import HandlerLoadError, InvalidRequestError
+from krt_runner.node.envelope import type_url
+from krt_runner.node.threads import WorkerThreads
+from krt_runner.processor import Processor
 
 UserFunction = Callable[..., Any]
 # Annotations that mean "give me the Any", as KRE v1 does.

@@ -36,12 +36,20 @@ from typing import Any, TextIO, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from .client import DEFAULT_TIMEOUT, Client
-from .errors import CallError, KrtRunnerError
-from .package import open_krt
-from .protos import MessageTypes, parse_json
-from .up import READY_TIMEOUT, EntryPoint, Plan, Supervisor, UpOptions, make_plan, workflow_entry_points
-from .workflow import Krt, load_krt
+from krt_runner.client import DEFAULT_TIMEOUT, Client
+from krt_runner.errors import CallError, KrtRunnerError
+from krt_runner.krt.model import Krt, load_krt
+from krt_runner.krt.package import open_krt
+from krt_runner.krt.protos import MessageTypes, parse_json
+from krt_runner.local_krt.up import (
+    READY_TIMEOUT,
+    EntryPoint,
+    Plan,
+    Supervisor,
+    UpOptions,
+    make_plan,
+    workflow_entry_points,
+)
 
 __all__ = ["Future", "RunningKrt", "Workflow", "as_completed", "connect", "local", "wait"]
 

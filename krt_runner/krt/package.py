@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import KrtFileError
-from .workflow import KRT_FILE
+from krt_runner.errors import KrtFileError
+from krt_runner.krt.model import KRT_FILE
 
 SUFFIX = ".krt"
 IGNORE_FILE = ".krtignore"

@@ -3,7 +3,7 @@
 ``SOURCE`` is a KRT folder (with its ``krt.yml``) or a Python file describing
 one with :class:`krt_runner.KRT` (``pipeline.py:krt``), whose ``krt.yml`` is
 written first, beside the file. What goes into the package is
-:mod:`krt_runner.package`'s business.
+:mod:`krt_runner.krt.package`'s business.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .check import check_krt, report_problems
-from .errors import KrtFileError, KrtRunnerError
-from .package import SUFFIX, human_size, package_files, write_package
-from .workflow import KRT_FILE, Krt
+from krt_runner.errors import KrtFileError, KrtRunnerError
+from krt_runner.krt.check import check_krt, report_problems
+from krt_runner.krt.model import KRT_FILE, Krt
+from krt_runner.krt.package import SUFFIX, human_size, package_files, write_package
 
 EXIT_FAILED = 1
 DIST = "dist"
@@ -61,7 +61,7 @@ def build(source: str | Path, *, output: Path | None = None) -> Built:
 def _krt_folder(source: str) -> Path:
     """The folder to pack; a DSL file's krt.yml is written (validated) first."""
     if source.partition(":")[0].endswith(".py"):
-        from .dsl import load_pipeline
+        from krt_runner.krt.dsl import load_pipeline
 
         try:
             krt = load_pipeline(source)

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .errors import KrtRunnerError
+from krt_runner.errors import KrtRunnerError
 
 # How long a fresh nats-server may take to accept connections.
 _READY_TIMEOUT = 10.0

@@ -21,8 +21,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
 
-from .config import Settings, redact_url
-from .errors import BrokerConnectError
+from krt_runner.config import Settings, redact_url
+from krt_runner.errors import BrokerConnectError
 
 MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer).

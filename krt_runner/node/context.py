@@ -9,8 +9,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from .errors import ReplyError
-from .measurements import Measurement
+from krt_runner.errors import ReplyError
+from krt_runner.measurements.points import Measurement
 
 ReplyFunction = Callable[[Message], Coroutine[Any, Any, None]]
 

@@ -7,7 +7,7 @@ over as their values and rendered by the sink's writer thread, many at a time
 (see :data:`PendingLine`). A point InfluxDB would reject raises
 :class:`MeasurementError` right there, in the handler, so a bad point never
 reaches a batch of good ones. The sinks write in the background
-(:mod:`krt_runner._batching`); saving never waits for the network or the disk.
+(:mod:`krt_runner.measurements.writer`); saving never waits for the network or the disk.
 
 Values follow influxdb-client's ``Point``, which KRE v1 used: ``None`` fields
 and non-finite floats are skipped, empty tags are left out, numpy numbers are
@@ -29,9 +29,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import Settings
-from .envelope import epoch_seconds
-from .errors import KrtRunnerError
+from krt_runner.config import Settings
+from krt_runner.errors import KrtRunnerError
+from krt_runner.node.envelope import epoch_seconds
 
 _NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -397,14 +397,14 @@ def _ms_since(start: str, end_ns: int) -> float:
 
 def make_sink(settings: Settings, logger: Any) -> PointSink:
     """The sink the settings ask for: none, InfluxDB, or the line-protocol file."""
-    from . import _batching
+    from krt_runner.measurements import writer as _batching
 
     if not settings.measurements_enabled:
         logger.info("measurements off (KRT_MEASUREMENTS_ENABLED=false)")
         return NullSink()
     destination: _batching.Destination
     if settings.influx_uri:
-        from .influx import InfluxDestination
+        from krt_runner.measurements.influx import InfluxDestination
 
         destination = InfluxDestination.from_settings(settings)
     else:

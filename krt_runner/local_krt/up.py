@@ -1,7 +1,7 @@
 """``krt-runner up``: run a whole KRT on this machine, one ``krt-runner run`` process per node.
 
 Start order: nats-server (embedded, unless ``--nats``), then every node replica
-with the KRE v1 environment of :meth:`~krt_runner.workflow.NodeWiring.environment`,
+with the KRE v1 environment of :meth:`~krt_runner.krt.model.NodeWiring.environment`,
 then wait until each has logged ``node ready`` (its ``init`` done, subscribed).
 
 Stop order (Ctrl-C, SIGTERM, a node that dies or stops on its idle timeout, or the end of ``--request``):
@@ -30,13 +30,22 @@ from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
-from .call import read_request, send_one
-from .client import Client
-from .embedded import EmbeddedNats
-from .errors import CallError, KrtFileError, KrtRunnerError
-from .package import open_krt
-from .protos import MessageTypes, ProtoError, find_types_source, load_file, parse_json, rpc_names, select_types, to_json
-from .workflow import Krt, NodeWiring, Workflow, entry_subject, load_krt, wiring
+from krt_runner.client import Client
+from krt_runner.errors import CallError, KrtFileError, KrtRunnerError
+from krt_runner.krt.model import Krt, NodeWiring, Workflow, entry_subject, load_krt, wiring
+from krt_runner.krt.package import open_krt
+from krt_runner.krt.protos import (
+    MessageTypes,
+    ProtoError,
+    find_types_source,
+    load_file,
+    parse_json,
+    rpc_names,
+    select_types,
+    to_json,
+)
+from krt_runner.local_krt.call import read_request, send_one
+from krt_runner.local_krt.embedded import EmbeddedNats
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
-from .errors import KrtRunnerError
+from krt_runner.errors import KrtRunnerError
 
 
 class ProtoError(KrtRunnerError):

@@ -28,15 +28,15 @@ import structlog
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from ._start import read_settings, serve_node
-from .config import Settings, load_settings
-from .envelope import AnyMessage, KreNatsMessage, decode
-from .errors import HandlerLoadError, InitError, InvalidRequestError, KrtRunnerError
-from .handler import UserCode, UserFunction, user_code_from
-from .logging import configure_logging
+from krt_runner.config import Settings, load_settings
+from krt_runner.errors import HandlerLoadError, InitError, InvalidRequestError, KrtRunnerError
+from krt_runner.logging import configure_logging
+from krt_runner.node.envelope import AnyMessage, KreNatsMessage, decode
+from krt_runner.node.main import read_settings, serve_node
+from krt_runner.node.user_code import UserCode, UserFunction, user_code_from
 
 if TYPE_CHECKING:
-    from .runner import Node
+    from krt_runner.node.runner import Node
 
 EXIT_USAGE = 2
 DEV_INPUT = "krt-dev.in"
@@ -114,7 +114,7 @@ def _run_dev(code: UserCode, script: Path, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    from .embedded import EmbeddedNats
+    from krt_runner.local_krt.embedded import EmbeddedNats
 
     server = EmbeddedNats()
     try:
@@ -154,8 +154,8 @@ def _dev_base_path(script: Path) -> Path:
 
 
 async def _dev_main(settings: Settings, code: UserCode, requests: list[str] | None) -> int:
-    from .measurements import make_sink
-    from .runner import Node
+    from krt_runner.measurements.points import make_sink
+    from krt_runner.node.runner import Node
 
     log = structlog.get_logger("krt_runner")
     sink = make_sink(settings, log)

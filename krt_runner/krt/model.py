@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import KrtFileError
+from krt_runner.errors import KrtFileError
 
 KRT_FILE = "krt.yml"
 # KRE v1's "resource-name": lowercase letters, digits and '-', shorter than 20 characters.
@@ -147,7 +147,7 @@ def load_krt(directory: Path | str) -> Krt:
 def parse_krt(document: Any, directory: Path | str) -> Krt:
     """Validate an already parsed ``krt.yml`` document whose files live in ``directory``.
 
-    The one validator: :func:`load_krt` and the Python DSL (:mod:`krt_runner.dsl`)
+    The one validator: :func:`load_krt` and the Python DSL (:mod:`krt_runner.krt.dsl`)
     both end here, so their problems read the same.
     """
     root = Path(directory)

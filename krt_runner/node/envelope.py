@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
 
-from ._proto.kre_nats_msg_pb2 import KreNatsMessage
-from .errors import EnvelopeError, PayloadTooLargeError
+from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
+from krt_runner.errors import EnvelopeError, PayloadTooLargeError
 
 __all__ = [
     "AnyMessage",

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
-from .errors import HandlerLoadError, KrtFileError
-from .handler import load_user_code
-from .workflow import Krt, Node, load_krt, wiring
+from krt_runner.errors import HandlerLoadError, KrtFileError
+from krt_runner.krt.model import Krt, Node, load_krt, wiring
+from krt_runner.node.user_code import load_user_code
 
 EXIT_PROBLEMS = 2
 # Seconds one handler module may take to import (module-level code runs, models may load).
@@ -37,7 +37,7 @@ def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
 
 
 def _import_problem(base_path: Path, node: Node) -> str:
-    command = [sys.executable, "-m", "krt_runner.check", str(base_path), node.src]
+    command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src]
     try:
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -50,7 +50,7 @@ def _import_problem(base_path: Path, node: Node) -> str:
 
 def check_source(source: Path) -> tuple[Krt | None, list[str]]:
     """:func:`check_krt` for a folder or a ``.krt`` package; problems name the package, not where it was unpacked."""
-    from .package import open_krt
+    from krt_runner.krt.package import open_krt
 
     try:
         with open_krt(source) as root:

@@ -9,10 +9,10 @@ from typing import Any
 
 import structlog
 
-from .config import Settings, load_settings
-from .errors import ConfigError
-from .handler import UserCode
-from .logging import configure_logging
+from krt_runner.config import Settings, load_settings
+from krt_runner.errors import ConfigError
+from krt_runner.logging import configure_logging
+from krt_runner.node.user_code import UserCode
 
 
 def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
@@ -45,8 +45,8 @@ def serve_node(settings: Settings, code: UserCode) -> int:
 
 
 async def _node_main(settings: Settings, code: UserCode) -> int:
-    from .measurements import make_sink
-    from .runner import run_node
+    from krt_runner.measurements.points import make_sink
+    from krt_runner.node.runner import run_node
 
     sink = make_sink(settings, structlog.get_logger("krt_runner"))
     try:

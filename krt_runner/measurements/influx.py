@@ -1,6 +1,6 @@
 """InfluxDB as a destination for measurement batches, through influxdb-client.
 
-Only the writer thread of :mod:`krt_runner._batching` calls it: one blocking
+Only the writer thread of :mod:`krt_runner.measurements.writer` calls it: one blocking
 request per batch of ready line protocol (precision ns) through
 influxdb-client's synchronous write API, which starts no threads of its own.
 The client's own retries are off; the writer retries with backoff and keeps
@@ -21,8 +21,8 @@ from typing import Any
 
 from urllib3.exceptions import HTTPError
 
-from ._batching import WriteError
-from .config import Settings, redact_url
+from krt_runner.config import Settings, redact_url
+from krt_runner.measurements.writer import WriteError
 
 
 @contextlib.contextmanager
