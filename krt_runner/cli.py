@@ -10,13 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from krt_runner.config import OPTIONS
-from krt_runner.errors import HandlerLoadError
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
 from krt_runner.node.health import check as health_problem
-from krt_runner.node.main import read_settings, serve_node
-from krt_runner.node.user_code import load_user_code
-
-EXIT_USAGE = 2
 
 
 def _add_run(commands: Any) -> None:
@@ -27,6 +23,9 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from krt_runner.node.main import read_settings, serve_node
+    from krt_runner.node.user_code import load_user_code
+
     settings = read_settings({option.field: getattr(args, option.field) for option in OPTIONS})
     if settings is None:
         return EXIT_USAGE
@@ -130,8 +129,8 @@ def _health(args: argparse.Namespace) -> int:
     problem = health_problem(args.health_file, max_age=args.max_age)
     if problem:
         print(f"krt-runner health: {problem}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

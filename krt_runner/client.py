@@ -31,7 +31,9 @@ from google.protobuf.message import Message
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
+from krt_runner import envelope
 from krt_runner.config import redact_url
+from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import (
     CallError,
     CallTimeout,
@@ -40,8 +42,6 @@ from krt_runner.errors import (
     NoResponders,
     UnexpectedAnswer,
 )
-from krt_runner.node import envelope
-from krt_runner.node.envelope import KreNatsMessage
 
 __all__ = [
     "BlockingClient",

@@ -1,6 +1,17 @@
-"""One hierarchy for every error krt-runner raises on purpose."""
+"""One hierarchy for every error krt-runner raises on purpose, the exit codes, and how an exception is described."""
 
 from __future__ import annotations
+
+# Exit codes of every command: 0 done, 1 failed (no usable answer, a node died, init raised), 2 bad usage or input.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def describe(exc: BaseException) -> str:
+    """``Name: text`` of an exception, or ``Name`` alone when it has no text: for one-line logs and error answers."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class KrtRunnerError(Exception):
@@ -97,3 +108,36 @@ class ClientConnectError(CallError):
 
 class InvalidRequestError(KrtRunnerError):
     """The request was rejected before processing: a payload of the wrong type, or ``validate`` raised."""
+
+
+class MeasurementError(KrtRunnerError, ValueError):
+    """A point that InfluxDB would reject: raised in the caller, never in the writer."""
+
+
+class WriteError(KrtRunnerError):
+    """A batch of points was not written. ``retry=False``: the destination refused it for good."""
+
+    def __init__(self, text: str, *, retry: bool) -> None:
+        super().__init__(text)
+        self.retry = retry
+
+
+class ProtoError(KrtRunnerError):
+    """Message types could not be loaded or chosen, or JSON does not fit them."""
+
+
+class UpError(KrtRunnerError):
+    """``up`` cannot run this KRT as asked; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("cannot start:\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+class BuildProblems(KrtRunnerError):
+    """The KRT cannot be packed; ``problems`` lists every reason, as ``check`` words them."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in {source}")

@@ -31,11 +31,13 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from krt_runner import envelope
 from krt_runner.logging import node_logger
-from krt_runner.measurements.points import Measurement, MemorySink
-from krt_runner.node import envelope
+from krt_runner.measurements import Measurement, MemorySink
+from krt_runner.node.calling import Caller
 from krt_runner.node.context import HandlerContext, NodeState
-from krt_runner.node.user_code import Caller, UserCode, load_user_code, unpack_request
+from krt_runner.node.request_types import unpack_request
+from krt_runner.node.user_code import UserCode, load_user_code
 
 __all__ = ["NodeUnderTest", "SavedPoint", "run_node"]
 

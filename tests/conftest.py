@@ -22,8 +22,8 @@ import pytest
 import pytest_asyncio
 from google.protobuf.message import Message
 
+from krt_runner.envelope import KreNatsMessage
 from krt_runner.local_krt.embedded import EmbeddedNats, stop_process
-from krt_runner.node.envelope import KreNatsMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 GREETER_SRC = ROOT / "examples" / "greeter" / "src"
@@ -162,7 +162,7 @@ class Requester:
 
     async def request_raw(self, subject: str, data: bytes, timeout: float = 10) -> KreNatsMessage:
         reply = await self.nc.request(subject, data, timeout=timeout)
-        from krt_runner.node.envelope import decode
+        from krt_runner.envelope import decode
 
         return decode(reply.data, max_decompressed=256 * 1024 * 1024)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import nats
 from nats.aio.msg import Msg
 
-from krt_runner.node.envelope import KreNatsMessage, decode
+from krt_runner.envelope import KreNatsMessage, decode
 
 # Answers are decoded with a cap far above anything a node may send.
 _ANSWER_CAP = 256 * 1024 * 1024

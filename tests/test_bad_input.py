@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from probes import MB, AnswerLog, peak_rss, rss
 
+from krt_runner.envelope import AnyMessage, EnvelopeError, KreNatsMessage, decode
 from krt_runner.local_krt.embedded import EmbeddedNats
-from krt_runner.node.envelope import AnyMessage, EnvelopeError, KreNatsMessage, decode
-from krt_runner.node.runner import _publishable
+from krt_runner.node.answers import publishable
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"
@@ -366,8 +366,8 @@ async def _greet(log: AnswerLog, name: str, times: int) -> None:
 
 
 @pytest.mark.parametrize("subject", ["_INBOX.7Hj3kLmN9pQrStUvWx.12", "reply", "a.b-c_d.é"])
-def test_a_plain_reply_subject_is_publishable(subject):
-    assert _publishable(subject) == subject
+def test_a_plain_reply_subject_ispublishable(subject):
+    assert publishable(subject) == subject
 
 
 @pytest.mark.parametrize(
@@ -376,4 +376,4 @@ def test_a_plain_reply_subject_is_publishable(subject):
 )
 def test_a_reply_subject_that_could_break_or_widen_a_publish_is_refused(subject):
     with pytest.raises(EnvelopeError, match="not a valid NATS subject"):
-        _publishable(subject)
+        publishable(subject)

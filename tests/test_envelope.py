@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from conftest import greeter_pb2
 
+from krt_runner import envelope
+from krt_runner.envelope import AnyMessage, KreNatsMessage
 from krt_runner.errors import EnvelopeError, PayloadTooLargeError
-from krt_runner.node import envelope
-from krt_runner.node.envelope import AnyMessage, KreNatsMessage
 
 
 def test_timestamps_are_naive_utc_with_microseconds_always_present():

@@ -20,11 +20,11 @@ from conftest import ROOT, greeter_pb2, node_env
 from influx_server import VictoriaMetrics
 from test_measurements import RecordingLogger
 
+from krt_runner import envelope
+from krt_runner.envelope import KreNatsMessage
 from krt_runner.local_krt.embedded import free_port
 from krt_runner.measurements.influx import InfluxDestination
 from krt_runner.measurements.writer import BatchWriter
-from krt_runner.node import envelope
-from krt_runner.node.envelope import KreNatsMessage
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"

@@ -16,19 +16,14 @@ import numpy as np
 import pytest
 
 from krt_runner.config import load_settings
-from krt_runner.errors import ConfigError
-from krt_runner.measurements.points import (
-    Measurement,
-    MeasurementError,
-    MemorySink,
-    NodePoints,
-    NullSink,
-    Timing,
-    line_protocol,
-    make_sink,
-)
-from krt_runner.measurements.writer import BatchWriter, FileDestination, WriteError, _Reporter
-from krt_runner.node.envelope import timestamp
+from krt_runner.envelope import timestamp
+from krt_runner.errors import ConfigError, MeasurementError, WriteError
+from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, Timing, make_sink
+from krt_runner.measurements.file import FileDestination
+from krt_runner.measurements.lines import line_protocol
+from krt_runner.measurements.pending import Deferred
+from krt_runner.measurements.report import WriterReport
+from krt_runner.measurements.writer import BatchWriter
 
 # measurement[,tag=value...] field=value[,field=value...] timestamp -- escapes allowed, no raw newline.
 _ESCAPED = r"(?:[^\\ ,=\n]|\\.)+"
@@ -215,7 +210,8 @@ def test_an_unknown_precision_or_time_type_is_refused():
 
 def timing(tracking_id: str = "t", *, node_from: str = "a", elapsed_ms: float = 1.0, previous_end: str = "",
            started_ns: int = 0, first_start: str | None = None, error: str = "") -> Timing:
-    return (tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start, error)
+    return Timing(tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start,
+                  Outcome(error))
 
 
 def test_node_elapsed_time_has_kre_v1_tags_and_fields_and_no_error_field_when_the_message_succeeded():
@@ -356,14 +352,14 @@ async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_re
     logger = RecordingLogger()
     sink = writer(destination, logger)
 
-    def picky(points: list[tuple[Any, ...]]) -> list[str]:  # renders a batch at once, as the runner's renderers do
-        if any(value == "bad" for _, value in points):
+    def picky(values: list[Any]) -> list[str]:  # renders a batch at once, as the runner's renderers do
+        if any(value == "bad" for value in values):
             raise RuntimeError("renderer bug")
-        return [f"m f={value} 1" for _, value in points]
+        return [f"m f={value} 1" for value in values]
 
     sink.put("m f=0i 0")
     for value in ("1i", "bad", "2i"):
-        sink.put((picky, value))
+        sink.put(Deferred(picky, value))
     await sink.close(timeout=2)
 
     assert destination.lines == ["m f=0i 0", "m f=1i 1", "m f=2i 1"]  # the bad one costs only itself
@@ -574,7 +570,7 @@ async def test_points_put_after_close_are_counted_not_kept():
 def test_the_buffer_full_warning_counts_only_points_dropped_to_make_room():
     # Points put after close are counted in the closing line; calling them "buffer full" would mislead.
     logger = RecordingLogger()
-    report = _Reporter(logger, "InfluxDB", max_buffered=50)
+    report = WriterReport(logger, "InfluxDB", max_buffered=50)
     counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 7}
 
     report.drops(counts, buffered=0)

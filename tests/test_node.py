@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Requester, greeter_pb2, node_env, request_envelope, unpack
 
-from krt_runner.node.envelope import KreNatsMessage, decode, epoch_seconds
+from krt_runner.envelope import KreNatsMessage, decode, epoch_seconds
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"

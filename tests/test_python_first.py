@@ -21,8 +21,8 @@ import pytest
 from conftest import ROOT, NodeProcess, Requester, greeter_pb2, node_env, request_envelope, unpack
 
 from krt_runner.config import load_settings
+from krt_runner.envelope import KreNatsMessage, decode
 from krt_runner.errors import ConfigError
-from krt_runner.node.envelope import KreNatsMessage, decode
 
 HANDLERS = ROOT / "tests" / "handlers"
 # How long to keep listening for a second, unwanted answer.

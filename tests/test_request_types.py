@@ -12,7 +12,9 @@ from conftest import greeter_pb2  # also puts the greeter's folder on sys.path
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from krt_runner.errors import HandlerLoadError, InvalidRequestError
-from krt_runner.node.user_code import Caller, UserCode, load_user_code, request_type_of, unpack_request
+from krt_runner.node.calling import Caller
+from krt_runner.node.request_types import request_type_of, unpack_request
+from krt_runner.node.user_code import UserCode, load_user_code
 
 _NAMES = itertools.count()
 

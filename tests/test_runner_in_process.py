@@ -8,8 +8,8 @@ from conftest import Requester, greeter_pb2, unpack
 
 from krt_runner.config import load_settings
 from krt_runner.local_krt.embedded import EmbeddedNats
-from krt_runner.measurements.points import MemorySink
-from krt_runner.node.runner import Node
+from krt_runner.measurements import MemorySink
+from krt_runner.node.lifecycle import RunningNode
 from krt_runner.node.user_code import user_code_from
 
 
@@ -31,14 +31,14 @@ async def test_a_worker_outlives_a_bug_of_the_runners_own_and_keeps_taking_messa
             "KRT_LOG_LEVEL": "error",
         }
     )
-    node = Node(settings, user_code_from(greet, name="node", source="test"), sink=MemorySink())
+    node = RunningNode(settings, user_code_from(greet, name="node", source="test"), sink=MemorySink())
     failures = []
 
     def broken_timing(*args):  # after the answer is published: the message is answered, then our code raises
         failures.append(args[0].tracking_id)
         raise RuntimeError("a bug in the runner's measuring")
 
-    node._timing = broken_timing  # type: ignore[method-assign]  # every message, on both workers
+    node.pipeline._timing = broken_timing  # type: ignore[method-assign]  # every message, on both workers
     await node.start()
     try:
         answers = await asyncio.gather(*(requester.greet("in", f"r{i}", timeout=5) for i in range(8)))

@@ -22,8 +22,8 @@ import pytest
 from conftest import KRT_RUNNER, ROOT, NodeFactory, greeter_pb2, node_env, request_envelope, unpack
 from credentials import Pki, make_decentralized, make_pki, new_nkey
 
+from krt_runner.envelope import decode
 from krt_runner.local_krt.embedded import EmbeddedNats, free_port
-from krt_runner.node.envelope import decode
 
 HANDLERS = ROOT / "tests" / "handlers"
 PASSWORD = "pw-Zq8vX2tLr9"

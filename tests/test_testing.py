@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT, greeter_pb2
 
-from krt_runner.measurements.points import MeasurementError
-from krt_runner.node.envelope import AnyMessage
+from krt_runner.envelope import AnyMessage
+from krt_runner.errors import MeasurementError
 from krt_runner.testing import run_node
 
 HANDLERS = ROOT / "tests" / "handlers"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from krt_runner.errors import KrtFileError, KrtRunnerError
+from krt_runner.errors import BuildProblems, KrtFileError, KrtRunnerError
 from krt_runner.krt.check import check_krt, report_problems
 from krt_runner.krt.model import KRT_FILE, Krt
 from krt_runner.krt.package import SUFFIX, human_size, package_files, write_package
@@ -30,14 +30,6 @@ class Built:
     files: int
     size: int
 
-
-class BuildProblems(KrtRunnerError):
-    """The KRT cannot be packed; ``problems`` lists every reason, as ``check`` words them."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in {source}")
 
 
 def build(source: str | Path, *, output: Path | None = None) -> Built:

@@ -23,7 +23,6 @@ validates it, so a mistake is reported exactly as in a hand-written ``krt.yml``.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from krt_runner._user_files import NotAModule, exec_file
 from krt_runner.errors import KrtFileError
 from krt_runner.krt import model as workflow
 from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
@@ -170,18 +170,12 @@ def load_pipeline(spec: str) -> KRT:
 def _run_file(path: Path) -> Any:
     if not path.is_file():
         raise KrtFileError(str(path), ["does not exist"])
-    spec = importlib.util.spec_from_file_location(f"krt_pipeline_{uuid.uuid4().hex}", path)
-    if spec is None or spec.loader is None:
-        raise KrtFileError(str(path), ["is not a Python file"])
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))  # the file may import its neighbours
     try:
-        spec.loader.exec_module(module)
+        return exec_file(path, name=f"krt_pipeline_{uuid.uuid4().hex}", keep_folder_on_path=False)
+    except NotAModule:
+        raise KrtFileError(str(path), ["is not a Python file"]) from None
     except Exception as exc:
         raise KrtFileError(str(path), [f"failed to run: {type(exc).__name__}: {exc}"]) from exc
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
 
 
 def _caller_file() -> Path | None:

@@ -23,11 +23,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
-from krt_runner.errors import KrtRunnerError
-
-
-class ProtoError(KrtRunnerError):
-    """Message types could not be loaded or chosen, or JSON does not fit them."""
+from krt_runner._user_files import exec_file
+from krt_runner.errors import ProtoError
 
 
 @dataclass(frozen=True)
@@ -151,18 +148,10 @@ def _import_file(path: Path) -> FileDescriptor:
     loaded = sys.modules.get(path.stem)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
         return _descriptor_of(loaded, str(path))
-    # Its directory goes on sys.path so the module can import the _pb2 modules it depends on.
-    if str(path.parent) not in sys.path:
-        sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    if spec is None or spec.loader is None:
-        raise ProtoError(f"{path} is not a Python module")
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        module = exec_file(path, name=path.stem)
     except Exception as exc:
         raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
-    sys.modules[path.stem] = module
     return _descriptor_of(module, str(path))
 
 

@@ -14,8 +14,8 @@ from typing import TextIO
 from google.protobuf.message import Message
 
 from krt_runner.client import Client
-from krt_runner.errors import CallError, CallTimeout, ErrorAnswer
-from krt_runner.krt.protos import MessageTypes, ProtoError, load_file, parse_json, select_types, to_json
+from krt_runner.errors import CallError, CallTimeout, ErrorAnswer, ProtoError
+from krt_runner.krt.protos import MessageTypes, load_file, parse_json, select_types, to_json
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

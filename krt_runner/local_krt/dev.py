@@ -16,7 +16,6 @@ import base64
 import inspect
 import json
 import os
-import signal
 import sys
 import threading
 import uuid
@@ -24,21 +23,20 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import structlog
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
 from krt_runner.config import Settings, load_settings
-from krt_runner.errors import HandlerLoadError, InitError, InvalidRequestError, KrtRunnerError
+from krt_runner.envelope import AnyMessage, KreNatsMessage, decode
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError, InvalidRequestError, KrtRunnerError
 from krt_runner.logging import configure_logging
-from krt_runner.node.envelope import AnyMessage, KreNatsMessage, decode
-from krt_runner.node.main import read_settings, serve_node
-from krt_runner.node.user_code import UserCode, UserFunction, user_code_from
+from krt_runner.node.calling import UserFunction
+from krt_runner.node.main import node_main, read_settings, serve_node
+from krt_runner.node.user_code import UserCode, user_code_from
 
 if TYPE_CHECKING:
-    from krt_runner.node.runner import Node
+    from krt_runner.node.lifecycle import RunningNode
 
-EXIT_USAGE = 2
 DEV_INPUT = "krt-dev.in"
 # Cap on an answer's decompressed size in dev mode: generous, it is our own node.
 _DEV_MAX_ANSWER_BYTES = 256 * 1024 * 1024
@@ -154,37 +152,9 @@ def _dev_base_path(script: Path) -> Path:
 
 
 async def _dev_main(settings: Settings, code: UserCode, requests: list[str] | None) -> int:
-    from krt_runner.measurements.points import make_sink
-    from krt_runner.node.runner import Node
-
-    log = structlog.get_logger("krt_runner")
-    sink = make_sink(settings, log)
-    node = Node(settings, code, sink=sink)
-    try:
-        await node.start()
-    except InitError as exc:
-        node.log.error(str(exc), exc_info=exc.__cause__)
-        await node.broker.close()
-        await sink.close(timeout=settings.influx_shutdown_timeout)
-        return 1
-    source = f"{len(requests)} --request" if requests else "stdin, one JSON line each"
-    node.log.info("dev mode: answering requests", request_type=code.request_name, requests_from=source)
-    session = _DevSession(node, code)
-    await _until_signal(session.answer_all(_request_lines(requests)), node)
-    await node.stop()
-    return 1 if session.failures else 0
-
-
-async def _until_signal(work: Any, node: Node) -> None:
-    """Run ``work``; SIGINT or SIGTERM cancels it (Ctrl-C ends dev mode like end of input does)."""
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(work)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        await task
-    except asyncio.CancelledError:
-        node.log.info("signal received; stopping")
+    session = _DevSession(code, requests)
+    exit_code = await node_main(settings, code, work=session.run)
+    return exit_code or (EXIT_FAILED if session.failures else EXIT_OK)
 
 
 async def _request_lines(requests: list[str] | None) -> AsyncIterator[str]:
@@ -213,12 +183,19 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None
 class _DevSession:
     """Sends each request through NATS to the node, one at a time, and prints each answer as one JSON line."""
 
-    def __init__(self, node: Node, code: UserCode) -> None:
+    def __init__(self, code: UserCode, requests: list[str] | None) -> None:
         assert code.request_type is not None
         self._request_type: type[Message] = code.request_type
-        self._client = node.broker.client
+        self._request_name = code.request_name
+        self._requests = requests
         self._answers: asyncio.Queue[bytes] = asyncio.Queue()
         self.failures = 0
+
+    async def run(self, node: RunningNode) -> None:
+        source = f"{len(self._requests)} --request" if self._requests else "stdin, one JSON line each"
+        node.log.info("dev mode: answering requests", request_type=self._request_name, requests_from=source)
+        self._client = node.broker.client
+        await self.answer_all(_request_lines(self._requests))
 
     async def answer_all(self, lines: AsyncIterator[str]) -> None:
         inbox = self._client.new_inbox()

@@ -31,12 +31,11 @@ from typing import Any, TextIO
 from google.protobuf.message import Message
 
 from krt_runner.client import Client
-from krt_runner.errors import CallError, KrtFileError, KrtRunnerError
+from krt_runner.errors import CallError, KrtFileError, KrtRunnerError, ProtoError, UpError
 from krt_runner.krt.model import Krt, NodeWiring, Workflow, entry_subject, load_krt, wiring
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import (
     MessageTypes,
-    ProtoError,
     find_types_source,
     load_file,
     parse_json,
@@ -62,13 +61,6 @@ _LINE_LIMIT = 1024 * 1024
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HIDDEN_KEYS = ("event", "level", "timestamp", "node", "workflow", "version", "version_id", "logger", "exception")
 
-
-class UpError(KrtRunnerError):
-    """``up`` cannot run this KRT as asked; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("cannot start:\n" + "\n".join(f"  - {problem}" for problem in problems))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 from urllib3.exceptions import HTTPError
 
 from krt_runner.config import Settings, redact_url
-from krt_runner.measurements.writer import WriteError
+from krt_runner.errors import WriteError
 
 
 @contextlib.contextmanager

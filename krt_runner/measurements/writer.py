@@ -13,7 +13,7 @@ backoff while that fails.
 Memory is bounded: at most ``max_buffered`` lines are held, the batch being
 retried included. When the buffer is full the oldest waiting line makes room
 for the new one. Every line that is not written is counted; the counts are
-logged at most once per ``_REPORT_EVERY`` seconds, never once per line.
+logged now and then (:mod:`~krt_runner.measurements.report`), never once per line.
 
 Close: the thread writes what is left within the shutdown bound, closes the
 destination (and with it influxdb-client's connections) and ends.
@@ -27,13 +27,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
-from krt_runner.measurements.points import PendingLine
+from krt_runner.errors import WriteError
+from krt_runner.measurements.pending import PendingLine, Renderer
+from krt_runner.measurements.report import WriterReport
 
-# Seconds between two log lines about dropped points or a failing destination.
-_REPORT_EVERY = 10.0
 # Waits between retries of a failed write: doubling from the first to the last.
 _FIRST_RETRY_WAIT = 0.5
 _LAST_RETRY_WAIT = 8.0
@@ -43,13 +42,6 @@ _RENDER_PAUSE = 0.0002
 # How often close() looks whether the writer thread has finished.
 _CLOSE_POLL = 0.01
 
-
-class WriteError(Exception):
-    """A batch was not written. ``retry=False``: the destination refused it for good."""
-
-    def __init__(self, text: str, *, retry: bool) -> None:
-        super().__init__(text)
-        self.retry = retry
 
 
 class Destination(Protocol):
@@ -61,26 +53,6 @@ class Destination(Protocol):
     def write(self, lines: list[str]) -> None: ...
 
     def close(self) -> None: ...
-
-
-class FileDestination:
-    """Appends batches to a file that ``influx write --file`` imports (precision ns)."""
-
-    description = "a line-protocol file"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.details: dict[str, Any] = {"path": str(path)}
-
-    def write(self, lines: list[str]) -> None:
-        try:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write("\n".join(lines) + "\n")
-        except OSError as exc:  # a full or read-only disk may recover: retried
-            raise WriteError(f"cannot append to {self.path}: {exc.strerror or exc}", retry=True) from None
-
-    def close(self) -> None:
-        pass
 
 
 class _Backoff:
@@ -126,7 +98,7 @@ class BatchWriter:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
-        self._report = _Reporter(logger, destination.description, max_buffered=max_buffered)
+        self._report = WriterReport(logger, destination.description, max_buffered=max_buffered)
         self._thread = threading.Thread(target=self._run, name="krt-measurements", daemon=True)
         self._thread.start()
 
@@ -268,27 +240,27 @@ class BatchWriter:
         return lines
 
     def _render_slice(self, items: list[PendingLine]) -> list[str]:
-        """Finished lines as they are, then each renderer's points through one call (see ``PendingLine``)."""
+        """Finished lines as they are, then each renderer's points through one call."""
         lines: list[str] = []
-        by_renderer: dict[Any, list[tuple[Any, ...]]] = {}
+        by_renderer: dict[Renderer, list[Any]] = {}
         for item in items:
             if isinstance(item, str):
                 lines.append(item)
             else:
-                by_renderer.setdefault(item[0], []).append(item)
-        for render, points in by_renderer.items():
-            lines.extend(self._render_points(render, points))
+                by_renderer.setdefault(item.render, []).append(item.values)
+        for render, values in by_renderer.items():
+            lines.extend(self._render_points(render, values))
         return lines
 
-    def _render_points(self, render: Any, points: list[tuple[Any, ...]]) -> list[str]:
+    def _render_points(self, render: Renderer, values: list[Any]) -> list[str]:
         """A bug in a renderer costs its own points, never the thread or the batch: a failing group is retried
         one point at a time, and only the points that fail alone are dropped."""
         try:
-            return list(render(points))
+            return list(render(values))
         except Exception as exc:
-            if len(points) > 1:
-                return [line for point in points for line in self._render_points(render, [point])]
-            self._settle(points, "dropped_rejected")
+            if len(values) > 1:
+                return [line for value in values for line in self._render_points(render, [value])]
+            self._settle(values, "dropped_rejected")
             self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
             return []
 
@@ -315,54 +287,3 @@ class BatchWriter:
         with self._lock:
             self._held -= len(batch)
             self.counts[outcome] += len(batch)
-
-
-class _Reporter:
-    """The writer's log lines: on a change of state, and drops at most once per ``_REPORT_EVERY``."""
-
-    def __init__(self, logger: Any, destination: str, *, max_buffered: int) -> None:
-        self._log = logger
-        self._destination = destination
-        self._max_buffered = max_buffered
-        self._failing_since: float | None = None
-        self._failed_attempts = 0
-        self._first_written = False
-        self._reported_drops = 0
-        self._last_report = 0.0
-
-    def written(self, lines: int) -> None:
-        if self._failing_since is not None:
-            self._log.info("measurements: writes succeed again", destination=self._destination,
-                           failed_attempts=self._failed_attempts,
-                           outage_seconds=round(time.monotonic() - self._failing_since, 1))
-            self._failing_since = None
-            self._failed_attempts = 0
-        elif not self._first_written:
-            self._log.info("measurements: first batch written", destination=self._destination, points=lines)
-        self._first_written = True
-
-    def failing(self, error: str, buffered: int) -> None:
-        self._failed_attempts += 1
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            self._log.error("measurements: write failed; points are kept and retried",
-                            destination=self._destination, error=error, buffered=buffered)
-
-    def rejected(self, error: str, lines: int) -> None:
-        self._log.error("measurements: batch refused for good; its points are dropped",
-                        destination=self._destination, error=error, dropped=lines)
-
-    def drops(self, counts: dict[str, int], buffered: int) -> None:
-        """Points dropped to make room; those dropped at close are in :meth:`closed`'s line, not here."""
-        total = counts["dropped_full"]
-        now = time.monotonic()
-        if total == self._reported_drops or now - self._last_report < _REPORT_EVERY:
-            return
-        self._log.warning("measurements: buffer full, oldest points dropped",
-                          dropped=total - self._reported_drops, dropped_total=total, buffered=buffered,
-                          max_buffered=self._max_buffered)
-        self._reported_drops = total
-        self._last_report = now
-
-    def closed(self, counts: dict[str, int], dropped: int) -> None:
-        self._log.info("measurements closed", destination=self._destination, dropped=dropped, **counts)

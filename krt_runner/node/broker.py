@@ -22,7 +22,9 @@ from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
 
 from krt_runner.config import Settings, redact_url
-from krt_runner.errors import BrokerConnectError
+from krt_runner.errors import BrokerConnectError, describe
+
+__all__ = ["Broker", "MessageCallback", "Msg", "connect_options", "tls_context", "tls_required"]
 
 MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer).
@@ -183,7 +185,7 @@ class Broker:
         try:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
         except Exception as exc:  # a connection lost mid-shutdown must not stop the shutdown
-            self._log.warning("could not drain subscription", error=_describe(exc))
+            self._log.warning("could not drain subscription", error=describe(exc))
 
     async def close(self) -> None:
         """Flush what is queued for the server, then close."""
@@ -193,7 +195,7 @@ class Broker:
         try:
             await self._nc.drain()
         except Exception as exc:
-            self._log.warning("could not drain connection; closing", error=_describe(exc))
+            self._log.warning("could not drain connection; closing", error=describe(exc))
             await self._close_quietly()
 
     async def _close_quietly(self) -> None:
@@ -215,7 +217,7 @@ class Broker:
                 self._fatal.set_result(error)
                 return
         if self._error_log_due():
-            self._log.warning("NATS error", error=_describe(error), connected=self.is_connected)
+            self._log.warning("NATS error", error=describe(error), connected=self.is_connected)
 
     def _on_slow_consumer(self) -> None:
         self.slow_consumer_drops += 1
@@ -267,9 +269,4 @@ def _explain(error: BaseException) -> str:
             f"the TLS handshake failed ({error.reason or text}): the server did not accept this node's certificate; "
             f"check {_TLS_SETTINGS}"
         )
-    return f"{_describe(error)}; check the credentials and TLS settings"
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip() or repr(error)
-    return f"{type(error).__name__}: {text}"
+    return f"{describe(error)}; check the credentials and TLS settings"

@@ -1,18 +1,34 @@
-"""Start-up shared by ``krt-runner run`` and ``serve()``: settings, logging, then the node."""
+"""A node process from settings to exit code: logging, the event loop, signals, the idle timeout.
+
+Shared by ``krt-runner run`` and ``serve()``. Exit codes: 0 after a stop
+(SIGTERM, SIGINT, ``KRT_IDLE_TIMEOUT``), 1 when ``init`` raised, 2 when
+NATS refused the connection for good.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
 
 from krt_runner.config import Settings, load_settings
-from krt_runner.errors import ConfigError
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BrokerConnectError, ConfigError, InitError
 from krt_runner.logging import configure_logging
+from krt_runner.measurements import PointSink, make_sink
+from krt_runner.node.lifecycle import RunningNode
 from krt_runner.node.user_code import UserCode
+
+# A sync handler busy in Python holds the GIL on its worker thread from one call to the next. The event loop's thread
+# (answers, the next message) gets it when the interpreter forces a switch: every 1 ms keeps the worker supplied.
+_SYNC_HANDLER_SWITCH_INTERVAL = 0.001
+# What a process may do with its node while it serves, instead of waiting for a signal (dev mode sends requests).
+Work = Callable[[RunningNode], Coroutine[Any, Any, None]]
 
 
 def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
@@ -27,13 +43,6 @@ def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
     return settings
 
 
-# A sync handler busy in Python holds the GIL on its worker thread, and goes from one call to the next without
-# letting go (see Node._pipelined). The event loop's thread, which answers and takes the next message, then gets the
-# GIL only when the interpreter forces a switch: after 1 ms instead of Python's 5, it keeps the worker supplied.
-# (benchmarks, busy 2 ms handler: 412 -> 445 answers/s.)
-_SYNC_HANDLER_SWITCH_INTERVAL = 0.001
-
-
 def serve_node(settings: Settings, code: UserCode) -> int:
     """Run the node to its end on uvloop when installed; return the exit code."""
     structlog.get_logger("krt_runner").info(
@@ -41,18 +50,7 @@ def serve_node(settings: Settings, code: UserCode) -> int:
     )
     if not code.handler_is_async:
         sys.setswitchinterval(min(sys.getswitchinterval(), _SYNC_HANDLER_SWITCH_INTERVAL))
-    return run_event_loop(_node_main(settings, code))
-
-
-async def _node_main(settings: Settings, code: UserCode) -> int:
-    from krt_runner.measurements.points import make_sink
-    from krt_runner.node.runner import run_node
-
-    sink = make_sink(settings, structlog.get_logger("krt_runner"))
-    try:
-        return await run_node(settings, code, sink=sink)
-    finally:  # also when start-up failed: points saved by init are written, the writer thread ends
-        await sink.close(timeout=settings.influx_shutdown_timeout)
+    return run_event_loop(node_main(settings, code))
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -61,3 +59,88 @@ def run_event_loop(coroutine: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return int(asyncio.run(coroutine))
     return int(uvloop.run(coroutine))
+
+
+async def node_main(settings: Settings, code: UserCode, *, work: Work | None = None) -> int:
+    """Run the node with the sink its settings ask for; return the exit code (see :func:`run_until_stopped`)."""
+    sink = make_sink(settings, structlog.get_logger("krt_runner"))
+    try:
+        return await run_until_stopped(settings, code, sink=sink, work=work)
+    finally:  # also when start-up failed: points saved by init are written, the writer thread ends
+        await sink.close(timeout=settings.influx_shutdown_timeout)
+
+
+async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSink, work: Work | None = None) -> int:
+    """Start a node, serve until SIGTERM, SIGINT or its idle timeout (or until ``work(node)`` is done), then stop
+    it; return the process exit code."""
+    node = RunningNode(settings, code, sink=sink)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    failed = await _start(node, stop)
+    if failed is not None:
+        await node.broker.close()
+        return failed
+    if work is None:
+        await _wait_for_stop(node, stop)
+    else:
+        await _work_until_stop(node, work(node), stop)
+    await node.stop()
+    return EXIT_OK
+
+
+async def _start(node: RunningNode, stop: asyncio.Event) -> int | None:
+    """Start the node; ``None`` once it serves, else the exit code (a signal during start-up: 0)."""
+    loop = asyncio.get_running_loop()
+    starting = loop.create_task(node.start())
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        node.log.info("stopped before start-up finished")
+        return EXIT_OK
+    stopping.cancel()
+    return _startup_failure(node, starting)
+
+
+def _startup_failure(node: RunningNode, starting: asyncio.Task[None]) -> int | None:
+    error = starting.exception()
+    if error is None:
+        return None
+    if isinstance(error, BrokerConnectError):
+        node.log.error(str(error))
+        return EXIT_USAGE
+    if isinstance(error, InitError):
+        node.log.error(str(error), exc_info=error.__cause__)
+        return EXIT_FAILED
+    raise error
+
+
+async def _wait_for_stop(node: RunningNode, stop: asyncio.Event) -> None:
+    """Until SIGTERM or SIGINT, or ``KRT_IDLE_TIMEOUT`` seconds without a message received."""
+    timeout = node.settings.idle_timeout
+    while timeout is not None and not stop.is_set():
+        remaining = timeout - (time.perf_counter_ns() - node.last_received) / 1e9
+        if remaining <= 0:
+            node.log.info("idle timeout: no message received; stopping", idle_timeout=timeout)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), remaining)
+    await stop.wait()
+    node.log.info("signal received; stopping")
+
+
+async def _work_until_stop(node: RunningNode, work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Until ``work`` is done; SIGINT or SIGTERM cancels it."""
+    loop = asyncio.get_running_loop()
+    working = loop.create_task(work)
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if working.done():
+        stopping.cancel()
+        working.result()
+        return
+    working.cancel()
+    await asyncio.gather(working, return_exceptions=True)
+    node.log.info("signal received; stopping")

@@ -1,0 +1,55 @@
+"""Running a user's Python file as a module: the one place that touches ``sys.path`` and ``sys.modules`` for it.
+
+Handler modules, generated ``_pb2`` files and ``pipeline.py`` files all go
+through :func:`exec_file`, so they import their neighbours the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+
+class NotAModule(ValueError):
+    """The file cannot be loaded as a Python module."""
+
+
+def exec_file(path: Path, *, name: str, keep_folder_on_path: bool = True) -> ModuleType:
+    """Run the file at ``path`` as module ``name``, registered in ``sys.modules`` under that name (so pickled
+    objects, joblib models, find their classes) and with its folder first on ``sys.path`` (so it imports the
+    files beside it, its ``_pb2`` modules). The folder stays on ``sys.path`` unless ``keep_folder_on_path`` is
+    false. Raises whatever the file's code raises, and :class:`NotAModule`."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise NotAModule(f"{path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        with _folder_on_path(path.parent, keep=keep_folder_on_path):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def prepend_sys_path(directory: Path) -> None:
+    """Put ``directory`` first on ``sys.path``, once."""
+    entry = str(directory)
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+
+@contextlib.contextmanager
+def _folder_on_path(directory: Path, *, keep: bool) -> Iterator[None]:
+    added = str(directory) not in sys.path
+    prepend_sys_path(directory)
+    try:
+        yield
+    finally:
+        if added and not keep:
+            sys.path.remove(str(directory))

@@ -1,0 +1,60 @@
+"""The measurement writer's log lines: on a change of state, and drops at most once per ``_REPORT_EVERY``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# Seconds between two log lines about dropped points.
+_REPORT_EVERY = 10.0
+
+
+class WriterReport:
+    """What the writer tells the log."""
+
+    def __init__(self, logger: Any, destination: str, *, max_buffered: int) -> None:
+        self._log = logger
+        self._destination = destination
+        self._max_buffered = max_buffered
+        self._failing_since: float | None = None
+        self._failed_attempts = 0
+        self._first_written = False
+        self._reported_drops = 0
+        self._last_report = 0.0
+
+    def written(self, lines: int) -> None:
+        if self._failing_since is not None:
+            self._log.info("measurements: writes succeed again", destination=self._destination,
+                           failed_attempts=self._failed_attempts,
+                           outage_seconds=round(time.monotonic() - self._failing_since, 1))
+            self._failing_since = None
+            self._failed_attempts = 0
+        elif not self._first_written:
+            self._log.info("measurements: first batch written", destination=self._destination, points=lines)
+        self._first_written = True
+
+    def failing(self, error: str, buffered: int) -> None:
+        self._failed_attempts += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            self._log.error("measurements: write failed; points are kept and retried",
+                            destination=self._destination, error=error, buffered=buffered)
+
+    def rejected(self, error: str, lines: int) -> None:
+        self._log.error("measurements: batch refused for good; its points are dropped",
+                        destination=self._destination, error=error, dropped=lines)
+
+    def drops(self, counts: dict[str, int], buffered: int) -> None:
+        """Points dropped to make room; those dropped at close are in :meth:`closed`'s line, not here."""
+        total = counts["dropped_full"]
+        now = time.monotonic()
+        if total == self._reported_drops or now - self._last_report < _REPORT_EVERY:
+            return
+        self._log.warning("measurements: buffer full, oldest points dropped",
+                          dropped=total - self._reported_drops, dropped_total=total, buffered=buffered,
+                          max_buffered=self._max_buffered)
+        self._reported_drops = total
+        self._last_report = now
+
+    def closed(self, counts: dict[str, int], dropped: int) -> None:
+        self._log.info("measurements closed", destination=self._destination, dropped=dropped, **counts)

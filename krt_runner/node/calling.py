@@ -1,0 +1,102 @@
+"""Calling the user's functions: coroutines on the event loop, plain functions on worker threads; and what an
+exception out of them becomes.
+
+Sync code runs off the event loop so that a CPU-bound handler never keeps the
+NATS client from answering PINGs or reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from krt_runner.errors import HandlerError, HandlerTimeoutError, InvalidRequestError, describe
+from krt_runner.node.threads import WorkerThreads
+
+UserFunction = Callable[..., Any]
+
+
+class Caller:
+    """Calls user functions: coroutines on the loop, plain functions on worker threads."""
+
+    def __init__(self, *, workers: int) -> None:
+        self._workers = workers
+        self._is_async: dict[UserFunction, bool] = {}
+        self._threads = self._new_threads()
+        self.abandoned_threads = 0  # threads of timed-out calls, still running their function
+
+    def _new_threads(self) -> WorkerThreads:
+        return WorkerThreads(self._workers, name="krt-handler")
+
+    def call(self, function: UserFunction, *args: Any) -> Awaitable[Any]:
+        """What to await for ``function(*args)``: an async function's own coroutine, or its run on a worker thread.
+
+        A plain method, not a coroutine: an async handler is awaited with no frame of ours in between.
+        """
+        is_async = self._is_async.get(function)
+        if is_async is None:  # asked once per function, not per message
+            is_async = self._is_async[function] = inspect.iscoroutinefunction(function)
+        if is_async:
+            coroutine: Awaitable[Any] = function(*args)  # annotated, not cast(): no call per message
+            return coroutine
+        return self._call_in_thread(function, args)
+
+    async def _call_in_thread(self, function: UserFunction, args: tuple[Any, ...]) -> Any:
+        threads = self._threads
+        running = threads.call(function, args)
+        try:
+            result = await running
+        except asyncio.CancelledError:  # timed out: a thread cannot be stopped
+            if threads.started(running):
+                self._abandon(threads)
+            raise
+        if inspect.isawaitable(result):  # a sync function that returned a coroutine
+            result = await result
+        return result
+
+    def _abandon(self, threads: WorkerThreads) -> None:
+        """Leave a busy thread to finish on its own (its result is discarded); new calls get fresh threads.
+
+        Without this a timed-out handler would keep its worker, and every later
+        message would wait for it and time out too.
+        """
+        self.abandoned_threads += 1
+        if threads is self._threads:  # not replaced yet by another timed-out call of the same threads
+            self._threads = self._new_threads()
+            threads.retire()  # the others end once they have run what was handed to them
+
+    def close(self) -> None:
+        # Threads of timed-out handlers cannot be killed; do not wait for them.
+        self._threads.close()
+
+
+def handler_failure(exc: BaseException, timeout: float | None) -> BaseException:
+    """What an exception out of the handler's call becomes: the timeout's error when ``wait_for`` timed out,
+    else a :class:`HandlerError` naming it (a handler's own ``CancelledError`` included: the node goes on)."""
+    if isinstance(exc, asyncio.TimeoutError) and timeout is not None:
+        # wait_for's: with a timeout set, the handler's own TimeoutError arrives as a HandlerError
+        failure: BaseException = HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)")
+        failure.__suppress_context__ = True
+        return failure
+    return handler_error(exc)
+
+
+async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """``call(*args)`` awaited, its exceptions as :class:`HandlerError`, so that none is taken for ``wait_for``'s
+    timeout (comparing clocks instead fails: uvloop's timers tick in milliseconds and may fire just before the
+    bound)."""
+    try:
+        return await call(*args)
+    except (InvalidRequestError, HandlerError):
+        raise
+    except Exception as exc:
+        raise handler_error(exc)  # noqa: B904  (it carries its cause)
+
+
+def handler_error(exc: BaseException) -> HandlerError:
+    """The error an exception out of the user's handler becomes, naming it, with it as its cause."""
+    error = HandlerError(f"handler raised {describe(exc)}")
+    error.__cause__ = exc
+    return error

@@ -1,0 +1,133 @@
+"""A running node: start-up, shutdown, and what holds it together (broker, intake, pipeline, health file).
+
+Start-up order (fixed and logged): settings and handler module (before this
+object exists), connect, ``init`` awaited to the end, subscribe, ready. No
+message reaches a half-initialised node.
+
+Shutdown order, the one place it is written (:meth:`RunningNode.stop`):
+
+1. the health file goes: a draining node is not ready;
+2. intake stops: unsubscribe; nats-py hands over the messages it already holds;
+3. the messages taken are handled and answered, until ``KRT_DRAIN_TIMEOUT`` from the start of the stop;
+4. if that deadline passed with messages unanswered, the node gives up on them: handlers still running are
+   cancelled and messages still waiting are refused, each with an error answer;
+5. the connection drains (every answer is flushed to the server) and closes;
+6. the intake's workers end;
+7. the last answers' points are recorded and the measurements flushed;
+8. one ``stopped`` line with the counters.
+
+Every message taken gets exactly one answer before exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from krt_runner.config import Settings
+from krt_runner.errors import InitError
+from krt_runner.logging import node_logger
+from krt_runner.measurements import Measurement, NodePoints, PointSink
+from krt_runner.node.broker import Broker
+from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.health import HealthFile
+from krt_runner.node.intake import intake_for
+from krt_runner.node.pipeline import Pipeline
+from krt_runner.node.user_code import UserCode
+
+
+class RunningNode:
+    """One node: a NATS subscription calling the user's handler once per message."""
+
+    def __init__(self, settings: Settings, code: UserCode, *, sink: PointSink) -> None:
+        self.settings = settings
+        self.code = code
+        self.name = settings.node_name or code.name
+        self.log = node_logger(node=self.name, workflow=settings.workflow_name, version=settings.version)
+        self._sink = sink
+        self.state = NodeState(base_path=settings.base_path, logger=self.log,
+                               measurement=Measurement(sink=sink, version=settings.version))
+        self.broker = Broker(settings, self.log)
+        points = NodePoints(sink=sink, workflow=settings.workflow_name, version=settings.version, node=self.name,
+                            last_node=settings.is_last_node)
+        self.pipeline = Pipeline(settings=settings, code=code, state=self.state, broker=self.broker, points=points,
+                                 log=self.log, name=self.name)
+        self.intake = intake_for(self.pipeline.handle, concurrency=settings.concurrency,
+                                 pipelined=self.pipeline.pipelined, log=self.log)
+        self.ready = asyncio.Event()
+        self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Messages received, answered, answered with an error, and dropped (no reply subject anywhere)."""
+        return self.pipeline.counts
+
+    @property
+    def last_received(self) -> int:
+        """``perf_counter_ns`` of the last message received (or of the end of start-up): for ``KRT_IDLE_TIMEOUT``."""
+        return self.pipeline.last_received
+
+    @property
+    def in_flight(self) -> int:
+        """Messages taken and not yet answered: in a handler, or queued for a worker."""
+        counts = self.pipeline.counts
+        return self.intake.queued + counts["received"] - counts["answered"] - counts["errors"]
+
+    async def start(self) -> None:
+        """Connect, run ``init`` to the end, then subscribe."""
+        self.state.loop = asyncio.get_running_loop()
+        self.log.info("connecting to NATS", servers=self.settings.describe()["nats_servers"])
+        await self.broker.connect()
+        await self._run_init()
+        self.intake.start()
+        queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
+        await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self.intake.on_message)
+        self.pipeline.last_received = time.perf_counter_ns()  # a long init is not idle time
+        self.ready.set()
+        self.health.start()
+        self.log.info("node ready", input=self.settings.input_subject, output=self.settings.output_subject or None)
+
+    async def _run_init(self) -> None:
+        if self.code.init is None:
+            return
+        self.log.info("running init")
+        started = time.perf_counter()
+        try:
+            await self.pipeline.caller.call(self.code.init, HandlerContext(self.state))
+        except Exception as exc:
+            raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
+        self.log.info("init done", seconds=round(time.perf_counter() - started, 3))
+
+    async def stop(self) -> None:
+        """Stop intake, finish in-flight messages, publish their answers, flush measurements (see the module)."""
+        self.log.info("draining: no new messages; finishing those in flight", in_flight=self.in_flight)
+        await self.health.stop()
+        deadline = time.monotonic() + self.settings.drain_timeout
+        intake_stopped = await self._stop_intake()
+        handled = await self.intake.wait_handled(deadline - time.monotonic())
+        if not (intake_stopped and handled) or self.in_flight:
+            self._give_up()
+        await self.broker.close()
+        await self.intake.close()
+        self.pipeline.close()
+        self.pipeline.record_unrecorded()  # should the loop not have come round to the last answers' points
+        await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
+        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops,
+                      abandoned_threads=self.pipeline.caller.abandoned_threads)
+
+    async def _stop_intake(self) -> bool:
+        """Unsubscribe and take what nats-py holds; ``False`` if that outlasted ``KRT_DRAIN_TIMEOUT``."""
+        try:
+            await asyncio.wait_for(self.broker.stop_intake(), timeout=self.settings.drain_timeout)
+        except asyncio.TimeoutError:
+            self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
+            return False  # nats-py still holds messages: they are refused once the node gives up
+        return True
+
+    def _give_up(self) -> None:
+        """``KRT_DRAIN_TIMEOUT`` ran out: answer every unfinished message with an error before the connection
+        closes."""
+        self.log.error("drain timeout: answering unfinished messages with an error", unfinished=self.in_flight,
+                       seconds=self.settings.drain_timeout)
+        self.pipeline.give_up()
+        self.intake.give_up(busy=self.in_flight > 0)

@@ -1,0 +1,245 @@
+"""One message through the node: decode, call the handler, answer, or answer with an error; then record.
+
+Every path of :meth:`Pipeline.handle` ends in exactly one answer, or, when
+there is no reply subject anywhere, in a logged drop. Bad input gets the same
+policy as a failing handler: it is decoded inside the same try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from google.protobuf.message import Message
+
+from krt_runner import envelope
+from krt_runner.config import Settings
+from krt_runner.envelope import KreNatsMessage
+from krt_runner.errors import DrainTimeoutError, HandlerError, InvalidRequestError, ReplyError, describe
+from krt_runner.measurements import NodePoints, Outcome, Timing
+from krt_runner.node.answers import Answers, publishable, traceback_worthy
+from krt_runner.node.broker import Broker
+from krt_runner.node.calling import Caller, as_handler_errors, handler_failure
+from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.request_types import unpack_request
+from krt_runner.node.user_code import UserCode
+
+_ANSWERED, _INVALID, _FAILED = Outcome.ANSWERED, Outcome.INVALID, Outcome.FAILED
+
+
+class Job:
+    """One message on its way through the node."""
+
+    __slots__ = (
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
+    )
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.request: KreNatsMessage | None = None
+        self.tracking: Any = ()  # the request's tracking entries, once decoded: read once, used three times
+        self.tracking_id = ""  # the request's, once decoded
+        self.hops = 0  # tracking entries received, before this node's own
+        self.replied = False
+        self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
+        self.restart()
+
+    def restart(self) -> None:
+        """Its clocks start now: on arrival, and again when a pipelined message's handler starts."""
+        self.started = time.perf_counter_ns()  # for durations
+        self.started_ns = time.time_ns()  # for timestamps
+
+
+class Pipeline:
+    """What the node does with each message; :meth:`handle` is called once per message by the intake."""
+
+    def __init__(
+        self, *, settings: Settings, code: UserCode, state: NodeState, broker: Broker, points: NodePoints,
+        log: Any, name: str,
+    ) -> None:  # fmt: skip
+        self.log = log
+        self.broker = broker
+        self.state = state
+        self.caller = Caller(workers=settings.concurrency)
+        self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
+        self.last_received = time.perf_counter_ns()  # for KRT_IDLE_TIMEOUT
+        self._answers = Answers(node_name=name, output_subject=settings.output_subject,
+                                max_payload=lambda: broker.max_payload)
+        self._handler = code.handler
+        self._request_type = code.request_type
+        self._timeout = settings.handler_timeout
+        self._drain_timeout = settings.drain_timeout
+        self._max_decompressed = settings.max_decompressed_bytes
+        # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are threads is
+        # handled at once, so a thread goes from one call to the next without waiting for the event loop. (With a
+        # timeout, which counts from when a message's handling starts, a message starts when a thread is free.)
+        self.pipelined = not code.handler_is_async and settings.handler_timeout is None
+        self._step = self._call_handler  # self._refuse once the node gives up on what is left
+        self._giving_up = False  # a message cancelled now is one the drain gave up on: it gets an error answer
+        self._points = points
+        self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
+        self._measured = settings.measurements_enabled
+        self._last_node = settings.is_last_node
+        self._debug = settings.log_level == "debug"
+
+    async def handle(self, data: bytes, reply: str) -> None:
+        """Process one message: every path ends in exactly one answer, or a logged drop."""
+        self.counts["received"] += 1
+        job = Job(reply)
+        self.last_received = job.started
+        outcome = _ANSWERED
+        try:
+            self._decode(job, data)
+            result = await self._step(job)
+            subject, answer = self._answers.for_result(job, result)
+            if subject:
+                await self.broker.publish(subject, answer)
+                if self._debug:
+                    self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
+            else:
+                self._note_unsent(job)
+            self.counts["answered"] += 1
+        except InvalidRequestError as exc:
+            outcome = _INVALID
+            await self._answer_error(job, exc)
+        except Exception as exc:
+            outcome = _FAILED
+            await self._answer_error(job, exc)
+        except asyncio.CancelledError:
+            if not self._giving_up:
+                raise
+            _uncancel()  # this task goes on: to refuse the messages still waiting
+            outcome = _FAILED
+            await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
+        finally:
+            if self._measured:
+                self._record_soon(self._timing(job, time.perf_counter_ns() - job.started, outcome))
+
+    # -- the drain's end ----------------------------------------------------------------------
+
+    def give_up(self) -> None:
+        """``KRT_DRAIN_TIMEOUT`` ran out: a handler cancelled from now on answers with an error, and a message not
+        yet handled is refused with one."""
+        self._giving_up = True
+        self._step = self._refuse
+
+    def close(self) -> None:
+        """From now on a cancellation ends the task that handles a message, whatever it is doing."""
+        self._giving_up = False
+        self.caller.close()
+
+    # -- the steps ----------------------------------------------------------------------------
+
+    def _decode(self, job: Job, data: bytes) -> None:
+        request = envelope.decode(data, max_decompressed=self._max_decompressed)
+        job.request = request
+        job.tracking_id = request.tracking_id
+        job.tracking = request.tracking
+        job.hops = len(job.tracking)
+        if not job.reply:
+            job.reply = publishable(request.reply)
+        if self._debug:
+            self.log.debug("message received", tracking_id=job.tracking_id, bytes=len(data))
+
+    async def _call_handler(self, job: Job) -> Any:
+        assert job.request is not None
+        ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message))
+        data: Any = job.request.payload
+        if self._request_type is not None:
+            data = unpack_request(data, self._request_type)
+        timeout = self._timeout
+        try:
+            if self.pipelined:
+                return await self.caller.call(self._handler_from_now, job, ctx, data)
+            if timeout is None:
+                return await self.caller.call(self._handler, ctx, data)
+            return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data), timeout)
+        except (InvalidRequestError, HandlerError):
+            raise
+        except (Exception, asyncio.CancelledError) as exc:
+            if self._giving_up and isinstance(exc, asyncio.CancelledError):
+                raise  # the drain's cancellation, not the handler's own
+            raise handler_failure(exc, timeout)  # noqa: B904  (the failure carries its own cause)
+        finally:
+            job.handler_done = True
+
+    def _handler_from_now(self, job: Job, ctx: HandlerContext, data: Any) -> Any:
+        """The sync handler, on its worker thread, with the message's clock restarted (see ``pipelined``)."""
+        job.restart()
+        return self._handler(ctx, data)
+
+    async def _refuse(self, job: Job) -> Any:
+        """In place of the handler once the drain has timed out."""
+        raise DrainTimeoutError(self._drain_text("before this message was handled"))
+
+    def _drain_text(self, when: str) -> str:
+        return f"the node stopped: KRT_DRAIN_TIMEOUT ({self._drain_timeout:g}s) ran out {when}"
+
+    def _note_unsent(self, job: Job) -> None:
+        """The last node made an answer and has no requester to send it to (unless it replied early)."""
+        assert job.request is not None
+        if not job.request.replied:
+            self.counts["dropped"] += 1
+            self.log.warning("answer dropped: last node and no reply subject", tracking_id=job.tracking_id)
+
+    async def _early_reply(self, job: Job, message: Message) -> None:
+        request = job.request
+        assert request is not None
+        if job.replied or request.replied:
+            raise ReplyError("ctx.reply() was already called for this request; a request gets one answer")
+        if job.handler_done:
+            self.log.warning("late ctx.reply() ignored: the request was answered when its handler ended or timed out",
+                             tracking_id=request.tracking_id)
+            raise ReplyError("ctx.reply() after the handler ended or timed out; the request was already answered")
+        if not job.reply:
+            raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
+        await self.broker.publish(job.reply, self._answers.early(job, message))
+        job.replied = True
+
+    async def _answer_error(self, job: Job, exc: Exception) -> None:
+        self.counts["errors"] += 1
+        text = self._answers.error_text(exc)
+        answered = job.replied or (job.request is not None and job.request.replied)
+        self.log.error(text, tracking_id=job.tracking_id, exc_info=traceback_worthy(exc))
+        if answered or not job.reply:
+            if not answered:
+                self.counts["dropped"] += 1
+                self.log.warning("error not sent: no reply subject", tracking_id=job.tracking_id)
+            return
+        try:
+            await self.broker.publish(job.reply, self._answers.for_error(job, text))
+        except Exception as publish_exc:
+            self.log.error("could not publish error answer", error=describe(publish_exc), tracking_id=job.tracking_id)
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def _record_soon(self, timing: Timing) -> None:
+        """Measure a message once this pass of the event loop has handled its others and written the answers.
+
+        The answers leave first (nats-py's flusher was woken by the first publish, so it runs before this), and
+        only the timing is kept, not the job: its envelope is freed as soon as it is answered.
+        """
+        if not self._unrecorded:
+            asyncio.get_running_loop().call_soon(self.record_unrecorded)
+        self._unrecorded.append(timing)
+
+    def record_unrecorded(self) -> None:
+        timings, self._unrecorded = self._unrecorded, []
+        if timings:
+            self._points.record(timings)
+
+    def _timing(self, job: Job, elapsed_ns: int, outcome: Outcome) -> Timing:
+        if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
+            return Timing(job.tracking_id, "", elapsed_ns, "", job.started_ns, None, outcome)
+        previous = job.tracking[job.hops - 1]
+        first_start = job.tracking[0].start if self._last_node else None
+        return Timing(job.tracking_id, previous.node_name, elapsed_ns, previous.end, job.started_ns, first_start,
+                      outcome)
+
+
+def _uncancel() -> None:
+    """Forget the cancellation just caught, so the task's later awaits behave as usual (Python 3.11+)."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
