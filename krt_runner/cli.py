@@ -98,7 +98,8 @@ def _positive(raw: str) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from krt_runner.local_krt.up import UpOptions, parse_replicas, run_up
+    from krt_runner.local_krt.plan import UpOptions, parse_replicas
+    from krt_runner.local_krt.up import run_up
 
     try:
         replicas = parse_replicas(args.replicas)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from krt_runner.errors import KrtFileError
+from krt_runner.errors import KrtFileError, UpError
 from krt_runner.krt.model import entry_subject, load_krt, wiring
-from krt_runner.local_krt.up import UpError, UpOptions, make_plan, parse_replicas
+from krt_runner.local_krt.plan import UpOptions, make_plan, parse_replicas
 
 GREETER = ROOT / "examples" / "greeter"
 VALID: dict[str, Any] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from krt_runner.errors import HandlerLoadError, KrtFileError
-from krt_runner.krt.model import Krt, Node, load_krt, wiring
+from krt_runner.krt.model import Krt, NodeSpec, load_krt, wiring
 from krt_runner.node.user_code import load_user_code
 
 EXIT_PROBLEMS = 2
@@ -36,7 +36,7 @@ def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
         return krt, [problem for problem in found if problem]
 
 
-def _import_problem(base_path: Path, node: Node) -> str:
+def _import_problem(base_path: Path, node: NodeSpec) -> str:
     command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src]
     try:
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT)

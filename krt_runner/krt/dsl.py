@@ -42,7 +42,7 @@ GENERATED_MARK = "# Written by krt_runner.KRT"
 
 
 @dataclass(frozen=True)
-class Node(workflow.Node):
+class Node(workflow.NodeSpec):
     """A krt.yml node (name, image, src, gpu) that ``a >> b`` chains into a workflow's sequence."""
 
     def __rshift__(self, other: Node | Chain) -> Chain:

@@ -35,7 +35,7 @@ _V2_HINT = "is a KRT v2 field; krt-runner reads KRT v1 (workflows list nodes in 
 
 
 @dataclass(frozen=True)
-class Node:
+class NodeSpec:
     """One entry of ``nodes``: the code a workflow step runs."""
 
     name: str
@@ -49,7 +49,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Workflow:
+class WorkflowSpec:
     """One entry of ``workflows``: an entrypoint rpc and the nodes it runs, in order."""
 
     name: str
@@ -68,17 +68,17 @@ class Krt:
     image: str
     variables: tuple[str, ...]
     files: tuple[str, ...]
-    nodes: tuple[Node, ...]
-    workflows: tuple[Workflow, ...]
+    nodes: tuple[NodeSpec, ...]
+    workflows: tuple[WorkflowSpec, ...]
 
     @property
     def config_names(self) -> tuple[str, ...]:
         return self.variables + self.files
 
-    def node(self, name: str) -> Node:
+    def node(self, name: str) -> NodeSpec:
         return next(node for node in self.nodes if node.name == name)
 
-    def workflow(self, name: str) -> Workflow:
+    def workflow(self, name: str) -> WorkflowSpec:
         return next(workflow for workflow in self.workflows if workflow.name == name)
 
 
@@ -87,8 +87,8 @@ class NodeWiring:
     """Where one node of one workflow reads and writes."""
 
     krt: Krt
-    workflow: Workflow
-    node: Node
+    workflow: WorkflowSpec
+    node: NodeSpec
     input: str
     output: str
 
@@ -113,7 +113,7 @@ class NodeWiring:
         }
 
 
-def entry_subject(version: str, workflow: Workflow) -> str:
+def entry_subject(version: str, workflow: WorkflowSpec) -> str:
     """The subject a KRE v1 entrypoint publishes a workflow's requests to."""
     return f"{version}-{workflow.entrypoint}-entrypoint"
 
@@ -246,12 +246,12 @@ class _Reader:
 
     # -- nodes and workflows ---------------------------------------------------------------------
 
-    def nodes(self, value: Any) -> tuple[Node, ...]:
+    def nodes(self, value: Any) -> tuple[NodeSpec, ...]:
         nodes = tuple(self.node(item, f"nodes[{index}]") for index, item in enumerate(self.items(value, "nodes")))
         self.unique([node.name for node in nodes], "nodes", "node")
         return nodes
 
-    def node(self, item: Any, where: str) -> Node:
+    def node(self, item: Any, where: str) -> NodeSpec:
         fields = self.mapping(item, where, ("name", "image", "src", "gpu"))
         name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
         src = self.text(fields, "src", f"{where}.src")
@@ -260,9 +260,9 @@ class _Reader:
         gpu = fields.get("gpu", False)
         if not isinstance(gpu, bool):
             self.problem(f"{where}.gpu", f"must be true or false, not {gpu!r}")
-        return Node(name=name, image=image, src=src, gpu=gpu is True)
+        return NodeSpec(name=name, image=image, src=src, gpu=gpu is True)
 
-    def workflows(self, value: Any, node_names: set[str]) -> tuple[Workflow, ...]:
+    def workflows(self, value: Any, node_names: set[str]) -> tuple[WorkflowSpec, ...]:
         workflows = tuple(
             self.workflow(item, f"workflows[{index}]", node_names)
             for index, item in enumerate(self.items(value, "workflows"))
@@ -271,7 +271,7 @@ class _Reader:
         self.unique([workflow.entrypoint for workflow in workflows], "workflows", "entrypoint")
         return workflows
 
-    def workflow(self, item: Any, where: str, node_names: set[str]) -> Workflow:
+    def workflow(self, item: Any, where: str, node_names: set[str]) -> WorkflowSpec:
         fields = self.mapping(item, where, ("name", "entrypoint", "sequential"))
         name = self.name(fields, "name", f"{where}.name")
         entrypoint = self.text(fields, "entrypoint", f"{where}.entrypoint")
@@ -282,7 +282,7 @@ class _Reader:
             if node not in node_names:
                 self.problem(f"{where}.sequential[{index}]", f"node {node!r} is not defined in nodes")
         self.unique(list(sequential), f"{where}.sequential", "node")
-        return Workflow(name=name, entrypoint=entrypoint, sequential=sequential)
+        return WorkflowSpec(name=name, entrypoint=entrypoint, sequential=sequential)
 
     def unique(self, values: list[str], where: str, what: str) -> None:
         for value, count in Counter(values).items():

@@ -8,17 +8,15 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 from google.protobuf.message import Message
 
 from krt_runner.client import Client
-from krt_runner.errors import CallError, CallTimeout, ErrorAnswer, ProtoError
-from krt_runner.krt.protos import MessageTypes, load_file, parse_json, select_types, to_json
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CallError, CallTimeout, ErrorAnswer, ProtoError
+from krt_runner.krt.protos import MessageTypes, load_file, parse_json, select_types
+from krt_runner.local_krt.ask import read_request, send_one
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 PERCENTILES = (50, 90, 99)
 
 
@@ -54,11 +52,6 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
     return asyncio.run(_call(options, types, request, out=out, err=err))
 
 
-def read_request(text: str) -> str:
-    """The request JSON: ``text`` itself, or the contents of file ``F`` when ``text`` is ``@F``."""
-    return Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
-
-
 async def _call(options: CallOptions, types: MessageTypes, request: Message, *, out: TextIO, err: TextIO) -> int:
     try:
         client = await Client.connect(options.nats)
@@ -70,29 +63,6 @@ async def _call(options: CallOptions, types: MessageTypes, request: Message, *, 
             subject, timeout = options.subject, options.timeout
             return await send_one(client, subject, request, types.response, timeout=timeout, out=out, err=err)
         return await _send_many(client, options, request, types.response, out=out, err=err)
-
-
-async def send_one(
-    client: Client,
-    subject: str,
-    request: Message,
-    response_type: type[Message],
-    *,
-    timeout: float,
-    out: TextIO,
-    err: TextIO,
-) -> int:
-    """Send ``request``; print the answer as JSON on ``out``, or the error on ``err``. Returns the exit code."""
-    try:
-        answer = await client.call(subject, request, response_type, timeout=timeout)
-    except ErrorAnswer as exc:
-        print(f"error answer (tracking_id {exc.tracking_id}): {exc.error}", file=err)
-        return EXIT_FAILED
-    except CallError as exc:
-        print(f"krt-runner call: {exc}", file=err)
-        return EXIT_FAILED
-    print(to_json(answer), file=out, flush=True)
-    return 0
 
 
 async def _send_many(
@@ -119,7 +89,7 @@ async def _send_many(
     print(summary(latencies, failures, time.perf_counter() - started), file=out, flush=True)
     if first_failure:
         print(f"first failure: {first_failure[0]}", file=err)
-    return EXIT_FAILED if failures else 0
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def _failure_kind(exc: CallError) -> str:

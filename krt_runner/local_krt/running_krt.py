@@ -28,8 +28,7 @@ import concurrent.futures
 import contextlib
 import json
 import sys
-import threading
-from collections.abc import Coroutine, Generator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar, cast
@@ -41,97 +40,16 @@ from krt_runner.errors import CallError, KrtRunnerError
 from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import MessageTypes, parse_json
-from krt_runner.local_krt.up import (
-    READY_TIMEOUT,
-    EntryPoint,
-    Plan,
-    Supervisor,
-    UpOptions,
-    make_plan,
-    workflow_entry_points,
-)
+from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread
+from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
+from krt_runner.local_krt.supervisor import Ending, Supervisor
 
-__all__ = ["Future", "RunningKrt", "Workflow", "as_completed", "connect", "local", "wait"]
+__all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
 
 T = TypeVar("T")
-# Seconds local() waits for its processes to stop (each node drains first; see up.STOP_TIMEOUT).
-_CLOSE_TIMEOUT = 120.0
 
 
-class Future(concurrent.futures.Future[T]):
-    """A request in flight: ``result(timeout)``, ``done()``, ``exception()``; ``await future`` in async code."""
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
-
-
-class _LoopThread:
-    """An event loop on a daemon thread; coroutines handed to it become :class:`Future` objects."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()  # strong references until each is settled
-        self._calls: set[asyncio.Task[Any]] = set()  # the requests, failed together by fail_calls
-        self.failure: CallError | None = None  # why pending requests were cut short
-        self._thread = threading.Thread(target=self.loop.run_forever, name="krt-futures", daemon=True)
-        self._thread.start()
-
-    def submit(self, coroutine: Coroutine[Any, Any, T], *, call: bool = False) -> Future[T]:
-        future: Future[T] = Future()
-        self.loop.call_soon_threadsafe(self._start, coroutine, future, call)
-        return future
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        return self.submit(coroutine).result(timeout)
-
-    def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:
-        if not future.set_running_or_notify_cancel():  # cancelled before it started
-            coroutine.close()
-            return
-        if call and self.failure is not None:
-            coroutine.close()
-            future.set_exception(self.failure)
-            return
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
-        if call:
-            self._calls.add(task)
-        task.add_done_callback(lambda done: self._settle(done, future))
-
-    def _settle(self, task: asyncio.Task[T], future: Future[T]) -> None:
-        self._tasks.discard(task)
-        self._calls.discard(task)
-        if task.cancelled():
-            future.set_exception(self.failure or CallError("cancelled"))
-        elif (error := task.exception()) is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(task.result())
-
-    def fail_calls(self, failure: CallError) -> None:
-        """On the loop thread: fail every pending request, and every later one, with ``failure``."""
-        self.failure = self.failure or failure
-        for task in self._calls:
-            task.cancel()
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.run(self._cancel_all(), timeout=_CLOSE_TIMEOUT)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join()
-        self.loop.close()
-
-    async def _cancel_all(self) -> None:
-        """Whatever is still running when the KRT closes (normally nothing) is cancelled and awaited."""
-        current = asyncio.current_task()
-        pending = [task for task in self._tasks if task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-class Workflow:
+class RunningWorkflow:
     """One workflow of a running KRT: :meth:`submit` requests to its entry subject."""
 
     def __init__(self, owner: RunningKrt, entry: EntryPoint, types: MessageTypes) -> None:
@@ -169,20 +87,20 @@ class RunningKrt:
     url: str  # the NATS server
 
     def __init__(self) -> None:
-        self._loop = _LoopThread()
+        self._loop = LoopThread()
         self._exits = contextlib.ExitStack()  # undone in reverse: connection, processes, unpacked .krt, loop
         self._exits.callback(self._loop.close)
         self._client: Client | None = None
         self._entries: dict[str, EntryPoint] = {}
 
-    def workflow(self, name: str) -> Workflow:
+    def workflow(self, name: str) -> RunningWorkflow:
         """The workflow called ``name`` in krt.yml."""
         entry = self._entries.get(name)
         if entry is None:
             raise KeyError(f"no workflow {name!r} in {self.krt.version} (workflows: {', '.join(self._entries)})")
         if entry.types is None:
             raise KrtRunnerError(f"cannot read the request and response types of workflow {name!r}: {entry.problem}")
-        return Workflow(self, entry, entry.types)
+        return RunningWorkflow(self, entry, entry.types)
 
     def close(self) -> None:
         """Fail what is pending, close the connection; under :func:`local`, stop every process it started."""
@@ -213,7 +131,7 @@ class RunningKrt:
     def _disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            self._loop.run(self._close_client(client), timeout=_CLOSE_TIMEOUT)
+            self._loop.run(self._close_client(client), timeout=CLOSE_TIMEOUT)
 
     async def _close_client(self, client: Client) -> None:
         self._loop.fail_calls(CallError("the KRT was closed before the answer came"))
@@ -276,22 +194,22 @@ def local(
 
 
 class _Processes:
-    """What :func:`local` started, run by ``up``'s supervisor on the KRT's loop."""
+    """What :func:`local` started: the supervisor's processes, on the KRT's loop."""
 
-    def __init__(self, loop: _LoopThread, plan: Plan, options: UpOptions, output: TextIO) -> None:
+    def __init__(self, loop: LoopThread, plan: Plan, options: UpOptions, output: TextIO) -> None:
         self._loop = loop
         self.supervisor = loop.run(self._make(plan, options, output))
         self._started: list[Future[Any]] = []  # start and watch: awaited before stopping
 
     @staticmethod
     async def _make(plan: Plan, options: UpOptions, output: TextIO) -> Supervisor:
-        return Supervisor(plan, options, out=output, err=output)  # made on the loop that runs it
+        return Supervisor(plan, options, output=output)  # made on the loop that runs it
 
     def start(self, source: str) -> None:
         self._started.append(self._loop.submit(self.supervisor.start()))
-        kind, value = self._started[-1].result()
-        if kind != "done":
-            _, lines = self.supervisor.describe(kind, value)
+        started = self._started[-1].result()
+        if started.ending is not Ending.READY:
+            _, lines = self.supervisor.explain(started)
             raise KrtRunnerError(f"local({source!r}) cannot start:\n" + "\n".join(lines))
 
     def watch(self) -> None:
@@ -299,14 +217,14 @@ class _Processes:
 
     async def _watch(self) -> None:
         """A node that exits while the KRT is in use fails what is pending, and what comes after, with the reason."""
-        kind, value = await self.supervisor.watch()
-        if kind == "died":
-            _, lines = self.supervisor.describe(kind, value)
+        outcome = await self.supervisor.watch()
+        if outcome.ending is Ending.DIED:
+            _, lines = self.supervisor.explain(outcome)
             self.supervisor.say("\n".join(lines))
             self._loop.fail_calls(CallError("\n".join(lines)))
 
     def stop(self) -> None:
-        self._loop.run(self._stop(), timeout=_CLOSE_TIMEOUT)
+        self._loop.run(self._stop(), timeout=CLOSE_TIMEOUT)
 
     async def _stop(self) -> None:
         self.supervisor.request_stop()  # start() and watch() return: no process starts after this

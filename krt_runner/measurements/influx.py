@@ -29,7 +29,7 @@ from krt_runner.errors import WriteError
 def _without(*modules: str) -> Iterator[None]:
     """Make ``modules`` unimportable for the duration, unless they are loaded already.
 
-    influxdb-client imports numpy (about 10 MB of RSS) only so that its ``Point``
+    influxdb-client imports numpy (megabytes of RSS) only so that its ``Point``
     class recognises numpy values; we hand it ready line protocol and never use
     ``Point``. Without numpy loaded, it takes its no-numpy path. Nothing else
     runs meanwhile: this happens at start-up, before ``init``.

@@ -229,8 +229,7 @@ class BatchWriter:
         """Lines for what was taken, made off the lock (``put`` never waits for this).
 
         A slice at a time with a pause between: rendering holds the GIL, and the
-        event loop's thread must never wait long for it (a whole batch of 5000
-        takes about 8 ms; a slice about 0.3 ms).
+        event loop's thread must never wait long for it.
         """
         lines: list[str] = []
         for start in range(0, len(taken), _RENDER_SLICE):

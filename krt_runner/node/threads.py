@@ -1,11 +1,9 @@
 """Threads that run sync user code for the event loop and answer into asyncio futures.
 
-concurrent.futures' executor awaited through ``asyncio.wrap_future`` costs about
-110k instructions per call (a ``Future`` with its own ``Condition``, and two
-futures chained by callbacks); a node answers a message in about 200k. Here a
-call is a tuple on a C queue, and the thread hands its outcome straight to the
-caller's asyncio future with one ``call_soon_threadsafe``: about 17k (both
-measured under callgrind).
+A call is a tuple on a C queue, and the thread hands its outcome straight to
+the caller's asyncio future with one ``call_soon_threadsafe``: a fraction of
+what ``concurrent.futures`` awaited through ``asyncio.wrap_future`` costs per
+call (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,40 @@
+"""One request from the command line: its JSON read, sent, and its answer printed; shared by ``call`` and ``up``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+from google.protobuf.message import Message
+
+from krt_runner.client import Client
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, CallError, ErrorAnswer
+from krt_runner.krt.protos import to_json
+
+
+def read_request(text: str) -> str:
+    """The request JSON: ``text`` itself, or the contents of file ``F`` when ``text`` is ``@F``."""
+    return Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
+
+
+async def send_one(
+    client: Client,
+    subject: str,
+    request: Message,
+    response_type: type[Message],
+    *,
+    timeout: float,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Send ``request``; print the answer as JSON on ``out``, or the error on ``err``. Returns the exit code."""
+    try:
+        answer = await client.call(subject, request, response_type, timeout=timeout)
+    except ErrorAnswer as exc:
+        print(f"error answer (tracking_id {exc.tracking_id}): {exc.error}", file=err)
+        return EXIT_FAILED
+    except CallError as exc:
+        print(f"krt-runner call: {exc}", file=err)
+        return EXIT_FAILED
+    print(to_json(answer), file=out, flush=True)
+    return EXIT_OK

@@ -1,0 +1,88 @@
+"""An event loop on a daemon thread, whose coroutines become futures that plain threads wait for (or await)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
+
+from krt_runner.errors import CallError
+
+T = TypeVar("T")
+# Seconds closing waits for what still runs on the loop.
+CLOSE_TIMEOUT = 120.0
+
+
+class Future(concurrent.futures.Future[T]):
+    """A request in flight: ``result(timeout)``, ``done()``, ``exception()``; ``await future`` in async code."""
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()
+
+
+class LoopThread:
+    """An event loop on a daemon thread; coroutines handed to it become :class:`Future` objects."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references until each is settled
+        self._calls: set[asyncio.Task[Any]] = set()  # the requests, failed together by fail_calls
+        self.failure: CallError | None = None  # why pending requests were cut short
+        self._thread = threading.Thread(target=self.loop.run_forever, name="krt-futures", daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T], *, call: bool = False) -> Future[T]:
+        future: Future[T] = Future()
+        self.loop.call_soon_threadsafe(self._start, coroutine, future, call)
+        return future
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.submit(coroutine).result(timeout)
+
+    def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:
+        if not future.set_running_or_notify_cancel():  # cancelled before it started
+            coroutine.close()
+            return
+        if call and self.failure is not None:
+            coroutine.close()
+            future.set_exception(self.failure)
+            return
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        if call:
+            self._calls.add(task)
+        task.add_done_callback(lambda done: self._settle(done, future))
+
+    def _settle(self, task: asyncio.Task[T], future: Future[T]) -> None:
+        self._tasks.discard(task)
+        self._calls.discard(task)
+        if task.cancelled():
+            future.set_exception(self.failure or CallError("cancelled"))
+        elif (error := task.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task.result())
+
+    def fail_calls(self, failure: CallError) -> None:
+        """On the loop thread: fail every pending request, and every later one, with ``failure``."""
+        self.failure = self.failure or failure
+        for task in self._calls:
+            task.cancel()
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.run(self._cancel_all(), timeout=CLOSE_TIMEOUT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    async def _cancel_all(self) -> None:
+        """Whatever is still running when the KRT closes (normally nothing) is cancelled and awaited."""
+        current = asyncio.current_task()
+        pending = [task for task in self._tasks if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,122 @@
+"""One node process that ``up`` or ``local()`` started: its output shown under its label, its state from the node.
+
+The node itself says when it is ready: ``up`` gives each process a
+``KRT_HEALTH_FILE`` of its own, and the node creates that file once it is
+connected, its ``init`` is done and it is subscribed. A node that exits 0
+without having been told to stop, while an idle timeout is set, stopped on
+that timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections import deque
+from pathlib import Path
+from typing import TextIO
+
+# Log lines kept per node, shown again when it dies.
+LAST_LINES = 20
+# Longest log line read from a node: a traceback inside one JSON line can be long.
+LINE_LIMIT = 1024 * 1024
+# Seconds between two looks at a starting node's health file.
+_READY_POLL = 0.02
+# Shown by the label in front of each line already.
+_HIDDEN_KEYS = ("event", "level", "timestamp", "node", "workflow", "version", "version_id", "logger", "exception")
+
+
+def render(line: str) -> str:
+    """A node's JSON log line as ``time level event key=value ...``; other lines as they are."""
+    if not line.startswith("{"):
+        return line
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict):
+        return line
+    event = str(record.get("event", ""))
+    extras = "".join(f" {key}={value}" for key, value in record.items() if key not in _HIDDEN_KEYS)
+    text = f"{str(record.get('timestamp', ''))[11:23]} {record.get('level', ''):<7} {event}{extras}"
+    exception = record.get("exception")
+    return f"{text}\n{exception}" if exception else text
+
+
+class Printer:
+    """Writes lines under an aligned label: ``greet    | ...``."""
+
+    def __init__(self, stream: TextIO, labels: list[str]) -> None:
+        self._stream = stream
+        self._width = max(len(label) for label in [*labels, "up"])
+
+    def line(self, label: str, text: str) -> None:
+        print(f"{label:<{self._width}} | {text}", file=self._stream, flush=True)
+
+
+class NodeProcess:
+    """A started ``krt-runner run`` process: its output re-printed under its label, its last lines kept."""
+
+    def __init__(
+        self, label: str, position: int, process: asyncio.subprocess.Process, printer: Printer, *,
+        health_file: Path, idle_timeout_set: bool,
+    ) -> None:  # fmt: skip
+        self.label = label
+        self.position = position  # index in its workflow: the stop order
+        self.process = process
+        self.ready = asyncio.Event()
+        self.last_lines: deque[str] = deque(maxlen=LAST_LINES)
+        self._printer = printer
+        self._health_file = health_file
+        self._idle_timeout_set = idle_timeout_set
+        self._told_to_stop = False
+        self.exited = asyncio.get_running_loop().create_task(self._follow())
+
+    async def wait_ready(self) -> None:
+        """Until the node has created its health file (a node that dies first never gets there)."""
+        while not self._health_file.exists():
+            await asyncio.sleep(_READY_POLL)
+        self.ready.set()
+
+    @property
+    def stopped_on_idle(self) -> bool:
+        """It exited 0 by itself, with an idle timeout set: the KRT was idle, not broken."""
+        return self._idle_timeout_set and not self._told_to_stop and self.process.returncode == 0
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM, wait up to ``timeout`` seconds for the drain, then SIGKILL."""
+        self._signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except asyncio.TimeoutError:
+            self._printer.line("up", f"{self.label} did not stop within {timeout:g}s: killing it")
+            self.kill()
+            await self.exited
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self.process.returncode is None:
+            self._told_to_stop = True
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+
+    async def _follow(self) -> int:
+        stream = self.process.stdout
+        assert stream is not None
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line over LINE_LIMIT; the reader has skipped it
+                self._show(f"(a log line over {LINE_LIMIT} bytes was skipped)")
+                continue
+            if not raw:
+                return await self.process.wait()
+            self._show(render(raw.decode(errors="replace").rstrip("\n")))
+
+    def _show(self, text: str) -> None:
+        for part in text.splitlines() or [""]:
+            self.last_lines.append(part)
+            self._printer.line(self.label, part)

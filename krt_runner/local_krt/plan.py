@@ -1,0 +1,160 @@
+"""What ``up`` and ``local()`` will start and send: a KRT read and checked before any process starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import Message
+
+from krt_runner.errors import ProtoError, UpError
+from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
+from krt_runner.krt.protos import MessageTypes, find_types_source, load_file, parse_json, rpc_names, select_types
+from krt_runner.local_krt.ask import read_request
+
+# Seconds every node gets to be ready (its init included) unless --ready-timeout says otherwise.
+READY_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``krt-runner up`` was asked to do."""
+
+    directory: Path
+    nats: str | None = None
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    request: str | None = None
+    workflow: str | None = None
+    timeout: float = 30.0
+    ready_timeout: float = READY_TIMEOUT
+    env: Mapping[str, str] = field(default_factory=dict)  # for every node, over up's own environment
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """Where a workflow takes requests, with the types and ``call`` flags that fit them."""
+
+    workflow: WorkflowSpec
+    subject: str
+    flags: list[str]
+    types: MessageTypes | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything ``up`` will start and send, checked before any process starts."""
+
+    krt: Krt
+    replicas: list[tuple[NodeWiring, str]]  # (wiring, label), one per process
+    config: dict[str, str]
+    entry_points: list[EntryPoint]
+    request: tuple[EntryPoint, Message] | None = None
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    """``["greet=2"]`` -> ``{"greet": 2}``; a ``ValueError`` names a malformed entry."""
+    replicas = {}
+    for value in values:
+        name, _, count = value.partition("=")
+        if not name or not count.strip().isdigit():
+            raise ValueError(f"--replicas {value!r}: expected NODE=N, e.g. --replicas greet=2")
+        replicas[name.strip()] = int(count)
+    return replicas
+
+
+def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) -> Plan:
+    """Read the KRT and check the options; raises :class:`UpError` (or ``KrtFileError``) listing every problem."""
+    krt = load_krt(options.directory)
+    wired = wiring(krt)
+    environ = {**environ, **options.env}
+    problems = [
+        f"node {w.node.name!r} (src {w.node.src}) is not a Python node; krt-runner up runs Python nodes only"
+        for w in wired
+        if not w.node.is_python
+    ]
+    problems += _replica_problems(krt, options.replicas)
+    missing = [name for name in krt.config_names if name not in environ]
+    if missing:
+        problems.append(f"config of krt.yml without a value: export {', '.join(missing)} before krt-runner up")
+    target = _request_workflow(krt, options, problems)
+    if problems:
+        raise UpError(problems)
+    entry_points = workflow_entry_points(krt)
+    return Plan(
+        krt=krt,
+        replicas=_replicas(wired, options.replicas),
+        config={name: environ[name] for name in krt.config_names},
+        entry_points=entry_points,
+        request=_request(entry_points, target, options.request),
+    )
+
+
+def _replica_problems(krt: Krt, replicas: Mapping[str, int]) -> list[str]:
+    names = {node.name for node in krt.nodes}
+    problems = [f"--replicas {name}: no node {name!r} in krt.yml" for name in replicas if name not in names]
+    problems += [f"--replicas {name}={count}: must be at least 1" for name, count in replicas.items() if count < 1]
+    return problems
+
+
+def _request_workflow(krt: Krt, options: UpOptions, problems: list[str]) -> WorkflowSpec | None:
+    names = [workflow.name for workflow in krt.workflows]
+    if options.workflow is not None and options.workflow not in names:
+        problems.append(f"--workflow {options.workflow}: no such workflow (workflows: {', '.join(names)})")
+        return None
+    if options.workflow is not None:
+        return krt.workflow(options.workflow)
+    if options.request is not None and len(names) > 1:
+        problems.append(f"--request needs --workflow: this KRT has {len(names)} workflows ({', '.join(names)})")
+    return krt.workflows[0]
+
+
+def _replicas(wired: list[NodeWiring], replicas: Mapping[str, int]) -> list[tuple[NodeWiring, str]]:
+    processes = []
+    for wiring_ in wired:
+        count = replicas.get(wiring_.node.name, 1)
+        for index in range(1, count + 1):
+            processes.append((wiring_, wiring_.label if count == 1 else f"{wiring_.label}#{index}"))
+    return processes
+
+
+def workflow_entry_points(krt: Krt) -> list[EntryPoint]:
+    """Each workflow's entry subject with its request and response types (or the problem reading them)."""
+    return [_entry_point(krt, workflow) for workflow in krt.workflows]
+
+
+def _entry_point(krt: Krt, workflow: WorkflowSpec) -> EntryPoint:
+    node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
+    source = find_types_source(krt.directory / krt.proto, node_dirs)
+    subject = entry_subject(krt.version, workflow)
+    flags = ["--proto", _shown_path(source)]
+    try:
+        file = load_file(source)
+        if workflow.entrypoint in rpc_names(file):
+            flags += ["--method", workflow.entrypoint]
+            return EntryPoint(workflow, subject, flags, select_types(file, method=workflow.entrypoint))
+        return EntryPoint(workflow, subject, flags, select_types(file))
+    except ProtoError as exc:
+        return EntryPoint(workflow, subject, flags, problem=str(exc))
+
+
+def _request(
+    entry_points: list[EntryPoint], target: WorkflowSpec | None, text: str | None
+) -> tuple[EntryPoint, Message] | None:
+    if text is None or target is None:
+        return None
+    entry = next(entry for entry in entry_points if entry.workflow == target)
+    if entry.types is None:
+        raise UpError([f"cannot read the request types of workflow {target.name!r}: {entry.problem}"])
+    try:
+        return entry, parse_json(read_request(text), entry.types.request)
+    except (ProtoError, OSError) as exc:
+        raise UpError([f"--request: {exc}"]) from None
+
+
+def _shown_path(path: str) -> str:
+    """Relative to the working directory when it lies below it, absolute otherwise."""
+    absolute = Path(path).resolve()
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else str(absolute)

@@ -1,0 +1,202 @@
+"""Node processes on one machine, for ``up`` and ``local()``: start them, watch them, stop them all in order.
+
+Start order: nats-server (embedded, unless ``--nats``), then every node
+replica with the KRE v1 environment of
+:meth:`~krt_runner.krt.model.NodeWiring.environment`, then wait until each is
+ready (its health file exists: ``init`` done, subscribed).
+
+Stop order: the nodes in workflow order, first nodes first, each draining
+before the next is told to stop, so requests already inside a workflow still
+get their answers downstream; nats-server last. Children run in their own
+sessions, so a Ctrl-C on the terminal reaches the supervisor's owner alone
+and this order holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from krt_runner.errors import EXIT_FAILED, EXIT_OK
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
+from krt_runner.local_krt.plan import Plan, UpOptions
+
+# Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
+STOP_TIMEOUT = 40.0
+
+
+class Ending(enum.Enum):
+    """How a wait of the supervisor ended."""
+
+    READY = "ready"  # start(): every node is ready
+    DONE = "done"  # until(work): the work finished first
+    DIED = "died"  # a node exited
+    STOPPED = "stopped"  # request_stop() was called
+    TIMEOUT = "timeout"  # start(): not every node was ready in time
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a wait of the supervisor ended with: the node that died, or the work's result."""
+
+    ending: Ending
+    node: NodeProcess | None = None
+    result: Any = None
+
+
+class Supervisor:
+    """Starts the plan's processes, watches them, and stops them all, in order; node output goes to ``output``."""
+
+    def __init__(self, plan: Plan, options: UpOptions, *, output: TextIO) -> None:
+        self.plan = plan
+        self.options = options
+        self.printer = Printer(output, [label for _, label in plan.replicas])
+        self.nodes: list[NodeProcess] = []
+        self.nats: EmbeddedNats | None = None
+        self.url = ""
+        self._stop = asyncio.Event()
+        self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
+
+    def say(self, text: str) -> None:
+        for part in text.splitlines():
+            self.printer.line("up", part)
+
+    def request_stop(self) -> None:
+        """Make :meth:`start`, :meth:`watch` and :meth:`until` end with ``STOPPED`` now or as soon as they wait."""
+        self._stop.set()
+
+    async def start(self) -> Outcome:
+        """Start nats-server and every node; ``READY`` once all are, else what came first."""
+        self.url = await self._start_nats()
+        await self._start_nodes(self.url)
+        return await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
+
+    async def watch(self) -> Outcome:
+        """Until a node exits (``DIED``) or :meth:`request_stop` (``STOPPED``)."""
+        return await self._first(None)
+
+    async def until(self, work: Awaitable[Any]) -> Outcome:
+        """Until ``work`` is done (``DONE``, with its result), a node exits, or :meth:`request_stop`."""
+        return await self._first(work)
+
+    def explain(self, outcome: Outcome) -> tuple[int, list[str]]:
+        """The exit code and the lines that explain an outcome.
+
+        A node that stopped on its idle timeout (``KRT_IDLE_TIMEOUT``) means the
+        KRT is idle: the rest stop and the exit code is 0, as on Ctrl-C.
+        """
+        if outcome.ending is Ending.DIED:
+            assert outcome.node is not None
+            return self._explain_death(outcome.node)
+        if outcome.ending is Ending.TIMEOUT:
+            waiting = [node.label for node in self.nodes if not node.ready.is_set()]
+            return EXIT_FAILED, [
+                f"not ready within {self.options.ready_timeout:g}s: {', '.join(waiting)} (see --ready-timeout)"
+            ]
+        return EXIT_OK, []
+
+    async def stop_everything(self) -> None:
+        """Stop every node, first nodes first, each draining before the next; nats-server last."""
+        try:
+            for group in self._in_stop_order():
+                if any(node.process.returncode is None for node in group):
+                    self.say(f"stopping {', '.join(node.label for node in group)}")
+                await asyncio.gather(*(node.stop(STOP_TIMEOUT) for node in group))
+        finally:
+            for node in self.nodes:
+                node.kill()
+            shutil.rmtree(self._health_dir, ignore_errors=True)
+            await self._stop_nats()
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    async def _start_nats(self) -> str:
+        if self.options.nats:
+            self.say(f"using NATS at {self.options.nats}")
+            return self.options.nats
+        self.nats = EmbeddedNats()
+        await asyncio.to_thread(self.nats.start)
+        self.say(f"nats-server on {self.nats.url}")
+        return self.nats.url
+
+    async def _start_nodes(self, url: str) -> None:
+        base_path, config = str(self.plan.krt.directory), self.plan.config
+        for index, (wired, label) in enumerate(self.plan.replicas):
+            env = {**os.environ, **self.options.env, **wired.environment(nats_url=url, base_path=base_path,
+                                                                           config=config)}
+            env["KRT_LOG_FORMAT"] = "json"  # rendered here for the terminal
+            env["KRT_HEALTH_FILE"] = str(self._health_dir / f"node-{index}")  # the node's own sign of readiness
+            self.say(f"starting {label}: {wired.input} -> {wired.output or '(answers the requester)'}")
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "krt_runner", "run",
+                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True, limit=LINE_LIMIT,
+            )  # fmt: skip
+            self.nodes.append(NodeProcess(
+                label, wired.workflow.sequential.index(wired.node.name), process, self.printer,
+                health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=_idle_timeout_set(env),
+            ))  # fmt: skip
+
+    async def _all_ready(self) -> None:
+        await asyncio.gather(*(node.wait_ready() for node in self.nodes))
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    async def _first(
+        self, work: Awaitable[Any] | None, *, timeout: float | None = None, ending: Ending = Ending.DONE
+    ) -> Outcome:
+        """Wait for ``work``, a node's death or a stop request, whichever comes first (or ``timeout``)."""
+        stopped, died = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._death())
+        worked = asyncio.ensure_future(work) if work is not None else None
+        tasks = [task for task in (worked, died, stopped) if task is not None]
+        done, pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if worked is not None and worked in done:  # work that finished wins over a death in the same instant
+            return Outcome(ending, result=worked.result())
+        if died in done:
+            return Outcome(Ending.DIED, node=died.result())
+        return Outcome(Ending.STOPPED if stopped in done else Ending.TIMEOUT)
+
+    async def _death(self) -> NodeProcess:
+        exits = {node.exited: node for node in self.nodes}
+        done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+        return next(exits[task] for task in exits if task in done)
+
+    def _explain_death(self, node: NodeProcess) -> tuple[int, list[str]]:
+        if node.stopped_on_idle:
+            return EXIT_OK, [f"{node.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
+        lines = [f"    {line}" for line in node.last_lines]
+        return EXIT_FAILED, [f"{node.label} exited with code {node.process.returncode}; its last lines:", *lines]
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    def _in_stop_order(self) -> Iterator[list[NodeProcess]]:
+        for position in sorted({node.position for node in self.nodes}):
+            yield [node for node in self.nodes if node.position == position]
+
+    async def _stop_nats(self) -> None:
+        if self.nats is None:
+            return
+        try:
+            await asyncio.to_thread(self.nats.close)
+        except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
+            self.nats.close()
+        self.say("nats-server stopped")
+
+
+def _idle_timeout_set(env: dict[str, str]) -> bool:
+    try:
+        return float(env.get("KRT_IDLE_TIMEOUT", "") or 0) > 0
+    except ValueError:  # the node will refuse the setting and exit 2
+        return False

@@ -1,0 +1,131 @@
+"""Parsers of setting values: each takes the raw text of a ``KRT_*`` variable or flag and returns the value, or
+raises ``ValueError`` with what is wrong."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_SUBJECT_RE = re.compile(r"^[^\s*>]+(\.[^\s*>]+)*$")
+_INPUT_SUBJECT_RE = re.compile(r"^[^\s]+$")
+
+
+def text(raw: str) -> str:
+    return raw.strip()
+
+
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a number of seconds above 0")
+    return value
+
+
+def optional_seconds(raw: str) -> float | None:
+    """``0`` switches a timeout off."""
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be 0 (off) or a number of seconds above 0")
+    return value or None
+
+
+def flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def nats_servers(raw: str) -> tuple[str, ...]:
+    servers = tuple(nats_url(part.strip()) for part in raw.split(",") if part.strip())
+    if not servers:
+        raise ValueError("must name at least one server, e.g. nats://127.0.0.1:4222")
+    return servers
+
+
+def nats_url(raw: str) -> str:
+    # KRE v1 deployments set KRT_NATS_SERVER=host:port with no scheme.
+    url = raw if "://" in raw else f"nats://{raw}"
+    parts = urlsplit(url)
+    if parts.scheme not in NATS_SCHEMES or not parts.hostname:
+        raise ValueError(f"{redact_url(raw)!r} is not a NATS URL such as nats://host:4222")
+    _ = parts.port  # raises ValueError on a non-numeric port
+    return url
+
+
+def subject(raw: str) -> str:
+    value = raw.strip()
+    if value and not _SUBJECT_RE.match(value):
+        raise ValueError(f"{value!r} is not a NATS subject one can publish to")
+    return value
+
+
+def input_subject(raw: str) -> str:
+    value = raw.strip()
+    if not _INPUT_SUBJECT_RE.match(value):
+        raise ValueError(f"{value!r} is not a NATS subject")
+    return value
+
+
+def http_url(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(value)!r} is not an http(s) URL such as http://influxdb:8086")
+    _ = parts.port  # raises ValueError on a non-numeric port
+    return value.rstrip("/")
+
+
+def file_to_write(raw: str) -> str:
+    path = Path(raw.strip()).expanduser()
+    if not path.parent.is_dir():
+        raise ValueError(f"{raw!r} is not in an existing directory")
+    return str(path)
+
+
+def existing_dir(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{raw!r} is not a directory")
+    return path.resolve()
+
+
+def existing_file(raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{raw!r} is not a readable file")
+    return path.resolve()
+
+
+def redact_url(url: str) -> str:
+    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***``."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if not parts.password and not parts.username:
+        return url
+    user = parts.username or ""
+    hidden = f"{user}:***" if parts.password is not None else "***"
+    return url.replace(parts.netloc, f"{hidden}@{parts.netloc.rsplit('@', 1)[1]}", 1)
