@@ -13,19 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-
-class NotAModule(ValueError):
-    """The file cannot be loaded as a Python module."""
+from krt_runner.errors import NotAModuleError
 
 
 def exec_file(path: Path, *, name: str, keep_folder_on_path: bool = True) -> ModuleType:
     """Run the file at ``path`` as module ``name``, registered in ``sys.modules`` under that name (so pickled
     objects, joblib models, find their classes) and with its folder first on ``sys.path`` (so it imports the
     files beside it, its ``_pb2`` modules). The folder stays on ``sys.path`` unless ``keep_folder_on_path`` is
-    false. Raises whatever the file's code raises, and :class:`NotAModule`."""
+    false. Raises whatever the file's code raises, and :class:`NotAModuleError`."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise NotAModule(f"{path} is not a Python module")
+        raise NotAModuleError(f"{path} is not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

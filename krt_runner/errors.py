@@ -27,6 +27,10 @@ class ConfigError(KrtRunnerError):
         super().__init__(f"invalid settings ({len(self.problems)} problem(s)):\n{lines}")
 
 
+class NotAModuleError(KrtRunnerError):
+    """A user's file cannot be loaded as a Python module."""
+
+
 class HandlerLoadError(KrtRunnerError):
     """The handler module could not be found, imported or lacks ``handler``."""
 

@@ -42,3 +42,14 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     for key in ("busy_sync_handler", "waiting_sync_handler"):
         assert results[key]["lost"] == 0 and results[key]["disconnects"] == 0 and results[key]["answers_per_s"] > 0
     assert "waiting with the GIL released" in report.read_text()
+
+
+def test_the_pipeline_cost_script_runs_a_last_and_a_middle_node_in_process():
+    runs = [
+        subprocess.run([sys.executable, "benchmarks/pipeline_cost.py", "200", *flags],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+        for flags in ([], ["--middle"])
+    ]
+
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr[-2000:] for run in runs]
+    assert all("µs per message over 200" in run.stdout for run in runs)

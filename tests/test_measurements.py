@@ -18,10 +18,9 @@ import pytest
 from krt_runner.config import load_settings
 from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError, MeasurementError, WriteError
-from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, Timing, make_sink
+from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, TimingValues, make_sink
 from krt_runner.measurements.file import FileDestination
 from krt_runner.measurements.lines import line_protocol
-from krt_runner.measurements.pending import Deferred
 from krt_runner.measurements.report import WriterReport
 from krt_runner.measurements.writer import BatchWriter
 
@@ -209,8 +208,8 @@ def test_an_unknown_precision_or_time_type_is_refused():
 
 
 def timing(tracking_id: str = "t", *, node_from: str = "a", elapsed_ms: float = 1.0, previous_end: str = "",
-           started_ns: int = 0, first_start: str | None = None, error: str = "") -> Timing:
-    return Timing(tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start,
+           started_ns: int = 0, first_start: str | None = None, error: str = "") -> TimingValues:
+    return TimingValues(tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start,
                   Outcome(error))
 
 
@@ -359,7 +358,7 @@ async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_re
 
     sink.put("m f=0i 0")
     for value in ("1i", "bad", "2i"):
-        sink.put(Deferred(picky, value))
+        sink.put((picky, value))
     await sink.close(timeout=2)
 
     assert destination.lines == ["m f=0i 0", "m f=1i 1", "m f=2i 1"]  # the bad one costs only itself

@@ -38,7 +38,7 @@ async def test_a_worker_outlives_a_bug_of_the_runners_own_and_keeps_taking_messa
         failures.append(args[0].tracking_id)
         raise RuntimeError("a bug in the runner's measuring")
 
-    node.pipeline._timing = broken_timing  # type: ignore[method-assign]  # every message, on both workers
+    node.pipeline.recorder.record_soon = broken_timing  # type: ignore[method-assign]  # every message, on both workers
     await node.start()
     try:
         answers = await asyncio.gather(*(requester.greet("in", f"r{i}", timeout=5) for i in range(8)))

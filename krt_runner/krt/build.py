@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from krt_runner.errors import BuildProblems, KrtFileError, KrtRunnerError
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, BuildProblems, KrtFileError, KrtRunnerError
 from krt_runner.krt.check import check_krt, report_problems
 from krt_runner.krt.model import KRT_FILE, Krt
 from krt_runner.krt.package import SUFFIX, human_size, package_files, write_package
 
-EXIT_FAILED = 1
 DIST = "dist"
 
 
@@ -79,7 +78,7 @@ def run_build(source: str, *, output: Path | None = None, out: TextIO = sys.stdo
         print(f"krt-runner build: {exc}", file=err)
         return EXIT_FAILED
     print(f"built {_shown(built.path)}: {built.files} files, {human_size(built.size)}", file=out)
-    return 0
+    return EXIT_OK
 
 
 def _shown(path: Path) -> Path:

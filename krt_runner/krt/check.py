@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
-from krt_runner.errors import HandlerLoadError, KrtFileError
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, HandlerLoadError, KrtFileError
 from krt_runner.krt.model import Krt, NodeSpec, load_krt, wiring
 from krt_runner.node.user_code import load_user_code
 
-EXIT_PROBLEMS = 2
 # Seconds one handler module may take to import (module-level code runs, models may load).
 IMPORT_TIMEOUT = 120.0
 # Imports run side by side, this many at a time.
@@ -65,7 +64,7 @@ def report_problems(command: str, source: Path | str, problems: list[str], *, er
     print(f"krt-runner {command}: {len(problems)} problem(s) in {source}:", file=err)
     for problem in problems:
         print(f"  - {problem}", file=err)
-    return EXIT_PROBLEMS
+    return EXIT_USAGE
 
 
 def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -76,7 +75,7 @@ def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
     for wired in wiring(krt):
         print(f"  {wired.workflow.name}/{wired.node.name}: {wired.input} -> {wired.output or '(reply)'}", file=out)
-    return 0
+    return EXIT_OK
 
 
 def _import_only(base_path: str, handler_path: str) -> int:
@@ -84,8 +83,8 @@ def _import_only(base_path: str, handler_path: str) -> int:
         load_user_code(handler_path, Path(base_path))
     except HandlerLoadError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_PROBLEMS
-    return 0
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # the child process of _import_problem

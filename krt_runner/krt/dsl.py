@@ -32,8 +32,8 @@ from typing import Any
 
 import yaml
 
-from krt_runner._user_files import NotAModule, exec_file
-from krt_runner.errors import KrtFileError
+from krt_runner._user_files import exec_file
+from krt_runner.errors import KrtFileError, NotAModuleError
 from krt_runner.krt import model as workflow
 from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
 
@@ -172,7 +172,7 @@ def _run_file(path: Path) -> Any:
         raise KrtFileError(str(path), ["does not exist"])
     try:
         return exec_file(path, name=f"krt_pipeline_{uuid.uuid4().hex}", keep_folder_on_path=False)
-    except NotAModule:
+    except NotAModuleError:
         raise KrtFileError(str(path), ["is not a Python file"]) from None
     except Exception as exc:
         raise KrtFileError(str(path), [f"failed to run: {type(exc).__name__}: {exc}"]) from exc

@@ -1,19 +1,14 @@
 """The background writer behind every measurement sink.
 
-``put`` appends a point (a finished line of line protocol, or the values of
-one that the writer renders: see ``measurements.PendingLine``) to a bounded
-buffer, under a lock held for an append (``put_many``: for the appends of a
-list), and returns: it never waits for the
-network or the disk, and it is safe from any thread (sync handlers run on
-worker threads).
-One thread, ``krt-measurements``, takes whole batches and hands them to a
-:class:`Destination` (InfluxDB, or the line-protocol file), retrying with
-backoff while that fails.
-
-Memory is bounded: at most ``max_buffered`` lines are held, the batch being
-retried included. When the buffer is full the oldest waiting line makes room
-for the new one. Every line that is not written is counted; the counts are
-logged now and then (:mod:`~krt_runner.measurements.report`), never once per line.
+``put`` adds a point (a finished line of line protocol, or the values of one
+that the writer renders: see :mod:`~krt_runner.measurements.pending`) to a
+bounded :class:`~krt_runner.measurements.buffer.PointBuffer` and returns: it
+never waits for the network or the disk, and it is safe from any thread (sync
+handlers run on worker threads). One thread, ``krt-measurements``, takes
+whole batches and hands them to a :class:`Destination` (InfluxDB, or the
+line-protocol file), retrying with backoff while that fails. What it does is
+logged now and then (:mod:`~krt_runner.measurements.report`), never once per
+point.
 
 Close: the thread writes what is left within the shutdown bound, closes the
 destination (and with it influxdb-client's connections) and ends.
@@ -25,23 +20,19 @@ import asyncio
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from krt_runner.errors import WriteError
-from krt_runner.measurements.pending import PendingLine, Renderer
+from krt_runner.measurements.buffer import PointBuffer
+from krt_runner.measurements.pending import PendingLine, render_all
 from krt_runner.measurements.report import WriterReport
 
 # Waits between retries of a failed write: doubling from the first to the last.
 _FIRST_RETRY_WAIT = 0.5
 _LAST_RETRY_WAIT = 8.0
-# Points rendered between two pauses of the writer, and the pause: see BatchWriter._render.
-_RENDER_SLICE = 200
-_RENDER_PAUSE = 0.0002
 # How often close() looks whether the writer thread has finished.
 _CLOSE_POLL = 0.01
-
 
 
 class Destination(Protocol):
@@ -70,7 +61,7 @@ class _Backoff:
 
 
 class BatchWriter:
-    """A :class:`~krt_runner.measurements.points.PointSink` that writes to a :class:`Destination` in the background."""
+    """A :class:`~krt_runner.measurements.sinks.PointSink` that writes to a :class:`Destination` in the background."""
 
     def __init__(
         self,
@@ -85,19 +76,13 @@ class BatchWriter:
     ) -> None:
         self._destination = destination
         self._log = logger
-        self._max_buffered = max_buffered
-        self._batch_size = min(batch_size, max_buffered)
+        self._buffer = PointBuffer(max_buffered=max_buffered, batch_size=batch_size)
         self._flush_interval = flush_interval
         self._shutdown_timeout = shutdown_timeout
         self._backoff = _Backoff(*retry_waits)
-        self._lock = threading.Lock()
-        self._queue: deque[PendingLine] = deque()
-        self._held = 0  # lines taken out of the queue and not yet written
-        self._closed = False
         self._deadline = float("inf")  # set by close(): the writer stops trying then
         self._wake = threading.Event()
         self._closing = threading.Event()
-        self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
         self._report = WriterReport(logger, destination.description, max_buffered=max_buffered)
         self._thread = threading.Thread(target=self._run, name="krt-measurements", daemon=True)
         self._thread.start()
@@ -110,47 +95,30 @@ class BatchWriter:
 
     def put_many(self, lines: Sequence[PendingLine]) -> None:
         """Queue points in order, under one hold of the lock; see :meth:`put`."""
-        with self._lock:
-            if self._closed:
-                self.counts["dropped_at_close"] += len(lines)
-                return
-            if len(self._queue) + self._held + len(lines) <= self._max_buffered:
-                self._queue.extend(lines)
-            else:
-                for line in lines:
-                    self._append_making_room(line)
-            full = len(self._queue) >= self._batch_size
-        if full and not self._wake.is_set():
+        if self._buffer.put_many(lines) and not self._wake.is_set():
             self._wake.set()
 
-    def _append_making_room(self, line: PendingLine) -> None:
-        """Under the lock, with the buffer full or nearly: the oldest waiting line goes to make room."""
-        if len(self._queue) + self._held >= self._max_buffered:
-            self.counts["dropped_full"] += 1
-            if not self._queue:  # all held lines are the batch being retried: the new one goes
-                return
-            self._queue.popleft()
-        self._queue.append(line)
+    @property
+    def counts(self) -> dict[str, int]:
+        """Points ``written``, ``dropped_full``, ``dropped_rejected`` and ``dropped_at_close``."""
+        return self._buffer.counts
 
     @property
     def buffered(self) -> int:
-        """Lines in memory: waiting, plus the batch being written or retried."""
-        with self._lock:
-            return len(self._queue) + self._held
+        """Points in memory: waiting, plus the batch being written or retried."""
+        return self._buffer.buffered
 
     @property
     def dropped(self) -> int:
-        """Lines that will never be written, for any reason."""
-        return self.counts["dropped_full"] + self.counts["dropped_rejected"] + self.counts["dropped_at_close"]
+        """Points that will never be written, for any reason."""
+        return self._buffer.dropped
 
     async def close(self, timeout: float) -> None:
         """Write what is buffered within ``min(timeout, shutdown_timeout)`` seconds, then stop the thread."""
         budget = min(timeout, self._shutdown_timeout)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._deadline = time.monotonic() + budget
+        if not self._buffer.close():
+            return
+        self._deadline = time.monotonic() + budget
         self._closing.set()
         self._wake.set()
         while self._thread.is_alive() and time.monotonic() < self._deadline + _CLOSE_POLL * 10:
@@ -162,10 +130,8 @@ class BatchWriter:
     # -- the writer thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        pending: list[str] = []
         try:
-            pending = self._serve()
-            self._flush_at_close(pending)
+            self._flush_at_close(self._serve())
         finally:
             self._destination.close()
             self._report.closed(self.counts, self.dropped)
@@ -194,11 +160,7 @@ class BatchWriter:
                 time.sleep(max(0.0, min(self._backoff.next_wait(), self._deadline - time.monotonic())))
             elif not self.buffered:
                 break
-        with self._lock:
-            left = len(self._queue) + self._held
-            self._queue.clear()
-            self._held = 0
-            self.counts["dropped_at_close"] += left
+        self._buffer.drop_the_rest()
 
     def _write_batches(self, pending: list[str], *, partial: bool) -> list[str]:
         """Write full batches and, if ``partial``, one short batch; returns a batch that failed.
@@ -211,57 +173,18 @@ class BatchWriter:
         while batch and time.monotonic() < self._deadline:
             if not self._send(batch):
                 return batch
-            if len(batch) < self._batch_size:
+            if len(batch) < self._buffer.batch_size:
                 partial = False
             batch = self._take(partial=partial)
         return batch
 
     def _take(self, *, partial: bool) -> list[str]:
-        with self._lock:
-            size = min(len(self._queue), self._batch_size)
-            if size == 0 or (size < self._batch_size and not partial):
-                return []
-            self._held += size
-            taken = [self._queue.popleft() for _ in range(size)]
-        return self._render(taken)
+        """The next batch's lines, rendered off the lock (``put`` never waits for this)."""
+        return render_all(self._buffer.take(partial=partial), on_bad_point=self._drop_bad_point)
 
-    def _render(self, taken: list[PendingLine]) -> list[str]:
-        """Lines for what was taken, made off the lock (``put`` never waits for this).
-
-        A slice at a time with a pause between: rendering holds the GIL, and the
-        event loop's thread must never wait long for it.
-        """
-        lines: list[str] = []
-        for start in range(0, len(taken), _RENDER_SLICE):
-            if start:
-                time.sleep(_RENDER_PAUSE)
-            lines.extend(self._render_slice(taken[start:start + _RENDER_SLICE]))
-        return lines
-
-    def _render_slice(self, items: list[PendingLine]) -> list[str]:
-        """Finished lines as they are, then each renderer's points through one call."""
-        lines: list[str] = []
-        by_renderer: dict[Renderer, list[Any]] = {}
-        for item in items:
-            if isinstance(item, str):
-                lines.append(item)
-            else:
-                by_renderer.setdefault(item.render, []).append(item.values)
-        for render, values in by_renderer.items():
-            lines.extend(self._render_points(render, values))
-        return lines
-
-    def _render_points(self, render: Renderer, values: list[Any]) -> list[str]:
-        """A bug in a renderer costs its own points, never the thread or the batch: a failing group is retried
-        one point at a time, and only the points that fail alone are dropped."""
-        try:
-            return list(render(values))
-        except Exception as exc:
-            if len(values) > 1:
-                return [line for value in values for line in self._render_points(render, [value])]
-            self._settle(values, "dropped_rejected")
-            self._report.rejected(f"cannot render a point: {type(exc).__name__}: {exc}", 1)
-            return []
+    def _drop_bad_point(self, error: str) -> None:
+        self._buffer.settle(1, "dropped_rejected")
+        self._report.rejected(error, 1)
 
     def _send(self, batch: list[str]) -> bool:
         """Try one batch: ``True`` when it is done with (written or refused), ``False`` to retry it."""
@@ -271,18 +194,13 @@ class BatchWriter:
             if exc.retry:
                 self._report.failing(str(exc), self.buffered)
                 return False
-            self._settle(batch, "dropped_rejected")
+            self._buffer.settle(len(batch), "dropped_rejected")
             self._report.rejected(str(exc), len(batch))
             return True
         except Exception as exc:  # a bug in a destination must not end the thread: retried like a failure
             self._report.failing(f"{type(exc).__name__}: {exc}", self.buffered)
             return False
-        self._settle(batch, "written")
+        self._buffer.settle(len(batch), "written")
         self._backoff.reset()
         self._report.written(len(batch))
         return True
-
-    def _settle(self, batch: list[Any], outcome: str) -> None:
-        with self._lock:
-            self._held -= len(batch)
-            self.counts[outcome] += len(batch)

@@ -1,0 +1,10 @@
+"""The node runtime: one ``krt-runner run`` process.
+
+``main`` (process: signals, idle timeout) -> ``lifecycle`` (start-up and the
+shutdown order) -> ``intake`` (how messages arrive) -> ``pipeline`` (one
+message: decode, call, answer) -> ``answers`` (outcome -> bytes). Around
+them: ``broker`` (the only module that talks to NATS), ``user_code``,
+``loading``, ``request_types`` and ``calling`` (the user's code),
+``threads`` (worker threads for sync code), ``context`` (``ctx``),
+``health`` (the health file) and ``job`` (one message's state).
+"""

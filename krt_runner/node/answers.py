@@ -8,29 +8,28 @@ and an ``error`` text that names the node and the cause.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import EnvelopeError, HandlerError, InvalidResultError, KrtRunnerError, describe
-
-if TYPE_CHECKING:
-    from krt_runner.node.pipeline import Job
+from krt_runner.node.broker import Broker
+from krt_runner.node.job import Job
 
 # An error answer must fit any server's max payload, whatever the exception says.
 _MAX_ERROR_TEXT = 8192
 
 
 class Answers:
-    """Builds this node's answers; ``max_payload`` is read when an answer is encoded (it can change on reconnect)."""
+    """Builds this node's answers; the broker's max payload is read when an answer is encoded (it can change on
+    reconnect)."""
 
-    def __init__(self, *, node_name: str, output_subject: str, max_payload: Callable[[], int]) -> None:
+    def __init__(self, *, node_name: str, output_subject: str, broker: Broker) -> None:
         self._name = node_name
         self._output = output_subject
-        self._max_payload = max_payload
+        self._broker = broker
 
     def for_result(self, job: Job, result: Any) -> tuple[str, bytes]:
         """Where the answer to ``result`` goes and its bytes; ``("", b"")`` when it goes nowhere."""
@@ -48,14 +47,14 @@ class Answers:
         subject = self._output or ("" if request.replied else job.reply)
         if not subject:
             return "", b""
-        return subject, envelope.encode(request, max_payload=self._max_payload())
+        return subject, envelope.encode(request, max_payload=self._broker.max_payload)
 
     def early(self, job: Job, message: Message) -> bytes:
         """An early answer (``ctx.reply``) for the requester, marked ``replied``."""
         answer = self._new_envelope(job)
         answer.replied = True
         envelope.pack_into(answer.payload, message)
-        return envelope.encode(answer, max_payload=self._max_payload())
+        return envelope.encode(answer, max_payload=self._broker.max_payload)
 
     def error_text(self, exc: Exception) -> str:
         """``error in node 'X': <cause>``, cut to a size any server accepts."""

@@ -110,7 +110,7 @@ class RunningNode:
         await self.broker.close()
         await self.intake.close()
         self.pipeline.close()
-        self.pipeline.record_unrecorded()  # should the loop not have come round to the last answers' points
+        self.pipeline.recorder.record_now()  # should the loop not have come round to the last answers' points
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
         self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops,
                       abandoned_threads=self.pipeline.caller.abandoned_threads)

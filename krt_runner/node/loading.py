@@ -7,8 +7,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from krt_runner._user_files import NotAModule, exec_file, prepend_sys_path
-from krt_runner.errors import HandlerLoadError
+from krt_runner._user_files import exec_file, prepend_sys_path
+from krt_runner.errors import HandlerLoadError, NotAModuleError
 
 
 def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
@@ -42,7 +42,7 @@ def _import_file(handler_path: str, base_path: Path) -> ModuleType:
         raise HandlerLoadError(f"cannot load handler {handler_path!r}: no file at {path}")
     try:
         return exec_file(path, name=path.stem)
-    except NotAModule:
+    except NotAModuleError:
         raise HandlerLoadError(f"cannot load handler {handler_path!r}: {path} is not a Python module") from None
 
 

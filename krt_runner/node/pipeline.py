@@ -15,40 +15,17 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.config import Settings
-from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import DrainTimeoutError, HandlerError, InvalidRequestError, ReplyError, describe
 from krt_runner.measurements import NodePoints, Outcome, Timing
 from krt_runner.node.answers import Answers, publishable, traceback_worthy
 from krt_runner.node.broker import Broker
 from krt_runner.node.calling import Caller, as_handler_errors, handler_failure
 from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
 from krt_runner.node.user_code import UserCode
 
 _ANSWERED, _INVALID, _FAILED = Outcome.ANSWERED, Outcome.INVALID, Outcome.FAILED
-
-
-class Job:
-    """One message on its way through the node."""
-
-    __slots__ = (
-        "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
-    )
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.request: KreNatsMessage | None = None
-        self.tracking: Any = ()  # the request's tracking entries, once decoded: read once, used three times
-        self.tracking_id = ""  # the request's, once decoded
-        self.hops = 0  # tracking entries received, before this node's own
-        self.replied = False
-        self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
-        self.restart()
-
-    def restart(self) -> None:
-        """Its clocks start now: on arrival, and again when a pipelined message's handler starts."""
-        self.started = time.perf_counter_ns()  # for durations
-        self.started_ns = time.time_ns()  # for timestamps
 
 
 class Pipeline:
@@ -64,8 +41,7 @@ class Pipeline:
         self.caller = Caller(workers=settings.concurrency)
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
         self.last_received = time.perf_counter_ns()  # for KRT_IDLE_TIMEOUT
-        self._answers = Answers(node_name=name, output_subject=settings.output_subject,
-                                max_payload=lambda: broker.max_payload)
+        self._answers = Answers(node_name=name, output_subject=settings.output_subject, broker=broker)
         self._handler = code.handler
         self._request_type = code.request_type
         self._timeout = settings.handler_timeout
@@ -77,10 +53,8 @@ class Pipeline:
         self.pipelined = not code.handler_is_async and settings.handler_timeout is None
         self._step = self._call_handler  # self._refuse once the node gives up on what is left
         self._giving_up = False  # a message cancelled now is one the drain gave up on: it gets an error answer
-        self._points = points
-        self._unrecorded: list[Timing] = []  # answered in this pass of the event loop; measured at its end
+        self.recorder = _Recorder(points, last_node=settings.is_last_node)
         self._measured = settings.measurements_enabled
-        self._last_node = settings.is_last_node
         self._debug = settings.log_level == "debug"
 
     async def handle(self, data: bytes, reply: str) -> None:
@@ -114,7 +88,7 @@ class Pipeline:
             await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
         finally:
             if self._measured:
-                self._record_soon(self._timing(job, time.perf_counter_ns() - job.started, outcome))
+                self.recorder.record_soon(job, time.perf_counter_ns() - job.started, outcome)
 
     # -- the drain's end ----------------------------------------------------------------------
 
@@ -212,30 +186,28 @@ class Pipeline:
         except Exception as publish_exc:
             self.log.error("could not publish error answer", error=describe(publish_exc), tracking_id=job.tracking_id)
 
-    # -- measuring ----------------------------------------------------------------------------
 
-    def _record_soon(self, timing: Timing) -> None:
-        """Measure a message once this pass of the event loop has handled its others and written the answers.
+class _Recorder:
+    """Hands each answered message's timing to the measurements once this pass of the event loop is done.
 
-        The answers leave first (nats-py's flusher was woken by the first publish, so it runs before this), and
-        only the timing is kept, not the job: its envelope is freed as soon as it is answered.
-        """
+    The answers leave first (nats-py's flusher was woken by the first publish, so it runs before the points are
+    made). The job itself is the timing record, with its envelope, payload included, let go.
+    """
+
+    def __init__(self, points: NodePoints, *, last_node: bool) -> None:
+        self._points = points
+        self._last_node = last_node
+        self._unrecorded: list[Timing] = []  # answered in this pass of the event loop
+
+    def record_soon(self, job: Job, elapsed_ns: int, outcome: Outcome) -> None:
         if not self._unrecorded:
-            asyncio.get_running_loop().call_soon(self.record_unrecorded)
-        self._unrecorded.append(timing)
+            asyncio.get_running_loop().call_soon(self.record_now)
+        self._unrecorded.append(job.measured(elapsed_ns, outcome, self._last_node))
 
-    def record_unrecorded(self) -> None:
+    def record_now(self) -> None:
         timings, self._unrecorded = self._unrecorded, []
         if timings:
             self._points.record(timings)
-
-    def _timing(self, job: Job, elapsed_ns: int, outcome: Outcome) -> Timing:
-        if job.request is None or not job.hops:  # undecodable, or no tracking to measure from
-            return Timing(job.tracking_id, "", elapsed_ns, "", job.started_ns, None, outcome)
-        previous = job.tracking[job.hops - 1]
-        first_start = job.tracking[0].start if self._last_node else None
-        return Timing(job.tracking_id, previous.node_name, elapsed_ns, previous.end, job.started_ns, first_start,
-                      outcome)
 
 
 def _uncancel() -> None:

@@ -1,0 +1,84 @@
+"""The per-message cost of a node's pipeline, in this process, with a publish that does nothing.
+
+    .venv/bin/python benchmarks/pipeline_cost.py 20000                 # microseconds per message (noisy on a VM)
+    valgrind --tool=callgrind .venv/bin/python benchmarks/pipeline_cost.py 1000
+    valgrind --tool=callgrind .venv/bin/python benchmarks/pipeline_cost.py 6000
+        # instructions per message: (total of the second - total of the first) / 5000
+
+A middle node (``--middle``) or the last node (the default), a typed async handler, measurements on and
+their points dropped (the writer thread's work is not counted). No NATS server: the broker's publish is
+replaced, so only the runner's own work per message is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
+
+import greeter_pb2
+
+from krt_runner.config import load_settings
+from krt_runner.envelope import KreNatsMessage, timestamp
+from krt_runner.measurements import NullSink
+from krt_runner.node.lifecycle import RunningNode
+from krt_runner.node.user_code import user_code_from
+
+WARM_UP = 2000
+# Messages between two passes of the event loop, as a busy node takes them from nats-py.
+PASS = 64
+
+
+async def greet(ctx: Any, request: greeter_pb2.Request) -> greeter_pb2.Response:
+    return greeter_pb2.Response(greeting=request.name)
+
+
+class DroppingSink(NullSink):
+    def put_many(self, lines: Sequence[Any]) -> None:
+        pass
+
+
+async def nothing() -> None:
+    return None
+
+
+def request_bytes() -> bytes:
+    envelope = KreNatsMessage(tracking_id="bench")
+    entry = envelope.tracking.add()
+    entry.node_name, entry.start, entry.end = "previous", timestamp(), timestamp()
+    envelope.payload.Pack(greeter_pb2.Request(name="Ada"))
+    return envelope.SerializeToString()
+
+
+async def main(count: int, *, middle: bool) -> None:
+    settings = load_settings(env={
+        "KRT_NATS_SERVER": "nats://127.0.0.1:1", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "greet",
+        "KRT_NATS_OUTPUT": "next" if middle else "", "KRT_LOG_LEVEL": "error",
+    })
+    node = RunningNode(settings, user_code_from(greet, name="greet", source="bench"), sink=DroppingSink())
+    node.state.loop = asyncio.get_running_loop()
+    node.broker.publish = lambda subject, payload: nothing()  # type: ignore[method-assign]
+    type(node.broker).max_payload = property(lambda self: 1 << 20)  # type: ignore[assignment]
+    handle, data = node.pipeline.handle, request_bytes()
+    for _ in range(WARM_UP):
+        await handle(data, "_INBOX.bench")
+    started = time.perf_counter()
+    for index in range(count):
+        await handle(data, "_INBOX.bench")
+        if index % PASS == PASS - 1:
+            await asyncio.sleep(0)
+    print(f"{(time.perf_counter() - started) / count * 1e6:.2f} µs per message over {count}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--middle", action="store_true", help="a middle node (default: the last node)")
+    args = parser.parse_args()
+    asyncio.run(main(args.count, middle=args.middle))
