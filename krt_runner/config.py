@@ -19,6 +19,7 @@ from typing import Any
 from krt_runner import setting_values as parse
 from krt_runner.errors import ConfigError
 from krt_runner.setting_values import LOG_FORMATS, LOG_LEVELS, redact_url
+from krt_runner.subjects import matches
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "redact_url"]
 
@@ -238,6 +239,10 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY go together: set both for mutual TLS, or neither")
     if values.get("nats_password") and not values.get("nats_user"):
         problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
-    if values.get("output_subject") and values.get("output_subject") == values.get("input_subject"):
+    output, input_subject = values.get("output_subject"), values.get("input_subject")
+    if output and output == input_subject:
         problems.append("KRT_NATS_OUTPUT must differ from KRT_NATS_INPUT, or the node would answer itself")
+    elif output and input_subject and matches(input_subject, output):
+        problems.append(f"KRT_NATS_OUTPUT {output!r} is matched by KRT_NATS_INPUT {input_subject!r}: "
+                        "the node would answer itself")
     return problems

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
+
+from krt_runner.subjects import MAX_PUBLISH_SUBJECT
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_FORMATS = ("auto", "json", "console")
@@ -73,7 +75,7 @@ def nats_url(raw: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in NATS_SCHEMES or not parts.hostname:
         raise ValueError(f"{redact_url(raw)!r} is not a NATS URL such as nats://host:4222")
-    _ = parts.port  # raises ValueError on a non-numeric port
+    _check_port(parts, raw)
     return url
 
 
@@ -81,6 +83,8 @@ def subject(raw: str) -> str:
     value = raw.strip()
     if value and not _SUBJECT_RE.match(value):
         raise ValueError(f"{value!r} is not a NATS subject one can publish to")
+    if len(value) > MAX_PUBLISH_SUBJECT:
+        raise ValueError(f"is {len(value)} characters, over the {MAX_PUBLISH_SUBJECT} a node publishes to")
     return value
 
 
@@ -91,12 +95,22 @@ def input_subject(raw: str) -> str:
     return value
 
 
+def _check_port(parts: SplitResult, raw: str) -> None:
+    """A port that is not a number, in words that show no part of a password (urllib's would)."""
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(
+            f"{redact_url(raw)!r} has no valid host:port; percent-encode / # ? @ in a password (%2F %23 %3F %40)"
+        ) from None
+
+
 def http_url(raw: str) -> str:
     value = raw.strip()
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{redact_url(value)!r} is not an http(s) URL such as http://influxdb:8086")
-    _ = parts.port  # raises ValueError on a non-numeric port
+    _check_port(parts, value)
     return value.rstrip("/")
 
 
@@ -122,10 +136,16 @@ def existing_file(raw: str) -> Path:
 
 
 def redact_url(url: str) -> str:
-    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***``."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if not parts.password and not parts.username:
+    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***``.
+
+    Read on the raw text, not through a URL parser: a password with ``/``, ``#`` or ``?`` in it ends a
+    parser's host part before the ``@``. Everything after the scheme up to the last ``@`` is the user part.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    user_part, at, host = rest.rpartition("@")
+    if not at:
         return url
-    user = parts.username or ""
-    hidden = f"{user}:***" if parts.password is not None else "***"
-    return url.replace(parts.netloc, f"{hidden}@{parts.netloc.rsplit('@', 1)[1]}", 1)
+    user, colon, _ = user_part.partition(":")
+    return f"{scheme}{separator}{f'{user}:***' if colon else '***'}@{host}"

@@ -70,13 +70,13 @@ def test_each_layer_imports_only_what_is_below_it():
     assert not wrong, wrong
 
 
-def test_only_the_broker_and_the_client_import_nats():
+def test_only_the_broker_its_connection_and_the_client_import_nats():
     known = modules()
 
     importers = sorted(name for name, path in known.items()
                        if any(imported.split(".")[0] == "nats" for imported in imports_of(path, set(known))))
 
-    assert importers == ["krt_runner.client", "krt_runner.node.broker"]
+    assert importers == ["krt_runner.client", "krt_runner.node.broker", "krt_runner.node.nats_connection"]
 
 
 def test_no_module_is_longer_than_a_sitting():

@@ -14,9 +14,17 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
-from krt_runner.errors import EnvelopeError, HandlerError, InvalidResultError, KrtRunnerError, describe
+from krt_runner.errors import (
+    EnvelopeError,
+    HandlerError,
+    InvalidResultError,
+    KrtRunnerError,
+    PayloadTooLargeError,
+    describe,
+)
 from krt_runner.node.broker import Broker
 from krt_runner.node.job import Job
+from krt_runner.subjects import MAX_PUBLISH_SUBJECT
 
 # An error answer must fit any server's max payload, whatever the exception says.
 _MAX_ERROR_TEXT = 8192
@@ -61,9 +69,14 @@ class Answers:
         return _shortened(f"error in node '{self._name}': {_cause(exc)}")
 
     def for_error(self, job: Job, text: str) -> bytes:
+        """An error answer, compressed as answers are; without the tracking when even that is too large."""
         answer = self._new_envelope(job)
         answer.error = text
-        return answer.SerializeToString()
+        try:
+            return envelope.encode(answer, max_payload=self._broker.max_payload)
+        except PayloadTooLargeError:
+            del answer.tracking[:]
+            return answer.SerializeToString()  # the error text is bounded: this fits
 
     def _new_envelope(self, job: Job) -> KreNatsMessage:
         request = job.request
@@ -86,8 +99,12 @@ def publishable(subject: str) -> str:
     """The envelope's reply subject, if one may publish to it; an EnvelopeError otherwise.
 
     What may follow PUB: no whitespace or control characters (a CR LF in it would inject protocol lines),
-    no wildcards, no empty tokens. Plain string checks: this runs once per message on every node but the first.
+    no wildcards, no empty tokens, and nothing so long that the server would refuse the line and close the
+    connection. Plain string checks: this runs once per message on every node but the first.
     """
+    if len(subject) > MAX_PUBLISH_SUBJECT:
+        raise EnvelopeError(f"the envelope's reply subject {subject[:40]!r}... is {len(subject)} characters, over the "
+                            f"{MAX_PUBLISH_SUBJECT} this node publishes to: it cannot be answered")
     if subject and not (
         subject.isprintable()  # False for CR, LF, tab and the other control and Unicode space characters
         and " " not in subject

@@ -1,16 +1,17 @@
-"""The only module that talks to NATS: connect, subscribe, publish, drain, close.
+"""A node's NATS connection: connect, subscribe, publish, drain, close, and what the server reports.
 
 Reconnects are nats-py's own, told never to give up. Failures that retrying
 cannot fix (bad credentials, an untrusted certificate, TLS asked for but not
 offered) stop the first connect with :class:`BrokerConnectError` instead of
-looping and hiding the cause.
+looping and hiding the cause. A connection that closes for good outside
+shutdown, or a subscription the server revokes, sets :attr:`Broker.failed`:
+the node then stops and exits 1, for its supervisor to restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,81 +19,19 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import Error as NatsError
 from nats.errors import SlowConsumerError
 
 from krt_runner.config import Settings, redact_url
 from krt_runner.errors import BrokerConnectError, describe
+from krt_runner.node.nats_connection import NodeClient, connect_options, explain, is_fatal, tls_required
 
-__all__ = ["Broker", "MessageCallback", "Msg", "connect_options", "tls_context", "tls_required"]
+__all__ = ["Broker", "MessageCallback", "Msg"]
 
 MessageCallback = Callable[[Msg], Awaitable[None]]
-# One line per this many seconds at most for repeated errors (connect retries, slow consumer).
+# One line per this many seconds at most for repeated errors (connect retries, slow consumer, bad frames).
 _ERROR_LOG_INTERVAL = 5.0
-_FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
-_NO_TLS = "the server does not offer TLS"
-_CREDENTIAL_SETTINGS = (
-    "KRT_NATS_USER and KRT_NATS_PASSWORD, KRT_NATS_TOKEN, KRT_NATS_NKEY_SEED, KRT_NATS_CREDS "
-    "or the user:password in KRT_NATS_SERVER"
-)
-_TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
-
-
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """An SSL context for the TLS settings, or ``None`` when none are set."""
-    if not (settings.nats_tls_ca or settings.nats_tls_cert):
-        return None
-    context = ssl.create_default_context(cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None)
-    if settings.nats_tls_cert and settings.nats_tls_key:
-        context.load_cert_chain(str(settings.nats_tls_cert), str(settings.nats_tls_key))
-    return context
-
-
-def tls_required(settings: Settings) -> bool:
-    """TLS settings or a ``tls://`` URL: the connection must be encrypted, never plaintext."""
-    return bool(settings.nats_tls_ca or settings.nats_tls_cert) or any(
-        url.startswith("tls://") for url in settings.nats_servers
-    )
-
-
-class _Client(Client):
-    """nats-py's client, refusing a server that does not offer TLS when TLS is asked for (as nats.go does).
-
-    nats-py upgrades to TLS only when the server's first INFO says so, and would
-    otherwise send the credentials in clear to a server without TLS or to
-    anyone who rewrites that INFO. The check runs before CONNECT is sent, on
-    every connect and reconnect.
-    """
-
-    require_tls = False
-
-    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if initial_connection and self.require_tls and not self._will_encrypt(info):
-            raise NatsError(f"nats: {_NO_TLS}, and this node's settings require TLS")
-        await super()._process_info(info, initial_connection=initial_connection)
-
-    def _will_encrypt(self, info: dict[str, Any]) -> bool:
-        scheme = self._current_server.uri.scheme if self._current_server is not None else ""
-        if scheme in ("ws", "wss"):  # websocket TLS is the transport's: wss is encrypted already, ws never
-            return scheme == "wss"
-        return bool(info.get("tls_required"))
-
-
-def connect_options(settings: Settings) -> dict[str, Any]:
-    """nats-py ``connect`` keyword arguments for the auth and TLS settings."""
-    options: dict[str, Any] = {}
-    if settings.nats_user:
-        options.update(user=settings.nats_user, password=settings.nats_password or "")
-    if settings.nats_token:
-        options["token"] = settings.nats_token
-    if settings.nats_nkey_seed:
-        options["nkeys_seed"] = str(settings.nats_nkey_seed)
-    if settings.nats_creds:
-        options["user_credentials"] = str(settings.nats_creds)
-    context = tls_context(settings)
-    if context is not None:
-        options["tls"] = context
-    return options
+# How nats-server words a subscription it does not allow.
+_SUBSCRIPTION_REFUSED = "permissions violation for subscription"
 
 
 class Broker:
@@ -101,14 +40,18 @@ class Broker:
     def __init__(self, settings: Settings, logger: Any) -> None:
         self._settings = settings
         self._log = logger
-        self._nc: Client = _Client()
+        self._nc = NodeClient()
         self._nc.require_tls = tls_required(settings)
+        self._nc.on_bad_frame = self._on_bad_frame
         self._subscription: Subscription | None = None
         self._connected_once = False
         self._closing = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self._last_error_log = 0.0
         self.slow_consumer_drops = 0
+        self._refused_subscription = ""  # the server's words, once it refused our subscription
+        self._subscribed = False  # the server has taken the subscription
+        self.failed = asyncio.Event()  # the connection closed for good, or the subscription was revoked
 
     @property
     def max_payload(self) -> int:
@@ -121,6 +64,11 @@ class Broker:
     @property
     def client(self) -> Client:
         return self._nc
+
+    @property
+    def bad_frames(self) -> int:
+        """Messages the server sent that could not be decoded, dropped."""
+        return self._nc.bad_frames
 
     async def connect(self) -> None:
         """Connect, retrying an unreachable server without end; fail fast on auth and TLS errors."""
@@ -147,17 +95,17 @@ class Broker:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
-            drain_timeout=int(self._settings.drain_timeout),
+            drain_timeout=self._settings.drain_timeout,  # seconds, fractions included
             # nats-py would run a regular expression over every published subject. This node publishes only to
             # its output subject (checked by config), to reply subjects the server delivered (no whitespace can
-            # pass its protocol), and to envelope reply subjects (checked by runner._publishable).
+            # pass its protocol), and to envelope reply subjects (checked by answers.publishable).
             skip_subject_validation=True,
             **connect_options(self._settings),
         )
 
     def _fatal_message(self, error: BaseException) -> str:
         servers = ", ".join(redact_url(url) for url in self._settings.nats_servers)
-        return f"cannot connect to NATS at {servers}: {_explain(error)}"
+        return f"cannot connect to NATS at {servers}: {explain(error)}"
 
     async def subscribe(self, subject: str, *, queue: str, callback: MessageCallback) -> None:
         self._subscription = await self._nc.subscribe(
@@ -167,8 +115,14 @@ class Broker:
             pending_msgs_limit=self._settings.pending_msgs_limit,
             pending_bytes_limit=self._settings.pending_bytes_limit,
         )
-        # One round trip so the server has the interest before we call ourselves ready.
+        # One round trip so the server has the interest before we call ourselves ready (and has said if it refuses).
         await self._nc.flush()
+        if self._refused_subscription:
+            raise BrokerConnectError(
+                f"NATS refused this node's subscription to {subject!r} ({self._refused_subscription}); give its NATS "
+                f"user permission to subscribe to {subject!r} (and to its queue group {queue!r})"
+            )
+        self._subscribed = True
         self._log.info("subscribed", subject=subject, queue=queue)
 
     def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
@@ -210,14 +164,33 @@ class Broker:
         if isinstance(error, SlowConsumerError):
             self._on_slow_consumer()
             return
+        if _SUBSCRIPTION_REFUSED in str(error).lower():
+            self._on_subscription_refused(str(error))
+            return
         if not self._connected_once and self._fatal is not None:
             if self._fatal.done():  # start-up already fails with the first fatal error; the rest is its echo
                 return
-            if _is_fatal(error):
+            if is_fatal(error):
                 self._fatal.set_result(error)
                 return
         if self._error_log_due():
             self._log.warning("NATS error", error=describe(error), connected=self.is_connected)
+
+    def _on_subscription_refused(self, error: str) -> None:
+        if not self._subscribed or self._refused_subscription:  # subscribe() reports it, at start-up
+            self._refused_subscription = self._refused_subscription or error
+            return
+        self._fail(f"NATS revoked this node's subscription: {error}")
+
+    def _on_bad_frame(self, error: BaseException) -> None:
+        if self._error_log_due():
+            self._log.error("message dropped: the server sent a frame nats-py cannot decode",
+                            error=describe(error), bad_frames=self.bad_frames)
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed.is_set():
+            self._log.error(reason)
+            self.failed.set()
 
     def _on_slow_consumer(self) -> None:
         self.slow_consumer_drops += 1
@@ -244,29 +217,8 @@ class Broker:
         self._log.info("reconnected to NATS", server=self._server_url())
 
     async def _on_closed(self) -> None:
-        if self._connected_once:
+        if self._connected_once and not self._closing:
+            error = self._nc.last_error
+            self._fail(f"NATS connection closed for good: {describe(error) if error else 'closed by the server'}")
+        elif self._connected_once:
             self._log.info("NATS connection closed")
-
-
-def _is_fatal(error: BaseException) -> bool:
-    if isinstance(error, ssl.SSLError):
-        return True
-    text = str(error).lower()
-    return any(marker in text for marker in _FATAL_MARKERS)
-
-
-def _explain(error: BaseException) -> str:
-    """One sentence for a fatal connect error: what went wrong and which settings to look at."""
-    text = str(error).strip()
-    if "authorization violation" in text.lower():
-        return f"the server refused the credentials (Authorization Violation); check {_CREDENTIAL_SETTINGS}"
-    if _NO_TLS in text:
-        return f"{_NO_TLS} but TLS is set ({_TLS_SETTINGS} or a tls:// URL); nothing was sent in clear"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"the server's TLS certificate is not trusted ({error.verify_message}); check {_TLS_SETTINGS}"
-    if isinstance(error, ssl.SSLError):
-        return (
-            f"the TLS handshake failed ({error.reason or text}): the server did not accept this node's certificate; "
-            f"check {_TLS_SETTINGS}"
-        )
-    return f"{describe(error)}; check the credentials and TLS settings"

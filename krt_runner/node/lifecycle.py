@@ -113,7 +113,7 @@ class RunningNode:
         self.pipeline.recorder.record_now()  # should the loop not have come round to the last answers' points
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
         self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops,
-                      abandoned_threads=self.pipeline.caller.abandoned_threads)
+                      bad_frames=self.broker.bad_frames, abandoned_threads=self.pipeline.caller.abandoned_threads)
 
     async def _stop_intake(self) -> bool:
         """Unsubscribe and take what nats-py holds; ``False`` if that outlasted ``KRT_DRAIN_TIMEOUT``."""

@@ -1,8 +1,10 @@
 """A node process from settings to exit code: logging, the event loop, signals, the idle timeout.
 
 Shared by ``krt-runner run`` and ``serve()``. Exit codes: 0 after a stop
-(SIGTERM, SIGINT, ``KRT_IDLE_TIMEOUT``), 1 when ``init`` raised, 2 when
-NATS refused the connection for good.
+(SIGTERM, SIGINT, SIGHUP, ``KRT_IDLE_TIMEOUT``); 1 when ``init`` raised, or
+when the NATS connection closed for good or the server revoked the node's
+subscription (the node drains what it can first); 2 when NATS refused the
+connection or the subscription at start-up.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from krt_runner.node.user_code import UserCode
 # A sync handler busy in Python holds the GIL on its worker thread from one call to the next. The event loop's thread
 # (answers, the next message) gets it when the interpreter forces a switch: every 1 ms keeps the worker supplied.
 _SYNC_HANDLER_SWITCH_INTERVAL = 0.001
+# A closed terminal (SIGHUP) drains the node like a stop.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # What a process may do with its node while it serves, instead of waiting for a signal (dev mode sends requests).
 Work = Callable[[RunningNode], Coroutine[Any, Any, None]]
 
@@ -76,18 +80,21 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     node = RunningNode(settings, code, sink=sink)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     failed = await _start(node, stop)
     if failed is not None:
         await node.broker.close()
         return failed
+    watch = loop.create_task(node.broker.failed.wait())  # a connection gone for good stops the node too
+    watch.add_done_callback(lambda _: stop.set())
     if work is None:
         await _wait_for_stop(node, stop)
     else:
         await _work_until_stop(node, work(node), stop)
+    watch.cancel()
     await node.stop()
-    return EXIT_OK
+    return EXIT_FAILED if node.broker.failed.is_set() else EXIT_OK
 
 
 async def _start(node: RunningNode, stop: asyncio.Event) -> int | None:
@@ -128,7 +135,14 @@ async def _wait_for_stop(node: RunningNode, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), remaining)
     await stop.wait()
-    node.log.info("signal received; stopping")
+    _log_stop(node)
+
+
+def _log_stop(node: RunningNode) -> None:
+    if node.broker.failed.is_set():
+        node.log.error("stopping: the node cannot serve without its NATS connection and subscription")
+    else:
+        node.log.info("signal received; stopping")
 
 
 async def _work_until_stop(node: RunningNode, work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
@@ -143,4 +157,4 @@ async def _work_until_stop(node: RunningNode, work: Coroutine[Any, Any, None], s
         return
     working.cancel()
     await asyncio.gather(working, return_exceptions=True)
-    node.log.info("signal received; stopping")
+    _log_stop(node)

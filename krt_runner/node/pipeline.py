@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.config import Settings
-from krt_runner.errors import DrainTimeoutError, HandlerError, InvalidRequestError, ReplyError, describe
+from krt_runner.errors import DrainTimeoutError, EnvelopeError, HandlerError, InvalidRequestError, ReplyError, describe
 from krt_runner.measurements import NodePoints, Outcome, Timing
 from krt_runner.node.answers import Answers, publishable, traceback_worthy
 from krt_runner.node.broker import Broker
@@ -24,6 +24,7 @@ from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
 from krt_runner.node.user_code import UserCode
+from krt_runner.subjects import matcher
 
 _ANSWERED, _INVALID, _FAILED = Outcome.ANSWERED, Outcome.INVALID, Outcome.FAILED
 
@@ -47,6 +48,8 @@ class Pipeline:
         self._timeout = settings.handler_timeout
         self._drain_timeout = settings.drain_timeout
         self._max_decompressed = settings.max_decompressed_bytes
+        self._input = settings.input_subject
+        self._listens_on = matcher(settings.input_subject)
         # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are threads is
         # handled at once, so a thread goes from one call to the next without waiting for the event loop. (With a
         # timeout, which counts from when a message's handling starts, a message starts when a thread is free.)
@@ -113,6 +116,8 @@ class Pipeline:
         job.hops = len(job.tracking)
         if not job.reply:
             job.reply = publishable(request.reply)
+        if job.reply and self._listens_on(job.reply):
+            self._refuse_reply(job)
         if self._debug:
             self.log.debug("message received", tracking_id=job.tracking_id, bytes=len(data))
 
@@ -143,6 +148,12 @@ class Pipeline:
         job.restart()
         return self._handler(ctx, data)
 
+    def _refuse_reply(self, job: Job) -> None:
+        """An answer to a subject this node listens on would come back to it, again and again: no answer at all."""
+        refused, job.reply = job.reply, ""
+        raise EnvelopeError(f"the reply subject {refused[:120]!r} is one this node listens on ({self._input}): "
+                            "refused, its answer would come back to this node")
+
     async def _refuse(self, job: Job) -> Any:
         """In place of the handler once the drain has timed out."""
         raise DrainTimeoutError(self._drain_text("before this message was handled"))
@@ -172,19 +183,22 @@ class Pipeline:
         job.replied = True
 
     async def _answer_error(self, job: Job, exc: Exception) -> None:
+        """The error answer goes out first; only then is anything logged about it."""
         self.counts["errors"] += 1
         text = self._answers.error_text(exc)
         answered = job.replied or (job.request is not None and job.request.replied)
+        unsent: Exception | None = None
+        if not answered and job.reply:
+            try:
+                await self.broker.publish(job.reply, self._answers.for_error(job, text))
+            except Exception as publish_exc:
+                unsent = publish_exc
         self.log.error(text, tracking_id=job.tracking_id, exc_info=traceback_worthy(exc))
-        if answered or not job.reply:
-            if not answered:
-                self.counts["dropped"] += 1
-                self.log.warning("error not sent: no reply subject", tracking_id=job.tracking_id)
-            return
-        try:
-            await self.broker.publish(job.reply, self._answers.for_error(job, text))
-        except Exception as publish_exc:
-            self.log.error("could not publish error answer", error=describe(publish_exc), tracking_id=job.tracking_id)
+        if unsent is not None:
+            self.log.error("could not publish error answer", error=describe(unsent), tracking_id=job.tracking_id)
+        elif not answered and not job.reply:
+            self.counts["dropped"] += 1
+            self.log.warning("error not sent: no reply subject", tracking_id=job.tracking_id)
 
 
 class _Recorder:

@@ -1,0 +1,330 @@
+"""One frame, one envelope, one setting or one closed pipe must never leave a node alive but out of service.
+
+Every test runs a real nats-server and a real ``krt-runner run``; frames that nats-py refuses to send go over a
+plain socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import nats
+import pytest
+from conftest import KRT_RUNNER, ROOT, NodeProcess, Requester, greeter_pb2, node_env, request_envelope, unpack
+
+from krt_runner.config import redact_url
+from krt_runner.envelope import KreNatsMessage
+from krt_runner.local_krt.embedded import EmbeddedNats
+
+HANDLERS = ROOT / "tests" / "handlers"
+
+
+class RawClient:
+    """A NATS connection over a plain socket, for frames that client libraries refuse to send."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        self._read_until(b"\r\n")  # INFO
+        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
+
+    def send(self, frame: bytes) -> None:
+        """Send ``frame``, then wait until the server has read it (PING, PONG)."""
+        self.sock.sendall(frame + b"PING\r\n")
+        self._read_until(b"PONG\r\n")
+
+    def _read_until(self, end: bytes) -> bytes:
+        data = b""
+        while end not in data:
+            chunk = self.sock.recv(4096)
+            assert chunk, f"server closed the connection: {data!r}"
+            data += chunk
+        return data
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def summary(node: NodeProcess) -> dict:
+    node.signal()
+    assert node.wait() == 0, node.output
+    return next(json.loads(line) for line in node.lines if '"stopped"' in line)
+
+
+async def all_answered(requester: Requester, subject: str, count: int) -> list[str]:
+    answers = await asyncio.gather(*(requester.greet(subject, f"r{i}", timeout=5) for i in range(count)))
+    return [unpack(answer, greeter_pb2.Request).name for answer in answers]
+
+
+def behaviours(server: EmbeddedNats, subject: str, **extra: str) -> dict:
+    return node_env(server, HANDLERS, "behaviours.py", input=subject, name="n", **extra)
+
+
+# -- 1. frames that nats-py cannot decode ----------------------------------------------------------
+
+
+def hpub(subject: bytes, reply: bytes, headers: bytes, payload: bytes) -> bytes:
+    sizes = b"%d %d" % (len(headers), len(headers) + len(payload))
+    return b"HPUB %s %s %s\r\n%s%s\r\n" % (subject, reply, sizes, headers, payload)
+
+
+BAD_FRAMES = {
+    "reply subject not UTF-8": b"PUB bad-in _INBOX.\xff\xfe 5\r\nhello\r\n",
+    "header status line not UTF-8": hpub(b"bad-in", b"_INBOX.x", b"NATS/1.0 \xff\xfe\r\n\r\n", b"hello"),
+}
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_a_frame_nats_py_cannot_decode_costs_that_message_alone(nats_server, start_node, requester, frame):
+    node = start_node(**behaviours(nats_server, "bad-in"))
+
+    with RawClient(nats_server.url) as raw:
+        raw.send(frame)
+    names = await all_answered(requester, "bad-in", 20)
+
+    assert names == [f"r{i}>n" for i in range(20)]
+    assert summary(node)["bad_frames"] == 1
+
+
+async def test_a_read_loop_that_fails_reconnects_instead_of_going_deaf(nats_server):
+    from krt_runner.config import load_settings
+    from krt_runner.logging import node_logger
+    from krt_runner.node.broker import Broker
+
+    settings = load_settings(env={"KRT_NATS_SERVER": nats_server.url, "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x",
+                                  "KRT_NATS_RECONNECT_WAIT": "0.1", "KRT_LOG_LEVEL": "error"})
+    broker = Broker(settings, node_logger(node="n", workflow="w", version="v"))
+    await broker.connect()
+    got: list[bytes] = []
+
+    async def take(msg):
+        got.append(msg.data)
+
+    await broker.subscribe("in", queue="q", callback=take)
+    parser = broker.client._ps
+    original = parser.parse
+
+    async def fail_once(data=b""):
+        parser.parse = original
+        raise RuntimeError("a bug in the parser")
+
+    parser.parse = fail_once
+    async with await nats.connect(nats_server.url) as other:
+        await other.publish("in", b"lost to the bug")
+        await other.flush()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            await other.publish("in", b"after")
+            await other.flush()
+            await asyncio.sleep(0.2)
+    await broker.close()
+
+    assert b"after" in got
+
+
+# -- 2. an envelope reply the server would refuse, a connection closed outside shutdown -------------
+
+
+async def test_an_envelope_reply_too_long_to_publish_to_is_refused_and_the_node_stays_connected(
+    nats_server, start_node, requester
+):
+    node = start_node(**behaviours(nats_server, "long-in"))
+    envelope = request_envelope(greeter_pb2.Request(name="long"))
+    envelope.reply = "_INBOX." + "a" * 5000
+
+    await requester.nc.publish("long-in", envelope.SerializeToString())
+    names = await all_answered(requester, "long-in", 20)
+
+    assert names == [f"r{i}>n" for i in range(20)]
+    assert "reply subject" in node.output and "5007 characters" in node.output
+    assert summary(node)["dropped"] == 1
+
+
+async def test_a_connection_the_server_closes_for_good_ends_the_node_with_exit_1(tmp_path, start_node):
+    config = tmp_path / "small-lines.conf"
+    config.write_text("max_control_line: 256\n")
+    with EmbeddedNats(extra_args=["-c", str(config)]) as server:
+        node = start_node(**behaviours(server, "close-in", KRT_NATS_OUTPUT="o" * 300))
+        async with await nats.connect(server.url) as requester:
+            await requester.publish("close-in", request_envelope(greeter_pb2.Request(name="x")).SerializeToString())
+            await requester.flush()
+
+        assert node.wait(timeout=20) == 1
+    assert "NATS connection closed" in node.output
+
+
+# -- 3. a closed log pipe -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+async def test_a_closed_log_pipe_loses_no_request(nats_server, requester, tmp_path, concurrency):
+    env = {**behaviours(nats_server, "pipe-in", KRT_CONCURRENCY=concurrency), "KRT_LOG_FORMAT": "json",
+           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        assert process.stdout is not None
+        while b'"node ready"' not in process.stdout.readline():
+            assert process.poll() is None
+        process.stdout.close()  # the log's reader goes away
+
+        answers = await asyncio.gather(*(requester.greet("pipe-in", name, timeout=5)
+                                         for name in ["boom:1", "ok1", "boom:2", "ok2", "ok3"] * 2))
+
+        assert [answer.error != "" for answer in answers] == [True, False, True, False, False] * 2
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+
+
+# -- 4. error answers of any size -------------------------------------------------------------------
+
+
+def with_tracking(name: str, entries: int) -> bytes:
+    envelope = request_envelope(greeter_pb2.Request(name=name))
+    for index in range(entries):
+        envelope.tracking.add(node_name=f"node-{index}", start="2026-01-02T03:04:05.000001",
+                              end="2026-01-02T03:04:05.000002")
+    return gzip.compress(envelope.SerializeToString())
+
+
+@pytest.mark.parametrize(("name", "entries"), [("boom", 100_000), ("oversized:3000000", 30_000)])
+async def test_every_request_gets_its_error_answer_however_much_tracking_it_carries(
+    nats_server, start_node, requester, name, entries
+):
+    start_node(**node_env(nats_server, HANDLERS, "hostile.py", input="big-in", name="n"))
+
+    answer = await requester.request_raw("big-in", with_tracking(name, entries), timeout=20)
+
+    assert answer.error.startswith("error in node 'n'")
+
+
+def test_an_error_answer_too_large_even_compressed_goes_without_its_tracking():
+    from krt_runner.node.answers import Answers
+    from krt_runner.node.job import Job
+
+    class Broker:
+        max_payload = 4096
+
+    job = Job("_INBOX.r")
+    job.request = KreNatsMessage(tracking_id="t")
+    for _ in range(1000):
+        job.request.tracking.add(node_name=uuid.uuid4().hex, start=uuid.uuid4().hex, end=uuid.uuid4().hex)
+    job.hops = 1000
+
+    answer = KreNatsMessage.FromString(Answers(node_name="n", output_subject="", broker=Broker()).for_error(job, "e"))
+
+    assert answer.error == "e" and answer.tracking_id == "t" and len(answer.tracking) == 0
+
+
+# -- 5 and 6. answers that would come back to the node itself -----------------------------------------
+
+
+@pytest.mark.parametrize(("subject", "reply"), [("loop-in", "loop-in"), ("loop.>", "loop.back")])
+async def test_an_envelope_reply_the_node_listens_on_is_refused_and_does_not_loop(
+    nats_server, start_node, requester, subject, reply
+):
+    node = start_node(**behaviours(nats_server, subject))
+    seen: list[bytes] = []
+
+    async def count(msg) -> None:
+        seen.append(msg.data)
+
+    await requester.nc.subscribe(reply, cb=count)
+    envelope = request_envelope(greeter_pb2.Request(name="loop"))
+    envelope.reply = reply
+
+    await requester.nc.publish(reply, envelope.SerializeToString())
+    await asyncio.sleep(1.5)
+
+    assert len(seen) == 1  # the request itself, and nothing the node sent back
+    assert "refused" in node.output
+    assert summary(node)["dropped"] == 1
+
+
+def test_an_output_the_wildcard_input_matches_is_refused_at_start(tmp_path):
+    env = {"KRT_NATS_SERVER": "nats://127.0.0.1:1", "KRT_NATS_INPUT": "ov.>", "KRT_NATS_OUTPUT": "ov.b",
+           "KRT_HANDLER_PATH": "node.py", "PATH": "/usr/bin:/bin"}
+
+    done = subprocess.run([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 2
+    assert "KRT_NATS_OUTPUT 'ov.b' is matched by KRT_NATS_INPUT 'ov.>'" in done.stderr
+
+
+# -- 7. passwords with reserved characters -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["pa/ss", "pa#ss", "pa?ss", "pa@ss", "pa:ss", "p/a#s?s@w:d"])
+def test_a_password_with_reserved_characters_is_redacted(secret):
+    assert secret not in redact_url(f"nats://user:{secret}@host:4222")
+    assert redact_url(f"nats://user:{secret}@host:4222") == "nats://user:***@host:4222"
+
+
+@pytest.mark.parametrize("variable", ["KRT_NATS_SERVER", "KRT_INFLUX_URI"])
+def test_a_password_with_a_slash_never_reaches_the_output(tmp_path, variable):
+    scheme = "nats" if variable == "KRT_NATS_SERVER" else "http"
+    env = {"KRT_NATS_SERVER": "nats://127.0.0.1:1", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "node.py",
+           variable: f"{scheme}://user:se/cr#et?@127.0.0.1:1", "PATH": "/usr/bin:/bin"}
+
+    done = subprocess.run([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 2
+    assert "se/cr" not in done.stdout + done.stderr and variable in done.stderr
+
+
+# -- 8. a subscription the server does not allow -----------------------------------------------------
+
+
+def test_a_node_that_may_not_subscribe_to_its_input_exits_2_naming_it(tmp_path, start_node):
+    config = tmp_path / "users.conf"
+    config.write_text('authorization { users = [ {user: "node", password: "pw", '
+                      'permissions: {subscribe: {deny: ["secret-in"]}}} ] }\n')
+    with EmbeddedNats(extra_args=["-c", str(config)]) as server:
+        env = behaviours(server, "secret-in", KRT_NATS_USER="node", KRT_NATS_PASSWORD="pw")
+        node = start_node(wait=False, **env)
+
+        assert node.wait(timeout=20) == 2
+    assert "secret-in" in node.output and "permission to subscribe" in node.output
+
+
+# -- 9 and 10. a sub-second drain, SIGHUP ------------------------------------------------------------
+
+
+async def test_a_sub_second_drain_timeout_stops_in_time_and_writes_only_json(nats_server, start_node, requester):
+    node = start_node(**behaviours(nats_server, "quick-in", KRT_DRAIN_TIMEOUT="0.5"))
+    pending = [asyncio.ensure_future(requester.greet("quick-in", "sleep:0.3", timeout=5)) for _ in range(5)]
+    await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    node.signal()
+    code = node.wait(timeout=20)
+
+    assert code == 0 and time.monotonic() - started < 4
+    assert len(await asyncio.gather(*pending)) == 5  # each answered, by its handler or with the drain's error
+    assert all(line.startswith("{") for line in node.lines if line), node.output
+
+
+async def test_sighup_drains_like_sigterm(nats_server, start_node, requester):
+    node = start_node(**behaviours(nats_server, "hup-in"))
+    pending = asyncio.ensure_future(requester.greet("hup-in", "sleep:0.5", timeout=5))
+    await asyncio.sleep(0.2)
+
+    node.signal(signal.SIGHUP)
+
+    assert node.wait(timeout=20) == 0
+    assert unpack(await pending, greeter_pb2.Request).name == "sleep:0.5>n"
+
+
