@@ -300,6 +300,22 @@ def test_a_node_that_may_not_subscribe_to_its_input_exits_2_naming_it(tmp_path, 
     assert "secret-in" in node.output and "permission to subscribe" in node.output
 
 
+def test_a_subscription_revoked_while_the_node_serves_stops_it_with_exit_1(tmp_path, start_node):
+    config = tmp_path / "users.conf"
+    user = '{user: "node", password: "pw"%s}'
+    config.write_text(f"authorization {{ users = [ {user % ''} ] }}\n")
+    with EmbeddedNats(extra_args=["-c", str(config)]) as server:
+        node = start_node(**behaviours(server, "revoked-in", KRT_NATS_USER="node", KRT_NATS_PASSWORD="pw"))
+        denied = user % ', permissions: {subscribe: {deny: ["revoked-in"]}}'
+        config.write_text(f"authorization {{ users = [ {denied} ] }}\n")
+
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)  # nats-server reloads its configuration
+
+        assert node.wait(timeout=20) == 1
+    assert "NATS revoked this node's subscription" in node.output
+
+
 # -- 9 and 10. a sub-second drain, SIGHUP ------------------------------------------------------------
 
 
