@@ -70,10 +70,10 @@ def nats_servers(raw: str) -> tuple[str, ...]:
 
 
 def nats_url(raw: str) -> str:
-    # KRE v1 deployments set KRT_NATS_SERVER=host:port with no scheme.
+    # KRE v1 deployments set KRT_NATS_SERVER=host:port with no scheme; nothing else may lack one (nats//host).
     url = raw if "://" in raw else f"nats://{raw}"
     parts = urlsplit(url)
-    if parts.scheme not in NATS_SCHEMES or not parts.hostname:
+    if parts.scheme not in NATS_SCHEMES or not parts.hostname or ("://" not in raw and "/" in raw):
         raise ValueError(f"{redact_url(raw)!r} is not a NATS URL such as nats://host:4222")
     _check_port(parts, raw)
     return url

@@ -58,11 +58,16 @@ def serve_node(settings: Settings, code: UserCode) -> int:
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when the ``speed`` extra is installed, else on asyncio's loop."""
     try:
-        import uvloop  # optional: the 'speed' extra
+        import uvloop
     except ImportError:
+        uvloop_run = None  # run outside the except: its ImportError must not be the context of every later exception
+    else:
+        uvloop_run = uvloop.run
+    if uvloop_run is None:
         return int(asyncio.run(coroutine))
-    return int(uvloop.run(coroutine))
+    return int(uvloop_run(coroutine))
 
 
 async def node_main(settings: Settings, code: UserCode, *, work: Work | None = None) -> int:

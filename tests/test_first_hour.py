@@ -1,0 +1,39 @@
+"""Bugs a newcomer met in the first hour (issue 26), each pinned by a test."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, node_env
+
+from krt_runner.config import load_settings
+from krt_runner.errors import ConfigError
+
+HANDLERS = ROOT / "tests" / "handlers"
+
+
+@pytest.mark.parametrize("url", ["nats//127.0.0.1:4222", "127.0.0.1/4222"])
+def test_a_nats_url_that_lost_its_scheme_colon_is_refused(url):
+    with pytest.raises(ConfigError, match="is not a NATS URL"):
+        load_settings(env={"KRT_NATS_SERVER": url, "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x.py"})
+
+
+def test_a_host_and_port_without_a_scheme_is_still_a_nats_url():
+    settings = load_settings(env={"KRT_NATS_SERVER": "127.0.0.1:4222", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x"})
+
+    assert settings.nats_servers == ("nats://127.0.0.1:4222",)
+
+
+async def test_without_uvloop_a_handlers_traceback_does_not_start_with_uvloops_import_error(
+    nats_server, start_node, requester, tmp_path
+):
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['uvloop'] = None\n")  # no speed extra
+    env = node_env(nats_server, HANDLERS, "behaviours.py", input="default-loop", name="n")
+    node = start_node(**env, PYTHONPATH=str(tmp_path))
+
+    answer = await requester.greet("default-loop", "boom")
+
+    assert "boom requested" in answer.error
+    node.wait_for_line("ValueError: boom requested")  # the traceback, logged once the error answer is out
+    assert "uvloop" not in node.output, [line for line in node.lines if "uvloop" in line]
+
+
