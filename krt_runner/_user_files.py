@@ -15,12 +15,29 @@ from types import ModuleType
 
 from krt_runner.errors import NotAModuleError
 
+# Before the stem of a user's file whose stem names another module (see module_name_for).
+USER_MODULE_PREFIX = "_krt_user_"
+
+
+def module_name_for(path: Path) -> str:
+    """The name to run ``path`` under: its stem, unless that names a module already there (``json.py``,
+    ``uuid.py``, an installed package), which the file must not shadow for the runner or for itself."""
+    stem = path.stem
+    try:
+        found = importlib.util.find_spec(stem)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or (found.origin and Path(found.origin).resolve() == path.resolve()):
+        return stem
+    return USER_MODULE_PREFIX + stem
+
 
 def exec_file(path: Path, *, name: str, keep_folder_on_path: bool = True) -> ModuleType:
     """Run the file at ``path`` as module ``name``, registered in ``sys.modules`` under that name (so pickled
-    objects, joblib models, find their classes) and with its folder first on ``sys.path`` (so it imports the
-    files beside it, its ``_pb2`` modules). The folder stays on ``sys.path`` unless ``keep_folder_on_path`` is
-    false. Raises whatever the file's code raises, and :class:`NotAModuleError`."""
+    objects, joblib models, find their classes) and with its folder on ``sys.path`` (so it imports the files
+    beside it, its ``_pb2`` modules). The folder goes last, as KRE v1 put it: a file named like a module of the
+    standard library or an installed package never shadows it. It stays on ``sys.path`` unless
+    ``keep_folder_on_path`` is false. Raises whatever the file's code raises, and :class:`NotAModuleError`."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise NotAModuleError(f"{path} is not a Python module")
@@ -45,7 +62,8 @@ def prepend_sys_path(directory: Path) -> None:
 @contextlib.contextmanager
 def _folder_on_path(directory: Path, *, keep: bool) -> Iterator[None]:
     added = str(directory) not in sys.path
-    prepend_sys_path(directory)
+    if added:
+        sys.path.append(str(directory))
     try:
         yield
     finally:

@@ -296,7 +296,7 @@ def test_a_node_that_may_not_subscribe_to_its_input_exits_2_naming_it(tmp_path, 
         env = behaviours(server, "secret-in", KRT_NATS_USER="node", KRT_NATS_PASSWORD="pw")
         node = start_node(wait=False, **env)
 
-        assert node.wait(timeout=20) == 2
+        assert node.wait(timeout=20) == 2, node.output
     assert "secret-in" in node.output and "permission to subscribe" in node.output
 
 

@@ -115,7 +115,8 @@ class Broker:
             pending_msgs_limit=self._settings.pending_msgs_limit,
             pending_bytes_limit=self._settings.pending_bytes_limit,
         )
-        # One round trip so the server has the interest before we call ourselves ready (and has said if it refuses).
+        # One round trip so the server has the interest before we call ourselves ready, and has said if it refuses.
+        await self._nc.write_pending()  # the SUB first: flush() writes its PING ahead of what is still queued
         await self._nc.flush()
         if self._refused_subscription:
             raise BrokerConnectError(

@@ -7,7 +7,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from krt_runner._user_files import exec_file, prepend_sys_path
+from krt_runner._user_files import exec_file, module_name_for, prepend_sys_path
 from krt_runner.errors import HandlerLoadError, NotAModuleError
 
 
@@ -41,7 +41,7 @@ def _import_file(handler_path: str, base_path: Path) -> ModuleType:
     if not path.is_file():
         raise HandlerLoadError(f"cannot load handler {handler_path!r}: no file at {path}")
     try:
-        return exec_file(path, name=path.stem)
+        return exec_file(path, name=module_name_for(path))
     except NotAModuleError:
         raise HandlerLoadError(f"cannot load handler {handler_path!r}: {path} is not a Python module") from None
 

@@ -66,6 +66,11 @@ class NodeClient(Client):
             return scheme == "wss"
         return bool(info.get("tls_required"))
 
+    async def write_pending(self) -> None:
+        """Hand every command still queued (a SUB) to the socket now. nats-py's ``flush()`` writes its PING
+        straight to the socket, ahead of queued commands: its PONG can come before the server's answer to them."""
+        await self._flush_pending(force_flush=True)
+
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
         """A frame nats-py cannot decode (a reply subject or a header status that is not UTF-8) costs that one
         message, counted, instead of ending the read loop and leaving the connection deaf."""

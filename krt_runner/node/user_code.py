@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from krt_runner._user_files import USER_MODULE_PREFIX
 from krt_runner.errors import HandlerLoadError, InvalidRequestError, describe
 from krt_runner.node.calling import UserFunction
 from krt_runner.node.loading import import_handler_module, load_error
@@ -50,13 +51,13 @@ def load_user_code(handler_path: str, base_path: Path) -> UserCode:
 
     ``path:Name`` names a :class:`Processor` subclass in that module; without
     the suffix the module's ``handler`` is used, or else its only Processor
-    subclass. The file's directory goes first on ``sys.path`` so it can import
+    subclass. The file's directory is added to ``sys.path`` (last) so it can import
     its generated ``_pb2`` modules. Raises :class:`HandlerLoadError` naming the
     file and the cause, with the traceback in ``details`` when there is one.
     """
     module_path, class_name = _split_class_name(handler_path)
     module = import_handler_module(module_path, base_path)
-    name = module.__name__.rsplit(".", 1)[-1]
+    name = module.__name__.rsplit(".", 1)[-1].removeprefix(USER_MODULE_PREFIX)
     if class_name:
         return user_code_from(_named_processor(module, class_name, handler_path), name=name, source=handler_path)
     handler = getattr(module, "handler", None)
