@@ -90,3 +90,111 @@ nodes:
 workflows:
   - {name: greet, entrypoint: Greet, sequential: [json-node]}
 """
+
+
+def copy_of_greeter(tmp_path):
+    import shutil
+
+    target = tmp_path / "greeter"
+    shutil.copytree(ROOT / "examples" / "greeter", target, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    return target
+
+
+def run_cli(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "krt_runner", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_check_reports_a_workflow_entrypoint_that_is_no_rpc_of_the_entrypoint_service(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    krt_yml = krt / "krt.yml"
+    krt_yml.write_text(krt_yml.read_text().replace("entrypoint: Greet", "entrypoint: GreetTypo"))
+
+    done = run_cli("check", str(krt), cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "workflows[0].entrypoint: 'GreetTypo' is not an rpc of service Entrypoint in proto/greeter.proto" \
+        " (rpcs: Greet)" in done.stderr
+
+
+def test_build_leaves_out_the_measurements_file_a_local_run_wrote(tmp_path):
+    import tarfile
+
+    krt = copy_of_greeter(tmp_path)
+    (krt / "measurements.lp").write_text("m f=1i 1\n" * 1000)
+
+    done = run_cli("build", str(krt), "--output", str(tmp_path / "out.krt"), cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp_path / "out.krt") as package:
+        names = package.getnames()
+    assert any(name.endswith("krt.yml") for name in names)
+    assert not any(name.endswith("measurements.lp") for name in names)
+
+
+def test_a_pb2_from_a_newer_protobuf_says_what_to_do_in_one_line(tmp_path):
+    from krt_runner.errors import HandlerLoadError
+    from krt_runner.node.user_code import load_user_code
+
+    generated = (ROOT / "examples" / "greeter" / "src" / "greeter_pb2.py").read_text()
+    (tmp_path / "newer_pb2.py").write_text(generated.replace("    7,\n    35,\n    1,\n", "    99,\n    0,\n    0,\n"))
+    (tmp_path / "node.py").write_text("import newer_pb2\n\n\ndef handler(ctx, data):\n    return data\n")
+
+    with pytest.raises(HandlerLoadError) as caught:
+        load_user_code("node.py", tmp_path)
+
+    assert "needs a newer protobuf than the one installed" in str(caught.value)
+    assert "regenerate it with the grpcio-tools of this environment" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_request_on_the_command_line_means_dev_mode_even_with_krt_nats_server_exported(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    env["KRT_NATS_SERVER"] = "nats://127.0.0.1:1"  # left exported from running a node
+
+    done = subprocess.run([sys.executable, str(HANDLERS / "typed_strings.py"), "--request", '{"name": "Ada"}'],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 and "Ada" in done.stdout
+
+
+def test_ctrl_c_during_up_request_says_the_request_was_interrupted_and_exits_130(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    krt = copy_of_greeter(tmp_path)
+    greet = krt / "src" / "greet.py"
+    slow = "    import asyncio\n\n    await asyncio.sleep(3)\n    request = Request()\n"
+    greet.write_text(greet.read_text().replace("    request = Request()\n", slow))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    env["KRT_MEASUREMENTS_ENABLED"] = "false"
+    up = subprocess.Popen([sys.executable, "-m", "krt_runner", "up", str(krt), "--request", '{"name": "Ada"}'],
+                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while not any("sending the request" in line for line in lines) and time.monotonic() < deadline:
+            lines.append(up.stderr.readline())
+        time.sleep(0.5)
+        up.send_signal(signal.SIGINT)
+        out, err = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+
+    assert up.returncode == 130, "".join(lines) + err
+    assert "the request was interrupted before its answer came" in err
+    assert out == ""

@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
-from krt_runner.errors import EXIT_OK, EXIT_USAGE, HandlerLoadError, KrtFileError
-from krt_runner.krt.model import Krt, NodeSpec, load_krt, wiring
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, HandlerLoadError, KrtFileError, ProtoError
+from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, load_krt, wiring
+from krt_runner.krt.protos import find_types_source, load_file
 from krt_runner.node.user_code import load_user_code
 
 # Seconds one handler module may take to import (module-level code runs, models may load).
@@ -32,7 +33,28 @@ def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
     python_nodes = [node for node in krt.nodes if node.is_python]
     with ThreadPoolExecutor(max_workers=_PARALLEL_IMPORTS) as pool:
         found = pool.map(lambda node: _import_problem(krt.directory, node), python_nodes)
-        return krt, [problem for problem in found if problem]
+        where = krt.directory / KRT_FILE
+        return krt, [*(f"{where}: {problem}" for problem in entrypoint_problems(krt)), *filter(None, found)]
+
+
+def entrypoint_problems(krt: Krt) -> list[str]:
+    """Each workflow's ``entrypoint`` must be an rpc of the proto's service ``Entrypoint``, when the types can be
+    read (a generated ``_pb2.py``, or grpcio-tools) and the proto has that service."""
+    problems = []
+    for index, workflow in enumerate(krt.workflows):
+        node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
+        try:
+            file = load_file(find_types_source(krt.directory / krt.proto, node_dirs))
+        except ProtoError:
+            continue  # up reports it when it needs the types
+        service = file.services_by_name.get("Entrypoint")
+        rpcs = [method.name for method in service.methods] if service is not None else []
+        if service is not None and workflow.entrypoint not in rpcs:
+            problems.append(
+                f"workflows[{index}].entrypoint: {workflow.entrypoint!r} is not an rpc "
+                f"of service Entrypoint in {krt.proto} (rpcs: {', '.join(rpcs) or 'none'})"
+            )
+    return problems
 
 
 def _import_problem(base_path: Path, node: NodeSpec) -> str:

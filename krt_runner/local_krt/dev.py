@@ -1,7 +1,7 @@
 """``serve()``: run a node from its own file, on a KRT deployment or in a local dev mode.
 
 ``python src/classifier.py`` with ``KRT_NATS_SERVER`` set is a node, as
-``krt-runner run`` would start it. Without it, dev mode: an embedded
+``krt-runner run`` would start it. Without it, or with ``--request``, dev mode: an embedded
 nats-server, this one node in-process, JSON requests in (``--request`` or one
 per line on stdin), JSON answers out (one line each on stdout), readable logs
 on stderr. Requests go through NATS and the same per-message pipeline as in
@@ -62,9 +62,14 @@ def _main(target: Any, *, init: UserFunction | None, argv: list[str]) -> int:
     except HandlerLoadError as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if os.environ.get("KRT_NATS_SERVER"):
+    # --request always means dev mode: an exported KRT_NATS_SERVER (left from running a node) does not turn it off.
+    if os.environ.get("KRT_NATS_SERVER") and not _asks_for_dev_mode(argv):
         return _run_as_node(code, script)
     return _run_dev(code, script, _dev_parser(script).parse_args(argv))
+
+
+def _asks_for_dev_mode(argv: list[str]) -> bool:
+    return any(arg == "--request" or arg.startswith("--request=") for arg in argv)
 
 
 def _script_of(target: Any) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from krt_runner.errors import ProtoError, UpError
+from krt_runner.krt.check import entrypoint_problems
 from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
 from krt_runner.krt.protos import MessageTypes, find_types_source, load_file, parse_json, rpc_names, select_types
 from krt_runner.local_krt.ask import read_request
@@ -76,6 +77,7 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
         if not w.node.is_python
     ]
     problems += _replica_problems(krt, options.replicas)
+    problems += entrypoint_problems(krt)
     missing = [name for name in krt.config_names if name not in environ]
     if missing:
         problems.append(f"config of krt.yml without a value: export {', '.join(missing)} before krt-runner up")

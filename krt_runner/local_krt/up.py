@@ -47,12 +47,13 @@ class _Up:
         self.supervisor = supervisor
         self.out = out
         self.err = err
+        self._signal = 0  # the first stop signal received
 
     async def run(self) -> int:
         """Start everything, serve or send the request, stop everything; the exit code."""
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
-            loop.add_signal_handler(signum, self._on_signal)
+            loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             return await self._serve()
         except KrtRunnerError as exc:
@@ -63,7 +64,8 @@ class _Up:
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
 
-    def _on_signal(self) -> None:
+    def _on_signal(self, signum: int) -> None:
+        self._signal = self._signal or signum
         self.supervisor.say("signal received: stopping everything")
         self.supervisor.request_stop()
 
@@ -75,6 +77,9 @@ class _Up:
         supervisor.say(f"all {len(supervisor.nodes)} node processes ready")
         if supervisor.plan.request is not None:
             answered = await supervisor.until(self._send_request(*supervisor.plan.request))
+            if answered.ending is Ending.STOPPED:  # a stop is no answer: say so, exit as the shell expects
+                supervisor.say("the request was interrupted before its answer came")
+                return 128 + self._signal if self._signal else EXIT_FAILED
             return int(answered.result) if answered.ending is Ending.DONE else self._exit_code(answered)
         self._print_entry_points()
         supervisor.say("Ctrl-C stops everything")
