@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from krt_runner import __version__
 from krt_runner.config import OPTIONS
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
@@ -136,6 +137,7 @@ def _health(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krt-runner", description="Run KRT v1 workflow nodes on NATS.")
+    parser.add_argument("--version", action="version", version=f"krt-runner {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_run(commands)
     _add_up(commands)

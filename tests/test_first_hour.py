@@ -198,3 +198,28 @@ def test_ctrl_c_during_up_request_says_the_request_was_interrupted_and_exits_130
     assert up.returncode == 130, "".join(lines) + err
     assert "the request was interrupted before its answer came" in err
     assert out == ""
+
+
+def test_up_run_inside_the_krt_folder_writes_its_measurements_beside_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    krt = copy_of_greeter(tmp_path)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+
+    done = subprocess.run([sys.executable, "-m", "krt_runner", "up", ".", "--request", '{"name": "Ada"}'],
+                          cwd=krt, env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert not (krt / "measurements.lp").exists()
+    assert "node_elapsed_time" in (tmp_path / "greeter.measurements.lp").read_text()
+    assert f"measurements go to {tmp_path / 'greeter.measurements.lp'}" in done.stderr
+
+
+def test_krt_runner_version_prints_the_package_version():
+    import krt_runner
+
+    done = run_cli("--version", cwd=ROOT)
+
+    assert done.returncode == 0 and done.stdout.strip() == f"krt-runner {krt_runner.__version__}"

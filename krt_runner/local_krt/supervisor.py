@@ -130,9 +130,10 @@ class Supervisor:
 
     async def _start_nodes(self, url: str) -> None:
         base_path, config = str(self.plan.krt.directory), self.plan.config
+        measurements = self._measurements_outside_the_krt()
         for index, (wired, label) in enumerate(self.plan.replicas):
-            env = {**os.environ, **self.options.env, **wired.environment(nats_url=url, base_path=base_path,
-                                                                           config=config)}
+            env = {**os.environ, **self.options.env, **measurements,
+                   **wired.environment(nats_url=url, base_path=base_path, config=config)}
             env["KRT_LOG_FORMAT"] = "json"  # rendered here for the terminal
             env["KRT_HEALTH_FILE"] = str(self._health_dir / f"node-{index}")  # the node's own sign of readiness
             self.say(f"starting {label}: {wired.input} -> {wired.output or '(answers the requester)'}")
@@ -145,6 +146,19 @@ class Supervisor:
                 label, wired.workflow.sequential.index(wired.node.name), process, self.printer,
                 health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=_idle_timeout_set(env),
             ))  # fmt: skip
+
+    def _measurements_outside_the_krt(self) -> dict[str, str]:
+        """Run inside the KRT folder with no measurement setting, the nodes would write measurements.lp into the KRT
+        (and ``build`` would find it there): they write it beside the folder instead."""
+        environ = {**os.environ, **self.options.env}
+        krt = self.plan.krt.directory
+        if environ.get("KRT_MEASUREMENTS_FILE") or environ.get("KRT_INFLUX_URI"):
+            return {}
+        if not Path.cwd().resolve().is_relative_to(krt):
+            return {}
+        path = krt.parent / f"{krt.name}.measurements.lp"
+        self.say(f"measurements go to {path} (outside the KRT folder; set KRT_MEASUREMENTS_FILE to choose)")
+        return {"KRT_MEASUREMENTS_FILE": str(path)}
 
     async def _all_ready(self) -> None:
         await asyncio.gather(*(node.wait_ready() for node in self.nodes))
