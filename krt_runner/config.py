@@ -168,11 +168,14 @@ class Settings:
     def is_last_node(self) -> bool:
         return not self.output_subject
 
-    def describe(self) -> dict[str, Any]:
-        """The settings as a log-safe dict: secrets shown as ``***``, URLs without passwords."""
+    def describe(self, *, changed_only: bool = False) -> dict[str, Any]:
+        """The settings as a log-safe dict: secrets shown as ``***``, URLs without passwords; with
+        ``changed_only``, only those that differ from their default."""
         shown: dict[str, Any] = {}
         for option in OPTIONS:
             value = getattr(self, option.field)
+            if changed_only and value == option.default:
+                continue
             if option.secret and value:
                 value = "***"
             elif option.field == "nats_servers":

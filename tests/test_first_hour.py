@@ -223,3 +223,14 @@ def test_krt_runner_version_prints_the_package_version():
     done = run_cli("--version", cwd=ROOT)
 
     assert done.returncode == 0 and done.stdout.strip() == f"krt-runner {krt_runner.__version__}"
+
+
+async def test_the_settings_line_names_only_what_differs_from_the_defaults(nats_server, start_node):
+    import json
+
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="quiet-in", name="n"))
+
+    line = json.loads(next(line for line in node.lines if '"settings read"' in line))
+
+    assert line["input_subject"] == "quiet-in" and "nats_servers" in line
+    assert "influx_batch_size" not in line and "pending_msgs_limit" not in line and "drain_timeout" not in line

@@ -43,7 +43,9 @@ def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return None
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    structlog.get_logger("krt_runner").info("settings read", **settings.describe())
+    log = structlog.get_logger("krt_runner")
+    log.info("settings read", **settings.describe(changed_only=True))  # the rest at DEBUG: a short line per node
+    log.debug("settings in full", **settings.describe())
     return settings
 
 
