@@ -11,17 +11,22 @@ MAX_PUBLISH_SUBJECT = 1024
 
 def matches(pattern: str, subject: str) -> bool:
     """Whether a subscription to ``pattern`` (``*`` one token, ``>`` the rest) receives ``subject``."""
-    wanted, given = pattern.split("."), subject.split(".")
+    return _matches_tokens(pattern.split("."), subject)
+
+
+def matcher(pattern: str) -> Callable[[str], bool]:
+    """:func:`matches` for one pattern, split once; as cheap as a comparison when the pattern has no wildcard."""
+    wanted = pattern.split(".")
+    if "*" in wanted or ">" in wanted:
+        return lambda subject: _matches_tokens(wanted, subject)
+    return pattern.__eq__
+
+
+def _matches_tokens(wanted: list[str], subject: str) -> bool:
+    given = subject.split(".")
     for index, token in enumerate(wanted):
         if token == ">":
             return len(given) > index
         if index >= len(given) or (token != "*" and token != given[index]):
             return False
     return len(wanted) == len(given)
-
-
-def matcher(pattern: str) -> Callable[[str], bool]:
-    """:func:`matches` for one pattern, as cheap as a comparison when the pattern has no wildcard."""
-    if "*" in pattern.split(".") or ">" in pattern.split("."):
-        return lambda subject: matches(pattern, subject)
-    return pattern.__eq__

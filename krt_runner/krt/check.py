@@ -48,8 +48,10 @@ def entrypoint_problems(krt: Krt) -> list[str]:
         except ProtoError:
             continue  # up reports it when it needs the types
         service = file.services_by_name.get("Entrypoint")
-        rpcs = [method.name for method in service.methods] if service is not None else []
-        if service is not None and workflow.entrypoint not in rpcs:
+        if service is None:
+            continue
+        rpcs = [method.name for method in service.methods]
+        if workflow.entrypoint not in rpcs:
             problems.append(
                 f"workflows[{index}].entrypoint: {workflow.entrypoint!r} is not an rpc "
                 f"of service Entrypoint in {krt.proto} (rpcs: {', '.join(rpcs) or 'none'})"
