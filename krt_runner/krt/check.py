@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, HandlerLoadError, KrtFileError, ProtoError
-from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, load_krt, wiring
+from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
 from krt_runner.krt.protos import find_types_source, load_file
 from krt_runner.node.user_code import load_user_code
 
@@ -37,14 +37,20 @@ def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
         return krt, [*(f"{where}: {problem}" for problem in entrypoint_problems(krt)), *filter(None, found)]
 
 
+def workflow_types_source(krt: Krt, workflow: WorkflowSpec) -> str:
+    """Where a workflow's request and response types are read: the proto's generated ``_pb2.py`` beside it or
+    beside one of the workflow's nodes, else the ``.proto`` itself."""
+    node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
+    return find_types_source(krt.directory / krt.proto, node_dirs)
+
+
 def entrypoint_problems(krt: Krt) -> list[str]:
     """Each workflow's ``entrypoint`` must be an rpc of the proto's service ``Entrypoint``, when the types can be
     read (a generated ``_pb2.py``, or grpcio-tools) and the proto has that service."""
     problems = []
     for index, workflow in enumerate(krt.workflows):
-        node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
         try:
-            file = load_file(find_types_source(krt.directory / krt.proto, node_dirs))
+            file = load_file(workflow_types_source(krt, workflow))
         except ProtoError:
             continue  # up reports it when it needs the types
         service = file.services_by_name.get("Entrypoint")

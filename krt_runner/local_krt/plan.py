@@ -10,9 +10,9 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from krt_runner.errors import ProtoError, UpError
-from krt_runner.krt.check import entrypoint_problems
+from krt_runner.krt.check import entrypoint_problems, workflow_types_source
 from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
-from krt_runner.krt.protos import MessageTypes, find_types_source, load_file, parse_json, rpc_names, select_types
+from krt_runner.krt.protos import MessageTypes, load_file, parse_json, rpc_names, select_types
 from krt_runner.local_krt.ask import read_request
 
 # Seconds every node gets to be ready (its init included) unless --ready-timeout says otherwise.
@@ -128,8 +128,7 @@ def workflow_entry_points(krt: Krt) -> list[EntryPoint]:
 
 
 def _entry_point(krt: Krt, workflow: WorkflowSpec) -> EntryPoint:
-    node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
-    source = find_types_source(krt.directory / krt.proto, node_dirs)
+    source = workflow_types_source(krt, workflow)
     subject = entry_subject(krt.version, workflow)
     flags = ["--proto", _shown_path(source)]
     try:
