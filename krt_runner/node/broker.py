@@ -19,11 +19,19 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import SlowConsumerError
+from nats.errors import NoRespondersError, SlowConsumerError
+from nats.errors import TimeoutError as NatsTimeoutError
 
-from krt_runner.config import Settings, redact_url
-from krt_runner.errors import BrokerConnectError, describe
-from krt_runner.node.nats_connection import NodeClient, connect_options, explain, is_fatal, tls_required
+from krt_runner.config import redact_url
+from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, describe
+from krt_runner.node.nats_connection import (
+    ConnectionSettings,
+    NodeClient,
+    connect_options,
+    explain,
+    is_fatal,
+    tls_required,
+)
 
 __all__ = ["Broker", "MessageCallback", "Msg"]
 
@@ -35,9 +43,9 @@ _SUBSCRIPTION_REFUSED = "permissions violation for subscription"
 
 
 class Broker:
-    """A NATS connection for one node, with logged life-cycle events."""
+    """A NATS connection for one node (or the entrypoint), with logged life-cycle events."""
 
-    def __init__(self, settings: Settings, logger: Any) -> None:
+    def __init__(self, settings: ConnectionSettings, logger: Any) -> None:
         self._settings = settings
         self._log = logger
         self._nc = NodeClient()
@@ -52,6 +60,7 @@ class Broker:
         self._refused_subscription = ""  # the server's words, once it refused our subscription
         self._subscribed = False  # the server has taken the subscription
         self.failed = asyncio.Event()  # the connection closed for good, or the subscription was revoked
+        self.on_connection_change: Callable[[bool], None] | None = None  # called with is_connected on each change
 
     @property
     def max_payload(self) -> int:
@@ -133,6 +142,19 @@ class Broker:
         """
         return self._nc.publish(subject, payload)
 
+    async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:
+        """One core NATS request: the answer's bytes, or :class:`NoResponders` / :class:`CallTimeout`.
+
+        nats-py routes every answer through one inbox subscription, so any number of requests can be in flight.
+        """
+        try:
+            reply = await self._nc.request(subject, payload, timeout=timeout)
+        except NoRespondersError:
+            raise NoResponders(f"no one listens on {subject!r}") from None
+        except NatsTimeoutError:
+            raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
+        return bytes(reply.data)
+
     async def stop_intake(self) -> None:
         """Unsubscribe and let nats-py run the callbacks of messages it already holds."""
         if self._subscription is None or self._nc.is_closed:
@@ -213,9 +235,15 @@ class Broker:
     async def _on_disconnected(self) -> None:
         if self._connected_once and not self._closing:
             self._log.warning("disconnected from NATS; reconnecting")
+        self._tell_connection_change()
 
     async def _on_reconnected(self) -> None:
         self._log.info("reconnected to NATS", server=self._server_url())
+        self._tell_connection_change()
+
+    def _tell_connection_change(self) -> None:
+        if self.on_connection_change is not None:
+            self.on_connection_change(self.is_connected)
 
     async def _on_closed(self) -> None:
         if self._connected_once and not self._closing:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
-from krt_runner.config import Settings
 from krt_runner.errors import describe
 
 # Failures of the first connect that retrying cannot fix.
@@ -25,7 +25,40 @@ _CREDENTIAL_SETTINGS = (
 _TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+class ConnectionSettings(Protocol):
+    """The settings a NATS connection reads: a node's :class:`~krt_runner.config.Settings`, or the entrypoint's."""
+
+    @property
+    def nats_servers(self) -> tuple[str, ...]: ...
+    @property
+    def node_name(self) -> str: ...
+    @property
+    def reconnect_wait(self) -> float: ...
+    @property
+    def drain_timeout(self) -> float: ...
+    @property
+    def pending_msgs_limit(self) -> int: ...
+    @property
+    def pending_bytes_limit(self) -> int: ...
+    @property
+    def nats_user(self) -> str | None: ...
+    @property
+    def nats_password(self) -> str | None: ...
+    @property
+    def nats_token(self) -> str | None: ...
+    @property
+    def nats_nkey_seed(self) -> Path | None: ...
+    @property
+    def nats_creds(self) -> Path | None: ...
+    @property
+    def nats_tls_ca(self) -> Path | None: ...
+    @property
+    def nats_tls_cert(self) -> Path | None: ...
+    @property
+    def nats_tls_key(self) -> Path | None: ...
+
+
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
     """An SSL context for the TLS settings, or ``None`` when none are set."""
     if not (settings.nats_tls_ca or settings.nats_tls_cert):
         return None
@@ -35,7 +68,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def tls_required(settings: Settings) -> bool:
+def tls_required(settings: ConnectionSettings) -> bool:
     """TLS settings or a ``tls://`` URL: the connection must be encrypted, never plaintext."""
     return bool(settings.nats_tls_ca or settings.nats_tls_cert) or any(
         url.startswith("tls://") for url in settings.nats_servers
@@ -88,7 +121,7 @@ class NodeClient(Client):
             await self._process_op_err(NatsError("nats: the read loop ended on an unexpected error"))
 
 
-def connect_options(settings: Settings) -> dict[str, Any]:
+def connect_options(settings: ConnectionSettings) -> dict[str, Any]:
     """nats-py ``connect`` keyword arguments for the auth and TLS settings."""
     options: dict[str, Any] = {}
     if settings.nats_user:
