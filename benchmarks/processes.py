@@ -53,10 +53,10 @@ class NodeProc:
         for line in self.process.stdout:
             self.lines.append(line.rstrip())
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 30, marker: str = "node ready") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any("node ready" in line for line in self.lines):
+            if any(marker in line for line in self.lines):
                 return
             if self.process.poll() is not None:
                 break

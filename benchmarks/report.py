@@ -159,6 +159,37 @@ def _extras(results: dict[str, Any]) -> list[str]:
         f"after the first 10%, {memory['rss_mb_after_all']:.1f} MB at the end (growth {memory['growth_mb']:+.1f} MB), "
         f"lost {memory['lost']}. No garbage collection is forced per message.",
     ]
+    lines += _entrypoint(results["entrypoint"])
     if results.get("failures"):
         lines += ["", "## Failures", "", *[f"- {failure}" for failure in results["failures"]]]
+    return lines
+
+
+def _entrypoint(result: dict[str, Any]) -> list[str]:
+    rows, ratio = result["rows"], result["throughput_ratio"]
+    lines = [
+        "",
+        "## gRPC entrypoint against NATS-direct (2-node greeter)",
+        "",
+        "The same two nodes called over NATS (krt_runner's Client) and through `krt-runner entrypoint` (a grpcio aio "
+        f"stub), in alternating pairs ({result['repeats']} at W=128). `entrypoint CPU` is the entrypoint process's "
+        "CPU time per call.",
+        "",
+        "| via | W | answers/s | p50 ms | p99 ms | client CPU µs/call | entrypoint CPU µs/call |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in ("nats-128", "grpc-128", "nats-1", "grpc-1"):
+        row = rows[key]
+        via, window = key.split("-")
+        lines.append(f"| {via} | {window} | {row['answers_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                     f"{1000 * row['cpu_s_per_1000']:.0f} | {row['entrypoint_cpu_us']:.0f} |")
+    gap = result["p50_gap_ms"]
+    lines += [
+        "",
+        "| goal | measured | met |",
+        "| --- | --- | --- |",
+        f"| W=128: gRPC >= 0.8x NATS-direct answers/s | {ratio['median']:.2f}x "
+        f"[{ratio['min']:.2f} - {ratio['max']:.2f}] | {'yes' if ratio['median'] >= 0.8 else 'NO'} |",
+        f"| W=1: gRPC p50 within 1 ms of NATS-direct | {gap:+.2f} ms | {'yes' if gap <= 1.0 else 'NO'} |",
+    ]
     return lines

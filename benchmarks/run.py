@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
+from entrypoint_bench import entrypoint_vs_nats
 from load import LoadResult, drive
 from processes import (
     ROOT,
@@ -286,12 +287,13 @@ def main() -> int:
                 "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=args.quick),
                 "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=args.quick),
                 "memory": memory_growth(bench, quick=args.quick),
+                "entrypoint": entrypoint_vs_nats(nats_server.url, bench.node_env(), quick=args.quick),
             }
         finally:
             if influx:
                 influx.close()
     results["seconds"] = round(time.time() - started, 1)
-    results["failures"] = _failures(bench)
+    results["failures"] = _failures(bench, results)
     args.json.write_text(json.dumps(results, indent=2))
     write_report(results, args.out)
     print(f"wrote {args.out} and {args.json} in {results['seconds']}s")
@@ -306,8 +308,10 @@ def _start_influx() -> VictoriaMetrics | None:
         return None
 
 
-def _failures(bench: Bench) -> list[str]:
+def _failures(bench: Bench, results: dict[str, Any]) -> list[str]:
     failures = []
+    if results["entrypoint"]["wrong"]:
+        failures.append(f"gRPC entrypoint or NATS-direct calls answered wrongly: {results['entrypoint']['wrong']}")
     for run in bench.runs:
         f = run.figures()
         if f["lost"] or f["wrong"] or f["duplicates"] or any(run.exit_codes):

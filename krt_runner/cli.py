@@ -50,6 +50,9 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--workflow", help="the workflow --request goes to (needed when there are several)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
     up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds every node gets to be ready")
+    up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
+                    "free port when 9000 is taken; 0: a free port)")
+    up.add_argument("--no-entrypoint", action="store_true", help="do not start the gRPC entrypoint")
     up.set_defaults(command=_up)
 
 
@@ -78,6 +81,25 @@ def _add_check_and_health(commands: Any) -> None:
     health.set_defaults(command=_health)
 
 
+def _add_entrypoint(commands: Any) -> None:
+    from krt_runner.entrypoint.settings import ENTRYPOINT_OPTIONS
+
+    entrypoint = commands.add_parser(
+        "entrypoint", help="serve the KRT's gRPC Entrypoint service, each rpc a request to its workflow over NATS"
+    )
+    entrypoint.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
+    for option in ENTRYPOINT_OPTIONS:
+        entrypoint.add_argument(option.flag, dest=option.field, default=None, metavar=option.env, help=option.help)
+    entrypoint.set_defaults(command=_entrypoint)
+
+
+def _entrypoint(args: argparse.Namespace) -> int:
+    from krt_runner.entrypoint.main import run_entrypoint
+    from krt_runner.entrypoint.settings import ENTRYPOINT_OPTIONS
+
+    return run_entrypoint(args.directory, {option.field: getattr(args, option.field) for option in ENTRYPOINT_OPTIONS})
+
+
 def _add_build(commands: Any) -> None:
     build = commands.add_parser("build", help="validate a KRT as check does and pack it into dist/<version>.krt")
     build.add_argument("source", help="directory holding krt.yml, or a Python file describing one (pipeline.py:krt)")
@@ -89,6 +111,15 @@ def _build(args: argparse.Namespace) -> int:
     from krt_runner.krt.build import run_build
 
     return run_build(args.source, output=args.output)
+
+
+def _port(raw: str) -> int:
+    from krt_runner.setting_values import port
+
+    try:
+        return port(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(raw: str) -> int:
@@ -110,6 +141,7 @@ def _up(args: argparse.Namespace) -> int:
     options = UpOptions(
         directory=args.directory, nats=args.nats, replicas=replicas, request=args.request,
         workflow=args.workflow, timeout=args.timeout, ready_timeout=args.ready_timeout,
+        grpc=not args.no_entrypoint, grpc_port=args.grpc_port,
     )  # fmt: skip
     return run_up(options)
 
@@ -142,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_up(commands)
     _add_call(commands)
+    _add_entrypoint(commands)
     _add_check_and_health(commands)
     _add_build(commands)
     return parser

@@ -21,7 +21,7 @@ from krt_runner.errors import ConfigError
 from krt_runner.setting_values import LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
 
-__all__ = ["OPTIONS", "Option", "Settings", "load_settings", "redact_url"]
+__all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url"]
 
 
 @dataclass(frozen=True)
@@ -192,21 +192,45 @@ def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, 
     ``overrides`` maps field names to raw strings; ``None`` means "not given".
     Raises :class:`ConfigError` listing every problem.
     """
+    values = read_options(OPTIONS, env, overrides, cross_checks=_cross_checks)
+    if values["base_path"] is None:
+        values["base_path"] = Path.cwd()
+    return Settings(**values)
+
+
+def read_options(
+    options: tuple[Option, ...],
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    cross_checks: Callable[[Mapping[str, Any]], list[str]] | None = None,
+) -> dict[str, Any]:
+    """Each option's value by field, from its flag in ``overrides`` or its variable in ``env`` (default
+    ``os.environ``) or its default; :class:`ConfigError` listing every problem, ``cross_checks``' included."""
     env = os.environ if env is None else env
     overrides = overrides or {}
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for option in OPTIONS:
+    for option in options:
         raw = overrides.get(option.field)
         if raw is None:
             raw = env.get(option.env)
         _read_option(option, raw, values, problems)
-    problems.extend(_cross_checks(values))
+    if cross_checks is not None:
+        problems.extend(cross_checks(values))
     if problems:
         raise ConfigError(problems)
-    if values["base_path"] is None:
-        values["base_path"] = Path.cwd()
-    return Settings(**values)
+    return values
+
+
+def connection_problems(values: Mapping[str, Any]) -> list[str]:
+    """Auth and TLS settings that only make sense together."""
+    problems = []
+    if bool(values.get("nats_tls_cert")) != bool(values.get("nats_tls_key")):
+        problems.append("KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY go together: set both for mutual TLS, or neither")
+    if values.get("nats_password") and not values.get("nats_user"):
+        problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
+    return problems
 
 
 def _read_option(option: Option, raw: str | None, values: dict[str, Any], problems: list[str]) -> None:
@@ -237,11 +261,7 @@ def _reason(exc: ValueError) -> str:
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
-    problems = []
-    if bool(values.get("nats_tls_cert")) != bool(values.get("nats_tls_key")):
-        problems.append("KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY go together: set both for mutual TLS, or neither")
-    if values.get("nats_password") and not values.get("nats_user"):
-        problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
+    problems = connection_problems(values)
     output, input_subject = values.get("output_subject"), values.get("input_subject")
     if output and output == input_subject:
         problems.append("KRT_NATS_OUTPUT must differ from KRT_NATS_INPUT, or the node would answer itself")

@@ -145,3 +145,19 @@ class BuildProblems(KrtRunnerError):
         self.source = source
         self.problems = problems
         super().__init__(f"{len(problems)} problem(s) in {source}")
+
+
+class NotConnected(CallError):
+    """The NATS connection is down (reconnecting, draining or closed): nothing can be sent now."""
+
+
+class EntrypointError(KrtRunnerError):
+    """The KRT's proto cannot be served as its entrypoint; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("cannot serve the entrypoint:\n" + "\n".join(f"  - {problem}" for problem in problems))
+
+
+class ListenError(KrtRunnerError):
+    """A server could not listen on its address (the port is in use, or the host is not this machine's)."""

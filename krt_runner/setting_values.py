@@ -35,6 +35,14 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def port(raw: str) -> int:
+    """A TCP port to listen on: 0 to 65535, 0 meaning a free one."""
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535 (0: any free port)")
+    return value
+
+
 def optional_seconds(raw: str) -> float | None:
     """``0`` switches a timeout off."""
     value = float(raw)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from krt_runner.config import OPTIONS, Option
+from krt_runner.entrypoint.settings import ENTRYPOINT_OPTIONS
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "settings.md"
 MIB = 1024 * 1024
@@ -95,7 +96,25 @@ def page() -> str:
         "| --- | --- | --- | --- |",
         *(row(option) for option in OPTIONS),
     ]
-    return INTRO + "\n" + "\n".join(table) + "\n\n" + OUTRO
+    return INTRO + "\n" + "\n".join(table) + "\n\n" + entrypoint_section() + "\n\n" + OUTRO
+
+
+def entrypoint_section() -> str:
+    """``krt-runner entrypoint``'s own settings, and those it shares with a node."""
+    node_fields = {option.field: option for option in OPTIONS}
+    own = [option for option in ENTRYPOINT_OPTIONS if node_fields.get(option.field) != option]
+    shared = ", ".join(f"`{option.env}`" for option in ENTRYPOINT_OPTIONS if node_fields.get(option.field) == option)
+    lines = [
+        "## The entrypoint's settings",
+        "",
+        "`krt-runner entrypoint DIR` (see [The gRPC entrypoint](entrypoint.md)) reads, as a node does, "
+        f"{shared}. Its own, each also a flag of `krt-runner entrypoint`:",
+        "",
+        "| variable | flag | default | meaning |",
+        "| --- | --- | --- | --- |",
+        *(row(option) for option in own),
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

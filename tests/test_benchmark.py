@@ -42,6 +42,11 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     for key in ("busy_sync_handler", "waiting_sync_handler"):
         assert results[key]["lost"] == 0 and results[key]["disconnects"] == 0 and results[key]["answers_per_s"] > 0
     assert "waiting with the GIL released" in report.read_text()
+    # The gRPC entrypoint against NATS-direct on the greeter: every call answered right, both ways.
+    entrypoint = results["entrypoint"]
+    assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {"nats-128", "grpc-128", "nats-1", "grpc-1"}
+    assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
+    assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
 
 
 def test_the_pipeline_cost_script_runs_a_last_and_a_middle_node_in_process():

@@ -19,7 +19,7 @@ from krt_runner.krt.model import load_krt, wiring
 
 GREETER = ROOT / "examples" / "greeter"
 # The services that are not nodes.
-INFRASTRUCTURE = {"nats", "influxdb"}
+INFRASTRUCTURE = {"nats", "influxdb", "entrypoint"}
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -111,3 +111,23 @@ def test_compose_nodes_run_the_repository_image_with_the_example_mounted_at_the_
         assert (GREETER / source).resolve() == GREETER
         assert target == service["environment"]["KRT_BASE_PATH"]
         assert (GREETER / source / wired.node.src).is_file()
+
+
+def test_the_image_serves_the_entrypoint_port_and_installs_the_entrypoint_extra():
+    instructions = dockerfile_instructions(ROOT / "Dockerfile")
+
+    assert ("EXPOSE", "9000") in instructions
+    extras = [args.split("=", 1)[1] for name, args in instructions if name == "ARG" and args.startswith("EXTRAS=")]
+    assert extras and all("entrypoint" in value.split(",") for value in extras)
+
+
+def test_compose_runs_the_entrypoint_from_the_same_image_on_port_9000_against_the_same_krt(compose):
+    service = compose["services"]["entrypoint"]
+    krt = load_krt(GREETER)
+
+    assert service["entrypoint"] == ["krt-runner", "entrypoint", "/krt"]
+    assert (GREETER / service["build"]["context"] / "Dockerfile").resolve() == ROOT / "Dockerfile"
+    assert service["volumes"][0].split(":")[:2] == ["./", "/krt"]
+    assert service["environment"]["KRT_VERSION"] == krt.version
+    assert urlsplit(service["environment"]["KRT_NATS_SERVER"]).hostname in compose["services"]
+    assert service["ports"] == ["127.0.0.1:9000:9000"]

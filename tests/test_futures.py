@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -14,8 +15,10 @@ import threading
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
+from entrypoint_helpers import greet_call
 from up_helpers import UpRun, leftovers
 
 import krt_runner
@@ -77,11 +80,14 @@ def test_a_thousand_futures_through_local_are_each_answered_once_without_a_threa
         futures = [greet.submit(greeter_pb2.Request(name=f"n{i}")) for i in range(1000)]
         threads_in_flight = threading.active_count()
         done, not_done = krt_runner.wait(futures, timeout=ANSWER_TIMEOUT)
+        with grpc.insecure_channel(krt.grpc_address) as channel:
+            through_grpc = greet_call(channel)(greeter_pb2.Request(name="grpc"), timeout=10)
 
+    assert through_grpc.greeting == "** Hello, grpc! **"
     assert len(done) == 1000 and not not_done
     assert [future.result().greeting for future in futures] == [f"** Hello, n{i}! **" for i in range(1000)]
     assert threads_in_flight < THREAD_ALLOWANCE
-    assert "decorate | " in output.getvalue() and " stopped received=1000 answered=1000 " in output.getvalue()
+    assert re.search(r"^decorate +\| .* stopped received=1001 answered=1001 ", output.getvalue(), re.MULTILINE)
     assert leftovers(marked) == []
     assert not (tmp_path / "measurements.lp").exists(), "env= reaches every node"
 
@@ -89,7 +95,7 @@ def test_a_thousand_futures_through_local_are_each_answered_once_without_a_threa
 def test_local_leaves_no_process_behind_when_the_block_raises(marked):
     quiet = io.StringIO()
     with pytest.raises(RuntimeError, match="user code failed"), krt_runner.local(GREETER, output=quiet):
-        assert len(leftovers(marked)) == 3, "nats-server, greet and decorate"
+        assert len(leftovers(marked)) == 4, "nats-server, greet, decorate and the gRPC entrypoint"
         raise RuntimeError("user code failed")
 
     assert leftovers(marked) == []

@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "krt_runner"
 FORBIDDEN = {
     "krt_runner.node": ("krt_runner.local_krt", "krt_runner.krt", "krt_runner.testing"),
     "krt_runner.measurements": ("krt_runner.node", "krt_runner.local_krt", "krt_runner.krt"),
-    "krt_runner.krt": ("krt_runner.local_krt", "krt_runner.measurements"),
+    "krt_runner.krt": ("krt_runner.local_krt", "krt_runner.measurements", "krt_runner.entrypoint"),
+    "krt_runner.entrypoint": ("krt_runner.local_krt", "krt_runner.testing", "krt_runner.measurements"),
 }
 
 
@@ -68,6 +69,15 @@ def test_each_layer_imports_only_what_is_below_it():
              for layer, forbidden in FORBIDDEN.items() if name.startswith(layer) and imported.startswith(forbidden)]
 
     assert not wrong, wrong
+
+
+def test_only_the_entrypoint_imports_grpc():
+    known = modules()
+
+    importers = {name for name, path in known.items()
+                 if any(imported.split(".")[0].startswith("grpc") for imported in imports_of(path, set(known)))}
+
+    assert importers and all(name.startswith("krt_runner.entrypoint.") for name in importers), importers
 
 
 def test_only_the_broker_its_connection_and_the_client_import_nats():

@@ -124,7 +124,8 @@ def test_a_node_that_stops_on_its_idle_timeout_is_no_death_up_stops_the_rest_and
     env = {**up_env(marker), "KRT_IDLE_TIMEOUT": "1"}  # reaches every node, as any KRT_* variable does
 
     done = subprocess.run(
-        [*KRT_RUNNER, "up", str(GREETER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90
+        [*KRT_RUNNER, "up", str(GREETER), "--grpc-port", "0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=90,
     )
 
     assert done.returncode == 0, done.stderr

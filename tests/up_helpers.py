@@ -14,13 +14,20 @@ from conftest import KRT_RUNNER, READY_TIMEOUT
 from krt_runner.local_krt.embedded import stop_process
 
 
+def with_free_grpc_port(args: tuple[str, ...]) -> list[str]:
+    """Tests run side by side: an up that starts the gRPC entrypoint takes a free port, never 9000."""
+    if any(arg in args for arg in ("--request", "--grpc-port", "--no-entrypoint")):
+        return list(args)
+    return [*args, "--grpc-port", "0"]
+
+
 class UpRun:
     """A background `krt-runner up` with stdout and stderr collected line by line."""
 
     def __init__(self, *args: str, cwd: Path) -> None:
         self.marker = uuid.uuid4().hex
         self.process = subprocess.Popen(
-            [*KRT_RUNNER, "up", *args],
+            [*KRT_RUNNER, "up", *with_free_grpc_port(args)],
             cwd=cwd,
             env=up_env(self.marker),
             stdout=subprocess.PIPE,
@@ -41,15 +48,19 @@ class UpRun:
         for line in stream:
             lines.append(line.rstrip("\n"))
 
-    def wait_for_call_line(self) -> str:
+    def wait_for_line(self, prefix: str) -> str:
+        """The first stdout line that starts with ``prefix`` (stripped), once up has printed it."""
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             for line in self.out:
-                if line.strip().startswith("krt-runner call"):
+                if line.strip().startswith(prefix):
                     return line.strip()
             assert self.process.poll() is None, "\n".join(self.err)
             time.sleep(0.05)
-        raise AssertionError("no call line:\n" + "\n".join(self.err))
+        raise AssertionError(f"no line starting {prefix!r}:\n" + "\n".join(self.err))
+
+    def wait_for_call_line(self) -> str:
+        return self.wait_for_line("krt-runner call")
 
     def wait(self, timeout: float = 60) -> int:
         code = self.process.wait(timeout=timeout)
@@ -68,7 +79,7 @@ def up_env(marker: str) -> dict[str, str]:
 
 
 def run_up(*args: str, cwd: Path, marker: str) -> subprocess.CompletedProcess[str]:
-    command = [*KRT_RUNNER, "up", *args]
+    command = [*KRT_RUNNER, "up", *with_free_grpc_port(args)]
     return subprocess.run(command, cwd=cwd, env=up_env(marker), capture_output=True, text=True, timeout=90)
 
 

@@ -38,7 +38,7 @@ class MessageTypes:
 def load_file(source: str) -> FileDescriptor:
     """The file descriptor behind ``source``: a ``.proto`` file, a ``_pb2.py`` file or a module name."""
     if source.endswith(".proto"):
-        return _compile(Path(source))
+        return compile_proto(Path(source))
     if source.endswith(".py"):
         return _import_file(Path(source))
     try:
@@ -155,7 +155,7 @@ def _import_file(path: Path) -> FileDescriptor:
     return _descriptor_of(module, str(path))
 
 
-def _compile(path: Path) -> FileDescriptor:
+def compile_proto(path: Path) -> FileDescriptor:
     """Compile with the protoc of grpcio-tools into a private pool (no generated code is written)."""
     if not path.is_file():
         raise ProtoError(f"no file at {path}")

@@ -79,6 +79,13 @@ class NodeProcess:
             await asyncio.sleep(_READY_POLL)
         self.ready.set()
 
+    def health_file_text(self) -> str:
+        """What the process wrote into its health file (the entrypoint: its address); empty when gone."""
+        try:
+            return self._health_file.read_text().strip()
+        except OSError:
+            return ""
+
     @property
     def stopped_on_idle(self) -> bool:
         """It exited 0 by itself, with an idle timeout set: the KRT was idle, not broken."""

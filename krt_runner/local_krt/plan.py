@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from krt_runner.errors import ProtoError, UpError
+from krt_runner.entrypoint.service import read_service
+from krt_runner.errors import EntrypointError, ProtoError, UpError
 from krt_runner.krt.check import entrypoint_problems, workflow_types_source
 from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, rpc_names, select_types
@@ -31,6 +33,16 @@ class UpOptions:
     timeout: float = 30.0
     ready_timeout: float = READY_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict)  # for every node, over up's own environment
+    grpc: bool = True  # start the gRPC entrypoint (not with --request)
+    grpc_port: int | None = None  # None: 9000, or a free port when 9000 is taken; 0: a free port
+
+
+@dataclass(frozen=True)
+class GrpcPlan:
+    """The gRPC entrypoint ``up`` will start once every node is ready."""
+
+    service: str  # the full name: greeter.Entrypoint
+    rpcs: dict[str, str]  # workflow name -> its rpc
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,8 @@ class Plan:
     config: dict[str, str]
     entry_points: list[EntryPoint]
     request: tuple[EntryPoint, Message] | None = None
+    grpc: GrpcPlan | None = None
+    grpc_problem: str = ""  # why the entrypoint will not start, when it was asked for
 
 
 def parse_replicas(values: list[str]) -> dict[str, int]:
@@ -85,13 +99,32 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
     if problems:
         raise UpError(problems)
     entry_points = workflow_entry_points(krt)
+    grpc, grpc_problem = _grpc_plan(krt, options)
     return Plan(
         krt=krt,
         replicas=_replicas(wired, options.replicas),
         config={name: environ[name] for name in krt.config_names},
         entry_points=entry_points,
         request=_request(entry_points, target, options.request),
+        grpc=grpc,
+        grpc_problem=grpc_problem,
     )
+
+
+_GRPC_MODULES = ("grpc", "grpc_tools", "grpc_reflection", "grpc_health")
+
+
+def _grpc_plan(krt: Krt, options: UpOptions) -> tuple[GrpcPlan | None, str]:
+    """The entrypoint to start, or why not: ``up`` runs without one rather than not at all."""
+    if not options.grpc or options.request is not None:
+        return None, ""
+    if any(importlib.util.find_spec(name) is None for name in _GRPC_MODULES):
+        return None, "it needs the entrypoint extra: pip install 'krt-runner[entrypoint]' (in a clone: '.[entrypoint]')"
+    try:
+        service = read_service(krt, version=krt.version)
+    except EntrypointError as exc:
+        return None, "; ".join(exc.problems)
+    return GrpcPlan(service=service.name, rpcs={w.name: w.entrypoint for w in krt.workflows}), ""
 
 
 def _replica_problems(krt: Krt, replicas: Mapping[str, int]) -> list[str]:

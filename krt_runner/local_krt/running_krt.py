@@ -85,6 +85,7 @@ class RunningKrt:
 
     krt: Krt  # the krt.yml model
     url: str  # the NATS server
+    grpc_address: str | None = None  # host:port of the gRPC entrypoint local() started, if it did
 
     def __init__(self) -> None:
         self._loop = LoopThread()
@@ -160,6 +161,7 @@ def local(
     ready_timeout: float = READY_TIMEOUT,
     env: Mapping[str, str] | None = None,
     output: TextIO | None = None,
+    grpc_port: int | None = 0,
 ) -> RunningKrt:
     """Start the KRT in ``source`` (a folder or a ``.krt``) as ``krt-runner up`` does; return once every node is ready.
 
@@ -167,7 +169,9 @@ def local(
     every node (draining, in workflow order) and then nats-server, also when
     the block raises. ``env`` adds variables (config values, ``KRT_*``
     settings) to the environment every node inherits. Node logs go to
-    ``output`` (default: ``sys.stderr``).
+    ``output`` (default: ``sys.stderr``). The KRT's gRPC entrypoint listens on
+    127.0.0.1:``grpc_port`` (0: a free port; ``None``: not started), at
+    ``krt.grpc_address`` once ready (``None`` when it could not start: the reason is in ``output``).
     Raises :class:`~krt_runner.errors.KrtRunnerError` with the reason when the
     KRT cannot start (a problem of krt.yml, a node's exit code and last lines...).
     """
@@ -175,13 +179,14 @@ def local(
     try:
         options = UpOptions(
             directory=running._open(source), replicas=dict(replicas or {}), ready_timeout=ready_timeout,
-            env=dict(env or {}),
+            env=dict(env or {}), grpc=grpc_port is not None, grpc_port=grpc_port,
         )  # fmt: skip
         plan = make_plan(options)
         running.krt = plan.krt
         processes = _Processes(running._loop, plan, options, output if output is not None else sys.stderr)
         running._exits.callback(processes.stop)
         processes.start(str(source))
+        running.grpc_address = processes.supervisor.grpc_address or None
         running._connect(processes.supervisor.url)
         processes.watch()
     except BaseException:

@@ -18,6 +18,7 @@ import asyncio
 import enum
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Awaitable, Iterator
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
@@ -59,10 +61,11 @@ class Supervisor:
     def __init__(self, plan: Plan, options: UpOptions, *, output: TextIO) -> None:
         self.plan = plan
         self.options = options
-        self.printer = Printer(output, [label for _, label in plan.replicas])
-        self.nodes: list[NodeProcess] = []
+        self.printer = Printer(output, [label for _, label in plan.replicas] + (["entrypoint"] if plan.grpc else []))
+        self.nodes: list[NodeProcess] = []  # the entrypoint's process too, once started
         self.nats: EmbeddedNats | None = None
         self.url = ""
+        self.grpc_address = ""  # host:port of the gRPC entrypoint, once ready
         self._stop = asyncio.Event()
         self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
 
@@ -75,10 +78,20 @@ class Supervisor:
         self._stop.set()
 
     async def start(self) -> Outcome:
-        """Start nats-server and every node; ``READY`` once all are, else what came first."""
+        """Start nats-server and every node, then the gRPC entrypoint; ``READY`` once all are, else what came
+        first."""
         self.url = await self._start_nats()
         await self._start_nodes(self.url)
-        return await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
+        ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
+        if ready.ending is not Ending.READY or self.plan.grpc is None:
+            if self.plan.grpc_problem:
+                self.say(f"gRPC entrypoint not started: {self.plan.grpc_problem}")
+            return ready
+        entrypoint = await self._start_entrypoint(self.url)
+        ready = await self._first(entrypoint.wait_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
+        if ready.ending is Ending.READY:
+            self.grpc_address = entrypoint.health_file_text()
+        return ready
 
     async def watch(self) -> Outcome:
         """Until a node exits (``DIED``) or :meth:`request_stop` (``STOPPED``)."""
@@ -147,6 +160,33 @@ class Supervisor:
                 health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=_idle_timeout_set(env),
             ))  # fmt: skip
 
+    async def _start_entrypoint(self, url: str) -> NodeProcess:
+        """``krt-runner entrypoint`` on 127.0.0.1, stopped first (position -1): no new calls while nodes drain."""
+        env = {**os.environ, **self.options.env, "KRT_NATS_SERVER": url, "KRT_VERSION": self.plan.krt.version,
+               "KRT_LOG_FORMAT": "json", "KRT_HEALTH_FILE": str(self._health_dir / "entrypoint"),
+               "KRT_NATS_SUBJECTS_FILE": ""}  # fmt: skip
+        port = self._grpc_port()
+        self.say(f"starting the gRPC entrypoint ({self.plan.grpc.service if self.plan.grpc else ''})")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "krt_runner", "entrypoint", str(self.plan.krt.directory),
+            "--host", "127.0.0.1", "--port", str(port),
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True, limit=LINE_LIMIT,
+        )  # fmt: skip
+        entrypoint = NodeProcess("entrypoint", -1, process, self.printer,
+                                 health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=False)
+        self.nodes.append(entrypoint)
+        return entrypoint
+
+    def _grpc_port(self) -> int:
+        """The port asked for; by default 9000, or a free one (said) when 9000 is taken."""
+        if self.options.grpc_port is not None:
+            return self.options.grpc_port
+        if _port_is_free(DEFAULT_GRPC_PORT):
+            return DEFAULT_GRPC_PORT
+        self.say(f"port {DEFAULT_GRPC_PORT} is in use: the gRPC entrypoint takes a free port (--grpc-port to choose)")
+        return 0
+
     def _measurements_outside_the_krt(self) -> dict[str, str]:
         """Run inside the KRT folder with no measurement setting, the nodes would write measurements.lp into the KRT
         (and ``build`` would find it there): they write it beside the folder instead."""
@@ -207,6 +247,15 @@ class Supervisor:
         except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
             self.nats.close()
         self.say("nats-server stopped")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _idle_timeout_set(env: dict[str, str]) -> bool:

@@ -74,7 +74,7 @@ class _Up:
         started = await supervisor.start()
         if started.ending is not Ending.READY:
             return self._exit_code(started)
-        supervisor.say(f"all {len(supervisor.nodes)} node processes ready")
+        supervisor.say(f"all {len(supervisor.plan.replicas)} node processes ready")
         if supervisor.plan.request is not None:
             answered = await supervisor.until(self._send_request(*supervisor.plan.request))
             if answered.ending is Ending.STOPPED:  # a stop is no answer: say so, exit as the shell expects
@@ -108,11 +108,18 @@ class _Up:
             )  # fmt: skip
 
     def _print_entry_points(self) -> None:
-        url = self.supervisor.url
-        for entry in self.supervisor.plan.entry_points:
+        supervisor = self.supervisor
+        grpc, address, url = supervisor.plan.grpc, supervisor.grpc_address, supervisor.url
+        if grpc is not None and address:
+            print(f"gRPC entrypoint: {address} ({grpc.service})", file=self.out)
+        for entry in supervisor.plan.entry_points:
             example = to_json(entry.types.request(), indent=None, with_defaults=True) if entry.types else "{}"
             command = ["krt-runner", "call", entry.subject, "--nats", url, *entry.flags, "--request", example]
             print(f"workflow {entry.workflow.name}: {entry.subject}", file=self.out)
-            print(f"  {shlex.join(command)}", file=self.out, flush=True)
+            print(f"  {shlex.join(command)}", file=self.out)
+            if grpc is not None and address:
+                method = f"{grpc.service}/{grpc.rpcs[entry.workflow.name]}"
+                print(f"  {shlex.join(['grpcurl', '-plaintext', '-d', example, address, method])}", file=self.out)
+            self.out.flush()
             if entry.problem:
-                self.supervisor.say(f"workflow {entry.workflow.name}: {entry.problem}")
+                supervisor.say(f"workflow {entry.workflow.name}: {entry.problem}")

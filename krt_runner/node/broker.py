@@ -19,11 +19,12 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from krt_runner.config import redact_url
-from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, describe
+from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
 from krt_runner.node.nats_connection import (
     ConnectionSettings,
     NodeClient,
@@ -143,7 +144,8 @@ class Broker:
         return self._nc.publish(subject, payload)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:
-        """One core NATS request: the answer's bytes, or :class:`NoResponders` / :class:`CallTimeout`.
+        """One core NATS request: the answer's bytes, or :class:`NoResponders`, :class:`CallTimeout` or
+        :class:`NotConnected` (the connection is closed or draining).
 
         nats-py routes every answer through one inbox subscription, so any number of requests can be in flight.
         """
@@ -153,6 +155,8 @@ class Broker:
             raise NoResponders(f"no one listens on {subject!r}") from None
         except NatsTimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
+        except NatsError as exc:
+            raise NotConnected(f"cannot send on {subject!r}: {describe(exc)}") from None
         return bytes(reply.data)
 
     async def stop_intake(self) -> None:

@@ -25,10 +25,12 @@ class HealthFile:
     """Keeps ``path`` fresh while ``is_healthy()`` is true; a no-op when ``path`` is empty."""
 
     def __init__(
-        self, path: str, *, is_healthy: Callable[[], bool], logger: Any, interval: float = TOUCH_INTERVAL
-    ) -> None:
+        self, path: str, *, is_healthy: Callable[[], bool], logger: Any, interval: float = TOUCH_INTERVAL,
+        content: str = "",
+    ) -> None:  # fmt: skip
         self.path = Path(path) if path else None
         self._is_healthy = is_healthy
+        self._content = content  # written whole when the file is made (the entrypoint's address, for up)
         self._log = logger
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -50,7 +52,12 @@ class HealthFile:
         if not self._is_healthy():
             return True
         try:
-            self.path.touch()
+            if self._content and not self.path.exists():
+                staged = self.path.with_name(self.path.name + ".new")
+                staged.write_text(self._content)
+                staged.replace(self.path)  # whole or not at all, for a reader waiting for the file to appear
+            else:
+                self.path.touch()
         except OSError as exc:
             self._log.error("cannot write KRT_HEALTH_FILE", path=str(self.path), error=str(exc))
             return False

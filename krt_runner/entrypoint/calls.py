@@ -1,0 +1,142 @@
+"""One gRPC call to one NATS request: the request packed as KRE v1's entrypoint packed it, the answer mapped
+to a status a client can act on.
+
+Per call: a fresh ``tracking_id`` (also sent back in the trailing metadata
+``krt-tracking-id``), the request bytes in the envelope's ``Any`` with the
+exact type URL, one ``entrypoint`` tracking entry, gzip when over the
+server's max payload, then a core request to the workflow's subject with a
+timeout of ``KRT_REQUEST_TIMEOUT`` or the client's deadline, whichever is
+sooner. The request and answer bytes are never re-encoded: the answer's
+payload bytes are the response.
+
+=========================================  =====================
+what happened                              status
+=========================================  =====================
+a node answered with an error              ``INTERNAL``, its text
+no answer in time                          ``DEADLINE_EXCEEDED``
+no node subscribed, or NATS disconnected   ``UNAVAILABLE``
+request too large even compressed          ``RESOURCE_EXHAUSTED``
+request bytes not the rpc's request type   ``INVALID_ARGUMENT``
+answer not the rpc's response type         ``INTERNAL``, both types
+=========================================  =====================
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from krt_runner import envelope
+from krt_runner.client import request_envelope
+from krt_runner.entrypoint.service import Rpc
+from krt_runner.errors import (
+    CallTimeout,
+    EnvelopeError,
+    NoResponders,
+    NotConnected,
+    PayloadTooLargeError,
+)
+from krt_runner.node.broker import Broker
+
+TRACKING_METADATA = "krt-tracking-id"
+# Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
+
+
+class Refused(Exception):
+    """A call that ends with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class Forwarder:
+    """Turns calls of the entrypoint's rpcs into requests to their workflows, over one NATS connection."""
+
+    def __init__(self, broker: Broker, *, request_timeout: float, logger: Any) -> None:
+        self._broker = broker
+        self._timeout = request_timeout
+        self._log = logger
+
+    def handler_for(self, rpc: Rpc) -> Handler:
+        """The unary handler of ``rpc``: request bytes in, response bytes out (no serializer either way)."""
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            tracking_id = str(uuid.uuid4())
+            trailer = ((TRACKING_METADATA, tracking_id),)
+            context.set_trailing_metadata(trailer)
+            try:
+                return await self._forward(rpc, request, tracking_id, self._time_left(context))
+            except Refused as refused:
+                self._log.warning("call failed", rpc=rpc.name, tracking_id=tracking_id, status=refused.code.name,
+                                  details=refused.details)
+                await context.abort(refused.code, refused.details, trailing_metadata=trailer)
+                raise  # abort() raises; this line is for type checkers
+
+        return handle
+
+    def _time_left(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> float:
+        remaining: float | None = context.time_remaining()
+        if remaining is None:
+            return self._timeout
+        if remaining <= 0:
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "the client's deadline passed before the call was sent")
+        return min(self._timeout, remaining)
+
+    async def _forward(self, rpc: Rpc, request: bytes, tracking_id: str, timeout: float) -> bytes:
+        if not self._broker.is_connected:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint is not connected to NATS; try again")
+        data = self._encode(rpc, request, tracking_id)
+        try:
+            reply = await self._broker.request(rpc.subject, data, timeout=timeout)
+        except NoResponders:
+            details = f"no node of workflow {rpc.workflow!r} listens on {rpc.subject!r}: is the workflow running?"
+            raise Refused(grpc.StatusCode.UNAVAILABLE, details) from None
+        except CallTimeout:
+            details = f"workflow {rpc.workflow!r} did not answer within {timeout:g}s (KRT_REQUEST_TIMEOUT or deadline)"
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, details) from None
+        except NotConnected as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        return _response(rpc, reply)
+
+    def _encode(self, rpc: Rpc, request: bytes, tracking_id: str) -> bytes:
+        try:
+            rpc.request_class.FromString(request)
+        except DecodeError as exc:
+            name = rpc.request_type_url.rsplit("/", 1)[-1]
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name}: {exc}") from None
+        payload = envelope.AnyMessage(type_url=rpc.request_type_url, value=request)
+        message = request_envelope(payload, tracking_id=tracking_id)
+        try:
+            return envelope.encode(message, max_payload=self._broker.max_payload)
+        except PayloadTooLargeError as exc:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request too large: {exc}") from None
+
+
+def _response(rpc: Rpc, reply: bytes) -> bytes:
+    """The answer's payload bytes when it is the rpc's response type; :class:`Refused` otherwise."""
+    try:
+        answer = envelope.decode(reply, max_decompressed=MAX_ANSWER_BYTES)
+    except EnvelopeError as exc:
+        raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer cannot be read: {exc}") from None
+    if answer.error:
+        raise Refused(grpc.StatusCode.INTERNAL, answer.error)
+    payload = answer.payload
+    if payload.type_url != rpc.response_type_url and not _same_type(payload.type_url, rpc.response_name):
+        got = payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
+        details = f"the workflow answered {got}, not the rpc's response type {rpc.response_name}"
+        raise Refused(grpc.StatusCode.INTERNAL, details)
+    return payload.value
+
+
+def _same_type(type_url: str, full_name: str) -> bool:
+    """Any's rule: only the part after the last '/' names the type (any host prefix will do)."""
+    return type_url.rsplit("/", 1)[-1] == full_name

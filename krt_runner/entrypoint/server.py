@@ -1,0 +1,112 @@
+"""The entrypoint process: one NATS connection, one ``grpc.aio`` server with reflection and health.
+
+The gRPC port is open from the start; until NATS is connected, health says
+``NOT_SERVING`` and calls get ``UNAVAILABLE``. Health follows the connection
+(``SERVING`` only while connected), and so does ``KRT_HEALTH_FILE``, which
+holds the address it listens on. Stopping: health goes ``NOT_SERVING``, new
+calls are refused, calls in flight get their answers (up to
+``KRT_DRAIN_TIMEOUT``), then the NATS connection drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha.reflection_pb2 import DESCRIPTOR as REFLECTION_FILE
+
+from krt_runner.entrypoint.calls import MAX_ANSWER_BYTES, Forwarder
+from krt_runner.entrypoint.service import EntrypointService, add_file
+from krt_runner.entrypoint.settings import EntrypointSettings
+from krt_runner.errors import ListenError
+from krt_runner.node.broker import Broker
+from krt_runner.node.health import HealthFile
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVER_OPTIONS = [
+    # a request may be as large as a compressed envelope can carry; gRPC's own default is 4 MiB
+    ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+    ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
+]
+
+
+class RunningEntrypoint:
+    """The entrypoint's server and connection, from :meth:`start` to :meth:`stop`."""
+
+    def __init__(self, settings: EntrypointSettings, service: EntrypointService, logger: Any) -> None:
+        self.settings = settings
+        self.service = service
+        self.log = logger
+        self.broker = Broker(settings, logger)
+        self.address = ""
+        self._health = health.aio.HealthServicer()
+        self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+        self._health_file: HealthFile | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen, then connect to NATS (retrying an unreachable server); ready once connected."""
+        self._add_services()
+        self.address = self._listen()
+        await self._set_health(serving=False)
+        await self._server.start()
+        self.log.info("gRPC server listening; connecting to NATS", address=self.address)
+        await self.broker.connect()
+        self.broker.on_connection_change = self._on_connection_change
+        await self._set_health(serving=self.broker.is_connected)
+        self._health_file = HealthFile(
+            self.settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log,
+            content=self.address,
+        )  # fmt: skip
+        self._health_file.start()
+        rpcs = [f"{self.service.name}/{rpc.name} -> {rpc.subject}" for rpc in self.service.rpcs]
+        self.log.info("entrypoint ready", address=self.address, rpcs=rpcs)
+
+    async def stop(self) -> None:
+        """Refuse new calls, let calls in flight finish (up to the drain timeout), then close NATS."""
+        await self._health.enter_graceful_shutdown()
+        if self._health_file is not None:
+            await self._health_file.stop()
+        await self._server.stop(grace=self.settings.drain_timeout)
+        await self.broker.close()
+        self.log.info("entrypoint stopped")
+
+    def _add_services(self) -> None:
+        forwarder = Forwarder(self.broker, request_timeout=self.settings.request_timeout, logger=self.log)
+        handler = grpc.unary_unary_rpc_method_handler  # no (de)serializer: the handlers take and give bytes
+        handlers = {rpc.name: handler(forwarder.handler_for(rpc)) for rpc in self.service.rpcs}
+        self._server.add_registered_method_handlers(self.service.name, handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        pool = self.service.pool
+        add_file(pool, health_pb2.DESCRIPTOR)
+        add_file(pool, REFLECTION_FILE)
+        names = (self.service.name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, self._server, pool=pool)
+
+    def _listen(self) -> str:
+        host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
+        wanted = f"{host}:{self.settings.port}"
+        try:
+            port = self._server.add_insecure_port(wanted)
+        except RuntimeError as exc:
+            port, error = 0, str(exc)
+        else:
+            error = ""
+        if not port:
+            raise ListenError(f"cannot listen on {wanted} ({error or 'bind failed'}): is the port in use? "
+                              "Set KRT_ENTRYPOINT_PORT (--port); 0 picks a free one")
+        return f"{host}:{port}"
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = _SERVING if serving else _NOT_SERVING
+        for name in ("", self.service.name):
+            await self._health.set(name, status)
+
+    def _on_connection_change(self, connected: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._set_health(serving=connected))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,220 @@
+"""`krt-runner entrypoint`: real gRPC clients, a real nats-server, a real node behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import grpc
+import pytest
+from conftest import greeter_pb2, node_env
+from entrypoint_helpers import (
+    GREET_SUBJECT,
+    SERVICE_PROTO,
+    greet_call,
+    run_entrypoint,
+    start_entrypoint,
+    tracking_id,
+    write_krt,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+
+@pytest.fixture
+def krt(tmp_path):
+    return write_krt(tmp_path / "krt")
+
+
+@pytest.fixture
+def greet_node(nats_server, start_node, krt):
+    return start_node(**node_env(nats_server, krt, "src/node.py", input=GREET_SUBJECT, name="greet"))
+
+
+@pytest.fixture
+def entrypoint(nats_server, krt):
+    started = []
+
+    def start(**extra: str):
+        process, address = start_entrypoint(krt, nats_server, **extra)
+        started.append(process)
+        return process, address
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def call(address: str, name: str, *, timeout: float | None = 10, rpc: str = "Greet"):
+    """The response and the call (for its trailing metadata)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        done = greet_call(channel, rpc)(greeter_pb2.Request(name=name), timeout=timeout)
+        return await done, done
+
+
+async def failure(address: str, name: str, **options) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call(address, name, **options)
+    return failed.value
+
+
+async def test_a_call_is_answered_by_the_workflow_with_the_tracking_id_in_the_trailing_metadata(
+    greet_node, entrypoint
+):
+    process, address = entrypoint()
+
+    response, done = await call(address, "Ada")
+
+    assert response.greeting == "Hello, Ada!"
+    assert len(tracking_id(await done.trailing_metadata())) == 36  # a uuid4, as KRE v1's entrypoint made
+    assert "greeter.Entrypoint/Greet -> ep-v1-Greet-entrypoint" in process.output
+
+
+async def test_an_error_answer_is_internal_with_its_text_and_the_tracking_id_of_the_nodes_log(greet_node, entrypoint):
+    _, address = entrypoint()
+
+    error = await failure(address, "boom")
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "boom requested" in error.details()
+    sent = tracking_id(error.trailing_metadata())
+    greet_node.wait_for_line(sent)
+    assert any(sent in line and "boom requested" in line for line in greet_node.lines)
+
+
+async def test_a_slow_workflow_is_deadline_exceeded_after_the_request_timeout(greet_node, entrypoint):
+    _, address = entrypoint(KRT_REQUEST_TIMEOUT="0.5")
+    started = time.monotonic()
+
+    error = await failure(address, "sleep:3")
+
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "did not answer within 0.5s" in error.details()
+    assert time.monotonic() - started < 2.5
+    assert tracking_id(error.trailing_metadata())
+
+
+async def test_a_short_client_deadline_shortens_the_nats_timeout(greet_node, entrypoint):
+    _, address = entrypoint()  # KRT_REQUEST_TIMEOUT 30
+    started = time.monotonic()
+
+    error = await failure(address, "sleep:3", timeout=0.5)
+
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2.5
+    response, _ = await call(address, "after")  # the entrypoint is not stuck on the abandoned request
+    assert response.greeting == "Hello, after!"
+
+
+async def test_no_node_subscribed_is_unavailable_naming_the_workflow(greet_node, entrypoint):
+    _, address = entrypoint()
+
+    error = await failure(address, "x", rpc="Absent")
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no node of workflow 'absent' listens on 'ep-v1-Absent-entrypoint'" in error.details()
+
+
+async def test_a_request_too_large_even_compressed_is_resource_exhausted(greet_node, entrypoint):
+    import base64
+    import os
+
+    _, address = entrypoint()
+    incompressible = base64.b64encode(os.urandom(2 * 1024 * 1024)).decode()  # ~2.7 MB, gzip keeps ~2 MB
+
+    error = await failure(address, incompressible)
+
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max payload of 1048576" in error.details()
+    response, _ = await call(address, "x" * 3_000_000)  # as large, but compressible: gzip makes it fit
+    assert response.greeting.startswith("Hello, xxx")
+
+
+async def test_an_answer_of_the_wrong_type_is_internal_naming_both_types(greet_node, entrypoint):
+    _, address = entrypoint()
+
+    error = await failure(address, "wrongtype")
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details() == "the workflow answered greeter.Request, not the rpc's response type greeter.Response"
+
+
+async def test_request_bytes_that_are_not_the_request_type_are_invalid_argument(greet_node, entrypoint):
+    _, address = entrypoint()
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        raw = channel.unary_unary("/greeter.Entrypoint/Greet")
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await raw(b"\xff\xff\xff", timeout=10)
+
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_reflection_lists_the_service_and_health_follows_the_nats_connection(nats_server, entrypoint):
+    _, address = entrypoint(KRT_NATS_RECONNECT_WAIT="0.2")
+    with grpc.insecure_channel(address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        described = ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol("greeter.Entrypoint")
+        health = health_pb2_grpc.HealthStub(channel)
+
+        def status(service: str = "") -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+        assert {"greeter.Entrypoint", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(
+            services
+        )
+        assert [method.name for method in described.service[0].method] == ["Greet", "Absent"]
+        assert status() == status("greeter.Entrypoint") == health_pb2.HealthCheckResponse.SERVING
+
+        nats_server.stop()
+        await wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert status("greeter.Entrypoint") == health_pb2.HealthCheckResponse.NOT_SERVING
+        error = await failure(address, "while down")
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+        nats_server.start()
+        await wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def wait_for(condition, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_sigterm_answers_every_call_in_flight_then_exits_0(nats_server, start_node, krt, entrypoint):
+    start_node(**node_env(nats_server, krt, "src/node.py", input=GREET_SUBJECT, KRT_CONCURRENCY="32"))
+    process, address = entrypoint()
+    async with grpc.aio.insecure_channel(address) as channel:
+        greet = greet_call(channel)
+        calls = [asyncio.ensure_future(greet(greeter_pb2.Request(name="sleep:1"), timeout=20)) for _ in range(20)]
+        await asyncio.sleep(0.4)  # every call is inside the workflow
+        process.signal(signal.SIGTERM)
+
+        answers = await asyncio.gather(*calls)
+
+    assert [answer.greeting for answer in answers] == ["Hello, sleep:1!"] * 20
+    assert await asyncio.to_thread(process.wait, 30) == 0
+    assert '"entrypoint stopped"' in process.output
+
+
+@pytest.mark.parametrize(
+    ("proto", "workflows", "expected"),
+    [
+        (SERVICE_PROTO.replace("service Entrypoint", "service Other"), ("Greet", "Absent"),
+         "proto/svc.proto has no service Entrypoint (services: Other)"),
+        (SERVICE_PROTO.replace("rpc Absent (Request)", "rpc Absent (stream Request)"), ("Greet", "Absent"),
+         "rpc Entrypoint.Absent is streaming: the entrypoint serves unary rpcs only"),
+        (SERVICE_PROTO, ("Greet",), "rpc Entrypoint.Absent matches no workflow's entrypoint in krt.yml"),
+    ],
+    ids=["no-entrypoint-service", "streaming-rpc", "rpc-without-workflow"],
+)
+def test_start_up_refuses_a_proto_it_cannot_serve_with_exit_2_naming_the_rpc(tmp_path, proto, workflows, expected):
+    krt = write_krt(tmp_path / "krt", proto=proto, workflows=workflows)
+
+    done = run_entrypoint(krt)
+
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr

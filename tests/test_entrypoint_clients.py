@@ -1,0 +1,106 @@
+"""The greeter behind `krt-runner up`'s gRPC entrypoint, called by clients generated from its proto:
+grpcio stubs made at test time, and the gRPC team's Node.js client (@grpc/grpc-js with @grpc/proto-loader)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import grpc
+import pytest
+from conftest import ROOT, node_env
+from entrypoint_helpers import GREET_SUBJECT, address_of, generate_stubs, start_entrypoint, write_krt
+from up_helpers import UpRun
+
+GREETER = ROOT / "examples" / "greeter"
+GREETER_PROTO = GREETER / "proto" / "greeter.proto"
+NODE_CLIENTS = ROOT / "tests" / "node_clients"
+
+
+@pytest.fixture(scope="module")
+def greeter_up(tmp_path_factory):
+    """One `up` of the greeter for the module, its gRPC entrypoint on a free port; stopped at the end."""
+    run = UpRun(str(GREETER), "--grpc-port", "0", cwd=tmp_path_factory.mktemp("up"))
+    try:
+        yield run, address_of(run.wait_for_line("gRPC entrypoint:"))
+    finally:
+        run.stop()
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stubs")
+    generate_stubs(GREETER_PROTO, out)
+    sys.path.insert(0, str(out))
+    try:
+        yield importlib.import_module("greeter_pb2"), importlib.import_module("greeter_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+
+def test_up_prints_the_grpc_address_and_a_grpcurl_line(greeter_up):
+    run, address = greeter_up
+
+    grpcurl = run.wait_for_line("grpcurl")
+
+    assert grpcurl == f"grpcurl -plaintext -d '{{\"name\": \"\"}}' {address} greeter.Entrypoint/Greet"
+    assert address.startswith("127.0.0.1:")
+
+
+async def test_generated_grpcio_stubs_get_one_answer_then_500_concurrent_answers_each_its_own(greeter_up, stubs):
+    _, address = greeter_up
+    messages, services = stubs
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = services.EntrypointStub(channel)
+        one = await stub.Greet(messages.Request(name="Ada"), timeout=10)
+        many = await asyncio.gather(
+            *(stub.Greet(messages.Request(name=f"n{index}"), timeout=60) for index in range(500))
+        )
+
+    assert one.greeting == "** Hello, Ada! **"
+    assert [answer.greeting for answer in many] == [f"** Hello, n{index}! **" for index in range(500)]
+
+
+def node_call(address: str, requests: list[dict], rpc: str = "Greet", proto=GREETER_PROTO) -> list[dict]:
+    if not (NODE_CLIENTS / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the Node.js gRPC client is not installed: scripts/install_test_servers.sh installs it")
+        pytest.skip("the Node.js gRPC client is not installed (scripts/install_test_servers.sh)")
+    node = shutil.which("node")
+    assert node, "node not found"
+    command = [node, "grpc_call.js", address, str(proto), "greeter.Entrypoint", rpc, json.dumps(requests)]
+    done = subprocess.run(command, cwd=NODE_CLIENTS, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_node_js_grpc_client_gets_its_answers_and_tracking_ids(greeter_up):
+    _, address = greeter_up
+
+    results = node_call(address, [{"name": f"js{index}"} for index in range(50)])
+
+    assert [result["response"]["greeting"] for result in results] == [f"** Hello, js{index}! **" for index in range(50)]
+    assert all(len(result["trackingId"]) == 36 for result in results)
+    assert len({result["trackingId"] for result in results}) == 50
+
+
+def test_the_node_js_client_sees_internal_and_unavailable_with_the_tracking_id(tmp_path, nats_server, start_node):
+    krt = write_krt(tmp_path / "krt")
+    node = start_node(**node_env(nats_server, krt, "src/node.py", input=GREET_SUBJECT))
+    entrypoint, address = start_entrypoint(krt, nats_server)
+    proto = krt / "proto" / "svc.proto"
+    try:
+        failed = node_call(address, [{"name": "boom"}], proto=proto)[0]
+        absent = node_call(address, [{"name": "x"}], rpc="Absent", proto=proto)[0]
+    finally:
+        entrypoint.stop()
+
+    assert failed["code"] == "INTERNAL" and "boom requested" in failed["details"]
+    node.wait_for_line(failed["trackingId"])
+    assert absent["code"] == "UNAVAILABLE" and len(absent["trackingId"]) == 36
