@@ -19,10 +19,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import SlowConsumerError
+from nats.errors import NoRespondersError, SlowConsumerError
+from nats.errors import TimeoutError as NatsTimeoutError
 
 from krt_runner.config import Settings, redact_url
-from krt_runner.errors import BrokerConnectError, describe
+from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, describe
 from krt_runner.node.nats_connection import NodeClient, connect_options, explain, is_fatal, tls_required
 
 __all__ = ["Broker", "MessageCallback", "Msg"]
@@ -132,6 +133,17 @@ class Broker:
         Returns nats-py's own coroutine to await: no frame of ours in between, once per message.
         """
         return self._nc.publish(subject, payload)
+
+    async def request(self, subject: str, body: bytes, *, timeout: float) -> bytes:
+        """A core NATS request on the node's connection; the reply's bytes. Raises :class:`CallTimeout` when no
+        answer came within ``timeout`` seconds and :class:`NoResponders` when nothing listens on ``subject``."""
+        try:
+            reply = await self._nc.request(subject, body, timeout=timeout)
+        except NoRespondersError:
+            raise NoResponders(f"nothing listens on {subject!r}") from None
+        except NatsTimeoutError:
+            raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
+        return bytes(reply.data)
 
     async def stop_intake(self) -> None:
         """Unsubscribe and let nats-py run the callbacks of messages it already holds."""
