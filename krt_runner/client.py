@@ -23,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from krt_runner import envelope
 from krt_runner.config import redact_url
@@ -134,6 +135,18 @@ class Client:
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
         return envelope.decode(reply.data, max_decompressed=_MAX_ANSWER_BYTES)
+
+    async def answer(self, subject: str, answer: Callable[[bytes], bytes]) -> None:
+        """Answer every request on ``subject`` with ``answer(body)`` until the client closes (``up``'s local
+        mongo-writer); a message sent without a reply subject is passed to ``answer`` all the same."""
+
+        async def respond(msg: Msg) -> None:
+            reply = answer(msg.data)
+            if msg.reply:
+                await self._nc.publish(msg.reply, reply)
+
+        await self._nc.subscribe(subject, cb=respond)
+        await self._nc.flush()  # the server has the interest before anyone is told it is there
 
     async def close(self) -> None:
         """Close the connection (waits for nothing: every call returns its own answer)."""

@@ -54,9 +54,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("workflow_name", "KRT_WORKFLOW_NAME", "--workflow-name", parse.text, default="",
            help="workflow name in logs and measurements"),
     Option("version", "KRT_VERSION", "--version-name", parse.text, default="",
-           help="KRT version name in logs and measurement tags"),
+           help="KRT version name in logs, measurement tags and ctx.prediction documents (versionName)"),
     Option("version_id", "KRT_VERSION_ID", "--version-id", parse.text, default="",
-           help="KRT version id in logs"),
+           help="KRT version id in logs and ctx.prediction documents (versionId)"),
     Option("concurrency", "KRT_CONCURRENCY", "--concurrency", parse.positive_int, default=1,
            help="messages handled at once by this process (1 keeps KRE v1's in-order handling)"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
@@ -109,6 +109,14 @@ OPTIONS: tuple[Option, ...] = (
            help="line-protocol file used when KRT_INFLUX_URI is empty (default: measurements.lp in the cwd)"),
     Option("measurements_enabled", "KRT_MEASUREMENTS_ENABLED", "--measurements-enabled", parse.flag, default=True,
            help="false turns every measurement off"),
+    Option("mongo_writer_subject", "KRT_NATS_MONGO_WRITER", "--mongo-writer", parse.subject, default="mongo_writer",
+           help="subject of KRE's mongo-writer: ctx.db.save and ctx.prediction.save send their documents there"),
+    Option("mongo_uri", "KRT_MONGO_URI", "--mongo-uri", parse.mongo_uri, default="",
+           help="MongoDB URI ctx.db.find reads (database data; needs the mongo extra); empty: the local store, if any"),
+    Option("mongo_timeout", "KRT_MONGO_TIMEOUT", "--mongo-timeout", parse.positive_float, default=5.0,
+           help="seconds ctx.db.find waits for MongoDB to be reachable before it raises"),
+    Option("local_db_file", "KRT_LOCAL_DB_FILE", "--local-db-file", parse.text, default="",
+           help="SQLite file ctx.db.find reads when KRT_MONGO_URI is empty; up and local() set it to their store"),
     Option("log_format", "KRT_LOG_FORMAT", "--log-format", parse.choice(LOG_FORMATS), default="auto",
            help="auto: JSON lines unless stderr is a terminal"),
     Option("log_level", "KRT_LOG_LEVEL", "--log-level", parse.choice(LOG_LEVELS), default="info",
@@ -159,6 +167,10 @@ class Settings:
     influx_shutdown_timeout: float
     measurements_file: str
     measurements_enabled: bool
+    mongo_writer_subject: str
+    mongo_uri: str = dataclasses.field(repr=False)
+    mongo_timeout: float
+    local_db_file: str
     log_format: str
     log_level: str
     health_file: str
@@ -180,7 +192,7 @@ class Settings:
                 value = "***"
             elif option.field == "nats_servers":
                 value = ",".join(redact_url(url) for url in value)
-            elif option.field == "influx_uri" and value:
+            elif option.field in ("influx_uri", "mongo_uri") and value:
                 value = redact_url(value)
             shown[option.field] = str(value) if isinstance(value, Path) else value
         return shown

@@ -114,6 +114,10 @@ class InvalidRequestError(KrtRunnerError):
     """The request was rejected before processing: a payload of the wrong type, or ``validate`` raised."""
 
 
+class DatabaseError(KrtRunnerError):
+    """``ctx.db.find`` cannot read: no database is set, its driver is not installed, or it cannot be reached."""
+
+
 class MeasurementError(KrtRunnerError, ValueError):
     """A point that InfluxDB would reject: raised in the caller, never in the writer."""
 

@@ -122,6 +122,14 @@ def http_url(raw: str) -> str:
     return value.rstrip("/")
 
 
+def mongo_uri(raw: str) -> str:
+    value = raw.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("mongodb", "mongodb+srv") or not parts.netloc:
+        raise ValueError(f"{redact_url(value)!r} is not a MongoDB URI such as mongodb://user:password@mongo:27017")
+    return value
+
+
 def file_to_write(raw: str) -> str:
     path = Path(raw.strip()).expanduser()
     if not path.parent.is_dir():

@@ -34,12 +34,16 @@ from google.protobuf.message import Message
 from krt_runner import envelope
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, MemorySink
+from krt_runner.mongo.memory import MemoryStore
+from krt_runner.mongo.prediction import PREDICTIONS_COLLECTION
+from krt_runner.mongo.wire import SavedDocument
 from krt_runner.node.calling import Caller
 from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.data_context import DataServices
 from krt_runner.node.request_types import unpack_request
 from krt_runner.node.user_code import UserCode, load_user_code
 
-__all__ = ["NodeUnderTest", "SavedPoint", "run_node"]
+__all__ = ["NodeUnderTest", "SavedDocument", "SavedPoint", "run_node"]
 
 ResponseT = TypeVar("ResponseT", bound=Message)
 
@@ -74,14 +78,18 @@ class _RecordingMeasurement(Measurement):
 class NodeUnderTest:
     """A loaded handler module with its context; made by :func:`run_node`."""
 
-    def __init__(self, code: UserCode, *, base_path: Path, node_name: str, workflow: str, version: str) -> None:
+    def __init__(
+        self, code: UserCode, *, base_path: Path, node_name: str, workflow: str, version: str, version_id: str = ""
+    ) -> None:
         self.code = code
         self.points: list[SavedPoint] = []
         self.replies: list[Message] = []
         self._sink = MemorySink()
         logger = node_logger(node=node_name, workflow=workflow, version=version)
         measurement = _RecordingMeasurement(sink=self._sink, version=version, points=self.points)
-        self.state = NodeState(base_path=base_path, logger=logger, measurement=measurement)
+        self._documents = MemoryStore()
+        data = DataServices(writer=self._documents, reader=self._documents, version=version, version_id=version_id)
+        self.state = NodeState(base_path=base_path, logger=logger, measurement=measurement, data=data)
         self._caller = Caller(workers=1)
         self._loop = asyncio.new_event_loop()
         self.state.loop = self._loop
@@ -90,6 +98,17 @@ class NodeUnderTest:
     def lines(self) -> list[str]:
         """Every point saved, in InfluxDB line protocol, as a node would write it."""
         return self._sink.lines
+
+    @property
+    def saved(self) -> list[SavedDocument]:
+        """Every document ``ctx.db.save`` and ``ctx.prediction.save`` sent, in order, as ``(coll, doc)`` named
+        tuples (``.coll``, ``.doc``), each document as the mongo-writer would read it (through JSON)."""
+        return self._documents.saved
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """The documents ``ctx.prediction.save`` sent (those of :attr:`saved` in ``classificationMetrics``)."""
+        return [saved.doc for saved in self._documents.saved if saved.coll == PREDICTIONS_COLLECTION]
 
     @property
     def store(self) -> dict[str, Any]:
@@ -148,11 +167,17 @@ def run_node(
     node_name: str = "",
     workflow: str = "test",
     version: str = "test",
+    version_id: str = "test",
 ) -> Iterator[NodeUnderTest]:
-    """Load ``handler`` (relative to ``base_path``, as ``KRT_HANDLER_PATH``), run ``init``, yield the node."""
+    """Load ``handler`` (relative to ``base_path``, as ``KRT_HANDLER_PATH``), run ``init``, yield the node.
+
+    ``version`` and ``version_id`` are ``KRT_VERSION`` and ``KRT_VERSION_ID``: the version tag of the points, the
+    ``versionName`` and ``versionId`` of the predictions.
+    """
     base = Path(base_path).resolve()
     code = load_user_code(handler, base)
-    node = NodeUnderTest(code, base_path=base, node_name=node_name or code.name, workflow=workflow, version=version)
+    node = NodeUnderTest(code, base_path=base, node_name=node_name or code.name, workflow=workflow, version=version,
+                         version_id=version_id)
     try:
         node.init()
         yield node

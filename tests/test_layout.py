@@ -12,6 +12,7 @@ FORBIDDEN = {
     "krt_runner.measurements": ("krt_runner.node", "krt_runner.local_krt", "krt_runner.krt"),
     "krt_runner.krt": ("krt_runner.local_krt", "krt_runner.measurements", "krt_runner.entrypoint"),
     "krt_runner.entrypoint": ("krt_runner.local_krt", "krt_runner.testing", "krt_runner.measurements"),
+    "krt_runner.mongo": ("krt_runner.node", "krt_runner.local_krt", "krt_runner.krt", "krt_runner.testing"),
 }
 
 

@@ -250,6 +250,30 @@ def test_dev_mode_with_an_untyped_handler_says_what_to_annotate(run_dev, handler
     assert result.stdout == ""
 
 
+def test_dev_mode_answers_ctx_db_from_a_local_store_as_up_does(run_dev, handler_dir, tmp_path):
+    base = handler_dir(
+        """
+        import json
+        import krt_runner
+        from greeter_pb2 import Request, Response
+
+        async def handler(ctx, req: Request) -> Response:
+            await ctx.db.save("people", {"name": req.name})
+            return Response(greeting=json.dumps(await ctx.db.find("people", {"name": req.name})))
+
+        if __name__ == "__main__":
+            krt_runner.serve(handler)
+        """
+    )
+
+    result = run_dev(base / "src" / "node.py", "--request", '{"name": "Ada"}', "--request", '{"name": "Ada"}')
+
+    assert result.returncode == 0, result.stderr
+    found = [json.loads(json.loads(line)["greeting"]) for line in result.stdout.splitlines()]
+    assert found == [[{"_id": 1, "name": "Ada"}], [{"_id": 1, "name": "Ada"}, {"_id": 2, "name": "Ada"}]]
+    assert f"documents go to {tmp_path / 'data.sqlite'}" in result.stderr
+
+
 # -- idle shutdown ----------------------------------------------------------------------------------
 
 IDLE_TIMEOUT = 2.0

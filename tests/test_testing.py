@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import ROOT, greeter_pb2
 
@@ -80,3 +82,70 @@ def test_a_point_influxdb_would_reject_fails_the_test(handler_dir):
 
     with run_node(base, "src/node.py") as node, pytest.raises(MeasurementError, match="at least one field"):
         node.call(greeter_pb2.Request())
+
+
+def test_kres_greeter_template_runs_and_its_documents_and_predictions_are_kept():
+    with run_node(HANDLERS, "kre_template_greeter.py", version="greeter-v1", version_id="id-1") as node:
+        answer = node.call(greeter_pb2.Request(name="Ada"), greeter_pb2.Response)
+
+    assert answer.greeting == "Hello Ada!"
+    assert [saved.coll for saved in node.saved] == ["classificationMetrics"] * 3 + ["greeter"]
+    assert node.saved[-1] == ("greeter", {"greeting": "Hello Ada!"})
+    assert node.predictions[0] == {
+        "date": "2020-04-06T09:02:09.277853Z", "error": "", "predictedValue": "class_x", "trueValue": "class_y",
+        "extra": None, "versionId": "id-1", "versionName": "greeter-v1",
+    }
+    assert [prediction["error"] for prediction in node.predictions] == ["", "missing_values", "new_labels"]
+
+
+SAVE_AND_FIND = {
+    "async": """
+        import json
+        from greeter_pb2 import Request, Response
+
+        async def handler(ctx, req: Request) -> Response:
+            await ctx.db.save("people", {"name": req.name, "visits": 1})
+            return Response(greeting=json.dumps(await ctx.db.find("people", {"name": req.name})))
+        """,
+    "sync": """
+        import json
+        from greeter_pb2 import Request, Response
+
+        def handler(ctx, req: Request) -> Response:
+            ctx.db.save("people", {"name": req.name, "visits": 1})
+            return Response(greeting=json.dumps(ctx.db.find("people", {"name": req.name})))
+        """,
+}
+
+
+@pytest.mark.parametrize("style", ["async", "sync"])
+def test_ctx_db_find_reads_back_what_was_saved_by_equality_on_fields(handler_dir, style):
+    base = handler_dir(SAVE_AND_FIND[style])
+
+    with run_node(base, "src/node.py") as node:
+        node.call(greeter_pb2.Request(name="Ada"))
+        node.call(greeter_pb2.Request(name="Bob"))
+        answer = node.call(greeter_pb2.Request(name="Ada"), greeter_pb2.Response)
+
+    ada = {"name": "Ada", "visits": 1}
+    assert json.loads(answer.greeting) == [{"_id": 1, **ada}, {"_id": 3, **ada}]
+    assert node.saved == [("people", ada), ("people", {"name": "Bob", "visits": 1}), ("people", ada)]
+
+
+def test_invalid_ctx_db_and_ctx_prediction_calls_raise_in_the_test(handler_dir):
+    base = handler_dir(
+        """
+        async def handler(ctx, data):
+            if data.value:
+                await ctx.prediction.save(predicted_value="cat")
+            await ctx.db.save("", {"a": 1})
+        """
+    )
+
+    with run_node(base, "src/node.py") as node:
+        with pytest.raises(ValueError, match="the collection name is empty"):
+            node.call(greeter_pb2.Request())
+        with pytest.raises(ValueError, match="true_value='' must be a non-empty string"):
+            node.call(greeter_pb2.Request(name="x"))
+
+    assert node.saved == []

@@ -43,8 +43,11 @@ def test_up_with_a_request_answers_through_both_greeter_nodes_then_stops_everyth
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"greeting": "** Hello, Ada! **"}
     stops = [line for line in done.stderr.splitlines() if line.startswith("up ") and "stop" in line]
-    assert [line.split("| ")[1] for line in stops] == ["stopping greet", "stopping decorate", "nats-server stopped"]
+    assert [line.split("| ")[1] for line in stops] == [
+        "stopping greet", "stopping decorate", "mongo_writer stopped: 0 documents saved", "nats-server stopped",
+    ]
     assert re.search(r"^greet +\| .* node ready", done.stderr, re.MULTILINE)
+    assert not (tmp_path / "data.sqlite").exists(), "nothing was saved: no local store is made"
     assert leftovers(marker) == []
 
 

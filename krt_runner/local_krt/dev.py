@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import structlog
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
@@ -35,6 +36,7 @@ from krt_runner.node.main import node_main, read_settings, serve_node
 from krt_runner.node.user_code import UserCode, user_code_from
 
 if TYPE_CHECKING:
+    from krt_runner.local_krt.mongo_writer import LocalMongoWriter
     from krt_runner.node.lifecycle import RunningNode
 
 DEV_INPUT = "krt-dev.in"
@@ -141,6 +143,10 @@ def _dev_env(url: str, script: Path) -> dict[str, str]:
         "KRT_MEASUREMENTS_ENABLED": "false",
     }
     env.update({key: value for key, value in os.environ.items() if key.startswith("KRT_")})
+    if not env.get("KRT_MONGO_URI"):  # ctx.db goes to a local store, as under up
+        from krt_runner.local_krt.mongo_writer import store_path
+
+        env["KRT_LOCAL_DB_FILE"] = str(store_path(Path(env["KRT_BASE_PATH"]), env))
     env.update({
         "KRT_NATS_SERVER": url,
         "KRT_NATS_INPUT": DEV_INPUT,
@@ -158,8 +164,26 @@ def _dev_base_path(script: Path) -> Path:
 
 async def _dev_main(settings: Settings, code: UserCode, requests: list[str] | None) -> int:
     session = _DevSession(code, requests)
-    exit_code = await node_main(settings, code, work=session.run)
+    writer = await _start_mongo_writer(settings)
+    try:
+        exit_code = await node_main(settings, code, work=session.run)
+    finally:
+        if writer is not None:
+            await writer.close()
     return exit_code or (EXIT_FAILED if session.failures else EXIT_OK)
+
+
+async def _start_mongo_writer(settings: Settings) -> LocalMongoWriter | None:
+    """The local store for ctx.db and ctx.prediction, unless KRT_MONGO_URI names a real MongoDB."""
+    if settings.mongo_uri:
+        return None
+    from krt_runner.local_krt.mongo_writer import LocalMongoWriter
+
+    log = structlog.get_logger("krt_runner")
+    writer = LocalMongoWriter(Path(settings.local_db_file), settings.mongo_writer_subject, say=log.warning)
+    await writer.start(settings.nats_servers[0])
+    log.info("ctx.db and ctx.prediction documents go to " + settings.local_db_file)
+    return writer
 
 
 async def _request_lines(requests: list[str] | None) -> AsyncIterator[str]:

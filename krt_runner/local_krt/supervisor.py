@@ -1,13 +1,14 @@
 """Node processes on one machine, for ``up`` and ``local()``: start them, watch them, stop them all in order.
 
-Start order: nats-server (embedded, unless ``--nats``), then every node
+Start order: nats-server (embedded, unless ``--nats``), the local
+mongo-writer (unless ``KRT_MONGO_URI`` is set), then every node
 replica with the KRE v1 environment of
 :meth:`~krt_runner.krt.model.NodeWiring.environment`, then wait until each is
 ready (its health file exists: ``init`` done, subscribed).
 
 Stop order: the nodes in workflow order, first nodes first, each draining
 before the next is told to stop, so requests already inside a workflow still
-get their answers downstream; nats-server last. Children run in their own
+get their answers downstream; then the local mongo-writer; nats-server last. Children run in their own
 sessions, so a Ctrl-C on the terminal reaches the supervisor's owner alone
 and this order holds.
 """
@@ -29,8 +30,10 @@ from typing import Any, TextIO
 from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
 from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
 from krt_runner.local_krt.plan import Plan, UpOptions
+from krt_runner.mongo.wire import DEFAULT_SUBJECT
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
@@ -64,6 +67,7 @@ class Supervisor:
         self.printer = Printer(output, [label for _, label in plan.replicas] + (["entrypoint"] if plan.grpc else []))
         self.nodes: list[NodeProcess] = []  # the entrypoint's process too, once started
         self.nats: EmbeddedNats | None = None
+        self.mongo_writer: LocalMongoWriter | None = None
         self.url = ""
         self.grpc_address = ""  # host:port of the gRPC entrypoint, once ready
         self._stop = asyncio.Event()
@@ -78,10 +82,11 @@ class Supervisor:
         self._stop.set()
 
     async def start(self) -> Outcome:
-        """Start nats-server and every node, then the gRPC entrypoint; ``READY`` once all are, else what came
-        first."""
+        """Start nats-server, the local mongo-writer and every node, then the gRPC entrypoint; ``READY`` once all
+        are, else what came first."""
         self.url = await self._start_nats()
-        await self._start_nodes(self.url)
+        store = await self._start_mongo_writer(self.url)
+        await self._start_nodes(self.url, store)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
         if ready.ending is not Ending.READY or self.plan.grpc is None:
             if self.plan.grpc_problem:
@@ -128,6 +133,7 @@ class Supervisor:
             for node in self.nodes:
                 node.kill()
             shutil.rmtree(self._health_dir, ignore_errors=True)
+            await self._stop_mongo_writer()
             await self._stop_nats()
 
     # -- starting ---------------------------------------------------------------------------------
@@ -141,11 +147,25 @@ class Supervisor:
         self.say(f"nats-server on {self.nats.url}")
         return self.nats.url
 
-    async def _start_nodes(self, url: str) -> None:
+    async def _start_mongo_writer(self, url: str) -> dict[str, str]:
+        """Answer the nodes' ``ctx.db`` and ``ctx.prediction`` saves; the setting that lets them read it back."""
+        environ = {**os.environ, **self.options.env}
+        if environ.get("KRT_MONGO_URI"):
+            self.say("KRT_MONGO_URI is set: ctx.db goes to that MongoDB's mongo-writer, not to a local store")
+            return {}
+        path = store_path(self.plan.krt.directory, environ)
+        subject = environ.get("KRT_NATS_MONGO_WRITER") or DEFAULT_SUBJECT
+        self.mongo_writer = LocalMongoWriter(path, subject, say=self.say)
+        await self.mongo_writer.start(url)
+        self.say(f"ctx.db and ctx.prediction documents go to {path} (SQLite, answering {subject}; "
+                 "set KRT_LOCAL_DB_FILE to choose)")
+        return {"KRT_LOCAL_DB_FILE": str(path)}
+
+    async def _start_nodes(self, url: str, store: dict[str, str]) -> None:
         base_path, config = str(self.plan.krt.directory), self.plan.config
         measurements = self._measurements_outside_the_krt()
         for index, (wired, label) in enumerate(self.plan.replicas):
-            env = {**os.environ, **self.options.env, **measurements,
+            env = {**os.environ, **self.options.env, **measurements, **store,
                    **wired.environment(nats_url=url, base_path=base_path, config=config)}
             env["KRT_LOG_FORMAT"] = "json"  # rendered here for the terminal
             env["KRT_HEALTH_FILE"] = str(self._health_dir / f"node-{index}")  # the node's own sign of readiness
@@ -238,6 +258,13 @@ class Supervisor:
     def _in_stop_order(self) -> Iterator[list[NodeProcess]]:
         for position in sorted({node.position for node in self.nodes}):
             yield [node for node in self.nodes if node.position == position]
+
+    async def _stop_mongo_writer(self) -> None:
+        writer, self.mongo_writer = self.mongo_writer, None
+        if writer is not None:
+            await writer.close()
+            refused = f", {writer.refused} refused" if writer.refused else ""
+            self.say(f"mongo_writer stopped: {writer.saved} documents saved{refused}")
 
     async def _stop_nats(self) -> None:
         if self.nats is None:

@@ -1,4 +1,5 @@
-"""What ``init`` and ``handler`` receive: store, paths, logger, measurements, early reply."""
+"""What ``init`` and ``handler`` receive: store, paths, logger, measurements, early reply, ``db`` and
+``prediction``."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from google.protobuf.message import Message
 
 from krt_runner.errors import ReplyError
 from krt_runner.measurements.points import Measurement
+from krt_runner.node.data_context import Database, DataServices, Prediction
+from krt_runner.node.loop_calls import awaitable_or_result
 
 ReplyFunction = Callable[[Message], Coroutine[Any, Any, None]]
 
 
 class NodeState:
-    """What every message of one node shares: the ``set``/``get`` store, paths, logger, measurements."""
+    """What every message of one node shares: the ``set``/``get`` store, paths, logger, measurements, and what
+    ``ctx.db`` and ``ctx.prediction`` use."""
 
-    def __init__(self, *, base_path: Path, logger: Any, measurement: Measurement) -> None:
+    def __init__(self, *, base_path: Path, logger: Any, measurement: Measurement, data: DataServices) -> None:
         self.base_path = base_path
         self.logger = logger
         self.measurement = measurement
+        self.data = data
         self.store: dict[str, Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -54,6 +59,16 @@ class HandlerContext:
         """Save InfluxDB points: ``ctx.measurement.save(name, fields, tags)``."""
         return self._node.measurement
 
+    @property
+    def db(self) -> Database:
+        """KRE v1's ``ctx.db``: ``await ctx.db.save(coll, doc)`` and ``await ctx.db.find(coll, query)``."""
+        return Database(self._node.data, self._node.loop, self.logger)
+
+    @property
+    def prediction(self) -> Prediction:
+        """KRE v1's ``ctx.prediction``: ``await ctx.prediction.save(predicted_value=..., true_value=...)``."""
+        return Prediction(self._node.data, self._node.loop, self.logger)
+
     def set(self, key: str, value: Any) -> None:
         """Keep ``value`` for every later message (a loaded model, a client, a cache)."""
         self._node.store[key] = value
@@ -79,14 +94,4 @@ class HandlerContext:
         """
         if self._replier is None:
             raise ReplyError("ctx.reply() works inside handler() only, for a message that was a request")
-        if _on_event_loop() or self._node.loop is None:
-            return self._replier(message)
-        return asyncio.run_coroutine_threadsafe(self._replier(message), self._node.loop).result()
-
-
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+        return awaitable_or_result(self._replier(message), self._node.loop)

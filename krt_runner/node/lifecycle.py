@@ -28,10 +28,13 @@ from krt_runner.config import Settings
 from krt_runner.errors import InitError
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, NodePoints, PointSink
+from krt_runner.mongo.readers import reader_for
 from krt_runner.node.broker import Broker
 from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.data_context import DataServices
 from krt_runner.node.health import HealthFile
 from krt_runner.node.intake import intake_for
+from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
 from krt_runner.node.user_code import UserCode
 
@@ -45,9 +48,11 @@ class RunningNode:
         self.name = settings.node_name or code.name
         self.log = node_logger(node=self.name, workflow=settings.workflow_name, version=settings.version)
         self._sink = sink
-        self.state = NodeState(base_path=settings.base_path, logger=self.log,
-                               measurement=Measurement(sink=sink, version=settings.version))
         self.broker = Broker(settings, self.log)
+        data = DataServices(writer=NatsDocumentWriter(self.broker, settings.mongo_writer_subject),
+                            reader=reader_for(settings), version=settings.version, version_id=settings.version_id)
+        self.state = NodeState(base_path=settings.base_path, logger=self.log,
+                               measurement=Measurement(sink=sink, version=settings.version), data=data)
         points = NodePoints(sink=sink, workflow=settings.workflow_name, version=settings.version, node=self.name,
                             last_node=settings.is_last_node)
         self.pipeline = Pipeline(settings=settings, code=code, state=self.state, broker=self.broker, points=points,
