@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     try:
-        code = load_user_code(settings.handler_path, settings.base_path)
+        code = load_user_code(settings.handler_path, settings.base_path, protobuf_compat=settings.protobuf_compat)
     except HandlerLoadError as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         details = getattr(exc, "details", "")
@@ -107,6 +107,18 @@ def _add_build(commands: Any) -> None:
     build.set_defaults(command=_build)
 
 
+def _add_protos(commands: Any) -> None:
+    protos = commands.add_parser("protos", help="generate every _pb2.py of a KRT folder again from its .proto files")
+    protos.add_argument("directory", type=Path, help="the KRT folder (its .proto files are read, never changed)")
+    protos.set_defaults(command=_protos)
+
+
+def _protos(args: argparse.Namespace) -> int:
+    from krt_runner.krt.regenerate import run_protos
+
+    return run_protos(args.directory)
+
+
 def _build(args: argparse.Namespace) -> int:
     from krt_runner.krt.build import run_build
 
@@ -177,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_entrypoint(commands)
     _add_check_and_health(commands)
     _add_build(commands)
+    _add_protos(commands)
     return parser
 
 

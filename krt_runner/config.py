@@ -21,7 +21,7 @@ from krt_runner.errors import ConfigError
 from krt_runner.setting_values import LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
 
-__all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url"]
+__all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url", "setting_from_env"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ OPTIONS: tuple[Option, ...] = (
            help="messages handled at once by this process (1 keeps KRE v1's in-order handling)"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
            help="seconds a handler may run before the request gets an error answer; 0 = no limit"),
+    Option("protobuf_compat", "KRT_PROTOBUF_COMPAT", "--protobuf-compat", parse.flag, default=True,
+           help="let KRE v1 code pass including_default_value_fields to protobuf's MessageToDict/MessageToJson "
+                "(removed in protobuf 5.26); check, serve() and krt_runner.testing read it too"),
     Option("max_decompressed_bytes", "KRT_MAX_DECOMPRESSED_BYTES", "--max-decompressed-bytes",
            parse.positive_int, default=64 * 1024 * 1024,
            help="cap on a gzip-compressed message's decompressed size"),
@@ -143,6 +146,7 @@ class Settings:
     version_id: str
     concurrency: int
     handler_timeout: float | None
+    protobuf_compat: bool
     max_decompressed_bytes: int
     drain_timeout: float
     pending_msgs_limit: int
@@ -243,6 +247,18 @@ def connection_problems(values: Mapping[str, Any]) -> list[str]:
     if values.get("nats_password") and not values.get("nats_user"):
         problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
     return problems
+
+
+def setting_from_env(field: str, env: Mapping[str, str] | None = None) -> Any:
+    """One setting from ``env`` (default ``os.environ``) alone, for what starts no node (``check``, ``testing``,
+    dev mode); :class:`ConfigError` when its value is invalid."""
+    option = next(option for option in OPTIONS if option.field == field)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    _read_option(option, (os.environ if env is None else env).get(option.env), values, problems)
+    if problems:
+        raise ConfigError(problems)
+    return values[field]
 
 
 def _read_option(option: Option, raw: str | None, values: dict[str, Any], problems: list[str]) -> None:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from krt_runner import envelope
+from krt_runner.config import setting_from_env
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, MemorySink
 from krt_runner.mongo.memory import MemoryStore
@@ -168,14 +169,18 @@ def run_node(
     workflow: str = "test",
     version: str = "test",
     version_id: str = "test",
+    protobuf_compat: bool | None = None,
 ) -> Iterator[NodeUnderTest]:
     """Load ``handler`` (relative to ``base_path``, as ``KRT_HANDLER_PATH``), run ``init``, yield the node.
 
     ``version`` and ``version_id`` are ``KRT_VERSION`` and ``KRT_VERSION_ID``: the version tag of the points, the
-    ``versionName`` and ``versionId`` of the predictions.
+    ``versionName`` and ``versionId`` of the predictions. ``protobuf_compat`` (default: ``KRT_PROTOBUF_COMPAT``, on)
+    lets KRE v1 code call ``MessageToDict`` and ``MessageToJson`` with ``including_default_value_fields``, as a node
+    does; it is set for the whole process.
     """
     base = Path(base_path).resolve()
-    code = load_user_code(handler, base)
+    compat = setting_from_env("protobuf_compat") if protobuf_compat is None else protobuf_compat
+    code = load_user_code(handler, base, protobuf_compat=compat)
     node = NodeUnderTest(code, base_path=base, node_name=node_name or code.name, workflow=workflow, version=version,
                          version_id=version_id)
     try:

@@ -18,6 +18,8 @@ TARGETS = [
     (ROOT / "examples/greeter/proto", "greeter.proto", ROOT / "examples/greeter/src"),
     (ROOT / "examples/greeter/proto", "greeter.proto", ROOT / "tests/handlers"),
     (ROOT / "examples/iris/proto", "iris.proto", ROOT / "examples/iris/src"),
+    (ROOT / "tests/market_price/proto", "public_input.proto", ROOT / "tests/market_price/src"),
+    (ROOT / "tests/market_price/proto", "internal_nodes.proto", ROOT / "tests/market_price/src"),
 ]
 
 

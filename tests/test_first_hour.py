@@ -146,8 +146,8 @@ def test_a_pb2_from_a_newer_protobuf_says_what_to_do_in_one_line(tmp_path):
     with pytest.raises(HandlerLoadError) as caught:
         load_user_code("node.py", tmp_path)
 
-    assert "needs a newer protobuf than the one installed" in str(caught.value)
-    assert "regenerate it with the grpcio-tools of this environment" in str(caught.value)
+    assert "newer_pb2.py was generated for protobuf 99.0.0, newer than the installed" in str(caught.value)
+    assert f"run `krt-runner protos {tmp_path}`" in str(caught.value)
     assert "\n" not in str(caught.value)
 
 

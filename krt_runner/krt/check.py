@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
-from krt_runner.errors import EXIT_OK, EXIT_USAGE, HandlerLoadError, KrtFileError, ProtoError
+from krt_runner.config import setting_from_env
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
 from krt_runner.krt.protos import find_types_source, load_file
 from krt_runner.node.user_code import load_user_code
@@ -110,9 +111,9 @@ def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.st
 
 def _import_only(base_path: str, handler_path: str) -> int:
     try:
-        load_user_code(handler_path, Path(base_path))
-    except HandlerLoadError as exc:
-        print(exc, file=sys.stderr)
+        load_user_code(handler_path, Path(base_path), protobuf_compat=setting_from_env("protobuf_compat"))
+    except (HandlerLoadError, ConfigError) as exc:
+        print(" ".join(str(exc).split()), file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

@@ -25,6 +25,8 @@ from google.protobuf.message import Message
 
 from krt_runner._user_files import exec_file
 from krt_runner.errors import ProtoError
+from krt_runner.krt.model import KRT_FILE
+from krt_runner.node.generated_code import refused_generated_code, regenerate_hint
 
 
 @dataclass(frozen=True)
@@ -151,28 +153,48 @@ def _import_file(path: Path) -> FileDescriptor:
     try:
         module = exec_file(path, name=path.stem)
     except Exception as exc:
+        refused = refused_generated_code(exc, root=path.parent)
+        if refused is not None:
+            raise ProtoError(f"cannot import {path}: {refused}: {regenerate_hint(_krt_folder_of(path))}") from None
         raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
     return _descriptor_of(module, str(path))
+
+
+def _krt_folder_of(path: Path) -> Path:
+    """The KRT folder holding ``path`` (the nearest with a krt.yml), else ``path``'s own folder."""
+    return next((folder for folder in path.parents if (folder / KRT_FILE).is_file()), path.parent)
+
+
+def grpc_tools_include(*, missing: str) -> Path:
+    """The folder of protobuf's own ``.proto`` files (``google/protobuf/any.proto``...) that grpcio-tools ships;
+    :class:`ProtoError` saying ``missing`` when grpcio-tools (the ``proto`` extra) is not installed."""
+    tools = importlib.util.find_spec("grpc_tools")
+    if tools is None or tools.origin is None:
+        raise ProtoError(missing)
+    return Path(tools.origin).parent / "_proto"
+
+
+def run_protoc(proto: Path, *outputs: str, include: Path, search: Iterable[Path] = ()) -> None:
+    """Run the protoc of grpcio-tools on ``proto`` with ``outputs`` (``--python_out=DIR``, ...); imports are looked
+    up beside it, then in ``search``, then in ``include``. :class:`ProtoError` with protoc's own words on failure."""
+    folders = dict.fromkeys([proto.parent, *search, include])  # in order, each once
+    command = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{folder}" for folder in folders), *outputs, str(proto)]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ProtoError(f"protoc failed on {proto}: {' '.join(done.stderr.split())}")
 
 
 def compile_proto(path: Path) -> FileDescriptor:
     """Compile with the protoc of grpcio-tools into a private pool (no generated code is written)."""
     if not path.is_file():
         raise ProtoError(f"no file at {path}")
-    tools = importlib.util.find_spec("grpc_tools")
-    if tools is None or tools.origin is None:
-        raise ProtoError(
-            f"compiling {path.name} needs grpcio-tools: pip install 'krt-runner[proto]', "
-            f"or pass the generated {path.stem}_pb2.py instead"
-        )
-    include = Path(tools.origin).parent / "_proto"
+    include = grpc_tools_include(
+        missing=f"compiling {path.name} needs grpcio-tools: pip install 'krt-runner[proto]', "
+        f"or pass the generated {path.stem}_pb2.py instead"
+    )
     with tempfile.TemporaryDirectory(prefix="krt-proto-") as workdir:
         out = Path(workdir) / "set.pb"
-        args = ["-m", "grpc_tools.protoc", f"-I{path.parent}", f"-I{include}", "--include_imports"]
-        command = [sys.executable, *args, f"--descriptor_set_out={out}", str(path)]
-        done = subprocess.run(command, check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise ProtoError(f"protoc failed on {path}: {done.stderr.strip()}")
+        run_protoc(path, "--include_imports", f"--descriptor_set_out={out}", include=include)
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in files.file:

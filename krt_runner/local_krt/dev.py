@@ -27,10 +27,19 @@ import structlog
 from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from krt_runner.config import Settings, load_settings
+from krt_runner.config import Settings, load_settings, setting_from_env
 from krt_runner.envelope import AnyMessage, KreNatsMessage, decode
-from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError, InvalidRequestError, KrtRunnerError
+from krt_runner.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    HandlerLoadError,
+    InvalidRequestError,
+    KrtRunnerError,
+)
 from krt_runner.logging import configure_logging
+from krt_runner.node import protobuf_compat
 from krt_runner.node.calling import UserFunction
 from krt_runner.node.main import node_main, read_settings, serve_node
 from krt_runner.node.user_code import UserCode, user_code_from
@@ -60,14 +69,22 @@ def serve(target: Any, *, init: UserFunction | None = None, argv: Sequence[str] 
 def _main(target: Any, *, init: UserFunction | None, argv: list[str]) -> int:
     script = _script_of(target)
     try:
+        _protobuf_compat(script)
         code = user_code_from(target, init=init, name=script.stem, source=str(script))
-    except HandlerLoadError as exc:
+    except (HandlerLoadError, ConfigError) as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # --request always means dev mode: an exported KRT_NATS_SERVER (left from running a node) does not turn it off.
     if os.environ.get("KRT_NATS_SERVER") and not _asks_for_dev_mode(argv):
         return _run_as_node(code, script)
     return _run_dev(code, script, _dev_parser(script).parse_args(argv))
+
+
+def _protobuf_compat(script: Path) -> None:
+    """As ``krt-runner run`` does (``KRT_PROTOBUF_COMPAT``); the script and the files beside it imported
+    json_format's functions before they called serve(), so their names are pointed at the installed ones."""
+    protobuf_compat.apply(enabled=setting_from_env("protobuf_compat"))
+    protobuf_compat.rebind_modules_under(script.parent)
 
 
 def _asks_for_dev_mode(argv: list[str]) -> bool:

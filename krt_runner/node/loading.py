@@ -7,11 +7,9 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from google.protobuf import __version__ as protobuf_version
-from google.protobuf.runtime_version import VersionError
-
 from krt_runner._user_files import exec_file, module_name_for, prepend_sys_path
 from krt_runner.errors import HandlerLoadError, NotAModuleError
+from krt_runner.node.generated_code import refused_generated_code, regenerate_hint
 
 
 def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
@@ -24,18 +22,13 @@ def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
         raise
     except SyntaxError as exc:
         raise load_error(handler_path, f"syntax error at line {exc.lineno}: {exc.msg}", exc) from None
-    except VersionError as exc:
-        raise load_error(handler_path, _newer_protobuf(exc), exc) from None
     except Exception as exc:
+        refused = refused_generated_code(exc, root=base_path)
+        if refused is not None:  # the user's to fix, with one command: one line, no traceback
+            raise HandlerLoadError(
+                f"cannot load handler {handler_path!r}: {refused}: {regenerate_hint(base_path)}"
+            ) from None
         raise load_error(handler_path, f"import failed: {type(exc).__name__}: {exc}", exc) from None
-
-
-def _newer_protobuf(exc: VersionError) -> str:
-    return (
-        f"a generated _pb2 module needs a newer protobuf than the one installed ({protobuf_version}): regenerate it "
-        "with the grpcio-tools of this environment (python -m grpc_tools.protoc), or upgrade protobuf. "
-        f"protobuf said: {' '.join(str(exc).split())}"
-    )
 
 
 def load_error(handler_path: str, cause: str, exc: BaseException) -> HandlerLoadError:

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from krt_runner._user_files import USER_MODULE_PREFIX
 from krt_runner.errors import HandlerLoadError, InvalidRequestError, describe
+from krt_runner.node import protobuf_compat as protobuf_compat_layer
 from krt_runner.node.calling import UserFunction
 from krt_runner.node.loading import import_handler_module, load_error
 from krt_runner.node.request_types import request_type_of
@@ -46,16 +47,19 @@ class UserCode:
         return self.request_type.DESCRIPTOR.full_name if self.request_type else "google.protobuf.Any"
 
 
-def load_user_code(handler_path: str, base_path: Path) -> UserCode:
+def load_user_code(handler_path: str, base_path: Path, *, protobuf_compat: bool = True) -> UserCode:
     """Import ``handler_path`` (a file relative to ``base_path``, or a dotted module name).
 
     ``path:Name`` names a :class:`Processor` subclass in that module; without
     the suffix the module's ``handler`` is used, or else its only Processor
     subclass. The file's directory is added to ``sys.path`` (last) so it can import
-    its generated ``_pb2`` modules. Raises :class:`HandlerLoadError` naming the
-    file and the cause, with the traceback in ``details`` when there is one.
+    its generated ``_pb2`` modules. With ``protobuf_compat`` (``KRT_PROTOBUF_COMPAT``)
+    the :mod:`~krt_runner.node.protobuf_compat` layer is installed first, else
+    removed. Raises :class:`HandlerLoadError` naming the file and the cause, with
+    the traceback in ``details`` when there is one.
     """
     module_path, class_name = _split_class_name(handler_path)
+    protobuf_compat_layer.apply(enabled=protobuf_compat)  # before the module binds json_format's functions
     module = import_handler_module(module_path, base_path)
     name = module.__name__.rsplit(".", 1)[-1].removeprefix(USER_MODULE_PREFIX)
     if class_name:

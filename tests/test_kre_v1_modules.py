@@ -1,0 +1,199 @@
+"""KRE v1 modules on protobuf 7: ``MessageToDict``/``MessageToJson`` with ``including_default_value_fields``.
+
+The KRT v1 SDK documentation's own handler example (tests/market_price/src/market_price.py) runs through a real
+``krt-runner run`` on a real nats-server, and the fields it measures at their default value reach a real
+InfluxDB-write-compatible store. The same keyword works under ``krt_runner.testing``, ``serve()`` and ``check``,
+and ``KRT_PROTOBUF_COMPAT=false`` leaves protobuf's functions as they ship.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import joblib
+import pytest
+from conftest import GREETER_SRC, KRT_RUNNER, ROOT, node_env, unpack
+from google.protobuf import json_format
+from test_influx import measured
+
+from krt_runner.node import protobuf_compat
+from krt_runner.testing import run_node
+
+MARKET_PRICE = ROOT / "tests" / "market_price"
+sys.path.insert(0, str(MARKET_PRICE / "src"))
+from internal_nodes_pb2 import ModelOutput  # noqa: E402  (the fixture KRT's generated modules)
+from public_input_pb2 import Request, Response  # noqa: E402
+
+# A listing with four numbers at their default (0): MessageToDict drops them unless asked to keep them.
+LISTING = Request(room_type="Entire home/apt", bedrooms=0, bathrooms=1.5, accommodates=2, beds=0,
+                  neighbourhood="Harlem", latitude=40.8, longitude=-73.9, tv=1, elevator=0, internet=0)
+ZEROS = ("bedrooms", "beds", "elevator", "internet")
+EVERY_FIELD = {"room_type": "", "bedrooms": 0, "bathrooms": 0.0, "accommodates": 0, "beds": 0, "neighbourhood": "",
+               "latitude": 0.0, "longitude": 0.0, "tv": 0, "elevator": 0, "internet": 0}
+
+
+@pytest.fixture
+def market_price_krt(tmp_path: Path) -> Path:
+    """A copy of the fixture KRT with the model its init loads (any joblib file will do: the handler ignores it)."""
+    krt = tmp_path / "market_price"
+    shutil.copytree(MARKET_PRICE, krt, ignore=shutil.ignore_patterns("__pycache__"))
+    (krt / "models").mkdir()
+    joblib.dump({"stand_in": "model"}, krt / "models" / "model.joblib")
+    return krt
+
+
+@pytest.fixture
+def compat_state() -> Iterator[None]:
+    """The layer is process-wide: each test that changes it leaves it as it found it."""
+    was_installed = protobuf_compat.installed()
+    yield
+    protobuf_compat.apply(enabled=was_installed)
+
+
+# -- through krt-runner run ----------------------------------------------------------------------
+
+
+async def test_the_sdk_market_price_example_answers_and_measures_the_fields_at_their_default(
+    nats_server, start_node, requester, influx_server, market_price_krt
+):
+    start_node(**node_env(nats_server, market_price_krt, "src/market_price.py", input="price-in", name="price",
+                          OUTPUT_PRICE_CURRENCY="USD", **measured(influx_server)))
+
+    answer = await requester.request("price-in", ModelOutput(request=LISTING, price_category=2))
+
+    assert answer.error == ""
+    assert unpack(answer, Response) == Response(
+        success=True, message="Predicted market price", market_price="181-400 USD", category="high"
+    )
+    for field in ZEROS:
+        assert influx_server.wait_for_samples(f"features_{field}", 1) == [0], field
+    assert influx_server.samples("features_bathrooms") == [1.5]
+    assert influx_server.samples("features_tv") == [1]
+    (series,) = influx_server.export('{__name__="features_bedrooms"}')
+    assert series.labels == {"version": "v1"}  # MEASUREMENT_TAGS' version is the node's, as on KRE v1
+
+
+async def test_with_protobuf_compat_off_the_old_keyword_is_protobufs_type_error(
+    nats_server, start_node, requester, market_price_krt
+):
+    start_node(args=("--protobuf-compat", "false"),
+               **node_env(nats_server, market_price_krt, "src/market_price.py", input="price-in", name="price"))
+
+    answer = await requester.request("price-in", ModelOutput(request=LISTING, price_category=2))
+
+    assert answer.error.startswith("error in node 'price': handler raised TypeError:")
+    assert "including_default_value_fields" in answer.error
+
+
+# -- the layer itself ----------------------------------------------------------------------------
+
+
+def as_dict(function_name: str, message: Request, **keywords: bool) -> dict:
+    """What ``json_format.<function_name>`` makes of ``message``, as a dict (JSON parsed back)."""
+    made = getattr(json_format, function_name)(message, preserving_proto_field_name=True, **keywords)
+    return json.loads(made) if isinstance(made, str) else made
+
+
+@pytest.mark.parametrize("keyword", [protobuf_compat.OLD_KEYWORD, protobuf_compat.NEW_KEYWORD])
+@pytest.mark.parametrize("function_name", ["MessageToDict", "MessageToJson"])
+def test_either_keyword_keeps_the_fields_at_their_default(compat_state, keyword, function_name):
+    protobuf_compat.install()
+    message = Request(bedrooms=2)
+
+    kept = as_dict(function_name, message, **{keyword: True})
+    dropped = as_dict(function_name, message, **{keyword: False})
+
+    assert kept == {**EVERY_FIELD, "bedrooms": 2}
+    assert dropped == {"bedrooms": 2}
+
+
+@pytest.mark.parametrize("name", ["MessageToDict", "MessageToJson"])
+def test_installing_twice_wraps_once_and_uninstalling_restores_protobufs_function(compat_state, name):
+    protobuf_compat.install()
+    protobuf_compat.install()
+    wrapped = getattr(json_format, name)
+
+    protobuf_compat.uninstall()
+
+    assert inspect.unwrap(wrapped) is getattr(json_format, name) is wrapped.__wrapped__
+    assert not protobuf_compat.installed()
+    with pytest.raises(TypeError, match="including_default_value_fields"):
+        getattr(json_format, name)(Request(), including_default_value_fields=True)
+
+
+def test_both_keywords_at_once_are_refused_naming_both(compat_state):
+    protobuf_compat.install()
+
+    with pytest.raises(TypeError, match="including_default_value_fields and always_print_fields_with_no_presence"):
+        json_format.MessageToDict(Request(), including_default_value_fields=True,
+                                  always_print_fields_with_no_presence=True)
+
+
+# -- testing, serve(), check ---------------------------------------------------------------------
+
+
+def test_krt_runner_testing_runs_the_sdk_example_with_the_fields_at_their_default(compat_state, market_price_krt):
+    with run_node(market_price_krt, "src/market_price.py") as node:
+        answer = node.call(ModelOutput(request=LISTING, price_category=0), Response)
+
+    assert answer.market_price == "10-90 EUR" and answer.category == "low"
+    (point,) = node.points
+    assert point.measurement == "features"
+    assert {field: point.fields[field] for field in ZEROS} == dict.fromkeys(ZEROS, 0)
+    assert point.fields["prediction"] == "low"
+
+
+def test_krt_runner_testing_with_protobuf_compat_off_raises_protobufs_type_error(compat_state, market_price_krt):
+    with run_node(market_price_krt, "src/market_price.py", protobuf_compat=False) as node, pytest.raises(
+        TypeError, match="including_default_value_fields"
+    ):
+        node.call(ModelOutput(request=LISTING, price_category=0), Response)
+
+
+def test_serve_points_the_scripts_own_imports_at_the_layer(tmp_path):
+    shutil.copy(GREETER_SRC / "greeter_pb2.py", tmp_path / "greeter_pb2.py")
+    script = tmp_path / "node.py"
+    script.write_text(textwrap.dedent("""
+        import json
+
+        from google.protobuf.json_format import MessageToDict   # bound before serve() runs
+        from greeter_pb2 import Request, Response
+
+        import krt_runner
+
+
+        def handler(ctx, req: Request) -> Response:
+            return Response(greeting=json.dumps(MessageToDict(req, including_default_value_fields=True)))
+
+
+        if __name__ == "__main__":
+            krt_runner.serve(handler)
+    """))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+
+    done = subprocess.run([sys.executable, str(script), "--request", "{}"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": '{"name": ""}'}
+
+
+def test_check_imports_a_module_that_uses_the_old_keyword_when_it_loads(tmp_path):
+    krt = tmp_path / "greeter"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    greet = krt / "src" / "greet.py"
+    greet.write_text("from google.protobuf.json_format import MessageToJson\n"
+                     "EMPTY = MessageToJson(__import__('greeter_pb2').Request(), including_default_value_fields=True)\n"
+                     + greet.read_text())
+
+    done = subprocess.run([*KRT_RUNNER, "check", str(krt)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
