@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from krt_runner.errors import CallTimeout, NoResponders
+from krt_runner.errors import CallTimeout, NoResponders, NotConnected
 from krt_runner.mongo import wire
 from krt_runner.node.broker import Broker
 
@@ -28,6 +28,9 @@ class NatsDocumentWriter:
         except CallTimeout:
             logger.warning("document maybe not saved: the mongo-writer did not answer in time", collection=coll,
                            subject=subject, timeout=timeout)
+        except NotConnected as exc:
+            logger.warning("document not saved: NATS is not connected", collection=coll, subject=subject,
+                           error=str(exc))
         else:
             if not wire.succeeded(reply):
                 logger.warning("document not saved: the mongo-writer answered without success", collection=coll,
