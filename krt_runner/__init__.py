@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+__version__ = "0.1.0"  # first: modules imported below read it (the services API's version)
+
 from krt_runner.errors import KrtRunnerError
 from krt_runner.krt.dsl import KRT
 from krt_runner.local_krt.dev import serve
@@ -15,7 +17,6 @@ if TYPE_CHECKING:
     from krt_runner.local_krt.running_krt import as_completed, connect, local, wait
 
 __all__ = ["KRT", "HandlerContext", "KrtRunnerError", "Processor", "as_completed", "connect", "local", "serve", "wait"]
-__version__ = "0.1.0"
 
 # Imported on first use: a node process (`krt-runner run`) never needs them.
 _FROM_FUTURES = ("as_completed", "connect", "local", "wait")

@@ -45,7 +45,8 @@ def _add_up(commands: Any) -> None:
     up = commands.add_parser("up", help="run every node of a KRT directory locally, on an embedded NATS")
     up.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
     up.add_argument("--nats", help="use this NATS server instead of starting one")
-    up.add_argument("--replicas", action="append", default=[], metavar="NODE=N", help="run N processes of NODE")
+    up.add_argument("--replicas", action="append", default=[], metavar="NODE=N",
+                    help="run N processes of NODE (default: its replicas in krt.yml, else 1)")
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
     up.add_argument("--workflow", help="the workflow --request goes to (needed when there are several)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
@@ -98,6 +99,39 @@ def _entrypoint(args: argparse.Namespace) -> int:
     from krt_runner.entrypoint.settings import ENTRYPOINT_OPTIONS
 
     return run_entrypoint(args.directory, {option.field: getattr(args, option.field) for option in ENTRYPOINT_OPTIONS})
+
+
+def _add_manifests(commands: Any) -> None:
+    manifests = commands.add_parser("manifests", help="write the Kubernetes objects that run a KRT (YAML)")
+    manifests.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
+    manifests.add_argument("--image", required=True, help="the image holding the KRT in /krt (FROM krt-runner)")
+    manifests.add_argument("--namespace", default="", help="namespace of every object (default: none set)")
+    manifests.add_argument("--nats-url", default="nats://nats:4222", help="KRT_NATS_SERVER of every pod")
+    manifests.add_argument("--influx-url", default="", help="KRT_INFLUX_URI (default: measurements to /tmp)")
+    manifests.add_argument("--secret", default="", help="Secret every pod reads its KRT_* secrets from "
+                           "(default: <version>-secrets; optional)")
+    manifests.add_argument("--delivery", choices=("at-most-once", "at-least-once"), default="at-most-once",
+                           help="KRT_DELIVERY of the nodes and the entrypoint")
+    manifests.add_argument("--keda", action="store_true", help="a KEDA ScaledObject per node on its JetStream "
+                           "consumer's lag (needs --delivery at-least-once)")
+    manifests.add_argument("--keda-max-replicas", type=_positive, default=10, help="KEDA's maximum per node")
+    manifests.add_argument("--nats-monitoring", default="", help="host:port of nats-server's monitoring for KEDA "
+                           "(default: the NATS host, port 8222)")
+    manifests.add_argument("--no-entrypoint", action="store_true", help="leave out the gRPC entrypoint")
+    manifests.add_argument("--out", type=Path, help="write to this file instead of stdout")
+    manifests.set_defaults(command=_manifests)
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    from krt_runner.krt.manifests import ManifestOptions
+    from krt_runner.krt.manifests_command import run_manifests
+
+    options = ManifestOptions(
+        image=args.image, namespace=args.namespace, nats_url=args.nats_url, influx_url=args.influx_url,
+        secret=args.secret, delivery=args.delivery, keda=args.keda, keda_max_replicas=args.keda_max_replicas,
+        nats_monitoring=args.nats_monitoring, entrypoint=not args.no_entrypoint,
+    )  # fmt: skip
+    return run_manifests(args.directory, options, out=args.out)
 
 
 def _add_build(commands: Any) -> None:
@@ -190,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check_and_health(commands)
     _add_build(commands)
     _add_protos(commands)
+    _add_manifests(commands)
     return parser
 
 

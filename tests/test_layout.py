@@ -87,7 +87,8 @@ def test_only_the_broker_its_connection_and_the_client_import_nats():
     importers = sorted(name for name, path in known.items()
                        if any(imported.split(".")[0] == "nats" for imported in imports_of(path, set(known))))
 
-    assert importers == ["krt_runner.client", "krt_runner.node.broker", "krt_runner.node.nats_connection"]
+    assert importers == ["krt_runner.client", "krt_runner.node.broker", "krt_runner.node.discovery",
+                         "krt_runner.node.nats_connection"]
 
 
 def test_no_module_is_longer_than_a_sitting():

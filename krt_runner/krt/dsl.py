@@ -36,6 +36,7 @@ from krt_runner._user_files import exec_file
 from krt_runner.errors import KrtFileError, NotAModuleError
 from krt_runner.krt import model as workflow
 from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
+from krt_runner.krt.resources import FIELDS, Resources
 
 # First line of a krt.yml that the DSL wrote: such a file may be written over, a hand-written one never.
 GENERATED_MARK = "# Written by krt_runner.KRT"
@@ -43,14 +44,21 @@ GENERATED_MARK = "# Written by krt_runner.KRT"
 
 @dataclass(frozen=True)
 class Node(workflow.NodeSpec):
-    """A krt.yml node (name, image, src, gpu) that ``a >> b`` chains into a workflow's sequence."""
+    """A krt.yml node (name, image, src, gpu, replicas, resources) that ``a >> b`` chains into a workflow's
+    sequence."""
 
     def __rshift__(self, other: Node | Chain) -> Chain:
         return Chain((self,)) >> other
 
     def document(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"name": self.name, "image": self.image, "src": self.src}
-        return {**fields, "gpu": True} if self.gpu else fields
+        if self.gpu:
+            fields["gpu"] = True
+        if self.replicas != 1:
+            fields["replicas"] = self.replicas
+        if self.resources.document():
+            fields["resources"] = self.resources.document()
+        return fields
 
 
 @dataclass(frozen=True)
@@ -95,9 +103,21 @@ class KRT:
         self.nodes: list[Node] = []
         self.workflows: list[dict[str, Any]] = []
 
-    def node(self, name: str, *, image: str, src: str, gpu: bool = False) -> Node:
-        """Add a node (``src`` relative to ``root``); use the result in :meth:`workflow` sequences."""
-        added = Node(name=name, image=image, src=src, gpu=gpu)
+    def node(
+        self, name: str, *, image: str, src: str, gpu: bool = False, replicas: int = 1,
+        resources: Mapping[str, str] | None = None,
+    ) -> Node:  # fmt: skip
+        """Add a node (``src`` relative to ``root``); use the result in :meth:`workflow` sequences.
+
+        ``resources`` takes krt.yml's keys (``cpuLimit``, ``memoryLimit``, ``cpuRequest``, ``memoryRequest``);
+        :meth:`validate` checks them as ``check`` does.
+        """
+        known = {key: str(value) for key, value in (resources or {}).items() if key in FIELDS}
+        unknown = set(resources or {}) - set(FIELDS)
+        if unknown:
+            raise TypeError(f"node {name!r}: unknown resources {sorted(unknown)}; expected {', '.join(FIELDS)}")
+        added = Node(name=name, image=image, src=src, gpu=gpu, replicas=replicas,
+                     resources=Resources(**{FIELDS[key]: value for key, value in known.items()}))
         self.nodes.append(added)
         return added
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from krt_runner.errors import KrtFileError
+from krt_runner.krt.resources import Resources, read_replicas, read_resources
 
 KRT_FILE = "krt.yml"
 # KRE v1's "resource-name": lowercase letters, digits and '-', shorter than 20 characters.
@@ -42,6 +43,8 @@ class NodeSpec:
     image: str
     src: str
     gpu: bool = False
+    replicas: int = 1  # processes in the node's queue group (up's default, a Deployment's replicas)
+    resources: Resources = field(default_factory=Resources)
 
     @property
     def is_python(self) -> bool:
@@ -252,7 +255,7 @@ class _Reader:
         return nodes
 
     def node(self, item: Any, where: str) -> NodeSpec:
-        fields = self.mapping(item, where, ("name", "image", "src", "gpu"))
+        fields = self.mapping(item, where, ("name", "image", "src", "gpu", "replicas", "resources"))
         name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
         src = self.text(fields, "src", f"{where}.src")
         if src and not (self.root / src).is_file():
@@ -260,7 +263,9 @@ class _Reader:
         gpu = fields.get("gpu", False)
         if not isinstance(gpu, bool):
             self.problem(f"{where}.gpu", f"must be true or false, not {gpu!r}")
-        return NodeSpec(name=name, image=image, src=src, gpu=gpu is True)
+        replicas = read_replicas(fields.get("replicas"), f"{where}.replicas", self.problem)
+        resources = read_resources(fields.get("resources"), f"{where}.resources", self.problem)
+        return NodeSpec(name=name, image=image, src=src, gpu=gpu is True, replicas=replicas, resources=resources)
 
     def workflows(self, value: Any, node_names: set[str]) -> tuple[WorkflowSpec, ...]:
         workflows = tuple(

@@ -149,7 +149,7 @@ def _request_workflow(krt: Krt, options: UpOptions, problems: list[str]) -> Work
 def _replicas(wired: list[NodeWiring], replicas: Mapping[str, int]) -> list[tuple[NodeWiring, str]]:
     processes = []
     for wiring_ in wired:
-        count = replicas.get(wiring_.node.name, 1)
+        count = replicas.get(wiring_.node.name, wiring_.node.replicas)
         for index in range(1, count + 1):
             processes.append((wiring_, wiring_.label if count == 1 else f"{wiring_.label}#{index}"))
     return processes

@@ -41,6 +41,9 @@ MessageCallback = Callable[[Msg], Awaitable[None]]
 _ERROR_LOG_INTERVAL = 5.0
 # How nats-server words a subscription it does not allow.
 _SUBSCRIPTION_REFUSED = "permissions violation for subscription"
+# The NATS Services API's subjects (krt_runner.node.discovery).
+_DISCOVERY_PREFIX = '"$srv.'  # as nats-py words it: lower case
+
 
 
 class Broker:
@@ -60,6 +63,7 @@ class Broker:
         self.slow_consumer_drops = 0
         self._refused_subscription = ""  # the server's words, once it refused our subscription
         self._subscribed = False  # the server has taken the subscription
+        self._discovery_refused = False
         self.failed = asyncio.Event()  # the connection closed for good, or the subscription was revoked
         self.on_connection_change: Callable[[bool], None] | None = None  # called with is_connected on each change
 
@@ -136,6 +140,13 @@ class Broker:
         self._subscribed = True
         self._log.info("subscribed", subject=subject, queue=queue)
 
+    async def subscribe_each(self, subjects: list[str], callback: MessageCallback) -> None:
+        """Plain subscriptions (no queue group) for what every instance answers itself: the discovery subjects.
+
+        A refusal by the server (a NATS user without permission for them) is logged once, never fatal."""
+        for subject in subjects:
+            await self._nc.subscribe(subject, cb=callback)
+
     def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
         """Queue ``payload`` for ``subject``; nats-py's flusher writes it (no round trip per message).
 
@@ -204,6 +215,12 @@ class Broker:
             self._log.warning("NATS error", error=describe(error), connected=self.is_connected)
 
     def _on_subscription_refused(self, error: str) -> None:
+        if _DISCOVERY_PREFIX in error.lower():  # the Services API subjects are optional: serve without them
+            if not self._discovery_refused:
+                self._discovery_refused = True
+                self._log.warning("NATS refused the services discovery subjects; serving without them "
+                                  "(nats micro will not list this node)", error=error)
+            return
         if not self._subscribed or self._refused_subscription:  # subscribe() reports it, at start-up
             self._refused_subscription = self._refused_subscription or error
             return

@@ -32,6 +32,7 @@ from krt_runner.mongo.readers import reader_for
 from krt_runner.node.broker import Broker
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.data_context import DataServices
+from krt_runner.node.discovery import Discovery, EndpointCounters, service_name
 from krt_runner.node.health import HealthFile
 from krt_runner.node.intake import intake_for
 from krt_runner.node.mongo_writer import NatsDocumentWriter
@@ -59,6 +60,7 @@ class RunningNode:
                                  log=self.log, name=self.name)
         self.intake = intake_for(self.pipeline.handle, concurrency=settings.concurrency,
                                  pipelined=self.pipeline.pipelined, log=self.log)
+        self.discovery = self._discovery()
         self.ready = asyncio.Event()
         self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
 
@@ -87,10 +89,26 @@ class RunningNode:
         self.intake.start()
         queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
         await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self.intake.on_message)
+        await self.broker.subscribe_each(self.discovery.subjects(), self.discovery.answer)
         self.pipeline.last_received = time.perf_counter_ns()  # a long init is not idle time
         self.ready.set()
         self.health.start()
         self.log.info("node ready", input=self.settings.input_subject, output=self.settings.output_subject or None)
+
+    def _discovery(self) -> Discovery:
+        """This process as a NATS service (``nats micro ls``): its input subject is its one endpoint."""
+        settings = self.settings
+        metadata = {"krt_version": settings.version, "krt_version_id": settings.version_id,
+                    "workflow": settings.workflow_name, "node": self.name, "input": settings.input_subject,
+                    "output": settings.output_subject}
+        name = service_name(version=settings.version, workflow=settings.workflow_name, node=self.name)
+        return Discovery(name=name, metadata=metadata, subject=settings.input_subject,
+                         queue_group=f"queue_{settings.input_subject}", counters=self._counters)
+
+    def _counters(self) -> EndpointCounters:
+        counts = self.pipeline.counts
+        return EndpointCounters(requests=counts["received"], errors=counts["errors"],
+                                last_error=self.pipeline.last_error, processing_ns=self.pipeline.processing_ns)
 
     async def _run_init(self) -> None:
         if self.code.init is None:

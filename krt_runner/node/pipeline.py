@@ -41,6 +41,8 @@ class Pipeline:
         self.state = state
         self.caller = Caller(workers=settings.concurrency)
         self.counts = {"received": 0, "answered": 0, "errors": 0, "dropped": 0}
+        self.processing_ns = 0  # summed over every message handled, for the services API's stats
+        self.last_error = ""
         self.last_received = time.perf_counter_ns()  # for KRT_IDLE_TIMEOUT
         self._answers = Answers(node_name=name, output_subject=settings.output_subject, broker=broker)
         self._handler = code.handler
@@ -90,8 +92,10 @@ class Pipeline:
             outcome = _FAILED
             await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
         finally:
+            elapsed = time.perf_counter_ns() - job.started
+            self.processing_ns += elapsed
             if self._measured:
-                self.recorder.record_soon(job, time.perf_counter_ns() - job.started, outcome)
+                self.recorder.record_soon(job, elapsed, outcome)
 
     # -- the drain's end ----------------------------------------------------------------------
 
@@ -185,7 +189,7 @@ class Pipeline:
     async def _answer_error(self, job: Job, exc: Exception) -> None:
         """The error answer goes out first; only then is anything logged about it."""
         self.counts["errors"] += 1
-        text = self._answers.error_text(exc)
+        text = self.last_error = self._answers.error_text(exc)
         answered = job.replied or (job.request is not None and job.request.replied)
         unsent: Exception | None = None
         if not answered and job.reply:

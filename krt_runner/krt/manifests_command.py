@@ -1,0 +1,58 @@
+"""The ``manifests`` command: read and check the KRT, write its Kubernetes objects as YAML."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
+from krt_runner.krt.manifests import AT_LEAST_ONCE, ManifestOptions, manifests
+from krt_runner.krt.model import load_krt
+from krt_runner.krt.package import open_krt
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases (``&id001``): each object reads on its own, as kubectl users expect."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+_HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"
+
+
+def run_manifests(
+    source: Path, options: ManifestOptions, *, out: Path | None = None, environ: Mapping[str, str] = os.environ,
+    err: TextIO = sys.stderr,
+) -> int:  # fmt: skip
+    """Write the manifests of the KRT in ``source`` (a folder or a ``.krt``) to ``out`` or stdout; the exit code."""
+    if options.keda and options.delivery != AT_LEAST_ONCE:
+        print("krt-runner manifests: --keda scales a node on its JetStream consumer's lag, which exists only with "
+              "--delivery at-least-once", file=err)
+        return EXIT_USAGE
+    try:
+        with open_krt(source) as directory:
+            krt = load_krt(directory)
+    except KrtFileError as exc:
+        print(f"krt-runner manifests: {exc}", file=err)
+        return EXIT_USAGE
+    missing = [name for name in krt.config_names if name not in options.config and name not in environ]
+    for name in missing:
+        print(f"krt-runner manifests: config {name} has no value (export it, or fill it in the ConfigMap)", file=err)
+    config = {name: options.config.get(name, environ.get(name, "")) for name in krt.config_names}
+    objects = manifests(krt, replace(options, config=config))
+    text = _HEADER.format(version=krt.version) + yaml.dump_all(
+        objects, Dumper=_PlainDumper, sort_keys=False, explicit_start=True
+    )
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text)
+        print(f"krt-runner manifests: wrote {out}", file=err)
+    return EXIT_OK

@@ -1,0 +1,82 @@
+"""What a node asks of the machine it runs on, from krt.yml: ``replicas`` and ``resources``.
+
+::
+
+    nodes:
+      - name: classify
+        src: src/classify.py
+        replicas: 2                # processes sharing the node's queue group (default 1)
+        gpu: true                  # KRE v1's field: one nvidia.com/gpu
+        resources:                 # Kubernetes quantities; HEAT runner types' cpuLimit and memoryLimit
+          cpuLimit: "2"
+          memoryLimit: 2Gi
+          cpuRequest: 500m         # default: the limit
+          memoryRequest: 1Gi       # default: the limit
+
+``krt-runner manifests`` turns them into a Deployment's replicas, requests and limits; ``check`` validates them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# A Kubernetes quantity: a decimal number with an optional suffix (m for milli-CPU, binary or decimal multiples).
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+FIELDS = {"cpuLimit": "cpu_limit", "memoryLimit": "memory_limit", "cpuRequest": "cpu_request",
+          "memoryRequest": "memory_request"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Resources:
+    """A node's CPU and memory, as Kubernetes quantities; empty means not set."""
+
+    cpu_limit: str = ""
+    memory_limit: str = ""
+    cpu_request: str = ""
+    memory_request: str = ""
+
+    def requests(self) -> dict[str, str]:
+        """What the scheduler reserves: each request, or its limit when only that is set."""
+        return _present(cpu=self.cpu_request or self.cpu_limit, memory=self.memory_request or self.memory_limit)
+
+    def limits(self) -> dict[str, str]:
+        return _present(cpu=self.cpu_limit, memory=self.memory_limit)
+
+    def document(self) -> dict[str, str]:
+        """The krt.yml mapping (only the fields that are set)."""
+        return {key: getattr(self, field) for key, field in FIELDS.items() if getattr(self, field)}
+
+
+def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) -> Resources:
+    """``resources`` of a node: a mapping of the four fields, each a quantity; ``problem(where, what)`` otherwise."""
+    if value is None:
+        return Resources()
+    if not isinstance(value, dict):
+        problem(where, f"must be a mapping with {', '.join(FIELDS)}")
+        return Resources()
+    found: dict[str, str] = {}
+    for key, raw in value.items():
+        if key not in FIELDS:
+            problem(f"{where}.{key}", f"unknown field; expected one of {', '.join(FIELDS)}")
+        elif not isinstance(raw, (str, int, float)) or isinstance(raw, bool) or not _QUANTITY.match(str(raw)):
+            problem(f"{where}.{key}", f"{raw!r} is not a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi (memory)")
+        else:
+            found[FIELDS[key]] = str(raw)
+    return Resources(**found)
+
+
+def read_replicas(value: Any, where: str, problem: Callable[[str, str], None]) -> int:
+    """``replicas`` of a node: a whole number of at least 1 (default 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problem(where, f"must be a whole number of at least 1, not {value!r}")
+        return 1
+    return value
+
+
+def _present(**values: str) -> dict[str, str]:
+    return {key: value for key, value in values.items() if value}

@@ -1,0 +1,177 @@
+"""`krt-runner manifests`: the Kubernetes objects of a KRT, validated against the Kubernetes schemas offline
+(kubernetes-validate) and checked for wiring against what `check` and `up` use. No cluster runs here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import KRT_RUNNER, ROOT
+
+from krt_runner import KRT
+from krt_runner.jetstream_names import consumer_name, stream_name
+from krt_runner.krt.check import check_krt
+from krt_runner.krt.manifests import entry_subjects
+from krt_runner.krt.model import load_krt, wiring
+
+GREETER = ROOT / "examples" / "greeter"
+KUBERNETES = "1.30"
+
+
+def manifests(source, *flags: str, env: dict | None = None) -> list[dict]:
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(source), "--image", "registry.example/krt:1", *flags],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return list(yaml.safe_load_all(done.stdout))
+
+
+def of_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [item for item in objects if item["kind"] == kind]
+
+
+def env_of(deployment: dict) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def resources_krt(tmp_path):
+    """The greeter with a GPU node of 2 replicas and its CPU and memory, and a config variable."""
+    folder = tmp_path / "greeter"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__", "krt.yml"))
+    krt = KRT(version="greeter-v2", description="d", proto="proto/greeter.proto", image="e", root=folder,
+              config={"variables": ["GREETING_STYLE"]})
+    greet = krt.node("greet", image="i", src="src/greet.py", replicas=2, gpu=True,
+                     resources={"cpuLimit": "2", "memoryLimit": "2Gi", "cpuRequest": "500m"})
+    krt.workflow("greet", entrypoint="Greet", sequence=greet >> krt.node("decorate", image="i", src="src/decorate.py"))
+    krt.write()
+    return folder
+
+
+def test_every_object_is_valid_for_kubernetes(tmp_path):
+    objects = manifests(resources_krt(tmp_path), "--namespace", "models", "--influx-url", "http://influxdb:8086")
+
+    for item in objects:
+        kubernetes_validate.validate(item, KUBERNETES, strict=True)
+    assert [item["kind"] for item in objects] == ["ConfigMap", "Deployment", "Deployment", "Deployment", "Service"]
+    assert {item["metadata"]["namespace"] for item in objects} == {"models"}
+
+
+def test_each_node_is_wired_as_up_wires_it_and_every_input_is_an_output_or_the_entrypoints_subject():
+    krt = load_krt(GREETER)
+    nodes = [item for item in of_kind(manifests(GREETER), "Deployment")
+             if item["metadata"]["labels"]["app.kubernetes.io/component"] == "node"]
+
+    for deployment, wired in zip(nodes, wiring(krt), strict=True):
+        expected = wired.environment(nats_url="nats://nats:4222", base_path="/krt", config={})
+        assert {key: env_of(deployment)[key] for key in expected} == expected
+    inputs = {env_of(item)["KRT_NATS_INPUT"] for item in nodes}
+    outputs = {env_of(item)["KRT_NATS_OUTPUT"] for item in nodes} - {""}
+    assert inputs == outputs | entry_subjects(krt)
+
+
+def test_replicas_resources_gpu_probes_and_security_come_out_of_krt_yml(tmp_path):
+    deployment = of_kind(manifests(resources_krt(tmp_path)), "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+
+    assert deployment["metadata"]["name"] == "greeter-v2-greet-greet" and deployment["spec"]["replicas"] == 2
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": "2Gi"},
+                                      "limits": {"cpu": "2", "memory": "2Gi", "nvidia.com/gpu": "1"}}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert container["readinessProbe"]["exec"]["command"] == ["krt-runner", "health"]
+    assert container["livenessProbe"]["exec"]["command"][:2] == ["krt-runner", "health"]
+    assert pod["terminationGracePeriodSeconds"] > 30  # above KRT_DRAIN_TIMEOUT
+    assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["readOnlyRootFilesystem"]
+
+
+def test_config_comes_from_a_config_map_and_secrets_from_a_named_secret_never_inlined(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GREETING_STYLE": "loud", "KRT_NATS_PASSWORD": "hunter2",
+           "KRT_INFLUX_TOKEN": "tok-secret"}
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(resources_krt(tmp_path)), "--image", "i", "--secret",
+                           "greeter-creds"], capture_output=True, text=True, timeout=60, env=env)
+    objects = list(yaml.safe_load_all(done.stdout))
+
+    assert of_kind(objects, "ConfigMap")[0]["data"] == {"GREETING_STYLE": "loud"}
+    sources = of_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert sources == [{"configMapRef": {"name": "greeter-v2-config"}},
+                       {"secretRef": {"name": "greeter-creds", "optional": True}}]
+    assert "hunter2" not in done.stdout and "tok-secret" not in done.stdout
+
+
+def test_the_entrypoint_is_a_deployment_and_a_grpc_service_on_9000():
+    objects = manifests(GREETER)
+    entrypoint = next(item for item in of_kind(objects, "Deployment")
+                      if item["metadata"]["name"] == "greeter-v1-entrypoint")
+    service = of_kind(objects, "Service")[0]
+    container = entrypoint["spec"]["template"]["spec"]["containers"][0]
+
+    assert container["command"] == ["krt-runner", "entrypoint", "/krt"]
+    assert container["readinessProbe"]["grpc"]["port"] == 9000
+    assert service["spec"]["ports"][0]["port"] == 9000 and service["spec"]["selector"] == {
+        "app.kubernetes.io/instance": "greeter-v1-entrypoint"}
+    assert not of_kind(manifests(GREETER, "--no-entrypoint"), "Service")
+
+
+def test_keda_scales_each_node_on_its_jetstream_consumer_and_needs_at_least_once():
+    objects = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--keda-max-replicas", "8")
+    scaled = of_kind(objects, "ScaledObject")
+
+    assert [item["spec"]["scaleTargetRef"]["name"] for item in scaled] == ["greeter-v1-greet-greet",
+                                                                         "greeter-v1-greet-decorate"]
+    trigger = scaled[0]["spec"]["triggers"][0]
+    assert trigger["type"] == "nats-jetstream" and trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats:8222"
+    assert trigger["metadata"]["stream"] == stream_name("greeter-v1-Greet-entrypoint")
+    assert trigger["metadata"]["consumer"] == consumer_name("greeter-v1-Greet-entrypoint")
+    assert scaled[0]["spec"]["maxReplicaCount"] == 8
+    assert all(env_of(item)["KRT_DELIVERY"] == "at-least-once" for item in of_kind(objects, "Deployment"))
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(scaled[0], KUBERNETES, strict=True)  # a CRD: KEDA's, not in Kubernetes
+
+    refused = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--keda"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--delivery at-least-once" in refused.stderr
+
+
+def test_names_are_short_lower_case_unique_and_the_same_on_every_run(tmp_path):
+    folder = tmp_path / "long"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__", "krt.yml"))
+    longest = 19  # krt.yml's names: at most 19 characters each, as KRE v1's
+    krt = KRT(version="v" * longest, description="d", proto="proto/greeter.proto", image="e", root=folder)
+    greet = krt.node("n" * longest, image="i", src="src/greet.py")
+    krt.workflow("w" * longest, entrypoint="Greet", sequence=greet)
+    krt.workflow("x" * longest, entrypoint="Other", sequence=greet)
+    krt.write()
+
+    first, second = manifests(folder), manifests(folder)
+
+    names = [(item["kind"], item["metadata"]["name"]) for item in first]
+    assert first == second
+    assert len(set(names)) == len(names) and all(len(name) <= 63 and name == name.lower() for _, name in names)
+
+
+def test_check_validates_replicas_and_resources(tmp_path):
+    folder = tmp_path / "bad"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    fields = "    src: src/greet.py\n    replicas: 0\n    resources: {cpuLimit: lots, disk: 1Gi}\n"
+    text = (folder / "krt.yml").read_text().replace("    src: src/greet.py\n", fields)
+    (folder / "krt.yml").write_text(text)
+
+    _, problems = check_krt(folder)
+
+    assert any("nodes[0].replicas: must be a whole number of at least 1, not 0" in p for p in problems)
+    assert any("nodes[0].resources.cpuLimit: 'lots' is not a Kubernetes quantity" in p for p in problems)
+    assert any("nodes[0].resources.disk: unknown field" in p for p in problems)
+
+
+def test_up_starts_as_many_processes_as_krt_yml_asks_unless_told_otherwise(tmp_path):
+    from krt_runner.local_krt.plan import UpOptions, make_plan
+
+    folder = resources_krt(tmp_path)
+
+    default = make_plan(UpOptions(directory=folder, env={"GREETING_STYLE": "x"}, grpc=False))
+    told = make_plan(UpOptions(directory=folder, env={"GREETING_STYLE": "x"}, grpc=False, replicas={"greet": 1}))
+
+    assert [label for _, label in default.replicas] == ["greet#1", "greet#2", "decorate"]
+    assert [label for _, label in told.replicas] == ["greet", "decorate"]
