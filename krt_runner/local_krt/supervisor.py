@@ -19,6 +19,7 @@ import asyncio
 import enum
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -251,7 +252,7 @@ class Supervisor:
         if node.stopped_on_idle:
             return EXIT_OK, [f"{node.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
         lines = [f"    {line}" for line in node.last_lines]
-        return EXIT_FAILED, [f"{node.label} exited with code {node.process.returncode}; its last lines:", *lines]
+        return EXIT_FAILED, [f"{node.label} {how_it_ended(node.process.returncode)}; its last lines:", *lines]
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -274,6 +275,17 @@ class Supervisor:
         except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
             self.nats.close()
         self.say("nats-server stopped")
+
+
+def how_it_ended(returncode: int | None) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL (out of memory?)`` for a signal (a negative code)."""
+    if returncode is None or returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
 
 
 def _port_is_free(port: int) -> bool:
