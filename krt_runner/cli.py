@@ -47,7 +47,8 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--nats", help="use this NATS server instead of starting one")
     up.add_argument("--replicas", action="append", default=[], metavar="NODE=N", help="run N processes of NODE")
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
-    up.add_argument("--workflow", help="the workflow --request goes to (needed when there are several)")
+    up.add_argument("--workflow", help="run only this workflow's nodes; --request goes to it (needed when there are "
+                    "several)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
     up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds every node gets to be ready")
     up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "

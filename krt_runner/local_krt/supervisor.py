@@ -34,6 +34,7 @@ from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
 from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
 from krt_runner.local_krt.plan import Plan, UpOptions
+from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
@@ -86,6 +87,8 @@ class Supervisor:
         """Start nats-server, the local mongo-writer and every node, then the gRPC entrypoint; ``READY`` once all
         are, else what came first."""
         self.url = await self._start_nats()
+        if self.options.nats:  # a server of someone else's: another up may run the same KRT there
+            await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say)
         store = await self._start_mongo_writer(self.url)
         await self._start_nodes(self.url, store)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)

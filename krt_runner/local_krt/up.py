@@ -23,6 +23,7 @@ from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import to_json
 from krt_runner.local_krt.ask import send_one
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
+from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
 
 # Children run in their own sessions, so a closed terminal (SIGHUP) must stop them through up too.
@@ -34,6 +35,10 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         with open_krt(options.directory) as directory:
             plan = make_plan(replace(options, directory=directory))
+            unreachable = unanswered(options.nats) if options.nats else ""
+            if unreachable:  # at once: the nodes would retry it without end, until the ready timeout
+                print(f"krt-runner up: {unreachable}", file=err)
+                return EXIT_USAGE
             return asyncio.run(_Up(Supervisor(plan, options, output=err), out=out, err=err).run())
     except (UpError, KrtFileError) as exc:  # a KRT, options or package that cannot be used
         print(f"krt-runner up: {exc}", file=err)
