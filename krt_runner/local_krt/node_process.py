@@ -48,6 +48,17 @@ def render(line: str) -> tuple[str, str]:
     return text, str(record.get("exception") or "")
 
 
+def how_it_ended(returncode: int | None) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL (out of memory?)`` for a signal (a negative code)."""
+    if returncode is None or returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
+
+
 class Printer:
     """Writes lines under an aligned label: ``greet    | ...``."""
 

@@ -19,7 +19,6 @@ import asyncio
 import enum
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
-from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
+from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
@@ -73,6 +72,7 @@ class Supervisor:
         self.url = ""
         self.grpc_address = ""  # host:port of the gRPC entrypoint, once ready
         self._stop = asyncio.Event()
+        self._killing = False  # stop_now(): no drain, no order
         self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
 
     def say(self, text: str) -> None:
@@ -82,6 +82,15 @@ class Supervisor:
     def request_stop(self) -> None:
         """Make :meth:`start`, :meth:`watch` and :meth:`until` end with ``STOPPED`` now or as soon as they wait."""
         self._stop.set()
+
+    def stop_now(self) -> None:
+        """Stop without draining: SIGKILL every process started (and any started from now on), nats-server too."""
+        self._killing = True
+        self._stop.set()
+        for node in self.nodes:
+            node.kill()
+        if self.nats is not None:
+            self.nats.kill()
 
     async def start(self) -> Outcome:
         """Start nats-server, the local mongo-writer and every node, then the gRPC entrypoint; ``READY`` once all
@@ -130,6 +139,8 @@ class Supervisor:
         """Stop every node, first nodes first, each draining before the next; nats-server last."""
         try:
             for group in self._in_stop_order():
+                if self._killing:  # the finally kills what is left
+                    break
                 if any(node.process.returncode is None for node in group):
                     self.say(f"stopping {', '.join(node.label for node in group)}")
                 await asyncio.gather(*(node.stop(STOP_TIMEOUT) for node in group))
@@ -278,17 +289,6 @@ class Supervisor:
         except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
             self.nats.close()
         self.say("nats-server stopped")
-
-
-def how_it_ended(returncode: int | None) -> str:
-    """``exited with code 3``, or ``was killed by SIGKILL (out of memory?)`` for a signal (a negative code)."""
-    if returncode is None or returncode >= 0:
-        return f"exited with code {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        name = f"signal {-returncode}"
-    return f"was killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
 
 
 def _port_is_free(port: int) -> bool:

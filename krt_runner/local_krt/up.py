@@ -53,6 +53,7 @@ class _Up:
         self.out = out
         self.err = err
         self._signal = 0  # the first stop signal received
+        self._forced = 0  # the second: stop now
 
     async def run(self) -> int:
         """Start everything, serve or send the request, stop everything; the exit code."""
@@ -60,18 +61,25 @@ class _Up:
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
-            return await self._serve()
+            code = await self._serve()
         except KrtRunnerError as exc:
             self.supervisor.say(str(exc))
-            return EXIT_FAILED
+            code = EXIT_FAILED
         finally:
             await self.supervisor.stop_everything()
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
+        return 128 + self._forced if self._forced else code
 
     def _on_signal(self, signum: int) -> None:
-        self._signal = self._signal or signum
-        self.supervisor.say("signal received: stopping everything")
+        """The first signal stops everything in order, each node draining; a second one stops what is left now."""
+        if self._signal:
+            self._forced = self._forced or signum
+            self.supervisor.say("second signal: stopping now, without draining (SIGKILL)")
+            self.supervisor.stop_now()
+            return
+        self._signal = signum
+        self.supervisor.say("signal received: stopping everything, each node draining; press Ctrl-C again to stop now")
         self.supervisor.request_stop()
 
     async def _serve(self) -> int:
