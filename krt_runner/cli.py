@@ -114,6 +114,18 @@ def _add_protos(commands: Any) -> None:
     protos.set_defaults(command=_protos)
 
 
+def _add_init(commands: Any) -> None:
+    init = commands.add_parser("init", help="write a working KRT into ./NAME: krt.yml, a proto, a node and its test")
+    init.add_argument("name", help="the KRT's name: lowercase letters, digits and '-' (its version is NAME-v1)")
+    init.set_defaults(command=_init)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from krt_runner.krt.skeleton import run_init
+
+    return run_init(args.name)
+
+
 def _protos(args: argparse.Namespace) -> int:
     from krt_runner.krt.regenerate import run_protos
 
@@ -184,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krt-runner", description="Run KRT v1 workflow nodes on NATS.")
     parser.add_argument("--version", action="version", version=f"krt-runner {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_init(commands)
     _add_run(commands)
     _add_up(commands)
     _add_call(commands)
