@@ -48,7 +48,8 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--replicas", action="append", default=[], metavar="NODE=N",
                     help="run N processes of NODE (default: its replicas in krt.yml, else 1)")
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
-    up.add_argument("--workflow", help="the workflow --request goes to (needed when there are several)")
+    up.add_argument("--workflow", help="run only this workflow's nodes; --request goes to it (needed when there are "
+                    "several)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
     up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds every node gets to be ready")
     up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
@@ -147,6 +148,18 @@ def _add_protos(commands: Any) -> None:
     protos.set_defaults(command=_protos)
 
 
+def _add_init(commands: Any) -> None:
+    init = commands.add_parser("init", help="write a working KRT into ./NAME: krt.yml, a proto, a node and its test")
+    init.add_argument("name", help="the KRT's name: lowercase letters, digits and '-' (its version is NAME-v1)")
+    init.set_defaults(command=_init)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from krt_runner.krt.skeleton import run_init
+
+    return run_init(args.name)
+
+
 def _protos(args: argparse.Namespace) -> int:
     from krt_runner.krt.regenerate import run_protos
 
@@ -217,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="krt-runner", description="Run KRT v1 workflow nodes on NATS.")
     parser.add_argument("--version", action="version", version=f"krt-runner {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_init(commands)
     _add_run(commands)
     _add_up(commands)
     _add_call(commands)

@@ -62,6 +62,10 @@ ResultT = TypeVar("ResultT")
 DEFAULT_TIMEOUT = 30.0
 # Seconds the first connection may take before the client gives up.
 CONNECT_TIMEOUT = 5.0
+# Seconds has_responders waits: a no-responders status comes at once, a node's error answer soon after.
+PROBE_TIMEOUT = 2.0
+# Bytes that do not parse as a KreNatsMessage, so no node runs a handler for them.
+_PROBE = b"krt-runner: is anyone taking requests here?"
 # Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
 _MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
@@ -135,6 +139,19 @@ class Client:
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
         return envelope.decode(reply.data, max_decompressed=_MAX_ANSWER_BYTES)
+
+    async def has_responders(self, subject: str, *, timeout: float = PROBE_TIMEOUT) -> bool:
+        """Whether anything takes requests on ``subject``: a request gets anything but NATS's no-responders status.
+
+        Its bytes are no ``KreNatsMessage``: a krt-runner or KRE node answers it with an error and runs no handler.
+        """
+        try:
+            await self._nc.request(subject, _PROBE, timeout=timeout)
+        except nats_errors.NoRespondersError:
+            return False
+        except nats_errors.TimeoutError:  # taken, and not answered in time
+            return True
+        return True
 
     async def answer(self, subject: str, answer: Callable[[bytes], bytes]) -> None:
         """Answer every request on ``subject`` with ``answer(body)`` until the client closes (``up``'s local

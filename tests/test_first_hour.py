@@ -234,3 +234,92 @@ async def test_the_settings_line_names_only_what_differs_from_the_defaults(nats_
 
     assert line["input_subject"] == "quiet-in" and "nats_servers" in line
     assert "influx_batch_size" not in line and "pending_msgs_limit" not in line and "drain_timeout" not in line
+
+
+def copied_testing_block() -> str:
+    """The first Python block of writing-nodes.md's "Testing nodes without NATS", as a reader copies it."""
+    import re
+
+    page = (ROOT / "docs" / "writing-nodes.md").read_text()
+    section = page.split("## Testing nodes without NATS", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S)
+    assert block, "the testing section shows no Python block"
+    return block.group(1)
+
+
+def test_the_testing_example_of_the_docs_passes_when_copied_as_written(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "test_copied.py").write_text(copied_testing_block())
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("KRT_", "PYTEST_"))}
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
+
+
+def test_the_testing_docs_name_invalid_request_error():
+    page = (ROOT / "docs" / "writing-nodes.md").read_text()
+    section = page.split("## Testing nodes without NATS", 1)[1]
+
+    assert "from krt_runner.errors import InvalidRequestError" in section
+
+
+BAD_PIPELINE = """\
+from krt_runner import KRT
+
+krt = KRT(version="greeter-v1", description="d", proto="proto/greeter.proto", image="e")
+greet = krt.node("greet", image="i", src="src/greet.py")
+krt.workflow("greet", entrypoint="Greet", sequence=greet >> krt.node("shout", image="i", src="src/shout.py"))
+krt.nodes.pop()  # shout is in the sequence but not among the nodes
+
+if __name__ == "__main__":
+    krt.write()
+"""
+
+
+def test_python_pipeline_py_on_a_krt_that_is_not_valid_says_so_in_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    krt = copy_of_greeter(tmp_path)
+    (krt / "krt.yml").unlink()
+    (krt / "pipeline.py").write_text(BAD_PIPELINE)
+
+    done = subprocess.run([sys.executable, "pipeline.py"], cwd=krt, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"krt-runner: {krt / 'krt.yml'}: workflows[0].sequential[1]: node 'shout' is not defined in nodes"
+    ]
+    assert not (krt / "krt.yml").exists()
+
+
+def dev_mode(tmp_path, **env_vars: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    return subprocess.run([sys.executable, str(HANDLERS / "typed_strings.py"), "--request", '{"name": "Ada"}'],
+                          env={**env, **env_vars}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+def test_dev_mode_says_in_one_line_that_it_turned_measurements_off(tmp_path):
+    done = dev_mode(tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "dev mode: measurements are off" in line]
+    assert len(said) == 1 and "KRT_MEASUREMENTS_ENABLED=true" in said[0]
+
+
+def test_dev_mode_says_nothing_of_its_own_when_measurements_were_set_by_the_user(tmp_path):
+    done = dev_mode(tmp_path, KRT_MEASUREMENTS_ENABLED="false")
+
+    assert done.returncode == 0, done.stderr
+    assert "dev mode: measurements" not in done.stderr

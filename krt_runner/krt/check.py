@@ -7,8 +7,10 @@ not see each other's. ``init`` is not run.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
@@ -31,11 +33,22 @@ def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
         krt = load_krt(directory)
     except KrtFileError as exc:
         return None, [f"{exc.path}: {problem}" for problem in exc.problems]
-    python_nodes = [node for node in krt.nodes if node.is_python]
+    where = krt.directory / KRT_FILE
+    return krt, [*(f"{where}: {problem}" for problem in entrypoint_problems(krt)), *import_problems(krt, krt.nodes)]
+
+
+def import_problems(krt: Krt, nodes: Iterable[NodeSpec], *, env: Mapping[str, str] | None = None) -> list[str]:
+    """Import each Python node's handler module in a process of its own, side by side (``init`` not run): one
+    problem per module that does not load. ``env``: the processes' environment (default: this one's)."""
+    python_nodes = [node for node in nodes if node.is_python]
     with ThreadPoolExecutor(max_workers=_PARALLEL_IMPORTS) as pool:
-        found = pool.map(lambda node: _import_problem(krt.directory, node), python_nodes)
-        where = krt.directory / KRT_FILE
-        return krt, [*(f"{where}: {problem}" for problem in entrypoint_problems(krt)), *filter(None, found)]
+        found = pool.map(lambda node: _import_problem(krt.directory, node, env), python_nodes)
+        return [problem for problem in found if problem]
+
+
+def missing_config(krt: Krt, environ: Mapping[str, str]) -> list[str]:
+    """The names of krt.yml's ``config`` that have no value in ``environ`` (up refuses to start without them)."""
+    return [name for name in krt.config_names if name not in environ]
 
 
 def workflow_types_source(krt: Krt, workflow: WorkflowSpec) -> str:
@@ -66,10 +79,11 @@ def entrypoint_problems(krt: Krt) -> list[str]:
     return problems
 
 
-def _import_problem(base_path: Path, node: NodeSpec) -> str:
+def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | None) -> str:
     command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src]
     try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT)
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT,
+                              env=None if env is None else dict(env))
     except subprocess.TimeoutExpired:
         return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
     if done.returncode == 0:
@@ -106,6 +120,10 @@ def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
     for wired in wiring(krt):
         print(f"  {wired.workflow.name}/{wired.node.name}: {wired.input} -> {wired.output or '(reply)'}", file=out)
+    missing = missing_config(krt, os.environ)
+    if missing:  # a value may be given only where the KRT runs: a warning, not a problem
+        print(f"krt-runner check: warning: config of krt.yml without a value here: {', '.join(missing)} "
+              "(krt-runner up needs each exported)", file=err)
     return EXIT_OK
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from krt_runner._user_files import exec_file
-from krt_runner.errors import KrtFileError, NotAModuleError
+from krt_runner.errors import EXIT_USAGE, KrtFileError, NotAModuleError
 from krt_runner.krt import model as workflow
 from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
 from krt_runner.krt.resources import FIELDS, Resources
@@ -159,8 +159,20 @@ class KRT:
     def write(self, directory: Path | str | None = None) -> Path:
         """Validate, then write ``krt.yml`` into ``directory`` (default ``root``); returns its path.
 
-        A krt.yml there that the DSL did not write is never replaced.
+        A krt.yml there that the DSL did not write is never replaced. Raises
+        :class:`~krt_runner.errors.KrtFileError`; called from a script
+        (``python pipeline.py``), it prints that error in one line instead and
+        exits with code 2: a mistake in the KRT is no bug to show a traceback for.
         """
+        try:
+            return self._write(directory)
+        except KrtFileError as exc:
+            if sys._getframe(1).f_globals.get("__name__") != "__main__":
+                raise
+            print(f"krt-runner: {exc.path}: {'; '.join(exc.problems)}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+
+    def _write(self, directory: Path | str | None) -> Path:
         root = self.root if directory is None else Path(directory)
         parse_krt(self.document(), root)
         path = root / KRT_FILE

@@ -25,7 +25,7 @@ from krt_runner.krt.protos import grpc_tools_include, run_protoc
 GENERATED_SUFFIX = "_pb2.py"
 # Folders a KRT may hold that are nobody's source: caches, virtual environments, version control.
 _SKIPPED = ("__pycache__", "site-packages", "node_modules")
-_NO_GRPC_TOOLS = (
+NO_GRPC_TOOLS = (
     "grpcio-tools is not installed: install krt-runner with its proto extra (pip install '.[proto]' in a clone of "
     "krt-runner)"
 )
@@ -71,7 +71,7 @@ def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.s
         print(f"krt-runner protos: {directory} is {what}", file=err)
         return EXIT_USAGE
     try:
-        include = grpc_tools_include(missing=_NO_GRPC_TOOLS)
+        include = grpc_tools_include(missing=NO_GRPC_TOOLS)
     except ProtoError as exc:
         print(f"krt-runner protos: {exc}", file=err)
         return EXIT_USAGE

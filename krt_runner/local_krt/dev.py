@@ -142,6 +142,9 @@ def _run_dev(code: UserCode, script: Path, args: argparse.Namespace) -> int:
     try:
         settings = load_settings(env=_dev_env(server.url, script))
         configure_logging(log_format=settings.log_format, level=settings.log_level)
+        if "KRT_MEASUREMENTS_ENABLED" not in os.environ:  # dev mode's own default, unlike a node's: say so
+            structlog.get_logger("krt_runner").info("dev mode: measurements are off (KRT_MEASUREMENTS_ENABLED=true "
+                                                    "writes them to measurements.lp, or to KRT_INFLUX_URI)")
         server.start()
         return asyncio.run(_dev_main(settings, code, args.request))
     except KrtRunnerError as exc:  # invalid KRT_* settings, or no nats-server to start

@@ -102,6 +102,11 @@ class EmbeddedNats:
         if self.process is not None:
             stop_process(self.process, kill=kill)
 
+    def kill(self) -> None:
+        """SIGKILL the server without waiting (safe from a signal handler); :meth:`close` still cleans up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
     def close(self) -> None:
         self.stop()
         Path(self._log.name).unlink(missing_ok=True)

@@ -18,6 +18,10 @@ CLOSE_TIMEOUT = 120.0
 class Future(concurrent.futures.Future[T]):
     """A request in flight: ``result(timeout)``, ``done()``, ``exception()``; ``await future`` in async code."""
 
+    # The message class its answer is, for a workflow's submit(): another workflow's submit() takes the future as its
+    # request when that is the class it takes.
+    answer_type: type[Any] | None = None
+
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
 

@@ -21,27 +21,42 @@ from typing import TextIO
 LAST_LINES = 20
 # Longest log line read from a node: a traceback inside one JSON line can be long.
 LINE_LIMIT = 1024 * 1024
+# Stands for a traceback among the last lines: it was printed once, as it came.
+TRACEBACK_ABOVE = "(traceback above)"
+# How the lines of a plain-text traceback begin, after its first.
+_TRACEBACK_BODY = (" ", "The above exception", "During handling")
 # Seconds between two looks at a starting node's health file.
 _READY_POLL = 0.02
 # Shown by the label in front of each line already.
 _HIDDEN_KEYS = ("event", "level", "timestamp", "node", "workflow", "version", "version_id", "logger", "exception")
 
 
-def render(line: str) -> str:
-    """A node's JSON log line as ``time level event key=value ...``; other lines as they are."""
+def render(line: str) -> tuple[str, str]:
+    """A node's JSON log line as ``time level event key=value ...`` and the traceback it carries (``""``: none);
+    other lines as they are."""
     if not line.startswith("{"):
-        return line
+        return line, ""
     try:
         record = json.loads(line)
     except ValueError:
-        return line
+        return line, ""
     if not isinstance(record, dict):
-        return line
+        return line, ""
     event = str(record.get("event", ""))
     extras = "".join(f" {key}={value}" for key, value in record.items() if key not in _HIDDEN_KEYS)
     text = f"{str(record.get('timestamp', ''))[11:23]} {record.get('level', ''):<7} {event}{extras}"
-    exception = record.get("exception")
-    return f"{text}\n{exception}" if exception else text
+    return text, str(record.get("exception") or "")
+
+
+def how_it_ended(returncode: int | None) -> str:
+    """``exited with code 3``, or ``was killed by SIGKILL (out of memory?)`` for a signal (a negative code)."""
+    if returncode is None or returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"was killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
 
 
 class Printer:
@@ -71,6 +86,7 @@ class NodeProcess:
         self._health_file = health_file
         self._idle_timeout_set = idle_timeout_set
         self._told_to_stop = False
+        self._in_traceback = False  # in a plain-text traceback of its output
         self.exited = asyncio.get_running_loop().create_task(self._follow())
 
     async def wait_ready(self) -> None:
@@ -121,9 +137,26 @@ class NodeProcess:
                 continue
             if not raw:
                 return await self.process.wait()
-            self._show(render(raw.decode(errors="replace").rstrip("\n")))
+            self._show(*render(raw.decode(errors="replace").rstrip("\n")))
 
-    def _show(self, text: str) -> None:
+    def _show(self, text: str, traceback: str = "") -> None:
+        """Print every line; keep the last ones without their tracebacks, which are shown once, here."""
         for part in text.splitlines() or [""]:
-            self.last_lines.append(part)
+            self._keep(part)
             self._printer.line(self.label, part)
+        for part in traceback.splitlines():
+            self._printer.line(self.label, part)
+        if traceback:
+            self.last_lines.append(TRACEBACK_ABOVE)
+
+    def _keep(self, line: str) -> None:
+        """A plain-text traceback (a crash before logging was set up) is kept as its last line, the exception."""
+        if line.startswith("Traceback (most recent call last):"):
+            if not self._in_traceback:  # a chained one is part of the same
+                self.last_lines.append(TRACEBACK_ABOVE)
+            self._in_traceback = True
+        elif self._in_traceback and (line.startswith(_TRACEBACK_BODY) or not line.strip()):
+            return
+        else:
+            self._in_traceback = False
+            self.last_lines.append(line)

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from krt_runner.entrypoint.service import read_service
 from krt_runner.errors import EntrypointError, ProtoError, UpError
-from krt_runner.krt.check import entrypoint_problems, workflow_types_source
+from krt_runner.krt.check import entrypoint_problems, import_problems, missing_config, workflow_types_source
 from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, rpc_names, select_types
 from krt_runner.local_krt.ask import read_request
@@ -29,7 +29,7 @@ class UpOptions:
     nats: str | None = None
     replicas: Mapping[str, int] = field(default_factory=dict)
     request: str | None = None
-    workflow: str | None = None
+    workflow: str | None = None  # only this workflow's nodes run (and --request goes to it)
     timeout: float = 30.0
     ready_timeout: float = READY_TIMEOUT
     env: Mapping[str, str] = field(default_factory=dict)  # for every node, over up's own environment
@@ -81,24 +81,17 @@ def parse_replicas(values: list[str]) -> dict[str, int]:
 
 
 def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) -> Plan:
-    """Read the KRT and check the options; raises :class:`UpError` (or ``KrtFileError``) listing every problem."""
+    """Read the KRT, check the options and import every handler module that will run (as ``check`` does, ``init``
+    not run); raises :class:`UpError` (or ``KrtFileError``) listing every problem."""
     krt = load_krt(options.directory)
-    wired = wiring(krt)
     environ = {**environ, **options.env}
-    problems = [
-        f"node {w.node.name!r} (src {w.node.src}) is not a Python node; krt-runner up runs Python nodes only"
-        for w in wired
-        if not w.node.is_python
-    ]
-    problems += _replica_problems(krt, options.replicas)
-    problems += entrypoint_problems(krt)
-    missing = [name for name in krt.config_names if name not in environ]
-    if missing:
-        problems.append(f"config of krt.yml without a value: export {', '.join(missing)} before krt-runner up")
+    wired = [w for w in wiring(krt) if w.workflow.name == options.workflow] or wiring(krt)  # --workflow's only
+    problems = _problems(krt, options, wired, environ)
     target = _request_workflow(krt, options, problems)
+    problems += import_problems(krt, dict.fromkeys(w.node for w in wired), env=environ)
     if problems:
         raise UpError(problems)
-    entry_points = workflow_entry_points(krt)
+    entry_points = [entry for entry in workflow_entry_points(krt) if entry.workflow in {w.workflow for w in wired}]
     grpc, grpc_problem = _grpc_plan(krt, options)
     return Plan(
         krt=krt,
@@ -109,6 +102,20 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
         grpc=grpc,
         grpc_problem=grpc_problem,
     )
+
+
+def _problems(krt: Krt, options: UpOptions, wired: list[NodeWiring], environ: Mapping[str, str]) -> list[str]:
+    problems = [
+        f"node {w.node.name!r} (src {w.node.src}) is not a Python node; krt-runner up runs Python nodes only"
+        for w in wired
+        if not w.node.is_python
+    ]
+    problems += _replica_problems(krt, options.replicas)
+    problems += entrypoint_problems(krt)
+    missing = missing_config(krt, environ)
+    if missing:
+        problems.append(f"config of krt.yml without a value: export {', '.join(missing)} before krt-runner up")
+    return problems
 
 
 _GRPC_MODULES = ("grpc", "grpc_tools", "grpc_reflection", "grpc_health")

@@ -18,6 +18,11 @@ not a thousand threads. A request that gets no usable answer fails with the
 client's typed errors (:class:`~krt_runner.errors.ErrorAnswer`,
 :class:`~krt_runner.errors.CallTimeout`...); a node that exits, or closing the
 KRT, fails what is still pending with a :class:`~krt_runner.errors.CallError`.
+
+A workflow's future can be another workflow's request when its answer is that
+workflow's request type (``price.submit(classify.submit(flower))``): the second
+request is sent, on the loop, when the first answers, and fails with the first's
+error when that fails.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import concurrent.futures
 import contextlib
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar, cast
@@ -47,6 +52,8 @@ from krt_runner.local_krt.supervisor import Ending, Supervisor
 __all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
 
 T = TypeVar("T")
+# One request's call on the KRT's client, run on its loop.
+_Send = Callable[[Client], Coroutine[Any, Any, Message]]
 
 
 class RunningWorkflow:
@@ -59,13 +66,47 @@ class RunningWorkflow:
         self.response_type = types.response
         self._owner = owner
 
-    def submit(self, request: Message | Mapping[str, Any], *, timeout: float = DEFAULT_TIMEOUT) -> Future[Message]:
+    def submit(
+        self, request: Message | Mapping[str, Any] | Future[Message], *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Future[Message]:
         """Send ``request`` (a message, or its fields as a dict) and return the future of its answer at once.
 
-        ``timeout`` is how long the answer may take (then :class:`~krt_runner.errors.CallTimeout`);
-        ``future.result(t)`` is how long you wait for it.
+        ``request`` may be another workflow's future whose answer is this workflow's request type
+        (``price.submit(classify.submit(flower))``): the request is sent when that answer comes, and that future's
+        failure is this one's. ``timeout`` is how long the answer may take once the request is sent (then
+        :class:`~krt_runner.errors.CallTimeout`); ``future.result(t)`` is how long you wait for it.
         """
-        return self._owner._submit(self.subject, self._as_request(request), self.response_type, timeout)
+        if isinstance(request, concurrent.futures.Future):
+            earlier = self._chained(request)
+            return self._owner._submit(lambda client: self._send_after(client, earlier, timeout), self.response_type)
+        message = self._as_request(request)
+        return self._owner._submit(
+            lambda client: client.call(self.subject, message, self.response_type, timeout=timeout), self.response_type
+        )
+
+    def _chained(self, earlier: concurrent.futures.Future[Any]) -> concurrent.futures.Future[Any]:
+        """``earlier``, if it answers with this workflow's request type; a ``TypeError`` otherwise."""
+        expected = self.request_type.DESCRIPTOR.full_name
+        answer_type = getattr(earlier, "answer_type", None)
+        if answer_type is None:
+            raise TypeError(f"workflow {self.name!r} takes a {expected} or a workflow's future, not another future")
+        if answer_type.DESCRIPTOR.full_name != expected:
+            raise TypeError(f"workflow {self.name!r} takes a {expected}; that future answers a "
+                            f"{answer_type.DESCRIPTOR.full_name}")
+        return earlier
+
+    async def _send_after(self, client: Client, earlier: concurrent.futures.Future[Any], timeout: float) -> Message:
+        """Once ``earlier`` has its answer, send it as this workflow's request; its exception (an ``ErrorAnswer``...)
+        is raised as this call's own."""
+        try:
+            answer = await asyncio.wrap_future(earlier)
+        except asyncio.CancelledError:
+            if earlier.cancelled():  # by its owner: not this task's cancellation
+                raise CallError("the future this request waited for was cancelled") from None
+            raise
+        if not isinstance(answer, self.request_type):  # the same message, from another module
+            answer = self.request_type.FromString(answer.SerializeToString())
+        return await client.call(self.subject, answer, self.response_type, timeout=timeout)
 
     def _as_request(self, request: Message | Mapping[str, Any]) -> Message:
         expected = self.request_type.DESCRIPTOR.full_name
@@ -115,10 +156,13 @@ class RunningKrt:
     ) -> None:
         self.close()
 
-    def _submit(self, subject: str, request: Message, response_type: type[Message], timeout: float) -> Future[Message]:
+    def _submit(self, send: _Send, answer_type: type[Message]) -> Future[Message]:
+        """The future of ``send(client)``, run on the loop; it answers with an ``answer_type``."""
         if self._client is None:
             raise KrtRunnerError(f"{self.krt.version} is closed: submit inside the with block")
-        return self._loop.submit(self._client.call(subject, request, response_type, timeout=timeout), call=True)
+        future: Future[Message] = self._loop.submit(send(self._client), call=True)
+        future.answer_type = answer_type
+        return future
 
     def _open(self, source: Path | str) -> Path:
         return self._exits.enter_context(open_krt(source))

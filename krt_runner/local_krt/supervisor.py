@@ -31,8 +31,9 @@ from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
-from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer
+from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
+from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
@@ -71,6 +72,7 @@ class Supervisor:
         self.url = ""
         self.grpc_address = ""  # host:port of the gRPC entrypoint, once ready
         self._stop = asyncio.Event()
+        self._killing = False  # stop_now(): no drain, no order
         self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
 
     def say(self, text: str) -> None:
@@ -81,10 +83,21 @@ class Supervisor:
         """Make :meth:`start`, :meth:`watch` and :meth:`until` end with ``STOPPED`` now or as soon as they wait."""
         self._stop.set()
 
+    def stop_now(self) -> None:
+        """Stop without draining: SIGKILL every process started (and any started from now on), nats-server too."""
+        self._killing = True
+        self._stop.set()
+        for node in self.nodes:
+            node.kill()
+        if self.nats is not None:
+            self.nats.kill()
+
     async def start(self) -> Outcome:
         """Start nats-server, the local mongo-writer and every node, then the gRPC entrypoint; ``READY`` once all
         are, else what came first."""
         self.url = await self._start_nats()
+        if self.options.nats:  # a server of someone else's: another up may run the same KRT there
+            await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say)
         store = await self._start_mongo_writer(self.url)
         await self._start_nodes(self.url, store)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
@@ -126,6 +139,8 @@ class Supervisor:
         """Stop every node, first nodes first, each draining before the next; nats-server last."""
         try:
             for group in self._in_stop_order():
+                if self._killing:  # the finally kills what is left
+                    break
                 if any(node.process.returncode is None for node in group):
                     self.say(f"stopping {', '.join(node.label for node in group)}")
                 await asyncio.gather(*(node.stop(STOP_TIMEOUT) for node in group))
@@ -251,7 +266,7 @@ class Supervisor:
         if node.stopped_on_idle:
             return EXIT_OK, [f"{node.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
         lines = [f"    {line}" for line in node.last_lines]
-        return EXIT_FAILED, [f"{node.label} exited with code {node.process.returncode}; its last lines:", *lines]
+        return EXIT_FAILED, [f"{node.label} {how_it_ended(node.process.returncode)}; its last lines:", *lines]
 
     # -- stopping ---------------------------------------------------------------------------------
 

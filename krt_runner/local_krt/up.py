@@ -23,6 +23,7 @@ from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import to_json
 from krt_runner.local_krt.ask import send_one
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
+from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
 
 # Children run in their own sessions, so a closed terminal (SIGHUP) must stop them through up too.
@@ -34,6 +35,10 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     try:
         with open_krt(options.directory) as directory:
             plan = make_plan(replace(options, directory=directory))
+            unreachable = unanswered(options.nats) if options.nats else ""
+            if unreachable:  # at once: the nodes would retry it without end, until the ready timeout
+                print(f"krt-runner up: {unreachable}", file=err)
+                return EXIT_USAGE
             return asyncio.run(_Up(Supervisor(plan, options, output=err), out=out, err=err).run())
     except (UpError, KrtFileError) as exc:  # a KRT, options or package that cannot be used
         print(f"krt-runner up: {exc}", file=err)
@@ -48,6 +53,7 @@ class _Up:
         self.out = out
         self.err = err
         self._signal = 0  # the first stop signal received
+        self._forced = 0  # the second: stop now
 
     async def run(self) -> int:
         """Start everything, serve or send the request, stop everything; the exit code."""
@@ -55,18 +61,25 @@ class _Up:
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
-            return await self._serve()
+            code = await self._serve()
         except KrtRunnerError as exc:
             self.supervisor.say(str(exc))
-            return EXIT_FAILED
+            code = EXIT_FAILED
         finally:
             await self.supervisor.stop_everything()
             for signum in _STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
+        return 128 + self._forced if self._forced else code
 
     def _on_signal(self, signum: int) -> None:
-        self._signal = self._signal or signum
-        self.supervisor.say("signal received: stopping everything")
+        """The first signal stops everything in order, each node draining; a second one stops what is left now."""
+        if self._signal:
+            self._forced = self._forced or signum
+            self.supervisor.say("second signal: stopping now, without draining (SIGKILL)")
+            self.supervisor.stop_now()
+            return
+        self._signal = signum
+        self.supervisor.say("signal received: stopping everything, each node draining; press Ctrl-C again to stop now")
         self.supervisor.request_stop()
 
     async def _serve(self) -> int:

@@ -16,7 +16,6 @@ from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import (
     EnvelopeError,
-    HandlerError,
     InvalidResultError,
     KrtRunnerError,
     PayloadTooLargeError,
@@ -116,11 +115,6 @@ def publishable(subject: str) -> str:
     ):
         raise EnvelopeError(f"the envelope's reply subject {subject[:120]!r} is not a valid NATS subject")
     return subject
-
-
-def traceback_worthy(exc: Exception) -> bool:
-    """Tracebacks for handler bugs and our own bugs; one line for bad input and limits."""
-    return isinstance(exc, HandlerError) or not isinstance(exc, KrtRunnerError)
 
 
 def _cause(exc: Exception) -> str:

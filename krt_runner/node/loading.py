@@ -10,6 +10,7 @@ from types import ModuleType
 from krt_runner._user_files import exec_file, module_name_for, prepend_sys_path
 from krt_runner.errors import HandlerLoadError, NotAModuleError
 from krt_runner.node.generated_code import refused_generated_code, regenerate_hint
+from krt_runner.node.tracebacks import from_user_code
 
 
 def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
@@ -34,7 +35,8 @@ def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
 def load_error(handler_path: str, cause: str, exc: BaseException) -> HandlerLoadError:
     """A :class:`HandlerLoadError` for ``cause``, with ``exc``'s traceback in ``details``."""
     error = HandlerLoadError(f"cannot load handler {handler_path!r}: {cause}")
-    error.details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))  # type: ignore[attr-defined]
+    shown = from_user_code(exc)  # from the user's module down, without the import machinery above it
+    error.details = "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))  # type: ignore[attr-defined]
     return error
 
 

@@ -24,6 +24,7 @@ from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BrokerConnectErr
 from krt_runner.logging import configure_logging
 from krt_runner.measurements import PointSink, make_sink
 from krt_runner.node.lifecycle import RunningNode
+from krt_runner.node.tracebacks import from_user_code
 from krt_runner.node.user_code import UserCode
 
 # A sync handler busy in Python holds the GIL on its worker thread from one call to the next. The event loop's thread
@@ -126,7 +127,7 @@ def _startup_failure(node: RunningNode, starting: asyncio.Task[None]) -> int | N
         node.log.error(str(error))
         return EXIT_USAGE
     if isinstance(error, InitError):
-        node.log.error(str(error), exc_info=error.__cause__)
+        node.log.error(str(error), exc_info=from_user_code(error.__cause__) if error.__cause__ else None)
         return EXIT_FAILED
     raise error
 

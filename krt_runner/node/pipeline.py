@@ -17,12 +17,13 @@ from krt_runner import envelope
 from krt_runner.config import Settings
 from krt_runner.errors import DrainTimeoutError, EnvelopeError, HandlerError, InvalidRequestError, ReplyError, describe
 from krt_runner.measurements import NodePoints, Outcome, Timing
-from krt_runner.node.answers import Answers, publishable, traceback_worthy
+from krt_runner.node.answers import Answers, publishable
 from krt_runner.node.broker import Broker
 from krt_runner.node.calling import Caller, as_handler_errors, handler_failure
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
+from krt_runner.node.tracebacks import logged_exception
 from krt_runner.node.user_code import UserCode
 from krt_runner.subjects import matcher
 
@@ -197,7 +198,7 @@ class Pipeline:
                 await self.broker.publish(job.reply, self._answers.for_error(job, text))
             except Exception as publish_exc:
                 unsent = publish_exc
-        self.log.error(text, tracking_id=job.tracking_id, exc_info=traceback_worthy(exc))
+        self.log.error(text, tracking_id=job.tracking_id, exc_info=logged_exception(exc))
         if unsent is not None:
             self.log.error("could not publish error answer", error=describe(unsent), tracking_id=job.tracking_id)
         elif not answered and not job.reply:

@@ -1,0 +1,107 @@
+"""`up` and `check` say what is wrong before starting anything (issue 26): no NATS at --nats, a handler that does not
+import, config without a value, another up on the same server; and --workflow starts that workflow's nodes only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+from conftest import ROOT
+from entrypoint_helpers import write_krt
+from up_helpers import UpRun, leftovers, run_up
+
+from krt_runner.local_krt.embedded import EmbeddedNats, free_port
+
+GREETER = ROOT / "examples" / "greeter"
+
+
+def copy_of_greeter(tmp_path):
+    target = tmp_path / "greeter"
+    shutil.copytree(GREETER, target, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    return target
+
+
+def test_up_with_no_nats_server_at_the_url_exits_2_at_once_and_starts_nothing(tmp_path):
+    url = f"nats://127.0.0.1:{free_port()}"
+    marker = uuid.uuid4().hex
+    started = time.monotonic()
+
+    done = run_up(str(GREETER), "--nats", url, cwd=tmp_path, marker=marker)
+
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 15
+    assert f"krt-runner up: no NATS server answered at {url} (Connection refused)" in done.stderr
+    assert "starting" not in done.stderr
+    assert leftovers(marker) == []
+
+
+def test_up_refuses_a_handler_that_does_not_import_before_starting_nats_or_any_node(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    (krt / "src" / "decorate.py").write_text("def handler(ctx, data:\n    return data\n")
+
+    done = run_up(str(krt), "--request", '{"name": "Ada"}', cwd=tmp_path, marker=uuid.uuid4().hex)
+
+    assert done.returncode == 2
+    assert "node 'decorate': cannot load handler 'src/decorate.py': syntax error at line 1" in done.stderr
+    assert "nats-server" not in done.stderr and "starting" not in done.stderr
+
+
+def krt_with_config(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    text = (krt / "krt.yml").read_text().replace("variables: []", "variables: [GREETING_API_KEY]")
+    (krt / "krt.yml").write_text(text)
+    return krt
+
+
+def run_check(krt, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "GREETING_API_KEY"}
+    return subprocess.run([sys.executable, "-m", "krt_runner", "check", str(krt)], env={**environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_check_warns_about_a_config_variable_without_a_value_and_still_passes(tmp_path):
+    krt = krt_with_config(tmp_path)
+
+    done = run_check(krt)
+
+    assert done.returncode == 0, done.stderr
+    assert "warning: config of krt.yml without a value here: GREETING_API_KEY" in done.stderr
+    assert "OK" in done.stdout
+
+
+def test_check_says_nothing_about_config_that_has_a_value(tmp_path):
+    done = run_check(krt_with_config(tmp_path), GREETING_API_KEY="secret")
+
+    assert done.returncode == 0 and "warning" not in done.stderr
+
+
+def test_a_second_up_on_the_same_nats_server_warns_that_the_entry_subject_already_has_responders(tmp_path):
+    with EmbeddedNats() as server:
+        first = UpRun(str(GREETER), "--nats", server.url, "--no-entrypoint", cwd=tmp_path)
+        try:
+            first.wait_for_call_line()
+
+            second = run_up(str(GREETER), "--nats", server.url, "--request", '{"name": "Ada"}', cwd=tmp_path,
+                            marker=uuid.uuid4().hex)
+        finally:
+            first.stop()
+
+    assert second.returncode == 0, second.stderr
+    assert "warning: something already takes requests on greeter-v1-Greet-entrypoint" in second.stderr
+    assert "warning" not in "\n".join(first.err)
+
+
+def test_up_with_workflow_starts_the_nodes_of_that_workflow_only(tmp_path):
+    krt = write_krt(tmp_path / "two", workflows=("Greet", "Absent"))
+
+    done = run_up(str(krt), "--workflow", "absent", "--request", '{"name": "Ada"}', cwd=tmp_path,
+                  marker=uuid.uuid4().hex)
+
+    assert done.returncode == 0, done.stderr
+    assert "starting absent-greet" in done.stderr
+    assert "greet-greet" not in done.stderr
+    assert "all 1 node processes ready" in done.stderr

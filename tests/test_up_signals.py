@@ -1,0 +1,61 @@
+"""Stopping `up` (issue 26): the first Ctrl-C drains in order and says how to stop now; the second stops at once."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+
+from conftest import KRT_RUNNER, ROOT
+from up_helpers import UpRun, leftovers, up_env
+
+SLOW_GREET = """\
+import asyncio
+
+from greeter_pb2 import Request, Response
+
+
+async def handler(ctx, data):
+    ctx.logger.info("handler sleeping")
+    await asyncio.sleep(60)
+    return Response(greeting="late")
+"""
+
+
+def wait_for_err(up: UpRun, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in up.err):
+        assert time.monotonic() < deadline, f"no {text!r}:\n" + "\n".join(up.err)
+        time.sleep(0.05)
+
+
+def test_a_second_ctrl_c_while_up_drains_kills_what_is_left_at_once_and_exits_130(tmp_path):
+    krt = tmp_path / "slow"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (krt / "src" / "greet.py").write_text(SLOW_GREET)
+    up = UpRun(str(krt), "--no-entrypoint", cwd=tmp_path)
+    caller = None
+    try:
+        args = shlex.split(up.wait_for_call_line())
+        caller = subprocess.Popen([*KRT_RUNNER, *args[1:], "--timeout", "90"], cwd=tmp_path, env=up_env("caller"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_err(up, "handler sleeping")
+
+        up.process.send_signal(signal.SIGINT)
+        wait_for_err(up, "press Ctrl-C again to stop now")
+        wait_for_err(up, "draining")  # greet drains: its handler sleeps a minute more
+        started = time.monotonic()
+        up.process.send_signal(signal.SIGINT)
+        code = up.wait(timeout=30)
+    finally:
+        up.stop()
+        if caller is not None:
+            caller.kill()
+            caller.wait()
+
+    assert code == 130, "\n".join(up.err)
+    assert time.monotonic() - started < 15
+    assert any("second signal: stopping now" in line for line in up.err)
+    assert leftovers(up.marker) == []
