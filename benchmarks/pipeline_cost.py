@@ -1,4 +1,4 @@
-"""The per-message cost of a node's pipeline, in this process, with a publish that does nothing.
+"""The per-message cost of a node, in this process: from nats-py's callback to nats-py's publish, with no socket.
 
     .venv/bin/python benchmarks/pipeline_cost.py 20000                 # microseconds per message (noisy on a VM)
     valgrind --tool=callgrind .venv/bin/python benchmarks/pipeline_cost.py 1000
@@ -6,8 +6,10 @@
         # instructions per message: (total of the second - total of the first) / 5000
 
 A middle node (``--middle``) or the last node (the default), a typed async handler, measurements on and
-their points dropped (the writer thread's work is not counted). No NATS server: the broker's publish is
-replaced, so only the runner's own work per message is measured.
+their points dropped (the writer thread's work is not counted). No NATS server: each message goes in through the
+subscription callback as nats-py calls it, and each answer out through nats-py's ``publish`` of a client with no
+socket (benchmarks/in_process.py), so the runner's work and nats-py's per-message work are counted, as in
+benchmarks/floor_variants.py for the hand-written floor.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 
 import greeter_pb2
+from in_process import Msg, publishing_client, request_bytes, written
 
 from krt_runner.config import load_settings
-from krt_runner.envelope import KreNatsMessage, timestamp
 from krt_runner.measurements import NullSink
 from krt_runner.node.lifecycle import RunningNode
 from krt_runner.node.user_code import user_code_from
@@ -44,18 +47,6 @@ class DroppingSink(NullSink):
         pass
 
 
-async def nothing() -> None:
-    return None
-
-
-def request_bytes() -> bytes:
-    envelope = KreNatsMessage(tracking_id="bench")
-    entry = envelope.tracking.add()
-    entry.node_name, entry.start, entry.end = "previous", timestamp(), timestamp()
-    envelope.payload.Pack(greeter_pb2.Request(name="Ada"))
-    return envelope.SerializeToString()
-
-
 async def main(count: int, *, middle: bool) -> None:
     settings = load_settings(env={
         "KRT_NATS_SERVER": "nats://127.0.0.1:1", "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "greet",
@@ -63,14 +54,15 @@ async def main(count: int, *, middle: bool) -> None:
     })
     node = RunningNode(settings, user_code_from(greet, name="greet", source="bench"), sink=DroppingSink())
     node.state.loop = asyncio.get_running_loop()
-    node.broker.publish = lambda subject, payload: nothing()  # type: ignore[method-assign]
-    type(node.broker).max_payload = property(lambda self: 1 << 20)  # type: ignore[assignment]
-    handle, data = node.pipeline.handle, request_bytes()
+    nc = node.broker._nc = publishing_client(skip_subject_validation=True)  # as the broker connects
+    on_message, msg = node.intake.on_message, Msg(request_bytes(), "_INBOX.bench")
     for _ in range(WARM_UP):
-        await handle(data, "_INBOX.bench")
+        await on_message(msg)
+        written(nc)
     started = time.perf_counter()
     for index in range(count):
-        await handle(data, "_INBOX.bench")
+        await on_message(msg)
+        written(nc)
         if index % PASS == PASS - 1:
             await asyncio.sleep(0)
     print(f"{(time.perf_counter() - started) / count * 1e6:.2f} µs per message over {count}")

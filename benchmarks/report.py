@@ -137,8 +137,30 @@ def _sides(row: dict[str, Any]) -> list[str]:
     return [side for side in ("floor", "krt", "krt-off") if side in row]
 
 
+def _payloads(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Large payloads (3-node chain, W=16)", "",
+             "Each request's name is padded with words to the size (about 3x compressible); 2 MB is over nats-server's "
+             "1 MiB max payload, so every hop inflates and compresses it (gzip level 1 on both sides).", "",
+             "| payload | runner | answers/s | p50 ms | p99 ms | CPU s/1000 msgs | lost/wrong |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        repeated = row["repeats"] > 1
+        for side in ("floor", "krt"):
+            f = row[side]
+            lines.append(f"| {row['payload']} | {side} | {_cell(f['answers_per_s'], '.0f', repeated)} | "
+                         f"{_cell(f['p50_ms'], '.2f', repeated)} | {_cell(f['p99_ms'], '.2f', repeated)} | "
+                         f"{_cell(f['cpu_s_per_1000'], '.3f', repeated)} | "
+                         f"{f['lost']['max']:.0f}/{f['wrong']['max']:.0f} |")
+        ratio = row["paired_ratio"]
+        lines.append(f"| {row['payload']} | ratio | {ratio['answers_per_s']['median']:.2f}x | "
+                     f"{ratio['p50_ms']['median']:.2f}x | {ratio['p99_ms']['median']:.2f}x | "
+                     f"{ratio['cpu_s_per_1000']['median']:.2f}x | |")
+    return [*lines, ""]
+
+
 def _extras(results: dict[str, Any]) -> list[str]:
-    lines = ["## Concurrency: async handler awaiting 5 ms", "", "| KRT_CONCURRENCY | answers/s | ideal | efficiency |",
+    lines = [*_payloads(results["payloads"]), "## Concurrency: async handler awaiting 5 ms", "",
+             "| KRT_CONCURRENCY | answers/s | ideal | efficiency |",
              "| --- | --- | --- | --- |"]
     for row in results["concurrency"]:
         rate, ideal, efficiency = row["answers_per_s"], row["ideal"], row["efficiency"]

