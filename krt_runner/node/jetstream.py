@@ -1,4 +1,4 @@
-"""JetStream for a node in at-least-once mode: its stream and durable consumer, and its acknowledged publishes.
+"""JetStream for a node in at-least-once mode: its stream and its durable consumer.
 
 With broker.py and nats_connection.py, the only node modules that import nats-py.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -27,7 +26,6 @@ from krt_runner.jetstream_names import consumer_name, stream_name
 
 # nats-server's own default duplicate window: a floor for the one computed from the ack wait.
 _MIN_DUPLICATE_WINDOW = 120.0
-_MSG_ID = "Nats-Msg-Id"
 _NO_JETSTREAM = (
     "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs: start nats-server with -js (or a "
     "jetstream block in its configuration, and JetStream enabled for this node's account), or set "
@@ -113,16 +111,3 @@ def _api_text(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.description:
         return f"{exc.description} (JetStream error {exc.err_code})"
     return describe(exc)
-
-
-class AckedPublisher:
-    """Publishes through JetStream: the future of each publish's acknowledgement, awaited elsewhere."""
-
-    def __init__(self, client: Client) -> None:
-        self._js = client.jetstream()
-
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> asyncio.Future[Any]:
-        """Send ``payload`` with ``Nats-Msg-Id: msg_id``; the future ends with the stream's acknowledgement
-        (``duplicate`` when the stream had that id already) or the stream's error."""
-        acked: asyncio.Future[Any] = await self._js.publish_async(subject, payload, headers={_MSG_ID: msg_id})
-        return acked

@@ -1,10 +1,14 @@
 """How deliveries get from the node's JetStream consumer to the pipeline (at-least-once mode).
 
 Worker tasks (``KRT_CONCURRENCY``, one more for a pipelined sync handler, as in the default mode) take
-deliveries from a queue that the puller fills, asking for no more than the room: twice the workers (as many
-waiting as being handled) less the messages taken and not handled yet. So a replica holds a bounded number of
-messages, and the others take the rest. A tick task, every quarter of the ack wait (at most each second), keeps
-the held messages alive (``in_progress``) and asks again for what the server may have forgotten.
+deliveries from a queue that the puller fills, asking for no more than the room: the workers, plus about
+:data:`PREFETCH_SECONDS` of their work waiting (at least as many as the workers, at most :data:`MAX_PREFETCH`),
+less the messages taken and not handled yet. The work waiting covers a pull request's round trip, so that the
+workers do not wait for the server between messages; it is measured, not guessed (a moving mean of the time
+each delivery takes), so that a node with a slow model holds few messages, and its other replicas take the rest.
+A tick task, every quarter of the ack wait (at most each second), keeps the held messages alive
+(``in_progress``), lets go answers whose acknowledgement did not come, and asks again for what the server may
+have forgotten.
 
 Its steps for the node's life cycle: :meth:`prepare` (stream and consumer, right after connecting, before
 ``init``), :meth:`start`, :meth:`listen`, then, to stop, :meth:`stop_listening` (no more pulls; what arrives
@@ -22,12 +26,18 @@ from krt_runner.config import Settings
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.node.acking import Acker
 from krt_runner.node.broker import Broker, Msg
-from krt_runner.node.jetstream import AckedPublisher, JetStreamInput, open_input
+from krt_runner.node.jetstream import JetStreamInput, open_input
 from krt_runner.node.js_pipeline import JetStreamPipeline
 from krt_runner.node.pulling import Puller
 
 # The longest pause between two ticks, in seconds (shorter when a quarter of the ack wait is shorter).
 _MAX_TICK = 1.0
+# Seconds of handling a process keeps waiting beyond its workers: more than a pull request's round trip under load.
+PREFETCH_SECONDS = 0.005
+# The most deliveries a process keeps waiting beyond its workers.
+MAX_PREFETCH = 256
+_PREFETCH_NS = int(PREFETCH_SECONDS * 1e9)
+_FIRST_GUESS_NS = 1_000_000  # the mean handling time before any was measured
 # Seconds the workers get to release the queued deliveries once the drain gave up.
 _RELEASE_TIMEOUT = 2.0
 
@@ -43,7 +53,7 @@ class JetStreamIntake:
         self._settings = settings
         self._log = log
         self._count = settings.concurrency + (1 if pipeline.pipelined else 0)
-        self._room_for = 2 * self._count
+        self._mean_ns = _FIRST_GUESS_NS  # moving mean of the time a delivery takes to handle
         self._taken: asyncio.Queue[Msg] = asyncio.Queue()
         self._busy = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,18 +82,17 @@ class JetStreamIntake:
                        max_deliver=settings.jetstream_max_deliver)
 
     def start(self) -> None:
-        self.acker.start()
         self._tasks = [self._new_worker() for _ in range(self._count)]
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def listen(self) -> None:
         """Start pulling; a reconnect asks afresh."""
+        await self.acker.start()
         self._puller = Puller(self._broker, stream=self.input.stream, consumer=self.input.consumer,
-                              room=self._room, min_batch=max(1, self._count), deliver=self._take, log=self._log)
+                              room=self._room, min_batch=self._min_batch, deliver=self._take, log=self._log)
         self._broker.on_connection_change = self._on_connection_change
         await self._puller.start()
-        self._log.info("pulling", stream=self.input.stream, consumer=self.input.consumer,
-                       holding_at_most=self._room_for)
+        self._log.info("pulling", stream=self.input.stream, consumer=self.input.consumer)
 
     async def stop_listening(self) -> None:
         """Pull no more; deliveries that arrive from now on go back to JetStream at once."""
@@ -124,8 +133,16 @@ class JetStreamIntake:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.acker.close()
 
+    def _holding_at_most(self) -> int:
+        count = self._count
+        return count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
+
     def _room(self) -> int:
-        return self._room_for - self._taken.qsize() - self._busy
+        return self._holding_at_most() - self._taken.qsize() - self._busy
+
+    def _min_batch(self) -> int:
+        """Fewer would not be worth a pull request while others are under way: a quarter of what is held."""
+        return max(1, self._holding_at_most() // 4)
 
     async def _take(self, msg: Msg) -> None:
         if self._stopping:
@@ -139,10 +156,11 @@ class JetStreamIntake:
 
     async def _work(self) -> None:
         """Handle the taken deliveries one after the other, asking for more after each, until cancelled."""
-        taken, handle = self._taken, self._pipeline.handle_delivery
+        taken, handle, clock = self._taken, self._pipeline.handle_delivery, time.perf_counter_ns
         while True:
             msg = await taken.get()
             self._busy += 1
+            started = clock()
             try:
                 await handle(msg)
             except Exception:  # a bug of ours must not end the worker
@@ -150,6 +168,7 @@ class JetStreamIntake:
             finally:
                 self._busy -= 1
                 taken.task_done()
+            self._mean_ns = max(1, self._mean_ns + (clock() - started - self._mean_ns) // 8)
             if self._puller is not None:
                 await self._puller.ask()
 
@@ -158,7 +177,7 @@ class JetStreamIntake:
         while True:
             await asyncio.sleep(pause)
             now = time.monotonic()
-            await self.acker.extend(now)
+            await self.acker.tick(now)
             if self._puller is not None and not self._stopping:
                 with contextlib.suppress(Exception):
                     await self._puller.tick(now)
@@ -172,7 +191,6 @@ class JetStreamIntake:
 def jetstream_input(*, settings: Settings, broker: Broker, log: Any, **parts: Any) -> tuple[JetStreamPipeline,
                                                                                              JetStreamIntake]:
     """The pipeline and intake of a node in at-least-once mode; ``parts`` are the pipeline's other arguments."""
-    acker = Acker(ack_wait=settings.jetstream_ack_wait, log=log)
-    pipeline = JetStreamPipeline(settings=settings, broker=broker, log=log, acker=acker,
-                                 publisher=AckedPublisher(broker.client), **parts)
+    acker = Acker(broker, ack_wait=settings.jetstream_ack_wait, log=log)
+    pipeline = JetStreamPipeline(settings=settings, broker=broker, log=log, acker=acker, **parts)
     return pipeline, JetStreamIntake(pipeline, acker, broker, settings=settings, log=log)

@@ -30,11 +30,11 @@ from krt_runner.errors import DeliveryLimitError, InvalidRequestError
 from krt_runner.measurements import Outcome
 from krt_runner.node.acking import Acker, Settle
 from krt_runner.node.broker import Msg
-from krt_runner.node.jetstream import AckedPublisher
 from krt_runner.node.job import Job
 from krt_runner.node.pipeline import Pipeline, uncancel
 
 _ANSWERED, _INVALID, _FAILED = Outcome.ANSWERED, Outcome.INVALID, Outcome.FAILED
+_V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>
 
 
 class _Released(Exception):
@@ -45,10 +45,9 @@ class JetStreamPipeline(Pipeline):
     """What a node in at-least-once mode does with each delivery; :meth:`handle_delivery` is called once per
     delivery by the intake."""
 
-    def __init__(self, *, settings: Settings, acker: Acker, publisher: AckedPublisher, **parts: Any) -> None:
+    def __init__(self, *, settings: Settings, acker: Acker, **parts: Any) -> None:
         super().__init__(settings=settings, **parts)
         self._acker = acker
-        self._publisher = publisher
         self._forwards = not settings.is_last_node
         self._max_deliver = settings.jetstream_max_deliver
         self._node = parts["name"]
@@ -63,10 +62,10 @@ class JetStreamPipeline(Pipeline):
         settle: Settle = self._acker.ack
         try:
             self._decode(job, msg.data)
-            self._check_deliveries(msg)
+            sequence = self._sequence_below_limit(msg.reply)
             result = await self._step(job)
             subject, answer = self._answers.for_result(job, result)
-            settle = await self._send(job, msg, subject, answer)
+            settle = await self._send(job, msg, subject, answer, sequence)
             self.counts["answered"] += 1
         except InvalidRequestError as exc:
             outcome = _INVALID
@@ -95,16 +94,18 @@ class JetStreamPipeline(Pipeline):
         self._giving_up = True
         self._step = self._release_instead
 
-    def _check_deliveries(self, msg: Msg) -> None:
-        delivered = msg.metadata.num_delivered
+    def _sequence_below_limit(self, ack_subject: str) -> str:
+        """The message's sequence in its stream; :class:`DeliveryLimitError` past the delivery limit."""
+        delivered, sequence = _delivery_numbers(ack_subject)
         if delivered > self._max_deliver:
             raise DeliveryLimitError(
                 f"this request was delivered {delivered - 1} times (KRT_JETSTREAM_MAX_DELIVER) and never answered: "
                 "each node process that took it stopped or lost its connection first (killed, out of memory?); "
                 "it is terminated"
             )
+        return sequence
 
-    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes) -> Settle:
+    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes, sequence: str) -> Settle:
         """Publish the answer; how the message is to be settled then."""
         if not subject:
             self._note_unsent(job)
@@ -112,14 +113,12 @@ class JetStreamPipeline(Pipeline):
         if not self._forwards:
             await self.broker.publish(subject, answer)
         else:
-            msg_id = f"{job.tracking_id}:{self._node}:{msg.metadata.sequence.stream}"
             try:
-                acknowledged = await self._publisher.publish(subject, answer, msg_id)
-            except Exception as exc:  # a closed connection, too many unacknowledged: another delivery, later
+                await self._acker.forward(subject, answer, f"{job.tracking_id}:{self._node}:{sequence}", msg)
+            except Exception as exc:  # a closed connection, a full buffer: another delivery, later
                 self.log.warning("answer not published; the message will be delivered again",
                                  tracking_id=job.tracking_id, error=str(exc))
                 return self._acker.release_later
-            self._acker.ack_after(acknowledged, msg)
             return _settled
         if self._debug:
             self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
@@ -135,3 +134,12 @@ class JetStreamPipeline(Pipeline):
 
 async def _settled(msg: Msg) -> None:
     """Nothing more to do: the acker acks the message once its answer is acknowledged."""
+
+
+def _delivery_numbers(ack_subject: str) -> tuple[int, str]:
+    """How many times the message was delivered, and its sequence in its stream, from its ack subject (what
+    nats-py's ``msg.metadata`` reads, without making the rest of it): ``$JS.ACK.<stream>.<consumer>.<delivered>.
+    <stream seq>...``, or with ``<domain>.<account hash>`` after ``ACK`` (11 tokens and more)."""
+    tokens = ack_subject.split(".")
+    at = 4 if len(tokens) == _V1_TOKENS else 6
+    return int(tokens[at]), tokens[at + 1]

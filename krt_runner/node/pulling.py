@@ -9,7 +9,7 @@ arrives, and the number of messages asked for and not come yet (``asked``) decid
 - no word for longer than a request lives (its expiry lost with a connection, a restarted server): none asked;
 - a reconnect: none asked, and asked again at once.
 
-A new request goes out when the room not asked for reaches ``min_batch`` (or any room, when nothing is asked
+A new request goes out when the room not asked for reaches ``min_batch()`` (or any room, when nothing is asked
 for), so that a busy node asks in batches and an idle one still gets its next message at once.
 """
 
@@ -39,7 +39,7 @@ class Puller:
     """One process's pull requests to the node's consumer; messages go to ``deliver``."""
 
     def __init__(
-        self, broker: Broker, *, stream: str, consumer: str, room: Callable[[], int], min_batch: int,
+        self, broker: Broker, *, stream: str, consumer: str, room: Callable[[], int], min_batch: Callable[[], int],
         deliver: Deliver, log: Any,
     ) -> None:  # fmt: skip
         self._client = broker.client
@@ -63,7 +63,7 @@ class Puller:
     async def ask(self) -> None:
         """Ask for the room not asked for yet, when it is worth a request."""
         wanted = self._room() - self._asked
-        if self._stopped or wanted < 1 or (self._asked and wanted < self._min_batch):
+        if self._stopped or wanted < 1 or (self._asked and wanted < self._min_batch()):
             return
         self._asked += wanted
         self._asked_at = time.monotonic()
