@@ -213,6 +213,11 @@ class BlockingClient:
         """See :meth:`Client.call_raw`."""
         return self._run(self._client.call_raw(subject, request, timeout=timeout))
 
+    @property
+    def ignored_answers(self) -> int:
+        """See :attr:`Client.ignored_answers`."""
+        return self._client.ignored_answers
+
     def close(self) -> None:
         """Close the connection and stop the background loop."""
         if self._loop.is_closed():

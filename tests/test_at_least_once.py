@@ -215,6 +215,29 @@ async def test_a_handler_slower_than_the_ack_wait_is_not_delivered_twice_while_i
     assert await consumer_state(js_server, "in-a") == (0, 0, 0)
 
 
+async def test_tracking_measurements_early_replies_and_handler_timeouts_work_as_in_the_default_mode(
+    js_server, start_node, call_log, requester, tmp_path
+) -> None:
+    nodes = start_nodes(start_node, js_server, call_log, ["a", "b"], KRT_HANDLER_TIMEOUT="0.5",
+                        KRT_MEASUREMENTS_ENABLED="true", KRT_MEASUREMENTS_FILE=str(tmp_path / "points.lp"))
+
+    answer = await requester.call_raw("in-a", greeter_pb2.Request(name="plain"), timeout=10)
+    early = await requester.call("in-a", greeter_pb2.Request(name="early"), greeter_pb2.Request, timeout=10)
+    with pytest.raises(ErrorAnswer, match=r"error in node 'a': handler timed out after 0\.5s"):
+        await requester.call("in-a", greeter_pb2.Request(name="sleep:2"), greeter_pb2.Request, timeout=10)
+    await asyncio.sleep(0.5)  # the last node's silence after the early answer, and any stray answer
+    for node in (node for group in nodes.values() for node in group):
+        node.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(node.wait) == 0
+
+    assert [entry.node_name for entry in answer.tracking] == ["entrypoint", "a", "b"] and not answer.error
+    assert early.name == "early from a" and requester.ignored_answers == 0
+    points = (tmp_path / "points.lp").read_text()
+    assert points.count("node_elapsed_time,") == 5, points  # a: 3 messages, b: 2
+    assert f'tracking_id="{answer.tracking_id}"' in points and "workflow_elapsed_time," in points
+    assert [name for node, *_, name in calls(call_log) if node == "b"] == ["plain>a", "early>a"]
+
+
 async def test_sigterm_finishes_and_acks_what_the_replica_holds_and_leaves_the_rest_to_the_other_replica(
     js_server, start_node, call_log, requester
 ) -> None:

@@ -86,7 +86,11 @@ class Acker:
         acknowledged it."""
         token = str(next(self._tokens))
         self._forwarded[token] = (msg, time.monotonic())
-        await self._broker.client.publish(subject, answer, reply=self._inbox + token, headers={_MSG_ID: msg_id})
+        try:
+            await self._broker.client.publish(subject, answer, reply=self._inbox + token, headers={_MSG_ID: msg_id})
+        except BaseException:
+            del self._forwarded[token]  # the caller settles it
+            raise
 
     async def tick(self, now: float) -> None:
         """Keep held messages alive; let go those whose answer was not acknowledged in time."""

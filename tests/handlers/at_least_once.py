@@ -2,8 +2,9 @@
 
 The line (``node pid tracking_id name``) is written with one unbuffered append, so a process SIGKILLed right
 after still leaves it: the tests count from it how many times each request's handler ran. The request's name
-chooses what else happens: ``boom`` raises, ``die`` kills this process, ``sleep:S`` awaits S seconds; every
-other name waits ``KRT_TEST_DELAY`` seconds (default 0) and answers ``<name>><node>``.
+chooses what else happens: ``boom`` raises, ``die`` kills this process, ``sleep:S`` awaits S seconds, ``early``
+answers the requester at once (``ctx.reply``); every other name waits ``KRT_TEST_DELAY`` seconds (default 0).
+Each answers ``<name>><node>``.
 """
 
 import asyncio
@@ -35,6 +36,8 @@ async def handler(ctx, data):
         raise ValueError("boom requested")
     if command == "die":
         os.kill(os.getpid(), signal.SIGKILL)
+    if command == "early":
+        await ctx.reply(Request(name=f"early from {NODE}"))
     if command == "sleep":
         await asyncio.sleep(float(argument))
     elif DELAY:
