@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from delivery import report as delivery_report
+
 TARGETS = (
     ("3-node chain, W=128: answers/s", (3, 128), "answers_per_s", ">=", 1.0),
     ("1 node, W=1: p50 latency", (1, 1), "p50_ms", "<=", 1.1),
@@ -182,6 +184,8 @@ def _extras(results: dict[str, Any]) -> list[str]:
         f"lost {memory['lost']}. No garbage collection is forced per message.",
     ]
     lines += _entrypoint(results["entrypoint"])
+    if "delivery" in results:
+        lines += ["", *delivery_report(results["delivery"])]
     if results.get("failures"):
         lines += ["", "## Failures", "", *[f"- {failure}" for failure in results["failures"]]]
     return lines

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py            # full run: writes BENCHMARKS.md and benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite)
+    .venv/bin/python benchmarks/run.py --only delivery   # just at-most-once against at-least-once; prints it
 
 Starts its own nats-server and victoria-metrics (for "measurements on") on free
 loopback ports and stops them at the end.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import statistics
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
+from delivery import delivery_modes
 from entrypoint_bench import entrypoint_vs_nats
 from load import LoadResult, drive
 from processes import (
@@ -106,17 +109,17 @@ class Bench:
 
     def measure(self, kind: str, nodes: int, window: int, count: int, **options: Any) -> Run:
         chain = self.start_chain(kind, nodes, options.get("handler", "bench_handler.py"), options.get("env"))
+        driver = options.get("driver", drive)  # the requester: core NATS, or delivery.drive_js
         try:
             time.sleep(0.3)
             idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
             entry = _entry(chain)
             size = options.get("payload_bytes", 0)
-            asyncio.run(drive(self.nats.url, entry, count=WARM_UP if not size else 10, window=16, hops=nodes,
-                              payload_bytes=size))
+            sized = {"payload_bytes": size} if size else {}
+            asyncio.run(driver(self.nats.url, entry, count=WARM_UP if not size else 10, window=16, hops=nodes, **sized))
             cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
             others_before = self._others_cpu()
-            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes,
-                                       payload_bytes=size))
+            result = asyncio.run(driver(self.nats.url, entry, count=count, window=window, hops=nodes, **sized))
             cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
             others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
                       for name, seconds in self._others_cpu().items()}
@@ -289,9 +292,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat: a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--only", choices=("delivery",), help="run one section, print it; write no report")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server and node started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.only:
+        return only_delivery(quick=args.quick)
     started = time.time()
     with EmbeddedNats() as nats_server, tempfile.TemporaryDirectory() as scratch:
         influx = _start_influx()
@@ -310,6 +316,7 @@ def main() -> int:
                 "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=args.quick),
                 "memory": memory_growth(bench, quick=args.quick),
                 "entrypoint": entrypoint_vs_nats(nats_server.url, bench.node_env(), quick=args.quick),
+                "delivery": _delivery(bench, quick=args.quick),
             }
         finally:
             if influx:
@@ -320,6 +327,42 @@ def main() -> int:
     write_report(results, args.out)
     print(f"wrote {args.out} and {args.json} in {results['seconds']}s")
     return 1 if results["failures"] else 0
+
+
+def _delivery(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
+    """The delivery modes on a nats-server of their own, with JetStream (so the rest runs as it always did); and,
+    not in a quick run, the diagnostic one whose store is in /dev/shm."""
+    shm = Path("/dev/shm")
+    with EmbeddedNats(jetstream=True) as js_server, contextlib.ExitStack() as more:
+        delivery_bench = Bench(js_server, bench.influx_url, bench.measurements_dir, store_pid=bench.store_pid)
+        tmpfs_bench = None
+        if shm.is_dir() and not quick:
+            store = more.enter_context(tempfile.TemporaryDirectory(dir=shm, prefix="krt-bench-js-"))
+            tmpfs_server = more.enter_context(EmbeddedNats(extra_args=["-js", "-sd", store]))
+            tmpfs_bench = Bench(tmpfs_server, bench.influx_url, bench.measurements_dir, store_pid=bench.store_pid)
+        rows = delivery_modes(delivery_bench, tmpfs_bench, quick=quick)
+    bench.runs += delivery_bench.runs + (tmpfs_bench.runs if tmpfs_bench else [])
+    return rows
+
+
+def only_delivery(*, quick: bool) -> int:
+    """``--only delivery``: that section alone, printed as BENCHMARKS.md would show it."""
+    from delivery import report
+
+    with tempfile.TemporaryDirectory() as scratch:
+        influx = _start_influx()
+        try:
+            store_pid = influx.process.pid if influx and influx.process else 0
+            with EmbeddedNats() as unused:
+                bench = Bench(unused, influx.url if influx else "", scratch, store_pid=store_pid)
+                rows = _delivery(bench, quick=quick)
+        finally:
+            if influx:
+                influx.close()
+    print("\n".join([f"Machine: {machine()}", "", *report(rows)]))
+    failures = _failures(bench, {"entrypoint": {"wrong": 0}})
+    print("\n".join(failures))
+    return 1 if failures else 0
 
 
 def _start_influx() -> VictoriaMetrics | None:

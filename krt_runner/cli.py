@@ -14,6 +14,7 @@ from krt_runner.config import OPTIONS
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
 from krt_runner.node.health import check as health_problem
+from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
 
 
 def _add_run(commands: Any) -> None:
@@ -55,6 +56,9 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
                     "free port when 9000 is taken; 0: a free port)")
     up.add_argument("--no-entrypoint", action="store_true", help="do not start the gRPC entrypoint")
+    up.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
+                    help="at-least-once: nats-server with JetStream (a temporary store), every node, the entrypoint "
+                         "and --request in that mode")
     up.set_defaults(command=_up)
 
 
@@ -70,6 +74,8 @@ def _add_call(commands: Any) -> None:
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
     call.add_argument("--repeat", type=_positive, default=1, help="send N requests and print a latency summary")
     call.add_argument("--concurrency", type=_positive, default=1, help="requests in flight at once with --repeat")
+    call.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
+                      help="at-least-once: publish through JetStream, for nodes with KRT_DELIVERY=at-least-once")
     call.set_defaults(command=_call)
 
 
@@ -200,7 +206,7 @@ def _up(args: argparse.Namespace) -> int:
     options = UpOptions(
         directory=args.directory, nats=args.nats, replicas=replicas, request=args.request,
         workflow=args.workflow, timeout=args.timeout, ready_timeout=args.ready_timeout,
-        grpc=not args.no_entrypoint, grpc_port=args.grpc_port,
+        grpc=not args.no_entrypoint, grpc_port=args.grpc_port, delivery=args.delivery,
     )  # fmt: skip
     return run_up(options)
 
@@ -208,7 +214,8 @@ def _up(args: argparse.Namespace) -> int:
 def _call(args: argparse.Namespace) -> int:
     from krt_runner.local_krt.call import CallOptions, run_call
 
-    fields = ("subject", "nats", "proto", "request", "method", "request_type", "response_type", "timeout", "repeat")
+    fields = ("subject", "nats", "proto", "request", "method", "request_type", "response_type", "timeout", "repeat",
+              "delivery")
     return run_call(CallOptions(**{name: getattr(args, name) for name in fields}, concurrency=args.concurrency))
 
 

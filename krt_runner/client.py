@@ -3,7 +3,9 @@
 :class:`Client` (asyncio) and :class:`BlockingClient` (plain threads) keep one
 NATS connection for all their calls; any number of calls can be in flight at
 once (nats-py routes every answer to its caller through one inbox
-subscription). Each call sends a ``KreNatsMessage`` with a fresh
+subscription). With ``delivery="at-least-once"`` the requests go through
+JetStream, to workflows whose nodes run in that mode, and a second answer to a
+request is ignored (see :mod:`krt_runner.jetstream_requests`). Each call sends a ``KreNatsMessage`` with a fresh
 ``tracking_id`` and an ``entrypoint`` tracking entry, and returns the answer's
 payload as ``response_type``. A call that gets no usable answer raises a
 :class:`~krt_runner.errors.CallError`:
@@ -43,6 +45,8 @@ from krt_runner.errors import (
     NoResponders,
     UnexpectedAnswer,
 )
+from krt_runner.jetstream_requests import JetStreamRequests
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES
 
 __all__ = [
     "BlockingClient",
@@ -93,14 +97,27 @@ def unpack_answer(answer: KreNatsMessage, response_type: type[ResponseT]) -> Res
 class Client:
     """An asyncio client: ``async with await Client.connect(url) as client: await client.call(...)``."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, *, jetstream: JetStreamRequests | None = None) -> None:
         self._nc = nc
+        self._jetstream = jetstream
+
+    @property
+    def ignored_answers(self) -> int:
+        """At-least-once: answers ignored, to requests already answered (a handler that ran twice) or given up."""
+        return self._jetstream.ignored_answers if self._jetstream is not None else 0
 
     @classmethod
     async def connect(
-        cls, servers: str | Sequence[str], *, connect_timeout: float = CONNECT_TIMEOUT, **options: Any
+        cls, servers: str | Sequence[str], *, connect_timeout: float = CONNECT_TIMEOUT, delivery: str = "at-most-once",
+        **options: Any,
     ) -> Client:
-        """Connect to NATS (``servers``: a URL, comma-separated URLs or a list); ``options`` go to nats-py."""
+        """Connect to NATS (``servers``: a URL, comma-separated URLs or a list); ``options`` go to nats-py.
+
+        ``delivery``: ``"at-most-once"`` (core NATS requests, as KRE v1) or ``"at-least-once"`` (through
+        JetStream, for nodes with ``KRT_DELIVERY=at-least-once``).
+        """
+        if delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
         urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else list(servers)
         last_error: list[Exception] = []  # only the latest: the callback lives as long as the connection
 
@@ -116,7 +133,11 @@ class Client:
             cause = last_error[0] if last_error else exc
             shown = ", ".join(redact_url(url) for url in urls)
             raise ClientConnectError(f"cannot connect to NATS at {shown}: {type(cause).__name__}: {cause}") from None
-        return cls(nc)
+        if delivery != AT_LEAST_ONCE:
+            return cls(nc)
+        jetstream = JetStreamRequests(nc)
+        await jetstream.start()
+        return cls(nc, jetstream=jetstream)
 
     async def call(
         self,
@@ -131,7 +152,11 @@ class Client:
 
     async def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
-        data = envelope.encode(request_envelope(request), max_payload=int(self._nc.max_payload))
+        message, max_payload = request_envelope(request), int(self._nc.max_payload)
+        if self._jetstream is not None:
+            data = await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
+            return envelope.decode(data, max_decompressed=_MAX_ANSWER_BYTES)
+        data = envelope.encode(message, max_payload=max_payload)
         try:
             reply = await self._nc.request(subject, data, timeout=timeout)
         except nats_errors.NoRespondersError:
@@ -204,6 +229,11 @@ class BlockingClient:
     def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
         """See :meth:`Client.call_raw`."""
         return self._run(self._client.call_raw(subject, request, timeout=timeout))
+
+    @property
+    def ignored_answers(self) -> int:
+        """See :attr:`Client.ignored_answers`."""
+        return self._client.ignored_answers
 
     def close(self) -> None:
         """Close the connection and stop the background loop."""

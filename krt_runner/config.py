@@ -18,7 +18,7 @@ from typing import Any
 
 from krt_runner import setting_values as parse
 from krt_runner.errors import ConfigError
-from krt_runner.setting_values import LOG_FORMATS, LOG_LEVELS, redact_url
+from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url", "setting_from_env"]
@@ -59,6 +59,15 @@ OPTIONS: tuple[Option, ...] = (
            help="KRT version id in logs and ctx.prediction documents (versionId)"),
     Option("concurrency", "KRT_CONCURRENCY", "--concurrency", parse.positive_int, default=1,
            help="messages handled at once by this process (1 keeps KRE v1's in-order handling)"),
+    Option("delivery", "KRT_DELIVERY", "--delivery", parse.choice(DELIVERY_MODES), default=AT_MOST_ONCE,
+           help="at-most-once: core NATS, as KRE v1; at-least-once: input from a JetStream stream, acked once answered "
+                "(see docs/production.md)"),
+    Option("jetstream_ack_wait", "KRT_JETSTREAM_ACK_WAIT", "--jetstream-ack-wait", parse.positive_float, default=30.0,
+           help="at-least-once: seconds a message may go unacknowledged before JetStream delivers it again (a "
+                "running handler's message is extended every half of it)"),
+    Option("jetstream_max_deliver", "KRT_JETSTREAM_MAX_DELIVER", "--jetstream-max-deliver", parse.positive_int,
+           default=5, help="at-least-once: deliveries of a message without an answer before it gets an error answer "
+                           "and is terminated"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
            help="seconds a handler may run before the request gets an error answer; 0 = no limit"),
     Option("protobuf_compat", "KRT_PROTOBUF_COMPAT", "--protobuf-compat", parse.flag, default=True,
@@ -145,6 +154,9 @@ class Settings:
     version: str
     version_id: str
     concurrency: int
+    delivery: str
+    jetstream_ack_wait: float
+    jetstream_max_deliver: int
     handler_timeout: float | None
     protobuf_compat: bool
     max_decompressed_bytes: int
@@ -183,6 +195,10 @@ class Settings:
     @property
     def is_last_node(self) -> bool:
         return not self.output_subject
+
+    @property
+    def at_least_once(self) -> bool:
+        return self.delivery == AT_LEAST_ONCE
 
     def describe(self, *, changed_only: bool = False) -> dict[str, Any]:
         """The settings as a log-safe dict: secrets shown as ``***``, URLs without passwords; with

@@ -63,6 +63,15 @@ class BrokerConnectError(KrtRunnerError):
     """The first connection to NATS failed for a reason retrying cannot fix."""
 
 
+class JetStreamError(BrokerConnectError):
+    """At-least-once delivery cannot start: the server has no JetStream, or the node's stream or consumer cannot be
+    made; the text says which and what to change."""
+
+
+class DeliveryLimitError(KrtRunnerError):
+    """A message came for the last time (``KRT_JETSTREAM_MAX_DELIVER`` deliveries and none answered)."""
+
+
 class HandlerError(KrtRunnerError):
     """The user's handler raised; the message names the exception."""
 

@@ -13,6 +13,8 @@ from krt_runner.subjects import MAX_PUBLISH_SUBJECT
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+AT_MOST_ONCE, AT_LEAST_ONCE = "at-most-once", "at-least-once"
+DELIVERY_MODES = (AT_MOST_ONCE, AT_LEAST_ONCE)
 _SUBJECT_RE = re.compile(r"^[^\s*>]+(\.[^\s*>]+)*$")
 _INPUT_SUBJECT_RE = re.compile(r"^[^\s]+$")
 

@@ -44,6 +44,8 @@ OUTRO = """\
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs. A bare `host:port` means `nats://host:port`.
 - `KRT_LOG_FORMAT` is `auto`, `json` or `console`. `KRT_LOG_LEVEL` is `debug`, `info`, `warning` or `error`.
+- `KRT_DELIVERY` is `at-most-once` or `at-least-once`; the `KRT_JETSTREAM_*` settings matter only with the second
+  (see [Delivery](production.md#delivery)).
 
 Some settings go together:
 

@@ -51,6 +51,12 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {"nats-128", "grpc-128", "nats-1", "grpc-1"}
     assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
     assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
+    # Both delivery modes on the 3-node chain, in the same run: every request answered once, both ways.
+    delivery = results["delivery"]
+    assert {row["window"] for row in delivery} == {1, 128}
+    assert all(row[mode]["lost"] == row[mode]["duplicates"] == row[mode]["wrong"] == 0 and
+               row[mode]["answers_per_s"] > 0 for row in delivery for mode in ("at-most-once", "at-least-once"))
+    assert "## Delivery: at-most-once against at-least-once (3-node chain)" in report.read_text()
 
 
 def test_the_floor_variants_script_costs_each_candidate_floor_in_process():

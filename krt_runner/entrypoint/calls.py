@@ -6,8 +6,10 @@ Per call: a fresh ``tracking_id`` (also sent back in the trailing metadata
 exact type URL, one ``entrypoint`` tracking entry, gzip when over the
 server's max payload, then a core request to the workflow's subject with a
 timeout of ``KRT_REQUEST_TIMEOUT`` or the client's deadline, whichever is
-sooner. The request and answer bytes are never re-encoded: the answer's
-payload bytes are the response.
+sooner (``KRT_DELIVERY=at-least-once``: published through JetStream, the
+answer awaited on the entrypoint's inbox, see
+:mod:`krt_runner.jetstream_requests`). The request and answer bytes are
+never re-encoded: the answer's payload bytes are the response.
 
 =========================================  =====================
 what happened                              status
@@ -33,13 +35,15 @@ from google.protobuf.message import DecodeError
 from krt_runner import envelope
 from krt_runner.client import request_envelope
 from krt_runner.entrypoint.service import Rpc
+from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import (
+    CallError,
     CallTimeout,
     EnvelopeError,
     NoResponders,
-    NotConnected,
     PayloadTooLargeError,
 )
+from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
 
 TRACKING_METADATA = "krt-tracking-id"
@@ -61,10 +65,13 @@ class Refused(Exception):
 class Forwarder:
     """Turns calls of the entrypoint's rpcs into requests to their workflows, over one NATS connection."""
 
-    def __init__(self, broker: Broker, *, request_timeout: float, logger: Any) -> None:
+    def __init__(
+        self, broker: Broker, *, request_timeout: float, logger: Any, jetstream: JetStreamRequests | None = None
+    ) -> None:
         self._broker = broker
         self._timeout = request_timeout
         self._log = logger
+        self._jetstream = jetstream  # at-least-once: calls go through JetStream
 
     def handler_for(self, rpc: Rpc) -> Handler:
         """The unary handler of ``rpc``: request bytes in, response bytes out (no serializer either way)."""
@@ -94,31 +101,35 @@ class Forwarder:
     async def _forward(self, rpc: Rpc, request: bytes, tracking_id: str, timeout: float) -> bytes:
         if not self._broker.is_connected:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint is not connected to NATS; try again")
-        data = self._encode(rpc, request, tracking_id)
+        message = self._envelope(rpc, request, tracking_id)
         try:
-            reply = await self._broker.request(rpc.subject, data, timeout=timeout)
+            reply = await self._send(rpc.subject, message, timeout)
+        except PayloadTooLargeError as exc:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request too large: {exc}") from None
         except NoResponders:
             details = f"no node of workflow {rpc.workflow!r} listens on {rpc.subject!r}: is the workflow running?"
             raise Refused(grpc.StatusCode.UNAVAILABLE, details) from None
         except CallTimeout:
             details = f"workflow {rpc.workflow!r} did not answer within {timeout:g}s (KRT_REQUEST_TIMEOUT or deadline)"
             raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, details) from None
-        except NotConnected as exc:
+        except CallError as exc:  # NotConnected, or JetStream refused the request
             raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
         return _response(rpc, reply)
 
-    def _encode(self, rpc: Rpc, request: bytes, tracking_id: str) -> bytes:
+    async def _send(self, subject: str, message: KreNatsMessage, timeout: float) -> bytes:
+        max_payload = self._broker.max_payload
+        if self._jetstream is not None:
+            return await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
+        return await self._broker.request(subject, envelope.encode(message, max_payload=max_payload), timeout=timeout)
+
+    def _envelope(self, rpc: Rpc, request: bytes, tracking_id: str) -> KreNatsMessage:
         try:
             rpc.request_class.FromString(request)
         except DecodeError as exc:
             name = rpc.request_type_url.rsplit("/", 1)[-1]
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name}: {exc}") from None
         payload = envelope.AnyMessage(type_url=rpc.request_type_url, value=request)
-        message = request_envelope(payload, tracking_id=tracking_id)
-        try:
-            return envelope.encode(message, max_payload=self._broker.max_payload)
-        except PayloadTooLargeError as exc:
-            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request too large: {exc}") from None
+        return request_envelope(payload, tracking_id=tracking_id)
 
 
 def _response(rpc: Rpc, reply: bytes) -> bytes:

@@ -22,8 +22,10 @@ from krt_runner.entrypoint.calls import MAX_ANSWER_BYTES, Forwarder
 from krt_runner.entrypoint.service import EntrypointService, add_file
 from krt_runner.entrypoint.settings import EntrypointSettings
 from krt_runner.errors import ListenError
+from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
 from krt_runner.node.health import HealthFile
+from krt_runner.setting_values import AT_LEAST_ONCE
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -42,6 +44,8 @@ class RunningEntrypoint:
         self.service = service
         self.log = logger
         self.broker = Broker(settings, logger)
+        # at-least-once: calls through JetStream, on an inbox of the entrypoint's own (subscribed once connected)
+        self._jetstream = JetStreamRequests(self.broker.client) if settings.delivery == AT_LEAST_ONCE else None
         self.address = ""
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)
@@ -56,6 +60,8 @@ class RunningEntrypoint:
         await self._server.start()
         self.log.info("gRPC server listening; connecting to NATS", address=self.address)
         await self.broker.connect()
+        if self._jetstream is not None:
+            await self._jetstream.start()
         self.broker.on_connection_change = self._on_connection_change
         await self._set_health(serving=self.broker.is_connected)
         self._health_file = HealthFile(
@@ -64,7 +70,7 @@ class RunningEntrypoint:
         )  # fmt: skip
         self._health_file.start()
         rpcs = [f"{self.service.name}/{rpc.name} -> {rpc.subject}" for rpc in self.service.rpcs]
-        self.log.info("entrypoint ready", address=self.address, rpcs=rpcs)
+        self.log.info("entrypoint ready", address=self.address, rpcs=rpcs, delivery=self.settings.delivery)
 
     async def stop(self) -> None:
         """Refuse new calls, let calls in flight finish (up to the drain timeout), then close NATS."""
@@ -76,7 +82,8 @@ class RunningEntrypoint:
         self.log.info("entrypoint stopped")
 
     def _add_services(self) -> None:
-        forwarder = Forwarder(self.broker, request_timeout=self.settings.request_timeout, logger=self.log)
+        forwarder = Forwarder(self.broker, request_timeout=self.settings.request_timeout, logger=self.log,
+                              jetstream=self._jetstream)
         handler = grpc.unary_unary_rpc_method_handler  # no (de)serializer: the handlers take and give bytes
         handlers = {rpc.name: handler(forwarder.handler_for(rpc)) for rpc in self.service.rpcs}
         self._server.add_registered_method_handlers(self.service.name, handlers)

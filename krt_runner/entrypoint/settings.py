@@ -36,6 +36,9 @@ ENTRYPOINT_OPTIONS: tuple[Option, ...] = (
            help="JSON map of rpc name to NATS subject, as KRE v1 mounted it (default: <version>-<rpc>-entrypoint)"),
     Option("drain_timeout", "KRT_DRAIN_TIMEOUT", "--drain-timeout", parse.positive_float, default=30.0,
            help="seconds a stopping entrypoint waits for calls in flight before it cancels them"),
+    Option("delivery", "KRT_DELIVERY", "--delivery", parse.choice(parse.DELIVERY_MODES), default=parse.AT_MOST_ONCE,
+           help="at-least-once: each call is published through JetStream, for workflows whose nodes run in that "
+                "mode (a second answer to a call is ignored)"),
 )  # fmt: skip
 
 
@@ -62,6 +65,7 @@ class EntrypointSettings:
     version: str
     subjects_file: Path | None
     drain_timeout: float
+    delivery: str
     node_name: str = "entrypoint"  # the NATS connection's name: krt-runner:entrypoint
     pending_msgs_limit: int = 65536  # of the one inbox subscription that takes every answer
     pending_bytes_limit: int = 64 * 1024 * 1024

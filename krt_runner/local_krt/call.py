@@ -34,6 +34,7 @@ class CallOptions:
     timeout: float = 30.0
     repeat: int = 1
     concurrency: int = 1
+    delivery: str = "at-most-once"  # at-least-once: through JetStream, to nodes in that mode
 
 
 def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -54,7 +55,7 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
 
 async def _call(options: CallOptions, types: MessageTypes, request: Message, *, out: TextIO, err: TextIO) -> int:
     try:
-        client = await Client.connect(options.nats)
+        client = await Client.connect(options.nats, delivery=options.delivery)
     except CallError as exc:
         print(f"krt-runner call: {exc}", file=err)
         return EXIT_FAILED

@@ -58,14 +58,21 @@ class EmbeddedNats:
     """A nats-server process on 127.0.0.1; a context manager that always stops it.
 
     ``port=None`` picks a free port. ``extra_args`` go to nats-server as they are
-    (``-c file.conf``, ``--user``...). The same object can be stopped and started
-    again on the same port, as fault tests do.
+    (``-c file.conf``, ``--user``...). ``jetstream=True`` turns JetStream on, its
+    store in a temporary directory that :meth:`close` removes. The same object can
+    be stopped and started again on the same port (and store), as fault tests do.
     """
 
-    def __init__(self, *, port: int | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, extra_args: list[str] | None = None, jetstream: bool = False
+    ) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
+        self.store_dir: Path | None = None
+        if jetstream:
+            self.store_dir = Path(tempfile.mkdtemp(prefix="nats-jetstream-"))
+            self.extra_args += ["-js", "-sd", str(self.store_dir)]
         self.process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="nats-server-", suffix=".log", delete=False)  # noqa: SIM115
 
@@ -111,6 +118,8 @@ class EmbeddedNats:
         self.stop()
         Path(self._log.name).unlink(missing_ok=True)
         self._log.close()
+        if self.store_dir is not None:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedNats:
         return self.start()

@@ -35,6 +35,7 @@ class UpOptions:
     env: Mapping[str, str] = field(default_factory=dict)  # for every node, over up's own environment
     grpc: bool = True  # start the gRPC entrypoint (not with --request)
     grpc_port: int | None = None  # None: 9000, or a free port when 9000 is taken; 0: a free port
+    delivery: str = "at-most-once"  # at-least-once: nats-server with JetStream, every node and requester on it
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from krt_runner.krt.protos import MessageTypes, parse_json
 from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread
 from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
 from krt_runner.local_krt.supervisor import Ending, Supervisor
+from krt_runner.setting_values import AT_MOST_ONCE
 
 __all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
 
@@ -167,9 +168,9 @@ class RunningKrt:
     def _open(self, source: Path | str) -> Path:
         return self._exits.enter_context(open_krt(source))
 
-    def _connect(self, url: str) -> None:
+    def _connect(self, url: str, delivery: str) -> None:
         self.url = url
-        self._client = self._loop.run(Client.connect(url))
+        self._client = self._loop.run(Client.connect(url, delivery=delivery))
         self._exits.callback(self._disconnect)
         self._entries = {entry.workflow.name: entry for entry in workflow_entry_points(self.krt)}
 
@@ -183,15 +184,16 @@ class RunningKrt:
         await client.close()
 
 
-def connect(nats_url: str, source: Path | str) -> RunningKrt:
+def connect(nats_url: str, source: Path | str, *, delivery: str = AT_MOST_ONCE) -> RunningKrt:
     """Attach to a KRT already running on ``nats_url`` (started by ``krt-runner up`` or KRE).
 
-    ``source``, its folder or ``.krt``, tells the workflows, their subjects and types.
+    ``source``, its folder or ``.krt``, tells the workflows, their subjects and types. ``delivery="at-least-once"``
+    sends through JetStream, to nodes running in that mode (``up --delivery at-least-once``).
     """
     running = RunningKrt()
     try:
         running.krt = load_krt(running._open(source))
-        running._connect(nats_url)
+        running._connect(nats_url, delivery)
     except BaseException:
         running.close()
         raise
@@ -206,6 +208,7 @@ def local(
     env: Mapping[str, str] | None = None,
     output: TextIO | None = None,
     grpc_port: int | None = 0,
+    delivery: str = AT_MOST_ONCE,
 ) -> RunningKrt:
     """Start the KRT in ``source`` (a folder or a ``.krt``) as ``krt-runner up`` does; return once every node is ready.
 
@@ -216,6 +219,8 @@ def local(
     ``output`` (default: ``sys.stderr``). The KRT's gRPC entrypoint listens on
     127.0.0.1:``grpc_port`` (0: a free port; ``None``: not started), at
     ``krt.grpc_address`` once ready (``None`` when it could not start: the reason is in ``output``).
+    ``delivery="at-least-once"`` runs nats-server with JetStream and every node,
+    the entrypoint and ``submit`` in that mode (see docs/production.md).
     Raises :class:`~krt_runner.errors.KrtRunnerError` with the reason when the
     KRT cannot start (a problem of krt.yml, a node's exit code and last lines...).
     """
@@ -223,7 +228,7 @@ def local(
     try:
         options = UpOptions(
             directory=running._open(source), replicas=dict(replicas or {}), ready_timeout=ready_timeout,
-            env=dict(env or {}), grpc=grpc_port is not None, grpc_port=grpc_port,
+            env=dict(env or {}), grpc=grpc_port is not None, grpc_port=grpc_port, delivery=delivery,
         )  # fmt: skip
         plan = make_plan(options)
         running.krt = plan.krt
@@ -231,7 +236,7 @@ def local(
         running._exits.callback(processes.stop)
         processes.start(str(source))
         running.grpc_address = processes.supervisor.grpc_address or None
-        running._connect(processes.supervisor.url)
+        running._connect(processes.supervisor.url, delivery)
         processes.watch()
     except BaseException:
         running.close()

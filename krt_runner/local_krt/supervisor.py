@@ -1,6 +1,8 @@
 """Node processes on one machine, for ``up`` and ``local()``: start them, watch them, stop them all in order.
 
-Start order: nats-server (embedded, unless ``--nats``), the local
+Start order: nats-server (embedded, unless ``--nats``; with JetStream, its
+store in a temporary directory removed at the end, for ``--delivery
+at-least-once``), the local
 mongo-writer (unless ``KRT_MONGO_URI`` is set), then every node
 replica with the KRE v1 environment of
 :meth:`~krt_runner.krt.model.NodeWiring.environment`, then wait until each is
@@ -35,6 +37,7 @@ from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, 
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
+from krt_runner.setting_values import AT_LEAST_ONCE
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
@@ -157,9 +160,11 @@ class Supervisor:
         if self.options.nats:
             self.say(f"using NATS at {self.options.nats}")
             return self.options.nats
-        self.nats = EmbeddedNats()
+        jetstream = self.options.delivery == AT_LEAST_ONCE
+        self.nats = EmbeddedNats(jetstream=jetstream)
         await asyncio.to_thread(self.nats.start)
-        self.say(f"nats-server on {self.nats.url}")
+        store = f" (JetStream, its store in {self.nats.store_dir})" if jetstream else ""
+        self.say(f"nats-server on {self.nats.url}{store}")
         return self.nats.url
 
     async def _start_mongo_writer(self, url: str) -> dict[str, str]:
@@ -183,6 +188,7 @@ class Supervisor:
             env = {**os.environ, **self.options.env, **measurements, **store,
                    **wired.environment(nats_url=url, base_path=base_path, config=config)}
             env["KRT_LOG_FORMAT"] = "json"  # rendered here for the terminal
+            env["KRT_DELIVERY"] = self.options.delivery
             env["KRT_HEALTH_FILE"] = str(self._health_dir / f"node-{index}")  # the node's own sign of readiness
             self.say(f"starting {label}: {wired.input} -> {wired.output or '(answers the requester)'}")
             process = await asyncio.create_subprocess_exec(
@@ -199,7 +205,7 @@ class Supervisor:
         """``krt-runner entrypoint`` on 127.0.0.1, stopped first (position -1): no new calls while nodes drain."""
         env = {**os.environ, **self.options.env, "KRT_NATS_SERVER": url, "KRT_VERSION": self.plan.krt.version,
                "KRT_LOG_FORMAT": "json", "KRT_HEALTH_FILE": str(self._health_dir / "entrypoint"),
-               "KRT_NATS_SUBJECTS_FILE": ""}  # fmt: skip
+               "KRT_NATS_SUBJECTS_FILE": "", "KRT_DELIVERY": self.options.delivery}  # fmt: skip
         port = self._grpc_port()
         self.say(f"starting the gRPC entrypoint ({self.plan.grpc.service if self.plan.grpc else ''})")
         process = await asyncio.create_subprocess_exec(

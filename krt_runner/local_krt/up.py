@@ -25,6 +25,7 @@ from krt_runner.local_krt.ask import send_one
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
 from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
+from krt_runner.setting_values import AT_MOST_ONCE
 
 # Children run in their own sessions, so a closed terminal (SIGHUP) must stop them through up too.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -110,7 +111,7 @@ class _Up:
         assert entry.types is not None
         self.supervisor.say(f"sending the request to {entry.subject}")
         try:
-            client = await Client.connect(self.supervisor.url)
+            client = await Client.connect(self.supervisor.url, delivery=self.supervisor.options.delivery)
         except CallError as exc:
             self.supervisor.say(str(exc))
             return EXIT_FAILED
@@ -128,6 +129,8 @@ class _Up:
         for entry in supervisor.plan.entry_points:
             example = to_json(entry.types.request(), indent=None, with_defaults=True) if entry.types else "{}"
             command = ["krt-runner", "call", entry.subject, "--nats", url, *entry.flags, "--request", example]
+            if supervisor.options.delivery != AT_MOST_ONCE:
+                command += ["--delivery", supervisor.options.delivery]
             print(f"workflow {entry.workflow.name}: {entry.subject}", file=self.out)
             print(f"  {shlex.join(command)}", file=self.out)
             if grpc is not None and address:

@@ -34,7 +34,7 @@ from krt_runner.node.nats_connection import (
     tls_required,
 )
 
-__all__ = ["Broker", "MessageCallback", "Msg"]
+__all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]
 
 MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer, bad frames).

@@ -1,22 +1,26 @@
 """A running node: start-up, shutdown, and what holds it together (broker, intake, pipeline, health file).
 
 Start-up order (fixed and logged): settings and handler module (before this
-object exists), connect, ``init`` awaited to the end, subscribe, ready. No
-message reaches a half-initialised node.
+object exists), connect, (at-least-once: the stream and the durable consumer
+made sure of), ``init`` awaited to the end, subscribe (at-least-once: start
+pulling), ready. No message reaches a half-initialised node.
 
 Shutdown order, the one place it is written (:meth:`RunningNode.stop`):
 
 1. the health file goes: a draining node is not ready;
-2. intake stops: unsubscribe; nats-py hands over the messages it already holds;
-3. the messages taken are handled and answered, until ``KRT_DRAIN_TIMEOUT`` from the start of the stop;
+2. intake stops: unsubscribe; nats-py hands over the messages it already holds (at-least-once: no more pull
+   requests; deliveries that come after go back to JetStream at once);
+3. the messages taken are handled and answered (at-least-once: and acked), until ``KRT_DRAIN_TIMEOUT`` from the
+   start of the stop;
 4. if that deadline passed with messages unanswered, the node gives up on them: handlers still running are
-   cancelled and messages still waiting are refused, each with an error answer;
-5. the connection drains (every answer is flushed to the server) and closes;
+   cancelled and messages still waiting are refused, each with an error answer (at-least-once: each goes back to
+   JetStream unanswered, for another replica);
+5. the connection drains (every answer and ack is flushed to the server) and closes;
 6. the intake's workers end;
 7. the last answers' points are recorded and the measurements flushed;
 8. one ``stopped`` line with the counters.
 
-Every message taken gets exactly one answer before exit.
+Every message taken gets exactly one answer before exit (at-least-once: or goes back to JetStream).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.data_context import DataServices
 from krt_runner.node.discovery import Discovery, EndpointCounters, service_name
 from krt_runner.node.health import HealthFile
-from krt_runner.node.intake import intake_for
+from krt_runner.node.intake import Intake, intake_for
+from krt_runner.node.js_intake import JetStreamIntake, jetstream_input
 from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
 from krt_runner.node.user_code import UserCode
@@ -56,13 +61,24 @@ class RunningNode:
                                measurement=Measurement(sink=sink, version=settings.version), data=data)
         points = NodePoints(sink=sink, workflow=settings.workflow_name, version=settings.version, node=self.name,
                             last_node=settings.is_last_node)
-        self.pipeline = Pipeline(settings=settings, code=code, state=self.state, broker=self.broker, points=points,
-                                 log=self.log, name=self.name)
-        self.intake = intake_for(self.pipeline.handle, concurrency=settings.concurrency,
-                                 pipelined=self.pipeline.pipelined, log=self.log)
+        self.jetstream: JetStreamIntake | None = None  # at-least-once: the input is a JetStream consumer
+        self.pipeline, self.intake = self._input(points)
         self.discovery = self._discovery()
         self.ready = asyncio.Event()
         self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
+
+    def _input(self, points: NodePoints) -> tuple[Pipeline, Intake | JetStreamIntake]:
+        """The pipeline and the intake that feeds it: core NATS (the default) or a JetStream consumer."""
+        settings = self.settings
+        if settings.at_least_once:
+            js_pipeline, self.jetstream = jetstream_input(settings=settings, broker=self.broker, log=self.log,
+                                                          code=self.code, state=self.state, points=points,
+                                                          name=self.name)
+            return js_pipeline, self.jetstream
+        pipeline = Pipeline(settings=settings, broker=self.broker, log=self.log, code=self.code, state=self.state,
+                            points=points, name=self.name)
+        return pipeline, intake_for(pipeline.handle, concurrency=settings.concurrency, pipelined=pipeline.pipelined,
+                                    log=self.log)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -76,19 +92,27 @@ class RunningNode:
 
     @property
     def in_flight(self) -> int:
-        """Messages taken and not yet answered: in a handler, or queued for a worker."""
+        """Messages taken and not yet answered: in a handler, or queued for a worker (at-least-once: not settled)."""
+        if self.jetstream is not None:
+            return self.jetstream.in_flight
         counts = self.pipeline.counts
         return self.intake.queued + counts["received"] - counts["answered"] - counts["errors"]
 
     async def start(self) -> None:
-        """Connect, run ``init`` to the end, then subscribe."""
+        """Connect (at-least-once: and make sure of the stream and consumer), run ``init`` to the end, then subscribe
+        (or start pulling)."""
         self.state.loop = asyncio.get_running_loop()
         self.log.info("connecting to NATS", servers=self.settings.describe()["nats_servers"])
         await self.broker.connect()
+        if self.jetstream is not None:
+            await self.jetstream.prepare()
         await self._run_init()
         self.intake.start()
-        queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
-        await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self.intake.on_message)
+        if isinstance(self.intake, JetStreamIntake):
+            await self.intake.listen()
+        else:
+            queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
+            await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self.intake.on_message)
         await self.broker.subscribe_each(self.discovery.subjects(), self.discovery.answer)
         self.pipeline.last_received = time.perf_counter_ns()  # a long init is not idle time
         self.ready.set()
@@ -130,6 +154,8 @@ class RunningNode:
         handled = await self.intake.wait_handled(deadline - time.monotonic())
         if not (intake_stopped and handled) or self.in_flight:
             self._give_up()
+        if self.jetstream is not None:
+            await self.jetstream.release_rest()  # while the connection can still carry the naks
         await self.broker.close()
         await self.intake.close()
         self.pipeline.close()
@@ -140,8 +166,9 @@ class RunningNode:
 
     async def _stop_intake(self) -> bool:
         """Unsubscribe and take what nats-py holds; ``False`` if that outlasted ``KRT_DRAIN_TIMEOUT``."""
+        stopping = self.jetstream.stop_listening() if self.jetstream is not None else self.broker.stop_intake()
         try:
-            await asyncio.wait_for(self.broker.stop_intake(), timeout=self.settings.drain_timeout)
+            await asyncio.wait_for(stopping, timeout=self.settings.drain_timeout)
         except asyncio.TimeoutError:
             self.log.error("timed out waiting for queued messages", seconds=self.settings.drain_timeout)
             return False  # nats-py still holds messages: they are refused once the node gives up

@@ -89,7 +89,7 @@ class Pipeline:
         except asyncio.CancelledError:
             if not self._giving_up:
                 raise
-            _uncancel()  # this task goes on: to refuse the messages still waiting
+            uncancel()  # this task goes on: to refuse the messages still waiting
             outcome = _FAILED
             await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
         finally:
@@ -229,7 +229,7 @@ class _Recorder:
             self._points.record(timings)
 
 
-def _uncancel() -> None:
+def uncancel() -> None:
     """Forget the cancellation just caught, so the task's later awaits behave as usual (Python 3.11+)."""
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):

@@ -1,0 +1,147 @@
+"""Every message a node pulled, from its delivery to its one settlement: ack, term, or release for redelivery.
+
+- :meth:`Acker.hold` on delivery; the message stays alive while held: one ``in_progress`` each half of the ack
+  wait (:meth:`Acker.tick`), so a slow handler's message is not delivered to another replica meanwhile.
+- :meth:`Acker.ack` once its answer went out (the last node, an error answer).
+- :meth:`Acker.forward` (a middle node): the answer is published through JetStream with a reply inbox of this
+  process's own, and the message is acked when the next stream's acknowledgement arrives there, from the
+  inbox's callback: no future, no task, no wait per message. An answer the next stream refused, or did not
+  acknowledge within :data:`PUBLISH_ACK_TIMEOUT` (a tick finds it), releases its message for a later delivery.
+- :meth:`Acker.term` at the delivery limit, after the error answer.
+- :meth:`Acker.release` (a nak): the message is delivered again, at once or after a delay, to any replica.
+
+Settling never raises: a lost connection leaves the message to JetStream, which delivers it again after the ack
+wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from krt_runner.errors import describe
+from krt_runner.node.broker import Broker, Msg
+
+# Seconds before a message whose answer could not be published is delivered again: another try, not a storm.
+RETRY_DELAY = 1.0
+# Seconds a middle node waits for the next stream to acknowledge an answer before it lets the message go again.
+PUBLISH_ACK_TIMEOUT = 5.0
+# One line per this many seconds at most for repeated settling errors.
+_ERROR_LOG_INTERVAL = 5.0
+_MSG_ID, _STATUS = "Nats-Msg-Id", "Status"
+_ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
+
+Settle = Callable[[Msg], Awaitable[None]]
+
+
+class Acker:
+    """The messages held by one node process, and their settlement."""
+
+    def __init__(self, broker: Broker, *, ack_wait: float, log: Any) -> None:
+        self._broker = broker
+        self._half_wait = ack_wait / 2
+        self._log = log
+        self._held: dict[str, list[Any]] = {}  # ack subject -> [message, monotonic time of its last sign of life]
+        self._forwarded: dict[str, tuple[Msg, float]] = {}  # token -> (message, when its answer was published)
+        self._tokens = itertools.count()
+        self._inbox = ""
+        self._none_held = asyncio.Event()
+        self._none_held.set()
+        self._last_error_log = 0.0
+
+    @property
+    def held(self) -> int:
+        """Messages delivered to this process and not settled yet."""
+        return len(self._held)
+
+    async def start(self) -> None:
+        """Subscribe to the inbox the next stream's acknowledgements come to."""
+        client = self._broker.client
+        self._inbox = client.new_inbox() + "."
+        await client.subscribe(self._inbox + "*", cb=self._on_publish_ack)
+
+    def hold(self, msg: Msg) -> None:
+        self._held[msg.reply] = [msg, time.monotonic()]
+        self._none_held.clear()
+
+    async def ack(self, msg: Msg) -> None:
+        await self._send(msg, msg.ack)
+
+    async def term(self, msg: Msg) -> None:
+        await self._send(msg, msg.term)
+
+    async def release(self, msg: Msg, *, delay: float | None = None) -> None:
+        """Let the message go unanswered: JetStream delivers it again (after ``delay`` seconds), to any replica."""
+        await self._send(msg, lambda: msg.nak(delay=delay))
+
+    async def release_later(self, msg: Msg) -> None:
+        await self.release(msg, delay=RETRY_DELAY)
+
+    async def forward(self, subject: str, answer: bytes, msg_id: str, msg: Msg) -> None:
+        """Publish ``answer`` through JetStream with ``Nats-Msg-Id: msg_id``; ``msg`` is acked once the stream
+        acknowledged it."""
+        token = str(next(self._tokens))
+        self._forwarded[token] = (msg, time.monotonic())
+        try:
+            await self._broker.client.publish(subject, answer, reply=self._inbox + token, headers={_MSG_ID: msg_id})
+        except BaseException:
+            del self._forwarded[token]  # the caller settles it
+            raise
+
+    async def tick(self, now: float) -> None:
+        """Keep held messages alive; let go those whose answer was not acknowledged in time."""
+        late = [token for token, (_, sent) in self._forwarded.items() if now - sent > PUBLISH_ACK_TIMEOUT]
+        for token in late:
+            msg, _ = self._forwarded.pop(token)
+            self._error("the next node's stream did not acknowledge an answer in time; it will be delivered again",
+                        TimeoutError(f"{PUBLISH_ACK_TIMEOUT:g}s"))
+            await self.release_later(msg)
+        for entry in [entry for entry in self._held.values() if now - entry[1] >= self._half_wait]:
+            entry[1] = now
+            with contextlib.suppress(Exception):  # a lost connection: JetStream delivers it again, as it should
+                await entry[0].in_progress()
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Until nothing is held; ``False`` if ``timeout`` seconds ran out first."""
+        try:
+            await asyncio.wait_for(self._none_held.wait(), timeout=max(0.0, timeout))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Release whatever is still held (its answer unsent or unacknowledged), so that another replica takes it
+        at once rather than after the ack wait."""
+        self._forwarded.clear()
+        for msg, _ in list(self._held.values()):
+            await self.release(msg)
+
+    async def _on_publish_ack(self, reply: Msg) -> None:
+        forwarded = self._forwarded.pop(reply.subject[len(self._inbox) :], None)
+        if forwarded is None:  # too late: already released
+            return
+        msg = forwarded[0]
+        if _ERROR_MARK in reply.data or (reply.headers and reply.headers.get(_STATUS)):  # a 503: no stream there
+            self._error("the next node's stream refused an answer; the message will be delivered again",
+                        ValueError((reply.data or reply.headers or b"").__str__()[:300]))
+            await self.release_later(msg)
+        else:
+            await self.ack(msg)
+
+    async def _send(self, msg: Msg, action: Callable[[], Awaitable[None]]) -> None:
+        if self._held.pop(msg.reply, None) is not None and not self._held:
+            self._none_held.set()
+        try:
+            await action()
+        except Exception as exc:
+            self._error("could not settle a message; JetStream will deliver it again after the ack wait", exc)
+
+    def _error(self, text: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            self._log.warning(text, error=describe(exc))

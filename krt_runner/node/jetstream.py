@@ -1,0 +1,113 @@
+"""JetStream for a node in at-least-once mode: its stream and its durable consumer.
+
+With broker.py and nats_connection.py, the only node modules that import nats-py.
+
+At start (:func:`open_input`, right after connecting, before ``init``): JetStream must answer; the stream that
+already captures the input subject is used, or one is made (named by :mod:`krt_runner.jetstream_names`: file
+storage, work-queue retention, a duplicate window that outlasts every redelivery); then the node's one durable
+pull consumer, shared by all its replicas, is made or brought to this node's settings (explicit acks, ack wait,
+max deliver, deliver all, filtered on the input subject). Never a consumer per request or per replica: a
+work-queue stream refuses overlapping consumers (JetStream errors 10099 and 10100).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.js import api
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
+
+from krt_runner.errors import JetStreamError, describe
+from krt_runner.jetstream_names import consumer_name, stream_name
+
+# nats-server's own default duplicate window: a floor for the one computed from the ack wait.
+_MIN_DUPLICATE_WINDOW = 120.0
+_NO_JETSTREAM = (
+    "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs: start nats-server with -js (or a "
+    "jetstream block in its configuration, and JetStream enabled for this node's account), or set "
+    "KRT_DELIVERY=at-most-once"
+)
+
+
+@dataclass(frozen=True)
+class JetStreamInput:
+    """Where a node pulls its messages from."""
+
+    stream: str
+    consumer: str
+    stream_created: bool  # False: a stream that was there already captures the input subject
+
+
+def consumer_max_deliver(max_deliver: int) -> int:
+    """The consumer's own limit: one delivery more than ``KRT_JETSTREAM_MAX_DELIVER``, the one that only answers
+    the error (see :mod:`~krt_runner.node.js_pipeline`)."""
+    return max_deliver + 1
+
+
+def duplicate_window(*, ack_wait: float, max_deliver: int) -> float:
+    """Seconds a ``Nats-Msg-Id`` is remembered: longer than every redelivery of the message that caused it."""
+    return max(_MIN_DUPLICATE_WINDOW, ack_wait * (consumer_max_deliver(max_deliver) + 1))
+
+
+async def open_input(client: Client, *, subject: str, ack_wait: float, max_deliver: int) -> JetStreamInput:
+    """Make sure a stream captures ``subject`` and the node's durable consumer reads it; :class:`JetStreamError`
+    with the reason and the fix when JetStream cannot."""
+    js = client.jetstream()
+    try:
+        await js.account_info()
+    except ServiceUnavailableError:
+        raise JetStreamError(_NO_JETSTREAM) from None
+    except APIError as exc:
+        raise JetStreamError(f"JetStream refused this node's account: {_api_text(exc)}; {_NO_JETSTREAM}") from None
+    except (NatsError, asyncio.TimeoutError) as exc:
+        raise JetStreamError(f"JetStream did not answer ({describe(exc)}); {_NO_JETSTREAM}") from None
+    window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
+    stream, created = await _stream_for(js, subject, window)
+    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
+    return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
+
+
+async def _stream_for(js: JetStreamContext, subject: str, window: float) -> tuple[str, bool]:
+    try:
+        return await js.find_stream_name_by_subject(subject), False
+    except NotFoundError:
+        pass
+    name = stream_name(subject)
+    config = api.StreamConfig(
+        name=name, subjects=[subject], retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
+        duplicate_window=window,
+    )  # fmt: skip
+    try:
+        await js.add_stream(config)
+    except (APIError, NatsError, asyncio.TimeoutError) as exc:
+        raise JetStreamError(
+            f"cannot create JetStream stream {name!r} for the input subject {subject!r}: {_api_text(exc)}; create a "
+            "stream that captures it (work-queue retention), or let this node's account create streams"
+        ) from None
+    return name, True
+
+
+async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int) -> None:
+    """Create the durable consumer, or bring an existing one to these settings (the last replica started wins)."""
+    name = consumer_name(subject)
+    config = api.ConsumerConfig(
+        name=name, durable_name=name, ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=ack_wait, max_deliver=consumer_max_deliver(max_deliver), filter_subject=subject,
+    )  # fmt: skip
+    try:
+        await js.add_consumer(stream, config)
+    except (APIError, NatsError, asyncio.TimeoutError) as exc:
+        raise JetStreamError(
+            f"cannot create or update the durable consumer {name!r} on stream {stream!r} for {subject!r}: "
+            f"{_api_text(exc)}; on a work-queue stream only one consumer may read a subject: delete any other"
+        ) from None
+
+
+def _api_text(exc: BaseException) -> str:
+    if isinstance(exc, APIError) and exc.description:
+        return f"{exc.description} (JetStream error {exc.err_code})"
+    return describe(exc)

@@ -1,0 +1,132 @@
+"""Everything that sends requests speaks at-least-once: up, call, the Python client, local() and connect(), and
+the gRPC entrypoint; and the client's own part of the guarantee (a second answer ignored)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from conftest import KRT_RUNNER, ROOT, greeter_pb2
+from entrypoint_helpers import greet_call
+from up_helpers import leftovers, run_up, up_env
+
+import krt_runner
+from krt_runner.client import Client
+from krt_runner.envelope import KreNatsMessage
+from krt_runner.errors import NoResponders
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.local_krt.running_krt import RunningKrt
+
+GREETER = ROOT / "examples" / "greeter"
+SUBJECT = "greeter-v1-Greet-entrypoint"
+NO_MEASUREMENTS = {"KRT_MEASUREMENTS_ENABLED": "false"}
+
+
+def test_up_with_delivery_at_least_once_answers_a_request_and_removes_its_jetstream_store(tmp_path):
+    marker = uuid.uuid4().hex
+
+    done = run_up(str(GREETER), "--delivery", "at-least-once", "--request", '{"name": "Ada"}', cwd=tmp_path,
+                  marker=marker)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, Ada! **"}
+    store = re.search(r"nats-server on \S+ \(JetStream, its store in (\S+)\)", done.stderr)
+    assert store, done.stderr
+    assert not Path(store.group(1)).exists()
+    assert len(re.findall(r"\| .* pulling stream=KRT_", done.stderr)) == 2, "both nodes take their input from a stream"
+    assert leftovers(marker) == []
+
+
+@pytest.fixture(scope="module")
+def krt(tmp_path_factory) -> Iterator[RunningKrt]:
+    """The greeter under local(), every node, the entrypoint and submit() at-least-once."""
+    output = io.StringIO()
+    with krt_runner.local(GREETER, env=NO_MEASUREMENTS, output=output, delivery="at-least-once") as running:
+        running.output = output  # type: ignore[attr-defined]  # for the tests' assertions
+        yield running
+
+
+def test_local_at_least_once_runs_every_node_and_the_entrypoint_in_that_mode_and_submit_is_answered(krt):
+    answer = krt.workflow("greet").submit({"name": "local"}).result(30)
+
+    assert answer.greeting == "** Hello, local! **"
+    text = krt.output.getvalue()
+    assert re.search(r"^greet +\| .* pulling stream=KRT_greeter-v1-Greet-entrypoint", text, re.MULTILINE)
+    assert re.search(r"^entrypoint +\| .* entrypoint ready .*delivery=at-least-once", text, re.MULTILINE)
+
+
+def test_call_with_delivery_at_least_once_is_answered(krt):
+    command = [*KRT_RUNNER, "call", SUBJECT, "--nats", krt.url, "--proto", str(GREETER / "proto" / "greeter.proto"),
+               "--request", '{"name": "call"}', "--delivery", "at-least-once"]
+
+    done = subprocess.run(command, env=up_env("none"), capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"greeting": "** Hello, call! **"}
+
+
+def test_the_grpc_entrypoint_at_least_once_is_answered(krt):
+    with grpc.insecure_channel(krt.grpc_address) as channel:
+        answer = greet_call(channel)(greeter_pb2.Request(name="grpc"), timeout=30)
+
+    assert answer.greeting == "** Hello, grpc! **"
+
+
+def test_connect_at_least_once_to_a_running_krt_is_answered(krt):
+    with krt_runner.connect(krt.url, GREETER, delivery="at-least-once") as attached:
+        answer = attached.workflow("greet").submit(greeter_pb2.Request(name="connect")).result(30)
+
+    assert answer.greeting == "** Hello, connect! **"
+
+
+@pytest.fixture
+def js_server() -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(jetstream=True) as server:
+        yield server
+
+
+async def test_the_client_returns_the_first_answer_and_ignores_a_second_for_the_same_request(js_server):
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="DUP", subjects=["dup-in"])
+    pulled = await js.pull_subscribe("dup-in", "dup")
+    client = await Client.connect(js_server.url, delivery="at-least-once")
+    calling = asyncio.ensure_future(client.call("dup-in", greeter_pb2.Request(name="x"), greeter_pb2.Request))
+
+    [msg] = await pulled.fetch(1, timeout=10)
+    request = KreNatsMessage.FromString(msg.data)
+    for name in ("first", "second"):  # as a handler that ran twice would answer
+        answer = KreNatsMessage(tracking_id=request.tracking_id)
+        answer.payload.Pack(greeter_pb2.Request(name=name))
+        await nc.publish(request.reply, answer.SerializeToString())
+    result = await calling
+    await nc.flush()
+    await asyncio.sleep(0.2)
+
+    assert result.name == "first"
+    assert client.ignored_answers == 1
+    assert msg.headers["Nats-Msg-Id"] == request.tracking_id and request.reply.startswith("_INBOX.")
+    await client.close()
+    await nc.close()
+
+
+async def test_the_client_says_no_responders_when_no_stream_captures_the_subject(js_server):
+    client = await Client.connect(js_server.url, delivery="at-least-once")
+
+    with pytest.raises(NoResponders, match="no JetStream stream captures 'nowhere'"):
+        await client.call("nowhere", greeter_pb2.Request(name="x"), greeter_pb2.Request, timeout=5)
+    await client.close()
+
+
+async def test_an_unknown_delivery_mode_is_refused():
+    with pytest.raises(ValueError, match="delivery must be one of at-most-once, at-least-once"):
+        await Client.connect("nats://127.0.0.1:1", delivery="exactly-once")
