@@ -149,9 +149,9 @@ def _payloads(rows: list[dict[str, Any]]) -> list[str]:
         repeated = row["repeats"] > 1
         for side in ("floor", "krt"):
             f = row[side]
-            lines.append(f"| {row['payload']} | {side} | {_cell(f['answers_per_s'], '.0f', repeated)} | "
-                         f"{_cell(f['p50_ms'], '.2f', repeated)} | {_cell(f['p99_ms'], '.2f', repeated)} | "
-                         f"{_cell(f['cpu_s_per_1000'], '.3f', repeated)} | "
+            lines.append(f"| {row['payload']} | {side} | {_cell(f['answers_per_s'], '{:.0f}', repeated)} | "
+                         f"{_cell(f['p50_ms'], '{:.2f}', repeated)} | {_cell(f['p99_ms'], '{:.2f}', repeated)} | "
+                         f"{_cell(f['cpu_s_per_1000'], '{:.3f}', repeated)} | "
                          f"{f['lost']['max']:.0f}/{f['wrong']['max']:.0f} |")
         ratio = row["paired_ratio"]
         lines.append(f"| {row['payload']} | ratio | {ratio['answers_per_s']['median']:.2f}x | "
