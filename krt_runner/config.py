@@ -38,6 +38,10 @@ class Option:
     help: str = ""
 
 
+# Requests per batch when the code defines a batch function and KRT_BATCH_MAX_SIZE is not set: a model scores 32 rows
+# in about the time it takes to score one, and 32 requests in flight per batch keep the memory bound modest.
+DEFAULT_BATCH_MAX_SIZE = 32
+
 OPTIONS: tuple[Option, ...] = (
     Option("nats_servers", "KRT_NATS_SERVER", "--nats", parse.nats_servers, required=True,
            help="NATS URL(s), comma-separated; host:port is read as nats://host:port"),
@@ -61,6 +65,12 @@ OPTIONS: tuple[Option, ...] = (
            help="messages handled at once by this process (1 keeps KRE v1's in-order handling)"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
            help="seconds a handler may run before the request gets an error answer; 0 = no limit"),
+    Option("batch_max_size", "KRT_BATCH_MAX_SIZE", "--batch-max-size", parse.positive_int, default=None,
+           help="most requests per call of the node's batch function (handler_batch, Processor.process_batch); "
+                f"unset: {DEFAULT_BATCH_MAX_SIZE} when the code defines one; 1 turns batching off"),
+    Option("batch_max_wait_ms", "KRT_BATCH_MAX_WAIT_MS", "--batch-max-wait-ms", parse.milliseconds, default=5.0,
+           help="milliseconds the first request of a batch may wait for more while another batch is running "
+                "(KRT_CONCURRENCY above 1); a node with no batch running calls one at once"),
     Option("protobuf_compat", "KRT_PROTOBUF_COMPAT", "--protobuf-compat", parse.flag, default=True,
            help="let KRE v1 code pass including_default_value_fields to protobuf's MessageToDict/MessageToJson "
                 "(removed in protobuf 5.26); check, serve() and krt_runner.testing read it too"),
@@ -146,6 +156,8 @@ class Settings:
     version_id: str
     concurrency: int
     handler_timeout: float | None
+    batch_max_size: int | None
+    batch_max_wait_ms: float
     protobuf_compat: bool
     max_decompressed_bytes: int
     drain_timeout: float

@@ -58,7 +58,7 @@ class RunningNode:
                             last_node=settings.is_last_node)
         self.pipeline = Pipeline(settings=settings, code=code, state=self.state, broker=self.broker, points=points,
                                  log=self.log, name=self.name)
-        self.intake = intake_for(self.pipeline.handle, concurrency=settings.concurrency,
+        self.intake = intake_for(self.pipeline.handle, concurrency=self.pipeline.capacity,
                                  pipelined=self.pipeline.pipelined, log=self.log)
         self.discovery = self._discovery()
         self.ready = asyncio.Event()
