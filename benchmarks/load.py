@@ -1,4 +1,7 @@
-"""The requester: keeps W requests in flight and checks every answer."""
+"""The requester: keeps W requests in flight and checks every answer.
+
+Greeter requests by default (``n<i>`` answered ``n<i>``); another :class:`Traffic` sends other messages.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,12 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nats
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import Message
 from greeter_pb2 import Request, Response
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
@@ -39,7 +45,23 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def requests(count: int) -> list[bytes]:
+def _greeting_is_right(payload: AnyMessage, index: int) -> bool:
+    response = Response()
+    return payload.Unpack(response) and response.greeting == f"n{index}"
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the requester sends as its ``i``-th request, and whether an answer's payload is right for it."""
+
+    request: Callable[[int], Message] = lambda i: Request(name=f"n{i}")
+    is_right: Callable[[AnyMessage, int], bool] = _greeting_is_right
+
+
+GREETINGS = Traffic()
+
+
+def requests(count: int, traffic: Traffic = GREETINGS) -> list[bytes]:
     """Envelopes as a KRE v1 entrypoint sends them, built before the clock starts."""
     built = []
     for i in range(count):
@@ -47,12 +69,14 @@ def requests(count: int) -> list[bytes]:
         message.tracking.add(
             node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001"
         )
-        message.payload.Pack(Request(name=f"n{i}"))
+        message.payload.Pack(traffic.request(i))
         built.append(message.SerializeToString())
     return built
 
 
-async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -> LoadResult:
+async def drive(
+    url: str, subject: str, *, count: int, window: int, hops: int, traffic: Traffic = GREETINGS
+) -> LoadResult:
     """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer.
 
     The first ``window`` requests go out at once; after that, each answer sends the next request from its
@@ -60,7 +84,7 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
     """
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     result = LoadResult()
-    payloads = requests(count)
+    payloads = requests(count, traffic)
     sent_at: dict[int, float] = {}
     finished = asyncio.Event()
     prefix = f"_INBOX.bench{uuid.uuid4().hex[:8]}"
@@ -80,7 +104,7 @@ async def drive(url: str, subject: str, *, count: int, window: int, hops: int) -
             return
         result.latencies.append(time.perf_counter() - started)
         result.answered += 1
-        result.wrong += not _is_right(msg.data, index, hops)
+        result.wrong += not _is_right(msg.data, index, hops, traffic)
         if result.answered == count:
             finished.set()
         await send_next()
@@ -105,13 +129,11 @@ async def _wait(finished: asyncio.Event, result: LoadResult) -> None:
             await asyncio.wait_for(finished.wait(), STALL_SECONDS)
 
 
-def _is_right(data: bytes, index: int, hops: int) -> bool:
+def _is_right(data: bytes, index: int, hops: int, traffic: Traffic) -> bool:
     answer = KreNatsMessage.FromString(data)
-    response = Response()
     return (
         not answer.error
-        and answer.payload.Unpack(response)
-        and response.greeting == f"n{index}"
+        and traffic.is_right(answer.payload, index)
         and len(answer.tracking) == hops + 1
         and answer.tracking_id == f"bench-{index}"
     )

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py            # full run: writes BENCHMARKS.md and benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite)
+    .venv/bin/python benchmarks/run.py --only iris  # one section: prints its table, writes no report
 
 Starts its own nats-server and victoria-metrics (for "measurements on") on free
 loopback ports and stops them at the end.
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "gr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
 from entrypoint_bench import entrypoint_vs_nats
-from load import LoadResult, drive
+from iris_bench import iris_batching
+from load import GREETINGS, LoadResult, drive
 from processes import (
     ROOT,
     NodeProc,
@@ -109,11 +111,11 @@ class Bench:
         try:
             time.sleep(0.3)
             idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
-            entry = _entry(chain)
-            asyncio.run(drive(self.nats.url, entry, count=WARM_UP, window=16, hops=nodes))
+            entry, traffic = _entry(chain), options.get("traffic", GREETINGS)
+            asyncio.run(drive(self.nats.url, entry, count=WARM_UP, window=16, hops=nodes, traffic=traffic))
             cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
             others_before = self._others_cpu()
-            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes))
+            result = asyncio.run(drive(self.nats.url, entry, count=count, window=window, hops=nodes, traffic=traffic))
             cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
             others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
                       for name, seconds in self._others_cpu().items()}
@@ -266,8 +268,10 @@ def write_report(results: dict[str, Any], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat: a smoke run")
+    parser.add_argument("--only", choices=("iris",), help="run this section alone: print its table, write no report "
+                        "(and results only to --json when given)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results.json (with --only: none)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server and node started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -281,22 +285,44 @@ def main() -> int:
                 "machine": machine(),
                 "command": " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),
                 "measurements": "victoria-metrics (InfluxDB v2 write API)" if influx else "line-protocol file",
-                "matrix": main_matrix(bench, quick=args.quick),
-                "concurrency": concurrency_scaling(bench, quick=args.quick),
-                # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
-                "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=args.quick),
-                "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=args.quick),
-                "memory": memory_growth(bench, quick=args.quick),
-                "entrypoint": entrypoint_vs_nats(nats_server.url, bench.node_env(), quick=args.quick),
+                **(_sections(bench, Path(scratch), quick=args.quick) if args.only is None else
+                   {"iris_batching": iris_batching(bench, Path(scratch), quick=args.quick)}),
             }
         finally:
             if influx:
                 influx.close()
     results["seconds"] = round(time.time() - started, 1)
     results["failures"] = _failures(bench, results)
-    args.json.write_text(json.dumps(results, indent=2))
-    write_report(results, args.out)
-    print(f"wrote {args.out} and {args.json} in {results['seconds']}s")
+    return _write(results, args)
+
+
+def _sections(bench: Bench, scratch: Path, *, quick: bool) -> dict[str, Any]:
+    return {
+        "matrix": main_matrix(bench, quick=quick),
+        "concurrency": concurrency_scaling(bench, quick=quick),
+        # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
+        "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=quick),
+        "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=quick),
+        "memory": memory_growth(bench, quick=quick),
+        "entrypoint": entrypoint_vs_nats(bench.nats.url, bench.node_env(), quick=quick),
+        "iris_batching": iris_batching(bench, scratch, quick=quick),
+    }
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace) -> int:
+    if args.only is None:
+        json_path = args.json or ROOT / "benchmarks" / "results.json"
+        json_path.write_text(json.dumps(results, indent=2))
+        write_report(results, args.out)
+        print(f"wrote {args.out} and {json_path} in {results['seconds']}s")
+    else:
+        from report import iris_batching as iris_report
+
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        print(f"\n{results['command']} ({results['seconds']} s), machine: {results['machine']}\n")
+        print("\n".join(iris_report(results["iris_batching"])))
+        print("\n".join(f"failure: {failure}" for failure in results["failures"]))
     return 1 if results["failures"] else 0
 
 
@@ -310,7 +336,7 @@ def _start_influx() -> VictoriaMetrics | None:
 
 def _failures(bench: Bench, results: dict[str, Any]) -> list[str]:
     failures = []
-    if results["entrypoint"]["wrong"]:
+    if results.get("entrypoint", {}).get("wrong"):
         failures.append(f"gRPC entrypoint or NATS-direct calls answered wrongly: {results['entrypoint']['wrong']}")
     for run in bench.runs:
         f = run.figures()
