@@ -1,4 +1,7 @@
-"""The requester: keeps W requests in flight and checks every answer."""
+"""The requester: keeps W requests in flight and checks every answer.
+
+Greeter requests by default (``n<i>`` answered ``n<i>``); another :class:`Traffic` sends other messages.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,18 @@ import gzip
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import nats
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import Message
 from greeter_pb2 import Request, Response
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
 
 # A run with no answer for this long counts what is missing as lost.
 STALL_SECONDS = 15.0
-# Large requests are built once and used in turn: the requester's own cost stays out of the figures.
-_DISTINCT_LARGE = 32
 _MAX_PAYLOAD = 1024 * 1024  # nats-server's default: larger envelopes are gzip-compressed, as KRE v1 does
 _WORDS = [f"w{index:02d}" for index in range(64)]
 
@@ -45,31 +49,55 @@ class LoadResult:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
-def name_for(index: int, payload_bytes: int) -> str:
-    """The request's name: ``n<index>``, padded with words (about 3x compressible, as text) to ``payload_bytes``."""
-    if not payload_bytes:
-        return f"n{index}"
-    index %= _DISTINCT_LARGE
-    words = random.Random(index).choices(_WORDS, k=payload_bytes // 4 + 1)
-    return f"n{index} {' '.join(words)}"[:payload_bytes]
+def _greeting_is_right(payload: AnyMessage, index: int) -> bool:
+    response = Response()
+    return payload.Unpack(response) and response.greeting == f"n{index}"
 
 
-def requests(count: int, payload_bytes: int = 0) -> list[bytes]:
+@dataclass(frozen=True)
+class Traffic:
+    """What the requester sends as its ``i``-th request, and whether an answer's payload is right for it."""
+
+    request: Callable[[int], Message] = lambda i: Request(name=f"n{i}")
+    is_right: Callable[[AnyMessage, int], bool] = _greeting_is_right
+    distinct: int = 0  # requests built before the clock starts, used in turn; 0: one per request
+
+
+GREETINGS = Traffic()
+
+
+def large_greetings(payload_bytes: int, distinct: int = 32) -> Traffic:
+    """Greeter requests padded with words (about 3x compressible, as text) to ``payload_bytes``; ``distinct`` of
+    them are built, once, so the requester's own cost stays out of the figures."""
+
+    def name(index: int) -> str:
+        index %= distinct
+        words = random.Random(index).choices(_WORDS, k=payload_bytes // 4 + 1)
+        return f"n{index} {' '.join(words)}"[:payload_bytes]
+
+    def is_right(payload: AnyMessage, index: int) -> bool:
+        response = Response()
+        return payload.Unpack(response) and response.greeting == name(index)
+
+    return Traffic(request=lambda i: Request(name=name(i)), is_right=is_right, distinct=distinct)
+
+
+def requests(count: int, traffic: Traffic = GREETINGS) -> list[bytes]:
     """Envelopes as a KRE v1 entrypoint sends them (gzip over the max payload), built before the clock starts."""
     built = []
-    for i in range(count if not payload_bytes else min(count, _DISTINCT_LARGE)):
+    for i in range(min(count, traffic.distinct) if traffic.distinct else count):
         message = KreNatsMessage(tracking_id=f"bench-{i}")
         message.tracking.add(
             node_name="entrypoint", start="2026-01-01T00:00:00.000000", end="2026-01-01T00:00:00.000001"
         )
-        message.payload.Pack(Request(name=name_for(i, payload_bytes)))
+        message.payload.Pack(traffic.request(i))
         data = message.SerializeToString()
         built.append(gzip.compress(data, compresslevel=1) if len(data) > _MAX_PAYLOAD else data)
     return built
 
 
 async def drive(
-    url: str, subject: str, *, count: int, window: int, hops: int, payload_bytes: int = 0
+    url: str, subject: str, *, count: int, window: int, hops: int, traffic: Traffic = GREETINGS
 ) -> LoadResult:
     """Send ``count`` requests with ``window`` in flight; ``hops`` tracking entries expected per answer.
 
@@ -78,7 +106,7 @@ async def drive(
     """
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     result = LoadResult()
-    payloads = requests(count, payload_bytes)
+    payloads = requests(count, traffic)
     sent_at: dict[int, float] = {}
     finished = asyncio.Event()
     prefix = f"_INBOX.bench{uuid.uuid4().hex[:8]}"
@@ -98,7 +126,7 @@ async def drive(
             return
         result.latencies.append(time.perf_counter() - started)
         result.answered += 1
-        result.wrong += not _is_right(msg.data, index, hops, payload_bytes)
+        result.wrong += not _is_right(msg.data, index, hops, traffic, len(payloads))
         if result.answered == count:
             finished.set()
         await send_next()
@@ -123,14 +151,13 @@ async def _wait(finished: asyncio.Event, result: LoadResult) -> None:
             await asyncio.wait_for(finished.wait(), STALL_SECONDS)
 
 
-def _is_right(data: bytes, index: int, hops: int, payload_bytes: int) -> bool:
+def _is_right(data: bytes, index: int, hops: int, traffic: Traffic, built: int) -> bool:
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     answer = KreNatsMessage.FromString(data)
-    response = Response()
     return (
         not answer.error
-        and answer.payload.Unpack(response)
-        and response.greeting == name_for(index, payload_bytes)
+        and traffic.is_right(answer.payload, index)
         and len(answer.tracking) == hops + 1
+        and answer.tracking_id == f"bench-{index % built}"
     )

@@ -186,6 +186,8 @@ def _extras(results: dict[str, Any]) -> list[str]:
     lines += _entrypoint(results["entrypoint"])
     if "delivery" in results:
         lines += ["", *delivery_report(results["delivery"])]
+    if "iris_batching" in results:
+        lines += ["", *iris_batching(results["iris_batching"])]
     if results.get("failures"):
         lines += ["", "## Failures", "", *[f"- {failure}" for failure in results["failures"]]]
     return lines
@@ -219,3 +221,42 @@ def _entrypoint(result: dict[str, Any]) -> list[str]:
         f"| W=1: gRPC p50 within 1 ms of NATS-direct | {gap:+.2f} ms | {'yes' if gap <= 1.0 else 'NO'} |",
     ]
     return lines
+
+
+IRIS_FIGURES = (
+    ("answers_per_s", "{:.0f}"), ("cpu_us_per_answer", "{:.0f}"), ("p50_ms", "{:.2f}"), ("p99_ms", "{:.2f}"),
+)
+
+
+def iris_batching(section: dict[str, Any]) -> list[str]:
+    """The iris classifier node unbatched and batched (benchmarks/iris_bench.py); also printed by ``--only iris``."""
+    lines = [
+        "## Dynamic batching: the iris classifier node",
+        "",
+        "examples/iris's node and its scikit-learn model, one replica, `KRT_CONCURRENCY=1`, measurements on; the "
+        "150 iris flowers as requests, every answer's species checked. Unbatched: `KRT_BATCH_MAX_SIZE=1` (one "
+        "`predict_proba` per request); batched: the default, up to 32 requests per `process_batch` call. Medians "
+        "over the alternating pairs, with [min - max] where there were several. CPU is the node process's, per "
+        "answer.",
+        "",
+        "| W | node | answers/s | CPU µs/answer | p50 ms | p99 ms | lost/wrong |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in section["rows"]:
+        for side in ("unbatched", "batched"):
+            stats = row[side]
+            cells = " | ".join(_cell(stats[key], fmt, row["pairs"] > 1) for key, fmt in IRIS_FIGURES)
+            lines.append(f"| {row['window']} | {side} | {cells} | {stats['lost']['max']:.0f}/"
+                         f"{stats['wrong']['max']:.0f} |")
+    goals, rows = section["goals"], {row["window"]: row for row in section["rows"]}
+    speedup, gap = rows[128]["speedup"], rows[1]["p50_gap_ms"]
+    return [
+        *lines,
+        "",
+        "| goal | batched against unbatched: median of pairs [min - max] | met |",
+        "| --- | --- | --- |",
+        f"| W=128: answers/s >= {goals['speedup_goal']:g}x | {speedup['median']:.2f}x [{speedup['min']:.2f} - "
+        f"{speedup['max']:.2f}] | {'yes' if goals['speedup_met'] else 'NO'} |",
+        f"| W=1: p50 within {goals['p50_gap_goal_ms']:g} ms | {gap['median']:+.3f} ms [{gap['min']:+.3f} - "
+        f"{gap['max']:+.3f}] | {'yes' if goals['p50_gap_met'] else 'NO'} |",
+    ]

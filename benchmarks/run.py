@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run.py            # full run: writes BENCHMARKS.md and benchmarks/results.json
     .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite)
     .venv/bin/python benchmarks/run.py --only delivery   # just at-most-once against at-least-once; prints it
+    .venv/bin/python benchmarks/run.py --only iris  # one section: prints its table, writes no report
 
 Starts its own nats-server and victoria-metrics (for "measurements on") on free
 loopback ports and stops them at the end.
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # inf
 
 from delivery import delivery_modes
 from entrypoint_bench import entrypoint_vs_nats
-from load import LoadResult, drive
+from iris_bench import iris_batching
+from load import GREETINGS, LoadResult, drive, large_greetings
 from processes import (
     ROOT,
     NodeProc,
@@ -113,13 +115,13 @@ class Bench:
         try:
             time.sleep(0.3)
             idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
-            entry = _entry(chain)
-            size = options.get("payload_bytes", 0)
-            sized = {"payload_bytes": size} if size else {}
-            asyncio.run(driver(self.nats.url, entry, count=WARM_UP if not size else 10, window=16, hops=nodes, **sized))
+            entry, traffic = _entry(chain), options.get("traffic", GREETINGS)
+            shaped = {} if traffic is GREETINGS else {"traffic": traffic}  # drive_js sends greetings only
+            warm_up = WARM_UP if not traffic.distinct else 10
+            asyncio.run(driver(self.nats.url, entry, count=warm_up, window=16, hops=nodes, **shaped))
             cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
             others_before = self._others_cpu()
-            result = asyncio.run(driver(self.nats.url, entry, count=count, window=window, hops=nodes, **sized))
+            result = asyncio.run(driver(self.nats.url, entry, count=count, window=window, hops=nodes, **shaped))
             cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
             others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
                       for name, seconds in self._others_cpu().items()}
@@ -231,7 +233,8 @@ def payload_rows(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
         samples: dict[str, list[Run]] = {"floor": [], "krt": []}
         for repeat in range(repeats):
             for side in ("floor", "krt") if repeat % 2 == 0 else ("krt", "floor"):
-                samples[side].append(bench.measure(side, 3, 16, count, payload_bytes=size, label=f"{side} {label}"))
+                samples[side].append(bench.measure(side, 3, 16, count, traffic=large_greetings(size),
+                                                   label=f"{side} {label}"))
         rows.append({"payload": label, **_compare(3, 16, samples)})
     return rows
 
@@ -290,13 +293,14 @@ def write_report(results: dict[str, Any], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat: a smoke run")
+    parser.add_argument("--only", choices=("iris", "delivery"), help="run this section alone: print its table, write "
+                        "no report (and results only to --json when given)")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
-    parser.add_argument("--only", choices=("delivery",), help="run one section, print it; write no report")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results.json (with --only: none)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server and node started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.only:
+    if args.only == "delivery":
         return only_delivery(quick=args.quick)
     started = time.time()
     with EmbeddedNats() as nats_server, tempfile.TemporaryDirectory() as scratch:
@@ -308,24 +312,46 @@ def main() -> int:
                 "machine": machine(),
                 "command": " ".join([".venv/bin/python", "benchmarks/run.py", *sys.argv[1:]]),
                 "measurements": "victoria-metrics (InfluxDB v2 write API)" if influx else "line-protocol file",
-                "matrix": main_matrix(bench, quick=args.quick),
-                "payloads": payload_rows(bench, quick=args.quick),
-                "concurrency": concurrency_scaling(bench, quick=args.quick),
-                # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
-                "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=args.quick),
-                "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=args.quick),
-                "memory": memory_growth(bench, quick=args.quick),
-                "entrypoint": entrypoint_vs_nats(nats_server.url, bench.node_env(), quick=args.quick),
-                "delivery": _delivery(bench, quick=args.quick),
+                **(_sections(bench, Path(scratch), quick=args.quick) if args.only is None else
+                   {"iris_batching": iris_batching(bench, Path(scratch), quick=args.quick)}),
             }
         finally:
             if influx:
                 influx.close()
     results["seconds"] = round(time.time() - started, 1)
     results["failures"] = _failures(bench, results)
-    args.json.write_text(json.dumps(results, indent=2))
-    write_report(results, args.out)
-    print(f"wrote {args.out} and {args.json} in {results['seconds']}s")
+    return _write(results, args)
+
+
+def _sections(bench: Bench, scratch: Path, *, quick: bool) -> dict[str, Any]:
+    return {
+        "matrix": main_matrix(bench, quick=quick),
+        "payloads": payload_rows(bench, quick=quick),
+        "concurrency": concurrency_scaling(bench, quick=quick),
+        # Busy on the CPU in Python (holding the GIL), and waiting with the GIL released.
+        "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=quick),
+        "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=quick),
+        "memory": memory_growth(bench, quick=quick),
+        "entrypoint": entrypoint_vs_nats(bench.nats.url, bench.node_env(), quick=quick),
+        "delivery": _delivery(bench, quick=quick),
+        "iris_batching": iris_batching(bench, scratch, quick=quick),
+    }
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace) -> int:
+    if args.only is None:
+        json_path = args.json or ROOT / "benchmarks" / "results.json"
+        json_path.write_text(json.dumps(results, indent=2))
+        write_report(results, args.out)
+        print(f"wrote {args.out} and {json_path} in {results['seconds']}s")
+    else:
+        from report import iris_batching as iris_report
+
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+        print(f"\n{results['command']} ({results['seconds']} s), machine: {results['machine']}\n")
+        print("\n".join(iris_report(results["iris_batching"])))
+        print("\n".join(f"failure: {failure}" for failure in results["failures"]))
     return 1 if results["failures"] else 0
 
 
@@ -375,7 +401,7 @@ def _start_influx() -> VictoriaMetrics | None:
 
 def _failures(bench: Bench, results: dict[str, Any]) -> list[str]:
     failures = []
-    if results["entrypoint"]["wrong"]:
+    if results.get("entrypoint", {}).get("wrong"):
         failures.append(f"gRPC entrypoint or NATS-direct calls answered wrongly: {results['entrypoint']['wrong']}")
     for run in bench.runs:
         f = run.figures()

@@ -11,32 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from krt_runner import setting_values as parse
 from krt_runner.errors import ConfigError
+from krt_runner.options import Option, read_option, read_options
 from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url", "setting_from_env"]
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting: its field on :class:`Settings`, its variable, its flag and its parser."""
-
-    field: str
-    env: str
-    flag: str
-    parse: Callable[[str], Any]
-    default: Any = None
-    required: bool = False
-    secret: bool = False
-    help: str = ""
-
+# Requests per batch when the code defines a batch function and KRT_BATCH_MAX_SIZE is not set: a model scores 32 rows
+# in about the time it takes to score one, and 32 requests in flight per batch keep the memory bound modest.
+DEFAULT_BATCH_MAX_SIZE = 32
 
 OPTIONS: tuple[Option, ...] = (
     Option("nats_servers", "KRT_NATS_SERVER", "--nats", parse.nats_servers, required=True,
@@ -70,6 +61,12 @@ OPTIONS: tuple[Option, ...] = (
                            "and is terminated"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
            help="seconds a handler may run before the request gets an error answer; 0 = no limit"),
+    Option("batch_max_size", "KRT_BATCH_MAX_SIZE", "--batch-max-size", parse.positive_int, default=None,
+           help="most requests per call of the node's batch function (handler_batch, Processor.process_batch); "
+                f"unset: {DEFAULT_BATCH_MAX_SIZE} when the code defines one; 1 turns batching off"),
+    Option("batch_max_wait_ms", "KRT_BATCH_MAX_WAIT_MS", "--batch-max-wait-ms", parse.milliseconds, default=5.0,
+           help="milliseconds the first request of a batch may wait for more while another batch is running "
+                "(KRT_CONCURRENCY above 1); a node with no batch running calls one at once"),
     Option("protobuf_compat", "KRT_PROTOBUF_COMPAT", "--protobuf-compat", parse.flag, default=True,
            help="let KRE v1 code pass including_default_value_fields to protobuf's MessageToDict/MessageToJson "
                 "(removed in protobuf 5.26); check, serve() and krt_runner.testing read it too"),
@@ -158,6 +155,8 @@ class Settings:
     jetstream_ack_wait: float
     jetstream_max_deliver: int
     handler_timeout: float | None
+    batch_max_size: int | None
+    batch_max_wait_ms: float
     protobuf_compat: bool
     max_decompressed_bytes: int
     drain_timeout: float
@@ -230,31 +229,6 @@ def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, 
     return Settings(**values)
 
 
-def read_options(
-    options: tuple[Option, ...],
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    *,
-    cross_checks: Callable[[Mapping[str, Any]], list[str]] | None = None,
-) -> dict[str, Any]:
-    """Each option's value by field, from its flag in ``overrides`` or its variable in ``env`` (default
-    ``os.environ``) or its default; :class:`ConfigError` listing every problem, ``cross_checks``' included."""
-    env = os.environ if env is None else env
-    overrides = overrides or {}
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for option in options:
-        raw = overrides.get(option.field)
-        if raw is None:
-            raw = env.get(option.env)
-        _read_option(option, raw, values, problems)
-    if cross_checks is not None:
-        problems.extend(cross_checks(values))
-    if problems:
-        raise ConfigError(problems)
-    return values
-
-
 def connection_problems(values: Mapping[str, Any]) -> list[str]:
     """Auth and TLS settings that only make sense together."""
     problems = []
@@ -271,37 +245,10 @@ def setting_from_env(field: str, env: Mapping[str, str] | None = None) -> Any:
     option = next(option for option in OPTIONS if option.field == field)
     values: dict[str, Any] = {}
     problems: list[str] = []
-    _read_option(option, (os.environ if env is None else env).get(option.env), values, problems)
+    read_option(option, (os.environ if env is None else env).get(option.env), values, problems)
     if problems:
         raise ConfigError(problems)
     return values[field]
-
-
-def _read_option(option: Option, raw: str | None, values: dict[str, Any], problems: list[str]) -> None:
-    where = f"{option.env} ({option.flag})"
-    if raw is None or not str(raw).strip():
-        if option.required:
-            problems.append(f"{where} is required: {option.help}")
-        values[option.field] = option.default
-        return
-    try:
-        values[option.field] = option.parse(str(raw))
-    except ValueError as exc:
-        shown = "***" if option.secret else repr(_redact_urls(str(raw)))
-        problems.append(f"{where}={shown} is invalid: {_reason(exc)}")
-
-
-def _redact_urls(raw: str) -> str:
-    """Any comma-separated part with credentials in it loses them."""
-    return ",".join(redact_url(part) if "@" in part else part for part in raw.split(","))
-
-
-def _reason(exc: ValueError) -> str:
-    text = str(exc)
-    # int()/float() say "invalid literal for int() with base 10: 'x'"
-    if text.startswith(("invalid literal", "could not convert")):
-        return "must be a number"
-    return text
 
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:

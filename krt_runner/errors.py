@@ -76,6 +76,10 @@ class HandlerError(KrtRunnerError):
     """The user's handler raised; the message names the exception."""
 
 
+class BatchResultError(KrtRunnerError):
+    """A batch function returned something other than one result per request: the message names both counts."""
+
+
 class InitError(KrtRunnerError):
     """The user's ``init`` raised; the node does not start."""
 

@@ -37,6 +37,14 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def milliseconds(raw: str) -> float:
+    """A wait in milliseconds; ``0`` means no wait."""
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be 0 or a number of milliseconds above 0")
+    return value
+
+
 def port(raw: str) -> int:
     """A TCP port to listen on: 0 to 65535, 0 meaning a free one."""
     value = int(raw)

@@ -15,14 +15,15 @@ The handler gets a real :class:`~krt_runner.node.context.HandlerContext`: the sa
 node; sync functions run on a worker thread as they do there. Measurements are
 kept in memory (:attr:`NodeUnderTest.points`, :attr:`NodeUnderTest.lines`) and
 early replies in :attr:`NodeUnderTest.replies`. A handler that raises raises
-here too, with its own traceback.
+here too, with its own traceback. :meth:`NodeUnderTest.call_batch` calls a batch
+function (``handler_batch``, ``process_batch``) once with a list of requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,11 +34,14 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.config import setting_from_env
+from krt_runner.errors import BatchResultError
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, MemorySink
 from krt_runner.mongo.memory import MemoryStore
 from krt_runner.mongo.prediction import PREDICTIONS_COLLECTION
 from krt_runner.mongo.wire import SavedDocument
+from krt_runner.node.batch_context import BatchContext
+from krt_runner.node.batch_results import Validated, outcomes
 from krt_runner.node.calling import Caller
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.data_context import DataServices
@@ -135,10 +139,43 @@ class NodeUnderTest:
         """
         tracking = tracking_id or str(uuid.uuid4())
         ctx = HandlerContext(self.state, tracking, self._capture_reply)
-        payload = envelope.pack(request)
-        data = unpack_request(payload, self.code.request_type) if self.code.request_type else payload
-        result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, data))
+        result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, self._data(request)))
         return result if response_type is None else _as_type(result, response_type)
+
+    def call_batch(
+        self, requests: Sequence[Message], response_type: type[ResponseT] | None = None, *,
+        tracking_ids: Sequence[str] | None = None,
+    ) -> list[Any]:  # fmt: skip
+        """Run the batch function (``handler_batch``, or a Processor's ``process_batch``) once with ``requests``, as
+        a node calls it, whatever ``KRT_BATCH_MAX_SIZE`` says; return one item per request, in order.
+
+        Each item is the request's result (as ``response_type`` when given, as :meth:`call` does), or the
+        exception instance the batch function returned in its place, or, for a request a Processor's
+        ``validate`` rejected (left out of the batch), an :class:`~krt_runner.errors.InvalidRequestError`. An
+        exception out of the call raises here with its traceback; a wrong number of results raises
+        :class:`~krt_runner.errors.BatchResultError` naming both counts.
+        """
+        batch = self.code.batch
+        if batch is None:
+            raise TypeError(f"{self.code.source} defines no handler_batch(ctx, requests) and no Processor."
+                            "process_batch(self, ctx, requests): call() runs its handler")
+        ids = list(tracking_ids) if tracking_ids is not None else [str(uuid.uuid4()) for _ in requests]
+        call = self._caller.call(batch.call, BatchContext(self.state, ids), [self._data(r) for r in requests])
+        returned = self._loop.run_until_complete(call)
+        if isinstance(returned, Validated) and returned.error is not None:
+            raise returned.error
+        results = outcomes(batch.name, returned, len(requests))
+        wrong_count = next((result for result in results if isinstance(result, BatchResultError)), None)
+        if wrong_count is not None:
+            raise wrong_count
+        if response_type is None:
+            return results
+        return [result if isinstance(result, Exception) else _as_type(result, response_type) for result in results]
+
+    def _data(self, request: Message) -> Any:
+        """What the code gets for ``request``: unpacked into its request class, or the Any."""
+        payload = envelope.pack(request)
+        return unpack_request(payload, self.code.request_type) if self.code.request_type else payload
 
     async def _capture_reply(self, message: Message) -> None:
         self.replies.append(message)

@@ -51,6 +51,19 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {"nats-128", "grpc-128", "nats-1", "grpc-1"}
     assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
     assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
+    # The iris classifier node unbatched and batched, at W = 1, 16, 128: every answer's species right.
+    iris = results["iris_batching"]
+    assert [row["window"] for row in iris["rows"]] == [1, 16, 128]
+    for row in iris["rows"]:
+        for side in ("unbatched", "batched"):
+            figures = row[side]
+            assert figures["lost"]["max"] == 0 and figures["wrong"]["max"] == 0
+            assert figures["answers_per_s"]["median"] > 0 and figures["cpu_us_per_answer"]["median"] > 0
+            assert 0 < figures["p50_ms"]["median"] <= figures["p99_ms"]["median"]
+    assert iris["goals"]["speedup_at_128"] > 0
+    assert "## Dynamic batching: the iris classifier node" in report.read_text()
+    assert "| 128 | batched |" in report.read_text() and "W=1: p50 within 0.2 ms" in report.read_text()
+
     # Both delivery modes on the 3-node chain, in the same run: every request answered once, both ways.
     delivery = results["delivery"]
     assert {row["window"] for row in delivery} == {1, 128}

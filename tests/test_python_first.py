@@ -230,6 +230,37 @@ def test_dev_mode_serves_a_typed_handler_function_with_its_init(run_dev):
     assert result.stdout.splitlines() == ['{"greeting": "Hi, Ada! via node"}', '{"greeting": "Hi, ! via node"}']
 
 
+def test_dev_mode_answers_through_a_processor_s_process_batch_after_its_validate(run_dev):
+    result = run_dev(HANDLERS / "batch_processor.py", "--request", '{"name": "Ada"}', "--request", '{"name": "bad"}')
+
+    assert result.stdout.splitlines() == [
+        '{"greeting": "Hello, Ada! batch of 1"}',
+        '{"error": "error in node \'batch_processor\': invalid request: ValueError: name \'bad\' is not allowed"}',
+    ]
+    assert result.returncode == 1, "a request failed"
+    assert "requests are handled in batches" in result.stderr
+
+
+def test_dev_mode_serves_a_module_s_handler_batch_given_to_serve(run_dev, handler_dir):
+    base = handler_dir(
+        """
+        import krt_runner
+        from greeter_pb2 import Request, Response
+
+        async def handler_batch(ctx, requests: list[Request]) -> list[Response]:
+            return [Response(greeting=f"Hi, {req.name} ({len(ctx.tracking_ids)} in batch)") for req in requests]
+
+        if __name__ == "__main__":
+            krt_runner.serve(handler_batch=handler_batch)
+        """
+    )
+
+    result = run_dev(base / "src" / "node.py", "--request", '{"name": "Ada"}')
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ['{"greeting": "Hi, Ada (1 in batch)"}']
+
+
 def test_dev_mode_with_an_untyped_handler_says_what_to_annotate(run_dev, handler_dir):
     base = handler_dir(
         """

@@ -240,7 +240,8 @@ def test_a_handler_function_wins_over_a_processor_class_in_the_same_module(load)
             "",
             "validate takes greeter.Response but process takes greeter.Request",
         ),
-        ("x = 1\n", "", "defines no handler(ctx, data) function and no krt_runner.Processor subclass"),
+        ("x = 1\n", "", "defines no handler(ctx, data) function, no handler_batch(ctx, requests) function and no "
+                       "krt_runner.Processor subclass"),
     ],
     ids=["unknown-class", "no-process", "constructor-raises", "types-disagree", "nothing-to-run"],
 )

@@ -66,3 +66,15 @@ def test_validate_rejects_a_flower_that_cannot_be_one_before_the_model_sees_it(i
 
     assert "petal_width must be a length in cm between 0 and 100, got 0" in str(caught.value)
     assert node.points == []
+
+
+def test_a_batch_is_classified_in_one_call_and_a_flower_validate_rejects_is_left_out(iris_copy):
+    flowers = [(5.1, 3.5, 1.4, 0.2), (6.0, 2.7, 4.1, 0.0), (6.7, 3.0, 5.8, 2.2)]
+    requests = [Request(sepal_length=a, sepal_width=b, petal_length=c, petal_width=d) for a, b, c, d in flowers]
+
+    with run_node(iris_copy, "src/classifier.py") as node:
+        answers = node.call_batch(requests, Response)
+
+    assert [answers[0].species, answers[2].species] == ["setosa", "virginica"]
+    assert isinstance(answers[1], InvalidRequestError) and "petal_width must be a length" in str(answers[1])
+    assert [point.tags["species"] for point in node.points] == ["setosa", "virginica"]

@@ -53,24 +53,29 @@ DEV_INPUT = "krt-dev.in"
 _DEV_MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
-def serve(target: Any, *, init: UserFunction | None = None, argv: Sequence[str] | None = None) -> NoReturn:
+def serve(
+    target: Any = None, *, init: UserFunction | None = None, handler_batch: UserFunction | None = None,
+    argv: Sequence[str] | None = None,
+) -> NoReturn:
     """Run ``target`` as a node and exit with its exit code; call it under ``if __name__ == "__main__":``.
 
     ``target`` is a :class:`~krt_runner.Processor` subclass, or a
-    ``handler(ctx, req)`` function with its optional ``init``. With
+    ``handler(ctx, req)`` function with its optional ``init``; ``handler_batch``
+    is a module's batch function (with or without ``target``). With
     ``KRT_NATS_SERVER`` set the process is a node configured by the ``KRT_*``
     variables. Otherwise it runs in local dev mode: ``--request '{...}'``
     (repeatable), or one JSON request per line on stdin, each answered with one
     JSON line on stdout. Dev mode needs a typed request parameter.
     """
-    sys.exit(_main(target, init=init, argv=sys.argv[1:] if argv is None else list(argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.exit(_main(target, init=init, handler_batch=handler_batch, argv=argv))
 
 
-def _main(target: Any, *, init: UserFunction | None, argv: list[str]) -> int:
-    script = _script_of(target)
+def _main(target: Any, *, init: UserFunction | None, handler_batch: UserFunction | None, argv: list[str]) -> int:
+    script = _script_of(target if target is not None else handler_batch)
     try:
         _protobuf_compat(script)
-        code = user_code_from(target, init=init, name=script.stem, source=str(script))
+        code = user_code_from(target, init=init, handler_batch=handler_batch, name=script.stem, source=str(script))
     except (HandlerLoadError, ConfigError) as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return EXIT_USAGE

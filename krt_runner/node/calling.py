@@ -8,6 +8,7 @@ NATS client from answering PINGs or reconnecting.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,3 +101,17 @@ def handler_error(exc: BaseException) -> HandlerError:
     error = HandlerError(f"handler raised {describe(exc)}")
     error.__cause__ = exc
     return error
+
+
+def as_async(function: UserFunction) -> UserFunction:
+    """``function`` as a coroutine function: itself if it is one, else run on a thread of its own when called."""
+    if inspect.iscoroutinefunction(function):
+        return function
+    return functools.partial(asyncio.to_thread, function)
+
+
+def invalid_request(exc: Exception) -> InvalidRequestError:
+    """What an exception out of a Processor's ``validate`` becomes: the request is invalid."""
+    if isinstance(exc, InvalidRequestError):
+        return exc
+    return InvalidRequestError(f"invalid request: {describe(exc)}")

@@ -52,7 +52,7 @@ class JetStreamIntake:
         self._broker = broker
         self._settings = settings
         self._log = log
-        self._count = settings.concurrency + (1 if pipeline.pipelined else 0)
+        self._count = pipeline.capacity + (1 if pipeline.pipelined else 0)  # capacity: more when batching
         self._mean_ns = _FIRST_GUESS_NS  # moving mean of the time a delivery takes to handle
         self._taken: asyncio.Queue[Msg] = asyncio.Queue()
         self._busy = 0

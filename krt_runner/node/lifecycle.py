@@ -77,7 +77,7 @@ class RunningNode:
             return js_pipeline, self.jetstream
         pipeline = Pipeline(settings=settings, broker=self.broker, log=self.log, code=self.code, state=self.state,
                             points=points, name=self.name)
-        return pipeline, intake_for(pipeline.handle, concurrency=settings.concurrency, pipelined=pipeline.pipelined,
+        return pipeline, intake_for(pipeline.handle, concurrency=pipeline.capacity, pipelined=pipeline.pipelined,
                                     log=self.log)
 
     @property

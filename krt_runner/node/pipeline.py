@@ -18,6 +18,7 @@ from krt_runner.config import Settings
 from krt_runner.errors import DrainTimeoutError, EnvelopeError, HandlerError, InvalidRequestError, ReplyError, describe
 from krt_runner.measurements import NodePoints, Outcome, Timing
 from krt_runner.node.answers import Answers, publishable
+from krt_runner.node.batching import batcher_for
 from krt_runner.node.broker import Broker
 from krt_runner.node.calling import Caller, as_handler_errors, handler_failure
 from krt_runner.node.context import HandlerContext, NodeState
@@ -53,11 +54,16 @@ class Pipeline:
         self._max_decompressed = settings.max_decompressed_bytes
         self._input = settings.input_subject
         self._listens_on = matcher(settings.input_subject)
+        # With a batch function, a message joins a batch in place of the handler's call (krt_runner/node/batching.py).
+        self._batcher = batcher_for(settings, code, caller=self.caller, state=state, log=log)
+        # Messages the intake may hand over at once: KRT_CONCURRENCY, or enough to fill the batches.
+        self.capacity = settings.concurrency if self._batcher is None else self._batcher.capacity
         # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are threads is
         # handled at once, so a thread goes from one call to the next without waiting for the event loop. (With a
         # timeout, which counts from when a message's handling starts, a message starts when a thread is free.)
-        self.pipelined = not code.handler_is_async and settings.handler_timeout is None
-        self._step = self._call_handler  # self._refuse once the node gives up on what is left
+        self.pipelined = not code.handler_is_async and settings.handler_timeout is None and self._batcher is None
+        # self._refuse once the node gives up on what is left
+        self._step = self._call_handler if self._batcher is None else self._batcher.step
         self._giving_up = False  # a message cancelled now is one the drain gave up on: it gets an error answer
         self.recorder = _Recorder(points, last_node=settings.is_last_node)
         self._measured = settings.measurements_enabled
@@ -109,6 +115,8 @@ class Pipeline:
     def close(self) -> None:
         """From now on a cancellation ends the task that handles a message, whatever it is doing."""
         self._giving_up = False
+        if self._batcher is not None:
+            self._batcher.close()
         self.caller.close()
 
     # -- the steps ----------------------------------------------------------------------------

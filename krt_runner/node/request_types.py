@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -17,6 +18,9 @@ from krt_runner.errors import HandlerLoadError, InvalidRequestError, describe
 # Annotations that mean "give me the Any", as KRE v1 does.
 _UNTYPED_HINTS: tuple[object, ...] = (AnyMessage, Message, typing.Any, object)
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+# A batch function's requests: list[Request], List[Request] or Sequence[Request]; bare, they mean the Any of each.
+_LIST_ORIGINS: tuple[object, ...] = (list, collections.abc.Sequence)
+_BARE_LISTS: tuple[object, ...] = (list, typing.List, collections.abc.Sequence, typing.Sequence)  # noqa: UP006
 
 
 def request_type_of(function: Callable[..., Any], *, where: str) -> type[Message] | None:
@@ -32,14 +36,47 @@ def request_type_of(function: Callable[..., Any], *, where: str) -> type[Message
     if parameter is None:
         return None
     hint = _resolve(parameter, function, where)
-    if any(hint is untyped for untyped in _UNTYPED_HINTS):
+    if _means_any(hint):
         return None
-    if isinstance(hint, type) and issubclass(hint, Message):
+    if _is_message_class(hint):
         return hint
     raise HandlerLoadError(
         f"{where}: parameter {parameter.name!r} is annotated {hint!r}; annotate it with a protobuf message "
         "class to receive that message, or with google.protobuf.any_pb2.Any (or nothing) to receive the Any"
     )
+
+
+def batch_request_type_of(function: Callable[..., Any], *, where: str) -> type[Message] | None:
+    """The protobuf class of each request a batch function takes, from its second parameter's annotation.
+
+    ``list[Request]`` (or ``Sequence[Request]``) gives ``Request``; no annotation, a bare ``list``, or a list
+    of ``Any`` give ``None``: the function then gets each request's ``google.protobuf.Any``.
+    """
+    parameter = _request_parameter(function)
+    if parameter is None:
+        return None
+    hint = _resolve(parameter, function, where)
+    if hint in _BARE_LISTS or _means_any(hint):
+        return None
+    arguments = typing.get_args(hint)
+    if typing.get_origin(hint) in _LIST_ORIGINS and len(arguments) == 1:
+        if _means_any(arguments[0]):
+            return None
+        if _is_message_class(arguments[0]):
+            return arguments[0]
+    raise HandlerLoadError(
+        f"{where}: parameter {parameter.name!r} is annotated {hint!r}; annotate it list[Request], Request being "
+        "the protobuf message class of each request, or list[google.protobuf.any_pb2.Any] (or nothing) to "
+        "receive the Any of each"
+    )
+
+
+def _means_any(hint: object) -> bool:
+    return any(hint is untyped for untyped in _UNTYPED_HINTS)
+
+
+def _is_message_class(hint: object) -> typing.TypeGuard[type[Message]]:
+    return isinstance(hint, type) and issubclass(hint, Message)
 
 
 def _request_parameter(function: Callable[..., Any]) -> inspect.Parameter | None:

@@ -1,14 +1,15 @@
-"""The user's code as the node calls it: ``init`` and ``handler`` from a module, or a Processor.
+"""The user's code as the node calls it: ``init`` and ``handler`` (and ``handler_batch``) from a module, or a
+Processor.
 
 A node is either a KRE v1 module (``init``/``handler`` functions) or a
 :class:`~krt_runner.Processor` subclass; both become one :class:`UserCode`, so
 the runner has a single per-message path. The request type is read from the
-annotations here, once, at load time.
+annotations here, once, at load time. A batch function (``handler_batch``,
+``process_batch``) is read by :mod:`~krt_runner.node.batch_code`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any
 from google.protobuf.message import Message
 
 from krt_runner._user_files import USER_MODULE_PREFIX
-from krt_runner.errors import HandlerLoadError, InvalidRequestError, describe
+from krt_runner.errors import HandlerLoadError, describe
 from krt_runner.node import protobuf_compat as protobuf_compat_layer
-from krt_runner.node.calling import UserFunction
+from krt_runner.node.batch_code import BatchCode, agreed_request_type, function_batch, one_at_a_time, processor_batch
+from krt_runner.node.calling import UserFunction, as_async, invalid_request
 from krt_runner.node.loading import import_handler_module, load_error
 from krt_runner.node.request_types import request_type_of
 from krt_runner.processor import Processor
@@ -37,6 +39,8 @@ class UserCode:
     init: UserFunction | None = None
     # The class the runner unpacks each payload into; None: the handler gets the Any.
     request_type: type[Message] | None = None
+    # handler_batch or process_batch, when the code defines one.
+    batch: BatchCode | None = None
 
     @property
     def handler_is_async(self) -> bool:
@@ -64,33 +68,46 @@ def load_user_code(handler_path: str, base_path: Path, *, protobuf_compat: bool 
     name = module.__name__.rsplit(".", 1)[-1].removeprefix(USER_MODULE_PREFIX)
     if class_name:
         return user_code_from(_named_processor(module, class_name, handler_path), name=name, source=handler_path)
-    handler = getattr(module, "handler", None)
-    if handler is None:
+    handler, handler_batch = getattr(module, "handler", None), getattr(module, "handler_batch", None)
+    if handler is None and handler_batch is None:
         processor = _only_processor(module, handler_path)
         if processor is not None:
             return user_code_from(processor, name=name, source=handler_path)
-    if not callable(handler):
-        raise HandlerLoadError(
-            f"handler {handler_path!r} defines no handler(ctx, data) function and no krt_runner.Processor subclass"
-        )
+    if not callable(handler) and (handler is not None or handler_batch is None):
+        raise HandlerLoadError(f"handler {handler_path!r} defines no handler(ctx, data) function, no "
+                               "handler_batch(ctx, requests) function and no krt_runner.Processor subclass")
     init = getattr(module, "init", None)
     if init is not None and not callable(init):
         raise HandlerLoadError(f"handler {handler_path!r}: init is not a function")
-    return user_code_from(handler, init=init, name=name, source=handler_path)
+    return user_code_from(handler, init=init, handler_batch=handler_batch, name=name, source=handler_path)
 
 
 def user_code_from(
-    target: Any, *, init: UserFunction | None = None, name: str, source: str
+    target: Any, *, init: UserFunction | None = None, handler_batch: Any = None, name: str, source: str
 ) -> UserCode:
-    """A :class:`UserCode` from a handler function, or from a Processor subclass or instance."""
+    """A :class:`UserCode` from a handler function (or ``None``) and a ``handler_batch`` function (or ``None``),
+    or from a Processor subclass or instance."""
     if isinstance(target, Processor) or _is_processor_class(target):
-        if init is not None:
-            raise HandlerLoadError(f"{source}: init= is for handler functions; a Processor has setup(self, ctx)")
+        if init is not None or handler_batch is not None:
+            raise HandlerLoadError(f"{source}: init= and handler_batch= are for handler functions; a Processor has "
+                                   "setup(self, ctx) and process_batch(self, ctx, requests)")
         return _processor_code(target, name=name, source=source)
-    if not callable(target):
-        raise HandlerLoadError(f"{source}: {target!r} is neither a handler function nor a krt_runner.Processor")
-    request_type = request_type_of(target, where=f"{source}: handler")
-    return UserCode(name=name, source=source, handler=target, init=init, request_type=request_type)
+    return _function_code(target, init=init, handler_batch=handler_batch, name=name, source=source)
+
+
+def _function_code(
+    handler: Any, *, init: UserFunction | None, handler_batch: Any, name: str, source: str
+) -> UserCode:
+    batch = function_batch(handler_batch, source=source) if handler_batch is not None else None
+    if handler is None and batch is not None:
+        return UserCode(name=name, source=source, handler=one_at_a_time(batch), init=init,
+                        request_type=batch.request_type, batch=batch)
+    if not callable(handler):
+        raise HandlerLoadError(f"{source}: {handler!r} is neither a handler function nor a krt_runner.Processor")
+    typed = [("handler", request_type_of(handler, where=f"{source}: handler")),
+             ("handler_batch", batch.request_type if batch is not None else None)]
+    request_type = agreed_request_type(source, typed)
+    return UserCode(name=name, source=source, handler=handler, init=init, request_type=request_type, batch=batch)
 
 
 def _split_class_name(handler_path: str) -> tuple[str, str]:
@@ -128,13 +145,19 @@ def _processor_code(target: Any, *, name: str, source: str) -> UserCode:
     processor = target if isinstance(target, Processor) else _instantiate(target, source)
     cls = type(processor)
     where = f"{source}: {cls.__name__}"
-    if cls.process is Processor.process:
-        raise HandlerLoadError(f"{where} defines no process(self, ctx, req) method")
     validate = processor.validate if cls.validate is not Processor.validate else None
     setup = processor.setup if cls.setup is not Processor.setup else None
-    request_type = _processor_request_type(processor.process, validate, where)
-    handler = _processor_handler(validate, processor.process)
-    return UserCode(name=name, source=source, handler=handler, init=setup, request_type=request_type)
+    batch = processor_batch(processor, where=where, validate=validate)
+    process = processor.process if cls.process is not Processor.process else None
+    if process is not None:
+        handler = _processor_handler(validate, process)
+    elif batch is not None:
+        handler = one_at_a_time(batch)
+    else:
+        raise HandlerLoadError(f"{where} defines no process(self, ctx, req) or process_batch(self, ctx, requests) "
+                               "method")
+    request_type = _processor_request_type(process, validate, batch, where)
+    return UserCode(name=name, source=source, handler=handler, init=setup, request_type=request_type, batch=batch)
 
 
 def _instantiate(cls: type[Processor], source: str) -> Processor:
@@ -145,17 +168,13 @@ def _instantiate(cls: type[Processor], source: str) -> Processor:
 
 
 def _processor_request_type(
-    process: UserFunction, validate: UserFunction | None, where: str
+    process: UserFunction | None, validate: UserFunction | None, batch: BatchCode | None, where: str
 ) -> type[Message] | None:
-    """From ``process``'s annotation, else ``validate``'s; the two must agree when both are typed."""
-    processed = request_type_of(process, where=f"{where}.process")
+    """From the annotations of ``process``, ``validate`` and ``process_batch``: those typed must agree."""
+    processed = request_type_of(process, where=f"{where}.process") if process is not None else None
     validated = request_type_of(validate, where=f"{where}.validate") if validate is not None else None
-    if processed and validated and processed is not validated:
-        raise HandlerLoadError(
-            f"{where}: validate takes {validated.DESCRIPTOR.full_name} but process takes "
-            f"{processed.DESCRIPTOR.full_name}; annotate both with the same request class"
-        )
-    return processed or validated
+    batched = batch.request_type if batch is not None else None
+    return agreed_request_type(where, [("process", processed), ("validate", validated), ("process_batch", batched)])
 
 
 def _processor_handler(validate: UserFunction | None, process: UserFunction) -> UserFunction:
@@ -168,14 +187,14 @@ def _processor_handler(validate: UserFunction | None, process: UserFunction) -> 
         return process
     if not inspect.iscoroutinefunction(validate) and not inspect.iscoroutinefunction(process):
         return functools.partial(_validate_then_process, validate, process)
-    return functools.partial(_validate_then_process_async, _as_async(validate), _as_async(process))
+    return functools.partial(_validate_then_process_async, as_async(validate), as_async(process))
 
 
 def _validate_then_process(validate: UserFunction, process: UserFunction, ctx: Any, request: Any) -> Any:
     try:
         validate(ctx, request)
     except Exception as exc:
-        raise _invalid(exc) from exc
+        raise invalid_request(exc) from exc
     return process(ctx, request)
 
 
@@ -183,17 +202,5 @@ async def _validate_then_process_async(validate: UserFunction, process: UserFunc
     try:
         await validate(ctx, request)
     except Exception as exc:
-        raise _invalid(exc) from exc
+        raise invalid_request(exc) from exc
     return await process(ctx, request)
-
-
-def _as_async(function: UserFunction) -> UserFunction:
-    if inspect.iscoroutinefunction(function):
-        return function
-    return functools.partial(asyncio.to_thread, function)
-
-
-def _invalid(exc: Exception) -> InvalidRequestError:
-    if isinstance(exc, InvalidRequestError):
-        return exc
-    return InvalidRequestError(f"invalid request: {describe(exc)}")

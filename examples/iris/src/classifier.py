@@ -1,10 +1,12 @@
 r"""The iris workflow's node: four measurements in, the species and every class's probability out.
 
 A ``krt_runner.Processor`` with typed requests: ``setup`` loads the model
-once, ``validate`` rejects a flower that cannot be one, ``process`` predicts.
-All three are sync, so they run on a worker thread and predicting never
-blocks NATS. The runner unpacks each payload into an ``iris.Request``; a
-payload of another type gets an error answer naming both types.
+once, ``validate`` rejects a flower that cannot be one, ``process_batch``
+classifies a batch of flowers with one ``predict_proba`` (the runner collects
+the requests into batches of up to ``KRT_BATCH_MAX_SIZE``, 32 by default; see
+docs/writing-nodes.md). All are sync, so they run on a worker thread and
+predicting never blocks NATS. The runner unpacks each payload into an
+``iris.Request``; a payload of another type gets an error answer naming both types.
 
 Run it on its own, in local dev mode (after ``python train.py``)::
 
@@ -35,13 +37,20 @@ class Classifier(krt_runner.Processor):
             if not (math.isfinite(value) and 0 < value <= LONGEST_CM):
                 raise ValueError(f"{name} must be a length in cm between 0 and {LONGEST_CM:g}, got {value:g}")
 
+    def process_batch(self, ctx, requests: list[Request]) -> list[Response]:
+        flowers = [[getattr(req, name) for name in MEASUREMENTS] for req in requests]
+        classes = [str(name) for name in self.model.classes_]
+        answers = []
+        for scores in self.model.predict_proba(flowers):  # one call for the whole batch
+            probabilities = {name: float(p) for name, p in zip(classes, scores, strict=True)}
+            species = max(probabilities, key=probabilities.get)
+            ctx.measurement.save("iris_predictions", {"probability": probabilities[species]}, {"species": species})
+            answers.append(Response(species=species, probabilities=probabilities))
+        return answers
+
     def process(self, ctx, req: Request) -> Response:
-        flower = [[getattr(req, name) for name in MEASUREMENTS]]
-        scores = self.model.predict_proba(flower)[0]
-        probabilities = {str(name): float(p) for name, p in zip(self.model.classes_, scores, strict=True)}
-        species = max(probabilities, key=probabilities.get)
-        ctx.measurement.save("iris_predictions", {"probability": probabilities[species]}, {"species": species})
-        return Response(species=species, probabilities=probabilities)
+        """One flower at a time: what the node calls with KRT_BATCH_MAX_SIZE=1."""
+        return self.process_batch(ctx, [req])[0]
 
 
 if __name__ == "__main__":
