@@ -213,3 +213,19 @@ async def test_sigterm_with_a_partial_batch_waiting_calls_it_and_answers_all_of_
     assert [greeting(answer).split(" ")[0] for answer in answers] == [f"w{i}@2/5" for i in range(5)]
     assert await asyncio.to_thread(node.wait) == 0
     assert logged_sizes(tmp_path) == [1, 5]
+
+
+async def test_batches_work_the_same_with_at_least_once_delivery(start_node, tmp_path):
+    from krt_runner.client import Client
+    from krt_runner.local_krt.embedded import EmbeddedNats
+
+    with EmbeddedNats(jetstream=True) as server:
+        start_node(**batches_env(server, tmp_path, KRT_BATCH_MAX_SIZE="8", KRT_DELIVERY="at-least-once"))
+        names = [f"js{i}" for i in range(120)]
+        async with await Client.connect(server.url, delivery="at-least-once") as client:
+            answers = await asyncio.gather(*(client.call("batch-in", greeter_pb2.Request(name=name),
+                                                         greeter_pb2.Response, timeout=30) for name in names))
+
+    assert [answer.greeting.split("@")[0] for answer in answers] == names
+    sizes = logged_sizes(tmp_path)
+    assert sum(sizes) == 120 and all(1 <= size <= 8 for size in sizes) and max(sizes) > 1, sizes
