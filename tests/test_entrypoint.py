@@ -189,15 +189,34 @@ async def test_sigterm_answers_every_call_in_flight_then_exits_0(nats_server, st
     process, address = entrypoint()
     async with grpc.aio.insecure_channel(address) as channel:
         greet = greet_call(channel)
-        calls = [asyncio.ensure_future(greet(greeter_pb2.Request(name="sleep:1"), timeout=20)) for _ in range(20)]
-        await asyncio.sleep(0.4)  # every call is inside the workflow
+        calls = [asyncio.ensure_future(greet(greeter_pb2.Request(name="sleep:3"), timeout=30)) for _ in range(20)]
+        await taken_by_the_node(nats_server.url, 20)  # every call is inside the workflow, however busy the machine
         process.signal(signal.SIGTERM)
 
         answers = await asyncio.gather(*calls)
 
-    assert [answer.greeting for answer in answers] == ["Hello, sleep:1!"] * 20
+    assert [answer.greeting for answer in answers] == ["Hello, sleep:3!"] * 20
     assert await asyncio.to_thread(process.wait, 30) == 0
     assert '"entrypoint stopped"' in process.output
+
+
+async def taken_by_the_node(url: str, count: int, timeout: float = 20) -> None:
+    """Until the node says (NATS services stats) it has taken ``count`` requests."""
+    import json
+
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = await nc.request("$SRV.STATS", b"", timeout=5)
+            if json.loads(reply.data)["endpoints"][0]["num_requests"] >= count:
+                return
+            assert time.monotonic() < deadline, "the node did not take every call"
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 @pytest.mark.parametrize(
