@@ -35,7 +35,7 @@ from krt_runner.errors import (
 from krt_runner.krt.model import load_krt
 from krt_runner.krt.package import open_krt
 from krt_runner.logging import configure_logging
-from krt_runner.node.main import run_event_loop
+from krt_runner.node.main import run_event_loop, start_unless_stopped
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -82,14 +82,8 @@ async def serve_entrypoint(settings: EntrypointSettings, service: EntrypointServ
 
 async def _start(entrypoint: RunningEntrypoint, stop: asyncio.Event) -> int | None:
     """``None`` once serving; else the exit code (a stop signal during start-up: 0)."""
-    loop = asyncio.get_running_loop()
-    starting = loop.create_task(entrypoint.start())
-    stopping = loop.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not starting.done():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
+    starting = await start_unless_stopped(entrypoint.start(), stop)
+    if starting is None:
         return EXIT_OK
     error = starting.exception()
     if isinstance(error, BrokerConnectError):

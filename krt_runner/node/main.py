@@ -107,16 +107,26 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
 
 async def _start(node: RunningNode, stop: asyncio.Event) -> int | None:
     """Start the node; ``None`` once it serves, else the exit code (a signal during start-up: 0)."""
-    loop = asyncio.get_running_loop()
-    starting = loop.create_task(node.start())
-    stopping = loop.create_task(stop.wait())
-    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        starting.cancel()
+    starting = await start_unless_stopped(node.start(), stop)
+    if starting is None:
         node.log.info("stopped before start-up finished")
         return EXIT_OK
-    stopping.cancel()
     return _startup_failure(node, starting)
+
+
+async def start_unless_stopped(start: Coroutine[Any, Any, None], stop: asyncio.Event) -> asyncio.Task[None] | None:
+    """Run ``start`` until it ends (its finished task) or ``stop`` is set first (``None``; ``start`` is cancelled
+    and its cancellation waited for)."""
+    loop = asyncio.get_running_loop()
+    starting = loop.create_task(start)
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done():
+        return starting
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    return None
 
 
 def _startup_failure(node: RunningNode, starting: asyncio.Task[None]) -> int | None:
