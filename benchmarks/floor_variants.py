@@ -15,29 +15,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 
 from bench_handler import handler
+from floor_node import answering
 from in_process import Msg, publishing_client, request_bytes, written
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
 
 NODE = "node1"
 WARM_UP = 2000
-MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 # Messages between two passes of the event loop, as a busy node takes them from nats-py (as in pipeline_cost.py).
 PASS = 64
 
 
-def strftime_in_place(publish: Callable[[str, bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+def strftime_in_place(nc: Any) -> Callable[[Msg], Awaitable[None]]:
     """The previous floor: both timestamps by ``strftime``, the request envelope becomes the answer."""
 
     def now() -> str:
@@ -52,36 +52,12 @@ def strftime_in_place(publish: Callable[[str, bytes], Awaitable[None]]) -> Calla
         result = await handler(None, request.payload)
         request.payload.Pack(result)
         request.tracking.add(node_name=NODE, start=start, end=now())
-        await publish(request.reply, request.SerializeToString())
+        await nc.publish(request.reply, request.SerializeToString())
 
     return on_message
 
 
-def isoformat_in_place(publish: Callable[[str, bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
-    """``datetime.utcnow().isoformat()``, the plainest timestamp; the request envelope becomes the answer; gzip
-    when the contract needs it. What ``floor_node.py`` does."""
-
-    async def on_message(msg: Msg) -> None:
-        start = datetime.utcnow().isoformat()
-        data = msg.data
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-        request = KreNatsMessage()
-        request.ParseFromString(data)
-        if msg.reply:
-            request.reply = msg.reply
-        result = await handler(None, request.payload)
-        request.payload.Pack(result)
-        request.tracking.add(node_name=NODE, start=start, end=datetime.utcnow().isoformat())
-        answer = request.SerializeToString()
-        if len(answer) > MAX_PAYLOAD:
-            answer = gzip.compress(answer, compresslevel=1)
-        await publish(request.reply, answer)
-
-    return on_message
-
-
-def isoformat_new_envelope(publish: Callable[[str, bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+def isoformat_new_envelope(nc: Any) -> Callable[[Msg], Awaitable[None]]:
     """The answer as a new envelope: the request's id, reply and tracking copied over (``tracking.extend``)."""
 
     async def on_message(msg: Msg) -> None:
@@ -91,23 +67,23 @@ def isoformat_new_envelope(publish: Callable[[str, bytes], Awaitable[None]]) -> 
         answer.tracking.extend(request.tracking)
         answer.payload.Pack(await handler(None, request.payload))
         answer.tracking.add(node_name=NODE, start=start, end=datetime.utcnow().isoformat())
-        await publish(answer.reply, answer.SerializeToString())
+        await nc.publish(answer.reply, answer.SerializeToString())
 
     return on_message
 
 
-def raw_echo(publish: Callable[[str, bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+def raw_echo(nc: Any) -> Callable[[Msg], Awaitable[None]]:
     """Not the contract: the request's bytes sent back untouched. What the transport alone costs a Python node."""
 
     async def on_message(msg: Msg) -> None:
-        await publish(msg.reply, msg.data)
+        await nc.publish(msg.reply, msg.data)
 
     return on_message
 
 
 VARIANTS = {
     "strftime-in-place": strftime_in_place,
-    "isoformat-in-place": isoformat_in_place,
+    "isoformat-in-place": lambda nc: answering(nc, NODE),  # what floor_node.py does: its own callback
     "isoformat-new-envelope": isoformat_new_envelope,
     "raw-echo": raw_echo,
 }
@@ -116,17 +92,14 @@ VARIANTS = {
 async def cost(variant: str, count: int) -> float:
     """Microseconds per message of ``variant`` over ``count`` messages, after a warm-up."""
     nc = publishing_client()
-
-    async def publish(subject: str, payload: bytes) -> None:
-        await nc.publish(subject, payload)
-        written(nc)
-
-    on_message, msg = VARIANTS[variant](publish), Msg(request_bytes(), "_INBOX.bench")
+    on_message, msg = VARIANTS[variant](nc), Msg(request_bytes(), "_INBOX.bench")
     for _ in range(WARM_UP):
         await on_message(msg)
+        written(nc)
     started = time.perf_counter()
     for index in range(count):
         await on_message(msg)
+        written(nc)
         if index % PASS == PASS - 1:
             await asyncio.sleep(0)
     return (time.perf_counter() - started) / count * 1e6
