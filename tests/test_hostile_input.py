@@ -10,50 +10,20 @@ import asyncio
 import gzip
 import json
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from urllib.parse import urlsplit
 
 import nats
 import pytest
 from conftest import KRT_RUNNER, ROOT, NodeProcess, Requester, greeter_pb2, node_env, request_envelope, unpack
+from raw_nats import RawClient
 
 from krt_runner.config import redact_url
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.local_krt.embedded import EmbeddedNats
 
 HANDLERS = ROOT / "tests" / "handlers"
-
-
-class RawClient:
-    """A NATS connection over a plain socket, for frames that client libraries refuse to send."""
-
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
-        self._read_until(b"\r\n")  # INFO
-        self.sock.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
-
-    def send(self, frame: bytes) -> None:
-        """Send ``frame``, then wait until the server has read it (PING, PONG)."""
-        self.sock.sendall(frame + b"PING\r\n")
-        self._read_until(b"PONG\r\n")
-
-    def _read_until(self, end: bytes) -> bytes:
-        data = b""
-        while end not in data:
-            chunk = self.sock.recv(4096)
-            assert chunk, f"server closed the connection: {data!r}"
-            data += chunk
-        return data
-
-    def __enter__(self) -> RawClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
 
 
 def summary(node: NodeProcess) -> dict:

@@ -30,9 +30,12 @@ from krt_runner.node.broker import Broker, Msg
 RETRY_DELAY = 1.0
 # Seconds a middle node waits for the next stream to acknowledge an answer before it lets the message go again.
 PUBLISH_ACK_TIMEOUT = 5.0
+# Seconds an ack may wait to go out with the next write (an answer, a pull request), rather than in one of its own.
+ACK_DELAY = 0.001
 # One line per this many seconds at most for repeated settling errors.
 _ERROR_LOG_INTERVAL = 5.0
-_MSG_ID, _STATUS = "Nats-Msg-Id", "Status"
+_ACK = b"+ACK"
+_NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
 
 Settle = Callable[[Msg], Awaitable[None]]
@@ -49,6 +52,7 @@ class Acker:
         self._forwarded: dict[str, tuple[Msg, float]] = {}  # token -> (message, when its answer was published)
         self._tokens = itertools.count()
         self._inbox = ""
+        self._token_at = 0
         self._none_held = asyncio.Event()
         self._none_held.set()
         self._last_error_log = 0.0
@@ -62,14 +66,19 @@ class Acker:
         """Subscribe to the inbox the next stream's acknowledgements come to."""
         client = self._broker.client
         self._inbox = client.new_inbox() + "."
-        await client.subscribe(self._inbox + "*", cb=self._on_publish_ack)
+        self._token_at = len(self._inbox)
+        await client.subscribe_direct(self._inbox + "*", self._on_publish_ack, cb=self._on_refusal)
 
     def hold(self, msg: Msg) -> None:
         self._held[msg.reply] = [msg, time.monotonic()]
         self._none_held.clear()
 
     async def ack(self, msg: Msg) -> None:
-        await self._send(msg, msg.ack)
+        self._let_go(msg)
+        try:
+            await self._broker.client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY)
+        except Exception as exc:
+            self._error(_NOT_SETTLED, exc)
 
     async def term(self, msg: Msg) -> None:
         await self._send(msg, msg.term)
@@ -87,7 +96,7 @@ class Acker:
         token = str(next(self._tokens))
         self._forwarded[token] = (msg, time.monotonic())
         try:
-            await self._broker.client.publish(subject, answer, reply=self._inbox + token, headers={_MSG_ID: msg_id})
+            await self._broker.client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
         except BaseException:
             del self._forwarded[token]  # the caller settles it
             raise
@@ -120,25 +129,40 @@ class Acker:
         for msg, _ in list(self._held.values()):
             await self.release(msg)
 
-    async def _on_publish_ack(self, reply: Msg) -> None:
-        forwarded = self._forwarded.pop(reply.subject[len(self._inbox) :], None)
+    async def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+        """The next stream's acknowledgement, straight from the parser; one with a status (a 503: no stream
+        there) is declined, for :meth:`_on_refusal`."""
+        if headers:
+            return False
+        forwarded = self._forwarded.pop(subject[self._token_at :].decode(), None)
         if forwarded is None:  # too late: already released
-            return
-        msg = forwarded[0]
-        if _ERROR_MARK in reply.data or (reply.headers and reply.headers.get(_STATUS)):  # a 503: no stream there
-            self._error("the next node's stream refused an answer; the message will be delivered again",
-                        ValueError((reply.data or reply.headers or b"").__str__()[:300]))
-            await self.release_later(msg)
+            return True
+        if _ERROR_MARK in data:
+            await self._refused(forwarded[0], data)
         else:
-            await self.ack(msg)
+            await self.ack(forwarded[0])
+        return True
+
+    async def _on_refusal(self, reply: Msg) -> None:
+        forwarded = self._forwarded.pop(reply.subject[self._token_at :], None)
+        if forwarded is not None:
+            await self._refused(forwarded[0], reply.data or reply.headers)
+
+    async def _refused(self, msg: Msg, why: object) -> None:
+        self._error("the next node's stream refused an answer; the message will be delivered again",
+                    ValueError(str(why)[:300]))
+        await self.release_later(msg)
 
     async def _send(self, msg: Msg, action: Callable[[], Awaitable[None]]) -> None:
-        if self._held.pop(msg.reply, None) is not None and not self._held:
-            self._none_held.set()
+        self._let_go(msg)
         try:
             await action()
         except Exception as exc:
-            self._error("could not settle a message; JetStream will deliver it again after the ack wait", exc)
+            self._error(_NOT_SETTLED, exc)
+
+    def _let_go(self, msg: Msg) -> None:
+        if self._held.pop(msg.reply, None) is not None and not self._held:
+            self._none_held.set()
 
     def _error(self, text: str, exc: BaseException) -> None:
         now = time.monotonic()

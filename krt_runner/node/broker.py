@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
@@ -76,7 +75,7 @@ class Broker:
         return bool(self._nc.is_connected)
 
     @property
-    def client(self) -> Client:
+    def client(self) -> NodeClient:
         return self._nc
 
     @property

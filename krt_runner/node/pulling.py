@@ -57,7 +57,7 @@ class Puller:
     async def start(self) -> None:
         """Subscribe to this process's inbox, then ask for the first messages."""
         self._inbox = self._client.new_inbox()
-        self._subscription = await self._client.subscribe(self._inbox, cb=self._on_message)
+        self._subscription = await self._client.subscribe_direct(self._inbox, self._on_delivery, cb=self._on_status)
         await self.ask()
 
     async def ask(self) -> None:
@@ -91,11 +91,16 @@ class Puller:
         if self._subscription is not None and self._client.is_connected:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
-    async def _on_message(self, msg: Msg) -> None:
-        if msg.reply:  # a message of the stream: its reply subject is its ack subject
-            self._asked = max(0, self._asked - 1)
-            await self._deliver(msg)
-            return
+    async def _on_delivery(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+        """A message of the stream, whose reply subject is its ack subject, straight from the parser: its headers
+        (the ``Nats-Msg-Id`` it was published with) are not needed. A status (no reply subject) is declined."""
+        if not reply:
+            return False
+        self._asked = max(0, self._asked - 1)
+        await self._deliver(Msg(self._client, reply=reply.decode(), data=data, _sid=sid))
+        return True
+
+    async def _on_status(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS, "") if msg.headers else ""
         if status in _ENDED:
             self._on_ended(msg, status)
