@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, Requester, greeter_pb2, node_env, request_envelope, unpack
 
 from krt_runner.envelope import KreNatsMessage, decode, epoch_seconds
+from krt_runner.node.intake import DIRECT_MAX_BYTES, DIRECT_MAX_MSGS
 
 HANDLERS = ROOT / "tests" / "handlers"
 GREETER = ROOT / "examples" / "greeter"
@@ -176,6 +177,35 @@ async def test_one_message_at_a_time_answers_in_the_order_the_requests_came(
     await asyncio.wait_for(all_answered.wait(), timeout=30)
 
     assert answered == [str(i) for i in range(200)]
+
+
+@pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
+async def test_a_backlog_past_the_workers_queue_is_answered_in_the_order_it_came(
+    nats_server, start_node, requester, module
+):
+    """More requests, and more bytes, than the workers' queue takes straight from nats-py's parser pile up behind a
+    slow one: the rest wait in nats-py, behind them, and every answer still comes in the order of the requests."""
+    start_node(**node_env(nats_server, HANDLERS, module, input="in", name="n"))
+    nc = requester.nc
+    inbox = nc.new_inbox()
+    count, pad = DIRECT_MAX_MSGS + 200, "x" * (2 * DIRECT_MAX_BYTES // DIRECT_MAX_MSGS)
+    answered: list[str] = []
+    all_answered = asyncio.Event()
+
+    async def collect(msg) -> None:
+        answered.append(decode(msg.data, max_decompressed=1 << 20).tracking_id)
+        if len(answered) == count + 1:
+            all_answered.set()
+
+    await nc.subscribe(inbox, cb=collect, pending_msgs_limit=10_000)
+    slow = request_envelope(greeter_pb2.Request(name="sleep:1"), tracking_id="slow")
+    await nc.publish("in", slow.SerializeToString(), reply=inbox)
+    for i in range(count):
+        request = request_envelope(greeter_pb2.Request(name=f"r{i}|{pad}"), tracking_id=str(i))
+        await nc.publish("in", request.SerializeToString(), reply=inbox)
+    await asyncio.wait_for(all_answered.wait(), timeout=60)
+
+    assert answered == ["slow"] + [str(i) for i in range(count)]
 
 
 async def test_ctx_path_joins_onto_the_base_path(nats_server, start_node, requester):

@@ -26,6 +26,7 @@ from krt_runner.config import redact_url
 from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
 from krt_runner.node.nats_connection import (
     ConnectionSettings,
+    DirectCallback,
     NodeClient,
     connect_options,
     explain,
@@ -120,14 +121,20 @@ class Broker:
         servers = ", ".join(redact_url(url) for url in self._settings.nats_servers)
         return f"cannot connect to NATS at {servers}: {explain(error)}"
 
-    async def subscribe(self, subject: str, *, queue: str, callback: MessageCallback) -> None:
-        self._subscription = await self._nc.subscribe(
-            subject,
-            queue=queue,
-            cb=callback,
-            pending_msgs_limit=self._settings.pending_msgs_limit,
-            pending_bytes_limit=self._settings.pending_bytes_limit,
-        )
+    async def subscribe(
+        self, subject: str, *, queue: str, callback: MessageCallback, direct: DirectCallback | None = None,
+        pending_limits: tuple[int, int] | None = None,
+    ) -> Subscription:
+        """The node's input subscription; ``direct``, when given, takes messages first (see
+        :meth:`NodeClient.subscribe_direct`), and ``callback`` those it declines. ``pending_limits``: the messages
+        and bytes nats-py may hold (default: ``KRT_PENDING_MSGS_LIMIT`` and ``KRT_PENDING_BYTES_LIMIT``)."""
+        msgs, size = pending_limits or (self._settings.pending_msgs_limit, self._settings.pending_bytes_limit)
+        if direct is None:
+            self._subscription = await self._nc.subscribe(subject, queue=queue, cb=callback, pending_msgs_limit=msgs,
+                                                          pending_bytes_limit=size)
+        else:
+            self._subscription = await self._nc.subscribe_direct(subject, direct, cb=callback, queue=queue,
+                                                                 pending_msgs_limit=msgs, pending_bytes_limit=size)
         # One round trip so the server has the interest before we call ourselves ready, and has said if it refuses.
         await self._nc.write_pending()  # the SUB first: flush() writes its PING ahead of what is still queued
         await self._nc.flush()
@@ -138,6 +145,7 @@ class Broker:
             )
         self._subscribed = True
         self._log.info("subscribed", subject=subject, queue=queue)
+        return self._subscription
 
     async def subscribe_each(self, subjects: list[str], callback: MessageCallback) -> None:
         """Plain subscriptions (no queue group) for what every instance answers itself: the discovery subjects.

@@ -1,19 +1,22 @@
-"""How messages get from nats-py to the pipeline: in nats-py's own callback, or through worker tasks.
+"""How messages get from nats-py to the pipeline: worker tasks taking them from a queue.
 
-:class:`InCallback`: one message at a time, handled inside the callback that
-nats-py runs for the subscription. Used at ``KRT_CONCURRENCY=1`` for an async
-handler, or a sync one with ``KRT_HANDLER_TIMEOUT``.
+``KRT_CONCURRENCY`` long-lived tasks (one more for a pipelined sync handler: the default sync node runs with 2)
+take messages from one queue, handle each to the end, and take the next; no task is made per message.
 
-:class:`Workers`: N long-lived tasks take messages from a queue of N, and
-nats-py's callback is the queue's ``put``. A worker that finishes finds the
-next message waiting, in the same pass of the event loop, with no task made
-per message. When the queue is full, nats-py keeps the rest in its pending
-queue, under ``KRT_PENDING_*``. Used above ``KRT_CONCURRENCY=1``, and for a
-pipelined sync handler (``KRT_CONCURRENCY`` + 1 workers): the default sync
-node runs here, with 2 workers.
+Messages reach the queue two ways:
 
-Both offer the same four steps to the node's life cycle: :meth:`start`,
-:meth:`wait_handled` (drain), :meth:`give_up` (drain timed out) and :meth:`close`.
+- **straight from nats-py's parser** (:meth:`Workers.on_direct`, see ``NodeClient.subscribe_direct``): no
+  ``Msg`` made, no hop through nats-py's own queue and task. A burst that arrived together is queued at once, so a
+  worker handles it in one pass of the event loop and its answers go out in one write. Up to
+  :data:`DIRECT_MAX_MSGS` messages and :data:`DIRECT_MAX_BYTES` bytes of payload wait this way (at most half of
+  ``KRT_PENDING_MSGS_LIMIT`` and ``KRT_PENDING_BYTES_LIMIT``);
+- **through nats-py** (:meth:`Workers.on_message`) for what the first way declines: past those bounds, a message
+  with headers, or one that would pass a message nats-py holds already (order is kept). nats-py holds them, under
+  the rest of ``KRT_PENDING_*`` (:attr:`Workers.nats_py_limits`: past it, it drops them as a slow consumer), and
+  hands them over as the queue falls below the number of workers.
+
+The intake offers four steps to the node's life cycle: :meth:`Workers.start`, :meth:`Workers.wait_handled`
+(drain), :meth:`Workers.give_up` (drain timed out) and :meth:`Workers.close`.
 """
 
 from __future__ import annotations
@@ -22,60 +25,66 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from krt_runner.node.broker import MessageCallback, Msg
+from krt_runner.node.broker import Msg, Subscription
 
 Handle = Callable[[bytes, str], Awaitable[None]]
 
-
-class InCallback:
-    """Each message handled in nats-py's callback, to the end, before nats-py hands over the next."""
-
-    def __init__(self, handle: Handle) -> None:
-        self._handle = handle
-        self._task: asyncio.Task[Any] | None = None  # nats-py's task for the subscription: give_up() cancels it
-        self.on_message: MessageCallback = self._on_message
-        self.queued = 0  # nothing waits here: nats-py holds what is not handled yet
-
-    def start(self) -> None:
-        """Nothing to start: nats-py's task runs the callback."""
-
-    async def _on_message(self, msg: Msg) -> None:
-        if self._task is None:
-            self._task = asyncio.current_task()  # once, not per message
-        await self._handle(msg.data, msg.reply)
-
-    async def wait_handled(self, timeout: float) -> bool:
-        """Nothing of its own to wait for: stopping nats-py's intake waited for the callbacks."""
-        return True
-
-    def give_up(self, *, busy: bool) -> None:
-        """Cancel the message being handled, if any; nats-py's task then goes on to those it holds, refused.
-
-        Only while it is inside a message: between messages it waits on an empty queue, and cancelled there it
-        would end before the rest.
-        """
-        if self._task is not None and busy:
-            self._task.cancel()
-
-    async def close(self) -> None:
-        """Nothing to close: the connection's close ends nats-py's task."""
+# The most messages, and bytes of payload, queued straight from the parser: a loaded node's bursts, not a backlog
+# (a backlog waits in nats-py, under KRT_PENDING_*).
+DIRECT_MAX_MSGS = 512
+DIRECT_MAX_BYTES = 4 * 1024 * 1024
 
 
 class Workers:
-    """``count`` worker tasks taking messages from a queue of ``count``."""
+    """``count`` worker tasks taking messages from one queue."""
 
-    def __init__(self, handle: Handle, *, count: int, log: Any) -> None:
+    def __init__(self, handle: Handle, *, count: int, pending_limits: tuple[int, int], log: Any) -> None:
         self._handle = handle
         self._count = count
         self._log = log
-        self._taken: asyncio.Queue[Msg] = asyncio.Queue(count)
+        msgs, size = pending_limits
+        self._direct_msgs = min(DIRECT_MAX_MSGS, max(1, msgs // 2))
+        self._direct_bytes = min(DIRECT_MAX_BYTES, max(1, size // 2))
+        # What nats-py may hold beyond: KRT_PENDING_* bound the two together.
+        self.nats_py_limits = (max(1, msgs - self._direct_msgs), max(1, size - self._direct_bytes))
+        self._taken: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+        self._bytes = 0  # payload bytes in the queue
+        self._room = asyncio.Event()  # set while the queue holds fewer than ``count``: nats-py may hand one over
+        self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self.on_message: MessageCallback = self._taken.put
+        self._subscription: Subscription | None = None
+        self._putting = False  # nats-py's callback holds a message, waiting for room: the next ones go behind it
 
     @property
     def queued(self) -> int:
         """Messages taken from nats-py that no worker has started on."""
         return self._taken.qsize()
+
+    def watch(self, subscription: Subscription) -> None:
+        """The subscription whose messages :meth:`on_direct` takes, once subscribed (until then it declines)."""
+        self._subscription = subscription
+
+    async def on_direct(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+        """A message straight from nats-py's parser: queued, or declined for :meth:`on_message`."""
+        subscription = self._subscription
+        if (self._putting or headers or subscription is None or subscription.pending_msgs
+                or self._taken.qsize() >= self._direct_msgs or self._bytes >= self._direct_bytes):  # fmt: skip
+            return False
+        self._bytes += len(data)
+        self._taken.put_nowait((data, reply.decode()))
+        return True
+
+    async def on_message(self, msg: Msg) -> None:
+        """nats-py's callback, for what :meth:`on_direct` declined: queued once the queue is below ``count``."""
+        self._putting = True
+        try:
+            while self._taken.qsize() >= self._count:
+                self._room.clear()
+                await self._room.wait()
+            self._bytes += len(msg.data)
+            self._taken.put_nowait((msg.data, msg.reply))
+        finally:
+            self._putting = False
 
     def start(self) -> None:
         self._tasks = [self._new_worker() for _ in range(self._count)]
@@ -105,21 +114,24 @@ class Workers:
 
     async def _work(self) -> None:
         """Handle the taken messages one after the other, until cancelled at shutdown."""
-        taken = self._taken
+        taken, room, count = self._taken, self._room, self._count
         while True:
-            msg = await taken.get()
+            data, reply = await taken.get()
+            self._bytes -= len(data)
+            if taken.qsize() < count and not room.is_set():
+                room.set()
             try:
-                await self._handle(msg.data, msg.reply)
+                await self._handle(data, reply)
             except Exception:  # a bug of ours must not end the worker: the node would take messages it never handles
                 self._log.exception("internal error after handling a message")
             finally:
                 taken.task_done()
 
 
-Intake = InCallback | Workers
+Intake = Workers
 
 
-def intake_for(handle: Handle, *, concurrency: int, pipelined: bool, log: Any) -> Intake:
-    """The intake shape for these settings (see the module's docstring)."""
-    count = concurrency + (1 if pipelined else 0)
-    return Workers(handle, count=count, log=log) if count > 1 else InCallback(handle)
+def intake_for(handle: Handle, *, concurrency: int, pipelined: bool, pending_limits: tuple[int, int],
+               log: Any) -> Intake:  # fmt: skip
+    """The workers for these settings (see the module's docstring)."""
+    return Workers(handle, count=concurrency + (1 if pipelined else 0), pending_limits=pending_limits, log=log)

@@ -77,8 +77,9 @@ class RunningNode:
             return js_pipeline, self.jetstream
         pipeline = Pipeline(settings=settings, broker=self.broker, log=self.log, code=self.code, state=self.state,
                             points=points, name=self.name)
+        limits = (settings.pending_msgs_limit, settings.pending_bytes_limit)
         return pipeline, intake_for(pipeline.handle, concurrency=pipeline.capacity, pipelined=pipeline.pipelined,
-                                    log=self.log)
+                                    pending_limits=limits, log=self.log)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -112,7 +113,10 @@ class RunningNode:
             await self.intake.listen()
         else:
             queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
-            await self.broker.subscribe(self.settings.input_subject, queue=queue, callback=self.intake.on_message)
+            subscription = await self.broker.subscribe(self.settings.input_subject, queue=queue,
+                                                       callback=self.intake.on_message, direct=self.intake.on_direct,
+                                                       pending_limits=self.intake.nats_py_limits)
+            self.intake.watch(subscription)
         await self.broker.subscribe_each(self.discovery.subjects(), self.discovery.answer)
         self.pipeline.last_received = time.perf_counter_ns()  # a long init is not idle time
         self.ready.set()

@@ -102,13 +102,13 @@ class NodeClient(Client):
         self._write_timer: asyncio.TimerHandle | None = None
 
     async def subscribe_direct(
-        self, subject: str, direct: DirectCallback, cb: Callable[[Msg], Awaitable[None]]
+        self, subject: str, direct: DirectCallback, cb: Callable[[Msg], Awaitable[None]], **options: Any
     ) -> Subscription:
         """A subscription whose messages go to ``direct`` first, straight from the parser: no header block parsed,
         no ``Msg`` made, no hop through nats-py's queue and task (about a third of a JetStream node's cost per
         message went there). ``cb`` gets the messages ``direct`` declines. ``direct`` runs inside the read loop:
-        it may queue or publish, never wait."""
-        subscription = await self.subscribe(subject, cb=cb)
+        it may queue or publish, never wait. ``options``: nats-py's ``subscribe``'s."""
+        subscription = await self.subscribe(subject, cb=cb, **options)
         self._direct[subscription._id] = direct
         return subscription
 
