@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from krt_runner.node.broker import Msg, Subscription
+from krt_runner.node.work_queue import WorkQueue
 
 Handle = Callable[[bytes, str], Awaitable[None]]
 
@@ -47,7 +48,7 @@ class Workers:
         self._direct_bytes = min(DIRECT_MAX_BYTES, max(1, size // 2))
         # What nats-py may hold beyond: KRT_PENDING_* bound the two together.
         self.nats_py_limits = (max(1, msgs - self._direct_msgs), max(1, size - self._direct_bytes))
-        self._taken: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+        self._taken: WorkQueue[tuple[bytes, str]] = WorkQueue()
         self._bytes = 0  # payload bytes in the queue
         self._room = asyncio.Event()  # set while the queue holds fewer than ``count``: nats-py may hand one over
         self._room.set()
@@ -58,7 +59,7 @@ class Workers:
     @property
     def queued(self) -> int:
         """Messages taken from nats-py that no worker has started on."""
-        return self._taken.qsize()
+        return len(self._taken)
 
     def watch(self, subscription: Subscription) -> None:
         """The subscription whose messages :meth:`on_direct` takes, once subscribed (until then it declines)."""
@@ -68,23 +69,25 @@ class Workers:
         """A message straight from nats-py's parser: queued, or declined for :meth:`on_message`."""
         subscription = self._subscription
         if (self._putting or headers or subscription is None or subscription.pending_msgs
-                or self._taken.qsize() >= self._direct_msgs or self._bytes >= self._direct_bytes):  # fmt: skip
+                or len(self._taken) >= self._direct_msgs or self._bytes >= self._direct_bytes):  # fmt: skip
             return False
-        self._bytes += len(data)
-        self._taken.put_nowait((data, reply.decode()))
+        self._put(data, reply.decode())
         return True
 
     async def on_message(self, msg: Msg) -> None:
         """nats-py's callback, for what :meth:`on_direct` declined: queued once the queue is below ``count``."""
         self._putting = True
         try:
-            while self._taken.qsize() >= self._count:
+            while len(self._taken) >= self._count:
                 self._room.clear()
                 await self._room.wait()
-            self._bytes += len(msg.data)
-            self._taken.put_nowait((msg.data, msg.reply))
+            self._put(msg.data, msg.reply)
         finally:
             self._putting = False
+
+    def _put(self, data: bytes, reply: str) -> None:
+        self._bytes += len(data)
+        self._taken.put((data, reply))
 
     def start(self) -> None:
         self._tasks = [self._new_worker() for _ in range(self._count)]
@@ -114,18 +117,22 @@ class Workers:
 
     async def _work(self) -> None:
         """Handle the taken messages one after the other, until cancelled at shutdown."""
-        taken, room, count = self._taken, self._room, self._count
+        queue, room, count, handle = self._taken, self._room, self._count, self._handle
+        items = queue.items
         while True:
-            data, reply = await taken.get()
+            if not items:
+                await queue.wait()
+                continue
+            data, reply = items.popleft()
             self._bytes -= len(data)
-            if taken.qsize() < count and not room.is_set():
+            if len(items) < count and not room.is_set():
                 room.set()
             try:
-                await self._handle(data, reply)
+                await handle(data, reply)
             except Exception:  # a bug of ours must not end the worker: the node would take messages it never handles
                 self._log.exception("internal error after handling a message")
             finally:
-                taken.task_done()
+                queue.task_done()
 
 
 Intake = Workers

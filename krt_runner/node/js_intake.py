@@ -29,6 +29,7 @@ from krt_runner.node.broker import Broker, Msg
 from krt_runner.node.jetstream import JetStreamInput, open_input
 from krt_runner.node.js_pipeline import JetStreamPipeline
 from krt_runner.node.pulling import Puller
+from krt_runner.node.work_queue import WorkQueue
 
 # The longest pause between two ticks, in seconds (shorter when a quarter of the ack wait is shorter).
 _MAX_TICK = 1.0
@@ -54,7 +55,7 @@ class JetStreamIntake:
         self._log = log
         self._count = pipeline.capacity + (1 if pipeline.pipelined else 0)  # capacity: more when batching
         self._mean_ns = _FIRST_GUESS_NS  # moving mean of the time a delivery takes to handle
-        self._taken: asyncio.Queue[Msg] = asyncio.Queue()
+        self._taken: WorkQueue[Msg] = WorkQueue()
         self._busy = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._ticker: asyncio.Task[None] | None = None
@@ -65,7 +66,7 @@ class JetStreamIntake:
     @property
     def queued(self) -> int:
         """Deliveries taken that no worker has started on."""
-        return self._taken.qsize()
+        return len(self._taken)
 
     @property
     def in_flight(self) -> int:
@@ -138,7 +139,7 @@ class JetStreamIntake:
         return count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
 
     def _room(self) -> int:
-        return self._holding_at_most() - self._taken.qsize() - self._busy
+        return self._holding_at_most() - len(self._taken.items) - self._busy
 
     def _min_batch(self) -> int:
         """Fewer would not be worth a pull request while others are under way: a quarter of what is held."""
@@ -149,16 +150,20 @@ class JetStreamIntake:
             await self.acker.release(msg)
             return
         self.acker.hold(msg)
-        self._taken.put_nowait(msg)
+        self._taken.put(msg)
 
     def _new_worker(self) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
         """Handle the taken deliveries one after the other, asking for more after each, until cancelled."""
-        taken, handle, clock = self._taken, self._pipeline.handle_delivery, time.perf_counter_ns
+        queue, handle, clock = self._taken, self._pipeline.handle_delivery, time.perf_counter_ns
+        items = queue.items
         while True:
-            msg = await taken.get()
+            if not items:
+                await queue.wait()
+                continue
+            msg = items.popleft()
             self._busy += 1
             started = clock()
             try:
@@ -167,7 +172,7 @@ class JetStreamIntake:
                 self._log.exception("internal error after handling a message")
             finally:
                 self._busy -= 1
-                taken.task_done()
+                queue.task_done()
             self._mean_ns = max(1, self._mean_ns + (clock() - started - self._mean_ns) // 8)
             if self._puller is not None:
                 await self._puller.ask()
