@@ -105,8 +105,9 @@ class NodeClient(Client):
         self, subject: str, direct: DirectCallback, cb: Callable[[Msg], Awaitable[None]], **options: Any
     ) -> Subscription:
         """A subscription whose messages go to ``direct`` first, straight from the parser: no header block parsed,
-        no ``Msg`` made, no hop through nats-py's queue and task (about a third of a JetStream node's cost per
-        message went there). ``cb`` gets the messages ``direct`` declines. ``direct`` runs inside the read loop:
+        no ``Msg`` made, no hop through nats-py's queue and task (about 6 of the 48 µs of CPU a middle node in
+        at-least-once mode took per message, and 1.7 of a core node's 17.5). ``cb`` gets the messages ``direct``
+        declines. ``direct`` runs inside the read loop:
         it may queue or publish, never wait. ``options``: nats-py's ``subscribe``'s."""
         subscription = await self.subscribe(subject, cb=cb, **options)
         self._direct[subscription._id] = direct
