@@ -35,7 +35,6 @@ ACK_DELAY = 0.001
 # One line per this many seconds at most for repeated settling errors.
 _ERROR_LOG_INTERVAL = 5.0
 _ACK = b"+ACK"
-_NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
 
 Settle = Callable[[Msg], Awaitable[None]]
@@ -74,11 +73,7 @@ class Acker:
         self._none_held.clear()
 
     async def ack(self, msg: Msg) -> None:
-        self._let_go(msg)
-        try:
-            await self._broker.client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY)
-        except Exception as exc:
-            self._error(_NOT_SETTLED, exc)
+        await self._send(msg, lambda: self._broker.client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY))
 
     async def term(self, msg: Msg) -> None:
         await self._send(msg, msg.term)
@@ -154,15 +149,12 @@ class Acker:
         await self.release_later(msg)
 
     async def _send(self, msg: Msg, action: Callable[[], Awaitable[None]]) -> None:
-        self._let_go(msg)
+        if self._held.pop(msg.reply, None) is not None and not self._held:
+            self._none_held.set()
         try:
             await action()
         except Exception as exc:
-            self._error(_NOT_SETTLED, exc)
-
-    def _let_go(self, msg: Msg) -> None:
-        if self._held.pop(msg.reply, None) is not None and not self._held:
-            self._none_held.set()
+            self._error("could not settle a message; JetStream will deliver it again after the ack wait", exc)
 
     def _error(self, text: str, exc: BaseException) -> None:
         now = time.monotonic()

@@ -122,19 +122,14 @@ class Broker:
         return f"cannot connect to NATS at {servers}: {explain(error)}"
 
     async def subscribe(
-        self, subject: str, *, queue: str, callback: MessageCallback, direct: DirectCallback | None = None,
-        pending_limits: tuple[int, int] | None = None,
+        self, subject: str, *, queue: str, direct: DirectCallback, callback: MessageCallback,
+        pending_limits: tuple[int, int],
     ) -> Subscription:
-        """The node's input subscription; ``direct``, when given, takes messages first (see
-        :meth:`NodeClient.subscribe_direct`), and ``callback`` those it declines. ``pending_limits``: the messages
-        and bytes nats-py may hold (default: ``KRT_PENDING_MSGS_LIMIT`` and ``KRT_PENDING_BYTES_LIMIT``)."""
-        msgs, size = pending_limits or (self._settings.pending_msgs_limit, self._settings.pending_bytes_limit)
-        if direct is None:
-            self._subscription = await self._nc.subscribe(subject, queue=queue, cb=callback, pending_msgs_limit=msgs,
-                                                          pending_bytes_limit=size)
-        else:
-            self._subscription = await self._nc.subscribe_direct(subject, direct, cb=callback, queue=queue,
-                                                                 pending_msgs_limit=msgs, pending_bytes_limit=size)
+        """The node's input subscription: ``direct`` takes messages first (see :meth:`NodeClient.subscribe_direct`),
+        ``callback`` those it declines, of which nats-py holds up to ``pending_limits`` (messages, bytes)."""
+        msgs, size = pending_limits
+        self._subscription = await self._nc.subscribe_direct(subject, direct, cb=callback, queue=queue,
+                                                             pending_msgs_limit=msgs, pending_bytes_limit=size)
         # One round trip so the server has the interest before we call ourselves ready, and has said if it refuses.
         await self._nc.write_pending()  # the SUB first: flush() writes its PING ahead of what is still queued
         await self._nc.flush()

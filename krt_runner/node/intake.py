@@ -135,10 +135,7 @@ class Workers:
                 queue.task_done()
 
 
-Intake = Workers
-
-
 def intake_for(handle: Handle, *, concurrency: int, pipelined: bool, pending_limits: tuple[int, int],
-               log: Any) -> Intake:  # fmt: skip
+               log: Any) -> Workers:  # fmt: skip
     """The workers for these settings (see the module's docstring)."""
     return Workers(handle, count=concurrency + (1 if pipelined else 0), pending_limits=pending_limits, log=log)

@@ -38,7 +38,7 @@ from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.data_context import DataServices
 from krt_runner.node.discovery import Discovery, EndpointCounters, service_name
 from krt_runner.node.health import HealthFile
-from krt_runner.node.intake import Intake, intake_for
+from krt_runner.node.intake import Workers, intake_for
 from krt_runner.node.js_intake import JetStreamIntake, jetstream_input
 from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
@@ -67,7 +67,7 @@ class RunningNode:
         self.ready = asyncio.Event()
         self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
 
-    def _input(self, points: NodePoints) -> tuple[Pipeline, Intake | JetStreamIntake]:
+    def _input(self, points: NodePoints) -> tuple[Pipeline, Workers | JetStreamIntake]:
         """The pipeline and the intake that feeds it: core NATS (the default) or a JetStream consumer."""
         settings = self.settings
         if settings.at_least_once:
@@ -114,7 +114,7 @@ class RunningNode:
         else:
             queue = f"queue_{self.settings.input_subject}"  # KRE v1's queue group name
             subscription = await self.broker.subscribe(self.settings.input_subject, queue=queue,
-                                                       callback=self.intake.on_message, direct=self.intake.on_direct,
+                                                       direct=self.intake.on_direct, callback=self.intake.on_message,
                                                        pending_limits=self.intake.nats_py_limits)
             self.intake.watch(subscription)
         await self.broker.subscribe_each(self.discovery.subjects(), self.discovery.answer)

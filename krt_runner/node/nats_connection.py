@@ -113,18 +113,45 @@ class NodeClient(Client):
         self._direct[subscription._id] = direct
         return subscription
 
+    async def publish_bytes(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> None:
+        """nats-py's ``publish``, with a ``Nats-Msg-Id`` header when ``msg_id`` is given, queued for the flusher as
+        nats-py queues it but without its per-call work (a headers dict encoded and checked key by key). Not
+        connected, draining, or a ``msg_id`` with a line break: nats-py's own ``publish`` decides."""
+        command = self._command(subject, payload, reply, msg_id)
+        if command is None:
+            await self.publish(subject, payload, reply=reply, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
+            return
+        await self._send_command(command)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
+
     async def publish_with_next_write(self, subject: str, payload: bytes, *, within: float) -> None:
         """Queue a message with no reply subject to go out with the next write of this connection, and no later
         than ``within`` seconds: for what is not urgent, such as an ack, so that it costs no write of its own. Not
         connected, or draining: nats-py's ``publish`` decides, at once."""
-        if self._status != Client.CONNECTED:
+        command = self._command(subject, payload, "", "")
+        if command is None:
             await self.publish(subject, payload)
             return
-        await self._send_command(b"PUB %b %d\r\n%b\r\n" % (subject.encode(), len(payload), payload))
-        self.stats["out_msgs"] += 1
-        self.stats["out_bytes"] += len(payload)
+        await self._send_command(command)
         if self._write_timer is None:
             self._write_timer = asyncio.get_running_loop().call_later(within, self._write_now)
+
+    def _command(self, subject: str, payload: bytes, reply: str, msg_id: str) -> bytes | None:
+        """The PUB (HPUB with a ``Nats-Msg-Id``) for :meth:`publish_bytes` and :meth:`publish_with_next_write`,
+        counted in nats-py's stats; ``None`` when nats-py's own ``publish`` must decide."""
+        encoded_id = msg_id.encode()
+        if self._status != Client.CONNECTED or b"\r" in encoded_id or b"\n" in encoded_id:  # draining too
+            return None
+        if len(payload) > self._max_payload:
+            raise MaxPayloadError
+        head = b"%b %b" % (subject.encode(), reply.encode()) if reply else subject.encode()
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        if not msg_id:
+            return b"PUB %b %d\r\n%b\r\n" % (head, len(payload), payload)
+        header = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % encoded_id
+        return b"HPUB %b %d %d\r\n%b%b\r\n" % (head, len(header), len(header) + len(payload), header, payload)
 
     def _write_now(self) -> None:
         self._write_timer = None
@@ -135,28 +162,6 @@ class NodeClient(Client):
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
         self._direct.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
-
-    async def publish_bytes(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> None:
-        """nats-py's ``publish``, with a ``Nats-Msg-Id`` header when ``msg_id`` is given, queued for the flusher as
-        nats-py queues it but without its per-call work (a headers dict encoded and checked key by key). Not
-        connected, draining, or a ``msg_id`` with a line break: nats-py's own ``publish`` decides."""
-        encoded_id = msg_id.encode()
-        if self._status != Client.CONNECTED or b"\r" in encoded_id or b"\n" in encoded_id:  # draining too
-            await self.publish(subject, payload, reply=reply, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
-            return
-        if len(payload) > self._max_payload:
-            raise MaxPayloadError
-        head = b"%b %b" % (subject.encode(), reply.encode()) if reply else subject.encode()
-        if msg_id:
-            header = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % encoded_id
-            command = b"HPUB %b %d %d\r\n%b%b\r\n" % (head, len(header), len(header) + len(payload), header, payload)
-        else:
-            command = b"PUB %b %d\r\n%b\r\n" % (head, len(payload), payload)
-        self.stats["out_msgs"] += 1
-        self.stats["out_bytes"] += len(payload)
-        await self._send_command(command)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection and self.require_tls and not self._will_encrypt(info):
