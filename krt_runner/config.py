@@ -138,10 +138,28 @@ OPTIONS: tuple[Option, ...] = (
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything a node needs to run; built by :func:`load_settings` (every default is in :data:`OPTIONS`)."""
+class SharedSettings:
+    """The rows a node and the gRPC entrypoint share: where NATS is, how to log in to it, logging, health."""
 
     nats_servers: tuple[str, ...]
+    reconnect_wait: float
+    nats_user: str | None = dataclasses.field(repr=False)
+    nats_password: str | None = dataclasses.field(repr=False)
+    nats_token: str | None = dataclasses.field(repr=False)
+    nats_nkey_seed: Path | None
+    nats_creds: Path | None
+    nats_tls_ca: Path | None
+    nats_tls_cert: Path | None
+    nats_tls_key: Path | None
+    log_format: str
+    log_level: str
+    health_file: str
+
+
+@dataclass(frozen=True)
+class Settings(SharedSettings):
+    """Everything a node needs to run; built by :func:`load_settings` (every default is in :data:`OPTIONS`)."""
+
     input_subject: str
     handler_path: str
     output_subject: str
@@ -162,15 +180,6 @@ class Settings:
     drain_timeout: float
     pending_msgs_limit: int
     pending_bytes_limit: int
-    reconnect_wait: float
-    nats_user: str | None = dataclasses.field(repr=False)
-    nats_password: str | None = dataclasses.field(repr=False)
-    nats_token: str | None = dataclasses.field(repr=False)
-    nats_nkey_seed: Path | None
-    nats_creds: Path | None
-    nats_tls_ca: Path | None
-    nats_tls_cert: Path | None
-    nats_tls_key: Path | None
     influx_uri: str
     influx_token: str = dataclasses.field(repr=False)
     influx_org: str
@@ -186,9 +195,6 @@ class Settings:
     mongo_uri: str = dataclasses.field(repr=False)
     mongo_timeout: float
     local_db_file: str
-    log_format: str
-    log_level: str
-    health_file: str
     idle_timeout: float | None
 
     @property

@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from krt_runner import setting_values as parse
-from krt_runner.config import OPTIONS, Option, connection_problems, read_options
+from krt_runner.config import OPTIONS, Option, SharedSettings, connection_problems, read_options
 
-# The rows a node has that mean the same here: where NATS is, how to log in to it, logging, health, drain.
-_SHARED_FIELDS = (
-    "nats_servers", "reconnect_wait", "nats_user", "nats_password", "nats_token", "nats_nkey_seed", "nats_creds",
-    "nats_tls_ca", "nats_tls_cert", "nats_tls_key", "log_format", "log_level", "health_file",
-)  # fmt: skip
+# The rows a node has that mean the same here: where NATS is, how to log in to it, logging, health.
+_SHARED_FIELDS = tuple(field.name for field in dataclasses.fields(SharedSettings))
 DEFAULT_PORT = 9000
 
 ENTRYPOINT_OPTIONS: tuple[Option, ...] = (
@@ -43,22 +40,9 @@ ENTRYPOINT_OPTIONS: tuple[Option, ...] = (
 
 
 @dataclass(frozen=True)
-class EntrypointSettings:
+class EntrypointSettings(SharedSettings):
     """Everything ``krt-runner entrypoint`` reads; also what its NATS connection reads (``ConnectionSettings``)."""
 
-    nats_servers: tuple[str, ...]
-    reconnect_wait: float
-    nats_user: str | None = dataclasses.field(repr=False)
-    nats_password: str | None = dataclasses.field(repr=False)
-    nats_token: str | None = dataclasses.field(repr=False)
-    nats_nkey_seed: Path | None
-    nats_creds: Path | None
-    nats_tls_ca: Path | None
-    nats_tls_cert: Path | None
-    nats_tls_key: Path | None
-    log_format: str
-    log_level: str
-    health_file: str
     port: int
     host: str
     request_timeout: float
