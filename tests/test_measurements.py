@@ -264,6 +264,17 @@ def test_only_the_last_node_writes_workflow_elapsed_time_and_only_with_tracking(
     assert [line.split(",")[0] for line in sink.lines] == ["node_elapsed_time", "node_elapsed_time"]
 
 
+def test_a_percent_sign_in_a_name_is_written_as_it_is_not_read_as_a_format():
+    sink = MemorySink()
+    points = NodePoints(sink=sink, workflow="w%s", version="v%d", node="n%%", last_node=True)
+
+    points.record([timing("t%s", node_from="f%d", elapsed_ms=1.0, started_ns=T0_NS, first_start=timestamp(T0))])
+
+    node, workflow = sink.lines
+    assert node.startswith('node_elapsed_time,node=n%%,version=v%d,workflow=w%s tracking_id="t%s",node_from="f%d",')
+    assert workflow.startswith('workflow_elapsed_time,version=v%d,workflow=w%s elapsed_ms=1.000,tracking_id="t%s" ')
+
+
 async def test_the_writer_renders_node_points_on_its_own_thread():
     destination = FlakyDestination()
     sink = writer(destination)
