@@ -4,7 +4,8 @@ The same two krt-runner nodes (examples/greeter, measurements as in the rest of
 the run) are called, in alternating pairs, by ``call_load.py``: over NATS with
 krt_runner's Client, and through ``krt-runner entrypoint`` with a grpcio aio
 stub. Both clients are separate processes on the same two cores as everything
-else.
+else. A third side at W=128 and W=1, a diagnostic: the same grpcio client against a bare grpcio aio server that
+answers at once (grpc_echo.py), the ceiling of any entrypoint built on grpcio on this machine.
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ def entrypoint_vs_nats(nats_url: str, node_env: dict[str, str], *, quick: bool) 
     """Answers/s at W=128 and p50 at W=1, both ways, in alternating pairs; the entrypoint's CPU per call."""
     nodes = _start_greeter(nats_url, node_env)
     entrypoint = _start_entrypoint(nats_url)
+    echo = NodeProc("grpc-echo", _popen([sys.executable, str(BENCH / "grpc_echo.py")], dict(os.environ)))
     try:
-        address = _wait_address(entrypoint)
+        servers = {"nats": (nats_url, entrypoint), "grpc": (_wait_address(entrypoint, "entrypoint ready"), entrypoint),
+                   "echo": (_wait_address(echo, "echo ready"), echo)}
         samples: dict[str, list[dict[str, float]]] = {}
         plan = ((128, 500 if quick else 8000, 1 if quick else 5), (1, 100 if quick else 1500, 1))
         for window, count, repeats in plan:
             for repeat in range(repeats):
-                for via in ("nats", "grpc") if repeat % 2 == 0 else ("grpc", "nats"):
-                    samples.setdefault(f"{via}-{window}", []).append(
-                        _load(via, address if via == "grpc" else nats_url, count, window, entrypoint))
+                for via in ("nats", "grpc", "echo") if repeat % 2 == 0 else ("echo", "grpc", "nats"):
+                    address, server = servers[via]
+                    samples.setdefault(f"{via}-{window}", []).append(_load(via, address, count, window, server))
     finally:
-        stop_process(entrypoint.process, timeout=30)
+        for server in (entrypoint, echo):
+            stop_process(server.process, timeout=30)
         for node in nodes:
             node.stop()
     return _summary(samples)
@@ -61,24 +65,28 @@ def _start_entrypoint(nats_url: str) -> NodeProc:
     env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
     env.update(KRT_NATS_SERVER=nats_url, KRT_LOG_FORMAT="json", KRT_ENTRYPOINT_HOST="127.0.0.1",
                KRT_ENTRYPOINT_PORT="0")
-    command = [sys.executable, "-m", "krt_runner", "entrypoint", str(GREETER)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return NodeProc("entrypoint", process)
+    return NodeProc("entrypoint", _popen([sys.executable, "-m", "krt_runner", "entrypoint", str(GREETER)], env))
 
 
-def _wait_address(entrypoint: NodeProc) -> str:
-    entrypoint.wait_ready(marker="entrypoint ready")
-    ready = next(json.loads(line) for line in entrypoint.lines if '"entrypoint ready"' in line)
+def _popen(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_address(server: NodeProc, marker: str) -> str:
+    server.wait_ready(marker=marker)
+    ready = next(json.loads(line) for line in server.lines if f'"{marker}"' in line)
     return str(ready["address"])
 
 
-def _load(via: str, address: str, count: int, window: int, entrypoint: NodeProc) -> dict[str, float]:
-    before = cpu_seconds(entrypoint.process.pid)
-    command = [sys.executable, str(BENCH / "call_load.py"), via, address, "--subject", SUBJECT,
+def _load(via: str, address: str, count: int, window: int, server: NodeProc) -> dict[str, float]:
+    """One series; ``server``'s CPU per call beside the client's (the entrypoint's is 0 when called over NATS)."""
+    before = cpu_seconds(server.process.pid)
+    client = "nats" if via == "nats" else "grpc"
+    command = [sys.executable, str(BENCH / "call_load.py"), client, address, "--subject", SUBJECT,
                "--count", str(count), "--window", str(window), "--warm-up", str(WARM_UP)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     result: dict[str, float] = json.loads(done.stdout)
-    result["entrypoint_cpu_us"] = 1e6 * (cpu_seconds(entrypoint.process.pid) - before) / (count + WARM_UP)
+    result["entrypoint_cpu_us"] = 1e6 * (cpu_seconds(server.process.pid) - before) / (count + WARM_UP)
     print(f"{via:>12} greeter W={window:<4} {result['answers_per_s']:8.0f}/s p50={result['p50_ms']:.2f}ms "
           f"p99={result['p99_ms']:.2f}ms wrong={result['wrong']:.0f} "
           f"entrypoint cpu={result['entrypoint_cpu_us']:.0f}µs", flush=True)
@@ -89,13 +97,19 @@ def _summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     def median(key: str, figure: str) -> float:
         return statistics.median(sample[figure] for sample in samples[key])
 
-    pairs = list(zip(samples["nats-128"], samples["grpc-128"], strict=True))
-    ratios = [grpc["answers_per_s"] / nats["answers_per_s"] for nats, grpc in pairs]
     rows = {key: {figure: median(key, figure) for figure in runs[0]} for key, runs in samples.items()}
     return {
         "rows": rows,
-        "throughput_ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+        "throughput_ratio": _paired_ratio(samples["grpc-128"], samples["nats-128"]),
+        "echo_ratio": _paired_ratio(samples["echo-128"], samples["nats-128"]),
+        "share_of_echo": _paired_ratio(samples["grpc-128"], samples["echo-128"]),
         "p50_gap_ms": rows["grpc-1"]["p50_ms"] - rows["nats-1"]["p50_ms"],
         "wrong": sum(sample["wrong"] for runs in samples.values() for sample in runs),
-        "repeats": len(pairs),
+        "repeats": len(samples["nats-128"]),
     }
+
+
+def _paired_ratio(tops: list[dict[str, float]], bottoms: list[dict[str, float]]) -> dict[str, float]:
+    """answers/s of each ``tops`` sample over its round's ``bottoms`` one: median, min and max."""
+    ratios = [top["answers_per_s"] / bottom["answers_per_s"] for top, bottom in zip(tops, bottoms, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
