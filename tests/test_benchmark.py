@@ -46,10 +46,13 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     assert [row["payload"] for row in results["payloads"]] == ["100 KB", "2 MB"]
     assert all(row[side]["lost"]["max"] == 0 and row[side]["wrong"]["max"] == 0
                for row in results["payloads"] for side in ("floor", "krt"))
-    # The gRPC entrypoint against NATS-direct on the greeter: every call answered right, both ways.
+    # The gRPC entrypoint against NATS-direct on the greeter, and the bare grpcio echo server beside them: every call
+    # answered right, all three ways.
     entrypoint = results["entrypoint"]
-    assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {"nats-128", "grpc-128", "nats-1", "grpc-1"}
+    assert entrypoint["wrong"] == 0 and set(entrypoint["rows"]) == {
+        f"{via}-{window}" for via in ("nats", "grpc", "echo") for window in (128, 1)}
     assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
+    assert entrypoint["rows"]["echo-128"]["entrypoint_cpu_us"] > 0 and entrypoint["echo_ratio"]["median"] > 0
     assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
     # The iris classifier node unbatched and batched, at W = 1, 16, 128: every answer's species right.
     iris = results["iris_batching"]

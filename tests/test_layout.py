@@ -82,14 +82,15 @@ def test_only_the_entrypoint_imports_grpc():
     assert importers and all(name.startswith("krt_runner.entrypoint.") for name in importers), importers
 
 
-def test_only_the_broker_its_connection_jetstream_and_the_client_import_nats():
+def test_only_the_broker_its_connection_and_requests_jetstream_and_the_client_import_nats():
     known = modules()
 
     importers = sorted(name for name, path in known.items()
                        if any(imported.split(".")[0] == "nats" for imported in imports_of(path, set(known))))
 
     assert importers == ["krt_runner.client", "krt_runner.jetstream_requests", "krt_runner.node.broker",
-                         "krt_runner.node.discovery", "krt_runner.node.jetstream", "krt_runner.node.nats_connection"]
+                         "krt_runner.node.discovery", "krt_runner.node.jetstream", "krt_runner.node.nats_connection",
+                         "krt_runner.node.request_mux"]
 
 
 def test_no_module_is_longer_than_a_sitting():

@@ -13,12 +13,14 @@ import time
 
 import nats
 import pytest
-from nats.errors import ConnectionClosedError, MaxPayloadError
+from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from raw_nats import RawClient
 
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.node.nats_connection import NodeClient
+from krt_runner.node.request_mux import RequestMux
 
 
 @pytest.fixture
@@ -183,3 +185,52 @@ async def test_messages_for_the_next_write_keep_their_order_with_the_other_publi
 
     assert [(m.subject, m.data) for m in received] == [("order.ack", b"1"), ("order.ack", b"2"),
                                                          ("order.answer", b"3")]
+
+
+# -- requests over one inbox (krt_runner.node.request_mux) ---------------------------------------------------------
+
+
+async def test_many_requests_in_flight_each_get_their_own_answer_and_none_is_left_waiting(client, listener):
+    async def echo(msg):
+        headers = {"Kind": "echo"} if msg.data.endswith(b"7") else None  # an answer with headers is an answer too
+        await listener.publish(msg.reply, b"re:" + msg.data, headers=headers)
+
+    await listener.subscribe("svc", cb=echo)
+    await listener.flush()
+    mux = RequestMux(client)
+
+    answers = await asyncio.gather(*(mux.request("svc", b"%d" % i, timeout=5) for i in range(500)))
+
+    assert answers == [b"re:%d" % i for i in range(500)]
+    assert mux.in_flight == 0
+
+
+async def test_a_request_no_one_listens_to_fails_at_once_with_nats_py_s_no_responders(client):
+    mux = RequestMux(client)
+    started = time.monotonic()
+
+    with pytest.raises(NoRespondersError):
+        await mux.request("nobody.here", b"x", timeout=5)
+
+    assert time.monotonic() - started < 2 and mux.in_flight == 0
+
+
+async def test_an_unanswered_request_times_out_and_its_late_answer_is_ignored(client, listener):
+    held = []
+
+    async def hold(msg):
+        held.append(msg)
+
+    await listener.subscribe("slow", cb=hold)
+    await listener.flush()
+    mux = RequestMux(client)
+
+    with pytest.raises(NatsTimeoutError):
+        await mux.request("slow", b"x", timeout=0.2)
+    await listener.publish(held[0].reply, b"too late")
+    answer = asyncio.ensure_future(mux.request("slow", b"y", timeout=5))
+    await until(lambda: len(held) == 2)
+    await listener.publish(held[1].reply, b"in time")
+
+    assert await answer == b"in time"
+    assert mux.in_flight == 0 and client.bad_frames == 0

@@ -124,7 +124,7 @@ class Acker:
         for msg, _ in list(self._held.values()):
             await self.release(msg)
 
-    async def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+    async def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """The next stream's acknowledgement, straight from the parser; one with a status (a 503: no stream
         there) is declined, for :meth:`_on_refusal`."""
         if headers:

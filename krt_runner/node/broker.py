@@ -33,6 +33,7 @@ from krt_runner.node.nats_connection import (
     is_fatal,
     tls_required,
 )
+from krt_runner.node.request_mux import RequestMux
 
 __all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]
 
@@ -55,6 +56,7 @@ class Broker:
         self._nc = NodeClient()
         self._nc.require_tls = tls_required(settings)
         self._nc.on_bad_frame = self._on_bad_frame
+        self._requests = RequestMux(self._nc)
         self._subscription: Subscription | None = None
         self._connected_once = False
         self._closing = False
@@ -160,17 +162,18 @@ class Broker:
         """One core NATS request: the answer's bytes, or :class:`NoResponders`, :class:`CallTimeout` or
         :class:`NotConnected` (the connection is closed or draining).
 
-        nats-py routes every answer through one inbox subscription, so any number of requests can be in flight.
+        Every answer comes to one inbox subscription (:class:`RequestMux`), so any number of requests can be in
+        flight.
         """
         try:
-            reply = await self._nc.request(subject, payload, timeout=timeout)
+            reply = await self._requests.request(subject, payload, timeout=timeout)
         except NoRespondersError:
             raise NoResponders(f"no one listens on {subject!r}") from None
         except NatsTimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
         except NatsError as exc:
             raise NotConnected(f"cannot send on {subject!r}: {describe(exc)}") from None
-        return bytes(reply.data)
+        return reply
 
     async def stop_intake(self) -> None:
         """Unsubscribe and let nats-py run the callbacks of messages it already holds."""

@@ -29,8 +29,9 @@ _CREDENTIAL_SETTINGS = (
 _TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
 
 # A subscription's message as nats-py's parser hands it over: (sid, subject, reply, payload, header block), all
-# bytes. True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the subscription's callback).
-DirectCallback = Callable[[int, bytes, bytes, bytes, bytes], Awaitable[bool]]
+# bytes (no header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
+# subscription's callback).
+DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], Awaitable[bool]]
 
 
 class ConnectionSettings(Protocol):
@@ -179,7 +180,7 @@ class NodeClient(Client):
         straight to the socket, ahead of queued commands: its PONG can come before the server's answer to them."""
         await self._flush_pending(force_flush=True)
 
-    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         """A frame nats-py cannot decode (a reply subject or a header status that is not UTF-8) costs that one
         message, counted, instead of ending the read loop and leaving the connection deaf. A message of a
         :meth:`subscribe_direct` subscription goes to its direct callback first."""
@@ -189,7 +190,8 @@ class NodeClient(Client):
                 self.stats["in_msgs"] += 1
                 self.stats["in_bytes"] += len(data)
                 return
-            await super()._process_msg(sid, subject, reply, data, headers)
+            # nats-py's hint says bytes; its parser passes None for a message without headers
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
         except Exception as exc:
             self.bad_frames += 1
             if self.on_bad_frame is not None:

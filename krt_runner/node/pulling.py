@@ -91,7 +91,7 @@ class Puller:
         if self._subscription is not None and self._client.is_connected:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
-    async def _on_delivery(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+    async def _on_delivery(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """A message of the stream, whose reply subject is its ack subject, straight from the parser: its headers
         (the ``Nats-Msg-Id`` it was published with) are not needed. A status (no reply subject) is declined."""
         if not reply:
