@@ -154,6 +154,18 @@ def unpack(answer: KreNatsMessage, message_type: type[Message]) -> Message:
     return result
 
 
+async def synced(nc: nats.NATS) -> None:
+    """Until the server has read every command this nats-py connection queued (a SUB, an UNSUB, a PUB).
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of the commands still queued for its
+    flusher, so its PONG can come back before the server saw them (a message published by another connection
+    right after it could then find no subscription). The flusher writes them while the first PONG is awaited; the
+    second PING goes out after them.
+    """
+    await nc.flush()
+    await nc.flush()
+
+
 class Requester:
     """A NATS client that sends KreNatsMessage requests and decodes the answers."""
 

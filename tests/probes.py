@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+from conftest import synced
 from nats.aio.msg import Msg
 
 from krt_runner.envelope import KreNatsMessage, decode
@@ -45,7 +46,7 @@ class AnswerLog:
     async def start(self) -> AnswerLog:
         self.prefix = self.nc.new_inbox()
         await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_answer)
-        await self.nc.flush()
+        await synced(self.nc)
         return self
 
     async def _on_answer(self, msg: Msg) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import nats
 import pytest
 import pytest_asyncio
-from conftest import ROOT, greeter_pb2, node_env, request_envelope, unpack
+from conftest import ROOT, greeter_pb2, node_env, request_envelope, synced, unpack
 from test_node import answers_to
 
 from krt_runner.local_krt.embedded import free_port
@@ -83,7 +83,7 @@ async def mongo_writer(nats_server):
     nc = await nats.connect(nats_server.url)
     writer = MongoWriter()
     await nc.subscribe("mongo_writer", cb=writer.on_request)
-    await nc.flush()
+    await synced(nc)
     yield writer
     await nc.close()
 

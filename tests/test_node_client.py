@@ -13,6 +13,7 @@ import time
 
 import nats
 import pytest
+from conftest import synced
 from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -68,7 +69,7 @@ async def test_a_direct_subscription_takes_what_its_callback_takes_and_the_rest_
 ):
     taken = Taken()
     await client.subscribe_direct("direct.in", taken.take, cb=taken.on_declined)
-    await client.flush()
+    await synced(client)
 
     await listener.publish("direct.in", b"one", reply="reply.1")
     await listener.publish("direct.in", b"two", headers={"Status": "408"})
@@ -83,14 +84,14 @@ async def test_a_direct_subscription_takes_what_its_callback_takes_and_the_rest_
 async def test_a_direct_subscription_unsubscribed_gets_nothing_more(client, listener):
     taken = Taken()
     subscription = await client.subscribe_direct("direct.gone", taken.take, cb=taken.on_declined)
-    await client.flush()
+    await synced(client)
     await listener.publish("direct.gone", b"before", reply="r")
     await until(lambda: len(taken.direct) == 1)
 
     await subscription.unsubscribe()
-    await client.flush()
+    await synced(client)
     await listener.publish("direct.gone", b"after", reply="r")
-    await listener.flush()
+    await synced(listener)
     await asyncio.sleep(0.2)
 
     assert [data for _, _, data in taken.direct] == [b"before"]
@@ -100,7 +101,7 @@ async def test_a_direct_subscription_unsubscribed_gets_nothing_more(client, list
 async def test_a_frame_the_direct_callback_cannot_decode_costs_that_message_alone(nats_server, client):
     taken = Taken()
     await client.subscribe_direct("direct.bad", taken.take, cb=taken.on_declined)
-    await client.flush()
+    await synced(client)
 
     with RawClient(nats_server.url) as raw:
         raw.send(b"PUB direct.bad _INBOX.\xff\xfe 3\r\nbad\r\n")
@@ -114,7 +115,7 @@ async def test_a_frame_the_direct_callback_cannot_decode_costs_that_message_alon
 
 async def test_publish_bytes_sends_the_payload_the_reply_and_the_msg_id_header(client, listener):
     got = await listener.subscribe("bytes.out")
-    await listener.flush()
+    await synced(listener)
 
     await client.publish_bytes("bytes.out", b"with id", reply="answer.here", msg_id="t-1:node:7")
     await client.publish_bytes("bytes.out", b"plain")
@@ -126,7 +127,7 @@ async def test_publish_bytes_sends_the_payload_the_reply_and_the_msg_id_header(c
 
 async def test_a_msg_id_with_a_line_break_cannot_add_a_header(client, listener):
     got = await listener.subscribe("bytes.inject")
-    await listener.flush()
+    await synced(listener)
 
     await client.publish_bytes("bytes.inject", b"x", msg_id="id\r\nNats-Expected-Stream: other")
     msg = await got.next_msg(timeout=5)
@@ -164,7 +165,7 @@ async def test_publish_bytes_keeps_nats_py_errors(client):
 
 async def test_a_message_for_the_next_write_goes_out_alone_within_its_delay(client, listener):
     got = await listener.subscribe("later.out")
-    await listener.flush()
+    await synced(listener)
 
     sent = time.monotonic()
     await client.publish_with_next_write("later.out", b"+ACK", within=0.05)
@@ -176,7 +177,7 @@ async def test_a_message_for_the_next_write_goes_out_alone_within_its_delay(clie
 
 async def test_messages_for_the_next_write_keep_their_order_with_the_other_publishes(client, listener):
     got = await listener.subscribe("order.>")
-    await listener.flush()
+    await synced(listener)
 
     await client.publish_with_next_write("order.ack", b"1", within=10.0)
     await client.publish_with_next_write("order.ack", b"2", within=10.0)
@@ -196,7 +197,7 @@ async def test_many_requests_in_flight_each_get_their_own_answer_and_none_is_lef
         await listener.publish(msg.reply, b"re:" + msg.data, headers=headers)
 
     await listener.subscribe("svc", cb=echo)
-    await listener.flush()
+    await synced(listener)
     mux = RequestMux(client)
 
     answers = await asyncio.gather(*(mux.request("svc", b"%d" % i, timeout=5) for i in range(500)))
@@ -222,7 +223,7 @@ async def test_an_unanswered_request_times_out_and_its_late_answer_is_ignored(cl
         held.append(msg)
 
     await listener.subscribe("slow", cb=hold)
-    await listener.flush()
+    await synced(listener)
     mux = RequestMux(client)
 
     with pytest.raises(NatsTimeoutError):
