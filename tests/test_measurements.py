@@ -7,6 +7,7 @@ import itertools
 import re
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +22,7 @@ from krt_runner.errors import ConfigError, MeasurementError, WriteError
 from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, TimingValues, make_sink
 from krt_runner.measurements.file import FileDestination
 from krt_runner.measurements.lines import line_protocol
+from krt_runner.measurements.pending import RENDER_SLICE
 from krt_runner.measurements.report import WriterReport
 from krt_runner.measurements.writer import BatchWriter
 
@@ -431,6 +433,36 @@ async def test_every_line_put_is_written_once_in_batches_in_order():
     assert destination.lines == [f"m f={number}i 1" for number in range(95)]
     assert max(len(batch) for batch in destination.batches) <= 10
     assert sink.counts["written"] == 95 and sink.dropped == 0 and destination.closed
+
+
+class Values:
+    """A point's values, as the node's record of a message is: an object the renderer reads."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+def render_values(values: list[Values]) -> list[str]:
+    return [f"m f={value.number}i 1" for value in values]
+
+
+async def test_points_are_rendered_as_soon_as_a_slice_of_them_waits_and_their_values_let_go_before_a_batch_is_full():
+    # The values die young, so that the garbage collector does not walk them collection after collection.
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=10_000, max_buffered=10_000, flush_interval=60)
+    values = [Values(number) for number in range(RENDER_SLICE)]
+    alive = [weakref.ref(value) for value in values]
+
+    sink.put_many([(render_values, value) for value in values])
+    del values
+    deadline = time.monotonic() + 5
+    while any(ref() is not None for ref in alive) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+    assert all(ref() is None for ref in alive) and destination.batches == []  # rendered, not yet written
+    assert sink.buffered == RENDER_SLICE
+    await sink.close(timeout=5)
+    assert destination.lines == [f"m f={number}i 1" for number in range(RENDER_SLICE)]
 
 
 class SlowDestination(FlakyDestination):

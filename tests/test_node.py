@@ -96,6 +96,18 @@ async def test_a_node_with_a_sync_handler_switches_threads_every_millisecond(
     assert unpack(answer, greeter_pb2.Request).name == interval  # an async handler's node keeps Python's default
 
 
+async def test_what_start_up_made_is_frozen_for_the_garbage_collector_once_init_is_done(
+    nats_server, start_node, requester
+):
+    # init's model and state live as long as the node: full collections must not walk them again and again.
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in"))
+
+    answer = await requester.greet("in", "frozen")
+
+    during_init, serving = map(int, unpack(answer, greeter_pb2.Request).name.split())
+    assert during_init == 0 and serving > 1000
+
+
 PIPELINED = ["message received", "message received", "answer published", "answer published"]
 ONE_AFTER_THE_OTHER = ["message received", "answer published", "message received", "answer published"]
 

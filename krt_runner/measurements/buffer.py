@@ -19,9 +19,10 @@ from krt_runner.measurements.pending import PendingLine
 class PointBuffer:
     """Points waiting for the writer thread, bounded and counted."""
 
-    def __init__(self, *, max_buffered: int, batch_size: int) -> None:
+    def __init__(self, *, max_buffered: int, batch_size: int, wake_at: int) -> None:
         self.max_buffered = max_buffered
         self.batch_size = min(batch_size, max_buffered)
+        self._wake_at = min(wake_at, self.batch_size)
         self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
         self._lock = threading.Lock()
         self._queue: deque[PendingLine] = deque()
@@ -29,7 +30,7 @@ class PointBuffer:
         self._closed = False
 
     def put_many(self, lines: Sequence[PendingLine]) -> bool:
-        """Queue points in order; ``True`` when a full batch is waiting."""
+        """Queue points in order; ``True`` when ``wake_at`` of them are waiting (worth the writer's while)."""
         with self._lock:
             if self._closed:
                 self.counts["dropped_at_close"] += len(lines)
@@ -39,7 +40,7 @@ class PointBuffer:
             else:
                 for line in lines:
                     self._append_making_room(line)
-            return len(self._queue) >= self.batch_size
+            return len(self._queue) >= self._wake_at
 
     def _append_making_room(self, line: PendingLine) -> None:
         """Under the lock, with the buffer full or nearly: the oldest waiting point goes to make room."""

@@ -26,7 +26,7 @@ def rendered(item: PendingLine) -> str:
 
 # Points rendered between two pauses of the writer thread, and the pause: rendering holds the GIL, and the event
 # loop's thread must never wait long for it.
-_RENDER_SLICE = 200
+RENDER_SLICE = 200
 _RENDER_PAUSE = 0.0002
 
 
@@ -34,10 +34,10 @@ def render_all(items: Sequence[PendingLine], *, on_bad_point: Callable[[str], No
     """The lines of ``items``, in order: finished lines as they are, each renderer's points through one call per
     slice. A point its renderer cannot render is left out and reported to ``on_bad_point``."""
     lines: list[str] = []
-    for start in range(0, len(items), _RENDER_SLICE):
+    for start in range(0, len(items), RENDER_SLICE):
         if start:
             time.sleep(_RENDER_PAUSE)
-        lines.extend(_render_slice(items[start:start + _RENDER_SLICE], on_bad_point))
+        lines.extend(_render_slice(items[start:start + RENDER_SLICE], on_bad_point))
     return lines
 
 

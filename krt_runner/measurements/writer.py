@@ -4,11 +4,16 @@
 that the writer renders: see :mod:`~krt_runner.measurements.pending`) to a
 bounded :class:`~krt_runner.measurements.buffer.PointBuffer` and returns: it
 never waits for the network or the disk, and it is safe from any thread (sync
-handlers run on worker threads). One thread, ``krt-measurements``, takes
-whole batches and hands them to a :class:`Destination` (InfluxDB, or the
-line-protocol file), retrying with backoff while that fails. What it does is
-logged now and then (:mod:`~krt_runner.measurements.report`), never once per
-point.
+handlers run on worker threads). One thread, ``krt-measurements``, renders
+the points as soon as a slice of them is waiting, keeps the lines until they
+make a whole batch (or the flush interval passed), and hands batches to a
+:class:`Destination` (InfluxDB, or the line-protocol file), retrying with
+backoff while that fails. What it does is logged now and then
+(:mod:`~krt_runner.measurements.report`), never once per point.
+
+Rendering early is for the garbage collector: a point's values (the node's
+record of its message) die within milliseconds, young, instead of living
+until their batch is full and being walked by collection after collection.
 
 Close: the thread writes what is left within the shutdown bound, closes the
 destination (and with it influxdb-client's connections) and ends.
@@ -25,7 +30,7 @@ from typing import Any, Protocol
 
 from krt_runner.errors import WriteError
 from krt_runner.measurements.buffer import PointBuffer
-from krt_runner.measurements.pending import PendingLine, render_all
+from krt_runner.measurements.pending import RENDER_SLICE, PendingLine, render_all
 from krt_runner.measurements.report import WriterReport
 
 # Waits between retries of a failed write: doubling from the first to the last.
@@ -76,7 +81,8 @@ class BatchWriter:
     ) -> None:
         self._destination = destination
         self._log = logger
-        self._buffer = PointBuffer(max_buffered=max_buffered, batch_size=batch_size)
+        self._buffer = PointBuffer(max_buffered=max_buffered, batch_size=batch_size, wake_at=RENDER_SLICE)
+        self._ready: list[str] = []  # rendered lines, taken from the buffer, waiting to make a whole batch
         self._flush_interval = flush_interval
         self._shutdown_timeout = shutdown_timeout
         self._backoff = _Backoff(*retry_waits)
@@ -179,8 +185,18 @@ class BatchWriter:
         return batch
 
     def _take(self, *, partial: bool) -> list[str]:
-        """The next batch's lines, rendered off the lock (``put`` never waits for this)."""
-        return render_all(self._buffer.take(partial=partial), on_bad_point=self._drop_bad_point)
+        """The next batch's lines: a whole batch, or with ``partial`` what is ready up to one. Whatever is waiting
+        is rendered first, off the lock (``put`` never waits for this)."""
+        size = self._buffer.batch_size
+        while len(self._ready) < size:
+            items = self._buffer.take(partial=True)
+            if not items:
+                break
+            self._ready += render_all(items, on_bad_point=self._drop_bad_point)
+        if len(self._ready) < size and not partial:
+            return []
+        batch, self._ready = self._ready[:size], self._ready[size:]
+        return batch
 
     def _drop_bad_point(self, error: str) -> None:
         self._buffer.settle(1, "dropped_rejected")

@@ -6,6 +6,7 @@ Every answer is a ``Request`` whose name is the input name followed by
 """
 
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ async def init(ctx):
     INIT_CALLS += 1
     await asyncio.sleep(0.2)  # a slow init: no message may arrive before it ends
     ctx.set("ready", "yes")
+    ctx.set("frozen_during_init", gc.get_freeze_count())
 
 
 def read_name(data):
@@ -71,6 +73,8 @@ async def handler(ctx, data):
         return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
     if command == "switchinterval":
         return Request(name=str(sys.getswitchinterval()))
+    if command == "frozen":
+        return Request(name=f"{ctx.get('frozen_during_init')} {gc.get_freeze_count()}")
     return Request(name=f"{name}>{NODE}")
 
 
