@@ -96,7 +96,9 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
         await node.broker.close()
         return failed
     # What start-up made (modules, init's model and state) lives as long as the process: the garbage collector's
-    # full collections need not walk it again and again (docs/performance.md, Measurements).
+    # full collections need not walk it again and again (docs/performance.md, Measurements). The collection first
+    # frees what start-up left in reference cycles, which freezing would keep for good.
+    gc.collect()
     gc.freeze()
     watch = loop.create_task(node.broker.failed.wait())  # a connection gone for good stops the node too
     watch.add_done_callback(lambda _: stop.set())
