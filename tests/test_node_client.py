@@ -235,3 +235,35 @@ async def test_an_unanswered_request_times_out_and_its_late_answer_is_ignored(cl
 
     assert await answer == b"in time"
     assert mux.in_flight == 0 and client.bad_frames == 0
+
+
+async def test_requests_are_answered_again_once_a_restarted_server_is_back(nats_server):
+    # The inbox's subscription is one of nats-py's: a reconnect subscribes it again, and requests go on.
+    client = NodeClient()
+    await client.connect(nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    mux = RequestMux(client)
+
+    async def serve() -> nats.NATS:
+        answerer = await nats.connect(nats_server.url)
+
+        async def echo(msg):
+            await msg.respond(b"re:" + msg.data)
+
+        await answerer.subscribe("svc.restart", cb=echo)
+        await synced(answerer)
+        return answerer
+
+    answerer = await serve()
+    assert await mux.request("svc.restart", b"before", timeout=5) == b"re:before"
+    await answerer.close()
+    nats_server.stop(kill=True)
+    nats_server.start()
+    answerer = await serve()
+    deadline = time.monotonic() + 15
+    while not client.is_connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+    assert await mux.request("svc.restart", b"after", timeout=5) == b"re:after"
+    assert mux.in_flight == 0
+    await answerer.close()
+    await client.close()
