@@ -209,11 +209,10 @@ def _entrypoint(result: dict[str, Any]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in ("nats-128", "grpc-128", "echo-128", "nats-1", "grpc-1", "echo-1"):
-        if key in rows:
-            row = rows[key]
-            via, window = key.split("-")
-            lines.append(f"| {via} | {window} | {row['answers_per_s']:.0f} | {row['p50_ms']:.2f} | "
-                         f"{row['p99_ms']:.2f} | {1000 * row['cpu_s_per_1000']:.0f} | {row['entrypoint_cpu_us']:.0f} |")
+        row = rows[key]
+        via, window = key.split("-")
+        lines.append(f"| {via} | {window} | {row['answers_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                     f"{1000 * row['cpu_s_per_1000']:.0f} | {row['entrypoint_cpu_us']:.0f} |")
     gap = result["p50_gap_ms"]
     lines += [
         "",
@@ -222,14 +221,10 @@ def _entrypoint(result: dict[str, Any]) -> list[str]:
         f"| W=128: gRPC >= 0.8x NATS-direct answers/s | {_spread(ratio)} | "
         f"{'yes' if ratio['median'] >= 0.8 else 'NO'} |",
         f"| W=1: gRPC p50 within 1 ms of NATS-direct | {gap:+.2f} ms | {'yes' if gap <= 1.0 else 'NO'} |",
+        f"| (diagnostic) W=128: the bare grpcio echo server against NATS-direct | {_spread(result['echo_ratio'])} | |",
+        "| (diagnostic) W=128: the entrypoint against the bare grpcio echo server | "
+        f"{_spread(result['share_of_echo'])} | |",
     ]
-    if "echo_ratio" in result:
-        lines += [
-            f"| (diagnostic) W=128: the bare grpcio echo server against NATS-direct | {_spread(result['echo_ratio'])} "
-            "| |",
-            f"| (diagnostic) W=128: the entrypoint against the bare grpcio echo server | "
-            f"{_spread(result['share_of_echo'])} | |",
-        ]
     return lines
 
 

@@ -51,12 +51,10 @@ class PointBuffer:
             self._queue.popleft()
         self._queue.append(line)
 
-    def take(self, *, partial: bool) -> list[PendingLine]:
-        """A whole batch, or with ``partial`` what is there up to a batch; it is held until :meth:`settle`."""
+    def take(self) -> list[PendingLine]:
+        """What is waiting, up to a batch; it is held until :meth:`settle`."""
         with self._lock:
             size = min(len(self._queue), self.batch_size)
-            if size == 0 or (size < self.batch_size and not partial):
-                return []
             self._held += size
             return [self._queue.popleft() for _ in range(size)]
 

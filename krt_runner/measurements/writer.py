@@ -189,7 +189,7 @@ class BatchWriter:
         is rendered first, off the lock (``put`` never waits for this)."""
         size = self._buffer.batch_size
         while len(self._ready) < size:
-            items = self._buffer.take(partial=True)
+            items = self._buffer.take()
             if not items:
                 break
             self._ready += render_all(items, on_bad_point=self._drop_bad_point)
