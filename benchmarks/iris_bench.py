@@ -18,7 +18,7 @@ from load import Traffic
 from processes import BENCH, ROOT
 
 if TYPE_CHECKING:
-    from run import Bench, Run
+    from bench import Bench, Run
 
 IRIS = ROOT / "examples" / "iris"
 # Issue 24's goals: at W=128 the batched node answers at least 4x as many requests per second as the unbatched one;

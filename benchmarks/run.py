@@ -20,8 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,141 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
+from bench import Bench, Run, env_of
 from delivery import delivery_modes
 from entrypoint_bench import entrypoint_vs_nats
 from iris_bench import iris_batching
-from load import GREETINGS, LoadResult, drive, large_greetings
+from load import drive, large_greetings
 from processes import (
     ROOT,
-    NodeProc,
     VictoriaMetrics,
-    cpu_seconds,
     machine,
     memory_kb,
-    start_node,
     start_victoria_metrics,
 )
 
 from krt_runner.local_krt.embedded import EmbeddedNats
 
-WARM_UP = 300
 MEASUREMENTS_OFF = {"KRT_MEASUREMENTS_ENABLED": "false"}
-
-
-@dataclass
-class Run:
-    """One measured configuration run."""
-
-    kind: str
-    nodes: int
-    window: int
-    result: LoadResult
-    cpu_per_1000: float
-    peak_rss_mb: list[float]
-    idle_rss_mb: list[float]
-    exit_codes: list[int]
-    # CPU µs per answer of the processes around the nodes: nats-server, the measurement store, the requester.
-    others_us: dict[str, float] = field(default_factory=dict)
-
-    def figures(self) -> dict[str, float]:
-        return {
-            **self.others_us,
-            "answers_per_s": self.result.per_second,
-            "p50_ms": self.result.percentile(0.50),
-            "p90_ms": self.result.percentile(0.90),
-            "p99_ms": self.result.percentile(0.99),
-            "cpu_s_per_1000": self.cpu_per_1000,
-            "peak_rss_mb": max(self.peak_rss_mb),
-            "idle_rss_mb": max(self.idle_rss_mb),
-            "lost": self.result.lost,
-            "wrong": self.result.wrong,
-            "duplicates": self.result.duplicates,
-        }
-
-
-@dataclass
-class Bench:
-    nats: EmbeddedNats
-    influx_url: str
-    measurements_dir: str
-    store_pid: int = 0  # victoria-metrics, when measurements go there
-    runs: list[Run] = field(default_factory=list)
-
-    def node_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {"KRT_MEASUREMENTS_ENABLED": "true", "KRT_LOG_LEVEL": "info"}
-        if self.influx_url:
-            env.update(KRT_INFLUX_URI=self.influx_url, KRT_INFLUX_TOKEN="bench:bench", KRT_INFLUX_BUCKET="kre")
-        else:
-            env["KRT_MEASUREMENTS_FILE"] = f"{self.measurements_dir}/{uuid.uuid4().hex}.lp"
-        return {**env, **(extra or {})}
-
-    def start_chain(self, kind: str, nodes: int, handler: str, env: dict[str, str] | None = None) -> list[NodeProc]:
-        run_id = uuid.uuid4().hex[:6]
-        subjects = [f"b{run_id}-{i}" for i in range(nodes)] + [""]
-        chain = [
-            start_node(kind, url=self.nats.url, name=f"node{i}", subject_in=subjects[i], subject_out=subjects[i + 1],
-                       handler=handler, env=self.node_env(env))
-            for i in range(nodes)
-        ]
-        for node in chain:
-            node.wait_ready()
-        return chain
-
-    def measure(self, kind: str, nodes: int, window: int, count: int, **options: Any) -> Run:
-        chain = self.start_chain(kind, nodes, options.get("handler", "bench_handler.py"), options.get("env"))
-        driver = options.get("driver", drive)  # the requester: core NATS, or delivery.drive_js
-        try:
-            time.sleep(0.3)
-            idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
-            entry, traffic = _entry(chain), options.get("traffic", GREETINGS)
-            shaped = {} if traffic is GREETINGS else {"traffic": traffic}  # drive_js sends greetings only
-            warm_up = WARM_UP if not traffic.distinct else 10
-            asyncio.run(driver(self.nats.url, entry, count=warm_up, window=16, hops=nodes, **shaped))
-            cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
-            others_before = self._others_cpu()
-            result = asyncio.run(driver(self.nats.url, entry, count=count, window=window, hops=nodes, **shaped))
-            cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
-            others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
-                      for name, seconds in self._others_cpu().items()}
-            peak = [memory_kb(n.process.pid, "VmHWM") / 1024 for n in chain]
-        finally:
-            codes = [n.stop() for n in chain]
-        run = Run(kind, nodes, window, result, 1000 * cpu / max(1, result.answered), peak, idle, codes, others)
-        self.runs.append(run)
-        _progress(run, options.get("label", ""))
-        return run
-
-    def _others_cpu(self) -> dict[str, float]:
-        """CPU seconds so far of nats-server, the measurement store and this process (the requester)."""
-        assert self.nats.process is not None
-        cpu = {"nats": cpu_seconds(self.nats.process.pid), "requester": time.process_time()}
-        if self.store_pid:
-            cpu["store"] = cpu_seconds(self.store_pid)
-        return cpu
-
-
-def _entry(chain: list[NodeProc]) -> str:
-    # The first node's input subject is in its start-up arguments or environment.
-    process = chain[0].process
-    args = process.args if isinstance(process.args, list) else []
-    if "floor_node.py" in " ".join(map(str, args)):
-        return str(args[3])
-    return _env_of(process.pid)["KRT_NATS_INPUT"]
-
-
-def _env_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def _progress(run: Run, label: str) -> None:
-    f = run.figures()
-    print(
-        f"{label or run.kind:>12} nodes={run.nodes} W={run.window:<4} {f['answers_per_s']:8.0f}/s "
-        f"p50={f['p50_ms']:.2f}ms p99={f['p99_ms']:.2f}ms cpu/1000={f['cpu_s_per_1000']:.3f}s "
-        f"peak={f['peak_rss_mb']:.0f}MB lost={f['lost']} wrong={f['wrong']} dup={f['duplicates']}",
-        flush=True,
-    )
 
 
 def main_matrix(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
@@ -256,7 +135,7 @@ def sync_handler(bench: Bench, handler: str, label: str, *, quick: bool) -> dict
     """A sync handler taking 2 ms: close to 500/s per replica, the connection healthy."""
     chain = bench.start_chain("krt", 1, handler)
     try:
-        entry = _env_of(chain[0].process.pid)["KRT_NATS_INPUT"]
+        entry = env_of(chain[0].process.pid)["KRT_NATS_INPUT"]
         result = asyncio.run(drive(bench.nats.url, entry, count=300 if quick else 2000, window=16, hops=1))
     finally:
         chain[0].stop()
@@ -271,7 +150,7 @@ def memory_growth(bench: Bench, *, quick: bool) -> dict[str, Any]:
     chain = bench.start_chain("krt", 1, "bench_handler.py")
     pid = chain[0].process.pid
     try:
-        entry = _env_of(pid)["KRT_NATS_INPUT"]
+        entry = env_of(pid)["KRT_NATS_INPUT"]
         asyncio.run(drive(bench.nats.url, entry, count=first, window=64, hops=1))
         after_first = memory_kb(pid, "VmRSS") / 1024
         result = asyncio.run(drive(bench.nats.url, entry, count=rest, window=64, hops=1))
@@ -332,7 +211,7 @@ def _sections(bench: Bench, scratch: Path, *, quick: bool) -> dict[str, Any]:
         "busy_sync_handler": sync_handler(bench, "bench_handler_busy.py", "busy 2ms", quick=quick),
         "waiting_sync_handler": sync_handler(bench, "bench_handler_wait.py", "wait 2ms", quick=quick),
         "memory": memory_growth(bench, quick=quick),
-        "entrypoint": entrypoint_vs_nats(bench.nats.url, bench.node_env(), quick=quick),
+        "entrypoint": entrypoint_vs_nats(bench.nats.url, bench.node_env(), around=bench.around_nodes(), quick=quick),
         "delivery": _delivery(bench, quick=quick),
         "iris_batching": iris_batching(bench, scratch, quick=quick),
     }
