@@ -5,7 +5,13 @@ the run) are called, in alternating pairs, by ``call_load.py``: over NATS with
 krt_runner's Client, and through ``krt-runner entrypoint`` with a grpcio aio
 stub. Both clients are separate processes on the same two cores as everything
 else. A third side at W=128 and W=1, a diagnostic: the same grpcio client against a bare grpcio aio server that
-answers at once (grpc_echo.py), the ceiling of any entrypoint built on grpcio on this machine.
+answers at once (grpc_echo.py), the least a call through any entrypoint built on grpcio costs on this machine.
+
+A second diagnostic, the CPU ceiling: each round's most calls/s any grpcio entrypoint could reach with the
+machine's cores all busy, if its calls cost no more than the echo server's (client and server) plus what the
+chain (the nodes, nats-server, the measurement store) spent per call when called over NATS in that round, taken
+against that round's NATS-direct answers/s. An upper bound: the chain costs more per call at the entrypoint's lower
+rate, where fewer messages share a write.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ SUBJECT = "greeter-v1-Greet-entrypoint"  # what the entrypoint sends Greet calls
 WARM_UP = 300  # calls before each measured series (the entrypoint's CPU is read around both)
 
 
-def entrypoint_vs_nats(nats_url: str, node_env: dict[str, str], *, quick: bool) -> dict[str, Any]:
-    """Answers/s at W=128 and p50 at W=1, both ways, in alternating pairs; the entrypoint's CPU per call."""
+def entrypoint_vs_nats(nats_url: str, node_env: dict[str, str], *, around: list[int], quick: bool) -> dict[str, Any]:
+    """Answers/s at W=128 and p50 at W=1, both ways, in alternating pairs; the entrypoint's CPU per call, and the
+    chain's: the nodes' and that of the processes ``around`` them (nats-server, the measurement store)."""
     nodes = _start_greeter(nats_url, node_env)
     entrypoint = _start_entrypoint(nats_url)
     echo = NodeProc("grpc-echo", _popen([sys.executable, str(BENCH / "grpc_echo.py")], dict(os.environ)))
@@ -35,12 +42,14 @@ def entrypoint_vs_nats(nats_url: str, node_env: dict[str, str], *, quick: bool) 
         servers = {"nats": (nats_url, entrypoint), "grpc": (_wait_address(entrypoint, "entrypoint ready"), entrypoint),
                    "echo": (_wait_address(echo, "echo ready"), echo)}
         samples: dict[str, list[dict[str, float]]] = {}
+        chain = [node.process.pid for node in nodes] + around
         plan = ((128, 500 if quick else 8000, 1 if quick else 5), (1, 100 if quick else 1500, 1))
         for window, count, repeats in plan:
             for repeat in range(repeats):
                 for via in ("nats", "grpc", "echo") if repeat % 2 == 0 else ("echo", "grpc", "nats"):
                     address, server = servers[via]
-                    samples.setdefault(f"{via}-{window}", []).append(_load(via, address, count, window, server))
+                    sample = _load(via, address, count, window, server, chain=chain)
+                    samples.setdefault(f"{via}-{window}", []).append(sample)
     finally:
         for server in (entrypoint, echo):
             stop_process(server.process, timeout=30)
@@ -78,15 +87,17 @@ def _wait_address(server: NodeProc, marker: str) -> str:
     return str(ready["address"])
 
 
-def _load(via: str, address: str, count: int, window: int, server: NodeProc) -> dict[str, float]:
-    """One series; ``server``'s CPU per call beside the client's (the entrypoint's is 0 when called over NATS)."""
-    before = cpu_seconds(server.process.pid)
+def _load(via: str, address: str, count: int, window: int, server: NodeProc, *, chain: list[int]) -> dict[str, float]:
+    """One series; ``server``'s CPU per call beside the client's (the entrypoint's is 0 when called over NATS),
+    and the ``chain`` processes' together."""
+    before, chain_before = cpu_seconds(server.process.pid), sum(map(cpu_seconds, chain))
     client = "nats" if via == "nats" else "grpc"
     command = [sys.executable, str(BENCH / "call_load.py"), client, address, "--subject", SUBJECT,
                "--count", str(count), "--window", str(window), "--warm-up", str(WARM_UP)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     result: dict[str, float] = json.loads(done.stdout)
     result["entrypoint_cpu_us"] = 1e6 * (cpu_seconds(server.process.pid) - before) / (count + WARM_UP)
+    result["chain_cpu_us"] = 1e6 * (sum(map(cpu_seconds, chain)) - chain_before) / (count + WARM_UP)
     print(f"{via:>12} greeter W={window:<4} {result['answers_per_s']:8.0f}/s p50={result['p50_ms']:.2f}ms "
           f"p99={result['p99_ms']:.2f}ms wrong={result['wrong']:.0f} "
           f"entrypoint cpu={result['entrypoint_cpu_us']:.0f}µs", flush=True)
@@ -103,6 +114,7 @@ def _summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
         "throughput_ratio": _paired_ratio(samples["grpc-128"], samples["nats-128"]),
         "echo_ratio": _paired_ratio(samples["echo-128"], samples["nats-128"]),
         "share_of_echo": _paired_ratio(samples["grpc-128"], samples["echo-128"]),
+        "cpu_ceiling": _cpu_ceiling(samples["echo-128"], samples["nats-128"]),
         "p50_gap_ms": rows["grpc-1"]["p50_ms"] - rows["nats-1"]["p50_ms"],
         "wrong": sum(sample["wrong"] for runs in samples.values() for sample in runs),
         "repeats": len(samples["nats-128"]),
@@ -112,4 +124,16 @@ def _summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 def _paired_ratio(tops: list[dict[str, float]], bottoms: list[dict[str, float]]) -> dict[str, float]:
     """answers/s of each ``tops`` sample over its round's ``bottoms`` one: median, min and max."""
     ratios = [top["answers_per_s"] / bottom["answers_per_s"] for top, bottom in zip(tops, bottoms, strict=True)]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+
+
+def _cpu_ceiling(echoes: list[dict[str, float]], direct: list[dict[str, float]]) -> dict[str, float]:
+    """Each round's CPU ceiling over its NATS-direct answers/s (see the module): median, min and max."""
+    cores = os.cpu_count() or 1
+
+    def ceiling(echo: dict[str, float], nats: dict[str, float]) -> float:
+        least_us = 1000 * echo["cpu_s_per_1000"] + echo["entrypoint_cpu_us"] + nats["chain_cpu_us"]
+        return cores * 1e6 / least_us / nats["answers_per_s"]
+
+    ratios = [ceiling(echo, nats) for echo, nats in zip(echoes, direct, strict=True)]
     return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}

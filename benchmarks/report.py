@@ -202,17 +202,22 @@ def _entrypoint(result: dict[str, Any]) -> list[str]:
         "The same two nodes called over NATS (krt_runner's Client) and through `krt-runner entrypoint` (a grpcio aio "
         f"stub), in alternating rounds ({result['repeats']} at W=128). `echo`, a diagnostic in the same rounds: the "
         "same grpcio client against a bare grpcio aio server that answers at once, with no NATS and no node "
-        "(`benchmarks/grpc_echo.py`): the ceiling of any entrypoint built on grpcio on this machine. `server CPU` is "
-        "the entrypoint's (or the echo server's) CPU time per call.",
+        "(`benchmarks/grpc_echo.py`): the least a call through any entrypoint built on grpcio costs on this machine. "
+        "`server CPU` is the entrypoint's (or the echo server's) CPU time per call; `chain CPU`, the two nodes', "
+        "nats-server's and the measurement store's together. The CPU ceiling, a diagnostic: the most calls/s any "
+        "grpcio entrypoint could reach with both cores busy, if a call cost no more than the echo's client and "
+        "server plus the chain's CPU per call over NATS, against NATS-direct's answers/s (an upper bound: see "
+        "`benchmarks/entrypoint_bench.py`).",
         "",
-        "| via | W | answers/s | p50 ms | p99 ms | client CPU µs/call | server CPU µs/call |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| via | W | answers/s | p50 ms | p99 ms | client CPU µs/call | server CPU µs/call | chain CPU µs/call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in ("nats-128", "grpc-128", "echo-128", "nats-1", "grpc-1", "echo-1"):
         row = rows[key]
         via, window = key.split("-")
         lines.append(f"| {via} | {window} | {row['answers_per_s']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                     f"{1000 * row['cpu_s_per_1000']:.0f} | {row['entrypoint_cpu_us']:.0f} |")
+                     f"{1000 * row['cpu_s_per_1000']:.0f} | {row['entrypoint_cpu_us']:.0f} | "
+                     f"{row['chain_cpu_us']:.0f} |")
     gap = result["p50_gap_ms"]
     lines += [
         "",
@@ -224,6 +229,8 @@ def _entrypoint(result: dict[str, Any]) -> list[str]:
         f"| (diagnostic) W=128: the bare grpcio echo server against NATS-direct | {_spread(result['echo_ratio'])} | |",
         "| (diagnostic) W=128: the entrypoint against the bare grpcio echo server | "
         f"{_spread(result['share_of_echo'])} | |",
+        f"| (diagnostic) W=128: the CPU ceiling of any grpcio entrypoint against NATS-direct | "
+        f"{_spread(result['cpu_ceiling'])} | |",
     ]
     return lines
 

@@ -53,6 +53,7 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
         f"{via}-{window}" for via in ("nats", "grpc", "echo") for window in (128, 1)}
     assert entrypoint["rows"]["grpc-128"]["entrypoint_cpu_us"] > 0 and entrypoint["throughput_ratio"]["median"] > 0
     assert entrypoint["rows"]["echo-128"]["entrypoint_cpu_us"] > 0 and entrypoint["echo_ratio"]["median"] > 0
+    assert entrypoint["rows"]["nats-128"]["chain_cpu_us"] > 0 and entrypoint["cpu_ceiling"]["median"] > 0
     assert "## gRPC entrypoint against NATS-direct (2-node greeter)" in report.read_text()
     # The iris classifier node unbatched and batched, at W = 1, 16, 128: every answer's species right.
     iris = results["iris_batching"]
