@@ -22,7 +22,6 @@ died or lost its connection first), and gets an error answer saying so instead o
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from krt_runner.config import Settings
@@ -84,10 +83,7 @@ class JetStreamPipeline(Pipeline):
             uncancel()  # this task goes on: to release the messages still waiting
             outcome, settle = _FAILED, self._release
         finally:
-            elapsed = time.perf_counter_ns() - job.started
-            self.processing_ns += elapsed
-            if self._measured:
-                self.recorder.record_soon(job, elapsed, outcome)
+            self._finish(job, outcome)
         await settle(msg)
 
     def give_up(self) -> None:

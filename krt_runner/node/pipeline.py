@@ -99,10 +99,14 @@ class Pipeline:
             outcome = _FAILED
             await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
         finally:
-            elapsed = time.perf_counter_ns() - job.started
-            self.processing_ns += elapsed
-            if self._measured:
-                self.recorder.record_soon(job, elapsed, outcome)
+            self._finish(job, outcome)
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        """The message's handling time, counted and (measurements on) recorded with its outcome."""
+        elapsed = time.perf_counter_ns() - job.started
+        self.processing_ns += elapsed
+        if self._measured:
+            self.recorder.record_soon(job, elapsed, outcome)
 
     # -- the drain's end ----------------------------------------------------------------------
 
