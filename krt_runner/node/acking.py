@@ -36,6 +36,7 @@ ACK_DELAY = 0.001
 _ERROR_LOG_INTERVAL = 5.0
 _ACK = b"+ACK"
 _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
+_NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 
 Settle = Callable[[Msg], Awaitable[None]]
 
@@ -44,7 +45,7 @@ class Acker:
     """The messages held by one node process, and their settlement."""
 
     def __init__(self, broker: Broker, *, ack_wait: float, log: Any) -> None:
-        self._broker = broker
+        self._client = broker.client  # the same object for the connection's life, reconnects included
         self._half_wait = ack_wait / 2
         self._log = log
         self._held: dict[str, list[Any]] = {}  # ack subject -> [message, monotonic time of its last sign of life]
@@ -63,17 +64,23 @@ class Acker:
 
     async def start(self) -> None:
         """Subscribe to the inbox the next stream's acknowledgements come to."""
-        client = self._broker.client
+        client = self._client
         self._inbox = client.new_inbox() + "."
         self._token_at = len(self._inbox)
         await client.subscribe_direct(self._inbox + "*", self._on_publish_ack, cb=self._on_refusal)
 
     def hold(self, msg: Msg) -> None:
+        if not self._held:
+            self._none_held.clear()
         self._held[msg.reply] = [msg, time.monotonic()]
-        self._none_held.clear()
 
     async def ack(self, msg: Msg) -> None:
-        await self._send(msg, lambda: self._broker.client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY))
+        """Once per message (no action made for it, as for the rarer settlements: see :meth:`_send`)."""
+        self._forget(msg)
+        try:
+            await self._client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY)
+        except Exception as exc:
+            self._error(_NOT_SETTLED, exc)
 
     async def term(self, msg: Msg) -> None:
         await self._send(msg, msg.term)
@@ -91,7 +98,7 @@ class Acker:
         token = str(next(self._tokens))
         self._forwarded[token] = (msg, time.monotonic())
         try:
-            await self._broker.client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
+            await self._client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
         except BaseException:
             del self._forwarded[token]  # the caller settles it
             raise
@@ -132,7 +139,7 @@ class Acker:
         forwarded = self._forwarded.pop(subject[self._token_at :].decode(), None)
         if forwarded is None:  # too late: already released
             return True
-        if _ERROR_MARK in data:
+        if data.find(_ERROR_MARK) >= 0:  # not ``in``: bytes' tries the needle as an int first (a TypeError each time)
             await self._refused(forwarded[0], data)
         else:
             await self.ack(forwarded[0])
@@ -149,12 +156,15 @@ class Acker:
         await self.release_later(msg)
 
     async def _send(self, msg: Msg, action: Callable[[], Awaitable[None]]) -> None:
-        if self._held.pop(msg.reply, None) is not None and not self._held:
-            self._none_held.set()
+        self._forget(msg)
         try:
             await action()
         except Exception as exc:
-            self._error("could not settle a message; JetStream will deliver it again after the ack wait", exc)
+            self._error(_NOT_SETTLED, exc)
+
+    def _forget(self, msg: Msg) -> None:
+        if self._held.pop(msg.reply, None) is not None and not self._held:
+            self._none_held.set()
 
     def _error(self, text: str, exc: BaseException) -> None:
         now = time.monotonic()

@@ -90,7 +90,7 @@ class JetStreamIntake:
         """Start pulling; a reconnect asks afresh."""
         await self.acker.start()
         self._puller = Puller(self._broker, stream=self.input.stream, consumer=self.input.consumer,
-                              room=self._room, min_batch=self._min_batch, deliver=self._take, log=self._log)
+                              room=self._room, deliver=self._take, log=self._log)
         self._broker.on_connection_change = self._on_connection_change
         await self._puller.start()
         self._log.info("pulling", stream=self.input.stream, consumer=self.input.consumer)
@@ -134,16 +134,12 @@ class JetStreamIntake:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.acker.close()
 
-    def _holding_at_most(self) -> int:
+    def _room(self) -> tuple[int, int]:
+        """The room for more deliveries, and the fewest worth a pull request while others are under way: a quarter
+        of what may be held."""
         count = self._count
-        return count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
-
-    def _room(self) -> int:
-        return self._holding_at_most() - len(self._taken.items) - self._busy
-
-    def _min_batch(self) -> int:
-        """Fewer would not be worth a pull request while others are under way: a quarter of what is held."""
-        return max(1, self._holding_at_most() // 4)
+        holding = count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
+        return holding - len(self._taken.items) - self._busy, max(1, holding // 4)
 
     async def _take(self, msg: Msg) -> None:
         if self._stopping:

@@ -58,7 +58,7 @@ class JetStreamPipeline(Pipeline):
         job = Job("")  # the requester's inbox is in the envelope
         self.last_received = job.started
         outcome: Outcome = _ANSWERED
-        settle: Settle = self._acker.ack
+        settle: Settle | None = self._acker.ack  # None: the acker acks it once its answer is acknowledged
         try:
             self._decode(job, msg.data)
             sequence = self._sequence_below_limit(msg.reply)
@@ -84,7 +84,8 @@ class JetStreamPipeline(Pipeline):
             outcome, settle = _FAILED, self._release
         finally:
             self._finish(job, outcome)
-        await settle(msg)
+        if settle is not None:
+            await settle(msg)
 
     def give_up(self) -> None:
         """``KRT_DRAIN_TIMEOUT`` ran out: handlers cancelled from now on, and messages not handled yet, go back to
@@ -103,8 +104,9 @@ class JetStreamPipeline(Pipeline):
             )
         return sequence
 
-    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes, sequence: str) -> Settle:
-        """Publish the answer; how the message is to be settled then."""
+    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes, sequence: str) -> Settle | None:
+        """Publish the answer; how the message is to be settled then (``None``: by the acker, see
+        :meth:`Acker.forward`)."""
         if not subject:
             self._note_unsent(job)
             return self._acker.ack
@@ -117,7 +119,7 @@ class JetStreamPipeline(Pipeline):
                 self.log.warning("answer not published; the message will be delivered again",
                                  tracking_id=job.tracking_id, error=str(exc))
                 return self._acker.release_later
-            return _settled
+            return None
         if self._debug:
             self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
         return self._acker.ack
@@ -128,10 +130,6 @@ class JetStreamPipeline(Pipeline):
 
     async def _release_instead(self, job: Job) -> Any:
         raise _Released
-
-
-async def _settled(msg: Msg) -> None:
-    """Nothing more to do: the acker acks the message once its answer is acknowledged."""
 
 
 def _delivery_numbers(ack_subject: str) -> tuple[int, str]:

@@ -141,8 +141,8 @@ class NodeClient(Client):
     def _command(self, subject: str, payload: bytes, reply: str, msg_id: str) -> bytes | None:
         """The PUB (HPUB with a ``Nats-Msg-Id``) for :meth:`publish_bytes` and :meth:`publish_with_next_write`,
         counted in nats-py's stats; ``None`` when nats-py's own ``publish`` must decide."""
-        encoded_id = msg_id.encode()
-        if self._status != Client.CONNECTED or b"\r" in encoded_id or b"\n" in encoded_id:  # draining too
+        # (str's ``in``: bytes' tries the needle as an int first, and makes and drops a TypeError each time)
+        if self._status != Client.CONNECTED or (msg_id and ("\r" in msg_id or "\n" in msg_id)):  # draining too
             return None
         if len(payload) > self._max_payload:
             raise MaxPayloadError
@@ -151,7 +151,7 @@ class NodeClient(Client):
         self.stats["out_bytes"] += len(payload)
         if not msg_id:
             return b"PUB %b %d\r\n%b\r\n" % (head, len(payload), payload)
-        header = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % encoded_id
+        header = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % msg_id.encode()
         return b"HPUB %b %d %d\r\n%b%b\r\n" % (head, len(header), len(header) + len(payload), header, payload)
 
     def _write_now(self) -> None:

@@ -9,8 +9,9 @@ arrives, and the number of messages asked for and not come yet (``asked``) decid
 - no word for longer than a request lives (its expiry lost with a connection, a restarted server): none asked;
 - a reconnect: none asked, and asked again at once.
 
-A new request goes out when the room not asked for reaches ``min_batch()`` (or any room, when nothing is asked
-for), so that a busy node asks in batches and an idle one still gets its next message at once.
+``room()`` tells how many more messages the intake has room for, and the fewest worth a request while others are
+under way (``min_batch``). A new request goes out when the room not asked for reaches ``min_batch`` (or any room,
+when nothing is asked for), so that a busy node asks in batches and an idle one still gets its next message at once.
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ class Puller:
     """One process's pull requests to the node's consumer; messages go to ``deliver``."""
 
     def __init__(
-        self, broker: Broker, *, stream: str, consumer: str, room: Callable[[], int], min_batch: Callable[[], int],
-        deliver: Deliver, log: Any,
+        self, broker: Broker, *, stream: str, consumer: str, room: Callable[[], tuple[int, int]], deliver: Deliver,
+        log: Any,
     ) -> None:  # fmt: skip
         self._client = broker.client
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._room = room
-        self._min_batch = min_batch
         self._deliver = deliver
         self._log = log
         self._inbox = ""
@@ -62,8 +62,9 @@ class Puller:
 
     async def ask(self) -> None:
         """Ask for the room not asked for yet, when it is worth a request."""
-        wanted = self._room() - self._asked
-        if self._stopped or wanted < 1 or (self._asked and wanted < self._min_batch()):
+        room, min_batch = self._room()
+        wanted = room - self._asked
+        if self._stopped or wanted < 1 or (self._asked and wanted < min_batch):
             return
         self._asked += wanted
         self._asked_at = time.monotonic()
