@@ -6,6 +6,7 @@ Used by run.py (which puts benchmarks/, the greeter's code and tests/ on sys.pat
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -139,3 +140,8 @@ def _progress(run: Run, label: str) -> None:
         f"peak={f['peak_rss_mb']:.0f}MB lost={f['lost']} wrong={f['wrong']} dup={f['duplicates']}",
         flush=True,
     )
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """The median of several measurements, with their min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 import nats
+from bench import spread
 from greeter_pb2 import Request, Response
 from load import LoadResult, _wait, drive
 
@@ -141,7 +142,7 @@ def _row(window: int, samples: dict[str, list[Any]]) -> dict[str, Any]:
         if side in samples:
             pairs = zip(samples[MODES[0]], samples[side], strict=True)
             ratios = [js.figures()["answers_per_s"] / core.figures()["answers_per_s"] for core, js in pairs]
-            row[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+            row[key] = spread(ratios)
     return row
 
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from typing import Any
 
+from bench import spread
 from processes import BENCH, ROOT, NodeProc, cpu_seconds, start_node
 
 from krt_runner.local_krt.embedded import stop_process
@@ -124,7 +125,7 @@ def _summary(samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
 def _paired_ratio(tops: list[dict[str, float]], bottoms: list[dict[str, float]]) -> dict[str, float]:
     """answers/s of each ``tops`` sample over its round's ``bottoms`` one: median, min and max."""
     ratios = [top["answers_per_s"] / bottom["answers_per_s"] for top, bottom in zip(tops, bottoms, strict=True)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return spread(ratios)
 
 
 def _cpu_ceiling(echoes: list[dict[str, float]], direct: list[dict[str, float]]) -> dict[str, float]:
@@ -136,4 +137,4 @@ def _cpu_ceiling(echoes: list[dict[str, float]], direct: list[dict[str, float]])
         return cores * 1e6 / least_us / nats["answers_per_s"]
 
     ratios = [ceiling(echo, nats) for echo, nats in zip(echoes, direct, strict=True)]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return spread(ratios)

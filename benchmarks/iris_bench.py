@@ -9,11 +9,11 @@ W = 1, 16 and 128, the two sides in alternating pairs.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import spread
 from load import Traffic
 from processes import BENCH, ROOT
 
@@ -98,10 +98,10 @@ def _figures(run: Run) -> dict[str, float]:
 def _row(window: int, samples: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     row: dict[str, Any] = {"window": window, "pairs": len(samples["batched"])}
     for side, runs in samples.items():
-        row[side] = {key: _spread([run[key] for run in runs]) for key in runs[0]}
+        row[side] = {key: spread([run[key] for run in runs]) for key in runs[0]}
     pairs = list(zip(samples["unbatched"], samples["batched"], strict=True))
-    row["speedup"] = _spread([b["answers_per_s"] / u["answers_per_s"] for u, b in pairs if u["answers_per_s"]] or [0])
-    row["p50_gap_ms"] = _spread([b["p50_ms"] - u["p50_ms"] for u, b in pairs])
+    row["speedup"] = spread([b["answers_per_s"] / u["answers_per_s"] for u, b in pairs if u["answers_per_s"]] or [0])
+    row["p50_gap_ms"] = spread([b["p50_ms"] - u["p50_ms"] for u, b in pairs])
     return row
 
 
@@ -112,6 +112,4 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "p50_gap_ms_at_1": gap, "p50_gap_goal_ms": LATENCY_GOAL_MS, "p50_gap_met": gap <= LATENCY_GOAL_MS}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 

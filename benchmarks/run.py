@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server: the tests' VictoriaMetrics
 
-from bench import Bench, Run, env_of
+from bench import Bench, Run, env_of, spread
 from delivery import delivery_modes
 from entrypoint_bench import entrypoint_vs_nats
 from iris_bench import iris_batching
@@ -77,7 +76,7 @@ def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str
     row: dict[str, Any] = {"nodes": nodes, "window": window, "repeats": len(samples["krt"])}
     for kind, runs in samples.items():
         figures = [run.figures() for run in runs]
-        row[kind] = {key: _spread([f[key] for f in figures]) for key in figures[0]}
+        row[kind] = {key: spread([f[key] for f in figures]) for key in figures[0]}
     keys = ("answers_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_s_per_1000", "peak_rss_mb")
     row["ratio"] = {
         key: row["krt"][key]["median"] / row["floor"][key]["median"] if row["floor"][key]["median"] else None
@@ -92,11 +91,9 @@ def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str
 
 def _paired(floors: list[Run], others: list[Run], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
     pairs = [(floor.figures(), other.figures()) for floor, other in zip(floors, others, strict=True)]
-    return {key: _spread([o[key] / f[key] for f, o in pairs if f[key]] or [0.0]) for key in keys}
+    return {key: spread([o[key] / f[key] for f, o in pairs if f[key]] or [0.0]) for key in keys}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 PAYLOADS = ((100 * 1024, "100 KB"), (2 * 1024 * 1024, "2 MB"))
