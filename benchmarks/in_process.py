@@ -15,6 +15,7 @@ import greeter_pb2
 from nats.aio.client import Client
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
+from krt_runner.node.nats_connection import NodeClient
 
 # Publishes between two emptyings of the pending buffer: what the flusher writes at once on a loaded node.
 _PENDING_WRITTEN = 256
@@ -29,13 +30,15 @@ class Msg:
         self.subject, self.data, self.reply = "in", data, reply
 
 
-def publishing_client(*, skip_subject_validation: bool = False) -> Any:
-    """A nats-py client that takes publishes as a connected one does (into its pending buffer), with no socket.
+def publishing_client(*, skip_subject_validation: bool = False, node: bool = False) -> Any:
+    """A nats-py client that takes publishes as a connected one does (into its pending buffer), with no socket;
+    with ``node``, the node's own client (krt_runner's ``NodeClient``).
 
     Its flusher is busy (its queue holds a signal already), as on a loaded node; call :func:`written` now and
     then for the flusher's emptying of the buffer.
     """
-    nc: Any = Client()
+    nc: Any = NodeClient() if node else Client()
+    nc._flusher_task = asyncio.get_running_loop().create_future()  # running: never done
     nc._status = Client.CONNECTED
     nc._max_payload = 1 << 20
     nc._max_pending_size = 1 << 30

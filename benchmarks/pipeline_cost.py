@@ -62,18 +62,18 @@ async def main(count: int, *, middle: bool) -> None:
     })
     node = RunningNode(settings, user_code_from(greet, name="greet", source="bench"), sink=DroppingSink())
     node.state.loop = asyncio.get_running_loop()
-    nc = node.broker._nc = publishing_client(skip_subject_validation=True)  # as the broker connects
+    nc = node.broker._nc = publishing_client(skip_subject_validation=True, node=True)  # as the broker connects
     node.intake.watch(_Subscribed())  # type: ignore[arg-type]
     node.intake.start()
     on_direct, data = node.intake.on_direct, request_bytes()
     for index in range(WARM_UP):
-        await on_direct(1, b"in", b"_INBOX.bench", data, b"")
+        on_direct(1, b"in", b"_INBOX.bench", data, b"")
         if index % PASS == PASS - 1:
             await asyncio.sleep(0)
             written(nc)
     started = time.perf_counter()
     for index in range(count):
-        await on_direct(1, b"in", b"_INBOX.bench", data, b"")
+        on_direct(1, b"in", b"_INBOX.bench", data, b"")
         if index % PASS == PASS - 1:
             await asyncio.sleep(0)  # the workers handle the pass's messages, as after one read on a busy node
             written(nc)

@@ -89,7 +89,8 @@ def test_only_the_broker_its_connection_and_requests_jetstream_and_the_client_im
                        if any(imported.split(".")[0] == "nats" for imported in imports_of(path, set(known))))
 
     assert importers == ["krt_runner.client", "krt_runner.jetstream_requests", "krt_runner.node.broker",
-                         "krt_runner.node.discovery", "krt_runner.node.jetstream", "krt_runner.node.nats_connection",
+                         "krt_runner.node.direct_parser", "krt_runner.node.discovery", "krt_runner.node.jetstream",
+                         "krt_runner.node.nats_connection",
                          "krt_runner.node.request_mux"]
 
 

@@ -95,7 +95,7 @@ async def test_a_direct_subscription_unsubscribed_gets_nothing_more(client, list
     await asyncio.sleep(0.2)
 
     assert [data for _, _, data in taken.direct] == [b"before"]
-    assert client._direct == {}
+    assert client.direct_callbacks == {}
 
 
 async def test_a_frame_the_direct_callback_cannot_decode_costs_that_message_alone(nats_server, client):

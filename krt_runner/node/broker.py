@@ -151,12 +151,17 @@ class Broker:
         for subject in subjects:
             await self._nc.subscribe(subject, cb=callback)
 
-    def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
-        """Queue ``payload`` for ``subject``; nats-py's flusher writes it (no round trip per message).
+    def publish_now(self, subject: str, payload: bytes) -> Awaitable[None] | None:
+        """Queue ``payload`` for ``subject`` at once; nats-py's flusher writes it (no round trip per message).
+        ``None`` when queued, else an awaitable to await (see :meth:`NodeClient.publish_now`): the hot path awaits
+        no coroutine when there is nothing to wait for."""
+        return self._nc.publish_now(subject, payload)
 
-        Returns nats-py's own coroutine to await: no frame of ours in between, once per message.
-        """
-        return self._nc.publish(subject, payload)
+    async def publish(self, subject: str, payload: bytes) -> None:
+        """:meth:`publish_now`, awaited."""
+        waiting = self._nc.publish_now(subject, payload)
+        if waiting is not None:
+            await waiting
 
     async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:
         """One core NATS request: the answer's bytes, or :class:`NoResponders`, :class:`CallTimeout` or

@@ -65,7 +65,7 @@ class Workers:
         """The subscription whose messages :meth:`on_direct` takes, once subscribed (until then it declines)."""
         self._subscription = subscription
 
-    async def on_direct(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+    def on_direct(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """A message straight from nats-py's parser: queued, or declined for :meth:`on_message`."""
         subscription = self._subscription
         if (self._putting or headers or subscription is None or subscription.pending_msgs

@@ -6,6 +6,7 @@ With :mod:`~krt_runner.node.broker`, the only place that imports nats-py on the 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
 from krt_runner.errors import describe
+from krt_runner.node.direct_parser import DirectParser
 
 # Failures of the first connect that retrying cannot fix.
 _FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
@@ -28,10 +30,10 @@ _CREDENTIAL_SETTINGS = (
 )
 _TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
 
-# A subscription's message as nats-py's parser hands it over: (sid, subject, reply, payload, header block), all
-# bytes (no header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
-# subscription's callback).
-DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], Awaitable[bool]]
+# A subscription's message as the parser hands it over: (sid, subject, reply, payload, header block), all bytes (no
+# header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
+# subscription's callback). A plain function costs no coroutine per message; a coroutine function may wait.
+DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], bool | Awaitable[bool]]
 
 
 class ConnectionSettings(Protocol):
@@ -99,7 +101,9 @@ class NodeClient(Client):
 
     def __init__(self) -> None:
         super().__init__()
-        self._direct: dict[int, DirectCallback] = {}
+        self._ps = DirectParser(self)
+        # Per direct subscription's sid: its callback, and whether it is a coroutine function.
+        self.direct_callbacks: dict[int, tuple[DirectCallback, bool]] = {}
         self._write_timer: asyncio.TimerHandle | None = None
 
     async def subscribe_direct(
@@ -107,24 +111,33 @@ class NodeClient(Client):
     ) -> Subscription:
         """A subscription whose messages go to ``direct`` first, straight from the parser: no header block parsed,
         no ``Msg`` made, no hop through nats-py's queue and task (about 6 of the 48 µs of CPU a middle node in
-        at-least-once mode took per message, and 1.7 of a core node's 17.5). ``cb`` gets the messages ``direct``
-        declines. ``direct`` runs inside the read loop:
-        it may queue or publish, never wait. ``options``: nats-py's ``subscribe``'s."""
+        at-least-once mode took per message, and 1.7 of a core node's 17.5), and no regular expression or coroutine
+        of nats-py's parser per message (:mod:`~krt_runner.node.direct_parser`). ``cb`` gets the messages ``direct``
+        declines. ``direct`` runs inside the read loop: it may queue or publish, never wait. ``options``: nats-py's
+        ``subscribe``'s."""
         subscription = await self.subscribe(subject, cb=cb, **options)
-        self._direct[subscription._id] = direct
+        self.direct_callbacks[subscription._id] = (direct, inspect.iscoroutinefunction(direct))
         return subscription
 
-    async def publish_bytes(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> None:
+    def publish_now(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> Awaitable[None] | None:
         """nats-py's ``publish``, with a ``Nats-Msg-Id`` header when ``msg_id`` is given, queued for the flusher as
-        nats-py queues it but without its per-call work (a headers dict encoded and checked key by key). Not
-        connected, draining, or a ``msg_id`` with a line break: nats-py's own ``publish`` decides."""
+        nats-py queues it but at once, without its coroutines and per-call work (a headers dict encoded and checked
+        key by key): ``None`` when queued. Otherwise an awaitable to await: nats-py's own ``publish`` (not connected,
+        draining, a ``msg_id`` with a line break, its flusher gone) or, when the queued bytes pass nats-py's
+        ``pending_size``, their write."""
         command = self._command(subject, payload, reply, msg_id)
         if command is None:
-            await self.publish(subject, payload, reply=reply, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
-            return
-        await self._send_command(command)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+            return self.publish(subject, payload, reply=reply, headers={"Nats-Msg-Id": msg_id} if msg_id else None)
+        waiting, queue = self._queue(command), self._flush_queue
+        if waiting is None and queue is not None and queue.empty():  # wake the flusher, as nats-py's _flush_pending
+            queue.put_nowait(asyncio.get_running_loop().create_future())
+        return waiting
+
+    async def publish_bytes(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> None:
+        """:meth:`publish_now`, awaited."""
+        waiting = self.publish_now(subject, payload, reply=reply, msg_id=msg_id)
+        if waiting is not None:
+            await waiting
 
     async def publish_with_next_write(self, subject: str, payload: bytes, *, within: float) -> None:
         """Queue a message with no reply subject to go out with the next write of this connection, and no later
@@ -134,15 +147,30 @@ class NodeClient(Client):
         if command is None:
             await self.publish(subject, payload)
             return
-        await self._send_command(command)
+        waiting = self._queue(command)
+        if waiting is not None:
+            await waiting
         if self._write_timer is None:
             self._write_timer = asyncio.get_running_loop().call_later(within, self._write_now)
 
+    def _queue(self, command: bytes) -> Awaitable[None] | None:
+        """Add ``command`` to nats-py's pending writes, as its ``_send_command`` does; past its ``pending_size``, the
+        write of them all, to await."""
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        if 0 < self._max_pending_size < self._pending_data_size:
+            return self._flush_pending(force_flush=True)
+        return None
+
     def _command(self, subject: str, payload: bytes, reply: str, msg_id: str) -> bytes | None:
-        """The PUB (HPUB with a ``Nats-Msg-Id``) for :meth:`publish_bytes` and :meth:`publish_with_next_write`,
-        counted in nats-py's stats; ``None`` when nats-py's own ``publish`` must decide."""
+        """The PUB (HPUB with a ``Nats-Msg-Id``) for :meth:`publish_now` and :meth:`publish_with_next_write`,
+        counted in nats-py's stats; ``None`` when nats-py's own ``publish`` must decide (not connected, draining, a
+        ``msg_id`` with a line break, or nats-py's flusher task gone)."""
         # (str's ``in``: bytes' tries the needle as an int first, and makes and drops a TypeError each time)
         if self._status != Client.CONNECTED or (msg_id and ("\r" in msg_id or "\n" in msg_id)):  # draining too
+            return None
+        flusher = self._flusher_task
+        if flusher is None or flusher.done() or self._flush_queue is None:
             return None
         if len(payload) > self._max_payload:
             raise MaxPayloadError
@@ -161,7 +189,7 @@ class NodeClient(Client):
             queue.put_nowait(asyncio.get_running_loop().create_future())
 
     def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
-        self._direct.pop(sid, None)
+        self.direct_callbacks.pop(sid, None)
         super()._remove_sub(sid, max_msgs)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
@@ -185,17 +213,36 @@ class NodeClient(Client):
         message, counted, instead of ending the read loop and leaving the connection deaf. A message of a
         :meth:`subscribe_direct` subscription goes to its direct callback first."""
         try:
-            direct = self._direct.get(sid)
-            if direct is not None and await direct(sid, subject, reply, data, headers):
-                self.stats["in_msgs"] += 1
-                self.stats["in_bytes"] += len(data)
-                return
+            direct = self.direct_callbacks.get(sid)
+            if direct is not None:
+                take, is_async = direct
+                taken = take(sid, subject, reply, data, headers)
+                if is_async:
+                    taken = await taken  # type: ignore[misc]  # an awaitable exactly when is_async
+                if taken:
+                    self.stats["in_msgs"] += 1
+                    self.stats["in_bytes"] += len(data)
+                    return
+        except Exception as exc:
+            self.count_bad_frame(exc)
+            return
+        await self.deliver_declined(sid, subject, reply, data, headers)
+
+    async def deliver_declined(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                               headers: bytes | None = None) -> None:  # fmt: skip
+        """nats-py's own way for a message: its headers parsed, a ``Msg`` made, its subscription's callback (or
+        :meth:`count_bad_frame` for a message nats-py cannot decode)."""
+        try:
             # nats-py's hint says bytes; its parser passes None for a message without headers
             await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
         except Exception as exc:
-            self.bad_frames += 1
-            if self.on_bad_frame is not None:
-                self.on_bad_frame(exc)
+            self.count_bad_frame(exc)
+
+    def count_bad_frame(self, error: BaseException) -> None:
+        """A message that could not be decoded: counted and reported, never the end of the read loop."""
+        self.bad_frames += 1
+        if self.on_bad_frame is not None:
+            self.on_bad_frame(error)
 
     async def _read_loop(self) -> None:
         """nats-py's read loop, whose end on an error it does not handle becomes a reconnect, never a stall."""

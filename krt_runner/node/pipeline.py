@@ -80,7 +80,9 @@ class Pipeline:
             result = await self._step(job)
             subject, answer = self._answers.for_result(job, result)
             if subject:
-                await self.broker.publish(subject, answer)
+                waiting = self.broker.publish_now(subject, answer)
+                if waiting is not None:
+                    await waiting
                 if self._debug:
                     self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
             else:

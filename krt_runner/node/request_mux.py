@@ -64,7 +64,7 @@ class RequestMux:
             self._token_at = len(prefix)
             self._prefix = prefix
 
-    async def _on_answer(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+    def _on_answer(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         answer = self._waiting.get(subject[self._token_at :].decode())
         if answer is None or answer.done():  # too late: timed out or given up
             return True
