@@ -20,10 +20,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.taken: list[tuple[int, bytes, bytes, bytes]] = []
+        self.headers: list[bytes | None] = []
         self.declined: list[tuple[int, bytes]] = []
 
     def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         self.taken.append((sid, subject, reply, data))
+        self.headers.append(headers)
         return True
 
     async def take_later(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
@@ -50,12 +52,15 @@ STREAM = (
     b"MSG in.a 1 reply.2 12\r\nwith\r\nCRLF!!\r\n"  # CR LF inside the payload
     b"MSG in.d 3 reply.3 4\r\nnope\r\n"  # declined: nats-py's way
     b"MSG  in.a\t1   reply.4  2\r\nok\r\n"  # odd spacing, which nats-py's regular expression also reads
+    b"HMSG in.e 2 reply.5 20 25\r\nNATS/1.0\r\nKey: v\r\n\r\nfirst\r\n"  # a header block
+    b"HMSG in.f 3 16 16\r\nNATS/1.0 503\r\n\r\n\r\n"  # a status, declined: nats-py's way
 )
 EXPECTED = [
     (1, b"in.a", b"reply.1", b"hello"),
     (2, b"in.b", b"", b""),
     (1, b"in.a", b"reply.2", b"with\r\nCRLF!!"),
     (1, b"in.a", b"reply.4", b"ok"),
+    (2, b"in.e", b"reply.5", b"first"),
 ]
 
 
@@ -66,8 +71,9 @@ async def test_every_direct_message_is_taken_in_order_and_the_rest_goes_nats_py_
     await client._ps.parse(STREAM)
 
     assert recorder.taken == EXPECTED
-    assert recorder.declined == [(3, b"nope")]
-    assert client.stats["in_msgs"] == 6  # every message, as nats-py counts them
+    assert recorder.headers == [None, None, None, None, b"NATS/1.0\r\nKey: v\r\n\r\n"]
+    assert recorder.declined == [(3, b"nope"), (3, b"")]
+    assert client.stats["in_msgs"] == 8  # every message, as nats-py counts them
     assert not client._ps.buf
 
 
@@ -80,7 +86,7 @@ async def test_a_read_may_end_anywhere(cut):
     await client._ps.parse(STREAM[cut:])
 
     assert recorder.taken == EXPECTED
-    assert recorder.declined == [(3, b"nope")]
+    assert recorder.declined == [(3, b"nope"), (3, b"")]
     assert not client._ps.buf
 
 

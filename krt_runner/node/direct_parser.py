@@ -1,14 +1,15 @@
 """nats-py's protocol parser, with the messages of direct subscriptions taken on a short path.
 
-nats-py's parser matches a regular expression per message, fills a dict, and
-awaits a coroutine per message. Most of what a loaded node reads is ``MSG``
-frames for its own direct subscriptions (``NodeClient.subscribe_direct``), one
-after the other: those are cut out of the buffer here, by plain ``bytes``
-methods, and handed to their callback without a coroutine when the callback is
-a plain function.
+nats-py's parser matches regular expressions per message (slow on the long
+reply subjects of JetStream deliveries), fills a dict, and awaits a coroutine
+per message. Most of what a loaded node reads is ``MSG`` and ``HMSG`` frames
+for its own direct subscriptions (``NodeClient.subscribe_direct``), one after
+the other: those are cut out of the buffer here, by plain ``bytes`` methods,
+and handed to their callback, without a coroutine when the callback is a plain
+function.
 
 Anything else is left to nats-py's parser, where it was: another operation
-(``PING``, ``INFO``, ``-ERR``, ``HMSG``), a message for another subscription, a
+(``PING``, ``INFO``, ``-ERR``), a message for another subscription, a
 control line this path does not read exactly as nats-py would, a buffer in the
 middle of a frame nats-py has begun, or one so large that copying it would cost
 more than it saves. A frame whose payload has not all arrived stays in the
@@ -22,6 +23,7 @@ from typing import Any
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 _MSG = b"MSG "
+_HMSG = b"HMSG "
 _CRLF = b"\r\n"
 # A bigger buffer goes nats-py's way: this path parses a copy of the whole buffer, to slice each part once.
 _MOST_BYTES = 256 * 1024
@@ -47,20 +49,19 @@ class DirectParser(Parser):
         is an incomplete direct frame (``False``: it is nats-py's to parse, or nothing is left)."""
         client: Any = self.nc
         direct, stats, position, end = client.direct_callbacks, client.stats, 0, len(view)
-        while view.startswith(_MSG, position):
-            line_end = view.find(_CRLF, position)
-            args = _msg_args(view[position + 4 : line_end]) if line_end >= 0 else None
-            if args is None or (callback := direct.get(args[1])) is None:
-                return position, False
-            subject, sid, reply, size = args
+        while (args := _frame_args(view, position)) is not None:
+            line_end, subject, sid, reply, header_size, size = args
+            if (callback := direct.get(sid)) is None:
+                break
             start = line_end + 2
             if start + size + 2 > end:
                 return position, True
             position = start + size + 2
-            payload = view[start : start + size]
+            headers = view[start : start + header_size] if header_size else None
+            payload = view[start + header_size : start + size]
             take, is_async = callback
             try:
-                taken = take(sid, subject, reply, payload, None)
+                taken = take(sid, subject, reply, payload, headers)
                 if is_async:
                     taken = await taken
             except Exception as exc:
@@ -68,23 +69,34 @@ class DirectParser(Parser):
                 continue
             if taken:
                 stats["in_msgs"] += 1
-                stats["in_bytes"] += size
+                stats["in_bytes"] += len(payload)
             else:
-                await client.deliver_declined(sid, subject, reply, payload)
+                await client.deliver_declined(sid, subject, reply, payload, headers)
         return position, False
 
 
-def _msg_args(line: bytes) -> tuple[bytes, int, bytes, int] | None:
-    """A ``MSG`` control line's subject, sid, reply subject (or ``b""``) and payload size; ``None`` when it is not
-    one this path reads exactly as nats-py's parser would."""
-    parts = line.split()
-    if len(parts) == 3:
-        subject, sid, size = parts
-        reply = b""
-    elif len(parts) == 4:
-        subject, sid, reply, size = parts
+def _frame_args(view: bytes, position: int) -> tuple[int, bytes, int, bytes, int, int] | None:
+    """The ``MSG`` or ``HMSG`` frame at ``position``: the end of its control line, its subject, sid, reply subject
+    (or ``b""``), header block size (0 for ``MSG``) and size in all; ``None`` for anything else, or a control line
+    this path does not read exactly as nats-py's parser would."""
+    if view.startswith(_MSG, position):
+        skip, headers = len(_MSG), 0
+    elif view.startswith(_HMSG, position):
+        skip, headers = len(_HMSG), 1
     else:
         return None
-    if not (sid.isdigit() and size.isdigit()):
+    line_end = view.find(_CRLF, position)
+    parts = view[position + skip : line_end].split() if line_end >= 0 else []
+    if len(parts) - headers == 3:
+        reply = b""
+    elif len(parts) - headers == 4:
+        reply = parts[2]
+    else:
         return None
-    return subject, int(sid), reply, int(size)
+    sid, header_size, size = parts[1], parts[-1 - headers], parts[-1]
+    if not (sid.isdigit() and header_size.isdigit() and size.isdigit()):
+        return None
+    header_bytes = int(header_size) if headers else 0
+    if header_bytes > int(size):
+        return None
+    return line_end, parts[0], int(sid), reply, header_bytes, int(size)

@@ -5,7 +5,7 @@ take messages from one queue, handle each to the end, and take the next; no task
 
 Messages reach the queue two ways:
 
-- **straight from nats-py's parser** (:meth:`Workers.on_direct`, see ``NodeClient.subscribe_direct``): no
+- **straight from the parser** (:meth:`Workers.on_direct`, see ``NodeClient.subscribe_direct``): no
   ``Msg`` made, no hop through nats-py's own queue and task. A burst that arrived together is queued at once, so a
   worker handles it in one pass of the event loop and its answers go out in one write. Up to
   :data:`DIRECT_MAX_MSGS` messages and :data:`DIRECT_MAX_BYTES` bytes of payload wait this way (at most half of
