@@ -48,7 +48,7 @@ class DirectParser(Parser):
         """Hand over the direct frames at the start of ``view``: how many bytes they took, and whether what follows
         is an incomplete direct frame (``False``: it is nats-py's to parse, or nothing is left)."""
         client: Any = self.nc
-        direct, stats, position, end = client.direct_callbacks, client.stats, 0, len(view)
+        direct, position, end = client.direct_callbacks, 0, len(view)
         while (args := _frame_args(view, position)) is not None:
             line_end, subject, sid, reply, header_size, size = args
             if (callback := direct.get(sid)) is None:
@@ -59,19 +59,9 @@ class DirectParser(Parser):
             position = start + size + 2
             headers = view[start : start + header_size] if header_size else None
             payload = view[start + header_size : start + size]
-            take, is_async = callback
-            try:
-                taken = take(sid, subject, reply, payload, headers)
-                if is_async:
-                    taken = await taken
-            except Exception as exc:
-                client.count_bad_frame(exc)
-                continue
-            if taken:
-                stats["in_msgs"] += 1
-                stats["in_bytes"] += len(payload)
-            else:
-                await client.deliver_declined(sid, subject, reply, payload, headers)
+            waiting = client.hand_over(callback, sid, subject, reply, payload, headers)
+            if waiting is not None:
+                await waiting
         return position, False
 
 

@@ -34,6 +34,7 @@ _TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), 
 # header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
 # subscription's callback). A plain function costs no coroutine per message; a coroutine function may wait.
 DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], bool | Awaitable[bool]]
+Frame = tuple[int, bytes, bytes, bytes, bytes | None]  # those five, together
 
 
 class ConnectionSettings(Protocol):
@@ -212,21 +213,44 @@ class NodeClient(Client):
         """A frame nats-py cannot decode (a reply subject or a header status that is not UTF-8) costs that one
         message, counted, instead of ending the read loop and leaving the connection deaf. A message of a
         :meth:`subscribe_direct` subscription goes to its direct callback first."""
+        direct = self.direct_callbacks.get(sid)
+        waiting = (self.deliver_declined(sid, subject, reply, data, headers) if direct is None
+                   else self.hand_over(direct, sid, subject, reply, data, headers))
+        if waiting is not None:
+            await waiting
+
+    def hand_over(  # noqa: PLR0917  (nats-py's own _process_msg's arguments: no tuple made per message)
+        self, direct: tuple[DirectCallback, bool], sid: int, subject: bytes, reply: bytes, data: bytes,
+        headers: bytes | None,
+    ) -> Awaitable[None] | None:
+        """A direct subscription's message to its callback: ``None`` once done, else what to await (a coroutine
+        callback, or a message declined going nats-py's way). A callback that raises costs that one message."""
+        take, is_async = direct
+        if is_async:
+            return self._hand_over_later(take, (sid, subject, reply, data, headers))
         try:
-            direct = self.direct_callbacks.get(sid)
-            if direct is not None:
-                take, is_async = direct
-                taken = take(sid, subject, reply, data, headers)
-                if is_async:
-                    taken = await taken  # type: ignore[misc]  # an awaitable exactly when is_async
-                if taken:
-                    self.stats["in_msgs"] += 1
-                    self.stats["in_bytes"] += len(data)
-                    return
+            taken = take(sid, subject, reply, data, headers)
+        except Exception as exc:
+            self.count_bad_frame(exc)
+            return None
+        if not taken:
+            return self.deliver_declined(sid, subject, reply, data, headers)
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        return None
+
+    async def _hand_over_later(self, take: DirectCallback, frame: Frame) -> None:
+        try:
+            taken = await take(*frame)  # type: ignore[misc]  # a coroutine function's
         except Exception as exc:
             self.count_bad_frame(exc)
             return
-        await self.deliver_declined(sid, subject, reply, data, headers)
+        if not taken:
+            await self.deliver_declined(*frame)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(frame[3])
 
     async def deliver_declined(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                                headers: bytes | None = None) -> None:  # fmt: skip
