@@ -157,11 +157,9 @@ class Broker:
         no coroutine when there is nothing to wait for."""
         return self._nc.publish_now(subject, payload)
 
-    async def publish(self, subject: str, payload: bytes) -> None:
-        """:meth:`publish_now`, awaited."""
-        waiting = self._nc.publish_now(subject, payload)
-        if waiting is not None:
-            await waiting
+    def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
+        """:meth:`publish_now`, to await: ``NodeClient.publish_bytes``'s own coroutine, no frame of ours between."""
+        return self._nc.publish_bytes(subject, payload)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:
         """One core NATS request: the answer's bytes, or :class:`NoResponders`, :class:`CallTimeout` or
