@@ -62,10 +62,11 @@ class NodeProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_line(self, text: str, timeout: float = READY_TIMEOUT) -> None:
+    def wait_for_line(self, text: str, timeout: float = READY_TIMEOUT, count: int = 1) -> None:
+        """Until ``count`` lines hold ``text``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
+            if sum(text in line for line in self.lines) >= count:
                 return
             if self.process.poll() is not None:
                 time.sleep(0.2)  # let the reader catch the last lines
