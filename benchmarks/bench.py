@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from load import GREETINGS, LoadResult, drive
-from processes import NodeProc, cpu_seconds, memory_kb, start_node
+from processes import NodeProc, cpu_seconds, main_thread_cpu_seconds, memory_kb, start_node
 
 from krt_runner.local_krt.embedded import EmbeddedNats
 
@@ -90,12 +90,16 @@ class Bench:
             shaped = {} if traffic is GREETINGS else {"traffic": traffic}  # drive_js sends greetings only
             warm_up = WARM_UP if not traffic.distinct else 10
             asyncio.run(driver(self.nats.url, entry, count=warm_up, window=16, hops=nodes, **shaped))
-            cpu_before = sum(cpu_seconds(n.process.pid) for n in chain)
+            cpu_before, loops_before = _chain_cpu(chain)
             others_before = self._others_cpu()
             result = asyncio.run(driver(self.nats.url, entry, count=count, window=window, hops=nodes, **shaped))
-            cpu = sum(cpu_seconds(n.process.pid) for n in chain) - cpu_before
-            others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / max(1, result.answered)
+            cpu_after, loops_after = _chain_cpu(chain)
+            cpu, answered = cpu_after - cpu_before, max(1, result.answered)
+            others = {f"{name}_cpu_us": 1e6 * (seconds - others_before[name]) / answered
                       for name, seconds in self._others_cpu().items()}
+            # The nodes' CPU split: their event-loop threads, and the rest (krt-runner's measurement writers).
+            others["loops_cpu_us"] = 1e6 * (loops_after - loops_before) / answered
+            others["node_threads_cpu_us"] = 1e6 * cpu / answered - others["loops_cpu_us"]
             peak = [memory_kb(n.process.pid, "VmHWM") / 1024 for n in chain]
         finally:
             codes = [n.stop() for n in chain]
@@ -116,6 +120,12 @@ class Bench:
         if self.store_pid:
             cpu["store"] = cpu_seconds(self.store_pid)
         return cpu
+
+
+def _chain_cpu(chain: list[NodeProc]) -> tuple[float, float]:
+    """CPU seconds so far of the chain's processes, and of their main threads."""
+    pids = [node.process.pid for node in chain]
+    return sum(map(cpu_seconds, pids)), sum(map(main_thread_cpu_seconds, pids))
 
 
 def _entry(chain: list[NodeProc]) -> str:

@@ -82,13 +82,16 @@ def _measurements_off(row: dict[str, Any]) -> list[str]:
     if "paired_ratio_off" not in row:
         return []
     rate, cpu = row["paired_ratio_off"]["answers_per_s"], row["paired_ratio_off"]["cpu_s_per_1000"]
+    loops = row["paired_ratio"]["loops_cpu_us"]
     return [
         "",
         f"Not a target, a diagnostic: in the same rounds, krt-runner with measurements off "
         f"(`KRT_MEASUREMENTS_ENABLED=false`, side `krt-off` below) ran at {rate['median']:.2f}x the floor's "
         f"answers/s [{rate['min']:.2f} - {rate['max']:.2f}] for {cpu['median']:.2f}x its CPU per 1000 messages. "
         f"The difference from the first row is what measuring costs on this machine: the writer threads, and "
-        f"victoria-metrics storing the points on the same two cores.",
+        f"victoria-metrics storing the points on the same two cores. With measurements on, the krt-runner nodes' "
+        f"event-loop threads alone (the message path, without the measurement writers) took {loops['median']:.2f}x "
+        f"the floor's CPU per answer [{loops['min']:.2f} - {loops['max']:.2f}] (table below).",
     ]
 
 
@@ -116,14 +119,17 @@ def _matrix(rows: list[dict[str, Any]]) -> list[str]:
 
 def _cpu_shares(row: dict[str, Any]) -> list[str]:
     """Where a request's CPU goes in the throughput target: every process shares this machine's cores."""
-    columns = [("nodes", "cpu_s_per_1000", 1000.0), ("nats-server", "nats_cpu_us", 1.0),
+    columns = [("nodes: event loops", "loops_cpu_us", 1.0), ("nodes: other threads", "node_threads_cpu_us", 1.0),
+               ("nats-server", "nats_cpu_us", 1.0),
                ("victoria-metrics", "store_cpu_us", 1.0), ("requester", "requester_cpu_us", 1.0)]
     lines = [
         "## Where the CPU goes (3-node chain, W=128)",
         "",
         "CPU µs per answer, medians over the pairs, of every process the run starts. They share the machine's "
         "cores, so answers/s follows their total: the InfluxDB stand-in's work, which a deployment does on "
-        "another machine, counts against krt-runner here.",
+        "another machine, counts against krt-runner here. A node's CPU is split between its event loop's "
+        "thread (the message path) and its other threads: with this async handler, a krt-runner node's only other "
+        "thread is its measurement writer (rendering and sending the points).",
         "",
         "| runner | " + " | ".join(name for name, _, _ in columns) + " | total |",
         "|" + " --- |" * (len(columns) + 2),

@@ -77,7 +77,7 @@ def _compare(nodes: int, window: int, samples: dict[str, list[Run]]) -> dict[str
     for kind, runs in samples.items():
         figures = [run.figures() for run in runs]
         row[kind] = {key: spread([f[key] for f in figures]) for key in figures[0]}
-    keys = ("answers_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_s_per_1000", "peak_rss_mb")
+    keys = ("answers_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_s_per_1000", "peak_rss_mb", "loops_cpu_us")
     row["ratio"] = {
         key: row["krt"][key]["median"] / row["floor"][key]["median"] if row["floor"][key]["median"] else None
         for key in keys

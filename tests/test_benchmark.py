@@ -35,6 +35,12 @@ def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path
     for kind in ("floor", "krt", "krt-off"):
         assert target[kind]["requester_cpu_us"]["median"] > 0 and target[kind]["nats_cpu_us"]["median"] > 0
     assert "## Where the CPU goes (3-node chain, W=128)" in report.read_text()
+    # The nodes' CPU split: event loops and other threads. A krt-runner node with measurements on has a writer thread
+    # that renders and sends every point; with measurements off, and in the floor, the event loop does all the work.
+    for kind in ("floor", "krt", "krt-off"):
+        assert target[kind]["loops_cpu_us"]["median"] > 0
+    assert target["krt"]["node_threads_cpu_us"]["median"] > target["krt-off"]["node_threads_cpu_us"]["median"]
+    assert target["paired_ratio"]["loops_cpu_us"]["median"] > 0 and "nodes: other threads" in report.read_text()
     # The diagnostic side of the throughput target: krt-runner with measurements off, in the same rounds.
     assert target["krt-off"]["lost"]["max"] == 0 and target["paired_ratio_off"]["answers_per_s"]["median"] > 0
     assert "| 3 | 128 | krt-off |" in report.read_text() and "measurements off" in report.read_text()
