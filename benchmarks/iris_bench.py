@@ -110,6 +110,3 @@ def _goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     speedup, gap = by_window[128]["speedup"]["median"], by_window[1]["p50_gap_ms"]["median"]
     return {"speedup_at_128": speedup, "speedup_goal": THROUGHPUT_GOAL, "speedup_met": speedup >= THROUGHPUT_GOAL,
             "p50_gap_ms_at_1": gap, "p50_gap_goal_ms": LATENCY_GOAL_MS, "p50_gap_met": gap <= LATENCY_GOAL_MS}
-
-
-

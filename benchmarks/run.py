@@ -94,8 +94,6 @@ def _paired(floors: list[Run], others: list[Run], keys: tuple[str, ...]) -> dict
     return {key: spread([o[key] / f[key] for f, o in pairs if f[key]] or [0.0]) for key in keys}
 
 
-
-
 PAYLOADS = ((100 * 1024, "100 KB"), (2 * 1024 * 1024, "2 MB"))
 
 
