@@ -15,16 +15,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import greeter_pb2, request_envelope
 
 from krt_runner.config import load_settings
 from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError, MeasurementError, WriteError
-from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, TimingValues, make_sink
+from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, make_sink
 from krt_runner.measurements.file import FileDestination
 from krt_runner.measurements.lines import line_protocol
 from krt_runner.measurements.pending import RENDER_SLICE
 from krt_runner.measurements.report import WriterReport
+from krt_runner.measurements.timing import TIMING_FIELDS
 from krt_runner.measurements.writer import BatchWriter
+from krt_runner.node.job import Job
 
 # measurement[,tag=value...] field=value[,field=value...] timestamp -- escapes allowed, no raw newline.
 _ESCAPED = r"(?:[^\\ ,=\n]|\\.)+"
@@ -210,17 +213,25 @@ def test_an_unknown_precision_or_time_type_is_refused():
 
 
 def timing(tracking_id: str = "t", *, node_from: str = "a", elapsed_ms: float = 1.0, previous_end: str = "",
-           started_ns: int = 0, first_start: str | None = None, error: str = "") -> TimingValues:
-    return TimingValues(tracking_id, node_from, round(elapsed_ms * 1e6), previous_end, started_ns, first_start,
-                  Outcome(error))
+           started_ns: int = 0, first_start: str | None = None, error: str = "") -> tuple[Any, ...]:
+    """One message's timing, in the order a node adds it to a pass's flat timings."""
+    values = {"tracking_id": tracking_id, "node_from": node_from, "elapsed_ns": round(elapsed_ms * 1e6),
+              "previous_end": previous_end, "started_ns": started_ns, "first_start": first_start,
+              "error_field": Outcome(error).error_field}
+    return tuple(values[field] for field in TIMING_FIELDS)
+
+
+def timings(*each: tuple[Any, ...]) -> list[Any]:
+    """A pass's timings, as the node hands them over: one flat list."""
+    return [value for one in each for value in one]
 
 
 def test_node_elapsed_time_has_kre_v1_tags_and_fields_and_no_error_field_when_the_message_succeeded():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record([timing("t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=timestamp(T0),
-                          started_ns=T0_NS + 250_000, first_start=timestamp(T0))])
+    points.record(timings(timing("t-1", node_from="entrypoint", elapsed_ms=1.5, previous_end=timestamp(T0),
+                          started_ns=T0_NS + 250_000, first_start=timestamp(T0))))
 
     (line,) = sink.lines
     assert line == (
@@ -234,8 +245,8 @@ def test_durations_are_written_to_the_microsecond_and_an_unreadable_start_waits_
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
 
-    points.record([timing(elapsed_ms=0.29717799998, previous_end=previous_end,
-                          started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0)])
+    points.record(timings(timing(elapsed_ms=0.29717799998, previous_end=previous_end,
+                          started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0)))
 
     assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000 " in sink.lines[0]
 
@@ -246,8 +257,8 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded_in_bot
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
     first_start = datetime.now(timezone.utc) - timedelta(milliseconds=12.5)
 
-    points.record([timing("t-2", elapsed_ms=2.0, started_ns=time.time_ns() - 2_000_000,
-                          first_start=timestamp(first_start), error=error)])
+    points.record(timings(timing("t-2", elapsed_ms=2.0, started_ns=time.time_ns() - 2_000_000,
+                          first_start=timestamp(first_start), error=error)))
 
     node, workflow = sink.lines
     assert re.fullmatch(rf'node_elapsed_time,node=c,version=v1,workflow=wf tracking_id="t-2",node_from="a",'
@@ -260,8 +271,11 @@ def test_the_last_node_adds_workflow_elapsed_time_and_errors_are_recorded_in_bot
 
 def test_only_the_last_node_writes_workflow_elapsed_time_and_only_with_tracking():
     sink = MemorySink()
-    NodePoints(sink=sink, workflow="wf", version="v1", node="b", last_node=False).record([timing(first_start="")])
-    NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True).record([timing(first_start=None)])
+    middle = NodePoints(sink=sink, workflow="wf", version="v1", node="b", last_node=False)
+    last = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
+
+    middle.record(timings(timing(first_start="")))
+    last.record(timings(timing(first_start=None)))
 
     assert [line.split(",")[0] for line in sink.lines] == ["node_elapsed_time", "node_elapsed_time"]
 
@@ -270,7 +284,7 @@ def test_a_percent_sign_in_a_name_is_written_as_it_is_not_read_as_a_format():
     sink = MemorySink()
     points = NodePoints(sink=sink, workflow="w%s", version="v%d", node="n%%", last_node=True)
 
-    points.record([timing("t%s", node_from="f%d", elapsed_ms=1.0, started_ns=T0_NS, first_start=timestamp(T0))])
+    points.record(timings(timing("t%s", node_from="f%d", elapsed_ms=1.0, started_ns=T0_NS, first_start=timestamp(T0))))
 
     node, workflow = sink.lines
     assert node.startswith('node_elapsed_time,node=n%%,version=v%d,workflow=w%s tracking_id="t%s",node_from="f%d",')
@@ -282,7 +296,7 @@ async def test_the_writer_renders_node_points_on_its_own_thread():
     sink = writer(destination)
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=True)
 
-    points.record([timing("t-3", first_start="")])
+    points.record(timings(timing("t-3", first_start="")))
     await sink.close(timeout=2)
 
     assert [line.split(" ")[0] for line in destination.lines] == [
@@ -305,8 +319,8 @@ async def test_points_rendered_in_one_batch_read_each_timestamp_and_escape_each_
     ]
 
     for tracking_id, _, previous_end, _ in cases:
-        points.record([timing(tracking_id, elapsed_ms=0.5, previous_end=previous_end, started_ns=one_ms_later,
-                              first_start=timestamp(T0))])
+        points.record(timings(timing(tracking_id, elapsed_ms=0.5, previous_end=previous_end, started_ns=one_ms_later,
+                              first_start=timestamp(T0))))
     await sink.close(timeout=2)
 
     assert [line for line in destination.lines if line.startswith("node_elapsed_time")] == [
@@ -337,8 +351,8 @@ async def test_waiting_ms_in_one_batch_is_exact_across_midnight_and_for_a_previo
         (midnight + timedelta(microseconds=1), -0.001),
     ]
 
-    points.record([timing(f"t-{i}", previous_end=(end + offset).replace(tzinfo=None).isoformat() + zone,
-                          started_ns=midnight_ns) for i, (end, _) in enumerate(ends)])
+    points.record(timings(*[timing(f"t-{i}", previous_end=(end + offset).replace(tzinfo=None).isoformat() + zone,
+                                   started_ns=midnight_ns) for i, (end, _) in enumerate(ends)]))
     await sink.close(timeout=2)
 
     assert len(destination.batches) == 1  # rendered together: the batch path, not one point at a time
@@ -346,17 +360,36 @@ async def test_waiting_ms_in_one_batch_is_exact_across_midnight_and_for_a_previo
         f"{waiting:.3f}" for _, waiting in ends]
 
 
-async def test_a_batch_larger_than_a_render_slice_keeps_every_point_in_order():
+async def test_a_pass_larger_than_a_render_slice_is_rendered_in_parts_keeping_every_point_in_order():
     destination = FlakyDestination()
     sink = writer(destination, batch_size=1000, max_buffered=1000)
-    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
 
-    for i in range(450):  # more than two of the writer's render slices
-        points.record([timing(f"t-{i}")])
+    points.record(timings(*[timing(f"t-{i}", first_start=timestamp(T0)) for i in range(450)]))  # 900 points
+    points.record(timings(timing("t-450")))  # no tracking: no workflow point
     await sink.close(timeout=2)
 
-    assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines] == [
-        f"t-{i}" for i in range(450)]
+    ids = {kind: [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines if line.startswith(kind)]
+           for kind in ("node_elapsed_time", "workflow_elapsed_time")}
+    assert ids == {"node_elapsed_time": [f"t-{i}" for i in range(451)],
+                   "workflow_elapsed_time": [f"t-{i}" for i in range(450)]}
+    assert sink.counts["written"] == 901 and sink.buffered == 0
+
+
+class Picky:
+    """Pending points whose renderer fails whenever a "bad" value is among them, as a renderer's bug would."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+        self.count = len(values)
+
+    def lines(self) -> list[str]:
+        if "bad" in self.values:
+            raise RuntimeError("renderer bug")
+        return [f"m f={value} 1" for value in self.values]
+
+    def parts(self, size: int) -> list[Picky]:
+        return [Picky(self.values[start:start + size]) for start in range(0, len(self.values), size)]
 
 
 async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_rest_are_written():
@@ -364,14 +397,8 @@ async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_re
     logger = RecordingLogger()
     sink = writer(destination, logger)
 
-    def picky(values: list[Any]) -> list[str]:  # renders a batch at once, as the runner's renderers do
-        if any(value == "bad" for value in values):
-            raise RuntimeError("renderer bug")
-        return [f"m f={value} 1" for value in values]
-
     sink.put("m f=0i 0")
-    for value in ("1i", "bad", "2i"):
-        sink.put((picky, value))
+    sink.put(Picky(["1i", "bad", "2i"]))
     await sink.close(timeout=2)
 
     assert destination.lines == ["m f=0i 0", "m f=1i 1", "m f=2i 1"]  # the bad one costs only itself
@@ -436,24 +463,33 @@ async def test_every_line_put_is_written_once_in_batches_in_order():
 
 
 class Values:
-    """A point's values, as the node's record of a message is: an object the renderer reads."""
+    """A point's values: an object the renderer reads."""
 
     def __init__(self, number: int) -> None:
         self.number = number
 
 
-def render_values(values: list[Values]) -> list[str]:
-    return [f"m f={value.number}i 1" for value in values]
+class ValuesPoints:
+    """Pending points made of :class:`Values`."""
+
+    def __init__(self, values: list[Values]) -> None:
+        self.values = values
+        self.count = len(values)
+
+    def lines(self) -> list[str]:
+        return [f"m f={value.number}i 1" for value in self.values]
+
+    def parts(self, size: int) -> list[ValuesPoints]:
+        return [ValuesPoints(self.values[start:start + size]) for start in range(0, len(self.values), size)]
 
 
 async def test_points_are_rendered_as_soon_as_a_slice_of_them_waits_and_their_values_let_go_before_a_batch_is_full():
-    # The values die young, so that the garbage collector does not walk them collection after collection.
     destination = FlakyDestination()
     sink = writer(destination, batch_size=10_000, max_buffered=10_000, flush_interval=60)
     values = [Values(number) for number in range(RENDER_SLICE)]
     alive = [weakref.ref(value) for value in values]
 
-    sink.put_many([(render_values, value) for value in values])
+    sink.put_many([ValuesPoints(values[:10]), ValuesPoints(values[10:])])
     del values
     deadline = time.monotonic() + 5
     while any(ref() is not None for ref in alive) and time.monotonic() < deadline:
@@ -569,6 +605,36 @@ async def test_put_many_past_the_cap_keeps_the_newest_in_order_and_counts_the_re
 
     assert destination.lines == [f"m f={number}i 1" for number in range(5, 15)]
     assert sink.counts["dropped_full"] == 5 and sink.counts["written"] == 10
+
+
+async def test_a_full_buffer_drops_whole_passes_oldest_first_counting_their_points():
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=100, flush_interval=60, max_buffered=10)  # nothing is sent before close
+
+    for first in (0, 4, 8):  # 4 points each: the third pushes out the first
+        sink.put(Picky([f"{number}i" for number in range(first, first + 4)]))
+    sink.put(Picky(["big"] * 11))  # more than the whole cap: it never fits
+    await sink.close(timeout=5)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(4, 12)]
+    assert sink.counts["dropped_full"] == 4 + 11 and sink.counts["written"] == 8 and sink.buffered == 0
+
+
+def test_a_message_adds_its_timing_to_its_pass_field_after_field():
+    request = request_envelope(greeter_pb2.Request(name="x"), tracking_id="t-1")
+    request.tracking.add(node_name="a", start="2026-01-02T03:04:05.000003", end="2026-01-02T03:04:05.000004")
+    job = Job("reply")
+    job.request, job.tracking, job.tracking_id, job.hops = request, request.tracking, "t-1", 2
+    pass_timings: list[Any] = []
+
+    job.record(pass_timings, 1500, Outcome.FAILED, last_node=True)
+    Job("").record(pass_timings, 7, Outcome.ANSWERED, last_node=True)  # undecodable: no tracking
+
+    assert pass_timings == [
+        *timing("t-1", node_from="a", elapsed_ms=0.0015, previous_end="2026-01-02T03:04:05.000004",
+                started_ns=job.started_ns, first_start="2026-01-02T03:04:05.000001", error="failed"),
+        *timing("", node_from="", elapsed_ms=7e-6, started_ns=pass_timings[-3]),
+    ]
 
 
 async def test_a_full_buffer_drops_the_oldest_counts_them_and_logs_once():

@@ -1,10 +1,11 @@
 """The writer's bounded memory: points waiting, and the batch being written or retried.
 
 Safe from any thread: every change happens under one lock, held for an
-append (or the appends of a list) and never for I/O. At most
-``max_buffered`` points are held, the batch being retried included; when
-full, the oldest waiting point makes room for the new one. Every point that
-will not be written is counted, by reason.
+append (or the appends of a list) and never for I/O. What is put is a line
+(one point) or the pending points of a pass of the event loop (many); the
+buffer counts points. At most ``max_buffered`` points are held, the batch
+being retried included; when full, the oldest waiting points make room for
+the new ones. Every point that will not be written is counted, by reason.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from krt_runner.measurements.pending import PendingLine
+from krt_runner.measurements.pending import PendingLine, points_in
 
 
 class PointBuffer:
@@ -26,37 +27,55 @@ class PointBuffer:
         self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
         self._lock = threading.Lock()
         self._queue: deque[PendingLine] = deque()
+        self._waiting = 0  # points in the queue
         self._held = 0  # points taken out of the queue and not yet settled
         self._closed = False
 
-    def put_many(self, lines: Sequence[PendingLine]) -> bool:
-        """Queue points in order; ``True`` when ``wake_at`` of them are waiting (worth the writer's while)."""
+    def put(self, item: PendingLine) -> bool:
+        """Queue one item; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
+        return self.put_many((item,))
+
+    def put_many(self, items: Sequence[PendingLine]) -> bool:
+        """Queue items in order; see :meth:`put`."""
+        points = sum(map(points_in, items))
         with self._lock:
             if self._closed:
-                self.counts["dropped_at_close"] += len(lines)
+                self.counts["dropped_at_close"] += points
                 return False
-            if len(self._queue) + self._held + len(lines) <= self.max_buffered:
-                self._queue.extend(lines)
+            if self._waiting + self._held + points <= self.max_buffered:
+                self._queue.extend(items)
+                self._waiting += points
             else:
-                for line in lines:
-                    self._append_making_room(line)
-            return len(self._queue) >= self._wake_at
+                for item in items:
+                    self._append_making_room(item)
+            return self._waiting >= self._wake_at
 
-    def _append_making_room(self, line: PendingLine) -> None:
-        """Under the lock, with the buffer full or nearly: the oldest waiting point goes to make room."""
-        if len(self._queue) + self._held >= self.max_buffered:
-            self.counts["dropped_full"] += 1
-            if not self._queue:  # all held points are the batch being retried: the new one goes
-                return
-            self._queue.popleft()
-        self._queue.append(line)
+    def _append_making_room(self, item: PendingLine) -> None:
+        """Under the lock, with the buffer full or nearly: the oldest waiting points go to make room."""
+        points = points_in(item)
+        if points > self.max_buffered - self._held:  # it cannot fit beside the batch being retried: it goes
+            self.counts["dropped_full"] += points
+            return
+        while self._waiting + self._held + points > self.max_buffered:
+            oldest = points_in(self._queue.popleft())
+            self._waiting -= oldest
+            self.counts["dropped_full"] += oldest
+        self._queue.append(item)
+        self._waiting += points
 
     def take(self) -> list[PendingLine]:
-        """What is waiting, up to a batch; it is held until :meth:`settle`."""
+        """What is waiting, up to a batch of points (or one item more); it is held until :meth:`settle`."""
+        items: list[PendingLine] = []
+        points = 0
         with self._lock:
-            size = min(len(self._queue), self.batch_size)
-            self._held += size
-            return [self._queue.popleft() for _ in range(size)]
+            queue = self._queue
+            while queue and points < self.batch_size:
+                item = queue.popleft()
+                items.append(item)
+                points += points_in(item)
+            self._waiting -= points
+            self._held += points
+        return items
 
     def settle(self, count: int, outcome: str) -> None:
         """``count`` held points are done with: ``written`` or ``dropped_rejected``."""
@@ -73,15 +92,15 @@ class PointBuffer:
     def drop_the_rest(self) -> None:
         """At the end of the shutdown bound: whatever is still held or waiting is counted as dropped at close."""
         with self._lock:
-            self.counts["dropped_at_close"] += len(self._queue) + self._held
+            self.counts["dropped_at_close"] += self._waiting + self._held
             self._queue.clear()
-            self._held = 0
+            self._waiting = self._held = 0
 
     @property
     def buffered(self) -> int:
         """Points in memory: waiting, plus the batch being written or retried."""
         with self._lock:
-            return len(self._queue) + self._held
+            return self._waiting + self._held
 
     @property
     def dropped(self) -> int:

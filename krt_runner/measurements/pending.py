@@ -1,27 +1,38 @@
-"""What a sink is given: a finished line, or the values of points that the writer thread renders later."""
+"""What a sink is given: a finished line, or points whose lines the writer thread makes later, many at once."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
-
-Renderer = Callable[[Sequence[Any]], list[str]]
+from typing import Protocol
 
 
-# One point still to render: its renderer, which makes the lines of many such values at once, in order, and its
-# values. A plain pair: one or two are made per message, and a tuple subclass costs several times a tuple.
-Deferred = tuple[Renderer, Any]
-# The runner's own points are Deferred: the message path only keeps their values; a user's point is a finished line.
-PendingLine = str | Deferred
+class PendingPoints(Protocol):
+    """Points still to render: the runner's own, one such per pass of the event loop, as their values."""
+
+    @property
+    def count(self) -> int:
+        """The lines it makes."""
+
+    def lines(self) -> list[str]:
+        """Its lines, in order; may raise (a bug in the renderer)."""
+
+    def parts(self, size: int) -> Sequence[PendingPoints]:
+        """The same points cut into parts of about ``size`` lines (a message's points stay together), in order."""
 
 
-def rendered(item: PendingLine) -> str:
+# The runner's own points are PendingPoints: the message path only keeps their values; a user's point is a line.
+PendingLine = str | PendingPoints
+
+
+def points_in(item: PendingLine) -> int:
+    """How many points (lines to write) ``item`` holds."""
+    return 1 if isinstance(item, str) else item.count
+
+
+def rendered(item: PendingLine) -> list[str]:
     """The line-protocol text of what a sink was given."""
-    if isinstance(item, str):
-        return item
-    render, values = item
-    return render([values])[0]
+    return [item] if isinstance(item, str) else item.lines()
 
 
 # Points rendered between two pauses of the writer thread, and the pause: rendering holds the GIL, and the event
@@ -30,38 +41,32 @@ RENDER_SLICE = 200
 _RENDER_PAUSE = 0.0002
 
 
-def render_all(items: Sequence[PendingLine], *, on_bad_point: Callable[[str], None]) -> list[str]:
-    """The lines of ``items``, in order: finished lines as they are, each renderer's points through one call per
-    slice. A point its renderer cannot render is left out and reported to ``on_bad_point``."""
+def render_all(items: Sequence[PendingLine], *, on_bad_points: Callable[[str, int], None]) -> list[str]:
+    """The lines of ``items``, in order, rendered in slices of about :data:`RENDER_SLICE` points. Points their
+    renderer cannot render are left out and reported to ``on_bad_points`` (why, and how many)."""
     lines: list[str] = []
-    for start in range(0, len(items), RENDER_SLICE):
-        if start:
-            time.sleep(_RENDER_PAUSE)
-        lines.extend(_render_slice(items[start:start + RENDER_SLICE], on_bad_point))
-    return lines
-
-
-def _render_slice(items: Sequence[PendingLine], on_bad_point: Callable[[str], None]) -> list[str]:
-    lines: list[str] = []
-    by_renderer: dict[Renderer, list[Any]] = {}
+    since_pause = 0
     for item in items:
         if isinstance(item, str):
             lines.append(item)
-        else:
-            render, values = item
-            by_renderer.setdefault(render, []).append(values)
-    for render, values in by_renderer.items():
-        lines.extend(_render_points(render, values, on_bad_point))
+            continue
+        for part in item.parts(RENDER_SLICE) if item.count > RENDER_SLICE else (item,):
+            if since_pause >= RENDER_SLICE:
+                time.sleep(_RENDER_PAUSE)
+                since_pause = 0
+            lines += _render_points(part, on_bad_points)
+            since_pause += part.count
     return lines
 
 
-def _render_points(render: Renderer, values: list[Any], on_bad_point: Callable[[str], None]) -> list[str]:
-    """A bug in a renderer costs its own points, never the thread or the batch: a failing group is retried one
-    point at a time, and only the points that fail alone are left out."""
+def _render_points(points: PendingPoints, on_bad_points: Callable[[str, int], None]) -> list[str]:
+    """A bug in a renderer costs its own points, never the thread or the batch: failing points are retried one
+    message at a time, and only the messages whose points fail alone are left out."""
     try:
-        return list(render(values))
+        return points.lines()
     except Exception as exc:
-        if len(values) > 1:
-            return [line for value in values for line in _render_points(render, [value], on_bad_point)]
-        on_bad_point(f"cannot render a point: {type(exc).__name__}: {exc}")
+        pieces = points.parts(1)
+        if len(pieces) > 1:
+            return [line for piece in pieces for line in _render_points(piece, on_bad_points)]
+        on_bad_points(f"cannot render a point: {type(exc).__name__}: {exc}", points.count)
         return []

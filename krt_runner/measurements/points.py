@@ -2,9 +2,9 @@
 
 A user's point becomes one line of line protocol at once, in the caller, and
 is handed to a :class:`~krt_runner.measurements.sinks.PointSink`. The runner's
-own points, one or two per message, are handed over as their values
-(:class:`~krt_runner.measurements.timing.Timing`) and rendered by the sink's
-writer thread, many at a time. Saving never waits for the network or the disk.
+own points, one or two per message, are handed over as their values, a pass
+of the event loop's at once (:mod:`~krt_runner.measurements.timing`), and
+rendered by the sink's writer thread, many at a time. Saving never waits for the network or the disk.
 """
 
 from __future__ import annotations
@@ -18,9 +18,17 @@ from typing import Any
 from krt_runner.envelope import epoch_seconds
 from krt_runner.errors import MeasurementError
 from krt_runner.measurements.lines import NS_PER, datetime_ns, escaped_strings, line_head, line_protocol, timestamp_ns
-from krt_runner.measurements.pending import PendingLine
 from krt_runner.measurements.sinks import PointSink
-from krt_runner.measurements.timing import Timing
+from krt_runner.measurements.timing import (
+    ELAPSED_NS,
+    ERROR_FIELD,
+    FIRST_START,
+    NODE_FROM,
+    PREVIOUS_END,
+    STARTED_NS,
+    STRIDE,
+    TRACKING_ID,
+)
 
 
 class Measurement:
@@ -64,13 +72,11 @@ class Measurement:
             self._sink.put(line)
 
 
-# A batch is rendered column by column, each column by C code (map, operator, attrgetter, str.__mod__): no Python
-# bytecode runs per point, a fifth less CPU per point than one comprehension (docs/performance.md, Measurements).
-# The durations are finite by construction (differences of clock readings and parsed timestamps), so %.3f is safe.
+# Points are rendered column by column, each column sliced out of a pass's flat timings and computed by C code
+# (map, operator, str.__mod__): no Python bytecode runs per point, a fifth less CPU per point than one comprehension
+# (docs/performance.md, Measurements). The durations are finite by construction (differences of clock readings and
+# parsed timestamps), so %.3f is safe.
 _MS_PER_NS = 1e-6
-_TRACKING_ID, _NODE_FROM, _PREVIOUS_END, _FIRST_START = map(
-    operator.attrgetter, ("tracking_id", "node_from", "previous_end", "first_start"))
-_ELAPSED_NS, _STARTED_NS, _ERROR_FIELD = map(operator.attrgetter, ("elapsed_ns", "started_ns", "outcome.error_field"))
 
 
 class NodePoints:
@@ -82,9 +88,9 @@ class NodePoints:
     successful one writes no such field, so that the store keeps only
     KRE v1's samples for it.
 
-    :meth:`record` runs on the event loop's thread, so it only keeps the
-    values; the writer thread parses the timestamps and writes the lines, a
-    whole batch at a time.
+    :meth:`record` runs on the event loop's thread, so it only hands over the
+    values; the writer thread parses the timestamps and makes the lines, many
+    at a time.
     """
 
     def __init__(self, *, sink: PointSink, workflow: str, version: str, node: str, last_node: bool) -> None:
@@ -95,43 +101,67 @@ class NodePoints:
         self._node_line = _percent_escaped(node_head) + ' tracking_id="%s",node_from="%s",elapsed_ms=%.3f,' \
             "waiting_ms=%.3f%s %d"
         self._workflow_line = _percent_escaped(workflow_head) + ' elapsed_ms=%.3f,tracking_id="%s"%s %d'
-        self._last_node = last_node
-        self._node_lines = self._render_node_lines  # bound once, not once per message
-        self._workflow_lines = self._render_workflow_lines
+        self.last_node = last_node
 
-    def record(self, timings: Sequence[Timing]) -> None:
-        """Queue the points of these messages: ``node_elapsed_time`` for each, and on the last node
-        ``workflow_elapsed_time`` for each that had tracking (a ``first_start``)."""
-        node_lines = self._node_lines
-        items: list[PendingLine] = [(node_lines, timing) for timing in timings]
-        if self._last_node:
-            workflow_lines = self._workflow_lines
-            items += [(workflow_lines, timing) for timing in timings if timing.first_start is not None]
-        self._sink.put_many(items)
+    def record(self, timings: list[Any]) -> None:
+        """Queue the points of a pass's messages (flat ``timings``: see :mod:`~krt_runner.measurements.timing`):
+        ``node_elapsed_time`` for each, and on the last node ``workflow_elapsed_time`` for each that had tracking
+        (a ``first_start``)."""
+        self._sink.put(_PassPoints(self, timings))
 
-    def _render_node_lines(self, timings: Sequence[Timing]) -> list[str]:
-        elapsed_ns, started_ns = list(map(_ELAPSED_NS, timings)), list(map(_STARTED_NS, timings))
+    def render(self, timings: list[Any]) -> list[str]:
+        """The lines of these messages: every ``node_elapsed_time``, then (last node) every
+        ``workflow_elapsed_time``."""
+        lines = self._node_lines(timings)
+        if self.last_node:
+            lines += self._workflow_lines(timings)
+        return lines
+
+    def _node_lines(self, timings: list[Any]) -> list[str]:
+        elapsed_ns, started_ns = timings[ELAPSED_NS::STRIDE], timings[STARTED_NS::STRIDE]
         columns = zip(
-            escaped_strings(list(map(_TRACKING_ID, timings))),
-            escaped_strings(list(map(_NODE_FROM, timings))),
+            escaped_strings(timings[TRACKING_ID::STRIDE]),
+            escaped_strings(timings[NODE_FROM::STRIDE]),
             map(operator.mul, elapsed_ns, itertools.repeat(_MS_PER_NS)),
-            _ms_from_each(list(map(_PREVIOUS_END, timings)), started_ns),
-            map(_ERROR_FIELD, timings),
+            _ms_from_each(timings[PREVIOUS_END::STRIDE], started_ns),
+            timings[ERROR_FIELD::STRIDE],
             map(operator.add, started_ns, elapsed_ns),
             strict=True,
         )
         return list(map(self._node_line.__mod__, columns))
 
-    def _render_workflow_lines(self, timings: Sequence[Timing]) -> list[str]:
-        ended_ns = list(map(operator.add, map(_STARTED_NS, timings), map(_ELAPSED_NS, timings)))
-        columns = zip(
-            _ms_from_each(list(map(_FIRST_START, timings)), ended_ns),
-            escaped_strings(list(map(_TRACKING_ID, timings))),
-            map(_ERROR_FIELD, timings),
-            ended_ns,
-            strict=True,
-        )
-        return list(map(self._workflow_line.__mod__, columns))
+    def _workflow_lines(self, timings: list[Any]) -> list[str]:
+        columns = [timings[field::STRIDE] for field in (FIRST_START, TRACKING_ID, ERROR_FIELD, STARTED_NS, ELAPSED_NS)]
+        if None in columns[0]:  # messages without tracking have no workflow point
+            tracked = list(map(operator.is_not, columns[0], itertools.repeat(None)))
+            columns = [list(itertools.compress(column, tracked)) for column in columns]
+        first_starts, tracking_ids, error_fields, started_ns, elapsed_ns = columns
+        ended_ns = list(map(operator.add, started_ns, elapsed_ns))
+        return list(map(self._workflow_line.__mod__, zip(
+            _ms_from_each(first_starts, ended_ns), escaped_strings(tracking_ids), error_fields, ended_ns, strict=True)))
+
+
+class _PassPoints:
+    """The points of one pass's messages, as the writer thread is given them
+    (:class:`~krt_runner.measurements.pending.PendingPoints`)."""
+
+    __slots__ = ("_points", "_timings", "count")
+
+    def __init__(self, points: NodePoints, timings: list[Any]) -> None:
+        self._points = points
+        self._timings = timings
+        messages = len(timings) // STRIDE
+        self.count = messages
+        if points.last_node:
+            self.count += messages - timings[FIRST_START::STRIDE].count(None)
+
+    def lines(self) -> list[str]:
+        return self._points.render(self._timings)
+
+    def parts(self, size: int) -> list[_PassPoints]:
+        step = max(1, size // (2 if self._points.last_node else 1)) * STRIDE
+        timings = self._timings
+        return [_PassPoints(self._points, timings[start:start + step]) for start in range(0, len(timings), step)]
 
 
 def _percent_escaped(text: str) -> str:

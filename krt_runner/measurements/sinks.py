@@ -44,10 +44,11 @@ class MemorySink:
         self.lines: list[str] = []
 
     def put(self, line: PendingLine) -> None:
-        self.lines.append(rendered(line))
+        self.lines += rendered(line)
 
     def put_many(self, lines: Sequence[PendingLine]) -> None:
-        self.lines.extend(map(rendered, lines))
+        for line in lines:
+            self.lines += rendered(line)
 
     async def close(self, timeout: float) -> None:
         pass

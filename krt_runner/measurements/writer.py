@@ -1,7 +1,7 @@
 """The background writer behind every measurement sink.
 
-``put`` adds a point (a finished line of line protocol, or the values of one
-that the writer renders: see :mod:`~krt_runner.measurements.pending`) to a
+``put`` adds a point (a finished line of line protocol), or the values of
+many that the writer renders (see :mod:`~krt_runner.measurements.pending`), to a
 bounded :class:`~krt_runner.measurements.buffer.PointBuffer` and returns: it
 never waits for the network or the disk, and it is safe from any thread (sync
 handlers run on worker threads). One thread, ``krt-measurements``, renders
@@ -11,9 +11,8 @@ make a whole batch (or the flush interval passed), and hands batches to a
 backoff while that fails. What it does is logged now and then
 (:mod:`~krt_runner.measurements.report`), never once per point.
 
-Rendering early is for the garbage collector: a point's values (the node's
-record of its message) die within milliseconds, young, instead of living
-until their batch is full and being walked by collection after collection.
+Rendering as the points come spreads the writer's work, which holds the
+GIL, in short slices, instead of a whole batch's at once.
 
 Close: the thread writes what is left within the shutdown bound, closes the
 destination (and with it influxdb-client's connections) and ends.
@@ -96,8 +95,10 @@ class BatchWriter:
     # -- any thread ---------------------------------------------------------------------------
 
     def put(self, line: PendingLine) -> None:
-        """Queue one point; when the buffer is full the oldest waiting one is dropped and counted."""
-        self.put_many((line,))
+        """Queue a point, or pending points; when the buffer is full the oldest waiting ones are dropped and
+        counted."""
+        if self._buffer.put(line) and not self._wake.is_set():
+            self._wake.set()
 
     def put_many(self, lines: Sequence[PendingLine]) -> None:
         """Queue points in order, under one hold of the lock; see :meth:`put`."""
@@ -192,15 +193,15 @@ class BatchWriter:
             items = self._buffer.take()
             if not items:
                 break
-            self._ready += render_all(items, on_bad_point=self._drop_bad_point)
+            self._ready += render_all(items, on_bad_points=self._drop_bad_points)
         if len(self._ready) < size and not partial:
             return []
         batch, self._ready = self._ready[:size], self._ready[size:]
         return batch
 
-    def _drop_bad_point(self, error: str) -> None:
-        self._buffer.settle(1, "dropped_rejected")
-        self._report.rejected(error, 1)
+    def _drop_bad_points(self, error: str, count: int) -> None:
+        self._buffer.settle(count, "dropped_rejected")
+        self._report.rejected(error, count)
 
     def _send(self, batch: list[str]) -> bool:
         """Try one batch: ``True`` when it is done with (written or refused), ``False`` to retry it."""

@@ -10,19 +10,11 @@ from krt_runner.measurements.timing import Outcome
 
 
 class Job:
-    """One message on its way through the node; once answered, its own timing record for the measurements (a
-    :class:`~krt_runner.measurements.timing.Timing`), with its envelope let go."""
+    """One message on its way through the node: what the pipeline knows of it, and once answered its timing."""
 
     __slots__ = (
-        "elapsed_ns", "first_start", "handler_done", "hops", "node_from", "outcome", "previous_end", "replied", "reply",
-        "request", "started", "started_ns", "tracking", "tracking_id",
+        "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
     )
-    # Set by measured(), once the message is answered.
-    elapsed_ns: int
-    node_from: str
-    previous_end: str
-    first_start: str | None
-    outcome: Outcome
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
@@ -40,18 +32,12 @@ class Job:
         self.started = time.perf_counter_ns()
         self.started_ns = time.time_ns()
 
-    def measured(self, elapsed_ns: int, outcome: Outcome, last_node: bool) -> Job:
-        """Itself as a timing record: the timing fields filled from the tracking, the envelope let go."""
-        self.elapsed_ns = elapsed_ns
-        self.outcome = outcome
+    def record(self, timings: list[Any], elapsed_ns: int, outcome: Outcome, last_node: bool) -> None:
+        """Add its timing to a pass's flat ``timings``, in :data:`~krt_runner.measurements.timing.TIMING_FIELDS`'
+        order."""
         if self.request is not None and self.hops:
             previous = self.tracking[self.hops - 1]
-            self.node_from = previous.node_name
-            self.previous_end = previous.end
-            self.first_start = self.tracking[0].start if last_node else None
+            timings += (self.tracking_id, previous.node_name, elapsed_ns, previous.end, self.started_ns,
+                        self.tracking[0].start if last_node else None, outcome.error_field)
         else:  # undecodable, or no tracking to measure from
-            self.node_from = self.previous_end = ""
-            self.first_start = None
-        self.request = None
-        self.tracking = ()
-        return self
+            timings += (self.tracking_id, "", elapsed_ns, "", self.started_ns, None, outcome.error_field)

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from krt_runner import envelope
 from krt_runner.config import Settings
 from krt_runner.errors import DrainTimeoutError, EnvelopeError, HandlerError, InvalidRequestError, ReplyError, describe
-from krt_runner.measurements import NodePoints, Outcome, Timing
+from krt_runner.measurements import NodePoints, Outcome
 from krt_runner.node.answers import Answers, publishable
 from krt_runner.node.batching import batcher_for
 from krt_runner.node.broker import Broker
@@ -224,18 +224,18 @@ class _Recorder:
     """Hands each answered message's timing to the measurements once this pass of the event loop is done.
 
     The answers leave first (nats-py's flusher was woken by the first publish, so it runs before the points are
-    made). The job itself is the timing record, with its envelope, payload included, let go.
+    made). A pass's timings are one flat list (:mod:`~krt_runner.measurements.timing`), handed over at once.
     """
 
     def __init__(self, points: NodePoints, *, last_node: bool) -> None:
         self._points = points
         self._last_node = last_node
-        self._unrecorded: list[Timing] = []  # answered in this pass of the event loop
+        self._unrecorded: list[Any] = []  # the timings of the messages answered in this pass of the event loop
 
     def record_soon(self, job: Job, elapsed_ns: int, outcome: Outcome) -> None:
         if not self._unrecorded:
             asyncio.get_running_loop().call_soon(self.record_now)
-        self._unrecorded.append(job.measured(elapsed_ns, outcome, self._last_node))
+        job.record(self._unrecorded, elapsed_ns, outcome, self._last_node)
 
     def record_now(self) -> None:
         timings, self._unrecorded = self._unrecorded, []
