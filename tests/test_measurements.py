@@ -376,6 +376,27 @@ async def test_a_pass_larger_than_a_render_slice_is_rendered_in_parts_keeping_ev
     assert sink.counts["written"] == 901 and sink.buffered == 0
 
 
+async def test_passes_of_one_message_each_are_rendered_together_not_one_call_each():
+    # An idle node's passes hold one message each: rendered alone, each would cost several times its share.
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=1000, max_buffered=1000)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+    calls = []
+    render = points.render
+    points.render = lambda timings: calls.append(len(timings)) or render(timings)  # type: ignore[method-assign]
+
+    for i in range(450):
+        points.record(timings(timing(f"t-{i}")))
+    sink.put("m f=1i 1")  # a user's point between passes: order is kept
+    points.record(timings(timing("t-450")))
+    await sink.close(timeout=2)
+
+    assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines[:450]] == [
+        f"t-{i}" for i in range(450)]
+    assert destination.lines[450] == "m f=1i 1" and 'tracking_id="t-450"' in destination.lines[451]
+    assert len(calls) < 10, calls
+
+
 class Picky:
     """Pending points whose renderer fails whenever a "bad" value is among them, as a renderer's bug would."""
 
@@ -390,6 +411,12 @@ class Picky:
 
     def parts(self, size: int) -> list[Picky]:
         return [Picky(self.values[start:start + size]) for start in range(0, len(self.values), size)]
+
+    def joins(self, other: object) -> bool:
+        return isinstance(other, Picky)
+
+    def joined(self, others: list[Picky]) -> Picky:
+        return Picky(self.values + [value for other in others for value in other.values])
 
 
 async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_rest_are_written():
@@ -481,6 +508,12 @@ class ValuesPoints:
 
     def parts(self, size: int) -> list[ValuesPoints]:
         return [ValuesPoints(self.values[start:start + size]) for start in range(0, len(self.values), size)]
+
+    def joins(self, other: object) -> bool:
+        return isinstance(other, ValuesPoints)
+
+    def joined(self, others: list[ValuesPoints]) -> ValuesPoints:
+        return ValuesPoints(self.values + [value for other in others for value in other.values])
 
 
 async def test_points_are_rendered_as_soon_as_a_slice_of_them_waits_and_their_values_let_go_before_a_batch_is_full():

@@ -33,11 +33,13 @@ class PointBuffer:
 
     def put(self, item: PendingLine) -> bool:
         """Queue one item; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
-        return self.put_many((item,))
+        return self._add((item,), points_in(item))
 
     def put_many(self, items: Sequence[PendingLine]) -> bool:
-        """Queue items in order; see :meth:`put`."""
-        points = sum(map(points_in, items))
+        """Queue items in order, under one hold of the lock; see :meth:`put`."""
+        return self._add(items, sum(map(points_in, items)))
+
+    def _add(self, items: Sequence[PendingLine], points: int) -> bool:
         with self._lock:
             if self._closed:
                 self.counts["dropped_at_close"] += points

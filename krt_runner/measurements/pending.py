@@ -20,6 +20,12 @@ class PendingPoints(Protocol):
     def parts(self, size: int) -> Sequence[PendingPoints]:
         """The same points cut into parts of about ``size`` lines (a message's points stay together), in order."""
 
+    def joins(self, other: PendingPoints) -> bool:
+        """Whether ``other`` can be rendered in one call with it."""
+
+    def joined(self, others: Sequence[PendingPoints]) -> PendingPoints:
+        """Itself and ``others`` after it (each of which it :meth:`joins`) as one."""
+
 
 # The runner's own points are PendingPoints: the message path only keeps their values; a user's point is a line.
 PendingLine = str | PendingPoints
@@ -46,7 +52,7 @@ def render_all(items: Sequence[PendingLine], *, on_bad_points: Callable[[str, in
     renderer cannot render are left out and reported to ``on_bad_points`` (why, and how many)."""
     lines: list[str] = []
     since_pause = 0
-    for item in items:
+    for item in _joined(items):
         if isinstance(item, str):
             lines.append(item)
             continue
@@ -57,6 +63,24 @@ def render_all(items: Sequence[PendingLine], *, on_bad_points: Callable[[str, in
             lines += _render_points(part, on_bad_points)
             since_pause += part.count
     return lines
+
+
+def _joined(items: Sequence[PendingLine]) -> list[PendingLine]:
+    """``items`` with each run of pending points that can be rendered together made one: a busy node's passes hold
+    many messages each, an idle node's one, and rendering one message alone costs several times its share of many."""
+    joined: list[PendingLine] = []
+    run: list[PendingPoints] = []
+    for item in items:
+        if run and (isinstance(item, str) or not run[0].joins(item)):
+            joined.append(run[0].joined(run[1:]) if len(run) > 1 else run[0])
+            run = []
+        if isinstance(item, str):
+            joined.append(item)
+        else:
+            run.append(item)
+    if run:
+        joined.append(run[0].joined(run[1:]) if len(run) > 1 else run[0])
+    return joined
 
 
 def _render_points(points: PendingPoints, on_bad_points: Callable[[str, int], None]) -> list[str]:

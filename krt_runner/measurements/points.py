@@ -18,6 +18,7 @@ from typing import Any
 from krt_runner.envelope import epoch_seconds
 from krt_runner.errors import MeasurementError
 from krt_runner.measurements.lines import NS_PER, datetime_ns, escaped_strings, line_head, line_protocol, timestamp_ns
+from krt_runner.measurements.pending import PendingPoints
 from krt_runner.measurements.sinks import PointSink
 from krt_runner.measurements.timing import (
     ELAPSED_NS,
@@ -162,6 +163,16 @@ class _PassPoints:
         step = max(1, size // (2 if self._points.last_node else 1)) * STRIDE
         timings = self._timings
         return [_PassPoints(self._points, timings[start:start + step]) for start in range(0, len(timings), step)]
+
+    def joins(self, other: PendingPoints) -> bool:
+        return isinstance(other, _PassPoints) and other._points is self._points
+
+    def joined(self, others: Sequence[PendingPoints]) -> _PassPoints:
+        timings = self._timings.copy()
+        for other in others:
+            assert isinstance(other, _PassPoints)
+            timings += other._timings
+        return _PassPoints(self._points, timings)
 
 
 def _percent_escaped(text: str) -> str:
