@@ -160,7 +160,10 @@ class _PassPoints:
         return self._points.render(self._timings)
 
     def parts(self, size: int) -> list[_PassPoints]:
-        step = max(1, size // (2 if self._points.last_node else 1)) * STRIDE
+        """Parts of even sizes: a short last part would cost more per point (a call's own work is shared by fewer)."""
+        messages = len(self._timings) // STRIDE
+        count = -(-self.count // size)  # parts, rounded up
+        step = -(-messages // count) * STRIDE
         timings = self._timings
         return [_PassPoints(self._points, timings[start:start + step]) for start in range(0, len(timings), step)]
 
