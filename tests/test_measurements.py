@@ -397,26 +397,32 @@ async def test_passes_of_one_message_each_are_rendered_together_not_one_call_eac
     assert len(calls) < 10, calls
 
 
-class Picky:
-    """Pending points whose renderer fails whenever a "bad" value is among them, as a renderer's bug would."""
+def picky_line(value: Any) -> str:
+    """One point's line; fails for "bad", as a renderer's bug would (for its whole group: see ListPoints)."""
+    if value == "bad":
+        raise RuntimeError("renderer bug")
+    return f"m f={value} 1"
 
-    def __init__(self, values: list[str]) -> None:
+
+class ListPoints:
+    """Pending points made of a list of values, rendered together by ``line``."""
+
+    def __init__(self, values: list[Any], line: Any = picky_line) -> None:
         self.values = values
+        self.line = line
         self.count = len(values)
 
     def lines(self) -> list[str]:
-        if "bad" in self.values:
-            raise RuntimeError("renderer bug")
-        return [f"m f={value} 1" for value in self.values]
+        return [self.line(value) for value in self.values]
 
-    def parts(self, size: int) -> list[Picky]:
-        return [Picky(self.values[start:start + size]) for start in range(0, len(self.values), size)]
+    def parts(self, size: int) -> list[ListPoints]:
+        return [ListPoints(self.values[start:start + size], self.line) for start in range(0, len(self.values), size)]
 
     def joins(self, other: object) -> bool:
-        return isinstance(other, Picky)
+        return isinstance(other, ListPoints) and other.line is self.line
 
-    def joined(self, others: list[Picky]) -> Picky:
-        return Picky(self.values + [value for other in others for value in other.values])
+    def joined(self, others: list[ListPoints]) -> ListPoints:
+        return ListPoints(self.values + [value for other in others for value in other.values], self.line)
 
 
 async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_rest_are_written():
@@ -425,7 +431,7 @@ async def test_a_point_that_cannot_be_rendered_is_dropped_and_counted_and_the_re
     sink = writer(destination, logger)
 
     sink.put("m f=0i 0")
-    sink.put(Picky(["1i", "bad", "2i"]))
+    sink.put(ListPoints(["1i", "bad", "2i"]))
     await sink.close(timeout=2)
 
     assert destination.lines == ["m f=0i 0", "m f=1i 1", "m f=2i 1"]  # the bad one costs only itself
@@ -496,24 +502,8 @@ class Values:
         self.number = number
 
 
-class ValuesPoints:
-    """Pending points made of :class:`Values`."""
-
-    def __init__(self, values: list[Values]) -> None:
-        self.values = values
-        self.count = len(values)
-
-    def lines(self) -> list[str]:
-        return [f"m f={value.number}i 1" for value in self.values]
-
-    def parts(self, size: int) -> list[ValuesPoints]:
-        return [ValuesPoints(self.values[start:start + size]) for start in range(0, len(self.values), size)]
-
-    def joins(self, other: object) -> bool:
-        return isinstance(other, ValuesPoints)
-
-    def joined(self, others: list[ValuesPoints]) -> ValuesPoints:
-        return ValuesPoints(self.values + [value for other in others for value in other.values])
+def values_line(value: Values) -> str:
+    return f"m f={value.number}i 1"
 
 
 async def test_points_are_rendered_as_soon_as_a_slice_of_them_waits_and_their_values_let_go_before_a_batch_is_full():
@@ -522,7 +512,7 @@ async def test_points_are_rendered_as_soon_as_a_slice_of_them_waits_and_their_va
     values = [Values(number) for number in range(RENDER_SLICE)]
     alive = [weakref.ref(value) for value in values]
 
-    sink.put_many([ValuesPoints(values[:10]), ValuesPoints(values[10:])])
+    sink.put_many([ListPoints(values[:10], values_line), ListPoints(values[10:], values_line)])
     del values
     deadline = time.monotonic() + 5
     while any(ref() is not None for ref in alive) and time.monotonic() < deadline:
@@ -645,8 +635,8 @@ async def test_a_full_buffer_drops_whole_passes_oldest_first_counting_their_poin
     sink = writer(destination, batch_size=100, flush_interval=60, max_buffered=10)  # nothing is sent before close
 
     for first in (0, 4, 8):  # 4 points each: the third pushes out the first
-        sink.put(Picky([f"{number}i" for number in range(first, first + 4)]))
-    sink.put(Picky(["big"] * 11))  # more than the whole cap: it never fits
+        sink.put(ListPoints([f"{number}i" for number in range(first, first + 4)]))
+    sink.put(ListPoints(["big"] * 11))  # more than the whole cap: it never fits
     await sink.close(timeout=5)
 
     assert destination.lines == [f"m f={number}i 1" for number in range(4, 12)]

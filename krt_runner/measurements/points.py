@@ -4,7 +4,8 @@ A user's point becomes one line of line protocol at once, in the caller, and
 is handed to a :class:`~krt_runner.measurements.sinks.PointSink`. The runner's
 own points, one or two per message, are handed over as their values, a pass
 of the event loop's at once (:mod:`~krt_runner.measurements.timing`), and
-rendered by the sink's writer thread, many at a time. Saving never waits for the network or the disk.
+rendered by the sink's writer thread, many at a time. Saving never waits for
+the network or the disk.
 """
 
 from __future__ import annotations
