@@ -10,7 +10,8 @@ from krt_runner.measurements.timing import Outcome
 
 
 class Job:
-    """One message on its way through the node: what the pipeline knows of it, and once answered its timing."""
+    """One message on its way through the node: what the pipeline knows of it. Once answered, it adds its timing to
+    its pass's (:meth:`record`)."""
 
     __slots__ = (
         "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
