@@ -31,15 +31,9 @@ class PointBuffer:
         self._held = 0  # points taken out of the queue and not yet settled
         self._closed = False
 
-    def put(self, item: PendingLine) -> bool:
-        """Queue one item; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
-        return self._add((item,), points_in(item))
-
     def put_many(self, items: Sequence[PendingLine]) -> bool:
-        """Queue items in order, under one hold of the lock; see :meth:`put`."""
-        return self._add(items, sum(map(points_in, items)))
-
-    def _add(self, items: Sequence[PendingLine], points: int) -> bool:
+        """Queue items in order; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
+        points = sum(map(points_in, items))
         with self._lock:
             if self._closed:
                 self.counts["dropped_at_close"] += points
