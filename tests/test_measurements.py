@@ -418,8 +418,9 @@ class ListPoints:
     def parts(self, size: int) -> list[ListPoints]:
         return [ListPoints(self.values[start:start + size], self.line) for start in range(0, len(self.values), size)]
 
-    def joins(self, other: object) -> bool:
-        return isinstance(other, ListPoints) and other.line is self.line
+    @property
+    def renderer(self) -> Any:
+        return self.line
 
     def joined(self, others: list[ListPoints]) -> ListPoints:
         return ListPoints(self.values + [value for other in others for value in other.values], self.line)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 
 class PendingPoints(Protocol):
@@ -20,11 +21,12 @@ class PendingPoints(Protocol):
     def parts(self, size: int) -> Sequence[PendingPoints]:
         """The same points cut into parts of about ``size`` lines (a message's points stay together), in order."""
 
-    def joins(self, other: PendingPoints) -> bool:
-        """Whether ``other`` can be rendered in one call with it."""
+    @property
+    def renderer(self) -> object:
+        """What makes its lines: pending points with the same renderer can be rendered in one call."""
 
     def joined(self, others: Sequence[PendingPoints]) -> PendingPoints:
-        """Itself and ``others`` after it (each of which it :meth:`joins`) as one."""
+        """Itself and ``others`` after it (all with its renderer) as one."""
 
 
 # The runner's own points are PendingPoints: the message path only keeps their values; a user's point is a line.
@@ -66,21 +68,20 @@ def render_all(items: Sequence[PendingLine], *, on_bad_points: Callable[[str, in
 
 
 def _joined(items: Sequence[PendingLine]) -> list[PendingLine]:
-    """``items`` with each run of pending points that can be rendered together made one: a busy node's passes hold
-    many messages each, an idle node's one, and rendering one message alone costs several times its share of many."""
+    """``items`` with each run of pending points of one renderer made one: a busy node's passes hold many messages
+    each, an idle node's one, and rendering one message alone costs several times its share of many."""
     joined: list[PendingLine] = []
-    run: list[PendingPoints] = []
-    for item in items:
-        if run and (isinstance(item, str) or not run[0].joins(item)):
-            joined.append(run[0].joined(run[1:]) if len(run) > 1 else run[0])
-            run = []
-        if isinstance(item, str):
-            joined.append(item)
+    for renderer, run in itertools.groupby(items, key=_renderer_of):
+        if renderer is None:  # finished lines
+            joined += run
         else:
-            run.append(item)
-    if run:
-        joined.append(run[0].joined(run[1:]) if len(run) > 1 else run[0])
+            first, *rest = cast("list[PendingPoints]", list(run))
+            joined.append(first.joined(rest) if rest else first)
     return joined
+
+
+def _renderer_of(item: PendingLine) -> object:
+    return None if isinstance(item, str) else item.renderer
 
 
 def _render_points(points: PendingPoints, on_bad_points: Callable[[str, int], None]) -> list[str]:

@@ -168,8 +168,9 @@ class _PassPoints:
         timings = self._timings
         return [_PassPoints(self._points, timings[start:start + step]) for start in range(0, len(timings), step)]
 
-    def joins(self, other: PendingPoints) -> bool:
-        return isinstance(other, _PassPoints) and other._points is self._points
+    @property
+    def renderer(self) -> NodePoints:
+        return self._points
 
     def joined(self, others: Sequence[PendingPoints]) -> _PassPoints:
         timings = self._timings.copy()
