@@ -113,34 +113,32 @@ class NodePoints:
 
     def render(self, timings: list[Any]) -> list[str]:
         """The lines of these messages: every ``node_elapsed_time``, then (last node) every
-        ``workflow_elapsed_time``."""
-        lines = self._node_lines(timings)
-        if self.last_node:
-            lines += self._workflow_lines(timings)
-        return lines
-
-    def _node_lines(self, timings: list[Any]) -> list[str]:
-        elapsed_ns, started_ns = timings[ELAPSED_NS::STRIDE], timings[STARTED_NS::STRIDE]
-        columns = zip(
-            escaped_strings(timings[TRACKING_ID::STRIDE]),
+        ``workflow_elapsed_time``. Columns both kinds use are read and computed once."""
+        tracking_ids = escaped_strings(timings[TRACKING_ID::STRIDE])
+        started_ns, elapsed_ns = timings[STARTED_NS::STRIDE], timings[ELAPSED_NS::STRIDE]
+        ended_ns = list(map(operator.add, started_ns, elapsed_ns))
+        error_fields = timings[ERROR_FIELD::STRIDE]
+        lines = list(map(self._node_line.__mod__, zip(
+            tracking_ids,
             escaped_strings(timings[NODE_FROM::STRIDE]),
             map(operator.mul, elapsed_ns, itertools.repeat(_MS_PER_NS)),
             _ms_from_each(timings[PREVIOUS_END::STRIDE], started_ns),
-            timings[ERROR_FIELD::STRIDE],
-            map(operator.add, started_ns, elapsed_ns),
+            error_fields,
+            ended_ns,
             strict=True,
-        )
-        return list(map(self._node_line.__mod__, columns))
+        )))
+        if self.last_node:
+            lines += self._workflow_lines(timings[FIRST_START::STRIDE], tracking_ids, error_fields, ended_ns)
+        return lines
 
-    def _workflow_lines(self, timings: list[Any]) -> list[str]:
-        columns = [timings[field::STRIDE] for field in (FIRST_START, TRACKING_ID, ERROR_FIELD, STARTED_NS, ELAPSED_NS)]
-        if None in columns[0]:  # messages without tracking have no workflow point
-            tracked = list(map(operator.is_not, columns[0], itertools.repeat(None)))
-            columns = [list(itertools.compress(column, tracked)) for column in columns]
-        first_starts, tracking_ids, error_fields, started_ns, elapsed_ns = columns
-        ended_ns = list(map(operator.add, started_ns, elapsed_ns))
-        return list(map(self._workflow_line.__mod__, zip(
-            _ms_from_each(first_starts, ended_ns), escaped_strings(tracking_ids), error_fields, ended_ns, strict=True)))
+    def _workflow_lines(self, first_starts: list[str | None], tracking_ids: Sequence[str], error_fields: list[str],
+                        ended_ns: list[int]) -> list[str]:  # fmt: skip
+        columns: tuple[Sequence[Any], ...] = (first_starts, tracking_ids, error_fields, ended_ns)
+        if None in first_starts:  # messages without tracking have no workflow point
+            tracked = list(map(operator.is_not, first_starts, itertools.repeat(None)))
+            columns = tuple(list(itertools.compress(column, tracked)) for column in columns)
+        starts, ids, errors, ends = columns
+        return list(map(self._workflow_line.__mod__, zip(_ms_from_each(starts, ends), ids, errors, ends, strict=True)))
 
 
 class _PassPoints:
