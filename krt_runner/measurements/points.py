@@ -161,8 +161,8 @@ class _PassPoints:
     def parts(self, size: int) -> list[_PassPoints]:
         """Parts of even sizes: a short last part would cost more per point (a call's own work is shared by fewer)."""
         messages = len(self._timings) // STRIDE
-        count = -(-self.count // size)  # parts, rounded up
-        step = -(-messages // count) * STRIDE
+        pieces = -(-self.count // size)  # rounded up
+        step = -(-messages // pieces) * STRIDE
         timings = self._timings
         return [_PassPoints(self._points, timings[start:start + step]) for start in range(0, len(timings), step)]
 
