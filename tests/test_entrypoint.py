@@ -193,8 +193,10 @@ async def test_sigterm_answers_every_call_in_flight_then_exits_0(nats_server, st
         await taken_by_the_node(nats_server.url, 20)  # every call is inside the workflow, however busy the machine
         process.signal(signal.SIGTERM)
 
-        answers = await asyncio.gather(*calls)
+        answers = await asyncio.gather(*calls, return_exceptions=True)
 
+    failed = [answer for answer in answers if isinstance(answer, Exception)]
+    assert not failed, f"{len(failed)} calls failed, the first: {failed[0]!r}\nentrypoint:\n{process.output}"
     assert [answer.greeting for answer in answers] == ["Hello, sleep:3!"] * 20
     assert await asyncio.to_thread(process.wait, 30) == 0
     assert '"entrypoint stopped"' in process.output

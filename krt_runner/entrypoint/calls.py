@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 
 from krt_runner import envelope
 from krt_runner.client import request_envelope
+from krt_runner.entrypoint.open_calls import OpenCalls
 from krt_runner.entrypoint.service import Rpc
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import (
@@ -72,6 +73,7 @@ class Forwarder:
         self._timeout = request_timeout
         self._log = logger
         self._jetstream = jetstream  # at-least-once: calls go through JetStream
+        self.open_calls = OpenCalls()
 
     def handler_for(self, rpc: Rpc) -> Handler:
         """The unary handler of ``rpc``: request bytes in, response bytes out (no serializer either way)."""
@@ -81,7 +83,8 @@ class Forwarder:
             trailer = ((TRACKING_METADATA, tracking_id),)
             context.set_trailing_metadata(trailer)
             try:
-                return await self._forward(rpc, request, tracking_id, self._time_left(context))
+                async with self.open_calls.call(context.peer()):  # abort() sends the status: it stays outside
+                    return await self._forward(rpc, request, tracking_id, self._time_left(context))
             except Refused as refused:
                 self._log.warning("call failed", rpc=rpc.name, tracking_id=tracking_id, status=refused.code.name,
                                   details=refused.details)

@@ -51,6 +51,8 @@ class RunningEntrypoint:
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)
         self._health_file: HealthFile | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarder = Forwarder(self.broker, request_timeout=settings.request_timeout, logger=logger,
+                                    jetstream=self._jetstream)
 
     async def start(self) -> None:
         """Listen, then connect to NATS (retrying an unreachable server); ready once connected."""
@@ -77,15 +79,14 @@ class RunningEntrypoint:
         await self._health.enter_graceful_shutdown()
         if self._health_file is not None:
             await self._health_file.stop()
+        self._forwarder.open_calls.stopping = True  # each connection's last answer waits a moment: see OpenCalls
         await self._server.stop(grace=self.settings.drain_timeout)
         await self.broker.close()
         self.log.info("entrypoint stopped")
 
     def _add_services(self) -> None:
-        forwarder = Forwarder(self.broker, request_timeout=self.settings.request_timeout, logger=self.log,
-                              jetstream=self._jetstream)
         handler = grpc.unary_unary_rpc_method_handler  # no (de)serializer: the handlers take and give bytes
-        handlers = {rpc.name: handler(forwarder.handler_for(rpc)) for rpc in self.service.rpcs}
+        handlers = {rpc.name: handler(self._forwarder.handler_for(rpc)) for rpc in self.service.rpcs}
         self._server.add_registered_method_handlers(self.service.name, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         pool = self.service.pool

@@ -1,0 +1,89 @@
+"""When the entrypoint stops, each connection's last call waits before it answers (see OpenCalls)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from krt_runner.entrypoint.open_calls import OpenCalls
+
+FOREVER = 3600.0
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class Calls:
+    """Calls held open until released, each on a peer of :class:`OpenCalls`."""
+
+    def __init__(self, open_calls: OpenCalls) -> None:
+        self.open_calls = open_calls
+        self.released: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, name: str, peer: str, error: Exception | None = None) -> None:
+        released = self.released[name] = asyncio.Event()
+
+        async def call() -> None:
+            async with self.open_calls.call(peer):
+                await released.wait()
+                if error is not None:
+                    raise error
+
+        self.tasks[name] = asyncio.create_task(call())
+
+    async def release(self, *names: str) -> None:
+        for name in names:
+            self.released[name].set()
+        await settle()
+
+    def finished(self) -> set[str]:
+        return {name for name, task in self.tasks.items() if task.done()}
+
+    async def cancel(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+async def test_while_serving_no_call_waits():
+    calls = Calls(OpenCalls(last_answer_delay=FOREVER))
+    calls.start("a", "ipv4:127.0.0.1:1000")
+    await settle()
+    await calls.release("a")
+    assert calls.finished() == {"a"}
+
+
+async def test_when_stopping_only_the_last_call_of_each_connection_waits_even_with_an_error():
+    open_calls = OpenCalls(last_answer_delay=FOREVER)
+    calls = Calls(open_calls)
+    calls.start("a1", "ipv4:127.0.0.1:1000")
+    calls.start("a2", "ipv4:127.0.0.1:1000")
+    calls.start("b", "ipv4:127.0.0.1:2000", error=RuntimeError("refused"))
+    await settle()
+    open_calls.stopping = True
+
+    await calls.release("a1")
+    assert calls.finished() == {"a1"}
+    await calls.release("a2", "b")
+    assert calls.finished() == {"a1"}  # a2 and b are their connections' last: they wait
+    await calls.cancel()
+
+
+async def test_the_last_call_answers_after_the_delay_and_a_cancelled_one_does_not_wait():
+    open_calls = OpenCalls(last_answer_delay=0.01)
+    open_calls.stopping = True
+    calls = Calls(open_calls)
+    calls.start("last", "ipv4:127.0.0.1:1000")
+    await settle()
+    await calls.release("last")
+    await asyncio.wait_for(calls.tasks["last"], timeout=10)
+
+    waiting = Calls(OpenCalls(last_answer_delay=FOREVER))
+    waiting.open_calls.stopping = True
+    waiting.start("cancelled", "ipv4:127.0.0.1:1000")
+    await settle()
+    waiting.tasks["cancelled"].cancel()
+    await settle()
+    assert waiting.tasks["cancelled"].cancelled()
