@@ -71,7 +71,7 @@ async def test_when_stopping_only_the_last_call_of_each_connection_waits_even_wi
     await calls.cancel()
 
 
-async def test_the_last_call_answers_after_the_delay_and_a_cancelled_one_does_not_wait():
+async def test_the_last_call_answers_once_the_delay_is_over():
     open_calls = OpenCalls(last_answer_delay=0.01)
     open_calls.stopping = True
     calls = Calls(open_calls)
@@ -80,10 +80,13 @@ async def test_the_last_call_answers_after_the_delay_and_a_cancelled_one_does_no
     await calls.release("last")
     await asyncio.wait_for(calls.tasks["last"], timeout=10)
 
-    waiting = Calls(OpenCalls(last_answer_delay=FOREVER))
-    waiting.open_calls.stopping = True
-    waiting.start("cancelled", "ipv4:127.0.0.1:1000")
+
+async def test_a_cancelled_call_does_not_wait():
+    open_calls = OpenCalls(last_answer_delay=FOREVER)
+    open_calls.stopping = True
+    calls = Calls(open_calls)
+    calls.start("cancelled", "ipv4:127.0.0.1:1000")
     await settle()
-    waiting.tasks["cancelled"].cancel()
+    calls.tasks["cancelled"].cancel()
     await settle()
-    assert waiting.tasks["cancelled"].cancelled()
+    assert calls.tasks["cancelled"].cancelled()
