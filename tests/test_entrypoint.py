@@ -184,7 +184,9 @@ async def wait_for(condition, timeout: float = 15) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_sigterm_answers_every_call_in_flight_then_exits_0(nats_server, start_node, krt, entrypoint):
+async def test_sigterm_refuses_new_calls_and_answers_every_call_in_flight_then_exits_0(
+    nats_server, start_node, krt, entrypoint
+):
     start_node(**node_env(nats_server, krt, "src/node.py", input=GREET_SUBJECT, KRT_CONCURRENCY="32"))
     process, address = entrypoint()
     async with grpc.aio.insecure_channel(address) as channel:
@@ -192,12 +194,15 @@ async def test_sigterm_answers_every_call_in_flight_then_exits_0(nats_server, st
         calls = [asyncio.ensure_future(greet(greeter_pb2.Request(name="sleep:3"), timeout=30)) for _ in range(20)]
         await taken_by_the_node(nats_server.url, 20)  # every call is inside the workflow, however busy the machine
         process.signal(signal.SIGTERM)
+        await asyncio.to_thread(process.wait_for_line, '"stopping: draining calls in flight"')
+        late = await failure(address, "late", timeout=10)
 
         answers = await asyncio.gather(*calls, return_exceptions=True)
 
     failed = [answer for answer in answers if isinstance(answer, Exception)]
     assert not failed, f"{len(failed)} calls failed, the first: {failed[0]!r}\nentrypoint:\n{process.output}"
     assert [answer.greeting for answer in answers] == ["Hello, sleep:3!"] * 20
+    assert late.code() == grpc.StatusCode.UNAVAILABLE, late.details()
     assert await asyncio.to_thread(process.wait, 30) == 0
     assert '"entrypoint stopped"' in process.output
 

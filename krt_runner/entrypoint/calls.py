@@ -17,6 +17,7 @@ what happened                              status
 a node answered with an error              ``INTERNAL``, its text
 no answer in time                          ``DEADLINE_EXCEEDED``
 no node subscribed, or NATS disconnected   ``UNAVAILABLE``
+the entrypoint is stopping                 ``UNAVAILABLE``
 request too large even compressed          ``RESOURCE_EXHAUSTED``
 request bytes not the rpc's request type   ``INVALID_ARGUMENT``
 answer not the rpc's response type         ``INTERNAL``, both types
@@ -102,6 +103,8 @@ class Forwarder:
         return min(self._timeout, remaining)
 
     async def _forward(self, rpc: Rpc, request: bytes, tracking_id: str, timeout: float) -> bytes:
+        if self.open_calls.stopping:  # a call that came in before the server stopped taking new ones
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint is stopping; try again")
         if not self._broker.is_connected:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint is not connected to NATS; try again")
         message = self._envelope(rpc, request, tracking_id)

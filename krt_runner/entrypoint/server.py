@@ -76,10 +76,11 @@ class RunningEntrypoint:
 
     async def stop(self) -> None:
         """Refuse new calls, let calls in flight finish (up to the drain timeout), then close NATS."""
+        # New calls are refused from here on, and each connection's last answer waits a moment: see OpenCalls.
+        self._forwarder.open_calls.stopping = True
         await self._health.enter_graceful_shutdown()
         if self._health_file is not None:
             await self._health_file.stop()
-        self._forwarder.open_calls.stopping = True  # each connection's last answer waits a moment: see OpenCalls
         await self._server.stop(grace=self.settings.drain_timeout)
         await self.broker.close()
         self.log.info("entrypoint stopped")
