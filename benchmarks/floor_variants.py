@@ -4,6 +4,7 @@
     valgrind --tool=callgrind --callgrind-out-file=/tmp/fv.%p .venv/bin/python benchmarks/floor_variants.py VARIANT 6000
         # instructions per message: (total of the second - total of the first) / 5000
     .venv/bin/python benchmarks/floor_variants.py --all 20000   # microseconds per message (noisy on a VM)
+    .venv/bin/python benchmarks/floor_variants.py isoformat-in-place 2000 --bytecodes   # bytecodes per message
 
 Each variant is what ``floor_node.py``'s message callback could be: parse the envelope, take the reply subject,
 call the benchmark's handler, pack its result, add a tracking entry, publish. The publish is nats-py's
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "gr
 
 from bench_handler import handler
 from floor_node import answering
-from in_process import Msg, publishing_client, request_bytes, written
+from in_process import Msg, counting_bytecodes, print_bytecodes, publishing_client, request_bytes, written
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
 
@@ -89,20 +91,25 @@ VARIANTS = {
 }
 
 
-async def cost(variant: str, count: int) -> float:
-    """Microseconds per message of ``variant`` over ``count`` messages, after a warm-up."""
+async def cost(variant: str, count: int, *, bytecodes: bool = False) -> float:
+    """Microseconds per message of ``variant`` over ``count`` messages, after a warm-up; with ``bytecodes``, the
+    bytecodes per message are printed (and the time, slowed by counting them, means nothing)."""
     nc = publishing_client()
     on_message, msg = VARIANTS[variant](nc), Msg(request_bytes(), "_INBOX.bench")
     for _ in range(WARM_UP):
         await on_message(msg)
         written(nc)
-    started = time.perf_counter()
-    for index in range(count):
-        await on_message(msg)
-        written(nc)
-        if index % PASS == PASS - 1:
-            await asyncio.sleep(0)
-    return (time.perf_counter() - started) / count * 1e6
+    with counting_bytecodes() if bytecodes else contextlib.nullcontext() as counts:
+        started = time.perf_counter()
+        for index in range(count):
+            await on_message(msg)
+            written(nc)
+            if index % PASS == PASS - 1:
+                await asyncio.sleep(0)
+        elapsed = time.perf_counter() - started
+    if counts is not None:
+        print_bytecodes(counts, count, harness=cost)
+    return elapsed / count * 1e6
 
 
 def main() -> int:
@@ -110,9 +117,12 @@ def main() -> int:
     parser.add_argument("variant", nargs="?", choices=sorted(VARIANTS))
     parser.add_argument("count", type=int)
     parser.add_argument("--all", action="store_true", help="every variant, one after the other")
+    parser.add_argument("--bytecodes", action="store_true", help="count bytecodes per message instead of timing")
     args = parser.parse_args()
     for variant in sorted(VARIANTS) if args.all else [args.variant]:
-        print(f"{variant:>24}: {asyncio.run(cost(variant, args.count)):.2f} µs per message")
+        micros = asyncio.run(cost(variant, args.count, bytecodes=args.bytecodes))
+        if not args.bytecodes:
+            print(f"{variant:>24}: {micros:.2f} µs per message")
     return 0
 
 

@@ -10,9 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A quick run's length follows the machine's speed that day: on the slow VM of 2026-12-04 it took 141 s alone, over the
+# suite's 120 s limit for a hanging test (and failed CI there). The subprocess's own timeout bounds it.
+@pytest.mark.timeout(660)
 def test_a_quick_benchmark_run_answers_everything_and_writes_its_report(tmp_path):
     report, data = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
 
@@ -99,3 +104,22 @@ def test_the_pipeline_cost_script_runs_a_last_and_a_middle_node_in_process():
 
     assert [run.returncode for run in runs] == [0, 0], [run.stderr[-2000:] for run in runs]
     assert all("µs per message over 200" in run.stdout for run in runs)
+
+
+def _bytecodes_per_message(script: str, *args: str) -> tuple[float, str]:
+    run = subprocess.run([sys.executable, f"benchmarks/{script}", *args, "--bytecodes"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first = run.stdout.splitlines()[0]
+    assert first.endswith("with the harness's loop)"), run.stdout[:500]
+    return float(first.split()[0]), run.stdout
+
+
+def test_the_bytecode_counts_show_the_floor_and_what_measuring_adds_to_a_node():
+    floor, floor_out = _bytecodes_per_message("floor_variants.py", "isoformat-in-place", "200")
+    measured, measured_out = _bytecodes_per_message("pipeline_cost.py", "200", "--middle")
+    unmeasured, _ = _bytecodes_per_message("pipeline_cost.py", "200", "--middle", "--measurements-off")
+
+    assert "floor_node.py:" in floor_out and " on_message" in floor_out
+    assert " handle" in measured_out and "job.py:" in measured_out  # the pipeline, and the measurement's recording
+    assert 100 < floor < unmeasured < measured
