@@ -22,6 +22,7 @@ __all__ = [
     "pack_into",
     "parse_timestamp",
     "timestamp",
+    "timestamp_ns",
     "type_url",
 ]
 
@@ -44,13 +45,20 @@ def timestamp(moment: datetime | int | None = None) -> str:
 
     ``moment`` is a datetime, nanoseconds since the epoch (``time.time_ns()``), or ``None`` for now.
     """
-    # Twice per message: the whole second is formatted once per second, the microseconds from the nanoseconds
-    # since that second began (a small int); str() of 1_000_000 + micros, first digit cut, pads to 6 digits.
-    global _cached_second_ns, _cached_prefix  # noqa: PLW0603 - a one-entry cache
     if moment is None:
-        moment = time.time_ns()
-    elif isinstance(moment, datetime):
+        return timestamp_ns(time.time_ns())
+    if isinstance(moment, datetime):
         return moment.astimezone(timezone.utc).strftime(_TIMESTAMP_FORMAT)
+    return timestamp_ns(moment)
+
+
+def timestamp_ns(moment: int) -> str:
+    """:func:`timestamp` of nanoseconds since the epoch: the message path's, twice per message.
+
+    The whole second is formatted once per second, the microseconds from the nanoseconds since that second began (a
+    small int); str() of 1_000_000 + micros, first digit cut, pads to 6 digits.
+    """
+    global _cached_second_ns, _cached_prefix  # noqa: PLW0603 - a one-entry cache
     rest = moment - _cached_second_ns
     if not 0 <= rest < 1_000_000_000:
         whole = moment // 1_000_000_000
@@ -164,7 +172,7 @@ def pack_into(payload: AnyMessage, result: Message) -> None:
     if isinstance(result, AnyMessage):
         payload.CopyFrom(result)
         return
-    payload.type_url = type_url(type(result))
+    payload.type_url = _TYPE_URLS.get(type(result)) or type_url(type(result))
     payload.value = result.SerializeToString()
 
 

@@ -135,6 +135,21 @@ def test_a_timestamp_from_nanoseconds_matches_one_from_a_datetime():
     nanoseconds = int(moment.timestamp()) * 1_000_000_000 + 123_456_789
 
     assert envelope.timestamp(nanoseconds) == envelope.timestamp(moment) == "2026-01-02T03:04:05.123456"
+    assert envelope.timestamp_ns(nanoseconds) == "2026-01-02T03:04:05.123456"
+
+
+def test_the_message_path_s_timestamps_cross_seconds_and_go_back_in_time():
+    second = int(datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+    # In, out and back into the second its cache holds (a pipelined message's start can come before the last end).
+    moments = [second + 999_999_999, second + 1_000_000_000, second + 7_000, second - 1, second + 2_000_000_000]
+
+    assert [envelope.timestamp_ns(moment) for moment in moments] == [
+        "2026-01-02T03:04:05.999999",
+        "2026-01-02T03:04:06.000000",
+        "2026-01-02T03:04:05.000007",
+        "2026-01-02T03:04:04.999999",
+        "2026-01-02T03:04:07.000000",
+    ]
 
 
 @pytest.mark.parametrize("text", ["2026-01-02T03:04:05.123456", "2026-01-02T03:04:05.123456Z"])

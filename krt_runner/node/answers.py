@@ -8,6 +8,7 @@ and an ``error`` text that names the node and the cause.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from google.protobuf.message import Message
@@ -90,8 +91,8 @@ def add_own_entry(tracking: Any, node_name: str, started_ns: int) -> None:
     """This node's tracking entry, from ``started_ns`` to now (filled field by field: cheaper than keywords)."""
     entry = tracking.add()
     entry.node_name = node_name
-    entry.start = envelope.timestamp(started_ns)
-    entry.end = envelope.timestamp()
+    entry.start = envelope.timestamp_ns(started_ns)
+    entry.end = envelope.timestamp_ns(time.time_ns())
 
 
 def publishable(subject: str) -> str:

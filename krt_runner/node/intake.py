@@ -49,6 +49,7 @@ class Workers:
         # What nats-py may hold beyond: KRT_PENDING_* bound the two together.
         self.nats_py_limits = (max(1, msgs - self._direct_msgs), max(1, size - self._direct_bytes))
         self._taken: WorkQueue[tuple[bytes, str]] = WorkQueue()
+        self._taken_items = self._taken.items  # read by on_direct, once per message
         self._bytes = 0  # payload bytes in the queue
         self._room = asyncio.Event()  # set while the queue holds fewer than ``count``: nats-py may hand one over
         self._room.set()
@@ -69,7 +70,7 @@ class Workers:
         """A message straight from nats-py's parser: queued, or declined for :meth:`on_message`."""
         subscription = self._subscription
         if (self._putting or headers or subscription is None or subscription.pending_msgs
-                or len(self._taken) >= self._direct_msgs or self._bytes >= self._direct_bytes):  # fmt: skip
+                or len(self._taken_items) >= self._direct_msgs or self._bytes >= self._direct_bytes):  # fmt: skip
             return False
         self._put(data, reply.decode())
         return True

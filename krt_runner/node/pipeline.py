@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -64,6 +65,10 @@ class Pipeline:
         self.pipelined = not code.handler_is_async and settings.handler_timeout is None and self._batcher is None
         # self._refuse once the node gives up on what is left
         self._step = self._call_handler if self._batcher is None else self._batcher.step
+        # An async handler without KRT_HANDLER_TIMEOUT is awaited by handle() itself, with no coroutine of ours in
+        # between (about 2% of a message's instructions); any other, and every message once give_up() ran, goes
+        # through self._step.
+        self._direct = code.handler_is_async and settings.handler_timeout is None and self._batcher is None
         self._giving_up = False  # a message cancelled now is one the drain gave up on: it gets an error answer
         self.recorder = _Recorder(points, last_node=settings.is_last_node)
         self._measured = settings.measurements_enabled
@@ -77,16 +82,19 @@ class Pipeline:
         outcome = _ANSWERED
         try:
             self._decode(job, data)
-            result = await self._step(job)
-            subject, answer = self._answers.for_result(job, result)
-            if subject:
-                waiting = self.broker.publish_now(subject, answer)
-                if waiting is not None:
-                    await waiting
-                if self._debug:
-                    self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
+            if self._direct:  # as _call_handler does, inline
+                ctx, payload = self._handler_args(job)
+                try:
+                    result = await self._handler(ctx, payload)
+                except (Exception, asyncio.CancelledError) as exc:
+                    raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
+                finally:
+                    job.handler_done = True
             else:
-                self._note_unsent(job)
+                result = await self._step(job)
+            waiting = self._publish_result(job, result)
+            if waiting is not None:
+                await waiting
             self.counts["answered"] += 1
         except InvalidRequestError as exc:
             outcome = _INVALID
@@ -116,6 +124,7 @@ class Pipeline:
         """``KRT_DRAIN_TIMEOUT`` ran out: a handler cancelled from now on answers with an error, and a message not
         yet handled is refused with one."""
         self._giving_up = True
+        self._direct = False
         self._step = self._refuse
 
     def close(self) -> None:
@@ -140,12 +149,26 @@ class Pipeline:
         if self._debug:
             self.log.debug("message received", tracking_id=job.tracking_id, bytes=len(data))
 
-    async def _call_handler(self, job: Job) -> Any:
+    def _handler_args(self, job: Job) -> tuple[HandlerContext, Any]:
+        """The handler's ``ctx`` and ``data`` for this message (its payload, unpacked for a typed handler)."""
         assert job.request is not None
         ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message))
         data: Any = job.request.payload
         if self._request_type is not None:
             data = unpack_request(data, self._request_type)
+        return ctx, data
+
+    def _handler_failure(self, exc: BaseException) -> BaseException:
+        """What an exception out of the handler's call is raised as: itself when it says what went wrong already (an
+        invalid request, a handler error) or is the drain's cancellation, else :func:`handler_failure`'s."""
+        if isinstance(exc, (InvalidRequestError, HandlerError)):
+            return exc
+        if self._giving_up and isinstance(exc, asyncio.CancelledError):
+            return exc  # the drain's cancellation, not the handler's own
+        return handler_failure(exc, self._timeout)
+
+    async def _call_handler(self, job: Job) -> Any:
+        ctx, data = self._handler_args(job)
         timeout = self._timeout
         try:
             if self.pipelined:
@@ -153,12 +176,8 @@ class Pipeline:
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
             return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data), timeout)
-        except (InvalidRequestError, HandlerError):
-            raise
         except (Exception, asyncio.CancelledError) as exc:
-            if self._giving_up and isinstance(exc, asyncio.CancelledError):
-                raise  # the drain's cancellation, not the handler's own
-            raise handler_failure(exc, timeout)  # noqa: B904  (the failure carries its own cause)
+            raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
         finally:
             job.handler_done = True
 
@@ -166,6 +185,18 @@ class Pipeline:
         """The sync handler, on its worker thread, with the message's clock restarted (see ``pipelined``)."""
         job.restart()
         return self._handler(ctx, data)
+
+    def _publish_result(self, job: Job, result: Any) -> Awaitable[None] | None:
+        """The answer to ``result``, queued for the flusher: ``None``, or, past nats-py's pending size, its write to
+        await (see ``NodeClient.publish_now``)."""
+        subject, answer = self._answers.for_result(job, result)
+        if not subject:
+            self._note_unsent(job)
+            return None
+        waiting = self.broker.publish_now(subject, answer)
+        if self._debug:
+            self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
+        return waiting
 
     def _refuse_reply(self, job: Job) -> None:
         """An answer to a subject this node listens on would come back to it, again and again: no answer at all."""
