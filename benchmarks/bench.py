@@ -86,7 +86,7 @@ class Bench:
         try:
             time.sleep(0.3)
             idle = [memory_kb(n.process.pid, "VmRSS") / 1024 for n in chain]
-            entry, traffic = _entry(chain), options.get("traffic", GREETINGS)
+            entry, traffic = entry_subject(chain), options.get("traffic", GREETINGS)
             shaped = {} if traffic is GREETINGS else {"traffic": traffic}  # drive_js sends greetings only
             warm_up = WARM_UP if not traffic.distinct else 10
             asyncio.run(driver(self.nats.url, entry, count=warm_up, window=16, hops=nodes, **shaped))
@@ -128,7 +128,8 @@ def _chain_cpu(chain: list[NodeProc]) -> tuple[float, float]:
     return sum(map(cpu_seconds, pids)), sum(map(main_thread_cpu_seconds, pids))
 
 
-def _entry(chain: list[NodeProc]) -> str:
+def entry_subject(chain: list[NodeProc]) -> str:
+    """The chain's first input subject: where requests go."""
     # The first node's input subject is in its start-up arguments or environment.
     process = chain[0].process
     args = process.args if isinstance(process.args, list) else []

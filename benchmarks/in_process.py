@@ -10,12 +10,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from types import CodeType, FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "greeter" / "src"))
 
 import greeter_pb2
+from bytecode_count import BytecodeCounter, function_key
 from nats.aio.client import Client
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
@@ -69,39 +69,22 @@ def request_bytes(name: str = "Ada") -> bytes:
 
 @contextlib.contextmanager
 def counting_bytecodes() -> Iterator[Counter[str]]:
-    """The bytecodes this thread runs meanwhile, by function (``file:line name``), from ``sys.settrace``'s opcode
-    events: exact and repeatable where callgrind's instructions move with the allocator, and seconds instead of
-    minutes. A coroutine resumed counts as called, so the event loop's tasks are counted too."""
-    counts: Counter[str] = Counter()
-
-    def on_call(frame: FrameType, event: str, arg: Any) -> Any:
-        frame.f_trace_opcodes = True
-        key = _function_key(frame.f_code)
-
-        def on_event(frame: FrameType, event: str, arg: Any) -> Any:
-            if event == "opcode":
-                counts[key] += 1
-            return on_event
-
-        return on_event
-
-    sys.settrace(on_call)
+    """The bytecodes this thread runs meanwhile, by function (``file:line name``): see
+    benchmarks/bytecode_count.py."""
+    counter = BytecodeCounter()
+    counter.start()
     try:
-        yield counts
+        yield counter.counts
     finally:
-        sys.settrace(None)
+        counter.stop()
 
 
 def print_bytecodes(counts: Counter[str], messages: int, harness: Callable[..., Any], top: int = 30) -> None:
     """Bytecodes per message, without the ``harness`` function's own (its loop) and :func:`written`'s, then by
     function."""
-    left_out = {_function_key(harness.__code__), _function_key(written.__code__)}
+    left_out = {function_key(harness.__code__), function_key(written.__code__)}
     own = {key: count for key, count in counts.items() if key not in left_out}
     print(f"{sum(own.values()) / messages:.1f} bytecodes per message over {messages} "
           f"({sum(counts.values()) / messages:.1f} with the harness's loop)")
     for key, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
         print(f"{count / messages:8.1f}  {key}")
-
-
-def _function_key(code: CodeType) -> str:
-    return f"{Path(code.co_filename).name}:{code.co_firstlineno} {code.co_name}"

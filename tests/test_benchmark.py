@@ -123,3 +123,20 @@ def test_the_bytecode_counts_show_the_floor_and_what_measuring_adds_to_a_node():
     assert "floor_node.py:" in floor_out and " on_message" in floor_out
     assert " handle" in measured_out and "job.py:" in measured_out  # the pipeline, and the measurement's recording
     assert 100 < floor < unmeasured < measured
+
+
+def _node_bytecodes(*args: str) -> tuple[float, str]:
+    run = subprocess.run([sys.executable, "benchmarks/node_bytecodes.py", "--count", "200", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    return float(run.stdout.split()[0]), run.stdout
+
+
+def test_a_running_node_s_bytecodes_include_its_reading_and_at_least_once_adds_its_acks_and_pulls():
+    core, core_out = _node_bytecodes()
+    in_process, _ = _bytecodes_per_message("pipeline_cost.py", "200", "--middle")
+    jetstream, jetstream_out = _node_bytecodes("--delivery", "at-least-once")
+
+    assert "direct_parser.py:" in core_out and " handle" in core_out  # the frames read, then the pipeline
+    assert " handle_delivery" in jetstream_out and "acking.py:" in jetstream_out and "pulling.py:" in jetstream_out
+    assert in_process < core < jetstream
