@@ -7,7 +7,7 @@ parsing the NATS frames, acks and pull requests included, which the in-process s
 
 Starts its own nats-server (with JetStream) and a 3-node greeter chain with measurements written to a
 line-protocol file, warms it up, then counts one node's main-thread bytecodes (benchmarks/bytecode_probe) while
-``--count`` requests go through the chain at ``--window`` in flight. Counting slows the node about twentyfold:
+``--count`` requests go through the chain at ``--window`` in flight. Counting slows the node several times over:
 the figures are bytecodes, not time. How many frames a read carries depends on the window and on the machine, so
 the parsing's share moves with both; the rest is exact from run to run.
 """
