@@ -378,8 +378,9 @@ async def test_a_pass_larger_than_a_render_slice_is_rendered_in_parts_keeping_ev
 
 async def test_passes_of_one_message_each_are_rendered_together_not_one_call_each():
     # An idle node's passes hold one message each: rendered alone, each would cost several times its share.
+    # (No flush during the test: a flush takes whatever is waiting, and a slow machine would flush several times.)
     destination = FlakyDestination()
-    sink = writer(destination, batch_size=1000, max_buffered=1000)
+    sink = writer(destination, batch_size=1000, max_buffered=1000, flush_interval=30)
     points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
     calls = []
     render = points.render
@@ -396,6 +397,35 @@ async def test_passes_of_one_message_each_are_rendered_together_not_one_call_eac
     assert destination.lines[450] == "m f=1i 1" and 'tracking_id="t-450"' in destination.lines[451]
     assert len(calls) < 10, calls
 
+
+async def test_points_that_arrive_while_the_writer_renders_wait_for_a_slice_of_their_own():
+    # A busy node's passes keep coming while the writer renders. Taken as they came, they were rendered a pass or
+    # two at a time, at several times the cost per point (and a timing-dependent test failed on a loaded machine).
+    destination = FlakyDestination()
+    sink = writer(destination, batch_size=1000, max_buffered=1000, flush_interval=30)
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="a", last_node=False)
+    calls: list[int] = []
+    arriving = iter(range(300, 302))  # one pass arrives during each part's rendering
+    render = points.render
+
+    def render_while_a_pass_arrives(timings_: list[Any]) -> list[str]:
+        calls.append(len(timings_))
+        if (index := next(arriving, None)) is not None:
+            points.record(timings(timing(f"t-{index}")))
+        return render(timings_)
+
+    points.render = render_while_a_pass_arrives  # type: ignore[method-assign]
+    points.record(timings(*[timing(f"t-{i}") for i in range(300)]))  # over a slice: the writer wakes
+    deadline = time.monotonic() + 10
+    while len(calls) < 2 and time.monotonic() < deadline:  # the pass of 300, rendered in two parts of 150
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # time enough for the writer to take what arrived meanwhile, if it would
+    rendered_before_close = len(calls)
+    await sink.close(timeout=2)
+
+    assert rendered_before_close == 2, calls
+    assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines] == [
+        f"t-{i}" for i in range(302)]
 
 def picky_line(value: Any) -> str:
     """One point's line; fails for "bad", as a renderer's bug would (for its whole group: see ListPoints)."""

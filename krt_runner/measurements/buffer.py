@@ -23,7 +23,7 @@ class PointBuffer:
     def __init__(self, *, max_buffered: int, batch_size: int, wake_at: int) -> None:
         self.max_buffered = max_buffered
         self.batch_size = min(batch_size, max_buffered)
-        self._wake_at = min(wake_at, self.batch_size)
+        self.wake_at = min(wake_at, self.batch_size)  # points waiting that are worth the writer's while
         self.counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
         self._lock = threading.Lock()
         self._queue: deque[PendingLine] = deque()
@@ -44,7 +44,7 @@ class PointBuffer:
             else:
                 for item in items:
                     self._append_making_room(item)
-            return self._waiting >= self._wake_at
+            return self._waiting >= self.wake_at
 
     def _append_making_room(self, item: PendingLine) -> None:
         """Under the lock, with the buffer full or nearly: the oldest waiting points go to make room."""
@@ -59,11 +59,14 @@ class PointBuffer:
         self._queue.append(item)
         self._waiting += points
 
-    def take(self) -> list[PendingLine]:
-        """What is waiting, up to a batch of points (or one item more); it is held until :meth:`settle`."""
+    def take(self, *, at_least: int = 0) -> list[PendingLine]:
+        """What is waiting, up to a batch of points (or one item more), or nothing when fewer than ``at_least``
+        points are; it is held until :meth:`settle`."""
         items: list[PendingLine] = []
         points = 0
         with self._lock:
+            if self._waiting < at_least:
+                return items
             queue = self._queue
             while queue and points < self.batch_size:
                 item = queue.popleft()

@@ -185,14 +185,19 @@ class BatchWriter:
         return batch
 
     def _take(self, *, partial: bool) -> list[str]:
-        """The next batch's lines: a whole batch, or with ``partial`` what is ready up to one. Whatever is waiting
-        is rendered first, off the lock (``put`` never waits for this)."""
-        size = self._buffer.batch_size
+        """The next batch's lines: a whole batch, or with ``partial`` what is ready up to one. What is waiting is
+        rendered first, off the lock (``put`` never waits for this): when ``partial``, whatever is waiting at first;
+        otherwise, and after that, only while at least a slice's worth is (``wake_at``). Points keep arriving
+        meanwhile: taken as they come, a few at a time, they would be rendered a few at a time, at several times the
+        cost per point."""
+        size, buffer = self._buffer.batch_size, self._buffer
+        at_least = 0 if partial else buffer.wake_at
         while len(self._ready) < size:
-            items = self._buffer.take()
+            items = buffer.take(at_least=at_least)
             if not items:
                 break
             self._ready += render_all(items, on_bad_points=self._drop_bad_points)
+            at_least = buffer.wake_at
         if len(self._ready) < size and not partial:
             return []
         batch, self._ready = self._ready[:size], self._ready[size:]
