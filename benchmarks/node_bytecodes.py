@@ -7,9 +7,10 @@ parsing the NATS frames, acks and pull requests included, which the in-process s
 
 Starts its own nats-server (with JetStream) and a 3-node greeter chain with measurements written to a
 line-protocol file, warms it up, then counts one node's main-thread bytecodes (benchmarks/bytecode_probe) while
-``--count`` requests go through the chain at ``--window`` in flight. Counting slows the node several times over:
-the figures are bytecodes, not time. How many frames a read carries depends on the window and on the machine, so
-the parsing's share moves with both; the rest is exact from run to run.
+``--count`` requests go through the chain at ``--window`` in flight. Counting makes the node take about 15 times
+the CPU per message: the figures are bytecodes, not time. What depends on time moves with the machine and the
+window: how many frames a read carries, and (at-least-once) how often the node sends a pull request; the rest is
+exact from run to run.
 """
 
 from __future__ import annotations
