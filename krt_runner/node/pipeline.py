@@ -59,16 +59,17 @@ class Pipeline:
         self._batcher = batcher_for(settings, code, caller=self.caller, state=state, log=log)
         # Messages the intake may hand over at once: KRT_CONCURRENCY, or enough to fill the batches.
         self.capacity = settings.concurrency if self._batcher is None else self._batcher.capacity
-        # A sync handler without KRT_HANDLER_TIMEOUT is pipelined: one message more than there are threads is
-        # handled at once, so a thread goes from one call to the next without waiting for the event loop. (With a
-        # timeout, which counts from when a message's handling starts, a message starts when a thread is free.)
-        self.pipelined = not code.handler_is_async and settings.handler_timeout is None and self._batcher is None
+        # The handler called once per message, with no KRT_HANDLER_TIMEOUT:
+        plain_calls = settings.handler_timeout is None and self._batcher is None
+        # - a sync one is pipelined: one message more than there are threads is handled at once, so a thread goes
+        #   from one call to the next without waiting for the event loop. (With a timeout, which counts from when a
+        #   message's handling starts, a message starts when a thread is free.)
+        self.pipelined = plain_calls and not code.handler_is_async
+        # - an async one is awaited by handle() itself, with no coroutine of ours in between (about 2% of a
+        #   message's instructions). Any other, and every message once give_up() ran, goes through self._step.
+        self._direct = plain_calls and code.handler_is_async
         # self._refuse once the node gives up on what is left
         self._step = self._call_handler if self._batcher is None else self._batcher.step
-        # An async handler without KRT_HANDLER_TIMEOUT is awaited by handle() itself, with no coroutine of ours in
-        # between (about 2% of a message's instructions); any other, and every message once give_up() ran, goes
-        # through self._step.
-        self._direct = code.handler_is_async and settings.handler_timeout is None and self._batcher is None
         self._giving_up = False  # a message cancelled now is one the drain gave up on: it gets an error answer
         self.recorder = _Recorder(points, last_node=settings.is_last_node)
         self._measured = settings.measurements_enabled
