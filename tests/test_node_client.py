@@ -168,7 +168,7 @@ async def test_a_message_for_the_next_write_goes_out_alone_within_its_delay(clie
     await synced(listener)
 
     sent = time.monotonic()
-    await client.publish_with_next_write("later.out", b"+ACK", within=0.05)
+    assert client.publish_with_next_write("later.out", b"+ACK", within=0.05) is None  # queued
     msg = await got.next_msg(timeout=5)
 
     assert msg.data == b"+ACK"
@@ -179,8 +179,8 @@ async def test_messages_for_the_next_write_keep_their_order_with_the_other_publi
     got = await listener.subscribe("order.>")
     await synced(listener)
 
-    await client.publish_with_next_write("order.ack", b"1", within=10.0)
-    await client.publish_with_next_write("order.ack", b"2", within=10.0)
+    assert client.publish_with_next_write("order.ack", b"1", within=10.0) is None
+    assert client.publish_with_next_write("order.ack", b"2", within=10.0) is None
     await client.publish("order.answer", b"3")  # the write that takes them along, long before their timer
     received = [await got.next_msg(timeout=2) for _ in range(3)]
 

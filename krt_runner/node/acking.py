@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from krt_runner.errors import describe
@@ -56,6 +56,7 @@ class Acker:
         self._none_held = asyncio.Event()
         self._none_held.set()
         self._last_error_log = 0.0
+        self._background: set[asyncio.Task[None]] = set()  # settlements that had to wait (see _in_background)
 
     @property
     def held(self) -> int:
@@ -76,11 +77,19 @@ class Acker:
 
     async def ack(self, msg: Msg) -> None:
         """Once per message (no action made for it, as for the rarer settlements: see :meth:`_send`)."""
+        waiting = self._ack_now(msg)
+        if waiting is not None:
+            await self._settling(waiting)
+
+    def _ack_now(self, msg: Msg) -> Awaitable[None] | None:
+        """The ack queued to go out with the next write; ``None``, or what is left to await (see
+        ``NodeClient.publish_with_next_write``)."""
         self._forget(msg)
         try:
-            await self._client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY)
+            return self._client.publish_with_next_write(msg.reply, _ACK, within=ACK_DELAY)
         except Exception as exc:
             self._error(_NOT_SETTLED, exc)
+            return None
 
     async def term(self, msg: Msg) -> None:
         await self._send(msg, msg.term)
@@ -88,6 +97,10 @@ class Acker:
     async def release(self, msg: Msg, *, delay: float | None = None) -> None:
         """Let the message go unanswered: JetStream delivers it again (after ``delay`` seconds), to any replica."""
         await self._send(msg, lambda: msg.nak(delay=delay))
+
+    def release_soon(self, msg: Msg) -> None:
+        """:meth:`release`, from code that may not wait: in a task of its own."""
+        self._in_background(self.release(msg))
 
     async def release_later(self, msg: Msg) -> None:
         await self.release(msg, delay=RETRY_DELAY)
@@ -131,18 +144,21 @@ class Acker:
         for msg, _ in list(self._held.values()):
             await self.release(msg)
 
-    async def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+    def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """The next stream's acknowledgement, straight from the parser; one with a status (a 503: no stream
-        there) is declined, for :meth:`_on_refusal`."""
+        there) is declined, for :meth:`_on_refusal`. A plain function: its message's ack is queued at once, and
+        only what must wait (a refusal's release, a full write buffer) goes on in a task."""
         if headers:
             return False
         forwarded = self._forwarded.pop(subject[self._token_at :].decode(), None)
         if forwarded is None:  # too late: already released
             return True
         if data.find(_ERROR_MARK) >= 0:  # not ``in``: bytes' tries the needle as an int first (a TypeError each time)
-            await self._refused(forwarded[0], data)
+            self._in_background(self._refused(forwarded[0], data))
         else:
-            await self.ack(forwarded[0])
+            waiting = self._ack_now(forwarded[0])
+            if waiting is not None:
+                self._in_background(self._settling(waiting))
         return True
 
     async def _on_refusal(self, reply: Msg) -> None:
@@ -161,6 +177,18 @@ class Acker:
             await action()
         except Exception as exc:
             self._error(_NOT_SETTLED, exc)
+
+    async def _settling(self, waiting: Awaitable[None]) -> None:
+        try:
+            await waiting
+        except Exception as exc:
+            self._error(_NOT_SETTLED, exc)
+
+    def _in_background(self, settling: Coroutine[Any, Any, None]) -> None:
+        """A settlement that must wait, run by a task of its own (referenced until done)."""
+        task = asyncio.get_running_loop().create_task(settling)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forget(self, msg: Msg) -> None:
         if self._held.pop(msg.reply, None) is not None and not self._held:

@@ -24,15 +24,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from krt_runner.config import redact_url
 from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
-from krt_runner.node.nats_connection import (
-    ConnectionSettings,
-    DirectCallback,
-    NodeClient,
-    connect_options,
-    explain,
-    is_fatal,
-    tls_required,
-)
+from krt_runner.node.nats_connection import DirectCallback, NodeClient
+from krt_runner.node.nats_settings import ConnectionSettings, connect_options, explain, is_fatal, tls_required
 from krt_runner.node.request_mux import RequestMux
 
 __all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]

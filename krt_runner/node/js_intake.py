@@ -141,9 +141,10 @@ class JetStreamIntake:
         holding = count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
         return holding - len(self._taken.items) - self._busy, max(1, holding // 4)
 
-    async def _take(self, msg: Msg) -> None:
+    def _take(self, msg: Msg) -> None:
+        """A delivery, from the read loop: held and queued for the workers; once stopping, released (a task)."""
         if self._stopping:
-            await self.acker.release(msg)
+            self.acker.release_soon(msg)
             return
         self.acker.hold(msg)
         self._taken.put(msg)

@@ -1,16 +1,16 @@
-"""The nats-py client as a node uses it: TLS enforced, bad frames survived, and connection errors explained.
+"""The nats-py client as a node uses it: TLS enforced, bad frames survived, messages taken from the parser and
+answers queued without nats-py's per-message coroutines.
 
-With :mod:`~krt_runner.node.broker`, the only place that imports nats-py on the node's side.
+With :mod:`~krt_runner.node.broker`, the only place that imports nats-py on the node's side; what the settings
+become for nats-py is :mod:`~krt_runner.node.nats_settings`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -18,73 +18,14 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import MaxPayloadError
 
-from krt_runner.errors import describe
 from krt_runner.node.direct_parser import DirectParser
-
-# Failures of the first connect that retrying cannot fix.
-_FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
-_NO_TLS = "the server does not offer TLS"
-_CREDENTIAL_SETTINGS = (
-    "KRT_NATS_USER and KRT_NATS_PASSWORD, KRT_NATS_TOKEN, KRT_NATS_NKEY_SEED, KRT_NATS_CREDS "
-    "or the user:password in KRT_NATS_SERVER"
-)
-_TLS_SETTINGS = "KRT_NATS_TLS_CA (the CA that signed the server's certificate), KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY"
+from krt_runner.node.nats_settings import NO_TLS
 
 # A subscription's message as the parser hands it over: (sid, subject, reply, payload, header block), all bytes (no
 # header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
 # subscription's callback). A plain function costs no coroutine per message; a coroutine function may wait.
 DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], bool | Awaitable[bool]]
 Frame = tuple[int, bytes, bytes, bytes, bytes | None]  # those five, together
-
-
-class ConnectionSettings(Protocol):
-    """The settings a NATS connection reads: a node's :class:`~krt_runner.config.Settings`, or the entrypoint's."""
-
-    @property
-    def nats_servers(self) -> tuple[str, ...]: ...
-    @property
-    def node_name(self) -> str: ...
-    @property
-    def reconnect_wait(self) -> float: ...
-    @property
-    def drain_timeout(self) -> float: ...
-    @property
-    def pending_msgs_limit(self) -> int: ...
-    @property
-    def pending_bytes_limit(self) -> int: ...
-    @property
-    def nats_user(self) -> str | None: ...
-    @property
-    def nats_password(self) -> str | None: ...
-    @property
-    def nats_token(self) -> str | None: ...
-    @property
-    def nats_nkey_seed(self) -> Path | None: ...
-    @property
-    def nats_creds(self) -> Path | None: ...
-    @property
-    def nats_tls_ca(self) -> Path | None: ...
-    @property
-    def nats_tls_cert(self) -> Path | None: ...
-    @property
-    def nats_tls_key(self) -> Path | None: ...
-
-
-def tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:
-    """An SSL context for the TLS settings, or ``None`` when none are set."""
-    if not (settings.nats_tls_ca or settings.nats_tls_cert):
-        return None
-    context = ssl.create_default_context(cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None)
-    if settings.nats_tls_cert and settings.nats_tls_key:
-        context.load_cert_chain(str(settings.nats_tls_cert), str(settings.nats_tls_key))
-    return context
-
-
-def tls_required(settings: ConnectionSettings) -> bool:
-    """TLS settings or a ``tls://`` URL: the connection must be encrypted, never plaintext."""
-    return bool(settings.nats_tls_ca or settings.nats_tls_cert) or any(
-        url.startswith("tls://") for url in settings.nats_servers
-    )
 
 
 class NodeClient(Client):
@@ -140,19 +81,17 @@ class NodeClient(Client):
         if waiting is not None:
             await waiting
 
-    async def publish_with_next_write(self, subject: str, payload: bytes, *, within: float) -> None:
+    def publish_with_next_write(self, subject: str, payload: bytes, *, within: float) -> Awaitable[None] | None:
         """Queue a message with no reply subject to go out with the next write of this connection, and no later
-        than ``within`` seconds: for what is not urgent, such as an ack, so that it costs no write of its own. Not
-        connected, or draining: nats-py's ``publish`` decides, at once."""
+        than ``within`` seconds: for what is not urgent, such as an ack, so that it costs no write of its own.
+        ``None`` when queued; otherwise, as :meth:`publish_now`, what to await: nats-py's ``publish`` (not connected,
+        or draining) or, past nats-py's ``pending_size``, the write of what is queued."""
         command = self._command(subject, payload, "", "")
         if command is None:
-            await self.publish(subject, payload)
-            return
-        waiting = self._queue(command)
-        if waiting is not None:
-            await waiting
+            return self.publish(subject, payload)
         if self._write_timer is None:
             self._write_timer = asyncio.get_running_loop().call_later(within, self._write_now)
+        return self._queue(command)
 
     def _queue(self, command: bytes) -> Awaitable[None] | None:
         """Add ``command`` to nats-py's pending writes, as its ``_send_command`` does; past its ``pending_size``, the
@@ -195,7 +134,7 @@ class NodeClient(Client):
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection and self.require_tls and not self._will_encrypt(info):
-            raise NatsError(f"nats: {_NO_TLS}, and this node's settings require TLS")
+            raise NatsError(f"nats: {NO_TLS}, and this node's settings require TLS")
         await super()._process_info(info, initial_connection=initial_connection)
 
     def _will_encrypt(self, info: dict[str, Any]) -> bool:
@@ -273,44 +212,3 @@ class NodeClient(Client):
         await super()._read_loop()
         if self._status == Client.CONNECTED:
             await self._process_op_err(NatsError("nats: the read loop ended on an unexpected error"))
-
-
-def connect_options(settings: ConnectionSettings) -> dict[str, Any]:
-    """nats-py ``connect`` keyword arguments for the auth and TLS settings."""
-    options: dict[str, Any] = {}
-    if settings.nats_user:
-        options.update(user=settings.nats_user, password=settings.nats_password or "")
-    if settings.nats_token:
-        options["token"] = settings.nats_token
-    if settings.nats_nkey_seed:
-        options["nkeys_seed"] = str(settings.nats_nkey_seed)
-    if settings.nats_creds:
-        options["user_credentials"] = str(settings.nats_creds)
-    context = tls_context(settings)
-    if context is not None:
-        options["tls"] = context
-    return options
-
-
-def is_fatal(error: BaseException) -> bool:
-    if isinstance(error, ssl.SSLError):
-        return True
-    text = str(error).lower()
-    return any(marker in text for marker in _FATAL_MARKERS)
-
-
-def explain(error: BaseException) -> str:
-    """One sentence for a fatal connect error: what went wrong and which settings to look at."""
-    text = str(error).strip()
-    if "authorization violation" in text.lower():
-        return f"the server refused the credentials (Authorization Violation); check {_CREDENTIAL_SETTINGS}"
-    if _NO_TLS in text:
-        return f"{_NO_TLS} but TLS is set ({_TLS_SETTINGS} or a tls:// URL); nothing was sent in clear"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"the server's TLS certificate is not trusted ({error.verify_message}); check {_TLS_SETTINGS}"
-    if isinstance(error, ssl.SSLError):
-        return (
-            f"the TLS handshake failed ({error.reason or text}): the server did not accept this node's certificate; "
-            f"check {_TLS_SETTINGS}"
-        )
-    return f"{describe(error)}; check the credentials and TLS settings"

@@ -17,7 +17,7 @@ when nothing is asked for), so that a busy node asks in batches and an idle one 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from krt_runner.errors import describe
@@ -33,7 +33,8 @@ _ENDED = ("408", "409")  # the request expired, or the server ended it (consumer
 _UNAVAILABLE = "503"  # no JetStream to take the request (a server still starting): asked again on the next tick
 _HEARTBEAT = "100"
 
-Deliver = Callable[[Msg], Awaitable[None]]
+# Takes a delivery at once, inside the connection's read loop: it may queue, never wait.
+Deliver = Callable[[Msg], None]
 
 
 class Puller:
@@ -92,13 +93,13 @@ class Puller:
         if self._subscription is not None and self._client.is_connected:
             await self._subscription.drain()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
 
-    async def _on_delivery(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+    def _on_delivery(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """A message of the stream, whose reply subject is its ack subject, straight from the parser: its headers
         (the ``Nats-Msg-Id`` it was published with) are not needed. A status (no reply subject) is declined."""
         if not reply:
             return False
         self._asked = max(0, self._asked - 1)
-        await self._deliver(Msg(self._client, reply=reply.decode(), data=data, _sid=sid))
+        self._deliver(Msg(self._client, reply=reply.decode(), data=data, _sid=sid))
         return True
 
     async def _on_status(self, msg: Msg) -> None:

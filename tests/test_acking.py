@@ -1,0 +1,88 @@
+"""A node's settlements in at-least-once mode (krt_runner.node.acking.Acker), against a real nats-server with
+JetStream: an answer the next stream acknowledged acks its message, one it refused releases it for another
+delivery, and a delivery released from the read loop (``release_soon``) goes back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import pytest
+from nats.js import api
+
+from krt_runner.config import load_settings
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.logging import node_logger
+from krt_runner.node.acking import Acker
+from krt_runner.node.broker import Broker
+
+_SMALL = 64  # the refusing stream's largest message, in bytes
+
+
+@pytest.fixture
+async def broker():
+    with EmbeddedNats(jetstream=True) as server:
+        settings = load_settings(env={"KRT_NATS_SERVER": server.url, "KRT_NATS_INPUT": "in", "KRT_HANDLER_PATH": "x",
+                                      "KRT_LOG_LEVEL": "error"})
+        node_broker = Broker(settings, node_logger(node="n", workflow="w", version="v"))
+        await node_broker.connect()
+        js = node_broker.client.jetstream()
+        await js.add_stream(api.StreamConfig(name="IN", subjects=["in"]))
+        await js.add_stream(api.StreamConfig(name="NEXT", subjects=["next"]))
+        await js.add_stream(api.StreamConfig(name="SMALL", subjects=["small"], max_msg_size=_SMALL))
+        yield node_broker
+        await node_broker.close()
+
+
+async def deliveries(broker, count: int) -> list:
+    """``count`` messages published to the input stream, fetched by one durable pull consumer."""
+    js = broker.client.jetstream()
+    for i in range(count):
+        await js.publish("in", b"request %d" % i)
+    consumer = await js.pull_subscribe("in", durable="node", config=api.ConsumerConfig(ack_wait=60))
+    return await consumer.fetch(count, timeout=5)
+
+
+async def delivered_again(url: str, timeout: float = 5.0) -> list[tuple[bytes, int]]:
+    """What the consumer delivers next (on a connection of its own), with each message's delivery count."""
+    async with await nats.connect(url) as nc:
+        consumer = await nc.jetstream().pull_subscribe("in", durable="node")
+        messages = await consumer.fetch(10, timeout=timeout)
+    return [(msg.data, msg.metadata.num_delivered) for msg in messages]
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_an_acknowledged_answer_acks_its_message_and_a_refused_one_releases_it(broker):
+    acker = Acker(broker, ack_wait=60, log=node_logger(node="n", workflow="w", version="v"))
+    await acker.start()
+    accepted, refused = await deliveries(broker, 2)
+    acker.hold(accepted)
+    acker.hold(refused)
+
+    await acker.forward("next", b"answer", "t-1:n:1", accepted)
+    await acker.forward("small", b"x" * (_SMALL * 2), "t-2:n:2", refused)  # over the stream's max_msg_size
+    await until(lambda: acker.held == 0)
+
+    # The refused one again, after RETRY_DELAY; the accepted one was acked.
+    assert await delivered_again(broker.client.connected_url.geturl()) == [(b"request 1", 2)]
+    await acker.close()
+
+
+async def test_a_delivery_released_from_the_read_loop_goes_back_at_once(broker):
+    acker = Acker(broker, ack_wait=60, log=node_logger(node="n", workflow="w", version="v"))
+    await acker.start()
+    (msg,) = await deliveries(broker, 1)
+
+    url = broker.client.connected_url.geturl()
+    acker.release_soon(msg)  # as the intake does with what arrives once it stops listening: no await
+    await broker.close()  # what was queued goes out first
+
+    assert await delivered_again(url, timeout=1.0) == [(b"request 0", 2)]
