@@ -1,10 +1,20 @@
-"""When the entrypoint stops, each connection's last call waits before it answers (see OpenCalls)."""
+"""When the entrypoint stops, each connection's last call waits before it answers (see OpenCalls), and a call that
+arrives then is refused."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
+import pytest
+import structlog
+from conftest import greeter_pb2
+
+from krt_runner.config import load_settings
+from krt_runner.entrypoint.calls import Forwarder, Refused
 from krt_runner.entrypoint.open_calls import OpenCalls
+from krt_runner.entrypoint.service import Rpc
+from krt_runner.node.broker import Broker
 
 FOREVER = 3600.0
 
@@ -90,3 +100,19 @@ async def test_a_cancelled_call_does_not_wait():
     calls.tasks["cancelled"].cancel()
     await settle()
     assert calls.tasks["cancelled"].cancelled()
+
+
+async def test_a_call_that_came_in_before_the_server_stopped_taking_new_ones_is_refused_as_unavailable():
+    settings = load_settings(env={"KRT_NATS_SERVER": "nats://127.0.0.1:1", "KRT_NATS_INPUT": "in",
+                                  "KRT_HANDLER_PATH": "x"})
+    forwarder = Forwarder(Broker(settings, structlog.get_logger()), request_timeout=5.0, logger=structlog.get_logger())
+    rpc = Rpc(name="Greet", workflow="greeting", subject="greeting-entry", request_class=greeter_pb2.Request,
+              request_type_url="type.googleapis.com/greeter.Request", response_name="greeter.Response",
+              response_type_url="type.googleapis.com/greeter.Response")
+    forwarder.open_calls.stopping = True  # as EntrypointServer.stop() sets it, before gRPC stops taking calls
+
+    with pytest.raises(Refused) as refused:
+        await forwarder._forward(rpc, greeter_pb2.Request(name="late").SerializeToString(), "t-1", 5.0)
+
+    assert (refused.value.code, refused.value.details) == (grpc.StatusCode.UNAVAILABLE,
+                                                           "the entrypoint is stopping; try again")
