@@ -16,7 +16,7 @@ from krt_runner.node.nats_connection import NodeClient
 
 
 class Recorder:
-    """Direct callbacks: a plain one (sid 1), a coroutine one (sid 2), and one that declines (sid 3)."""
+    """Direct callbacks: two that take (sids 1 and 2), and one that declines (sid 3)."""
 
     def __init__(self) -> None:
         self.taken: list[tuple[int, bytes, bytes, bytes]] = []
@@ -28,9 +28,6 @@ class Recorder:
         self.headers.append(headers)
         return True
 
-    async def take_later(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-        return self.take(sid, subject, reply, data, headers)
-
     def decline(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         self.declined.append((sid, data))
         return False
@@ -39,14 +36,13 @@ class Recorder:
 def client_with(recorder: Recorder) -> NodeClient:
     client = NodeClient()
     assert isinstance(client._ps, DirectParser)
-    client.direct_callbacks.update({1: (recorder.take, False), 2: (recorder.take_later, True),
-                                    3: (recorder.decline, False)})
+    client.direct_callbacks.update({1: recorder.take, 2: recorder.take, 3: recorder.decline})
     return client
 
 
 STREAM = (
     b"MSG in.a 1 reply.1 5\r\nhello\r\n"
-    b"MSG in.b 2 0\r\n\r\n"  # a coroutine callback, no reply, an empty payload
+    b"MSG in.b 2 0\r\n\r\n"  # another direct subscription, no reply, an empty payload
     b"+OK\r\n"  # another operation: nats-py's
     b"MSG in.c 9 3\r\nabc\r\n"  # a sid with no direct callback: nats-py's (no such subscription: dropped)
     b"MSG in.a 1 reply.2 12\r\nwith\r\nCRLF!!\r\n"  # CR LF inside the payload
@@ -119,7 +115,7 @@ async def test_a_callback_that_raises_costs_its_message_alone():
     def broken(*frame):
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
 
-    client.direct_callbacks[4] = (broken, False)
+    client.direct_callbacks[4] = broken
     await client._ps.parse(b"MSG in.x 4 \xff 1\r\nx\r\nMSG in.a 1 reply.1 2\r\nok\r\n")
 
     assert recorder.taken == [(1, b"in.a", b"reply.1", b"ok")]

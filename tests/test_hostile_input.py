@@ -81,7 +81,7 @@ async def test_a_read_loop_that_fails_reconnects_instead_of_going_deaf(nats_serv
     async def take(msg):
         got.append(msg.data)
 
-    async def decline(*frame):  # every message nats-py's way, to ``take``
+    def decline(*frame):  # every message nats-py's way, to ``take``
         return False
 
     await broker.subscribe("in", queue="q", direct=decline, callback=take, pending_limits=(1000, 1 << 20))

@@ -47,7 +47,7 @@ class Taken:
         self.direct: list[tuple[bytes, bytes, bytes]] = []
         self.declined: list[nats.aio.msg.Msg] = []
 
-    async def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
+    def take(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> bool:
         if not reply:
             return False
         self.direct.append((subject, reply.decode(), data))
@@ -79,6 +79,15 @@ async def test_a_direct_subscription_takes_what_its_callback_takes_and_the_rest_
     assert taken.direct == [(b"direct.in", "reply.1", b"one"), (b"direct.in", "reply.3", b"three")]
     assert taken.declined[0].data == b"two" and taken.declined[0].headers == {"Status": "408"}
     assert client.stats["in_msgs"] == 3
+
+
+async def test_a_coroutine_function_is_refused_as_a_direct_callback(client):
+    async def waits(*frame) -> bool:
+        return True
+
+    with pytest.raises(TypeError, match="must not wait"):
+        await client.subscribe_direct("direct.async", waits, cb=Taken().on_declined)
+    assert client.direct_callbacks == {}
 
 
 async def test_a_direct_subscription_unsubscribed_gets_nothing_more(client, listener):

@@ -5,8 +5,7 @@ reply subjects of JetStream deliveries), fills a dict, and awaits a coroutine
 per message. Most of what a loaded node reads is ``MSG`` and ``HMSG`` frames
 for its own direct subscriptions (``NodeClient.subscribe_direct``), one after
 the other: those are cut out of the buffer here, by plain ``bytes`` methods,
-and handed to their callback, without a coroutine when the callback is a plain
-function.
+and handed to their callback, a plain function: no coroutine per message.
 
 Anything else is left to nats-py's parser, where it was: another operation
 (``PING``, ``INFO``, ``-ERR``), a message for another subscription, a

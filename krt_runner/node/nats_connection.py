@@ -23,9 +23,9 @@ from krt_runner.node.nats_settings import NO_TLS
 
 # A subscription's message as the parser hands it over: (sid, subject, reply, payload, header block), all bytes (no
 # header block: None). True when taken; False sends it nats-py's own way (headers parsed, a Msg made, the
-# subscription's callback). A plain function costs no coroutine per message; a coroutine function may wait.
-DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], bool | Awaitable[bool]]
-Frame = tuple[int, bytes, bytes, bytes, bytes | None]  # those five, together
+# subscription's callback). A plain function, called inside the read loop: no coroutine per message, and it may
+# queue or publish, never wait (what must wait goes on in a task of the callback's own).
+DirectCallback = Callable[[int, bytes, bytes, bytes, bytes | None], bool]
 
 
 class NodeClient(Client):
@@ -44,8 +44,7 @@ class NodeClient(Client):
     def __init__(self) -> None:
         super().__init__()
         self._ps = DirectParser(self)
-        # Per direct subscription's sid: its callback, and whether it is a coroutine function.
-        self.direct_callbacks: dict[int, tuple[DirectCallback, bool]] = {}
+        self.direct_callbacks: dict[int, DirectCallback] = {}  # by direct subscription's sid
         self._write_timer: asyncio.TimerHandle | None = None
 
     async def subscribe_direct(
@@ -55,10 +54,13 @@ class NodeClient(Client):
         no ``Msg`` made, no hop through nats-py's queue and task (about 6 of the 48 µs of CPU a middle node in
         at-least-once mode took per message, and 1.7 of a core node's 17.5), and no regular expression or coroutine
         of nats-py's parser per message (:mod:`~krt_runner.node.direct_parser`). ``cb`` gets the messages ``direct``
-        declines. ``direct`` runs inside the read loop: it may queue or publish, never wait. ``options``: nats-py's
-        ``subscribe``'s."""
+        declines. ``direct`` is a plain function (see :data:`DirectCallback`); a coroutine function is refused with a
+        ``TypeError``. ``options``: nats-py's ``subscribe``'s."""
+        if inspect.iscoroutinefunction(direct):
+            raise TypeError(f"{direct!r} is a coroutine function; a direct callback runs inside the read loop and "
+                            "must not wait: use a plain function, and a task for what must wait")
         subscription = await self.subscribe(subject, cb=cb, **options)
-        self.direct_callbacks[subscription._id] = (direct, inspect.iscoroutinefunction(direct))
+        self.direct_callbacks[subscription._id] = direct
         return subscription
 
     def publish_now(self, subject: str, payload: bytes, *, reply: str = "", msg_id: str = "") -> Awaitable[None] | None:
@@ -159,14 +161,10 @@ class NodeClient(Client):
             await waiting
 
     def hand_over(  # noqa: PLR0917  (nats-py's own _process_msg's arguments: no tuple made per message)
-        self, direct: tuple[DirectCallback, bool], sid: int, subject: bytes, reply: bytes, data: bytes,
-        headers: bytes | None,
+        self, take: DirectCallback, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None,
     ) -> Awaitable[None] | None:
-        """A direct subscription's message to its callback: ``None`` once done, else what to await (a coroutine
-        callback, or a message declined going nats-py's way). A callback that raises costs that one message."""
-        take, is_async = direct
-        if is_async:
-            return self._hand_over_later(take, (sid, subject, reply, data, headers))
+        """A direct subscription's message to its callback: ``None`` once done, else what to await (a message
+        declined, going nats-py's way). A callback that raises costs that one message."""
         try:
             taken = take(sid, subject, reply, data, headers)
         except Exception as exc:
@@ -178,18 +176,6 @@ class NodeClient(Client):
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         return None
-
-    async def _hand_over_later(self, take: DirectCallback, frame: Frame) -> None:
-        try:
-            taken = await take(*frame)  # type: ignore[misc]  # a coroutine function's
-        except Exception as exc:
-            self.count_bad_frame(exc)
-            return
-        if not taken:
-            await self.deliver_declined(*frame)
-            return
-        self.stats["in_msgs"] += 1
-        self.stats["in_bytes"] += len(frame[3])
 
     async def deliver_declined(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                                headers: bytes | None = None) -> None:  # fmt: skip
