@@ -68,16 +68,19 @@ class Bench:
             env["KRT_MEASUREMENTS_FILE"] = f"{self.measurements_dir}/{uuid.uuid4().hex}.lp"
         return {**env, **(extra or {})}
 
-    def start_chain(self, kind: str, nodes: int, handler: str, env: dict[str, str] | None = None) -> list[NodeProc]:
+    def start_chain(self, kind: str, nodes: int, handler: str, env: dict[str, str] | None = None, *,
+                    prefixes: dict[int, list[str]] | None = None) -> list[NodeProc]:  # fmt: skip
+        """``prefixes``: by node index, a command to run that node under (see ``start_node``)."""
         run_id = uuid.uuid4().hex[:6]
         subjects = [f"b{run_id}-{i}" for i in range(nodes)] + [""]
+        prefixes = prefixes or {}
         chain = [
             start_node(kind, url=self.nats.url, name=f"node{i}", subject_in=subjects[i], subject_out=subjects[i + 1],
-                       handler=handler, env=self.node_env(env))
+                       handler=handler, env=self.node_env(env), prefix=prefixes.get(i, ()))
             for i in range(nodes)
         ]
-        for node in chain:
-            node.wait_ready()
+        for index, node in enumerate(chain):
+            node.wait_ready(timeout=180 if index in prefixes else 30)  # valgrind starts a node far slower
         return chain
 
     def measure(self, kind: str, nodes: int, window: int, count: int, **options: Any) -> Run:
@@ -132,9 +135,10 @@ def entry_subject(chain: list[NodeProc]) -> str:
     """The chain's first input subject: where requests go."""
     # The first node's input subject is in its start-up arguments or environment.
     process = chain[0].process
-    args = process.args if isinstance(process.args, list) else []
-    if "floor_node.py" in " ".join(map(str, args)):
-        return str(args[3])
+    args = [str(arg) for arg in process.args] if isinstance(process.args, list) else []
+    script = next((index for index, arg in enumerate(args) if arg.endswith("floor_node.py")), None)
+    if script is not None:  # floor_node.py NATS_URL INPUT ..., maybe after a command it runs under
+        return args[script + 2]
     return env_of(process.pid)["KRT_NATS_INPUT"]
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,9 +79,11 @@ class NodeProc:
 
 
 def start_node(
-    kind: str, *, url: str, name: str, subject_in: str, subject_out: str, handler: str, env: dict[str, str]
+    kind: str, *, url: str, name: str, subject_in: str, subject_out: str, handler: str, env: dict[str, str],
+    prefix: Sequence[str] = (),
 ) -> NodeProc:
-    """``kind`` is ``krt`` (krt-runner run) or ``floor`` (benchmarks/floor_node.py)."""
+    """``kind`` is ``krt`` (krt-runner run) or ``floor`` (benchmarks/floor_node.py); ``prefix``, a command to run it
+    under (valgrind's, say)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KRT_")}
     full_env["PYTHONPATH"] = str(ROOT / "examples" / "greeter" / "src")
     if kind == "floor":
@@ -93,7 +96,8 @@ def start_node(
             KRT_LOG_FORMAT="json",
         )
         full_env.update(env)
-    process = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([*prefix, *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     return NodeProc(name, process)
 
 

@@ -6,6 +6,8 @@ Speed is judged by the benchmark itself (BENCHMARKS.md), never by a timed test.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +142,18 @@ def test_a_running_node_s_bytecodes_include_its_reading_and_at_least_once_adds_i
     assert "direct_parser.py:" in core_out and " handle" in core_out  # the frames read, then the pipeline
     assert " handle_delivery" in jetstream_out and "acking.py:" in jetstream_out and "pulling.py:" in jetstream_out
     assert in_process < core < jetstream
+
+
+def test_a_running_node_s_instructions_are_counted_by_thread_the_event_loop_first():
+    if shutil.which("valgrind") is None:
+        reason = "valgrind is not installed: install it with `sh scripts/install_test_servers.sh` (Debian package)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason + " -- CI=true requires it")
+        pytest.skip(reason)
+    run = subprocess.run([sys.executable, "benchmarks/node_instructions.py", "--kind", "krt", "--count", "300",
+                          "--window", "16"], cwd=ROOT, capture_output=True, text=True, timeout=110)
+
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    line = run.stdout.splitlines()[-1]  # "  krt node1: 130.5k instructions per message (...): event loop 115.8k, ..."
+    total, loop, others = (float(word.rstrip("k,")) for word in line.split() if word.rstrip(",").endswith("k"))
+    assert line.lstrip().startswith("krt node1:") and 0 < others < loop < total  # the writer thread counted too
