@@ -36,6 +36,10 @@ _GZIP_FAST, _GZIP_SMALLEST = 1, 9
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 _TYPE_URLS: dict[type[Message], str] = {}
 _TYPE_URLS_KEPT = 256
+# The envelope's parse and serialization, looked up once: on an instance, protobuf's upb looks a field of the name up
+# first (about 50 ns a call, twice per message on every node).
+_parse = KreNatsMessage.FromString
+_serialize = KreNatsMessage.SerializeToString
 # Naive UTC with microseconds always present, as KRE v1's Python and Go runners write and parse.
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 
@@ -111,12 +115,10 @@ def decode(data: bytes, *, max_decompressed: int) -> KreNatsMessage:
     """Parse received bytes, inflating gzip (capped at ``max_decompressed`` bytes) first."""
     if data[:2] == GZIP_MAGIC:
         data = _gunzip(data, max_decompressed)
-    message = KreNatsMessage()
     try:
-        message.ParseFromString(data)
+        return _parse(data)
     except DecodeError as exc:
         raise EnvelopeError(f"message is not a KreNatsMessage ({len(data)} bytes): {exc}") from None
-    return message
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -141,7 +143,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
     """Serialize, gzip-compressing when over ``max_payload``; raise when still too large."""
-    data: bytes = message.SerializeToString()
+    data: bytes = _serialize(message)
     if len(data) <= max_payload:
         return data
     compressed = gzip.compress(data, compresslevel=_GZIP_FAST, mtime=0)

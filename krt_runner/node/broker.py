@@ -50,6 +50,11 @@ class Broker:
         self._nc.require_tls = tls_required(settings)
         self._nc.on_bad_frame = self._on_bad_frame
         self._requests = RequestMux(self._nc)
+        # publish_now(subject, payload): queue ``payload`` for ``subject`` at once, for nats-py's flusher (no round trip
+        # per message). ``None`` when queued, else an awaitable to await (see NodeClient.publish_now): the hot path
+        # awaits no coroutine when there is nothing to wait for. The client's own method, no call of ours between
+        # (the client is the same object for the connection's life, reconnects included).
+        self.publish_now: Callable[[str, bytes], Awaitable[None] | None] = self._nc.publish_now
         self._subscription: Subscription | None = None
         self._connected_once = False
         self._closing = False
@@ -64,7 +69,8 @@ class Broker:
 
     @property
     def max_payload(self) -> int:
-        return self._nc.max_payload
+        """The server's, as nats-py keeps it (read once per answer: not through nats-py's own property)."""
+        return self._nc._max_payload
 
     @property
     def is_connected(self) -> bool:
@@ -143,12 +149,6 @@ class Broker:
         A refusal by the server (a NATS user without permission for them) is logged once, never fatal."""
         for subject in subjects:
             await self._nc.subscribe(subject, cb=callback)
-
-    def publish_now(self, subject: str, payload: bytes) -> Awaitable[None] | None:
-        """Queue ``payload`` for ``subject`` at once; nats-py's flusher writes it (no round trip per message).
-        ``None`` when queued, else an awaitable to await (see :meth:`NodeClient.publish_now`): the hot path awaits
-        no coroutine when there is nothing to wait for."""
-        return self._nc.publish_now(subject, payload)
 
     def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
         """:meth:`publish_now`, to await: ``NodeClient.publish_bytes``'s own coroutine, no frame of ours between."""
