@@ -151,7 +151,7 @@ class Broker:
             await self._nc.subscribe(subject, cb=callback)
 
     def publish(self, subject: str, payload: bytes) -> Awaitable[None]:
-        """:meth:`publish_now`, to await: ``NodeClient.publish_bytes``'s own coroutine, no frame of ours between."""
+        """``publish_now``, to await: ``NodeClient.publish_bytes``'s own coroutine, no frame of ours between."""
         return self._nc.publish_bytes(subject, payload)
 
     async def request(self, subject: str, payload: bytes, *, timeout: float) -> bytes:

@@ -65,7 +65,7 @@ class Workers:
     def watch(self, subscription: Subscription) -> None:
         """The subscription whose messages :meth:`on_direct` takes, once subscribed (until then it declines)."""
         # What its ``pending_msgs`` counts, read as the deque itself: the property and asyncio.Queue.qsize are two
-        # Python calls per message (about 0.8% of a middle node's instructions, benchmarks/node_instructions.py).
+        # Python calls per message (1.3% of a middle node's instructions, benchmarks/node_instructions.py).
         self._held_by_nats_py = subscription._pending_queue._queue  # type: ignore[attr-defined]  # asyncio.Queue's deque
 
     def on_direct(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
