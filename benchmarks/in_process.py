@@ -19,7 +19,6 @@ from bytecode_count import BytecodeCounter, function_key
 from nats.aio.client import Client
 
 from krt_runner._proto.kre_nats_msg_pb2 import KreNatsMessage
-from krt_runner.node.nats_connection import NodeClient
 
 # Publishes between two emptyings of the pending buffer: what the flusher writes at once on a loaded node.
 _PENDING_WRITTEN = 256
@@ -34,14 +33,14 @@ class Msg:
         self.subject, self.data, self.reply = "in", data, reply
 
 
-def publishing_client(*, skip_subject_validation: bool = False, node: bool = False) -> Any:
-    """A nats-py client that takes publishes as a connected one does (into its pending buffer), with no socket;
-    with ``node``, the node's own client (krt_runner's ``NodeClient``).
+def publishing_client(*, skip_subject_validation: bool = False, client: Any = None) -> Any:
+    """A nats-py client that takes publishes as a connected one does (into its pending buffer), with no socket: a
+    new one, or ``client`` (a node's broker's own ``NodeClient``) set up so.
 
     Its flusher is busy (its queue holds a signal already), as on a loaded node; call :func:`written` now and
     then for the flusher's emptying of the buffer.
     """
-    nc: Any = NodeClient() if node else Client()
+    nc: Any = client if client is not None else Client()
     nc._flusher_task = asyncio.get_running_loop().create_future()  # running: never done
     nc._status = Client.CONNECTED
     nc._max_payload = 1 << 20

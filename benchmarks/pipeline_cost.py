@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "gr
 
 import greeter_pb2
 from in_process import counting_bytecodes, print_bytecodes, publishing_client, request_bytes, written
+from nats.aio.subscription import Subscription
 
 from krt_runner.config import load_settings
 from krt_runner.measurements import NullSink
@@ -47,11 +48,6 @@ async def greet(ctx: Any, request: greeter_pb2.Request) -> greeter_pb2.Response:
     return greeter_pb2.Response(greeting=request.name)
 
 
-class _Subscribed:
-    """The node's subscription as its intake sees it: nothing held in nats-py."""
-
-    pending_msgs = 0
-
 
 class DroppingSink(NullSink):
     def put_many(self, lines: Sequence[Any]) -> None:
@@ -66,8 +62,8 @@ async def main(count: int, *, middle: bool, measurements: bool = True, bytecodes
     })
     node = RunningNode(settings, user_code_from(greet, name="greet", source="bench"), sink=DroppingSink())
     node.state.loop = asyncio.get_running_loop()
-    nc = node.broker._nc = publishing_client(skip_subject_validation=True, node=True)  # as the broker connects
-    node.intake.watch(_Subscribed())  # type: ignore[arg-type]
+    nc = publishing_client(skip_subject_validation=True, client=node.broker.client)  # as the broker connects
+    node.intake.watch(Subscription(None, id=1, subject="in"))  # nats-py's own, with nothing held
     node.intake.start()
     on_direct, data = node.intake.on_direct, request_bytes()
     for index in range(WARM_UP):
