@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "gr
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # influx_server, as run.py
 
 from bench import Bench, entry_subject
-from influx_server import VictoriaMetrics
 from load import drive
-from processes import start_victoria_metrics
+from processes import start_store
 
 from krt_runner.local_krt.embedded import EmbeddedNats
 
@@ -66,7 +65,7 @@ def main() -> int:
 def _count(kind: str, args: argparse.Namespace) -> list[float]:
     """Instructions per message of each of the node's threads, its main thread first."""
     with EmbeddedNats() as nats, tempfile.TemporaryDirectory() as scratch:
-        store = _store()
+        store = start_store()
         try:
             bench = Bench(nats, store.url if store else "", scratch)
             out = f"{scratch}/callgrind"
@@ -85,14 +84,6 @@ def _count(kind: str, args: argparse.Namespace) -> list[float]:
             raise SystemExit(f"a node exited with {codes}")
         dumps = sorted(Path(scratch).glob(f"callgrind.{pid}.1-*"))  # the first dump, a file per thread
         return [_total(dump) / args.count for dump in dumps]
-
-
-def _store() -> VictoriaMetrics | None:
-    try:
-        return start_victoria_metrics()
-    except RuntimeError as exc:
-        print(f"measurements go to a file: {exc}", file=sys.stderr)
-        return None
 
 
 def _run_counted(url: str, entry: str, pid: int, args: argparse.Namespace) -> None:

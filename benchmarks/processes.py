@@ -109,6 +109,16 @@ def start_victoria_metrics() -> VictoriaMetrics:
     return VictoriaMetrics(binary).start()
 
 
+def start_store() -> VictoriaMetrics | None:
+    """victoria-metrics for the krt-runner nodes' measurements; ``None`` where it is not installed (they go to a
+    line-protocol file then)."""
+    try:
+        return start_victoria_metrics()
+    except RuntimeError as exc:
+        print(f"measurements go to a file: {exc}", file=sys.stderr)
+        return None
+
+
 def machine() -> dict[str, str]:
     model = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

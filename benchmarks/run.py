@@ -33,10 +33,9 @@ from iris_bench import iris_batching
 from load import drive, large_greetings
 from processes import (
     ROOT,
-    VictoriaMetrics,
     machine,
     memory_kb,
-    start_victoria_metrics,
+    start_store,
 )
 
 from krt_runner.local_krt.embedded import EmbeddedNats
@@ -178,7 +177,7 @@ def main() -> int:
         return only_delivery(quick=args.quick)
     started = time.time()
     with EmbeddedNats() as nats_server, tempfile.TemporaryDirectory() as scratch:
-        influx = _start_influx()
+        influx = start_store()
         try:
             store_pid = influx.process.pid if influx and influx.process else 0
             bench = Bench(nats_server, influx.url if influx else "", scratch, store_pid=store_pid)
@@ -250,7 +249,7 @@ def only_delivery(*, quick: bool) -> int:
     from delivery import report
 
     with tempfile.TemporaryDirectory() as scratch:
-        influx = _start_influx()
+        influx = start_store()
         try:
             store_pid = influx.process.pid if influx and influx.process else 0
             with EmbeddedNats() as unused:
@@ -263,14 +262,6 @@ def only_delivery(*, quick: bool) -> int:
     failures = _failures(bench, {"entrypoint": {"wrong": 0}})
     print("\n".join(failures))
     return 1 if failures else 0
-
-
-def _start_influx() -> VictoriaMetrics | None:
-    try:
-        return start_victoria_metrics()
-    except RuntimeError as exc:
-        print(f"measurements go to a file: {exc}", file=sys.stderr)
-        return None
 
 
 def _failures(bench: Bench, results: dict[str, Any]) -> list[str]:
