@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-# A real InfluxDB-write-compatible server for the measurement tests (Debian's victoria-metrics).
+# A real InfluxDB-write-compatible server for the measurement tests (Debian's victoria-metrics), valgrind for the
+# instruction-count tool's test, and the Node.js test clients.
 sh scripts/install_test_servers.sh
 .venv/bin/ruff check krt_runner tests benchmarks examples scripts
 .venv/bin/mypy
