@@ -5,6 +5,7 @@ Everything a fixture starts, it stops. All traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -165,6 +166,14 @@ async def synced(nc: nats.NATS) -> None:
     """
     await nc.flush()
     await nc.flush()
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Until ``condition()`` holds; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 class Requester:

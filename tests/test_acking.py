@@ -5,11 +5,9 @@ delivery, and a delivery released from the read loop (``release_soon``) goes bac
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import nats
 import pytest
+from conftest import until
 from nats.js import api
 
 from krt_runner.config import load_settings
@@ -51,13 +49,6 @@ async def delivered_again(url: str, timeout: float = 5.0) -> list[tuple[bytes, i
         consumer = await nc.jetstream().pull_subscribe("in", durable="node")
         messages = await consumer.fetch(10, timeout=timeout)
     return [(msg.data, msg.metadata.num_delivered) for msg in messages]
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_an_acknowledged_answer_acks_its_message_and_a_refused_one_releases_it(broker):

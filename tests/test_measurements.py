@@ -427,6 +427,7 @@ async def test_points_that_arrive_while_the_writer_renders_wait_for_a_slice_of_t
     assert [re.search(r'tracking_id="([^"]+)"', line)[1] for line in destination.lines] == [
         f"t-{i}" for i in range(302)]
 
+
 def picky_line(value: Any) -> str:
     """One point's line; fails for "bad", as a renderer's bug would (for its whole group: see ListPoints)."""
     if value == "bad":

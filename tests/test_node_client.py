@@ -13,7 +13,7 @@ import time
 
 import nats
 import pytest
-from conftest import synced
+from conftest import synced, until
 from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -55,13 +55,6 @@ class Taken:
 
     async def on_declined(self, msg) -> None:
         self.declined.append(msg)
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_direct_subscription_takes_what_its_callback_takes_and_the_rest_goes_to_the_plain_callback(
