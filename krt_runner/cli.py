@@ -102,6 +102,11 @@ def _add_entrypoint(commands: Any) -> None:
 
 
 def _entrypoint(args: argparse.Namespace) -> int:
+    from krt_runner.entrypoint import MISSING_EXTRA, grpc_installed
+
+    if not grpc_installed():
+        print(f"krt-runner entrypoint: {MISSING_EXTRA}", file=sys.stderr)
+        return EXIT_USAGE
     from krt_runner.entrypoint.main import run_entrypoint
     from krt_runner.entrypoint.settings import ENTRYPOINT_OPTIONS
 

@@ -42,6 +42,7 @@ from krt_runner.errors import (
     CallTimeout,
     ClientConnectError,
     ErrorAnswer,
+    JetStreamError,
     NoResponders,
     UnexpectedAnswer,
 )
@@ -136,7 +137,11 @@ class Client:
         if delivery != AT_LEAST_ONCE:
             return cls(nc)
         jetstream = JetStreamRequests(nc)
-        await jetstream.start()
+        try:
+            await jetstream.start()
+        except JetStreamError as exc:
+            await nc.close()
+            raise ClientConnectError(str(exc)) from None
         return cls(nc, jetstream=jetstream)
 
     async def call(

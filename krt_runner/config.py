@@ -53,10 +53,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("delivery", "KRT_DELIVERY", "--delivery", parse.choice(DELIVERY_MODES), default=AT_MOST_ONCE,
            help="at-most-once: core NATS, as KRE v1; at-least-once: input from a JetStream stream, acked once answered "
                 "(see docs/production.md)"),
-    Option("jetstream_ack_wait", "KRT_JETSTREAM_ACK_WAIT", "--jetstream-ack-wait", parse.positive_float, default=30.0,
+    Option("jetstream_ack_wait", "KRT_JETSTREAM_ACK_WAIT", "--jetstream-ack-wait", parse.ack_wait, default=30.0,
            help="at-least-once: seconds a message may go unacknowledged before JetStream delivers it again (a "
                 "running handler's message is extended every half of it)"),
-    Option("jetstream_max_deliver", "KRT_JETSTREAM_MAX_DELIVER", "--jetstream-max-deliver", parse.positive_int,
+    Option("jetstream_max_deliver", "KRT_JETSTREAM_MAX_DELIVER", "--jetstream-max-deliver", parse.max_deliver,
            default=5, help="at-least-once: deliveries of a message without an answer before it gets an error answer "
                            "and is terminated"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,

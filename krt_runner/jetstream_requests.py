@@ -13,7 +13,8 @@ its ``tracking_id``. The answer comes back on the inbox by core NATS, from the l
 - A reconnect while a request waits sends it again, as a new message (``Nats-Msg-Id``
   ``<tracking_id>:<n>``): an answer on its way when the connection went is lost, since the last node answers by
   core NATS and acks right after. The workflow may then handle that request twice; the first answer counts.
-- No stream captures the subject: :class:`~krt_runner.errors.NoResponders` at once.
+- No stream captures the subject: :class:`~krt_runner.errors.NoResponders` at once. No JetStream on the server
+  at all: :meth:`JetStreamRequests.start` says so.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected
+from krt_runner.node.jetstream import require_jetstream
 
 # Seconds one publish waits for JetStream's acknowledgement before it is repeated (same Nats-Msg-Id).
 PUBLISH_TIMEOUT = 2.0
@@ -52,7 +54,9 @@ class JetStreamRequests:
         self.ignored_answers = 0  # answers to requests already answered, or no longer waited for
 
     async def start(self) -> None:
-        """Subscribe to this requester's inbox (once connected)."""
+        """Subscribe to this requester's inbox (once connected); :class:`~krt_runner.errors.JetStreamError` when
+        the server has no JetStream."""
+        await require_jetstream(self._nc)
         self._prefix = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_answer)
         await self._nc.flush()

@@ -3,6 +3,7 @@ raises ``ValueError`` with what is wrong."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ AT_MOST_ONCE, AT_LEAST_ONCE = "at-most-once", "at-least-once"
 DELIVERY_MODES = (AT_MOST_ONCE, AT_LEAST_ONCE)
 _SUBJECT_RE = re.compile(r"^[^\s*>]+(\.[^\s*>]+)*$")
 _INPUT_SUBJECT_RE = re.compile(r"^[^\s]+$")
+# At-least-once limits (KRT_JETSTREAM_ACK_WAIT, KRT_JETSTREAM_MAX_DELIVER): see ack_wait().
+MIN_ACK_WAIT, MAX_ACK_WAIT = 0.1, 86_400.0
+MAX_DELIVER = 10_000
 
 
 def text(raw: str) -> str:
@@ -24,14 +28,11 @@ def text(raw: str) -> str:
 
 
 def positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("must be a whole number of at least 1")
-    return value
+    return _whole_number(raw, 1, None)
 
 
 def positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _finite(raw)
     if not value > 0:
         raise ValueError("must be a number of seconds above 0")
     return value
@@ -39,10 +40,23 @@ def positive_float(raw: str) -> float:
 
 def milliseconds(raw: str) -> float:
     """A wait in milliseconds; ``0`` means no wait."""
-    value = float(raw)
+    value = _finite(raw)
     if not value >= 0:
         raise ValueError("must be 0 or a number of milliseconds above 0")
     return value
+
+
+def ack_wait(raw: str) -> float:
+    """JetStream's ack wait: long enough for a node's in-progress notices (every half of it) to arrive in time,
+    short enough for JetStream's durations (its duplicate window is several times it)."""
+    value = _finite(raw)
+    if not MIN_ACK_WAIT <= value <= MAX_ACK_WAIT:
+        raise ValueError(f"must be a number of seconds from {MIN_ACK_WAIT:g} to {MAX_ACK_WAIT:g}")
+    return value
+
+
+def max_deliver(raw: str) -> int:
+    return _whole_number(raw, 1, MAX_DELIVER)
 
 
 def port(raw: str) -> int:
@@ -55,7 +69,7 @@ def port(raw: str) -> int:
 
 def optional_seconds(raw: str) -> float | None:
     """``0`` switches a timeout off."""
-    value = float(raw)
+    value = _finite(raw)
     if value < 0:
         raise ValueError("must be 0 (off) or a number of seconds above 0")
     return value or None
@@ -110,6 +124,23 @@ def input_subject(raw: str) -> str:
     value = raw.strip()
     if not _INPUT_SUBJECT_RE.match(value):
         raise ValueError(f"{value!r} is not a NATS subject")
+    return value
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _whole_number(raw: str, least: int, most: int | None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = least - 1  # "1.5", "x": said as the range below
+    if value < least or (most is not None and value > most):
+        raise ValueError(f"must be a whole number of at least {least}" + (f" and at most {most}" if most else ""))
     return value
 
 

@@ -39,13 +39,16 @@ krt-runner run --input other-subject --concurrency 4    # the node reads other-s
 OUTRO = """\
 ## Values
 
-- Seconds may have decimals (`0.5`).
+- Seconds may have decimals (`0.5`); numbers must be finite (`inf` and `nan` are refused). Counts are whole numbers.
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs. A bare `host:port` means `nats://host:port`.
 - `KRT_LOG_FORMAT` is `auto`, `json` or `console`. `KRT_LOG_LEVEL` is `debug`, `info`, `warning` or `error`.
 - `KRT_DELIVERY` is `at-most-once` or `at-least-once`; the `KRT_JETSTREAM_*` settings matter only with the second
-  (see [Delivery](production.md#delivery)).
+  (see [Delivery](production.md#delivery)). `KRT_JETSTREAM_ACK_WAIT` is from 0.1 to 86400 seconds: a node tells
+  JetStream every half of it that each message it holds is still in progress, and a shorter wait than 0.1 s leaves
+  those notices no time to arrive, so a slow handler would be run again. `KRT_JETSTREAM_MAX_DELIVER` is from 1 to
+  10000.
 
 Some settings go together:
 

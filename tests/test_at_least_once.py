@@ -7,6 +7,7 @@ request's handler ran, and prints what it measured (-s).
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -18,7 +19,7 @@ import pytest_asyncio
 from conftest import ROOT, NodeFactory, NodeProcess, greeter_pb2, node_env
 
 from krt_runner.client import Client
-from krt_runner.errors import ErrorAnswer
+from krt_runner.errors import ClientConnectError, ErrorAnswer
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.local_krt.embedded import EmbeddedNats
 
@@ -301,3 +302,25 @@ async def test_a_stream_that_cannot_be_created_stops_start_up_with_exit_2_naming
 
     assert node.wait() == 2
     assert f"cannot create JetStream stream '{stream_name('in-a')}' for the input subject 'in-a'" in node.output
+    assert "exists and captures other subjects: delete or rename it, or add 'in-a' to its subjects" in node.output
+
+
+async def test_an_at_least_once_requester_on_a_server_without_jetstream_is_told_so_when_it_connects(nats_server):
+    with pytest.raises(ClientConnectError, match="the NATS server has no JetStream, which KRT_DELIVERY=at-least-once"):
+        await Client.connect(nats_server.url, delivery="at-least-once")
+
+
+async def test_an_at_least_once_node_tells_nats_micro_its_endpoint_is_read_through_its_stream_and_consumer(
+    js_server, start_node, call_log
+) -> None:
+    start_nodes(start_node, js_server, call_log, ["a"])
+    nc = await nats.connect(js_server.url)
+    try:
+        reply = await nc.request("$SRV.INFO", b"", timeout=5)
+    finally:
+        await nc.close()
+
+    info = json.loads(reply.data)
+    assert info["metadata"]["delivery"] == "at-least-once"
+    assert info["endpoints"] == [{"name": "a", "subject": "in-a", "queue_group": "", "metadata": {
+        "delivery": "at-least-once", "stream": stream_name("in-a"), "consumer": consumer_name("in-a")}}]

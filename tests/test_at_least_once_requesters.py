@@ -16,7 +16,7 @@ import grpc
 import nats
 import pytest
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
-from entrypoint_helpers import greet_call
+from entrypoint_helpers import entrypoint_env, greet_call, write_krt
 from up_helpers import leftovers, run_up, up_env
 
 import krt_runner
@@ -130,3 +130,15 @@ async def test_the_client_says_no_responders_when_no_stream_captures_the_subject
 async def test_an_unknown_delivery_mode_is_refused():
     with pytest.raises(ValueError, match="delivery must be one of at-most-once, at-least-once"):
         await Client.connect("nats://127.0.0.1:1", delivery="exactly-once")
+
+
+def test_an_at_least_once_entrypoint_on_a_server_without_jetstream_stops_start_up_with_exit_2(tmp_path):
+    krt = write_krt(tmp_path / "krt")
+    with EmbeddedNats() as server:
+        env = entrypoint_env(server, KRT_DELIVERY="at-least-once")
+        done = subprocess.run([*KRT_RUNNER, "entrypoint", str(krt)], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    assert done.returncode == 2, done.stderr
+    assert "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs" in done.stderr + done.stdout
+    assert "entrypoint ready" not in done.stderr + done.stdout

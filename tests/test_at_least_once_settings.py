@@ -69,3 +69,37 @@ def test_the_duplicate_window_outlasts_every_redelivery_and_is_never_below_two_m
 
 def test_the_consumer_delivers_once_more_than_the_setting_the_last_time_only_to_answer_the_error():
     assert consumer_max_deliver(5) == 6
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "reason"),
+    [
+        ("KRT_JETSTREAM_ACK_WAIT", "inf", "must be a finite number"),
+        ("KRT_JETSTREAM_ACK_WAIT", "0.002", "must be a number of seconds from 0.1 to 86400"),
+        ("KRT_JETSTREAM_ACK_WAIT", "1e12", "must be a number of seconds from 0.1 to 86400"),
+        ("KRT_JETSTREAM_MAX_DELIVER", "1.5", "must be a whole number of at least 1 and at most 10000"),
+        ("KRT_JETSTREAM_MAX_DELIVER", "100000000000", "must be a whole number of at least 1 and at most 10000"),
+    ],
+)
+def test_jetstream_settings_out_of_the_range_jetstream_and_the_in_progress_notices_work_in_are_refused(
+    variable, raw, reason
+):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**KRE_V1_ENV, "KRT_DELIVERY": "at-least-once", variable: raw})
+
+    assert f"={raw!r} is invalid: {reason}" in str(caught.value)
+
+
+def test_the_jetstream_settings_bounds_are_accepted():
+    settings = load_settings({**KRE_V1_ENV, "KRT_JETSTREAM_ACK_WAIT": "0.1", "KRT_JETSTREAM_MAX_DELIVER": "10000"})
+
+    assert (settings.jetstream_ack_wait, settings.jetstream_max_deliver) == (0.1, 10000)
+
+
+@pytest.mark.parametrize("variable", ["KRT_DRAIN_TIMEOUT", "KRT_HANDLER_TIMEOUT", "KRT_BATCH_MAX_WAIT_MS"])
+def test_no_number_setting_takes_infinity_or_nan(variable):
+    for raw in ("inf", "nan"):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({**KRE_V1_ENV, variable: raw})
+
+        assert f"={raw!r} is invalid: must be a finite number" in str(caught.value)

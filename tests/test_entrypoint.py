@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -12,6 +14,7 @@ from conftest import greeter_pb2, node_env
 from entrypoint_helpers import (
     GREET_SUBJECT,
     SERVICE_PROTO,
+    entrypoint_env,
     greet_call,
     run_entrypoint,
     start_entrypoint,
@@ -244,3 +247,16 @@ def test_start_up_refuses_a_proto_it_cannot_serve_with_exit_2_naming_the_rpc(tmp
 
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr
+
+
+def test_without_the_entrypoint_extra_the_command_says_what_to_install_with_exit_2(krt):
+    hide_grpc = ("import sys\nfor name in ('grpc', 'grpc_tools', 'grpc_reflection', 'grpc_health'):\n"
+                 "    sys.modules[name] = None\nfrom krt_runner.cli import main\n"
+                 f"sys.exit(main(['entrypoint', {str(krt)!r}]))")
+
+    done = subprocess.run([sys.executable, "-c", hide_grpc], env=entrypoint_env(None), capture_output=True,
+                          text=True, timeout=60)
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("krt-runner entrypoint: it needs the entrypoint extra: pip install "
+                                   "'krt-runner[entrypoint]' (in a clone: '.[entrypoint]')")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
+from krt_runner.entrypoint import MISSING_EXTRA, grpc_installed
 from krt_runner.entrypoint.service import read_service
 from krt_runner.errors import EntrypointError, ProtoError, UpError
 from krt_runner.krt.check import entrypoint_problems, import_problems, missing_config, workflow_types_source
@@ -119,15 +119,12 @@ def _problems(krt: Krt, options: UpOptions, wired: list[NodeWiring], environ: Ma
     return problems
 
 
-_GRPC_MODULES = ("grpc", "grpc_tools", "grpc_reflection", "grpc_health")
-
-
 def _grpc_plan(krt: Krt, options: UpOptions) -> tuple[GrpcPlan | None, str]:
     """The entrypoint to start, or why not: ``up`` runs without one rather than not at all."""
     if not options.grpc or options.request is not None:
         return None, ""
-    if any(importlib.util.find_spec(name) is None for name in _GRPC_MODULES):
-        return None, "it needs the entrypoint extra: pip install 'krt-runner[entrypoint]' (in a clone: '.[entrypoint]')"
+    if not grpc_installed():
+        return None, MISSING_EXTRA
     try:
         service = read_service(krt, version=krt.version)
     except EntrypointError as exc:

@@ -5,7 +5,9 @@
 own dataclasses write them), so ``nats micro ls|info|stats`` list the nodes of
 a KRT with their subjects and live counters. The data path does not change:
 the node's one endpoint is its input subject in its queue group, served as
-always; the discovery subjects are plain subscriptions of their own, and the
+always (at-least-once: no queue group, since the node reads that subject's
+stream through a JetStream consumer, which the endpoint's metadata names);
+the discovery subjects are plain subscriptions of their own, and the
 stats are the counters the pipeline keeps anyway.
 
 A node whose NATS user may not subscribe to ``$SRV.>`` serves without
@@ -67,6 +69,12 @@ class Discovery:
                                       metadata={})
         self._counters = counters
         self._started = datetime.now(timezone.utc).replace(tzinfo=None)  # nats-py writes it with a Z
+
+    def pulled_from(self, *, stream: str, consumer: str) -> None:
+        """At-least-once: the endpoint's subject is read through this stream and consumer, not subscribed to."""
+        metadata = {"delivery": "at-least-once", "stream": stream, "consumer": consumer}
+        self._endpoint = EndpointInfo(name=self._endpoint.name, subject=self._endpoint.subject, queue_group="",
+                                      metadata=metadata)
 
     def subjects(self) -> list[str]:
         """The nine subjects this instance answers: each verb, for all, for its name, for its id."""

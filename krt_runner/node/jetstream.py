@@ -26,6 +26,7 @@ from krt_runner.jetstream_names import consumer_name, stream_name
 
 # nats-server's own default duplicate window: a floor for the one computed from the ack wait.
 _MIN_DUPLICATE_WINDOW = 120.0
+_STREAM_NAME_IN_USE = 10058  # JetStream's "stream name already in use with a different configuration"
 _NO_JETSTREAM = (
     "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs: start nats-server with -js (or a "
     "jetstream block in its configuration, and JetStream enabled for this node's account), or set "
@@ -56,19 +57,25 @@ def duplicate_window(*, ack_wait: float, max_deliver: int) -> float:
 async def open_input(client: Client, *, subject: str, ack_wait: float, max_deliver: int) -> JetStreamInput:
     """Make sure a stream captures ``subject`` and the node's durable consumer reads it; :class:`JetStreamError`
     with the reason and the fix when JetStream cannot."""
+    js = await require_jetstream(client)
+    window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
+    stream, created = await _stream_for(js, subject, window)
+    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
+    return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
+
+
+async def require_jetstream(client: Client) -> JetStreamContext:
+    """This connection's JetStream, once it has answered; :class:`JetStreamError` saying how to get one."""
     js = client.jetstream()
     try:
         await js.account_info()
     except ServiceUnavailableError:
         raise JetStreamError(_NO_JETSTREAM) from None
     except APIError as exc:
-        raise JetStreamError(f"JetStream refused this node's account: {_api_text(exc)}; {_NO_JETSTREAM}") from None
+        raise JetStreamError(f"JetStream refused this account: {_api_text(exc)}; {_NO_JETSTREAM}") from None
     except (NatsError, asyncio.TimeoutError) as exc:
         raise JetStreamError(f"JetStream did not answer ({describe(exc)}); {_NO_JETSTREAM}") from None
-    window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
-    stream, created = await _stream_for(js, subject, window)
-    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
-    return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
+    return js
 
 
 async def _stream_for(js: JetStreamContext, subject: str, window: float) -> tuple[str, bool]:
@@ -85,10 +92,17 @@ async def _stream_for(js: JetStreamContext, subject: str, window: float) -> tupl
         await js.add_stream(config)
     except (APIError, NatsError, asyncio.TimeoutError) as exc:
         raise JetStreamError(
-            f"cannot create JetStream stream {name!r} for the input subject {subject!r}: {_api_text(exc)}; create a "
-            "stream that captures it (work-queue retention), or let this node's account create streams"
+            f"cannot create JetStream stream {name!r} for the input subject {subject!r}: {_api_text(exc)}; "
+            f"{_stream_fix(exc, name, subject)}"
         ) from None
     return name, True
+
+
+def _stream_fix(exc: BaseException, name: str, subject: str) -> str:
+    if isinstance(exc, APIError) and exc.err_code == _STREAM_NAME_IN_USE:
+        return (f"a stream named {name!r} exists and captures other subjects: delete or rename it, or add "
+                f"{subject!r} to its subjects")
+    return "create a stream that captures it (work-queue retention), or let this node's account create streams"
 
 
 async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int) -> None:

@@ -107,6 +107,7 @@ class RunningNode:
         await self.broker.connect()
         if self.jetstream is not None:
             await self.jetstream.prepare()
+            self.discovery.pulled_from(stream=self.jetstream.input.stream, consumer=self.jetstream.input.consumer)
         await self._run_init()
         self.intake.start()
         if isinstance(self.intake, JetStreamIntake):
@@ -128,7 +129,7 @@ class RunningNode:
         settings = self.settings
         metadata = {"krt_version": settings.version, "krt_version_id": settings.version_id,
                     "workflow": settings.workflow_name, "node": self.name, "input": settings.input_subject,
-                    "output": settings.output_subject}
+                    "output": settings.output_subject, "delivery": settings.delivery}
         name = service_name(version=settings.version, workflow=settings.workflow_name, node=self.name)
         return Discovery(name=name, metadata=metadata, subject=settings.input_subject,
                          queue_group=f"queue_{settings.input_subject}", counters=self._counters)
