@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, Requester, greeter_pb2, node_env, unpack
 
 from krt_runner.envelope import KreNatsMessage, epoch_seconds
@@ -100,6 +101,21 @@ async def test_an_exception_from_the_whole_call_answers_every_request_of_the_bat
         "error in node 'batches': handler_batch raised RuntimeError: boom for the whole batch, "
         "for its whole batch of 3 requests"
     ] * 3
+    assert greeting(after).startswith("after@3/1")
+
+
+@pytest.mark.parametrize("handler_timeout", ["0", "5"], ids=["no-limit", "with-limit"])
+async def test_sys_exit_from_the_whole_call_answers_every_request_of_the_batch_and_the_node_goes_on(
+    nats_server, start_node, requester, tmp_path, handler_timeout
+):
+    start_node(**batches_env(nats_server, tmp_path, KRT_HANDLER_TIMEOUT=handler_timeout))
+
+    _, answers = await while_one_batch_runs(requester, ["a", "exit"])
+    after = await requester.greet("batch-in", "after")
+
+    assert [answer.error for answer in answers] == [
+        "error in node 'batches': handler_batch raised SystemExit: 3, for its whole batch of 2 requests"
+    ] * 2
     assert greeting(after).startswith("after@3/1")
 
 

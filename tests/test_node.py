@@ -253,6 +253,30 @@ async def test_handler_exception_gives_one_error_answer_and_the_node_keeps_servi
     assert unpack(after, greeter_pb2.Request).name == "fine>failing"
 
 
+@pytest.mark.parametrize("setup", [  # module, KRT_CONCURRENCY, KRT_HANDLER_TIMEOUT
+    ("behaviours.py", "1", "0"), ("behaviours.py", "4", "0"), ("behaviours.py", "1", "5"),
+    ("behaviours_sync.py", "1", "0"), ("behaviours_sync.py", "2", "5"),
+])
+async def test_sys_exit_or_keyboard_interrupt_in_a_handler_is_an_error_answer_and_the_node_keeps_serving(
+    nats_server, start_node, requester, setup
+):
+    module, concurrency, handler_timeout = setup
+    node = start_node(**node_env(nats_server, HANDLERS, module, input="in", name="exiting",
+                                 KRT_CONCURRENCY=concurrency, KRT_HANDLER_TIMEOUT=handler_timeout))
+
+    others = [asyncio.create_task(requester.greet("in", "sleep:0.3")) for _ in range(int(concurrency) - 1)]
+    exited = await requester.greet("in", "exit")
+    interrupted = await requester.greet("in", "interrupt")
+    after = await requester.greet("in", "fine")
+
+    assert "exiting" in exited.error and "SystemExit: 3" in exited.error
+    assert "KeyboardInterrupt" in interrupted.error
+    assert not any(answer.error for answer in await asyncio.gather(*others)), "the others were answered"
+    assert unpack(after, greeter_pb2.Request).name == "fine>exiting"
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0, node.output
+
+
 @pytest.mark.parametrize("handler_timeout", ["0", "5"], ids=["no-limit", "with-limit"])
 async def test_a_timeout_error_raised_by_the_handler_is_a_handler_error_not_a_handler_timeout(
     nats_server, start_node, requester, handler_timeout

@@ -92,7 +92,7 @@ class _Raised:
 
     __slots__ = ("exc",)
 
-    def __init__(self, exc: Exception) -> None:
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
@@ -233,7 +233,7 @@ class Batcher:
         except _TimedOut:
             assert self._timeout is not None
             return timeout_errors(self._name, self._timeout, count)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             return whole_batch_errors(self._name, exc, count)
         except asyncio.CancelledError as exc:
             if self._closing:
@@ -257,5 +257,5 @@ class Batcher:
 async def _caught(call: Any) -> Any:
     try:
         return await call
-    except Exception as exc:
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         return _Raised(exc)

@@ -21,7 +21,7 @@ from krt_runner.measurements import NodePoints, Outcome
 from krt_runner.node.answers import Answers, publishable
 from krt_runner.node.batching import batcher_for
 from krt_runner.node.broker import Broker
-from krt_runner.node.calling import Caller, as_handler_errors, handler_failure
+from krt_runner.node.calling import USER_CODE_FAILURES, Caller, as_handler_errors, handler_failure
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
@@ -87,7 +87,7 @@ class Pipeline:
                 ctx, payload = self._handler_args(job)
                 try:
                     result = await self._handler(ctx, payload)
-                except (Exception, asyncio.CancelledError) as exc:
+                except USER_CODE_FAILURES as exc:
                     raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
                 finally:
                     job.handler_done = True
@@ -177,7 +177,7 @@ class Pipeline:
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
             return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data), timeout)
-        except (Exception, asyncio.CancelledError) as exc:
+        except USER_CODE_FAILURES as exc:
             raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
         finally:
             job.handler_done = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 
 from greeter_pb2 import Request, Response
 
@@ -38,6 +39,8 @@ async def handler_batch(ctx, requests: list[Request]) -> list[Response]:
                 await asyncio.sleep(float(name.split(":")[1]))
         if "boom" in names:
             raise RuntimeError("boom for the whole batch")
+        if "exit" in names:  # as a library's sys.exit() would
+            sys.exit(3)
         if "reply" in names:
             await ctx.reply(Response(greeting="too early"))
         answers = [answer(name, call, len(names)) for name in names]

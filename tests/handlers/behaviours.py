@@ -42,6 +42,10 @@ async def handler(ctx, data):
     command, _, argument = name.partition(":")
     if command == "boom":
         raise ValueError("boom requested")
+    if command == "exit":  # as a library's sys.exit() would
+        sys.exit(3)
+    if command == "interrupt":
+        raise KeyboardInterrupt()
     if command == "owntimeout":
         raise TimeoutError("upstream service timed out")
     if command == "cancelled":  # as a cancelled call inside the handler raises it

@@ -29,6 +29,10 @@ def handler(ctx, data):
         return Request(name=f"others={_sleep(float(argument))}")
     if command == "boom":
         raise ValueError("boom requested")
+    if command == "exit":  # as a library's sys.exit() would
+        sys.exit(3)
+    if command == "interrupt":
+        raise KeyboardInterrupt()
     if command == "cancelled":
         raise asyncio.CancelledError()
     if command == "busy":  # CPU-bound, holding the GIL as little as Python allows
