@@ -16,8 +16,9 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AT_MOST_ONCE, AT_LEAST_ONCE = "at-most-once", "at-least-once"
 DELIVERY_MODES = (AT_MOST_ONCE, AT_LEAST_ONCE)
-_SUBJECT_RE = re.compile(r"^[^\s*>]+(\.[^\s*>]+)*$")
-_INPUT_SUBJECT_RE = re.compile(r"^[^\s]+$")
+# Subjects are dot-separated tokens, none empty; one published to has no wildcards (* or >) at all.
+_SUBJECT_RE = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
+_WHITESPACE = re.compile(r"\s")
 # At-least-once limits (KRT_JETSTREAM_ACK_WAIT, KRT_JETSTREAM_MAX_DELIVER): see ack_wait().
 MIN_ACK_WAIT, MAX_ACK_WAIT = 0.1, 86_400.0
 MAX_DELIVER = 10_000
@@ -114,7 +115,8 @@ def nats_url(raw: str) -> str:
 def subject(raw: str) -> str:
     value = raw.strip()
     if value and not _SUBJECT_RE.match(value):
-        raise ValueError(f"{value!r} is not a NATS subject one can publish to")
+        raise ValueError(f"{value!r} is not a NATS subject one can publish to (dot-separated names, none empty, "
+                         "no wildcards)")
     if len(value) > MAX_PUBLISH_SUBJECT:
         raise ValueError(f"is {len(value)} characters, over the {MAX_PUBLISH_SUBJECT} a node publishes to")
     return value
@@ -122,8 +124,10 @@ def subject(raw: str) -> str:
 
 def input_subject(raw: str) -> str:
     value = raw.strip()
-    if not _INPUT_SUBJECT_RE.match(value):
-        raise ValueError(f"{value!r} is not a NATS subject")
+    tokens = value.split(".")
+    if not all(tokens) or _WHITESPACE.search(value) or ">" in tokens[:-1]:  # as nats-server checks a subscription
+        raise ValueError(f"{value!r} is not a NATS subject (dot-separated names, none empty; a name may be the "
+                         "wildcard *, and the last one >)")
     return value
 
 

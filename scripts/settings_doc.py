@@ -43,6 +43,9 @@ OUTRO = """\
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs. A bare `host:port` means `nats://host:port`.
+- Subjects are names separated by dots, none of them empty (`a..b`, `a.` and `.a` are refused). `KRT_NATS_INPUT`
+  may use the wildcards `*` (a whole name) and `>` (the last name); `KRT_NATS_OUTPUT` and `KRT_NATS_MONGO_WRITER`,
+  which a node publishes to, may not.
 - `KRT_LOG_FORMAT` is `auto`, `json` or `console`. `KRT_LOG_LEVEL` is `debug`, `info`, `warning` or `error`.
 - `KRT_DELIVERY` is `at-most-once` or `at-least-once`; the `KRT_JETSTREAM_*` settings matter only with the second
   (see [Delivery](production.md#delivery)). `KRT_JETSTREAM_ACK_WAIT` is from 0.1 to 86400 seconds: a node tells

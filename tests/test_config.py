@@ -73,6 +73,14 @@ def test_every_problem_is_reported_at_once():
         ("KRT_HANDLER_TIMEOUT", "-1"),
         ("KRT_BASE_PATH", "/no/such/dir"),
         ("KRT_NATS_OUTPUT", "has space"),
+        ("KRT_NATS_OUTPUT", "x..y"),
+        ("KRT_NATS_OUTPUT", "x."),
+        ("KRT_NATS_OUTPUT", ".x"),
+        ("KRT_NATS_OUTPUT", "x.*"),
+        ("KRT_NATS_INPUT", "a..b"),
+        ("KRT_NATS_INPUT", "a.>.b"),
+        ("KRT_NATS_INPUT", "a."),
+        ("KRT_NATS_MONGO_WRITER", "m..w"),
         ("KRT_NATS_SERVER", "nats://host:notaport"),
         ("KRT_MEASUREMENTS_ENABLED", "maybe"),
     ],
@@ -80,6 +88,11 @@ def test_every_problem_is_reported_at_once():
 def test_an_invalid_value_names_its_variable(variable, value):
     with pytest.raises(ConfigError, match=variable):
         load_settings({**KRE_V1_ENV, variable: value})
+
+
+@pytest.mark.parametrize("value", ["a", "a.b", "a.*", "a.>", "*.b.>", "$JS.API.x"])
+def test_an_input_subject_may_have_wildcards_where_nats_allows_them(value):
+    assert load_settings({**KRE_V1_ENV, "KRT_NATS_INPUT": value}).input_subject == value
 
 
 def test_a_handler_timeout_of_zero_means_no_limit():
