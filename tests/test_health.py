@@ -7,9 +7,10 @@ import os
 import subprocess
 import time
 
-from conftest import KRT_RUNNER, ROOT, node_env
+from conftest import KRT_RUNNER, ROOT, node_env, until
 
-from krt_runner.node.health import HealthFile, check
+from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.node.health import DEFAULT_MAX_AGE, HealthFile, check
 
 GREETER = ROOT / "examples" / "greeter"
 
@@ -61,3 +62,23 @@ def test_health_passes_while_the_node_serves_and_fails_once_it_stops(nats_server
     assert serving.returncode == 0, serving.stderr
     assert stopped.returncode == 1
     assert "does not exist: the node is starting, draining or stopped" in stopped.stderr
+
+
+async def test_health_fails_soon_after_the_node_loses_nats_and_passes_soon_after_it_is_back(start_node, tmp_path):
+    path = tmp_path / "node.health"
+    with EmbeddedNats() as server:
+        start_node(**node_env(server, GREETER, "src/greet.py", input="in", KRT_HEALTH_FILE=str(path),
+                              KRT_NATS_RECONNECT_WAIT="0.2"))
+        passing = health("--health-file", str(path))
+
+        server.stop()
+        lost = time.monotonic()
+        await until(lambda: health("--health-file", str(path)).returncode == 1, timeout=DEFAULT_MAX_AGE + 5)
+        failing_after = time.monotonic() - lost
+        await asyncio.to_thread(server.start)
+        back = time.monotonic()
+        await until(lambda: health("--health-file", str(path)).returncode == 0, timeout=10)
+        passing_after = time.monotonic() - back
+
+    assert passing.returncode == 0, passing.stderr
+    print(f"health failed {failing_after:.1f}s after the server stopped, passed {passing_after:.1f}s after its return")

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Seconds between touches; a probe's max age should be a few of these.
-TOUCH_INTERVAL = 5.0
+# Seconds between touches; a probe's max age should be a few of these. With the default max age, a check fails
+# within 3 s of a disconnection and passes within 1 s of the reconnection (a liveness probe gives a reconnecting node
+# longer with its own --max-age).
+TOUCH_INTERVAL = 1.0
 DEFAULT_MAX_AGE = 3 * TOUCH_INTERVAL
 
 
