@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import greeter_pb2, request_envelope
+from conftest import greeter_pb2, request_envelope, until
 
 from krt_runner.config import load_settings
 from krt_runner.envelope import timestamp
@@ -718,6 +718,38 @@ async def test_close_is_bounded_when_the_destination_never_recovers():
 
     assert not sink._thread.is_alive()
     assert sink.counts["dropped_at_close"] == 30
+
+
+class StuckDestination(FlakyDestination):
+    """A server that takes the request and never answers (until ``release``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, lines: list[str]) -> None:
+        self.writing.set()
+        self.release.wait(30)
+        super().write(lines)
+
+
+async def test_a_writer_stuck_in_a_request_at_shutdown_still_ends_with_the_closed_line_and_its_counts():
+    logger = RecordingLogger()
+    destination = StuckDestination()
+    sink = writer(destination, logger, shutdown_timeout=0.3)
+    for number in range(30):
+        sink.put(f"m f={number}i 1")
+    await until(destination.writing.is_set)
+
+    await sink.close(timeout=30)
+    destination.release.set()
+    await asyncio.to_thread(sink._thread.join, 5)
+
+    closed = [fields for _, event, fields in logger.records if event == "measurements closed"]
+    assert "measurements: writer still busy after shutdown bound; unwritten points are lost" in logger.events()
+    assert len(closed) == 1, "one closed line, not a second one when the thread ends"
+    assert closed[0]["dropped_at_close"] == 30 and closed[0]["written"] == 0 and closed[0]["dropped"] == 30
 
 
 async def test_points_put_after_close_are_counted_not_kept():

@@ -21,6 +21,7 @@ class WriterReport:
         self._first_written = False
         self._reported_drops = 0
         self._last_report = 0.0
+        self._closed = False
 
     def written(self, lines: int) -> None:
         if self._failing_since is not None:
@@ -57,4 +58,8 @@ class WriterReport:
         self._last_report = now
 
     def closed(self, counts: dict[str, int], dropped: int) -> None:
+        """The last line, once: from the writer thread, or from close() when that thread is stuck."""
+        if self._closed:
+            return
+        self._closed = True
         self._log.info("measurements closed", destination=self._destination, dropped=dropped, **counts)

@@ -132,6 +132,8 @@ class BatchWriter:
         if self._thread.is_alive():  # stuck in a request: the daemon thread ends with the process
             self._log.error("measurements: writer still busy after shutdown bound; unwritten points are lost",
                             seconds=budget, unwritten=self.buffered)
+            self._buffer.drop_the_rest()
+            self._report.closed(self.counts, self.dropped)  # the thread's own line would come too late, if ever
 
     # -- the writer thread --------------------------------------------------------------------
 
