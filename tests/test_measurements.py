@@ -169,6 +169,15 @@ def test_save_adds_the_version_tag_over_any_the_handler_gave():
     assert sink.lines == [f"m,model=a,version=v7 f=1i {T0_NS}"]
 
 
+def test_without_a_krt_version_the_handlers_own_version_tag_is_kept():
+    sink = MemorySink()
+
+    Measurement(sink=sink, version="").save("m", {"f": 1}, {"version": "mine"}, time=T0)
+    Measurement(sink=sink, version="").save("m", {"f": 2}, time=T0)
+
+    assert sink.lines == [f"m,version=mine f=1i {T0_NS}", f"m f=2i {T0_NS}"]
+
+
 def test_a_bad_point_raises_in_the_caller_and_reaches_no_sink():
     sink = MemorySink()
     measurement = Measurement(sink=sink, version="v1")

@@ -403,6 +403,18 @@ async def test_a_second_early_reply_is_an_error_and_only_one_answer_is_sent(nats
     assert "already called" in node.output
 
 
+async def test_an_early_reply_that_is_not_a_protobuf_message_is_one_error_answer_saying_so(
+    nats_server, start_node, requester
+):
+    start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="replier"))
+
+    answers = await answers_to(requester, "in",
+                               request_envelope(greeter_pb2.Request(name="replydict")).SerializeToString())
+
+    assert [answer.error for answer in answers] == [
+        "error in node 'replier': handler raised ReplyError: ctx.reply() takes a protobuf message, not a builtins.dict"]
+
+
 async def test_a_3mb_payload_through_two_nodes_is_compressed_on_the_wire_and_arrives_intact(
     nats_server, start_node, requester
 ):

@@ -68,7 +68,7 @@ class Measurement:
             raise MeasurementError(f"precision must be one of s, ms, us, ns, not {precision!r}")
         if tags is not None and not isinstance(tags, Mapping):
             raise MeasurementError(f"tags must be a dict of strings, not {type(tags).__name__}")
-        all_tags = {**(tags or {}), "version": self._version}
+        all_tags = {**(tags or {}), "version": self._version} if self._version else tags
         line = line_protocol(measurement, fields, all_tags, timestamp_ns(time, precision))
         if line:
             self._sink.put(line)

@@ -20,6 +20,7 @@ from krt_runner.errors import (
     InvalidResultError,
     KrtRunnerError,
     PayloadTooLargeError,
+    ReplyError,
     describe,
 )
 from krt_runner.node.broker import Broker
@@ -59,6 +60,8 @@ class Answers:
 
     def early(self, job: Job, message: Message) -> bytes:
         """An early answer (``ctx.reply``) for the requester, marked ``replied``."""
+        if not isinstance(message, Message):
+            raise ReplyError(f"ctx.reply() takes a protobuf message, not {_type_name(message)}")
         answer = self._new_envelope(job)
         answer.replied = True
         envelope.pack_into(answer.payload, message)

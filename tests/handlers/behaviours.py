@@ -66,6 +66,8 @@ async def handler(ctx, data):
             pass
     if command == "early":
         await ctx.reply(Request(name="early answer"))
+    if command == "replydict":
+        await ctx.reply({"not": "a protobuf message"})
     if command == "twice":
         await ctx.reply(Request(name="first"))
         await ctx.reply(Request(name="second"))
