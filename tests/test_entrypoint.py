@@ -260,3 +260,38 @@ def test_without_the_entrypoint_extra_the_command_says_what_to_install_with_exit
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == ("krt-runner entrypoint: it needs the entrypoint extra: pip install "
                                    "'krt-runner[entrypoint]' (in a clone: '.[entrypoint]')")
+
+
+async def test_an_open_health_watch_does_not_hold_up_a_stop_with_no_call_in_flight(nats_server, entrypoint):
+    process, address = entrypoint()
+    async with grpc.aio.insecure_channel(address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        signalled = time.monotonic()
+        process.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(process.wait, 25)
+        took = time.monotonic() - signalled
+
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    assert code == 0, process.output
+    assert took < 10, f"stopped {took:.1f}s after SIGTERM (KRT_DRAIN_TIMEOUT is 30s)"
+
+
+async def test_a_call_still_waiting_at_the_drain_timeout_gets_unavailable_with_its_tracking_id_and_a_log_line(
+    nats_server, start_node, krt, entrypoint
+):
+    start_node(**node_env(nats_server, krt, "src/node.py", input=GREET_SUBJECT))
+    process, address = entrypoint(KRT_DRAIN_TIMEOUT="1")
+    async with grpc.aio.insecure_channel(address) as channel:
+        running = asyncio.ensure_future(greet_call(channel)(greeter_pb2.Request(name="sleep:5"), timeout=30))
+        await taken_by_the_node(nats_server.url, 1)
+        process.signal(signal.SIGTERM)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running
+
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == "the entrypoint stopped: KRT_DRAIN_TIMEOUT ran out before the workflow answered"
+    tracking = tracking_id(error.trailing_metadata())
+    assert await asyncio.to_thread(process.wait, 30) == 0
+    assert any('"call failed"' in line and tracking in line for line in process.lines), process.output

@@ -26,6 +26,7 @@ answer not the rpc's response type         ``INTERNAL``, both types
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,6 +48,7 @@ from krt_runner.errors import (
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
+from krt_runner.node.cancelling import uncancel
 
 TRACKING_METADATA = "krt-tracking-id"
 # Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
@@ -87,10 +89,17 @@ class Forwarder:
                 async with self.open_calls.call(context.peer()):  # abort() sends the status: it stays outside
                     return await self._forward(rpc, request, tracking_id, self._time_left(context))
             except Refused as refused:
-                self._log.warning("call failed", rpc=rpc.name, tracking_id=tracking_id, status=refused.code.name,
-                                  details=refused.details)
-                await context.abort(refused.code, refused.details, trailing_metadata=trailer)
-                raise  # abort() raises; this line is for type checkers
+                failure = refused
+            except asyncio.CancelledError:
+                if not self.open_calls.gave_up:
+                    raise
+                uncancel()  # the drain's own cancellation: this call still gets its status and tracking id
+                failure = Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint stopped: KRT_DRAIN_TIMEOUT ran out "
+                                  "before the workflow answered")
+            self._log.warning("call failed", rpc=rpc.name, tracking_id=tracking_id, status=failure.code.name,
+                              details=failure.details)
+            await context.abort(failure.code, failure.details, trailing_metadata=trailer)
+            raise failure  # abort() raises; this line is for type checkers
 
         return handle
 

@@ -27,6 +27,8 @@ from krt_runner.node.broker import Broker
 from krt_runner.node.health import HealthFile
 from krt_runner.setting_values import AT_LEAST_ONCE
 
+# Seconds gRPC gives what is open once the workflow calls are done: only long-lived streams (a health Watch).
+_STREAMS_GRACE = 1.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVER_OPTIONS = [
@@ -81,7 +83,11 @@ class RunningEntrypoint:
         await self._health.enter_graceful_shutdown()
         if self._health_file is not None:
             await self._health_file.stop()
-        await self._server.stop(grace=self.settings.drain_timeout)
+        given_up = await self._forwarder.open_calls.drain(self.settings.drain_timeout)
+        if given_up:
+            self.log.warning("KRT_DRAIN_TIMEOUT ran out: calls still waiting were answered UNAVAILABLE",
+                             calls=given_up, seconds=self.settings.drain_timeout)
+        await self._server.stop(grace=_STREAMS_GRACE)  # what is left: streams a client holds open (health Watch)
         await self.broker.close()
         self.log.info("entrypoint stopped")
 

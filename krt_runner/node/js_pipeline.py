@@ -29,8 +29,9 @@ from krt_runner.errors import DeliveryLimitError, InvalidRequestError
 from krt_runner.measurements import Outcome
 from krt_runner.node.acking import Acker, Settle
 from krt_runner.node.broker import Msg
+from krt_runner.node.cancelling import uncancel
 from krt_runner.node.job import Job
-from krt_runner.node.pipeline import Pipeline, uncancel
+from krt_runner.node.pipeline import Pipeline
 
 _ANSWERED, _INVALID, _FAILED = Outcome.ANSWERED, Outcome.INVALID, Outcome.FAILED
 _V1_TOKENS = 9  # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>

@@ -22,6 +22,7 @@ from krt_runner.node.answers import Answers, publishable
 from krt_runner.node.batching import batcher_for
 from krt_runner.node.broker import Broker
 from krt_runner.node.calling import USER_CODE_FAILURES, Caller, as_handler_errors, handler_failure
+from krt_runner.node.cancelling import uncancel
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
@@ -273,10 +274,3 @@ class _Recorder:
         timings, self._unrecorded = self._unrecorded, []
         if timings:
             self._points.record(timings)
-
-
-def uncancel() -> None:
-    """Forget the cancellation just caught, so the task's later awaits behave as usual (Python 3.11+)."""
-    task = asyncio.current_task()
-    if task is not None and hasattr(task, "uncancel"):
-        task.uncancel()
