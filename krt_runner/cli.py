@@ -257,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``krt-runner`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.command(args))
+    try:
+        return int(args.command(args))
+    except BrokenPipeError:  # krt-runner check ... | head: the reader has gone, so has the point of writing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
         compressed = gzip.compress(data, compresslevel=_GZIP_SMALLEST, mtime=0)
     if len(compressed) > max_payload:
         raise PayloadTooLargeError(
-            f"answer is {len(data)} bytes, {len(compressed)} compressed, over the server's max payload of {max_payload}"
+            f"the message is {len(data)} bytes, {len(compressed)} compressed, over the server's max payload of "
+            f"{max_payload}"
         )
     return compressed
 

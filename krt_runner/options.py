@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from krt_runner.errors import ConfigError
-from krt_runner.setting_values import redact_url
+from krt_runner.setting_values import redact_servers
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,8 @@ def read_option(option: Option, raw: str | None, values: dict[str, Any], problem
     try:
         values[option.field] = option.parse(str(raw))
     except ValueError as exc:
-        shown = "***" if option.secret else repr(_redact_urls(str(raw)))
+        shown = "***" if option.secret else repr(redact_servers(str(raw)))
         problems.append(f"{where}={shown} is invalid: {_reason(exc)}")
-
-
-def _redact_urls(raw: str) -> str:
-    """Any comma-separated part with credentials in it loses them."""
-    return ",".join(redact_url(part) if "@" in part else part for part in raw.split(","))
 
 
 def _reason(exc: ValueError) -> str:

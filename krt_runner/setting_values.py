@@ -196,6 +196,11 @@ def existing_file(raw: str) -> Path:
     return path.resolve()
 
 
+def redact_servers(servers: str) -> str:
+    """Comma-separated URLs, each with :func:`redact_url`."""
+    return ",".join(redact_url(url) for url in servers.split(","))
+
+
 def redact_url(url: str) -> str:
     """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***``.
 

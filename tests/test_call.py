@@ -124,6 +124,15 @@ def test_call_exits_1_when_no_node_listens(nats_server):
     assert "no node listens on 'nobody-here'" in done.stderr
 
 
+@pytest.mark.parametrize("url", ["nats://127.0.0.1:598850", "http://127.0.0.1:4222"])
+def test_call_refuses_a_url_that_is_not_a_nats_url_with_exit_2_in_one_line(url):
+    done = subprocess.run([*KRT_RUNNER, "call", "any", "--nats", url, *ECHO_TYPES], capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("krt-runner call: --nats (KRT_NATS_SERVER): ") and done.stderr.count("\n") == 1
+
+
 def test_call_rejects_a_request_that_does_not_fit_its_type_with_exit_2(nats_server):
     done = call(nats_server, "any", "--proto", GREETER_PB2, "--method", "Greet", "--request", '{"nom": "x"}')
 

@@ -105,3 +105,14 @@ def test_up_with_workflow_starts_the_nodes_of_that_workflow_only(tmp_path):
     assert "starting absent-greet" in done.stderr
     assert "greet-greet" not in done.stderr
     assert "all 1 node processes ready" in done.stderr
+
+
+def test_up_on_a_server_with_a_password_in_its_url_never_prints_the_password(tmp_path):
+    with EmbeddedNats(extra_args=["--user", "alice", "--pass", "s3cret-pw"]) as server:
+        url = server.url.replace("nats://", "nats://alice:s3cret-pw@")
+        done = run_up(str(GREETER), "--nats", url, "--request", '{"name": "Ada"}', cwd=tmp_path,
+                      marker=uuid.uuid4().hex)
+
+    assert done.returncode == 0, done.stderr
+    assert "using NATS at nats://alice:***@" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout

@@ -113,7 +113,7 @@ class RunningEntrypoint:
             error = ""
         if not port:
             raise ListenError(f"cannot listen on {wanted} ({error or 'bind failed'}): is the port in use? "
-                              "Set KRT_ENTRYPOINT_PORT (--port); 0 picks a free one")
+                              "Set KRT_ENTRYPOINT_PORT (--port; under krt-runner up, --grpc-port); 0 picks a free one")
         return f"{host}:{port}"
 
     async def _set_health(self, *, serving: bool) -> None:

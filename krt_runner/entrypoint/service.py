@@ -102,7 +102,8 @@ def _problems(krt: Krt, methods: list[MethodDescriptor], subjects: Mapping[str, 
         for workflow in krt.workflows
         if workflow.entrypoint not in names
     ]
-    problems += [f"KRT_NATS_SUBJECTS_FILE has no subject for rpc {name}" for name in names if name not in subjects]
+    problems += [f"KRT_NATS_SUBJECTS_FILE has no subject for rpc {name}" for name in names
+                 if name not in subjects and name in entrypoints]  # an rpc with no workflow is said above
     return problems
 
 

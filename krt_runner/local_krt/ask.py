@@ -26,15 +26,17 @@ async def send_one(
     timeout: float,
     out: TextIO,
     err: TextIO,
+    command: str = "call",
 ) -> int:
-    """Send ``request``; print the answer as JSON on ``out``, or the error on ``err``. Returns the exit code."""
+    """Send ``request``; print the answer as JSON on ``out``, or the error on ``err`` (as ``krt-runner command``).
+    Returns the exit code."""
     try:
         answer = await client.call(subject, request, response_type, timeout=timeout)
     except ErrorAnswer as exc:
         print(f"error answer (tracking_id {exc.tracking_id}): {exc.error}", file=err)
         return EXIT_FAILED
     except CallError as exc:
-        print(f"krt-runner call: {exc}", file=err)
+        print(f"krt-runner {command}: {exc}", file=err)
         return EXIT_FAILED
     print(to_json(answer), file=out, flush=True)
     return EXIT_OK

@@ -16,6 +16,7 @@ from krt_runner.client import Client
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CallError, CallTimeout, ErrorAnswer, ProtoError
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, select_types
 from krt_runner.local_krt.ask import read_request, send_one
+from krt_runner.setting_values import nats_servers
 
 PERCENTILES = (50, 90, 99)
 
@@ -47,8 +48,12 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
             response=options.response_type,
         )
         request = parse_json(read_request(options.request), types.request)
+        nats_servers(options.nats)
     except (ProtoError, OSError) as exc:
         print(f"krt-runner call: {exc}", file=err)
+        return EXIT_USAGE
+    except ValueError as exc:  # the URL's
+        print(f"krt-runner call: --nats (KRT_NATS_SERVER): {exc}", file=err)
         return EXIT_USAGE
     return asyncio.run(_call(options, types, request, out=out, err=err))
 

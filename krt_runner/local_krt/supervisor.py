@@ -37,7 +37,7 @@ from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, 
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
-from krt_runner.setting_values import AT_LEAST_ONCE
+from krt_runner.setting_values import AT_LEAST_ONCE, redact_servers
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
@@ -158,7 +158,7 @@ class Supervisor:
 
     async def _start_nats(self) -> str:
         if self.options.nats:
-            self.say(f"using NATS at {self.options.nats}")
+            self.say(f"using NATS at {redact_servers(self.options.nats)}")
             return self.options.nats
         jetstream = self.options.delivery == AT_LEAST_ONCE
         self.nats = EmbeddedNats(jetstream=jetstream)

@@ -25,7 +25,7 @@ from krt_runner.local_krt.ask import send_one
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
 from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
-from krt_runner.setting_values import AT_MOST_ONCE
+from krt_runner.setting_values import AT_MOST_ONCE, redact_servers
 
 # Children run in their own sessions, so a closed terminal (SIGHUP) must stop them through up too.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -118,7 +118,7 @@ class _Up:
         async with client:
             return await send_one(
                 client, entry.subject, request, entry.types.response,
-                timeout=self.supervisor.options.timeout, out=self.out, err=self.err,
+                timeout=self.supervisor.options.timeout, out=self.out, err=self.err, command="up",
             )  # fmt: skip
 
     def _print_entry_points(self) -> None:
@@ -128,7 +128,8 @@ class _Up:
             print(f"gRPC entrypoint: {address} ({grpc.service})", file=self.out)
         for entry in supervisor.plan.entry_points:
             example = to_json(entry.types.request(), indent=None, with_defaults=True) if entry.types else "{}"
-            command = ["krt-runner", "call", entry.subject, "--nats", url, *entry.flags, "--request", example]
+            command = ["krt-runner", "call", entry.subject, "--nats", redact_servers(url), *entry.flags, "--request",
+                       example]
             if supervisor.options.delivery != AT_MOST_ONCE:
                 command += ["--delivery", supervisor.options.delivery]
             print(f"workflow {entry.workflow.name}: {entry.subject}", file=self.out)

@@ -185,6 +185,9 @@ class Broker:
         self._closing = True
         if self._nc.is_closed:
             return
+        if not (self._nc.is_connected or self._nc.is_reconnecting):  # it never connected: nothing to drain
+            await self._close_quietly()
+            return
         try:
             await self._nc.drain()
         except Exception as exc:
