@@ -47,6 +47,7 @@ from krt_runner.errors import (
     UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
+from krt_runner.node.nats_settings import explain, is_fatal
 from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES
 
 __all__ = [
@@ -120,10 +121,11 @@ class Client:
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
         urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else list(servers)
-        last_error: list[Exception] = []  # only the latest: the callback lives as long as the connection
+        last_error: list[Exception] = []  # only one: the callback lives as long as the connection
 
         async def remember(error: Exception) -> None:
-            last_error[:] = [error]
+            if not (last_error and is_fatal(last_error[0])):  # a refusal, not the reset that follows it
+                last_error[:] = [error]
 
         nc = NatsClient()
         settings = {"name": "krt-runner-client", "max_reconnect_attempts": -1, "error_cb": remember, **options}
@@ -133,7 +135,8 @@ class Client:
             await nc.close()
             cause = last_error[0] if last_error else exc
             shown = ", ".join(redact_url(url) for url in urls)
-            raise ClientConnectError(f"cannot connect to NATS at {shown}: {type(cause).__name__}: {cause}") from None
+            reason = explain(cause) if is_fatal(cause) else f"{type(cause).__name__}: {cause}"
+            raise ClientConnectError(f"cannot connect to NATS at {shown}: {reason}") from None
         if delivery != AT_LEAST_ONCE:
             return cls(nc)
         jetstream = JetStreamRequests(nc)

@@ -18,6 +18,7 @@ from typing import Any
 
 from krt_runner import setting_values as parse
 from krt_runner.errors import ConfigError
+from krt_runner.node.nats_settings import connect_options
 from krt_runner.options import Option, read_option, read_options
 from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
@@ -243,6 +244,20 @@ def connection_problems(values: Mapping[str, Any]) -> list[str]:
     if values.get("nats_password") and not values.get("nats_user"):
         problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
     return problems
+
+
+# The rows that say how to log in to NATS and check its certificate: a node's, and a requester's (up, call, local()).
+_CREDENTIAL_FIELDS = ("nats_user", "nats_password", "nats_token", "nats_nkey_seed", "nats_creds", "nats_tls_ca",
+                      "nats_tls_cert", "nats_tls_key")
+
+
+def requester_connect_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """nats-py ``connect`` options for what sends requests beside the nodes (``up``'s own connections, ``call``,
+    ``local()``): the same ``KRT_NATS_*`` credential and TLS variables as a node's; :class:`ConfigError` when
+    they are invalid."""
+    options = tuple(option for option in OPTIONS if option.field in _CREDENTIAL_FIELDS)
+    values = read_options(options, env, cross_checks=connection_problems)
+    return connect_options(dataclasses.make_dataclass("Credentials", _CREDENTIAL_FIELDS)(**values))
 
 
 def setting_from_env(field: str, env: Mapping[str, str] | None = None) -> Any:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 
+import pytest
 from conftest import ROOT
 from entrypoint_helpers import write_krt
 from up_helpers import UpRun, leftovers, run_up
@@ -116,3 +117,18 @@ def test_up_on_a_server_with_a_password_in_its_url_never_prints_the_password(tmp
     assert done.returncode == 0, done.stderr
     assert "using NATS at nats://alice:***@" in done.stderr
     assert "s3cret-pw" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(("password", "code"), [("s3cret-pw", 0), ("wrong", 2)])
+def test_up_on_a_server_of_its_own_logs_in_with_krt_nats_user_and_password_as_its_nodes_do(tmp_path, password, code):
+    marker = uuid.uuid4().hex
+    with EmbeddedNats(extra_args=["--user", "alice", "--pass", "s3cret-pw"]) as server:
+        done = run_up(str(GREETER), "--nats", server.url, "--request", '{"name": "Ada"}', cwd=tmp_path,
+                      marker=marker, KRT_NATS_USER="alice", KRT_NATS_PASSWORD=password)
+
+    assert done.returncode == code, done.stderr
+    if code:
+        assert "the server refused the credentials (Authorization Violation); check KRT_NATS_USER" in done.stderr
+        assert "starting" not in done.stderr
+    assert password not in done.stderr
+    assert leftovers(marker) == []

@@ -78,9 +78,10 @@ def up_env(marker: str) -> dict[str, str]:
     return {**env, "UP_TEST_MARKER": marker}
 
 
-def run_up(*args: str, cwd: Path, marker: str) -> subprocess.CompletedProcess[str]:
+def run_up(*args: str, cwd: Path, marker: str, **env: str) -> subprocess.CompletedProcess[str]:
     command = [*KRT_RUNNER, "up", *with_free_grpc_port(args)]
-    return subprocess.run(command, cwd=cwd, env=up_env(marker), capture_output=True, text=True, timeout=90)
+    return subprocess.run(command, cwd=cwd, env={**up_env(marker), **env}, capture_output=True, text=True,
+                          timeout=90)
 
 
 def leftovers(marker: str) -> list[str]:

@@ -13,7 +13,17 @@ from typing import TextIO
 from google.protobuf.message import Message
 
 from krt_runner.client import Client
-from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CallError, CallTimeout, ErrorAnswer, ProtoError
+from krt_runner.config import requester_connect_options
+from krt_runner.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CallError,
+    CallTimeout,
+    ConfigError,
+    ErrorAnswer,
+    ProtoError,
+)
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, select_types
 from krt_runner.local_krt.ask import read_request, send_one
 from krt_runner.setting_values import nats_servers
@@ -49,7 +59,8 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
         )
         request = parse_json(read_request(options.request), types.request)
         nats_servers(options.nats)
-    except (ProtoError, OSError) as exc:
+        requester_connect_options()
+    except (ProtoError, OSError, ConfigError) as exc:
         print(f"krt-runner call: {exc}", file=err)
         return EXIT_USAGE
     except ValueError as exc:  # the URL's
@@ -60,7 +71,7 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
 
 async def _call(options: CallOptions, types: MessageTypes, request: Message, *, out: TextIO, err: TextIO) -> int:
     try:
-        client = await Client.connect(options.nats, delivery=options.delivery)
+        client = await Client.connect(options.nats, delivery=options.delivery, **requester_connect_options())
     except CallError as exc:
         print(f"krt-runner call: {exc}", file=err)
         return EXIT_FAILED

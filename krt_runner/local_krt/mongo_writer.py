@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from krt_runner.client import Client
 from krt_runner.errors import KrtRunnerError
@@ -45,13 +46,13 @@ class LocalMongoWriter:
         self._store: LocalStore | None = None
         self._client: Client | None = None
 
-    async def start(self, url: str) -> None:
-        """Take requests on NATS at ``url``. The store is made by the first save: a KRT that saves nothing leaves
-        no file behind."""
+    async def start(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        """Take requests on NATS at ``url`` (nats-py ``options``: credentials). The store is made by the first save:
+        a KRT that saves nothing leaves no file behind."""
         if not self.path.parent.is_dir():
             raise KrtRunnerError(f"the local store for ctx.db, {self.path}, is not in an existing folder; set "
                                  "KRT_LOCAL_DB_FILE to a file in one")
-        self._client = await Client.connect(url)
+        self._client = await Client.connect(url, **(options or {}))
         await self._client.answer(self.subject, self._answer)
 
     def _answer(self, body: bytes) -> bytes:

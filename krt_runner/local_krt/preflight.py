@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from krt_runner.client import Client
@@ -58,10 +59,13 @@ def _reason(url: str, timeout: float) -> str:
     return f"something listens at {address[0]}:{address[1]}, but it sent no NATS INFO line"
 
 
-async def warn_when_taken(url: str, subjects: list[str], *, say: Callable[[str], None]) -> None:
-    """Say which of ``subjects`` something already takes requests on, at ``url``; nothing when it cannot tell."""
+async def warn_when_taken(
+    url: str, subjects: list[str], *, say: Callable[[str], None], options: Mapping[str, Any]
+) -> None:
+    """Say which of ``subjects`` something already takes requests on, at ``url`` (nats-py ``options``: credentials);
+    nothing when it cannot tell."""
     try:
-        async with await Client.connect(url) as client:
+        async with await Client.connect(url, **options) as client:
             taken = [subject for subject in subjects if await client.has_responders(subject)]
     except CallError:  # the nodes will report what is wrong with the connection
         return

@@ -41,6 +41,7 @@ from typing import Any, TextIO, TypeVar, cast
 from google.protobuf.message import Message
 
 from krt_runner.client import DEFAULT_TIMEOUT, Client
+from krt_runner.config import requester_connect_options
 from krt_runner.errors import CallError, KrtRunnerError
 from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
@@ -168,9 +169,9 @@ class RunningKrt:
     def _open(self, source: Path | str) -> Path:
         return self._exits.enter_context(open_krt(source))
 
-    def _connect(self, url: str, delivery: str) -> None:
+    def _connect(self, url: str, delivery: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
-        self._client = self._loop.run(Client.connect(url, delivery=delivery))
+        self._client = self._loop.run(Client.connect(url, delivery=delivery, **(options or {})))
         self._exits.callback(self._disconnect)
         self._entries = {entry.workflow.name: entry for entry in workflow_entry_points(self.krt)}
 
@@ -193,7 +194,7 @@ def connect(nats_url: str, source: Path | str, *, delivery: str = AT_MOST_ONCE) 
     running = RunningKrt()
     try:
         running.krt = load_krt(running._open(source))
-        running._connect(nats_url, delivery)
+        running._connect(nats_url, delivery, requester_connect_options())
     except BaseException:
         running.close()
         raise

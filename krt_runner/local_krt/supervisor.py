@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from krt_runner.config import requester_connect_options
 from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats
@@ -77,6 +78,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._killing = False  # stop_now(): no drain, no order
         self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
+        # up's own connections (its checks, its mongo-writer, its request) to a server it did not start log in as the
+        # nodes do, from the same KRT_NATS_* variables
+        self.client_options = requester_connect_options({**os.environ, **options.env}) if options.nats else {}
 
     def say(self, text: str) -> None:
         for part in text.splitlines():
@@ -100,7 +104,8 @@ class Supervisor:
         are, else what came first."""
         self.url = await self._start_nats()
         if self.options.nats:  # a server of someone else's: another up may run the same KRT there
-            await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say)
+            await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say,
+                                  options=self.client_options)
         store = await self._start_mongo_writer(self.url)
         await self._start_nodes(self.url, store)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
@@ -176,7 +181,7 @@ class Supervisor:
         path = store_path(self.plan.krt.directory, environ)
         subject = environ.get("KRT_NATS_MONGO_WRITER") or DEFAULT_SUBJECT
         self.mongo_writer = LocalMongoWriter(path, subject, say=self.say)
-        await self.mongo_writer.start(url)
+        await self.mongo_writer.start(url, self.client_options)
         self.say(f"ctx.db and ctx.prediction documents go to {path} (SQLite, answering {subject}; "
                  "set KRT_LOCAL_DB_FILE to choose)")
         return {"KRT_LOCAL_DB_FILE": str(path)}

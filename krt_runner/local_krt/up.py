@@ -18,7 +18,16 @@ from typing import TextIO
 from google.protobuf.message import Message
 
 from krt_runner.client import Client
-from krt_runner.errors import EXIT_FAILED, EXIT_USAGE, CallError, KrtFileError, KrtRunnerError, UpError
+from krt_runner.errors import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    CallError,
+    ClientConnectError,
+    ConfigError,
+    KrtFileError,
+    KrtRunnerError,
+    UpError,
+)
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import to_json
 from krt_runner.local_krt.ask import send_one
@@ -41,7 +50,7 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.st
                 print(f"krt-runner up: {unreachable}", file=err)
                 return EXIT_USAGE
             return asyncio.run(_Up(Supervisor(plan, options, output=err), out=out, err=err).run())
-    except (UpError, KrtFileError) as exc:  # a KRT, options or package that cannot be used
+    except (UpError, KrtFileError, ConfigError) as exc:  # a KRT, options, package or credentials that cannot be used
         print(f"krt-runner up: {exc}", file=err)
         return EXIT_USAGE
 
@@ -63,6 +72,9 @@ class _Up:
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
             code = await self._serve()
+        except ClientConnectError as exc:  # the server answered up's check, then refused its credentials or TLS
+            self.supervisor.say(str(exc))
+            code = EXIT_USAGE
         except KrtRunnerError as exc:
             self.supervisor.say(str(exc))
             code = EXIT_FAILED
@@ -111,7 +123,8 @@ class _Up:
         assert entry.types is not None
         self.supervisor.say(f"sending the request to {entry.subject}")
         try:
-            client = await Client.connect(self.supervisor.url, delivery=self.supervisor.options.delivery)
+            client = await Client.connect(self.supervisor.url, delivery=self.supervisor.options.delivery,
+                                          **self.supervisor.client_options)
         except CallError as exc:
             self.supervisor.say(str(exc))
             return EXIT_FAILED
