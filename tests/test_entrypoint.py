@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from conftest import greeter_pb2, node_env
+from conftest import KRT_RUNNER, greeter_pb2, node_env
 from entrypoint_helpers import (
     GREET_SUBJECT,
     SERVICE_PROTO,
@@ -244,9 +244,13 @@ def test_start_up_refuses_a_proto_it_cannot_serve_with_exit_2_naming_the_rpc(tmp
     krt = write_krt(tmp_path / "krt", proto=proto, workflows=workflows)
 
     done = run_entrypoint(krt)
+    checked = subprocess.run([*KRT_RUNNER, "check", str(krt)], env=entrypoint_env(None), capture_output=True,
+                             text=True, timeout=120)
 
     assert done.returncode == 2, done.stderr
     assert expected in done.stderr
+    assert checked.returncode == 0, checked.stderr  # up runs such a KRT, without its entrypoint
+    assert f"krt-runner check: warning: krt-runner entrypoint would refuse this KRT: {expected}" in checked.stderr
 
 
 def test_without_the_entrypoint_extra_the_command_says_what_to_install_with_exit_2(krt):

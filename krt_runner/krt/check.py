@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import TextIO
 
 from krt_runner.config import setting_from_env
-from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
+from krt_runner.entrypoint import grpc_installed
+from krt_runner.entrypoint.service import read_service
+from krt_runner.errors import (
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    EntrypointError,
+    HandlerLoadError,
+    KrtFileError,
+    ProtoError,
+)
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
 from krt_runner.krt.protos import find_types_source, load_file
 from krt_runner.node.user_code import load_user_code
@@ -124,7 +134,20 @@ def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     if missing:  # a value may be given only where the KRT runs: a warning, not a problem
         print(f"krt-runner check: warning: config of krt.yml without a value here: {', '.join(missing)} "
               "(krt-runner up needs each exported)", file=err)
+    for refusal in entrypoint_refusals(krt):  # up runs without an entrypoint then; a deployment would not start one
+        print(f"krt-runner check: warning: krt-runner entrypoint would refuse this KRT: {refusal}", file=err)
     return EXIT_OK
+
+
+def entrypoint_refusals(krt: Krt) -> list[str]:
+    """What would stop ``krt-runner entrypoint`` serving this KRT (nothing when the entrypoint extra is missing)."""
+    if not grpc_installed():
+        return []
+    try:
+        read_service(krt, version=krt.version)
+    except EntrypointError as exc:
+        return exc.problems
+    return []
 
 
 def _import_only(base_path: str, handler_path: str) -> int:
