@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import KRT_RUNNER, ROOT
 from up_helpers import UpRun, leftovers, up_env
@@ -59,3 +61,33 @@ def test_a_second_ctrl_c_while_up_drains_kills_what_is_left_at_once_and_exits_13
     assert time.monotonic() - started < 15
     assert any("second signal: stopping now" in line for line in up.err)
     assert leftovers(up.marker) == []
+
+
+def test_up_killed_with_sigkill_leaves_nothing_running(tmp_path):
+    up = UpRun(str(ROOT / "examples" / "greeter"), cwd=tmp_path)  # nats-server, two nodes and the entrypoint
+    try:
+        up.wait_for_line("gRPC entrypoint: ")
+        assert len(leftovers(up.marker)) == 5, "up itself and what it started"
+        up.process.kill()
+        up.wait(timeout=10)
+        deadline = time.monotonic() + 40  # each stops as on SIGTERM: a node drains
+        while leftovers(up.marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = leftovers(up.marker)
+    finally:
+        up.stop()
+        for pid in marked_pids(up.marker):  # a failed test stops what it left too
+            os.kill(pid, signal.SIGKILL)
+
+    assert left == []
+
+
+def marked_pids(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"UP_TEST_MARKER={marker}\0".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,6 +21,7 @@ from krt_runner.errors import KrtRunnerError
 
 # How long a fresh nats-server may take to accept connections.
 _READY_TIMEOUT = 10.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def nats_server_binary() -> str:
@@ -37,6 +42,26 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def stop_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send the child SIGTERM when the thread that started it ends, the process
+    with it (``up`` killed with SIGKILL, whose own stop never runs); ``None`` elsewhere.
+
+    The child runs its own session (a terminal's Ctrl-C reaches the owner only), so nothing else would stop it. The
+    function is looked up before the fork: the child only calls it, and checks that its parent did not die first.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def stop_process(process: subprocess.Popen[Any], *, timeout: float = 10.0, kill: bool = False) -> int:
@@ -64,9 +89,11 @@ class EmbeddedNats:
     """
 
     def __init__(
-        self, *, port: int | None = None, extra_args: list[str] | None = None, jetstream: bool = False
-    ) -> None:
+        self, *, port: int | None = None, extra_args: list[str] | None = None, jetstream: bool = False,
+        stop_with_owner: bool = False,
+    ) -> None:  # fmt: skip
         self.host = "127.0.0.1"
+        self._preexec = stop_with_parent() if stop_with_owner else None
         self.port = port or free_port()
         self.extra_args = list(extra_args or [])
         self.store_dir: Path | None = None
@@ -83,7 +110,8 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), *self.extra_args]
         # Its own session: a Ctrl-C on the terminal reaches only the owner, which stops the server last.
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=self._preexec)  # noqa: PLW1509  (see stop_with_parent)
         self._wait_ready()
         return self
 

@@ -32,7 +32,7 @@ from typing import Any, TextIO
 from krt_runner.config import requester_connect_options
 from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
-from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.local_krt.embedded import EmbeddedNats, stop_with_parent
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
 from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
@@ -78,6 +78,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._killing = False  # stop_now(): no drain, no order
         self._health_dir = Path(tempfile.mkdtemp(prefix="krt-up-"))
+        self._preexec = stop_with_parent()  # killed with SIGKILL, up leaves nothing running
         # up's own connections (its checks, its mongo-writer, its request) to a server it did not start log in as the
         # nodes do, from the same KRT_NATS_* variables
         self.client_options = requester_connect_options({**os.environ, **options.env}) if options.nats else {}
@@ -166,7 +167,7 @@ class Supervisor:
             self.say(f"using NATS at {redact_servers(self.options.nats)}")
             return self.options.nats
         jetstream = self.options.delivery == AT_LEAST_ONCE
-        self.nats = EmbeddedNats(jetstream=jetstream)
+        self.nats = EmbeddedNats(jetstream=jetstream, stop_with_owner=True)
         await asyncio.to_thread(self.nats.start)
         store = f" (JetStream, its store in {self.nats.store_dir})" if jetstream else ""
         self.say(f"nats-server on {self.nats.url}{store}")
@@ -199,7 +200,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "krt_runner", "run",
                 env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True, limit=LINE_LIMIT,
+                start_new_session=True, preexec_fn=self._preexec, limit=LINE_LIMIT,
             )  # fmt: skip
             self.nodes.append(NodeProcess(
                 label, wired.workflow.sequential.index(wired.node.name), process, self.printer,
@@ -217,7 +218,7 @@ class Supervisor:
             sys.executable, "-m", "krt_runner", "entrypoint", str(self.plan.krt.directory),
             "--host", "127.0.0.1", "--port", str(port),
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, limit=LINE_LIMIT,
+            start_new_session=True, preexec_fn=self._preexec, limit=LINE_LIMIT,
         )  # fmt: skip
         entrypoint = NodeProcess("entrypoint", -1, process, self.printer,
                                  health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=False)
