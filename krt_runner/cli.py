@@ -225,9 +225,10 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from krt_runner.entrypoint.service import refusals
     from krt_runner.krt.check import run_check
 
-    return run_check(args.directory)
+    return run_check(args.directory, more_warnings=refusals)
 
 
 def _health(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
 
+from krt_runner.entrypoint import grpc_installed
 from krt_runner.errors import EntrypointError, ProtoError
 from krt_runner.krt.model import Krt, entry_subject
 from krt_runner.krt.protos import compile_proto
@@ -67,6 +68,18 @@ def read_service(krt: Krt, *, version: str, subjects_file: Path | None = None) -
     workflows = {workflow.entrypoint: workflow.name for workflow in krt.workflows}
     rpcs = tuple(_rpc(method, workflows[method.name], subjects[method.name]) for method in service.methods)
     return EntrypointService(name=service.full_name, proto=krt.proto, rpcs=rpcs, pool=file.pool)
+
+
+def refusals(krt: Krt) -> list[str]:
+    """What would stop ``krt-runner entrypoint`` serving this KRT, as ``check``'s warnings (nothing without the
+    entrypoint extra, which compiles the proto)."""
+    if not grpc_installed():
+        return []
+    try:
+        read_service(krt, version=krt.version)
+    except EntrypointError as exc:
+        return [f"krt-runner entrypoint would refuse this KRT: {problem}" for problem in exc.problems]
+    return []
 
 
 def _subjects(krt: Krt, version: str, subjects_file: Path | None) -> dict[str, str]:

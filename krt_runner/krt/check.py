@@ -10,23 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
 from krt_runner.config import setting_from_env
-from krt_runner.entrypoint import grpc_installed
-from krt_runner.entrypoint.service import read_service
-from krt_runner.errors import (
-    EXIT_OK,
-    EXIT_USAGE,
-    ConfigError,
-    EntrypointError,
-    HandlerLoadError,
-    KrtFileError,
-    ProtoError,
-)
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
 from krt_runner.krt.protos import find_types_source, load_file
 from krt_runner.node.user_code import load_user_code
@@ -122,8 +112,12 @@ def report_problems(command: str, source: Path | str, problems: list[str], *, er
     return EXIT_USAGE
 
 
-def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run the ``check`` command on a folder or a ``.krt``: 0 and the wiring when all is well, 2 and every problem."""
+def run_check(
+    directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+    more_warnings: Callable[[Krt], Iterable[str]] | None = None,
+) -> int:  # fmt: skip
+    """Run the ``check`` command on a folder or a ``.krt``: 0 and the wiring when all is well, 2 and every problem.
+    ``more_warnings``: what other layers find worth a warning in a valid KRT (the entrypoint's refusals)."""
     krt, problems = check_source(directory)
     if problems or krt is None:
         return report_problems("check", directory, problems, err=err)
@@ -134,20 +128,9 @@ def run_check(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     if missing:  # a value may be given only where the KRT runs: a warning, not a problem
         print(f"krt-runner check: warning: config of krt.yml without a value here: {', '.join(missing)} "
               "(krt-runner up needs each exported)", file=err)
-    for refusal in entrypoint_refusals(krt):  # up runs without an entrypoint then; a deployment would not start one
-        print(f"krt-runner check: warning: krt-runner entrypoint would refuse this KRT: {refusal}", file=err)
+    for warning in more_warnings(krt) if more_warnings is not None else ():
+        print(f"krt-runner check: warning: {warning}", file=err)
     return EXIT_OK
-
-
-def entrypoint_refusals(krt: Krt) -> list[str]:
-    """What would stop ``krt-runner entrypoint`` serving this KRT (nothing when the entrypoint extra is missing)."""
-    if not grpc_installed():
-        return []
-    try:
-        read_service(krt, version=krt.version)
-    except EntrypointError as exc:
-        return exc.problems
-    return []
 
 
 def _import_only(base_path: str, handler_path: str) -> int:
