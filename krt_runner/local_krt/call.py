@@ -8,7 +8,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
@@ -59,19 +59,22 @@ def run_call(options: CallOptions, *, out: TextIO = sys.stdout, err: TextIO = sy
         )
         request = parse_json(read_request(options.request), types.request)
         nats_servers(options.nats)
-        requester_connect_options()
+        credentials = requester_connect_options()
     except (ProtoError, OSError, ConfigError) as exc:
         print(f"krt-runner call: {exc}", file=err)
         return EXIT_USAGE
     except ValueError as exc:  # the URL's
         print(f"krt-runner call: --nats (KRT_NATS_SERVER): {exc}", file=err)
         return EXIT_USAGE
-    return asyncio.run(_call(options, types, request, out=out, err=err))
+    return asyncio.run(_call(options, types, request, credentials, out=out, err=err))
 
 
-async def _call(options: CallOptions, types: MessageTypes, request: Message, *, out: TextIO, err: TextIO) -> int:
+async def _call(
+    options: CallOptions, types: MessageTypes, request: Message, credentials: dict[str, Any], *, out: TextIO,
+    err: TextIO,
+) -> int:  # fmt: skip
     try:
-        client = await Client.connect(options.nats, delivery=options.delivery, **requester_connect_options())
+        client = await Client.connect(options.nats, delivery=options.delivery, **credentials)
     except CallError as exc:
         print(f"krt-runner call: {exc}", file=err)
         return EXIT_FAILED

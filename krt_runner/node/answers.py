@@ -56,7 +56,10 @@ class Answers:
         subject = self._output or ("" if request.replied else job.reply)
         if not subject:
             return "", b""
-        return subject, envelope.encode(request, max_payload=self._broker.max_payload)
+        try:
+            return subject, envelope.encode(request, max_payload=self._broker.max_payload)
+        except PayloadTooLargeError as exc:
+            raise PayloadTooLargeError(f"answer too large: {exc}") from None
 
     def early(self, job: Job, message: Message) -> bytes:
         """An early answer (``ctx.reply``) for the requester, marked ``replied``."""
