@@ -102,8 +102,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("influx_token", "KRT_INFLUX_TOKEN", "--influx-token", parse.text, default="", secret=True,
            help="InfluxDB API token (user:password for the 1.8 compatibility API)"),
     Option("influx_org", "KRT_INFLUX_ORG", "--influx-org", parse.text, default="kre", help="InfluxDB organisation"),
-    Option("influx_bucket", "KRT_INFLUX_BUCKET", "--influx-bucket", parse.text, default="kre",
-           help="InfluxDB bucket (database/retention policy on 1.8)"),
+    Option("influx_bucket", "KRT_INFLUX_BUCKET", "--influx-bucket", parse.text, default=None,
+           help="InfluxDB bucket (database/retention policy on 1.8); unset: KRT_RUNTIME_ID when KRE set it (its "
+                "nodes wrote to the runtime's database), else kre"),
     Option("influx_batch_size", "KRT_INFLUX_BATCH_SIZE", "--influx-batch-size", parse.positive_int, default=5000,
            help="points per write request (5000 is InfluxDB's advice)"),
     Option("influx_flush_interval", "KRT_INFLUX_FLUSH_INTERVAL", "--influx-flush-interval", parse.positive_float,
@@ -233,6 +234,8 @@ def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, 
     values = read_options(OPTIONS, env, overrides, cross_checks=_cross_checks)
     if values["base_path"] is None:
         values["base_path"] = Path.cwd()
+    if values["influx_bucket"] is None:
+        values["influx_bucket"] = (os.environ if env is None else env).get("KRT_RUNTIME_ID", "").strip() or "kre"
     return Settings(**values)
 
 

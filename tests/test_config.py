@@ -38,6 +38,13 @@ def test_kre_v1_variables_alone_make_complete_settings():
     assert not settings.is_last_node
 
 
+def test_the_influx_bucket_is_kre_v1s_runtime_database_unless_set():
+    assert load_settings(KRE_V1_ENV).influx_bucket == "kre"
+    assert load_settings({**KRE_V1_ENV, "KRT_RUNTIME_ID": "runtime1"}).influx_bucket == "runtime1"
+    assert load_settings({**KRE_V1_ENV, "KRT_RUNTIME_ID": "runtime1", "KRT_INFLUX_BUCKET": "b"}).influx_bucket == "b"
+    assert load_settings({**KRE_V1_ENV, "KRT_RUNTIME_ID": "r"}, overrides={"influx_bucket": "f"}).influx_bucket == "f"
+
+
 def test_an_empty_output_makes_the_last_node():
     assert load_settings({**KRE_V1_ENV, "KRT_NATS_OUTPUT": ""}).is_last_node
 
