@@ -59,6 +59,11 @@ class ReplyError(KrtRunnerError):
     """``ctx.reply`` was called twice, or with no requester to answer."""
 
 
+class NothingStoredError(KeyError, AttributeError):
+    """``ctx.get`` of a key nothing was stored under: a ``KeyError``, and an ``AttributeError`` as KRE v1's was
+    (its ``get`` was ``getattr``), so that KRE v1 code catching either goes on working."""
+
+
 class BrokerConnectError(KrtRunnerError):
     """The first connection to NATS failed for a reason retrying cannot fix."""
 

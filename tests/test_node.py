@@ -233,9 +233,11 @@ async def test_ctx_get_of_a_missing_key_is_an_error_naming_the_key(nats_server, 
     start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="getter"))
 
     answer = await requester.greet("in", "get:nothing-here")
+    caught = await requester.greet("in", "getor:nothing-here")
 
     assert "getter" in answer.error
-    assert "KeyError" in answer.error and "nothing-here" in answer.error
+    assert "NothingStoredError" in answer.error and "nothing-here" in answer.error
+    assert unpack(caught, greeter_pb2.Request).name == "default", "KRE v1 code catching AttributeError goes on"
 
 
 @pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
@@ -391,6 +393,19 @@ async def test_early_reply_answers_at_once_and_the_last_node_stays_silent(nats_s
     assert len(answers) == 1
     assert unpack(answers[0], greeter_pb2.Request).name == "early answer"
     assert answers[0].replied
+
+
+async def test_a_last_node_returning_none_after_its_early_reply_is_no_error(nats_server, start_node, requester):
+    node = start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="in", name="last"))
+
+    answers = await answers_to(requester, "in",
+                               request_envelope(greeter_pb2.Request(name="earlynone")).SerializeToString())
+    node.signal(signal.SIGTERM)
+    assert node.wait() == 0
+
+    assert [unpack(answer, greeter_pb2.Request).name for answer in answers] == ["early answer"]
+    assert "handler returned None" not in node.output and "answer dropped" not in node.output
+    assert '"errors": 0' in node.output or "errors=0" in node.output, node.output
 
 
 async def test_a_second_early_reply_is_an_error_and_only_one_answer_is_sent(nats_server, start_node, requester):

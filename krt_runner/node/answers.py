@@ -45,6 +45,8 @@ class Answers:
         request = job.request
         assert request is not None
         if not isinstance(result, Message):
+            if result is None and not self._output and (job.replied or request.replied):
+                return "", b""  # the last node's None after an early reply: nothing more to send, as in KRE v1
             raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
         request.reply = job.reply
         if job.replied:

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from krt_runner.errors import ReplyError
+from krt_runner.errors import NothingStoredError, ReplyError
 from krt_runner.measurements.points import Measurement
 from krt_runner.node.data_context import Database, DataServices, Prediction
 from krt_runner.node.loop_calls import awaitable_or_result
@@ -74,11 +74,12 @@ class HandlerContext:
         self._node.store[key] = value
 
     def get(self, key: str) -> Any:
-        """Return what :meth:`set` stored; a ``KeyError`` naming ``key`` if nothing was."""
+        """Return what :meth:`set` stored; :class:`~krt_runner.errors.NothingStoredError` (a ``KeyError`` and an
+        ``AttributeError``) naming ``key`` if nothing was."""
         try:
             return self._node.store[key]
         except KeyError:
-            raise KeyError(
+            raise NothingStoredError(
                 f"ctx.get({key!r}): nothing is stored under {key!r}; call ctx.set({key!r}, value) first, e.g. in init"
             ) from None
 

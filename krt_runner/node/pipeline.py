@@ -216,7 +216,7 @@ class Pipeline:
     def _note_unsent(self, job: Job) -> None:
         """The last node made an answer and has no requester to send it to (unless it replied early)."""
         assert job.request is not None
-        if not job.request.replied:
+        if not (job.request.replied or job.replied):
             self.counts["dropped"] += 1
             self.log.warning("answer dropped: last node and no reply subject", tracking_id=job.tracking_id)
 

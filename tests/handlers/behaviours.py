@@ -66,6 +66,9 @@ async def handler(ctx, data):
             pass
     if command == "early":
         await ctx.reply(Request(name="early answer"))
+    if command == "earlynone":  # as KRE v1 last nodes did: nothing more to say after an early reply
+        await ctx.reply(Request(name="early answer"))
+        return None
     if command == "replydict":
         await ctx.reply({"not": "a protobuf message"})
     if command == "twice":
@@ -75,6 +78,11 @@ async def handler(ctx, data):
         return Request(name=ctx.path(argument))
     if command == "get":
         return Request(name=str(ctx.get(argument)))
+    if command == "getor":  # as KRE v1 code did: its ctx.get raised AttributeError
+        try:
+            return Request(name=str(ctx.get(argument)))
+        except AttributeError:
+            return Request(name="default")
     if command == "init":
         return Request(name=f"init_calls={INIT_CALLS} ready={ctx.get('ready')}")
     if command == "switchinterval":
