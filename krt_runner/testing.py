@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,7 +73,7 @@ class _RecordingMeasurement(Measurement):
         measurement: str,
         fields: Mapping[str, Any],
         tags: Mapping[str, Any] | None = None,
-        time: datetime | int | float | None = None,
+        time: datetime | timedelta | str | int | float | None = None,
         precision: str = Measurement.NS,
     ) -> None:
         super().save(measurement, fields, tags, time, precision)  # the same checks as in a node

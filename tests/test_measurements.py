@@ -143,7 +143,7 @@ def test_empty_and_none_tags_are_left_out():
         ("m", {"f": {"nested": 1}}, None, "field 'f' has type dict"),
         ("m", {"f": [1, 2]}, None, "field 'f' has type list"),
         ("m", {"f": 2**63}, None, "beyond InfluxDB's 64-bit integers"),
-        ("m", {}, None, "at least one field"),
+        ("m", "not-a-dict", None, "needs a dict of fields, not str"),
         ("m", {"time": 1}, None, "'time' is reserved"),
         ("m", {"": 1}, None, "non-empty strings"),
         ("m", {"f": 1}, {"t": ["x"]}, "tag 't' must be a string or a number, not list"),
@@ -167,6 +167,36 @@ def test_save_adds_the_version_tag_over_any_the_handler_gave():
     Measurement(sink=sink, version="v7").save("m", {"f": 1}, {"version": "mine", "model": "a"}, time=T0)
 
     assert sink.lines == [f"m,model=a,version=v7 f=1i {T0_NS}"]
+
+
+def test_a_point_with_no_fields_is_not_written_as_kre_v1s_was_not():
+    sink = MemorySink()
+
+    Measurement(sink=sink, version="v1").save("m", {}, time=T0)
+    Measurement(sink=sink, version="v1").save("m", {"f": None}, time=T0)
+
+    assert sink.lines == []
+
+
+@pytest.mark.parametrize(("time", "precision", "expected"), [
+    ("2026-12-05T03:00:00Z", "ns", 1_796_439_600_000_000_000),
+    ("2026-12-05T04:00:00.5+01:00", "ms", 1_796_439_600_500_000_000),
+    ("2026-12-05T03:00:00.123456", "us", 1_796_439_600_123_456_000),
+    (timedelta(days=1, seconds=1, microseconds=5), "ns", 86_401_000_005_000),
+])
+def test_time_may_be_an_iso_text_or_a_timedelta_since_the_epoch_as_influxdb_clients_point_took_it(
+    time, precision, expected
+):
+    sink = MemorySink()
+
+    Measurement(sink=sink, version="v1").save("m", {"f": 1}, time=time, precision=precision)
+
+    assert sink.lines == [f"m,version=v1 f=1i {expected}"]
+
+
+def test_a_time_text_that_is_not_iso_8601_raises_in_the_caller():
+    with pytest.raises(MeasurementError, match="'yesterday' is not an ISO 8601 date and time"):
+        Measurement(sink=MemorySink(), version="v1").save("m", {"f": 1}, time="yesterday")
 
 
 def test_without_a_krt_version_the_handlers_own_version_tag_is_kept():
@@ -214,8 +244,8 @@ def test_an_unknown_precision_or_time_type_is_refused():
 
     with pytest.raises(MeasurementError, match="precision"):
         measurement.save("m", {"f": 1}, precision="minutes")
-    with pytest.raises(MeasurementError, match="time must be"):
-        measurement.save("m", {"f": 1}, time="yesterday")  # type: ignore[arg-type]
+    with pytest.raises(MeasurementError, match="time must be a datetime, a timedelta, an ISO 8601 text or a number"):
+        measurement.save("m", {"f": 1}, time=[2026])  # type: ignore[arg-type]
 
 
 # -- the runner's own points --------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numbers
 import re
 import time as _time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -112,8 +112,8 @@ def _field_value(key: str, value: Any) -> str | None:
 
 
 def _field_set(measurement: str, fields: Mapping[str, Any]) -> str:
-    if not isinstance(fields, Mapping) or not fields:
-        raise MeasurementError(f"measurement {measurement!r} needs a dict with at least one field")
+    if not isinstance(fields, Mapping):
+        raise MeasurementError(f"measurement {measurement!r} needs a dict of fields, not {type(fields).__name__}")
     parts = []
     for key, value in fields.items():
         if value is None:
@@ -159,16 +159,32 @@ def datetime_ns(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-def timestamp_ns(moment: datetime | int | float | None, precision: str) -> int:
-    """Nanoseconds since the epoch, cut to ``precision`` as InfluxDB would store them."""
+def timestamp_ns(moment: datetime | timedelta | str | int | float | None, precision: str) -> int:
+    """Nanoseconds since the epoch, cut to ``precision`` as InfluxDB would store them.
+
+    As influxdb-client's ``Point.time``, which KRE v1 handlers called: a ``datetime``, a ``timedelta`` since the
+    epoch, an ISO 8601 text, or a number of ``precision`` units.
+    """
     if moment is None:
         ns = _time.time_ns()
     elif isinstance(moment, datetime):
         ns = datetime_ns(moment)
+    elif isinstance(moment, timedelta):
+        ns = (moment.days * 86_400 + moment.seconds) * 1_000_000_000 + moment.microseconds * 1_000
+    elif isinstance(moment, str):
+        ns = datetime_ns(_iso_datetime(moment))
     elif isinstance(moment, numbers.Integral) and not isinstance(moment, bool):
         ns = int(moment) * NS_PER[precision]  # exact, however large
     elif isinstance(moment, numbers.Real):
         ns = int(float(moment) * NS_PER[precision])
     else:
-        raise MeasurementError(f"time must be a datetime or a number of {precision}, not {type(moment).__name__}")
+        raise MeasurementError(f"time must be a datetime, a timedelta, an ISO 8601 text or a number of {precision}, "
+                               f"not {type(moment).__name__}")
     return ns - ns % NS_PER[precision]
+
+
+def _iso_datetime(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise MeasurementError(f"time {text!r} is not an ISO 8601 date and time") from None

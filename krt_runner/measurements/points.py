@@ -55,13 +55,13 @@ class Measurement:
         measurement: str,
         fields: Mapping[str, Any],
         tags: Mapping[str, Any] | None = None,
-        time: datetime | int | float | None = None,
+        time: datetime | timedelta | str | int | float | None = None,
         precision: str = NS,
     ) -> None:
         """Queue one point and return at once.
 
-        ``time`` is a datetime (naive means UTC) or a number in ``precision``
-        units; by default, now. Raises :class:`MeasurementError`
+        ``time`` is a datetime (naive means UTC), a timedelta since the epoch, an
+        ISO 8601 text or a number in ``precision`` units; by default, now. Raises :class:`MeasurementError`
         at once for a point InfluxDB would reject, so the handler sees it.
         """
         if precision not in NS_PER:
