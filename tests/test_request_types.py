@@ -44,12 +44,13 @@ def load(tmp_path):
         ("def handler(ctx, data: any_pb2.Any):", None),
         ("def handler(ctx, data: typing.Any):", None),
         ("def handler(ctx, data: Message):", None),
+        ("def handler(ctx, data: any):", None),  # the builtin, as kre-py's own code annotated
         ("def handler(ctx: 'OnlyForTypeCheckers', req: Request) -> 'AlsoMissing':", greeter_pb2.Request),
         ("def handler(*args):", None),
     ],
     ids=[
         "untyped", "message-class", "async-with-return", "string", "any_pb2.Any", "typing.Any", "Message-base",
-        "other-annotations-unresolvable", "varargs",
+        "builtin-any", "other-annotations-unresolvable", "varargs",
     ],
 )
 @pytest.mark.parametrize("future_import", [False, True], ids=["eager", "future-annotations"])

@@ -16,7 +16,8 @@ from krt_runner.envelope import type_url
 from krt_runner.errors import HandlerLoadError, InvalidRequestError, describe
 
 # Annotations that mean "give me the Any", as KRE v1 does.
-_UNTYPED_HINTS: tuple[object, ...] = (AnyMessage, Message, typing.Any, object)
+# The builtin any too: KRE v1 code annotated with it (kre-py's own `payload: any`), and KRE v1 ignored annotations.
+_UNTYPED_HINTS: tuple[object, ...] = (AnyMessage, Message, typing.Any, object, any)
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 # A batch function's requests: list[Request], List[Request] or Sequence[Request]; bare, they mean the Any of each.
 _LIST_ORIGINS: tuple[object, ...] = (list, collections.abc.Sequence)
