@@ -23,6 +23,7 @@ requester's side of the same wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -41,9 +42,11 @@ from krt_runner.errors import (
     CallError,
     CallTimeout,
     ClientConnectError,
+    EnvelopeError,
     ErrorAnswer,
     JetStreamError,
     NoResponders,
+    NotConnected,
     UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
@@ -94,6 +97,21 @@ def unpack_answer(answer: KreNatsMessage, response_type: type[ResponseT]) -> Res
         got = answer.payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
         raise UnexpectedAnswer(f"answer is {got}, not the expected {response.DESCRIPTOR.full_name}")
     return response
+
+
+def _decoded(data: bytes, subject: str) -> KreNatsMessage:
+    """The answer's envelope; :class:`UnexpectedAnswer` for anything else, such as JetStream's acknowledgement when
+    the subject is a stream's (its workflow runs at-least-once and this client does not)."""
+    try:
+        return envelope.decode(data, max_decompressed=_MAX_ANSWER_BYTES)
+    except EnvelopeError as exc:
+        if envelope.is_jetstream_ack(data):
+            raise UnexpectedAnswer(
+                f"a JetStream stream took the request on {subject!r}, not a node: its workflow runs at-least-once; "
+                "call it with delivery='at-least-once' (krt-runner call --delivery at-least-once). The stored "
+                "request is still handled; its answer has nowhere to go"
+            ) from None
+        raise UnexpectedAnswer(f"the answer on {subject!r} is not a KreNatsMessage: {exc}") from None
 
 
 class Client:
@@ -160,10 +178,12 @@ class Client:
 
     async def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
+        if self._nc.is_closed:
+            raise NotConnected("this client is closed: connect again")
         message, max_payload = request_envelope(request), int(self._nc.max_payload)
         if self._jetstream is not None:
             data = await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
-            return envelope.decode(data, max_decompressed=_MAX_ANSWER_BYTES)
+            return _decoded(data, subject)
         data = envelope.encode(message, max_payload=max_payload)
         try:
             reply = await self._nc.request(subject, data, timeout=timeout)
@@ -171,7 +191,7 @@ class Client:
             raise NoResponders(f"no node listens on {subject!r}: is the workflow running?") from None
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
-        return envelope.decode(reply.data, max_decompressed=_MAX_ANSWER_BYTES)
+        return _decoded(reply.data, subject)
 
     async def has_responders(self, subject: str, *, timeout: float = PROBE_TIMEOUT) -> bool:
         """Whether anything takes requests on ``subject``: a request gets anything but NATS's no-responders status.
@@ -200,7 +220,8 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection (waits for nothing: every call returns its own answer)."""
-        await self._nc.close()
+        with contextlib.suppress(OSError):  # the server went away meanwhile: the connection is closed all the same
+            await self._nc.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -253,6 +274,9 @@ class BlockingClient:
             self._stop_loop()
 
     def _run(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
+        if self._loop.is_closed():
+            coroutine.close()
+            raise NotConnected("this client is closed: make a new one")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def _stop_loop(self) -> None:

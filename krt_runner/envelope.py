@@ -141,6 +141,12 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def is_jetstream_ack(data: bytes) -> bool:
+    """Whether ``data`` is how JetStream acknowledges a message it stored: what a core request to a stream's subject
+    gets back instead of a node's answer (its workflow runs at-least-once, the requester does not)."""
+    return data.startswith(b'{"stream"')
+
+
 def encode(message: KreNatsMessage, *, max_payload: int) -> bytes:
     """Serialize, gzip-compressing when over ``max_payload``; raise when still too large."""
     data: bytes = _serialize(message)

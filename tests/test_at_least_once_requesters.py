@@ -16,7 +16,7 @@ import grpc
 import nats
 import pytest
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
-from entrypoint_helpers import entrypoint_env, greet_call, write_krt
+from entrypoint_helpers import GREET_SUBJECT, entrypoint_env, greet_call, start_entrypoint, write_krt
 from up_helpers import leftovers, run_up, up_env
 
 import krt_runner
@@ -142,3 +142,21 @@ def test_an_at_least_once_entrypoint_on_a_server_without_jetstream_stops_start_u
     assert done.returncode == 2, done.stderr
     assert "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs" in done.stderr + done.stdout
     assert "entrypoint ready" not in done.stderr + done.stdout
+
+
+async def test_an_at_most_once_entrypoint_calling_an_at_least_once_workflow_says_so(tmp_path):
+    krt = write_krt(tmp_path / "krt")
+    with EmbeddedNats(jetstream=True) as server:
+        nc = await nats.connect(server.url)
+        await nc.jetstream().add_stream(name="STORED", subjects=[GREET_SUBJECT])  # as at-least-once nodes make it
+        await nc.close()
+        process, address = start_entrypoint(krt, server)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await greet_call(channel)(greeter_pb2.Request(name="x"), timeout=10)
+        finally:
+            process.stop()
+
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "runs at-least-once; start the entrypoint with KRT_DELIVERY=at-least-once" in caught.value.details()

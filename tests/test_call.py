@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import nats
 import pytest
 from conftest import KRT_RUNNER, ROOT, NodeProcess, greeter_pb2, node_env
 
@@ -24,7 +25,7 @@ from krt_runner.client import (
     UnexpectedAnswer,
     request_envelope,
 )
-from krt_runner.errors import KrtRunnerError
+from krt_runner.errors import KrtRunnerError, NotConnected
 from krt_runner.local_krt.call import percentile, summary
 from krt_runner.local_krt.embedded import EmbeddedNats, free_port
 
@@ -241,3 +242,25 @@ def test_the_blocking_client_serves_many_threads_at_once(nats_server, greeter):
         )
 
     assert [a.greeting for a in answers] == [f"** Hello, {n}! **" for n in names]
+
+
+async def test_a_default_client_calling_a_subject_a_jetstream_stream_takes_is_told_to_call_at_least_once():
+    with EmbeddedNats(jetstream=True) as server:
+        nc = await nats.connect(server.url)
+        await nc.jetstream().add_stream(name="STORED", subjects=["stored-in"])
+        await nc.close()
+        async with await Client.connect(server.url) as client:
+            with pytest.raises(UnexpectedAnswer, match="its workflow runs at-least-once; call it with delivery="):
+                await client.call("stored-in", greeter_pb2.Request(name="x"), greeter_pb2.Response)
+
+
+async def test_a_closed_client_says_so_with_a_call_error(nats_server):
+    client = await Client.connect(nats_server.url)
+    await client.close()
+    blocking = BlockingClient(nats_server.url)
+    blocking.close()
+
+    with pytest.raises(NotConnected, match="this client is closed"):
+        await client.call("any", greeter_pb2.Request(), greeter_pb2.Response)
+    with pytest.raises(NotConnected, match="this client is closed"):
+        blocking.call("any", greeter_pb2.Request(), greeter_pb2.Response)

@@ -152,6 +152,10 @@ def _response(rpc: Rpc, reply: bytes) -> bytes:
     try:
         answer = envelope.decode(reply, max_decompressed=MAX_ANSWER_BYTES)
     except EnvelopeError as exc:
+        if envelope.is_jetstream_ack(reply):
+            details = (f"a JetStream stream took the call on {rpc.subject!r}, not a node: workflow {rpc.workflow!r} "
+                       "runs at-least-once; start the entrypoint with KRT_DELIVERY=at-least-once too")
+            raise Refused(grpc.StatusCode.INTERNAL, details) from None
         raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer cannot be read: {exc}") from None
     if answer.error:
         raise Refused(grpc.StatusCode.INTERNAL, answer.error)
