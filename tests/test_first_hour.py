@@ -323,3 +323,23 @@ def test_dev_mode_says_nothing_of_its_own_when_measurements_were_set_by_the_user
 
     assert done.returncode == 0, done.stderr
     assert "dev mode: measurements" not in done.stderr
+
+
+def test_a_script_that_writes_an_invalid_krt_from_a_function_gets_the_krt_file_error_to_catch(tmp_path):
+    import subprocess
+    import sys
+
+    krt = copy_of_greeter(tmp_path)
+    (krt / "krt.yml").unlink()
+    (krt / "pipeline.py").write_text(BAD_PIPELINE)
+    (krt / "build_all.py").write_text(
+        "from krt_runner.errors import KrtFileError\nimport pipeline\n\n\ndef build():\n    try:\n"
+        "        pipeline.krt.write()\n    except KrtFileError as exc:\n        print('caught', exc.problems)\n\n\n"
+        "build()\nprint('goes on')\n"
+    )
+
+    done = subprocess.run([sys.executable, "build_all.py"], cwd=krt, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["caught [\"workflows[0].sequential[1]: node 'shout' is not defined in nodes\"]",
+                                        "goes on"]

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -160,14 +161,16 @@ class KRT:
         """Validate, then write ``krt.yml`` into ``directory`` (default ``root``); returns its path.
 
         A krt.yml there that the DSL did not write is never replaced. Raises
-        :class:`~krt_runner.errors.KrtFileError`; called from a script
-        (``python pipeline.py``), it prints that error in one line instead and
-        exits with code 2: a mistake in the KRT is no bug to show a traceback for.
+        :class:`~krt_runner.errors.KrtFileError`; called from the top level of
+        the script being run (``python pipeline.py``), it prints that error in
+        one line instead and exits with code 2: a mistake in the KRT is no bug
+        to show a traceback for. From a function, another module, a notebook or
+        a REPL, it raises.
         """
         try:
             return self._write(directory)
         except KrtFileError as exc:
-            if sys._getframe(1).f_globals.get("__name__") != "__main__":
+            if not _called_from_the_script(sys._getframe(1)):
                 raise
             print(f"krt-runner: {exc.path}: {'; '.join(exc.problems)}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
@@ -181,6 +184,16 @@ class KRT:
             raise KrtFileError(str(path), [problem])
         path.write_text(self.to_yaml(), encoding="utf-8")
         return path
+
+
+def _called_from_the_script(frame: FrameType) -> bool:
+    """Whether ``frame`` is the top-level code of the file ``python FILE`` runs."""
+    if frame.f_globals.get("__name__") != "__main__" or frame.f_code.co_name != "<module>" or not sys.argv[0]:
+        return False
+    try:
+        return Path(frame.f_code.co_filename).resolve() == Path(sys.argv[0]).resolve()
+    except OSError:
+        return False
 
 
 def load_pipeline(spec: str) -> KRT:
