@@ -135,12 +135,19 @@ class NodeUnderTest:
         ``validate`` rejects, raises :class:`~krt_runner.errors.InvalidRequestError`.
         With ``response_type``, the result (or an ``Any`` holding one) is
         returned as that type, and anything else fails the test with a
-        ``TypeError`` naming what came back.
+        ``TypeError`` naming what came back. Without it, a result that is no
+        protobuf message (``None`` after an early reply aside) fails the same way,
+        as a running node would answer it with an error.
         """
         tracking = tracking_id or str(uuid.uuid4())
         ctx = HandlerContext(self.state, tracking, self._capture_reply)
         result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, self._data(request)))
-        return result if response_type is None else _as_type(result, response_type)
+        if response_type is not None:
+            return _as_type(result, response_type)
+        if not isinstance(result, Message) and not (result is None and self.replies):
+            raise TypeError(f"handler returned {type(result).__name__}, not a protobuf message: a running node "
+                            "answers that with an error")
+        return result
 
     def call_batch(
         self, requests: Sequence[Message], response_type: type[ResponseT] | None = None, *,

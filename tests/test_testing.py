@@ -149,3 +149,15 @@ def test_invalid_ctx_db_and_ctx_prediction_calls_raise_in_the_test(handler_dir):
             node.call(greeter_pb2.Request(name="x"))
 
     assert node.saved == []
+
+
+def test_a_result_that_is_no_protobuf_message_fails_the_test_as_a_node_would_answer_it_with_an_error(handler_dir):
+    base = handler_dir(
+        """
+        def handler(ctx, data):
+            return {"greeting": "x"}
+        """
+    )
+
+    with run_node(base, "src/node.py") as node, pytest.raises(TypeError, match="handler returned dict, not a protobuf"):
+        node.call(greeter_pb2.Request())

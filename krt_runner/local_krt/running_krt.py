@@ -49,7 +49,7 @@ from krt_runner.krt.protos import MessageTypes, parse_json
 from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread
 from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
 from krt_runner.local_krt.supervisor import Ending, Supervisor
-from krt_runner.setting_values import AT_MOST_ONCE
+from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
 
 __all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
 
@@ -225,6 +225,8 @@ def local(
     Raises :class:`~krt_runner.errors.KrtRunnerError` with the reason when the
     KRT cannot start (a problem of krt.yml, a node's exit code and last lines...).
     """
+    if delivery not in DELIVERY_MODES:  # before anything starts, as Client.connect checks it
+        raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
     running = RunningKrt()
     try:
         options = UpOptions(
