@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, NodeProcess, Requester, greeter_pb2, node_env, request_envelope, unpack
 
+import krt_runner
 from krt_runner.config import load_settings
 from krt_runner.envelope import KreNatsMessage, decode
 from krt_runner.errors import ConfigError
@@ -360,3 +361,8 @@ async def test_a_message_restarts_the_idle_clock(nats_server, start_node, reques
     assert unpack(answer, greeter_pb2.Request).name.startswith("still wanted>")
     assert code == 0
     assert IDLE_TIMEOUT - IDLE_EARLY_SLACK <= waited <= IDLE_TIMEOUT + IDLE_SLACK
+
+
+def test_local_refuses_an_unknown_delivery_before_starting_anything():
+    with pytest.raises(ValueError, match="delivery must be one of at-most-once, at-least-once, not 'exactly-once'"):
+        krt_runner.local(ROOT / "examples" / "greeter", delivery="exactly-once")
