@@ -29,6 +29,11 @@ __all__ = [
 GZIP_MAGIC = b"\x1f\x8b"
 # Inflating in chunks bounds memory to one chunk past the cap, whatever the ratio.
 _INFLATE_CHUNK = 1024 * 1024
+# Tracking entries an envelope may carry: one per node passed (KRE v1 workflows have a handful). Counted on the wire,
+# before parsing, in envelopes over _SCANNED_ABOVE bytes (smaller ones cannot hold enough to matter).
+MAX_TRACKING_ENTRIES = 10_000
+_SCANNED_ABOVE = 64 * 1024
+_TRACKING_FIELD = 2
 # gzip's fastest level first: on 2 MB of text level 6 took 190 ms and level 1 20 ms, for 30% more bytes. Only an
 # answer that level 1 cannot fit under the max payload pays for the smallest (level 9).
 _GZIP_FAST, _GZIP_SMALLEST = 1, 9
@@ -112,13 +117,54 @@ def _trim_fraction(value: str) -> str:
 
 
 def decode(data: bytes, *, max_decompressed: int) -> KreNatsMessage:
-    """Parse received bytes, inflating gzip (capped at ``max_decompressed`` bytes) first."""
+    """Parse received bytes, inflating gzip (capped at ``max_decompressed`` bytes) first.
+
+    An envelope of over :data:`_SCANNED_ABOVE` bytes is refused without being parsed when it carries more than
+    :data:`MAX_TRACKING_ENTRIES` tracking entries: a few bytes each on the wire, tens of bytes each once parsed,
+    60 MB of empty ones would cost gigabytes of memory and seconds of the event loop.
+    """
     if data[:2] == GZIP_MAGIC:
         data = _gunzip(data, max_decompressed)
+    if len(data) > _SCANNED_ABOVE and _tracking_entries(data) > MAX_TRACKING_ENTRIES:
+        raise EnvelopeError(f"message carries more than {MAX_TRACKING_ENTRIES} tracking entries: refused unread")
     try:
         return _parse(data)
     except DecodeError as exc:
         raise EnvelopeError(f"message is not a KreNatsMessage ({len(data)} bytes): {exc}") from None
+
+
+def _tracking_entries(data: bytes) -> int:
+    """How many tracking entries (field 2) the envelope's top level has, counted up to one over the limit; 0 for
+    bytes that are no protobuf message (the parser says what is wrong with them)."""
+    position, end, count = 0, len(data), 0
+    try:
+        while position < end and count <= MAX_TRACKING_ENTRIES:
+            key, position = _varint(data, position)
+            kind = key & 7
+            if kind == 2:  # length-delimited: the payload, the strings, the tracking entries
+                length, position = _varint(data, position)
+                position += length
+            elif kind == 0:
+                position = _varint(data, position)[1]
+            elif kind in (1, 5):
+                position += 8 if kind == 1 else 4
+            else:
+                return 0
+            count += key >> 3 == _TRACKING_FIELD
+    except IndexError:
+        return 0
+    return count
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:

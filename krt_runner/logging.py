@@ -1,44 +1,34 @@
 """structlog set-up: JSON lines in containers, readable console output on a terminal.
 
-Logging never raises: a write to a closed pipe or a full disk is dropped, so a log shipper that goes away
-cannot take a message, a callback or a worker with it. Lines of other libraries (nats-py, asyncio) go through
-the same renderer, so a JSON log holds nothing but JSON.
+Logging never raises and never blocks (:mod:`krt_runner.log_stream`), so a log shipper that stops reading (a
+full pipe) or goes away (a closed one, a full disk) cannot take a message, a callback or a worker with it. Every
+value is cut to :data:`MAX_VALUE` characters: a message's fields (its ``tracking_id``) cannot make a line of
+megabytes. Lines of other libraries (nats-py, asyncio) go through the same renderer, so a JSON log holds nothing
+but JSON.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
+from krt_runner.log_stream import NeverBlockingStream
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Characters of one value in a line (a traceback fits; a hostile message's 60 MB tracking_id does not).
+MAX_VALUE = 10_000
 
 
-class _NeverRaising:
-    """A stream whose writes and flushes swallow ``OSError`` (``BrokenPipeError`` included) and ``ValueError``
-    (a closed file)."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError):
-            return 0
-
-    def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.flush()
-
-    def isatty(self) -> bool:
-        try:
-            return self._stream.isatty()
-        except (OSError, ValueError):
-            return False
+def _bounded_values(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Each text value cut to :data:`MAX_VALUE` characters, saying how long it was."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            event[key] = f"{value[:MAX_VALUE]}... ({len(value)} characters)"
+    return event
 
 
 def configure_logging(*, log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -46,7 +36,7 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
     ``stream`` is a terminal."""
     stream = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    output: Any = _NeverRaising(stream)
+    output: Any = NeverBlockingStream(stream)
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
@@ -57,6 +47,7 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             exceptions,
+            _bounded_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -75,7 +66,8 @@ def _route_standard_logging(output: Any, renderer: Any, exceptions: Any) -> None
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exceptions, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exceptions, _bounded_values,
+                    renderer],
     ))
     root = logging.getLogger()
     root.handlers = [handler]

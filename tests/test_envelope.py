@@ -91,6 +91,24 @@ def test_broken_gzip_is_an_envelope_error(data):
         envelope.decode(data, max_decompressed=1024 * 1024)
 
 
+def test_an_envelope_with_tens_of_millions_of_tracking_entries_is_refused_before_it_is_parsed():
+    bomb = KreNatsMessage(tracking_id="t").SerializeToString() + b"\x12\x00" * 30_000_000  # 60 MB of empty entries
+
+    with pytest.raises(EnvelopeError, match="more than 10000 tracking entries: refused unread"):
+        envelope.decode(gzip.compress(bomb), max_decompressed=64 << 20)
+
+
+def test_a_large_envelope_with_its_tracking_under_the_limit_is_read():
+    message = KreNatsMessage(tracking_id="t")
+    message.payload.value = os.urandom(200_000)
+    for index in range(envelope.MAX_TRACKING_ENTRIES):
+        message.tracking.add(node_name=f"n{index}")
+
+    decoded = envelope.decode(message.SerializeToString(), max_decompressed=64 << 20)
+
+    assert len(decoded.tracking) == envelope.MAX_TRACKING_ENTRIES and decoded.payload.value == message.payload.value
+
+
 def test_bytes_that_are_not_an_envelope_are_an_envelope_error():
     with pytest.raises(EnvelopeError, match="not a KreNatsMessage"):
         envelope.decode(b"\xff\xff\xff\xff", max_decompressed=1024)

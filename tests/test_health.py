@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 
 from conftest import KRT_RUNNER, ROOT, node_env, until
 
 from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.node.broker import MAX_OUTSTANDING_PINGS, PING_INTERVAL
 from krt_runner.node.health import DEFAULT_MAX_AGE, HealthFile, check
 
 GREETER = ROOT / "examples" / "greeter"
@@ -82,3 +84,20 @@ async def test_health_fails_soon_after_the_node_loses_nats_and_passes_soon_after
 
     assert passing.returncode == 0, passing.stderr
     print(f"health failed {failing_after:.1f}s after the server stopped, passed {passing_after:.1f}s after its return")
+
+
+async def test_health_fails_soon_after_the_server_stops_answering_without_closing_the_connection(start_node, tmp_path):
+    path = tmp_path / "node.health"
+    with EmbeddedNats() as server:
+        start_node(**node_env(server, GREETER, "src/greet.py", input="in", KRT_HEALTH_FILE=str(path)))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # frozen: its socket stays open, nothing answers
+        try:
+            frozen = time.monotonic()
+            await until(lambda: health("--health-file", str(path)).returncode == 1, timeout=40)
+            failed_after = time.monotonic() - frozen
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+    assert failed_after < (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL + DEFAULT_MAX_AGE + 5
+    print(f"health failed {failed_after:.1f}s after the server froze")

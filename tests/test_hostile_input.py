@@ -317,3 +317,41 @@ async def test_sighup_drains_like_sigterm(nats_server, start_node, requester):
     assert unpack(await pending, greeter_pb2.Request).name == "sleep:0.5>n"
 
 
+
+
+@pytest.mark.parametrize("concurrency", ["1", "4"])
+async def test_a_log_reader_that_stops_reading_holds_up_no_answer_and_no_stop(nats_server, requester, tmp_path,
+                                                                              concurrency):
+    env = {**behaviours(nats_server, "stall-in", KRT_CONCURRENCY=concurrency), "KRT_LOG_FORMAT": "json",
+           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        assert process.stdout is not None
+        while b'"node ready"' not in process.stdout.readline():
+            assert process.poll() is None
+        # From here on nobody reads the log: its pipe (64 KiB) fills with the failures' lines and tracebacks.
+        names = [f"boom:{index}" for index in range(300)] + ["ok"]
+        answers = await asyncio.gather(*(requester.greet("stall-in", name, timeout=10) for name in names))
+
+        assert sum(answer.error != "" for answer in answers) == 300
+        assert unpack(answers[-1], greeter_pb2.Request).name == "ok>n"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_a_megabyte_tracking_id_makes_no_megabyte_log_line(nats_server, start_node, requester):
+    node = start_node(**behaviours(nats_server, "long-id-in"))
+    request = request_envelope(greeter_pb2.Request(name="boom"))
+    request.tracking_id = "x" * 1_000_000
+
+    answer = await requester.request_raw("long-id-in", request.SerializeToString(), timeout=10)
+    await asyncio.to_thread(node.wait_for_line, "boom requested")
+
+    assert answer.error and answer.tracking_id == request.tracking_id  # the answer is the requester's to match
+    longest = max(map(len, node.lines))
+    assert longest < 30_000, f"a log line of {longest} characters"
+    assert "... (1000000 characters)" in node.output

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from conftest import KRT_RUNNER, ROOT
@@ -91,3 +92,34 @@ def marked_pids(marker: str) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_up_whose_output_reader_went_away_goes_on_serving_and_stops_cleanly(tmp_path):
+    marker = uuid.uuid4().hex
+    up = subprocess.Popen([*KRT_RUNNER, "up", str(ROOT / "examples" / "greeter"), "--no-entrypoint"], cwd=tmp_path,
+                          env=up_env(marker), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stderr is not None and up.stdout is not None
+        first = up.stderr.readline()  # "up | nats-server on nats://...", as `| head -1` would take it
+        url = first.split()[-1]
+        up.stderr.close()
+        up.stdout.close()
+        answer = None
+        deadline = time.monotonic() + 60
+        while answer is None and time.monotonic() < deadline and up.poll() is None:
+            done = subprocess.run([*KRT_RUNNER, "call", "greeter-v1-Greet-entrypoint", "--nats", url, "--proto",
+                                   str(ROOT / "examples/greeter/src/greeter_pb2.py"), "--method", "Greet",
+                                   "--request", '{"name": "Ada"}', "--timeout", "5"], capture_output=True, text=True,
+                                  timeout=30)
+            answer = done.stdout if done.returncode == 0 else None
+            time.sleep(0.2)
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+    assert answer is not None and "Hello, Ada!" in answer
+    assert code == 0
+    assert leftovers(marker) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections import deque
 from pathlib import Path
@@ -57,6 +58,35 @@ def how_it_ended(returncode: int | None) -> str:
     except ValueError:
         name = f"signal {-returncode}"
     return f"was killed by {name}" + (" (out of memory?)" if -returncode == signal.SIGKILL else "")
+
+
+class Quiet:
+    """A text stream whose writes go nowhere once its reader has gone (``krt-runner up ... | head -1``): what ``up``
+    runs goes on serving, as a node whose log pipe closed does."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._gone_now()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._gone_now()
+
+    def _gone_now(self) -> None:
+        self._gone = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # the interpreter's own flush at exit too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
 
 
 class Printer:

@@ -13,7 +13,7 @@ import shlex
 import signal
 import sys
 from dataclasses import replace
-from typing import TextIO
+from typing import TextIO, cast
 
 from google.protobuf.message import Message
 
@@ -31,6 +31,7 @@ from krt_runner.errors import (
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import to_json
 from krt_runner.local_krt.ask import send_one
+from krt_runner.local_krt.node_process import Quiet
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
 from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
@@ -42,6 +43,7 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run the ``up`` command on a folder or a ``.krt``; its exit code (2 when the KRT or the options are wrong)."""
+    out, err = cast(TextIO, Quiet(out)), cast(TextIO, Quiet(err))  # a reader gone away stops nothing
     try:
         with open_krt(options.directory) as directory:
             plan = make_plan(replace(options, directory=directory))

@@ -33,6 +33,9 @@ __all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]
 MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer, bad frames).
 _ERROR_LOG_INTERVAL = 5.0
+# Seconds between PINGs to the server, and how many may go unanswered before the connection counts as lost.
+PING_INTERVAL = 5.0
+MAX_OUTSTANDING_PINGS = 2
 # How nats-server words a subscription it does not allow.
 _SUBSCRIPTION_REFUSED = "permissions violation for subscription"
 # The NATS Services API's subjects (krt_runner.node.discovery).
@@ -111,6 +114,10 @@ class Broker:
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
             drain_timeout=self._settings.drain_timeout,  # seconds, fractions included
+            # A server that stops answering without closing the connection (frozen, or a partition without a reset)
+            # is noticed within about 15 s, not nats-py's default 6 minutes: the health check then tells the truth.
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             # nats-py would run a regular expression over every published subject. This node publishes only to
             # its output subject (checked by config), to reply subjects the server delivered (no whitespace can
             # pass its protocol), and to envelope reply subjects (checked by answers.publishable).

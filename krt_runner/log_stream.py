@@ -1,0 +1,136 @@
+"""The stream log lines are written to: it never raises and never blocks the code that logs.
+
+A line is written at once, on the caller's thread, when the stream can take it without blocking (nothing waiting
+before it, and the file descriptor writable for a line up to ``PIPE_BUF``): so the lines a process writes just
+before it dies (``os._exit``, a crash) are out. Otherwise (a reader that stopped reading: a stalled log shipper, a
+full pipe) it waits for a writer thread of its own, up to :data:`MAX_QUEUED` characters; past them, lines are
+dropped and counted, and a line says how many once the stream moves again. A stream that is gone (a closed pipe,
+a full disk) drops everything quietly. The writer thread holds no lock of the stream's while it is blocked, so the
+interpreter's exit never waits for it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import select
+import threading
+from typing import TextIO
+
+# Characters of log text that may wait for a stream that does not move; past them, lines are dropped.
+MAX_QUEUED = 1 << 20
+# Seconds the process's exit waits for the lines still waiting.
+_EXIT_WAIT = 2.0
+# A write this small to a pipe select() calls writable completes without blocking (POSIX's PIPE_BUF, Linux's page).
+_ATOMIC_WRITE = select.PIPE_BUF
+
+
+class NeverBlockingStream:
+    """A text stream for structlog's ``PrintLogger`` and logging's ``StreamHandler``; see the module's docstring."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._descriptor: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # no file under it (a StringIO): written as it comes
+            self._descriptor = None
+        self._start()
+        atexit.register(self.wait_written, _EXIT_WAIT)
+        os.register_at_fork(after_in_child=self._start)  # a handler's forked worker: a lock and a thread of its own
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._partial_lock = threading.Lock()
+        self._partial: list[str] = []  # print() writes a line, then its newline
+        self._waiting: list[bytes] = []
+        self._size = 0
+        self._writing = False  # the writer thread has lines out of the list, being written
+        self._dropped = 0  # lines, since the last notice
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        threading.Thread(target=self._write_forever, name="krt-log", daemon=True).start()
+
+    def write(self, text: str) -> int:
+        with self._partial_lock:  # structlog and logging each hold a lock of their own, not this one
+            self._partial.append(text)
+            if not text.endswith("\n"):
+                return len(text)
+            line, self._partial = "".join(self._partial), []
+        self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._partial_lock:
+            line, self._partial = "".join(self._partial), []
+        if line:
+            self._emit(line)
+
+    def _emit(self, text: str) -> None:
+        if self._descriptor is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.write(text)
+                self._stream.flush()
+            return
+        self._line(text.encode("utf-8", "replace"))
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def wait_written(self, timeout: float) -> None:
+        """Until what waits is written (at exit: the last lines), for at most ``timeout`` seconds."""
+        self._idle.wait(timeout)
+
+    def _line(self, data: bytes) -> None:
+        with self._lock:
+            if not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE and self._writable():
+                with contextlib.suppress(OSError):  # gone: dropped
+                    _write_all(self._descriptor, data)
+                return
+            if self._size + len(data) > MAX_QUEUED:
+                self._dropped += 1
+                return
+            self._waiting.append(data)
+            self._size += len(data)
+            self._idle.clear()
+        self._wake.set()
+
+    def _writable(self) -> bool:
+        assert self._descriptor is not None
+        try:
+            return bool(select.select([], [self._descriptor], [], 0)[1])
+        except (OSError, ValueError):
+            return True  # let the write say what is wrong
+
+    def _write_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                lines, self._waiting, self._size = self._waiting, [], 0
+                dropped, self._dropped = self._dropped, 0
+                self._writing = True
+            if dropped:
+                notice = {"event": "log lines dropped: the log stream did not move", "dropped": dropped,
+                          "level": "warning"}
+                lines.insert(0, (json.dumps(notice) + "\n").encode())
+            with contextlib.suppress(OSError):
+                _write_all(self._descriptor, b"".join(lines))
+            with self._lock:
+                self._writing = False
+                if self._waiting:
+                    self._wake.set()
+                else:
+                    self._idle.set()
+
+
+def _write_all(descriptor: int | None, data: bytes) -> None:
+    assert descriptor is not None
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
