@@ -140,16 +140,23 @@ async def test_a_connection_the_server_closes_for_good_ends_the_node_with_exit_1
 # -- 3. a closed log pipe -------------------------------------------------------------------------
 
 
+def node_with_its_log_on_a_pipe(server: EmbeddedNats, subject: str, concurrency: str, cwd) -> subprocess.Popen:
+    """A node whose log is a pipe this test holds, read up to "node ready"."""
+    env = {**behaviours(server, subject, KRT_CONCURRENCY=concurrency), "KRT_LOG_FORMAT": "json",
+           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    while b'"node ready"' not in process.stdout.readline():
+        assert process.poll() is None
+    return process
+
+
 @pytest.mark.parametrize("concurrency", ["1", "4"])
 async def test_a_closed_log_pipe_loses_no_request(nats_server, requester, tmp_path, concurrency):
-    env = {**behaviours(nats_server, "pipe-in", KRT_CONCURRENCY=concurrency), "KRT_LOG_FORMAT": "json",
-           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = node_with_its_log_on_a_pipe(nats_server, "pipe-in", concurrency, tmp_path)
     try:
         assert process.stdout is not None
-        while b'"node ready"' not in process.stdout.readline():
-            assert process.poll() is None
         process.stdout.close()  # the log's reader goes away
 
         answers = await asyncio.gather(*(requester.greet("pipe-in", name, timeout=5)
@@ -322,14 +329,8 @@ async def test_sighup_drains_like_sigterm(nats_server, start_node, requester):
 @pytest.mark.parametrize("concurrency", ["1", "4"])
 async def test_a_log_reader_that_stops_reading_holds_up_no_answer_and_no_stop(nats_server, requester, tmp_path,
                                                                               concurrency):
-    env = {**behaviours(nats_server, "stall-in", KRT_CONCURRENCY=concurrency), "KRT_LOG_FORMAT": "json",
-           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin"}
-    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
+    process = node_with_its_log_on_a_pipe(nats_server, "stall-in", concurrency, tmp_path)
     try:
-        assert process.stdout is not None
-        while b'"node ready"' not in process.stdout.readline():
-            assert process.poll() is None
         # From here on nobody reads the log: its pipe (64 KiB) fills with the failures' lines and tracebacks.
         names = [f"boom:{index}" for index in range(300)] + ["ok"]
         answers = await asyncio.gather(*(requester.greet("stall-in", name, timeout=10) for name in names))
