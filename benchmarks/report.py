@@ -128,8 +128,8 @@ def _cpu_shares(row: dict[str, Any]) -> list[str]:
         "CPU µs per answer, medians over the pairs, of every process the run starts. They share the machine's "
         "cores, so answers/s follows their total: the InfluxDB stand-in's work, which a deployment does on "
         "another machine, counts against krt-runner here. A node's CPU is split between its event loop's "
-        "thread (the message path) and its other threads: with this async handler, a krt-runner node's only other "
-        "thread is its measurement writer (rendering and sending the points).",
+        "thread (the message path) and its other threads: with this async handler, a krt-runner node's measurement "
+        "writer (rendering and sending the points), and a log writer that runs only while the log stream is stalled.",
         "",
         "| runner | " + " | ".join(name for name, _, _ in columns) + " | total |",
         "|" + " --- |" * (len(columns) + 2),
