@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from krt_runner.envelope import parse_timestamp
 from krt_runner.errors import MeasurementError
 
 NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -185,6 +186,6 @@ def timestamp_ns(moment: datetime | timedelta | str | int | float | None, precis
 
 def _iso_datetime(text: str) -> datetime:
     try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return parse_timestamp(text)  # as a tracking timestamp is read: naive (UTC), with Z or an offset
     except ValueError:
         raise MeasurementError(f"time {text!r} is not an ISO 8601 date and time") from None
