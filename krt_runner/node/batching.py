@@ -30,7 +30,7 @@ from krt_runner.errors import BatchResultError
 from krt_runner.node.batch_code import BatchCode
 from krt_runner.node.batch_context import BatchContext
 from krt_runner.node.batch_results import item_error, outcomes, timeout_errors, whole_batch_errors
-from krt_runner.node.calling import Caller
+from krt_runner.node.calling import USER_CODE_ERRORS, Caller
 from krt_runner.node.context import NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
@@ -233,7 +233,7 @@ class Batcher:
         except _TimedOut:
             assert self._timeout is not None
             return timeout_errors(self._name, self._timeout, count)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        except USER_CODE_ERRORS as exc:
             return whole_batch_errors(self._name, exc, count)
         except asyncio.CancelledError as exc:
             if self._closing:
@@ -257,5 +257,5 @@ class Batcher:
 async def _caught(call: Any) -> Any:
     try:
         return await call
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+    except USER_CODE_ERRORS as exc:
         return _Raised(exc)

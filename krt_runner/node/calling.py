@@ -16,10 +16,11 @@ from typing import Any
 from krt_runner.errors import HandlerError, HandlerTimeoutError, InvalidRequestError, describe
 from krt_runner.node.threads import WorkerThreads
 
-# What user code may raise that becomes the request's error answer: any exception, a cancellation of its own, and
-# SystemExit or KeyboardInterrupt (sys.exit() in a library, a CLI helper's error path), which must not stop or
-# half-stop a node that serves other requests.
-USER_CODE_FAILURES = (Exception, asyncio.CancelledError, SystemExit, KeyboardInterrupt)
+# What user code may raise that becomes the request's error answer: any exception, and SystemExit or KeyboardInterrupt
+# (sys.exit() in a library, a CLI helper's error path), which must not stop or half-stop a node that serves other
+# requests; where the call is awaited directly, a cancellation of its own too.
+USER_CODE_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+USER_CODE_FAILURES = (*USER_CODE_ERRORS, asyncio.CancelledError)
 
 UserFunction = Callable[..., Any]
 
@@ -97,7 +98,7 @@ async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> 
         return await call(*args)
     except (InvalidRequestError, HandlerError):
         raise
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+    except USER_CODE_ERRORS as exc:
         raise handler_error(exc)  # noqa: B904  (it carries its cause)
 
 
