@@ -21,7 +21,10 @@ from entrypoint_helpers import (
     tracking_id,
     write_krt,
 )
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 
@@ -178,6 +181,33 @@ async def test_reflection_lists_the_service_and_health_follows_the_nats_connecti
 
         nats_server.start()
         await wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_reflection_answers_under_v1_too_and_describes_it(nats_server, entrypoint):
+    # v1 and v1alpha are one protocol under two package names: v1alpha's messages are v1's bytes
+    _, address = entrypoint()
+    with grpc.insecure_channel(address) as channel:
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        listed, described, entrypoint_file = v1(iter([
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="greeter.Entrypoint"),
+        ]), timeout=10)
+
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"greeter.Entrypoint", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.health.v1.Health"} <= names
+    pool = descriptor_pool.DescriptorPool()
+    for file in described.file_descriptor_response.file_descriptor_proto:
+        pool.Add(FileDescriptorProto.FromString(file))
+    method = pool.FindServiceByName("grpc.reflection.v1.ServerReflection").methods_by_name["ServerReflectionInfo"]
+    assert method.input_type.full_name == "grpc.reflection.v1.ServerReflectionRequest"
+    assert method.input_type.fields_by_name["list_services"].number == 7
+    assert entrypoint_file.file_descriptor_response.file_descriptor_proto
 
 
 async def wait_for(condition, timeout: float = 15) -> None:

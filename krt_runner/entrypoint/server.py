@@ -15,10 +15,9 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from grpc_reflection.v1alpha.reflection_pb2 import DESCRIPTOR as REFLECTION_FILE
 
 from krt_runner.entrypoint.calls import MAX_ANSWER_BYTES, Forwarder
+from krt_runner.entrypoint.reflection import serve_reflection
 from krt_runner.entrypoint.service import EntrypointService, add_file
 from krt_runner.entrypoint.settings import EntrypointSettings
 from krt_runner.errors import ListenError
@@ -96,11 +95,8 @@ class RunningEntrypoint:
         handlers = {rpc.name: handler(self._forwarder.handler_for(rpc)) for rpc in self.service.rpcs}
         self._server.add_registered_method_handlers(self.service.name, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        pool = self.service.pool
-        add_file(pool, health_pb2.DESCRIPTOR)
-        add_file(pool, REFLECTION_FILE)
-        names = (self.service.name, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self._server, pool=pool)
+        add_file(self.service.pool, health_pb2.DESCRIPTOR)
+        serve_reflection(self._server, (self.service.name, health.SERVICE_NAME), self.service.pool)
 
     def _listen(self) -> str:
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
