@@ -9,6 +9,7 @@ but JSON.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -76,4 +77,18 @@ def _route_standard_logging(output: Any, renderer: Any, exceptions: Any) -> None
 
 def node_logger(*, node: str, workflow: str, version: str) -> Any:
     """The base logger of a node; every line it writes names node, workflow and version."""
-    return structlog.get_logger("krt_runner").bind(node=node, workflow=workflow, version=version)
+    wrapper = _with_standard_level_checks(structlog.get_config()["wrapper_class"])
+    logger = structlog.wrap_logger(None, wrapper_class=wrapper, logger_factory_args=("krt_runner",))
+    return logger.bind(node=node, workflow=workflow, version=version)
+
+
+@functools.cache
+def _with_standard_level_checks(wrapper: Any) -> Any:
+    """structlog's filtering logger, also answering the standard library's ``isEnabledFor`` and
+    ``getEffectiveLevel``, which KRE v1 handlers (their ``ctx.logger`` was a ``logging.Logger``) may call."""
+    if hasattr(wrapper, "isEnabledFor") or not hasattr(wrapper, "is_enabled_for"):
+        return wrapper
+    return type(wrapper.__name__, (wrapper,), {
+        "isEnabledFor": wrapper.is_enabled_for,
+        "getEffectiveLevel": wrapper.get_effective_level,
+    })

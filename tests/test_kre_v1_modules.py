@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import joblib
 import pytest
 from conftest import GREETER_SRC, KRT_RUNNER, ROOT, node_env, unpack
 from google.protobuf import json_format
+from google.protobuf.wrappers_pb2 import StringValue
 from test_influx import measured
 
 from krt_runner.node import protobuf_compat
@@ -197,3 +199,20 @@ def test_check_imports_a_module_that_uses_the_old_keyword_when_it_loads(tmp_path
     done = subprocess.run([*KRT_RUNNER, "check", str(krt)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, done.stderr
+
+
+def test_ctx_logger_answers_the_standard_librarys_level_checks_as_kre_v1s_logging_logger_did(tmp_path):
+    (tmp_path / "node.py").write_text(textwrap.dedent("""
+        import logging
+        from google.protobuf.wrappers_pb2 import StringValue
+
+        def handler(ctx, data):
+            if ctx.logger.isEnabledFor(logging.DEBUG):
+                ctx.logger.debug("detail %s", "costly")
+            return StringValue(value=f"{ctx.logger.getEffectiveLevel()} {ctx.logger.isEnabledFor(logging.ERROR)}")
+    """))
+    with run_node(tmp_path, "node.py") as node:
+        answer = node.call(StringValue(value="x"), StringValue)
+
+    assert answer.value.split()[1] == "True"
+    assert int(answer.value.split()[0]) <= logging.ERROR
