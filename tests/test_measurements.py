@@ -151,6 +151,9 @@ def test_empty_and_none_tags_are_left_out():
         ("m", {"f": 1}, "not-a-dict", "tags must be a dict"),
         ("", {"f": 1}, None, "non-empty string"),
         ("#m", {"f": 1}, None, "comment"),
+        ("m\\", {"f": 1}, None, "measurement name 'm\\\\' ends with a backslash"),
+        ("m", {"f\\": 1, "g": 2}, None, "field name 'f\\\\' ends with a backslash"),
+        ("m", {"f": 1}, {"t\\": "x"}, "tag name 't\\\\' ends with a backslash"),
     ],
 )
 def test_a_point_influxdb_would_reject_raises_a_clear_error(measurement, fields, tags, message):
@@ -192,6 +195,22 @@ def test_time_may_be_an_iso_text_or_a_timedelta_since_the_epoch_as_influxdb_clie
     Measurement(sink=sink, version="v1").save("m", {"f": 1}, time=time, precision=precision)
 
     assert sink.lines == [f"m,version=v1 f=1i {expected}"]
+
+
+@pytest.mark.parametrize(("time", "precision", "hint"), [
+    (datetime(2300, 1, 1), "ns", ""),
+    (datetime(1600, 1, 1), "ns", ""),
+    ("2262-04-12T00:00:00Z", "ns", ""),
+    (1_796_439_600_000_000_000, "ms", " (is it a number of ms?)"),  # nanoseconds given as milliseconds
+])
+def test_a_time_influxdb_cannot_store_raises_in_the_caller(time, precision, hint):
+    # InfluxDB would refuse the line, and with it the whole batch: the runner's own points of other messages too
+    with pytest.raises(MeasurementError, match=re.escape(f"{hint} is outside the times InfluxDB stores, 1677-09-21")):
+        Measurement(sink=MemorySink(), version="v1").save("m", {"f": 1}, time=time, precision=precision)
+
+
+def test_a_tag_value_ending_in_a_backslash_is_written_as_influxdb_clients_point_wrote_it():
+    assert line_protocol("m", {"f": 1}, {"t": "x\\"}, time_ns=1) == "m,t=x\\  f=1i 1"
 
 
 def test_a_time_text_that_is_not_iso_8601_raises_in_the_caller():

@@ -107,6 +107,7 @@ async def test_a_processor_rejects_an_invalid_request_and_accepts_the_next(
     rejected = await all_answers(requester, "cls-in", greeter_pb2.Request(name="bad-name"))
     accepted = await requester.greet("cls-in", "Ada")
     failed = await requester.greet("cls-in", "boom")
+    unreadable = await requester.request_raw("cls-in", b"\xff\xff not an envelope")
     node.signal()
 
     assert len(rejected) == 1
@@ -119,7 +120,8 @@ async def test_a_processor_rejects_an_invalid_request_and_accepts_the_next(
     assert "RuntimeError: boom requested" in errors[failed.error]["exception"]
     elapsed = [line for line in points.read_text().splitlines() if line.startswith("node_elapsed_time")]
     errors_recorded = [found[1] if (found := re.search(r'error="(\w*)"', line)) else None for line in elapsed]
-    assert errors_recorded == ["invalid", None, "failed"], elapsed
+    assert "message is not a KreNatsMessage" in unreadable.error
+    assert errors_recorded == ["invalid", None, "failed", "invalid"], elapsed  # refused before the handler ran
 
 
 async def test_path_colon_class_names_the_processor_to_run(nats_server, start_node, requester):

@@ -25,6 +25,8 @@ NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # InfluxDB integers are signed 64-bit; a larger one would get the whole batch rejected.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# The times InfluxDB stores: 1677-09-21 to 2262-04-11, nanoseconds since the epoch in signed 64 bits.
+_TIME_MIN, _TIME_MAX = -(2**63) + 2, 2**63 - 2
 # Keys InfluxDB reserves for itself: a point using one is rejected by the server.
 _RESERVED_KEYS = frozenset({"time", "_measurement", "_field"})
 # Line protocol has no newline inside a point: like influxdb-client, keys and
@@ -58,7 +60,15 @@ def _key(kind: str, key: Any) -> str:
         raise MeasurementError(f"{kind} names must be non-empty strings, not {key!r}")
     if key in _RESERVED_KEYS:
         raise MeasurementError(f"{kind} name {key!r} is reserved by InfluxDB; choose another name")
+    _refuse_trailing_backslash(kind, key)
     return _escaped(key, _KEY_SPECIALS, _KEY_ESCAPES)
+
+
+def _refuse_trailing_backslash(kind: str, name: str) -> None:
+    # It would escape the separator after it: the line would be cut elsewhere, or not read at all.
+    if name.endswith("\\"):
+        raise MeasurementError(f"{kind} name {name!r} ends with a backslash, which line protocol would read as "
+                               "escaping what follows it; drop or replace it")
 
 
 def _tag_value(key: str, value: Any) -> str:
@@ -130,6 +140,7 @@ def line_head(measurement: str, tags: Mapping[str, Any] | None) -> str:
         raise MeasurementError("measurement name must be a non-empty string")
     if measurement.startswith("#"):
         raise MeasurementError(f"measurement name {measurement!r} starts with '#', which makes the line a comment")
+    _refuse_trailing_backslash("measurement", measurement)
     return _escaped(measurement, _MEASUREMENT_SPECIALS, _MEASUREMENT_ESCAPES) + _tag_set(tags or {})
 
 
@@ -181,6 +192,9 @@ def timestamp_ns(moment: datetime | timedelta | str | int | float | None, precis
     else:
         raise MeasurementError(f"time must be a datetime, a timedelta, an ISO 8601 text or a number of {precision}, "
                                f"not {type(moment).__name__}")
+    if not _TIME_MIN <= ns <= _TIME_MAX:
+        unit = f" (is it a number of {precision}?)" if isinstance(moment, numbers.Real) else ""
+        raise MeasurementError(f"time {moment!r}{unit} is outside the times InfluxDB stores, 1677-09-21 to 2262-04-11")
     return ns - ns % NS_PER[precision]
 
 

@@ -15,8 +15,10 @@ class Outcome(enum.Enum):
     """How a message ended; its value is the ``error`` field of its points (none on success)."""
 
     ANSWERED = ""
-    INVALID = "invalid"  # rejected before the handler ran: a payload of the wrong type, or validate() raised
-    FAILED = "failed"  # anything else: undecodable, the handler raised or timed out, the answer could not be made
+    # rejected before the handler ran: bytes that are no envelope, a reply subject it may not answer on, a payload of
+    # the wrong type, validate() raised
+    INVALID = "invalid"
+    FAILED = "failed"  # anything else: the handler raised or timed out, the answer could not be made
 
     def __init__(self, value: str) -> None:
         # Kept in a message's timing: a plain string, where a dict keyed by members would hash each in Python.

@@ -25,7 +25,7 @@ import asyncio
 from typing import Any
 
 from krt_runner.config import Settings
-from krt_runner.errors import DeliveryLimitError, InvalidRequestError
+from krt_runner.errors import DeliveryLimitError, EnvelopeError, InvalidRequestError
 from krt_runner.measurements import Outcome
 from krt_runner.node.acking import Acker, Settle
 from krt_runner.node.broker import Msg
@@ -67,7 +67,7 @@ class JetStreamPipeline(Pipeline):
             subject, answer = self._answers.for_result(job, result)
             settle = await self._send(job, msg, subject, answer, sequence)
             self.counts["answered"] += 1
-        except InvalidRequestError as exc:
+        except (InvalidRequestError, EnvelopeError) as exc:  # refused before the handler ran
             outcome = _INVALID
             await self._answer_error(job, exc)
         except DeliveryLimitError as exc:

@@ -98,7 +98,7 @@ class Pipeline:
             if waiting is not None:
                 await waiting
             self.counts["answered"] += 1
-        except InvalidRequestError as exc:
+        except (InvalidRequestError, EnvelopeError) as exc:  # refused before the handler ran
             outcome = _INVALID
             await self._answer_error(job, exc)
         except Exception as exc:
