@@ -99,8 +99,9 @@ OPTIONS: tuple[Option, ...] = (
            help="client private key file for mutual TLS"),
     Option("influx_uri", "KRT_INFLUX_URI", "--influx", parse.http_url, default="",
            help="InfluxDB URL (v2 write API); empty: points go to the measurements file"),
-    Option("influx_token", "KRT_INFLUX_TOKEN", "--influx-token", parse.text, default="", secret=True,
-           help="InfluxDB API token (user:password for the 1.8 compatibility API)"),
+    Option("influx_token", "KRT_INFLUX_TOKEN", "--influx-token", parse.header_text, default="", secret=True,
+           help="InfluxDB API token (user:password for the 1.8 compatibility API, which may come in "
+                "KRT_INFLUX_URI instead)"),
     Option("influx_org", "KRT_INFLUX_ORG", "--influx-org", parse.text, default="kre", help="InfluxDB organisation"),
     Option("influx_bucket", "KRT_INFLUX_BUCKET", "--influx-bucket", parse.text, default=None,
            help="InfluxDB bucket (database/retention policy on 1.8); unset: KRT_RUNTIME_ID when KRE set it (its "
@@ -213,7 +214,7 @@ class Settings(SharedSettings):
         shown: dict[str, Any] = {}
         for option in OPTIONS:
             value = getattr(self, option.field)
-            if changed_only and value == option.default:
+            if changed_only and value in (option.default, _RESOLVED_DEFAULTS.get(option.field)):
                 continue
             if option.secret and value:
                 value = "***"
@@ -223,6 +224,10 @@ class Settings(SharedSettings):
                 value = redact_url(value)
             shown[option.field] = str(value) if isinstance(value, Path) else value
         return shown
+
+
+# What a setting left unset becomes once the others are known (None in its Option).
+_RESOLVED_DEFAULTS = {"influx_bucket": "kre"}
 
 
 def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -235,7 +240,8 @@ def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, 
     if values["base_path"] is None:
         values["base_path"] = Path.cwd()
     if values["influx_bucket"] is None:
-        values["influx_bucket"] = (os.environ if env is None else env).get("KRT_RUNTIME_ID", "").strip() or "kre"
+        values["influx_bucket"] = (os.environ if env is None else env).get("KRT_RUNTIME_ID", "").strip() or \
+            _RESOLVED_DEFAULTS["influx_bucket"]
     return Settings(**values)
 
 
@@ -277,6 +283,9 @@ def setting_from_env(field: str, env: Mapping[str, str] | None = None) -> Any:
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     problems = connection_problems(values)
+    if values.get("influx_token") and parse.url_credentials(values.get("influx_uri") or "")[1]:
+        problems.append("KRT_INFLUX_URI carries user:password and KRT_INFLUX_TOKEN is set too: give the credentials "
+                        "one way")
     output, input_subject = values.get("output_subject"), values.get("input_subject")
     if output and output == input_subject:
         problems.append("KRT_NATS_OUTPUT must differ from KRT_NATS_INPUT, or the node would answer itself")

@@ -141,11 +141,13 @@ class MeasurementError(KrtRunnerError, ValueError):
 
 
 class WriteError(KrtRunnerError):
-    """A batch of points was not written. ``retry=False``: the destination refused it for good."""
+    """A batch of points was not written. ``retry=False``: the destination refused it for good; ``retry_after``:
+    the seconds the server asked the writer to wait before trying again."""
 
-    def __init__(self, text: str, *, retry: bool) -> None:
+    def __init__(self, text: str, *, retry: bool, retry_after: float | None = None) -> None:
         super().__init__(text)
         self.retry = retry
+        self.retry_after = retry_after
 
 
 class ProtoError(KrtRunnerError):

@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from krt_runner.subjects import MAX_PUBLISH_SUBJECT
 
@@ -26,6 +26,17 @@ MAX_DELIVER = 10_000
 
 def text(raw: str) -> str:
     return raw.strip()
+
+
+def header_text(raw: str) -> str:
+    """Text sent in an HTTP header (a token): one line of Latin-1, in words that show none of it."""
+    value = raw.strip()
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError("has a line break or another control character inside it: an HTTP header cannot carry it "
+                         "(was it wrapped when pasted?)")
+    if any(ord(char) > 0xFF for char in value):
+        raise ValueError("has a character an HTTP header cannot carry (outside Latin-1)")
+    return value
 
 
 def positive_int(raw: str) -> int:
@@ -199,6 +210,17 @@ def existing_file(raw: str) -> Path:
 def redact_servers(servers: str) -> str:
     """Comma-separated URLs, each with :func:`redact_url`."""
     return ",".join(redact_url(url) for url in servers.split(","))
+
+
+def url_credentials(url: str) -> tuple[str, str]:
+    """``http://user:secret@host`` -> (``http://host``, ``user:secret``), percent-decoded; (``url``, ``""``)
+    without any. The user part is read on the raw text, as :func:`redact_url` reads it."""
+    scheme, separator, rest = url.partition("://")
+    user_part, at, host = rest.rpartition("@")
+    if not separator or not at:
+        return url, ""
+    user, colon, password = user_part.partition(":")
+    return f"{scheme}://{host}", f"{unquote(user)}{colon}{unquote(password)}"
 
 
 def redact_url(url: str) -> str:

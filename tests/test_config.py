@@ -125,6 +125,28 @@ def test_an_invalid_secret_is_not_echoed():
     assert "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("token", ["FIRSTPART-of-a-long-token\nSECONDPART==", "FIRSTPART\rSECONDPART",
+                                   "FIRSTPART\x00SECONDPART", "FIRSTPART€SECONDPART"])
+def test_an_influx_token_no_http_header_could_carry_stops_start_up_unshown(token):
+    with pytest.raises(ConfigError, match=re.escape("KRT_INFLUX_TOKEN (--influx-token)=*** is invalid")) as caught:
+        load_settings({**KRE_V1_ENV, "KRT_INFLUX_TOKEN": token})
+
+    assert "PART" not in str(caught.value)
+
+
+def test_influx_credentials_in_the_uri_and_in_the_token_at_once_stop_start_up():
+    env = {**KRE_V1_ENV, "KRT_INFLUX_URI": "http://admin:s3cret@influxdb:8086", "KRT_INFLUX_TOKEN": "admin:other"}
+
+    with pytest.raises(ConfigError, match="KRT_INFLUX_URI carries user:password and KRT_INFLUX_TOKEN is set too"):
+        load_settings(env)
+    assert load_settings({**env, "KRT_INFLUX_TOKEN": ""}).describe()["influx_uri"] == "http://admin:***@influxdb:8086"
+
+
+def test_the_settings_line_leaves_out_the_bucket_that_defaulted_to_kre():
+    assert "influx_bucket" not in load_settings(KRE_V1_ENV).describe(changed_only=True)
+    assert load_settings({**KRE_V1_ENV, "KRT_RUNTIME_ID": "r1"}).describe(changed_only=True)["influx_bucket"] == "r1"
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [

@@ -8,6 +8,7 @@ for presence only.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import re
 import signal
@@ -318,3 +319,65 @@ async def test_the_token_never_reaches_the_logs():
 
     assert "s3cret" not in logger.text()
     assert "Connection refused" in logger.text() or "NewConnectionError" in logger.text()
+
+
+class RecordingStore:
+    """An HTTP server on a free loopback port that records each write's headers and answers with the next of
+    ``answers`` (status, headers), then 204: to see what reaches a store, and how the writer takes a refusal."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str]]] = ()) -> None:
+        self.requests: list[tuple[float, dict[str, str]]] = []
+        answers, requests = list(answers), self.requests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                requests.append((time.monotonic(), dict(self.headers)))
+                status, headers = answers.pop(0) if answers else (204, {})
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": "0"}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingStore:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+async def test_influx_1_8_credentials_in_the_uri_are_sent_as_its_token_not_in_the_url():
+    with RecordingStore() as store:
+        url = store.url.replace("http://", "http://krt-user:p%40ss%2Fword@")
+        destination = InfluxDestination(url=url, token="", org="kre", bucket="kre", timeout=2.0)
+        sink = BatchWriter(destination, logger=RecordingLogger(), batch_size=10, flush_interval=0.1, max_buffered=100,
+                           shutdown_timeout=5.0)
+        sink.put("m f=1i 1")
+        await sink.close(timeout=5)
+
+    assert sink.counts["written"] == 1
+    ((_, headers),) = store.requests
+    assert headers["Authorization"] == "Token krt-user:p@ss/word"
+
+
+async def test_a_store_that_asks_to_retry_after_some_seconds_is_left_alone_that_long():
+    with RecordingStore([(429, {"Retry-After": "1"}), (503, {"Retry-After": "1"})]) as store:
+        logger = RecordingLogger()
+        sink = influx_writer(store.url, logger)  # its own backoff: 0.05 to 0.2 s
+        sink.put("m f=1i 1")
+        await wait_until(lambda: len(store.requests) == 3, timeout=15)
+        await sink.close(timeout=5)
+
+    assert sink.counts["written"] == 1
+    first, second, third = (at for at, _ in store.requests)
+    assert second - first >= 0.95 and third - second >= 0.95

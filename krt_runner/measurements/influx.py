@@ -21,8 +21,9 @@ from typing import Any
 
 from urllib3.exceptions import HTTPError
 
-from krt_runner.config import Settings, redact_url
+from krt_runner.config import Settings
 from krt_runner.errors import WriteError
+from krt_runner.setting_values import redact_url, url_credentials
 
 
 @contextlib.contextmanager
@@ -53,7 +54,7 @@ with _without("numpy", "pandas"):
 # Any other 4xx means this batch will never be accepted as it is.
 _RETRY_STATUSES = frozenset({408, 429})
 _HINTS = {
-    401: "check KRT_INFLUX_TOKEN",
+    401: "check KRT_INFLUX_TOKEN, or the user:password in KRT_INFLUX_URI",
     403: "check that KRT_INFLUX_TOKEN may write to KRT_INFLUX_BUCKET",
     404: "check KRT_INFLUX_ORG and KRT_INFLUX_BUCKET",
     413: "lower KRT_INFLUX_BATCH_SIZE",
@@ -68,6 +69,8 @@ class InfluxDestination:
     description = "InfluxDB"
 
     def __init__(self, *, url: str, token: str, org: str, bucket: str, timeout: float) -> None:
+        url, credentials = url_credentials(url)  # 1.8's user:password may come in the URL: sent as its token
+        token = token or credentials
         self._bucket = bucket
         self._org = org
         self._secrets = _secret_parts(token)
@@ -89,9 +92,12 @@ class InfluxDestination:
             self._write_api.write(bucket=self._bucket, org=self._org, record="\n".join(lines))
         except ApiException as exc:
             retry = exc.status is None or exc.status >= 500 or exc.status in _RETRY_STATUSES
-            raise WriteError(self._redact(_http_error(exc)), retry=retry) from None
+            raise WriteError(self._redact(_http_error(exc)), retry=retry, retry_after=_retry_after(exc)) from None
         except (HTTPError, OSError) as exc:  # refused, reset, timed out, DNS: the server may come back
             raise WriteError(self._redact(f"{type(exc).__name__}: {exc}"), retry=True) from None
+        except ValueError as exc:  # a header http.client will not send; its text would show the token
+            raise WriteError(f"the request could not be made ({type(exc).__name__}): check KRT_INFLUX_TOKEN and "
+                             "KRT_INFLUX_URI", retry=False) from None
 
     def close(self) -> None:
         """Close the write API and the client's connection pool (the sync API has no threads)."""
@@ -111,6 +117,17 @@ def _http_error(exc: ApiException) -> str:
         text += f": {body.strip()[:_BODY_SHOWN]}"
     hint = _HINTS.get(exc.status or 0)
     return f"{text} ({hint})" if hint else text
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The seconds a 429 or 503 asks the client to wait (``Retry-After``), when it gives them as a number."""
+    if exc.status not in (429, 503):
+        return None
+    try:
+        headers: Any = exc.headers or {}
+        return max(0.0, float(headers.get("Retry-After", "")))
+    except ValueError:  # absent, or an HTTP date: the writer's own backoff decides
+        return None
 
 
 def _secret_parts(token: str) -> tuple[str, ...]:

@@ -35,6 +35,8 @@ from krt_runner.measurements.report import WriterReport
 # Waits between retries of a failed write: doubling from the first to the last.
 _FIRST_RETRY_WAIT = 0.5
 _LAST_RETRY_WAIT = 8.0
+# The longest wait a server's Retry-After is followed for: meanwhile points keep arriving, bounded in memory.
+_LONGEST_RETRY_AFTER = 60.0
 # How often close() looks whether the writer thread has finished.
 _CLOSE_POLL = 0.01
 
@@ -85,6 +87,7 @@ class BatchWriter:
         self._flush_interval = flush_interval
         self._shutdown_timeout = shutdown_timeout
         self._backoff = _Backoff(*retry_waits)
+        self._retry_after: float | None = None  # what the destination's last refusal asked for
         self._deadline = float("inf")  # set by close(): the writer stops trying then
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -150,7 +153,7 @@ class BatchWriter:
         next_flush = time.monotonic() + self._flush_interval
         while not self._closing.is_set():
             if pending:  # close() interrupts the pause
-                self._closing.wait(self._backoff.next_wait())
+                self._closing.wait(self._retry_wait())
             else:
                 self._wake.wait(max(0.0, next_flush - time.monotonic()))
                 self._wake.clear()
@@ -165,7 +168,7 @@ class BatchWriter:
         while time.monotonic() < self._deadline:
             pending = self._write_batches(pending, partial=True)
             if pending:
-                time.sleep(max(0.0, min(self._backoff.next_wait(), self._deadline - time.monotonic())))
+                time.sleep(max(0.0, min(self._retry_wait(), self._deadline - time.monotonic())))
             elif not self.buffered:
                 break
         self._buffer.drop_the_rest()
@@ -205,6 +208,13 @@ class BatchWriter:
         batch, self._ready = self._ready[:size], self._ready[size:]
         return batch
 
+    def _retry_wait(self) -> float:
+        """The backoff's next wait, or what the server asked for (``Retry-After``) when longer, up to a minute."""
+        wait = self._backoff.next_wait()
+        if self._retry_after is not None:
+            wait = max(wait, min(self._retry_after, _LONGEST_RETRY_AFTER))
+        return wait
+
     def _drop_bad_points(self, error: str, count: int) -> None:
         self._buffer.settle(count, "dropped_rejected")
         self._report.rejected(error, count)
@@ -214,6 +224,7 @@ class BatchWriter:
         try:
             self._destination.write(batch)
         except WriteError as exc:
+            self._retry_after = exc.retry_after
             if exc.retry:
                 self._report.failing(str(exc), self.buffered)
                 return False
