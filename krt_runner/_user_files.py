@@ -59,6 +59,12 @@ def prepend_sys_path(directory: Path) -> None:
         sys.path.insert(0, entry)
 
 
+def append_sys_path(directory: Path) -> None:
+    """Put ``directory`` last on ``sys.path``, once: a handler's folder, as :func:`exec_file` puts it."""
+    if str(directory) not in sys.path:
+        sys.path.append(str(directory))
+
+
 @contextlib.contextmanager
 def _folder_on_path(directory: Path, *, keep: bool) -> Iterator[None]:
     added = str(directory) not in sys.path

@@ -114,3 +114,27 @@ def test_init_that_raises_stops_start_up_with_exit_code_1(nats_server, tmp_path)
 
     assert result.returncode == 1
     assert "init of 'src/node.py' failed: RuntimeError: no model" in result.stderr
+
+
+def test_a_syntax_error_in_a_module_the_handler_imports_names_that_module_and_its_line(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "helper_with_typo_93.py").write_text("x = 1\nVALUE = (1,\n")
+    path = write_module(tmp_path, "import helper_with_typo_93\ndef handler(ctx, d): pass\n")
+
+    with pytest.raises(HandlerLoadError) as caught:
+        load_user_code(path, tmp_path)
+
+    assert "syntax error in src/helper_with_typo_93.py at line 2: '(' was never closed" in str(caught.value)
+    assert caught.value.details.startswith(f'  File "{tmp_path / "src" / "helper_with_typo_93.py"}", line 2')
+
+
+def test_a_dotted_handler_imports_its_own_folders_generated_modules_as_a_file_handler_does(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "sibling_pb2_61.py").write_text("ANSWER = 42\n")
+    (tmp_path / "src" / "dotted_node_61.py").write_text(
+        "import sibling_pb2_61\ndef handler(ctx, d): return sibling_pb2_61.ANSWER\n"
+    )
+
+    code = load_user_code("src.dotted_node_61", tmp_path)
+
+    assert code.handler(None, None) == 42

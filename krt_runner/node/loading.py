@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import traceback
 from pathlib import Path
 from types import ModuleType
 
-from krt_runner._user_files import exec_file, module_name_for, prepend_sys_path
+from krt_runner._user_files import append_sys_path, exec_file, module_name_for, prepend_sys_path
 from krt_runner.errors import HandlerLoadError, NotAModuleError
 from krt_runner.node.generated_code import refused_generated_code, regenerate_hint
 from krt_runner.node.tracebacks import from_user_code
@@ -22,7 +23,7 @@ def import_handler_module(handler_path: str, base_path: Path) -> ModuleType:
     except HandlerLoadError:
         raise
     except SyntaxError as exc:
-        raise load_error(handler_path, f"syntax error at line {exc.lineno}: {exc.msg}", exc) from None
+        raise _syntax_error(handler_path, base_path, exc) from None
     except Exception as exc:
         refused = refused_generated_code(exc, root=base_path)
         if refused is not None:  # the user's to fix, with one command: one line, no traceback
@@ -38,6 +39,25 @@ def load_error(handler_path: str, cause: str, exc: BaseException) -> HandlerLoad
     shown = from_user_code(exc)  # from the user's module down, without the import machinery above it
     error.details = "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))  # type: ignore[attr-defined]
     return error
+
+
+def _syntax_error(handler_path: str, base_path: Path, exc: SyntaxError) -> HandlerLoadError:
+    """The line names the file the error is in when it is not the handler's own (a module it imports), and the
+    details are Python's own lines for a syntax error: the code and a caret, no frames of the import machinery."""
+    where = ""
+    if exc.filename and Path(exc.filename).resolve() != (base_path / handler_path).resolve():
+        where = f" in {_shown_path(Path(exc.filename), base_path)}"
+    error = HandlerLoadError(f"cannot load handler {handler_path!r}: syntax error{where} at line {exc.lineno}: "
+                             f"{exc.msg}")
+    error.details = "".join(traceback.format_exception_only(type(exc), exc))  # type: ignore[attr-defined]
+    return error
+
+
+def _shown_path(path: Path, base_path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base_path.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _is_file_path(handler_path: str) -> bool:
@@ -57,6 +77,9 @@ def _import_file(handler_path: str, base_path: Path) -> ModuleType:
 def _import_dotted(module_name: str, base_path: Path) -> ModuleType:
     prepend_sys_path(base_path)
     try:
+        spec = importlib.util.find_spec(module_name)
+        if spec is not None and spec.has_location and spec.origin:
+            append_sys_path(Path(spec.origin).parent)  # as for a file: it imports its folder's generated modules
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
