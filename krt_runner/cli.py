@@ -25,21 +25,20 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from krt_runner.node.main import read_settings, serve_node
-    from krt_runner.node.user_code import load_user_code
+    from krt_runner.node.main import load_unless_stopped, read_settings, serve_node
 
     settings = read_settings({option.field: getattr(args, option.field) for option in OPTIONS})
     if settings is None:
         return EXIT_USAGE
     try:
-        code = load_user_code(settings.handler_path, settings.base_path, protobuf_compat=settings.protobuf_compat)
+        code = load_unless_stopped(settings)
     except HandlerLoadError as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         details = getattr(exc, "details", "")
         if details:
             print(details, file=sys.stderr, end="")
         return EXIT_USAGE
-    return serve_node(settings, code)
+    return EXIT_OK if code is None else serve_node(settings, code)
 
 
 def _add_up(commands: Any) -> None:

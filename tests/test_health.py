@@ -101,3 +101,25 @@ async def test_health_fails_soon_after_the_server_stops_answering_without_closin
 
     assert failed_after < (MAX_OUTSTANDING_PINGS + 1) * PING_INTERVAL + DEFAULT_MAX_AGE + 5
     print(f"health failed {failed_after:.1f}s after the server froze")
+
+
+def test_a_restarted_node_still_importing_fails_health_as_starting_and_sigterm_ends_it_with_exit_0(
+    nats_server, start_node, tmp_path
+):
+    # A model loaded at import; the health file its killed predecessor left (an emptyDir outlives a container).
+    (tmp_path / "slow_import.py").write_text(
+        "import sys, time\nprint('importing', file=sys.stderr, flush=True)\ntime.sleep(60)\n"
+        "def handler(ctx, data): return data\n"
+    )
+    path = tmp_path / "node.health"
+    path.touch()
+    node = start_node(wait=False, **node_env(nats_server, tmp_path, "slow_import.py", input="in",
+                                             KRT_HEALTH_FILE=str(path)))
+    node.wait_for_line("importing")
+
+    starting = health("--health-file", str(path))
+    node.signal(signal.SIGTERM)
+
+    assert "does not exist: the node is starting" in starting.stderr and starting.returncode == 1
+    assert node.wait() == 0, node.output
+    assert '"stopped before start-up finished"' in node.output and '"signal": "SIGTERM"' in node.output

@@ -35,6 +35,7 @@ from krt_runner.errors import (
 from krt_runner.krt.model import load_krt
 from krt_runner.krt.package import open_krt
 from krt_runner.logging import configure_logging
+from krt_runner.node.health import remove_leftover
 from krt_runner.node.main import run_event_loop, start_unless_stopped
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -48,6 +49,7 @@ def run_entrypoint(source: Path, overrides: Mapping[str, Any]) -> int:
         print(f"krt-runner entrypoint: {exc}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    remove_leftover(settings.health_file)
     try:
         with open_krt(source) as directory:
             krt = load_krt(directory)

@@ -10,6 +10,7 @@ loop is stuck fails the check. No port to open, nothing to serve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -73,6 +74,14 @@ class HealthFile:
             self._task = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def remove_leftover(path: str) -> None:
+    """Delete the file an earlier run of this container left (killed before it could delete it, as an OOM kill
+    does): until this run serves, a probe must fail as starting, and ``up`` must not read an old address."""
+    if path:
+        with contextlib.suppress(OSError):  # not there, or a folder it cannot write: said once it serves
+            Path(path).unlink(missing_ok=True)
 
 
 def check(path: str, *, max_age: float = DEFAULT_MAX_AGE) -> str | None:

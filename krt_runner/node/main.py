@@ -24,9 +24,10 @@ from krt_runner.config import Settings, load_settings
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BrokerConnectError, ConfigError, InitError
 from krt_runner.logging import configure_logging
 from krt_runner.measurements import PointSink, make_sink
+from krt_runner.node.health import remove_leftover
 from krt_runner.node.lifecycle import RunningNode
 from krt_runner.node.tracebacks import from_user_code
-from krt_runner.node.user_code import UserCode
+from krt_runner.node.user_code import UserCode, load_user_code
 
 # A sync handler busy in Python holds the GIL on its worker thread from one call to the next. The event loop's thread
 # (answers, the next message) gets it when the interpreter forces a switch: every 1 ms keeps the worker supplied.
@@ -45,10 +46,33 @@ def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return None
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    remove_leftover(settings.health_file)
     log = structlog.get_logger("krt_runner")
     log.info("settings read", **settings.describe(changed_only=True))  # the rest at DEBUG: a short line per node
     log.debug("settings in full", **settings.describe())
     return settings
+
+
+class _StoppedWhileLoading(BaseException):
+    """A stop signal came while the handler module was importing."""
+
+
+def load_unless_stopped(settings: Settings) -> UserCode | None:
+    """The handler module (or :class:`HandlerLoadError`); ``None`` when SIGTERM, SIGINT or SIGHUP came while it was
+    importing (a model loaded at import can take minutes), logged: the node exits 0 then, as when stopped during
+    ``init``, instead of being killed by the signal before the event loop handles signals."""
+    def stop(signum: int, frame: Any) -> None:
+        raise _StoppedWhileLoading(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        return load_user_code(settings.handler_path, settings.base_path, protobuf_compat=settings.protobuf_compat)
+    except _StoppedWhileLoading as stopped:
+        structlog.get_logger("krt_runner").info("stopped before start-up finished", signal=str(stopped))
+        return None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def serve_node(settings: Settings, code: UserCode) -> int:
