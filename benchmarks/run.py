@@ -1,7 +1,7 @@
 """krt-runner against a hand-written nats-py floor, in the same run, on this machine.
 
     .venv/bin/python benchmarks/run.py            # full run: writes BENCHMARKS.md and benchmarks/results.json
-    .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite)
+    .venv/bin/python benchmarks/run.py --quick    # a small smoke run (used by the test suite), written to the temp dir
     .venv/bin/python benchmarks/run.py --only delivery   # just at-most-once against at-least-once; prints it
     .venv/bin/python benchmarks/run.py --only iris  # one section: prints its table, writes no report
 
@@ -168,8 +168,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, one repeat: a smoke run")
     parser.add_argument("--only", choices=("iris", "delivery"), help="run this section alone: print its table, write "
                         "no report (and results only to --json when given)")
-    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
-    parser.add_argument("--json", type=Path, help="default: benchmarks/results.json (with --only: none)")
+    parser.add_argument("--out", type=Path, help="default: BENCHMARKS.md (with --quick: in a folder of the temporary "
+                        "directory, so a smoke run never replaces the committed report)")
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results.json (with --quick: beside --out's "
+                        "default; with --only: none)")
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so every server and node started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -213,10 +215,10 @@ def _sections(bench: Bench, scratch: Path, *, quick: bool) -> dict[str, Any]:
 
 def _write(results: dict[str, Any], args: argparse.Namespace) -> int:
     if args.only is None:
-        json_path = args.json or ROOT / "benchmarks" / "results.json"
+        out, json_path = _report_paths(args)
         json_path.write_text(json.dumps(results, indent=2))
-        write_report(results, args.out)
-        print(f"wrote {args.out} and {json_path} in {results['seconds']}s")
+        write_report(results, out)
+        print(f"wrote {out} and {json_path} in {results['seconds']}s")
     else:
         from report import iris_batching as iris_report
 
@@ -226,6 +228,15 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> int:
         print("\n".join(iris_report(results["iris_batching"])))
         print("\n".join(f"failure: {failure}" for failure in results["failures"]))
     return 1 if results["failures"] else 0
+
+
+def _report_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Where the report and the results go: the repository's for a full run, a scratch folder's for ``--quick``."""
+    if not args.quick:
+        return args.out or ROOT / "BENCHMARKS.md", args.json or ROOT / "benchmarks" / "results.json"
+    scratch = Path(tempfile.gettempdir()) / "krt-runner-quick-benchmark"
+    scratch.mkdir(exist_ok=True)
+    return args.out or scratch / "BENCHMARKS.md", args.json or scratch / "results.json"
 
 
 def _delivery(bench: Bench, *, quick: bool) -> list[dict[str, Any]]:
