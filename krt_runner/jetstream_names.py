@@ -1,4 +1,5 @@
-"""The JetStream stream and durable consumer a node's input subject gets in at-least-once mode.
+"""The JetStream stream and durable consumer a node's input subject gets in at-least-once mode, and the header its
+publishes carry.
 
 A pure function of the subject, so every replica of a node, ``krt-runner manifests`` (KEDA's lag trigger) and any
 tool agree on the names without talking to each other. JetStream names may not hold ``.``, ``*``, ``>``,
@@ -17,6 +18,12 @@ CONSUMER_PREFIX = "krt_"
 # JetStream allows longer names, but they become file names on the server: stay well inside any file system.
 _MAX_LENGTH = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def msg_id_header(msg_id: str) -> bytes:
+    """The headers of an at-least-once publish (``Nats-Msg-Id``), as nats-py writes them. The server counts them
+    in its max payload with the message: an envelope that fits alone may not fit with them."""
+    return b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % msg_id.encode()
 
 
 def stream_name(input_subject: str) -> str:

@@ -31,6 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected
+from krt_runner.jetstream_names import msg_id_header
 from krt_runner.node.jetstream import require_jetstream
 
 # Seconds one publish waits for JetStream's acknowledgement before it is repeated (same Nats-Msg-Id).
@@ -69,7 +70,8 @@ class JetStreamRequests:
         """
         token = str(next(self._tokens))
         message.reply = f"{self._prefix}.{token}"
-        data = envelope.encode(message, max_payload=max_payload)
+        # room for the Nats-Msg-Id header of any attempt (tracking_id:attempt)
+        data = envelope.encode(message, max_payload=max_payload - len(msg_id_header(f"{message.tracking_id}:{10**9}")))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         answer: asyncio.Future[bytes] = loop.create_future()

@@ -324,3 +324,21 @@ async def test_an_at_least_once_node_tells_nats_micro_its_endpoint_is_read_throu
     assert info["metadata"]["delivery"] == "at-least-once"
     assert info["endpoints"] == [{"name": "a", "subject": "in-a", "queue_group": "", "metadata": {
         "delivery": "at-least-once", "stream": stream_name("in-a"), "consumer": consumer_name("in-a")}}]
+
+
+async def test_requests_and_answers_near_the_max_payload_leave_room_for_the_nats_msg_id_header(
+    js_server, start_node, call_log, requester
+) -> None:
+    # NATS counts a publish's headers in its max payload: an envelope that fits alone but not with its Nats-Msg-Id
+    # would make the server close the publisher's connection. Names sized across the last few hundred bytes below
+    # the limit put the requester's envelope, and then node a's answer, in that window for some of them.
+    nodes = start_nodes(start_node, js_server, call_log, ["a", "b"])
+    max_payload = 1024 * 1024  # nats-server's default, which EmbeddedNats keeps
+    sizes = range(max_payload - 400, max_payload, 16)
+
+    for size in sizes:
+        answer = await requester.call("in-a", greeter_pb2.Request(name="x" * size), greeter_pb2.Request, timeout=20)
+        assert answer.name == "x" * size + ">a>b"
+
+    assert all(node.process.poll() is None for group in nodes.values() for node in group)
+    assert await consumer_state(js_server, "in-a") == (0, 0, 0)

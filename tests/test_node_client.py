@@ -14,11 +14,12 @@ import time
 import nats
 import pytest
 from conftest import synced, until
-from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from raw_nats import RawClient
 
+from krt_runner.errors import PayloadTooLargeError
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.node.nats_connection import NodeClient
 from krt_runner.node.request_mux import RequestMux
@@ -155,9 +156,11 @@ async def test_the_msg_id_makes_jetstream_drop_a_repeated_publish():
     assert [json.loads(reply.data).get("duplicate", False) for reply in replies] == [False, True]
 
 
-async def test_publish_bytes_keeps_nats_py_errors(client):
-    with pytest.raises(MaxPayloadError):
-        await client.publish_bytes("too.big", b"x" * (client.max_payload + 1), msg_id="big")
+async def test_publish_bytes_refuses_what_the_server_would_close_the_connection_over_and_keeps_nats_py_errors(client):
+    with pytest.raises(PayloadTooLargeError, match="with 0 of headers"):
+        await client.publish_bytes("too.big", b"x" * (client.max_payload + 1))
+    with pytest.raises(PayloadTooLargeError, match=f"is {client.max_payload} bytes with 30 of headers"):
+        await client.publish_bytes("fits.alone", b"x" * client.max_payload, msg_id="big")  # its headers count too
     await client.close()
     with pytest.raises(ConnectionClosedError):
         await client.publish_bytes("closed", b"x")

@@ -40,8 +40,9 @@ class Answers:
         self._output = output_subject
         self._broker = broker
 
-    def for_result(self, job: Job, result: Any) -> tuple[str, bytes]:
-        """Where the answer to ``result`` goes and its bytes; ``("", b"")`` when it goes nowhere."""
+    def for_result(self, job: Job, result: Any, *, headers_size: int = 0) -> tuple[str, bytes]:
+        """Where the answer to ``result`` goes and its bytes; ``("", b"")`` when it goes nowhere. ``headers_size``:
+        what the publish's headers take of the max payload."""
         request = job.request
         assert request is not None
         if not isinstance(result, Message):
@@ -59,7 +60,7 @@ class Answers:
         if not subject:
             return "", b""
         try:
-            return subject, envelope.encode(request, max_payload=self._broker.max_payload)
+            return subject, envelope.encode(request, max_payload=self._broker.max_payload - headers_size)
         except PayloadTooLargeError as exc:
             raise PayloadTooLargeError(f"answer too large: {exc}") from None
 

@@ -25,7 +25,8 @@ import asyncio
 from typing import Any
 
 from krt_runner.config import Settings
-from krt_runner.errors import DeliveryLimitError, EnvelopeError, InvalidRequestError
+from krt_runner.errors import DeliveryLimitError, EnvelopeError, InvalidRequestError, PayloadTooLargeError
+from krt_runner.jetstream_names import msg_id_header
 from krt_runner.measurements import Outcome
 from krt_runner.node.acking import Acker, Settle
 from krt_runner.node.broker import Msg
@@ -62,10 +63,11 @@ class JetStreamPipeline(Pipeline):
         settle: Settle | None = self._acker.ack  # None: the acker acks it once its answer is acknowledged
         try:
             self._decode(job, msg.data)
-            sequence = self._sequence_below_limit(msg.reply)
+            msg_id = f"{job.tracking_id}:{self._node}:{self._sequence_below_limit(msg.reply)}"
             result = await self._step(job)
-            subject, answer = self._answers.for_result(job, result)
-            settle = await self._send(job, msg, subject, answer, sequence)
+            headers_size = len(msg_id_header(msg_id)) if self._forwards else 0
+            subject, answer = self._answers.for_result(job, result, headers_size=headers_size)
+            settle = await self._send(job, msg, subject, answer, msg_id)
             self.counts["answered"] += 1
         except (InvalidRequestError, EnvelopeError) as exc:  # refused before the handler ran
             outcome = _INVALID
@@ -105,7 +107,7 @@ class JetStreamPipeline(Pipeline):
             )
         return sequence
 
-    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes, sequence: str) -> Settle | None:
+    async def _send(self, job: Job, msg: Msg, subject: str, answer: bytes, msg_id: str) -> Settle | None:
         """Publish the answer; how the message is to be settled then (``None``: by the acker, see
         :meth:`Acker.forward`)."""
         if not subject:
@@ -115,7 +117,9 @@ class JetStreamPipeline(Pipeline):
             await self.broker.publish(subject, answer)
         else:
             try:
-                await self._acker.forward(subject, answer, f"{job.tracking_id}:{self._node}:{sequence}", msg)
+                await self._acker.forward(subject, answer, msg_id, msg)
+            except PayloadTooLargeError as exc:  # for good: an error answer, not another delivery
+                raise PayloadTooLargeError(f"answer too large: {exc}") from None
             except Exception as exc:  # a closed connection, a full buffer: another delivery, later
                 self.log.warning("answer not published; the message will be delivered again",
                                  tracking_id=job.tracking_id, error=str(exc))

@@ -16,8 +16,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
-from nats.errors import MaxPayloadError
 
+from krt_runner.errors import PayloadTooLargeError
+from krt_runner.jetstream_names import msg_id_header
 from krt_runner.node.direct_parser import DirectParser
 from krt_runner.node.nats_settings import NO_TLS
 
@@ -114,14 +115,15 @@ class NodeClient(Client):
         flusher = self._flusher_task
         if flusher is None or flusher.done() or self._flush_queue is None:
             return None
-        if len(payload) > self._max_payload:
-            raise MaxPayloadError
+        header = msg_id_header(msg_id) if msg_id else b""
+        if len(payload) + len(header) > self._max_payload:  # the server would close the connection
+            raise PayloadTooLargeError(f"the message is {len(payload)} bytes with {len(header)} of headers, over the "
+                                       f"server's max payload of {self._max_payload}")
         head = b"%b %b" % (subject.encode(), reply.encode()) if reply else subject.encode()
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
         if not msg_id:
             return b"PUB %b %d\r\n%b\r\n" % (head, len(payload), payload)
-        header = b"NATS/1.0\r\nNats-Msg-Id: %b\r\n\r\n" % msg_id.encode()
         return b"HPUB %b %d %d\r\n%b%b\r\n" % (head, len(header), len(header) + len(payload), header, payload)
 
     def _write_now(self) -> None:
