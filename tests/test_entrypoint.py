@@ -210,6 +210,19 @@ def test_reflection_answers_under_v1_too_and_describes_it(nats_server, entrypoin
     assert entrypoint_file.file_descriptor_response.file_descriptor_proto
 
 
+def test_a_second_entrypoint_on_a_port_one_already_serves_exits_1_instead_of_sharing_it(nats_server, entrypoint, krt):
+    # grpcio's default SO_REUSEPORT would let it bind, and clients would be split between the two
+    _, address = entrypoint()
+    port = address.rsplit(":", 1)[1]
+    env = entrypoint_env(nats_server, KRT_ENTRYPOINT_PORT=port)
+
+    second = subprocess.run([*KRT_RUNNER, "entrypoint", str(krt)], env=env, capture_output=True, text=True,
+                            timeout=60)
+
+    assert second.returncode == 1, second.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
+
+
 async def wait_for(condition, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

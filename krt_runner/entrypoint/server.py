@@ -34,6 +34,9 @@ _SERVER_OPTIONS = [
     # a request may be as large as a compressed envelope can carry; gRPC's own default is 4 MiB
     ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
     ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
+    # grpcio sets SO_REUSEPORT by default: a second entrypoint would bind a port one already serves, and clients
+    # would be split between the two KRTs. Off, the second cannot listen, as the docs say.
+    ("grpc.so_reuseport", 0),
 ]
 
 
