@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -294,6 +295,23 @@ def test_start_up_refuses_a_proto_it_cannot_serve_with_exit_2_naming_the_rpc(tmp
     assert expected in done.stderr
     assert checked.returncode == 0, checked.stderr  # up runs such a KRT, without its entrypoint
     assert f"krt-runner check: warning: krt-runner entrypoint would refuse this KRT: {expected}" in checked.stderr
+
+
+@pytest.mark.parametrize(("setting", "value", "expected"), [
+    ("KRT_VERSION", "bad version", "rpc Greet's subject: 'bad version-Greet-entrypoint' is not a NATS subject"),
+    ("KRT_NATS_SUBJECTS_FILE", {"Greet": "greet.*", "Absent": "absent"}, "rpc Greet's subject: 'greet.*' is not a"),
+])
+def test_an_rpc_subject_no_call_could_be_published_to_stops_start_up_with_exit_2(krt, tmp_path, setting, value,
+                                                                                 expected):
+    if isinstance(value, dict):
+        (tmp_path / "subjects.json").write_text(json.dumps(value))
+        value = str(tmp_path / "subjects.json")
+    env = entrypoint_env(None, KRT_NATS_SERVER="nats://127.0.0.1:1", **{setting: value})
+
+    done = subprocess.run([*KRT_RUNNER, "entrypoint", str(krt)], env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2, done.stderr
+    assert expected in done.stderr
 
 
 def test_without_the_entrypoint_extra_the_command_says_what_to_install_with_exit_2(krt):

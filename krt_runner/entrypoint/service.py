@@ -19,6 +19,7 @@ from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from google.protobuf.message import Message
 
+from krt_runner import setting_values as parse
 from krt_runner.entrypoint import grpc_installed
 from krt_runner.errors import EntrypointError, ProtoError
 from krt_runner.krt.model import Krt, entry_subject
@@ -117,7 +118,17 @@ def _problems(krt: Krt, methods: list[MethodDescriptor], subjects: Mapping[str, 
     ]
     problems += [f"KRT_NATS_SUBJECTS_FILE has no subject for rpc {name}" for name in names
                  if name not in subjects and name in entrypoints]  # an rpc with no workflow is said above
+    problems += [problem for name in names if name in subjects and (problem := _subject_problem(name, subjects[name]))]
     return problems
+
+
+def _subject_problem(rpc: str, subject: str) -> str:
+    """Why calls of ``rpc`` could not be published to ``subject`` (a space in KRT_VERSION, a wildcard); ``""``."""
+    try:
+        parse.subject(subject)
+    except ValueError as exc:
+        return f"rpc {rpc}'s subject: {exc} (made from KRT_VERSION, or given by KRT_NATS_SUBJECTS_FILE)"
+    return ""
 
 
 def _rpc(method: MethodDescriptor, workflow: str, subject: str) -> Rpc:
