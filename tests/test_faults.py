@@ -204,6 +204,31 @@ async def test_sigterm_exits_at_once_while_a_timed_out_sync_handler_is_still_run
     assert summary_line(node.output)["abandoned_threads"] == 1, node.output
 
 
+async def test_sigterm_with_the_server_frozen_stops_within_the_drain_timeout_and_a_little_more(
+    start_node: NodeFactory,
+) -> None:
+    # nats-py's drain would add its own drain timeout and a 10 s flush: past a grace period set above the drain
+    # timeout, as the docs advise, the node would be killed before its measurements were flushed
+    with EmbeddedNats() as server:
+        node = start_node(**node_env(server, ROOT / "examples" / "greeter", "src/greet.py", input="frozen-in",
+                                     KRT_DRAIN_TIMEOUT="2"))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # its socket stays open, nothing answers
+        try:
+            signalled = time.monotonic()
+            node.signal(signal.SIGTERM)
+            code = await node_exit(node, timeout=30)
+            took = time.monotonic() - signalled
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+
+    assert code == 0, node.output
+    assert took < 2 + 6, node.output  # the drain timeout, a second for the connection's drain, and slack
+    assert '"could not drain connection; closing"' in node.output and "not done within" in node.output
+    assert "answering unfinished messages" not in node.output  # nothing was unfinished
+    print(f"stopped {took:.1f}s after SIGTERM")
+
+
 # -- a burst far above the node's rate --------------------------------------------------------------
 
 

@@ -33,6 +33,8 @@ __all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]
 MessageCallback = Callable[[Msg], Awaitable[None]]
 # One line per this many seconds at most for repeated errors (connect retries, slow consumer, bad frames).
 _ERROR_LOG_INTERVAL = 5.0
+# Seconds a drain cut short by close() gets to end.
+_CLOSE_WAIT = 1.0
 # Seconds between PINGs to the server, and how many may go unanswered before the connection counts as lost.
 PING_INTERVAL = 5.0
 MAX_OUTSTANDING_PINGS = 2
@@ -61,6 +63,7 @@ class Broker:
         self._subscription: Subscription | None = None
         self._connected_once = False
         self._closing = False
+        self._said_closed = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self._last_error_log = 0.0
         self.slow_consumer_drops = 0
@@ -187,19 +190,27 @@ class Broker:
         except Exception as exc:  # a connection lost mid-shutdown must not stop the shutdown
             self._log.warning("could not drain subscription", error=describe(exc))
 
-    async def close(self) -> None:
-        """Flush what is queued for the server, then close."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush what is queued for the server, then close; within ``timeout`` seconds when given (what is left
+        of the drain: a server that stopped answering must not hold a stop for nats-py's own timeouts too)."""
         self._closing = True
         if self._nc.is_closed:
             return
         if not (self._nc.is_connected or self._nc.is_reconnecting):  # it never connected: nothing to drain
             await self._close_quietly()
             return
-        try:
-            await self._nc.drain()
-        except Exception as exc:
-            self._log.warning("could not drain connection; closing", error=describe(exc))
+        # nats-py's drain takes its own timeouts, and a cancelled one still flushes, for up to 10 s more: a drain
+        # out of time is left to end with the connection, which close() ends now.
+        if timeout is not None:
+            self._nc.options["drain_timeout"] = timeout
+        draining = asyncio.ensure_future(self._nc.drain())
+        await asyncio.wait({draining}, timeout=timeout)
+        error = draining.exception() if draining.done() else None
+        if not draining.done() or error is not None:
+            self._log.warning("could not drain connection; closing", error=describe(error) if error else
+                              f"not done within {timeout:g}s")
             await self._close_quietly()
+            await asyncio.wait({draining}, timeout=_CLOSE_WAIT)
 
     async def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):  # closing a connection that never opened
@@ -281,5 +292,6 @@ class Broker:
         if self._connected_once and not self._closing:
             error = self._nc.last_error
             self._fail(f"NATS connection closed for good: {describe(error) if error else 'closed by the server'}")
-        elif self._connected_once:
+        elif self._connected_once and not self._said_closed:  # once, though a drain cut short closes twice
+            self._said_closed = True
             self._log.info("NATS connection closed")

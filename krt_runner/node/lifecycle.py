@@ -44,6 +44,10 @@ from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
 from krt_runner.node.user_code import UserCode
 
+# Seconds the connection's own drain gets at least, even when KRT_DRAIN_TIMEOUT is spent: the answers of the messages
+# just finished and the acks are still to be written.
+_LEAST_CLOSE_TIME = 1.0
+
 
 class RunningNode:
     """One node: a NATS subscription calling the user's handler once per message."""
@@ -161,7 +165,7 @@ class RunningNode:
             self._give_up()
         if self.jetstream is not None:
             await self.jetstream.release_rest()  # while the connection can still carry the naks
-        await self.broker.close()
+        await self.broker.close(timeout=max(_LEAST_CLOSE_TIME, deadline - time.monotonic()))
         await self.intake.close()
         self.pipeline.close()
         self.pipeline.recorder.record_now()  # should the loop not have come round to the last answers' points
@@ -180,9 +184,11 @@ class RunningNode:
         return True
 
     def _give_up(self) -> None:
-        """``KRT_DRAIN_TIMEOUT`` ran out: answer every unfinished message with an error before the connection
-        closes."""
-        self.log.error("drain timeout: answering unfinished messages with an error", unfinished=self.in_flight,
-                       seconds=self.settings.drain_timeout)
+        """``KRT_DRAIN_TIMEOUT`` ran out: answer every unfinished message with an error (at least once: hand it back
+        to JetStream) before the connection closes."""
+        if self.in_flight:
+            what = "handing unfinished messages back to JetStream" if self.jetstream is not None else \
+                "answering unfinished messages with an error"
+            self.log.error(f"drain timeout: {what}", unfinished=self.in_flight, seconds=self.settings.drain_timeout)
         self.pipeline.give_up()
         self.intake.give_up(busy=self.in_flight > 0)
