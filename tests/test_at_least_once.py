@@ -279,6 +279,27 @@ async def test_at_the_drain_timeout_a_running_message_goes_back_to_jetstream_and
     assert len(calls(call_log)) == 2 and requester.ignored_answers == 0
 
 
+async def test_messages_handed_back_at_the_drain_timeout_reach_the_other_replica_well_before_the_ack_wait(
+    js_server, start_node, call_log, requester
+) -> None:
+    # Handed back at once, JetStream gave some straight to the stopping replica's pull requests, still open on the
+    # server until they expire: lost there until the ack wait (30 s), past the callers' timeout.
+    nodes = start_nodes(start_node, js_server, call_log, ["a", "b"], replicas=2, KRT_CONCURRENCY="4",
+                        KRT_DRAIN_TIMEOUT="1")
+    names = [f"sleep:2.{i}" for i in range(8)]
+    running = asyncio.ensure_future(call_many(requester, names, window=8, timeout=25))
+    while len(calls(call_log)) < 8:  # four running on each replica of a
+        await asyncio.sleep(0.01)
+    stopping = nodes["a"][0]
+    stopping.signal(signal.SIGTERM)
+
+    answers = await running
+
+    assert answers == [f"{name}>a>b" for name in names]
+    assert await asyncio.to_thread(stopping.wait) == 0, stopping.output
+    assert '"released": 4' in stopping.output, stopping.output
+
+
 async def test_at_least_once_against_a_server_without_jetstream_stops_start_up_with_exit_2(
     nats_server, start_node, call_log
 ) -> None:

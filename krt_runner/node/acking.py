@@ -34,6 +34,8 @@ PUBLISH_ACK_TIMEOUT = 5.0
 ACK_DELAY = 0.001
 # One line per this many seconds at most for repeated settling errors.
 _ERROR_LOG_INTERVAL = 5.0
+# Seconds close() waits for settlements under way in their own tasks.
+_SETTLING_WAIT = 1.0
 _ACK = b"+ACK"
 _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
 _NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
@@ -57,6 +59,9 @@ class Acker:
         self._none_held.set()
         self._last_error_log = 0.0
         self._background: set[asyncio.Task[None]] = set()  # settlements that had to wait (see _in_background)
+        # Set when the node stops: until then a pull request of this process may be open on the server, and a
+        # message handed back sooner could be delivered to it, to be lost with the connection until the ack wait.
+        self.hand_back_delay: float | None = None
 
     @property
     def held(self) -> int:
@@ -95,7 +100,9 @@ class Acker:
         await self._send(msg, msg.term)
 
     async def release(self, msg: Msg, *, delay: float | None = None) -> None:
-        """Let the message go unanswered: JetStream delivers it again (after ``delay`` seconds), to any replica."""
+        """Let the message go unanswered: JetStream delivers it again (after ``delay`` seconds, by default
+        :attr:`hand_back_delay`), to any replica."""
+        delay = self.hand_back_delay if delay is None else delay
         await self._send(msg, lambda: msg.nak(delay=delay))
 
     def release_soon(self, msg: Msg) -> None:
@@ -139,10 +146,12 @@ class Acker:
 
     async def close(self) -> None:
         """Release whatever is still held (its answer unsent or unacknowledged), so that another replica takes it
-        at once rather than after the ack wait."""
+        soon rather than after the ack wait, and wait a moment for the releases already under way."""
         self._forwarded.clear()
         for msg, _ in list(self._held.values()):
             await self.release(msg)
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=_SETTLING_WAIT)
 
     def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
         """The next stream's acknowledgement, straight from the parser; one with a status (a 503: no stream

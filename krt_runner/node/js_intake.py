@@ -41,6 +41,8 @@ _PREFETCH_NS = int(PREFETCH_SECONDS * 1e9)
 _FIRST_GUESS_NS = 1_000_000  # the mean handling time before any was measured
 # Seconds the workers get to release the queued deliveries once the drain gave up.
 _RELEASE_TIMEOUT = 2.0
+# Seconds past the expiry of a stopping process's last pull request before what it hands back is delivered again.
+_PAST_EXPIRY = 0.5
 
 
 class JetStreamIntake:
@@ -103,6 +105,9 @@ class JetStreamIntake:
                 await self._puller.stop()
             except Exception as exc:  # a connection lost mid-shutdown must not stop the shutdown
                 self._log.warning("could not stop pulling cleanly", error=str(exc))
+            open_for = self._puller.requests_open_for(time.monotonic())
+            if open_for:  # what it hands back goes past its own pull requests, to another replica's
+                self.acker.hand_back_delay = open_for + _PAST_EXPIRY
 
     async def wait_handled(self, timeout: float) -> bool:
         """Until every delivery taken is handled and settled; ``False`` if ``timeout`` seconds ran out first."""

@@ -87,6 +87,11 @@ class Puller:
         self._asked = 0
         await self.ask()
 
+    def requests_open_for(self, now: float) -> float:
+        """Seconds a pull request of this process may stay open on the server (0: none is): it keeps one until it
+        expires or is filled, whether this process still listens or not."""
+        return max(0.0, self._asked_at + PULL_EXPIRES - now) if self._asked else 0.0
+
     async def stop(self) -> None:
         """Ask for nothing more; unsubscribe, handing over what had arrived (the intake releases it)."""
         self._stopped = True

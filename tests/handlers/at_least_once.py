@@ -39,7 +39,7 @@ async def handler(ctx, data):
     if command == "early":
         await ctx.reply(Request(name=f"early from {NODE}"))
     if command == "sleep":
-        await asyncio.sleep(float(argument))
+        await asyncio.sleep(float(argument.split(">")[0]))  # on later nodes too: "sleep:2>a"
     elif DELAY:
         await asyncio.sleep(DELAY)
     return Request(name=f"{name}>{NODE}")
