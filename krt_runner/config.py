@@ -54,7 +54,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("delivery", "KRT_DELIVERY", "--delivery", parse.choice(DELIVERY_MODES), default=AT_MOST_ONCE,
            help="at-most-once: core NATS, as KRE v1; at-least-once: input from a JetStream stream, acked once answered "
                 "(see docs/production.md)"),
-    Option("jetstream_ack_wait", "KRT_JETSTREAM_ACK_WAIT", "--jetstream-ack-wait", parse.ack_wait, default=30.0,
+    Option("jetstream_ack_wait", "KRT_JETSTREAM_ACK_WAIT", "--jetstream-ack-wait", parse.ack_wait, default=10.0,
            help="at-least-once: seconds a message may go unacknowledged before JetStream delivers it again (a "
                 "running handler's message is extended every half of it)"),
     Option("jetstream_max_deliver", "KRT_JETSTREAM_MAX_DELIVER", "--jetstream-max-deliver", parse.max_deliver,

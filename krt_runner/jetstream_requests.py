@@ -43,11 +43,16 @@ _UNAVAILABLE_PAUSE = 0.2
 _MSG_ID = "Nats-Msg-Id"
 
 
+# How a client (krt_runner.Client, call, up, local()) chooses at-most-once delivery instead.
+_CLIENT_SETTING = 'delivery="at-most-once" (krt-runner call --delivery)'
+
 class JetStreamRequests:
     """Requests through JetStream over one NATS connection; any number in flight (one inbox subscription)."""
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, *, setting: str = _CLIENT_SETTING) -> None:
+        """``setting``: how its user chooses at-most-once instead, for the error when the server has no JetStream."""
         self._nc = nc
+        self._setting = setting
         self._js = nc.jetstream()
         self._prefix = ""
         self._tokens = itertools.count()
@@ -57,7 +62,7 @@ class JetStreamRequests:
     async def start(self) -> None:
         """Subscribe to this requester's inbox (once connected); :class:`~krt_runner.errors.JetStreamError` when
         the server has no JetStream."""
-        await require_jetstream(self._nc)
+        await require_jetstream(self._nc, setting=self._setting)
         self._prefix = self._nc.new_inbox()
         await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_answer)
         await self._nc.flush()

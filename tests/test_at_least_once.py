@@ -307,8 +307,9 @@ async def test_at_least_once_against_a_server_without_jetstream_stops_start_up_w
                                              KRT_DELIVERY="at-least-once", CALL_LOG=str(call_log)))
 
     assert node.wait() == 2
-    assert "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs" in node.output
+    assert "the NATS server has no JetStream, which at-least-once delivery needs" in node.output
     assert "start nats-server with -js" in node.output and "node ready" not in node.output
+    assert "or deliver at most once (KRT_DELIVERY=at-most-once)" in node.output
 
 
 async def test_a_stream_that_cannot_be_created_stops_start_up_with_exit_2_naming_it(
@@ -327,8 +328,9 @@ async def test_a_stream_that_cannot_be_created_stops_start_up_with_exit_2_naming
 
 
 async def test_an_at_least_once_requester_on_a_server_without_jetstream_is_told_so_when_it_connects(nats_server):
-    with pytest.raises(ClientConnectError, match="the NATS server has no JetStream, which KRT_DELIVERY=at-least-once"):
+    with pytest.raises(ClientConnectError, match="the NATS server has no JetStream, which at-least-once") as no:
         await Client.connect(nats_server.url, delivery="at-least-once")
+    assert 'deliver at most once (delivery="at-most-once" (krt-runner call --delivery))' in str(no.value)
 
 
 async def test_an_at_least_once_node_tells_nats_micro_its_endpoint_is_read_through_its_stream_and_consumer(

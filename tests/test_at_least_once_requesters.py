@@ -140,7 +140,7 @@ def test_an_at_least_once_entrypoint_on_a_server_without_jetstream_stops_start_u
                               timeout=60)
 
     assert done.returncode == 2, done.stderr
-    assert "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs" in done.stderr + done.stdout
+    assert "the NATS server has no JetStream, which at-least-once delivery needs" in done.stderr + done.stdout
     assert "entrypoint ready" not in done.stderr + done.stdout
 
 

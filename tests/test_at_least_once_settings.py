@@ -13,11 +13,12 @@ from krt_runner.node.jetstream import consumer_max_deliver, duplicate_window
 from krt_runner.node.js_pipeline import _delivery_numbers
 
 
-def test_delivery_is_at_most_once_by_default_with_an_ack_wait_of_30s_and_5_deliveries():
+def test_delivery_is_at_most_once_by_default_with_an_ack_wait_of_10s_and_5_deliveries():
+    # 10 s: a request a killed replica held is delivered again well within a requester's default 30 s timeout
     settings = load_settings(KRE_V1_ENV)
 
     assert settings.delivery == "at-most-once" and not settings.at_least_once
-    assert (settings.jetstream_ack_wait, settings.jetstream_max_deliver) == (30.0, 5)
+    assert (settings.jetstream_ack_wait, settings.jetstream_max_deliver) == (10.0, 5)
 
 
 def test_the_jetstream_settings_come_from_their_variables_and_flags():

@@ -24,6 +24,7 @@ from krt_runner.errors import ListenError
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
 from krt_runner.node.health import HealthFile
+from krt_runner.node.jetstream import NODE_SETTING
 from krt_runner.setting_values import AT_LEAST_ONCE
 
 # Seconds gRPC gives what is open once the workflow calls are done: only long-lived streams (a health Watch).
@@ -49,7 +50,8 @@ class RunningEntrypoint:
         self.log = logger
         self.broker = Broker(settings, logger)
         # at-least-once: calls through JetStream, on an inbox of the entrypoint's own (subscribed once connected)
-        self._jetstream = JetStreamRequests(self.broker.client) if settings.delivery == AT_LEAST_ONCE else None
+        self._jetstream = JetStreamRequests(self.broker.client, setting=NODE_SETTING) \
+            if settings.delivery == AT_LEAST_ONCE else None
         self.address = ""
         self._health = health.aio.HealthServicer()
         self._server = grpc.aio.server(options=_SERVER_OPTIONS)

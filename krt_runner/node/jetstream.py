@@ -28,10 +28,12 @@ from krt_runner.jetstream_names import consumer_name, stream_name
 _MIN_DUPLICATE_WINDOW = 120.0
 _STREAM_NAME_IN_USE = 10058  # JetStream's "stream name already in use with a different configuration"
 _NO_JETSTREAM = (
-    "the NATS server has no JetStream, which KRT_DELIVERY=at-least-once needs: start nats-server with -js (or a "
-    "jetstream block in its configuration, and JetStream enabled for this node's account), or set "
-    "KRT_DELIVERY=at-most-once"
+    "the NATS server has no JetStream, which at-least-once delivery needs: start nats-server with -js (or a "
+    "jetstream block in its configuration, and JetStream enabled for this connection's account), or deliver at most "
+    "once ({setting})"
 )
+# How each user of require_jetstream chooses the delivery mode.
+NODE_SETTING = "KRT_DELIVERY=at-most-once"
 
 
 @dataclass(frozen=True)
@@ -64,17 +66,19 @@ async def open_input(client: Client, *, subject: str, ack_wait: float, max_deliv
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
 
 
-async def require_jetstream(client: Client) -> JetStreamContext:
-    """This connection's JetStream, once it has answered; :class:`JetStreamError` saying how to get one."""
+async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> JetStreamContext:
+    """This connection's JetStream, once it has answered; :class:`JetStreamError` saying how to get one, or to
+    choose at-most-once with ``setting`` (``KRT_DELIVERY=at-most-once`` for a node)."""
     js = client.jetstream()
+    no_jetstream = _NO_JETSTREAM.format(setting=setting)
     try:
         await js.account_info()
     except ServiceUnavailableError:
-        raise JetStreamError(_NO_JETSTREAM) from None
+        raise JetStreamError(no_jetstream) from None
     except APIError as exc:
-        raise JetStreamError(f"JetStream refused this account: {_api_text(exc)}; {_NO_JETSTREAM}") from None
+        raise JetStreamError(f"JetStream refused this account: {_api_text(exc)}; {no_jetstream}") from None
     except (NatsError, asyncio.TimeoutError) as exc:
-        raise JetStreamError(f"JetStream did not answer ({describe(exc)}); {_NO_JETSTREAM}") from None
+        raise JetStreamError(f"JetStream did not answer ({describe(exc)}); {no_jetstream}") from None
     return js
 
 
@@ -117,7 +121,8 @@ async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack
     except (APIError, NatsError, asyncio.TimeoutError) as exc:
         raise JetStreamError(
             f"cannot create or update the durable consumer {name!r} on stream {stream!r} for {subject!r}: "
-            f"{_api_text(exc)}; on a work-queue stream only one consumer may read a subject: delete any other"
+            f"{_api_text(exc)}; a consumer of that name that is not a pull consumer, or another consumer of the "
+            f"subject on a work-queue stream, is in the way: delete it (nats consumer rm {stream} <name>)"
         ) from None
 
 
