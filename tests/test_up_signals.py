@@ -123,3 +123,21 @@ def test_up_whose_output_reader_went_away_goes_on_serving_and_stops_cleanly(tmp_
     assert answer is not None and "Hello, Ada!" in answer
     assert code == 0
     assert leftovers(marker) == []
+
+
+def test_up_whose_nats_server_dies_says_so_stops_every_node_and_exits_1(tmp_path):
+    up = UpRun(str(ROOT / "examples" / "greeter"), "--no-entrypoint", cwd=tmp_path)
+    try:
+        up.wait_for_line("krt-runner call")  # printed once every node is ready
+        (server,) = [pid for pid in marked_pids(up.marker)
+                     if b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]]
+        os.kill(server, signal.SIGKILL)
+        code = up.wait(timeout=60)
+    finally:
+        up.stop()
+
+    said = "\n".join(up.err)
+    assert code == 1, said
+    assert "nats-server was killed by SIGKILL (out of memory?): no node can serve without it" in said
+    assert "nats-server had exited already" in said
+    assert leftovers(up.marker) == []

@@ -34,7 +34,7 @@ from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
 from krt_runner.local_krt.embedded import EmbeddedNats, stop_with_parent
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
-from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
+from krt_runner.local_krt.node_process import LAST_LINES, LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
@@ -42,6 +42,8 @@ from krt_runner.setting_values import AT_LEAST_ONCE, redact_servers
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
+# Seconds between two looks at whether the nats-server up started is still running.
+_SERVER_POLL = 0.5
 
 
 class Ending(enum.Enum):
@@ -49,7 +51,7 @@ class Ending(enum.Enum):
 
     READY = "ready"  # start(): every node is ready
     DONE = "done"  # until(work): the work finished first
-    DIED = "died"  # a node exited
+    DIED = "died"  # a node exited, or the nats-server up started (no node then)
     STOPPED = "stopped"  # request_stop() was called
     TIMEOUT = "timeout"  # start(): not every node was ready in time
 
@@ -135,7 +137,6 @@ class Supervisor:
         KRT is idle: the rest stop and the exit code is 0, as on Ctrl-C.
         """
         if outcome.ending is Ending.DIED:
-            assert outcome.node is not None
             return self._explain_death(outcome.node)
         if outcome.ending is Ending.TIMEOUT:
             waiting = [node.label for node in self.nodes if not node.ready.is_set()]
@@ -269,12 +270,30 @@ class Supervisor:
             return Outcome(Ending.DIED, node=died.result())
         return Outcome(Ending.STOPPED if stopped in done else Ending.TIMEOUT)
 
-    async def _death(self) -> NodeProcess:
-        exits = {node.exited: node for node in self.nodes}
-        done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+    async def _death(self) -> NodeProcess | None:
+        """The node that exited first; ``None`` when it is the nats-server this supervisor started."""
+        exits: dict[asyncio.Future[Any], NodeProcess | None] = {node.exited: node for node in self.nodes}
+        server = asyncio.ensure_future(self._server_exit()) if self.nats is not None else None
+        if server is not None:
+            exits[server] = None
+        try:
+            done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if server is not None:
+                server.cancel()
         return next(exits[task] for task in exits if task in done)
 
-    def _explain_death(self, node: NodeProcess) -> tuple[int, list[str]]:
+    async def _server_exit(self) -> None:
+        assert self.nats is not None and self.nats.process is not None
+        while self.nats.process.poll() is None:
+            await asyncio.sleep(_SERVER_POLL)
+
+    def _explain_death(self, node: NodeProcess | None) -> tuple[int, list[str]]:
+        if node is None:
+            assert self.nats is not None and self.nats.process is not None
+            lines = [f"    {line}" for line in self.nats.log_text().splitlines()[-LAST_LINES:]]
+            return EXIT_FAILED, [f"nats-server {how_it_ended(self.nats.process.returncode)}: no node can serve "
+                                 "without it; its last lines:", *lines]
         if node.stopped_on_idle:
             return EXIT_OK, [f"{node.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
         lines = [f"    {line}" for line in node.last_lines]
@@ -296,11 +315,12 @@ class Supervisor:
     async def _stop_nats(self) -> None:
         if self.nats is None:
             return
+        exited = self.nats.process is not None and self.nats.process.poll() is not None
         try:
             await asyncio.to_thread(self.nats.close)
         except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
             self.nats.close()
-        self.say("nats-server stopped")
+        self.say("nats-server had exited already" if exited else "nats-server stopped")
 
 
 def _port_is_free(port: int) -> bool:
