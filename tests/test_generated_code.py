@@ -149,6 +149,22 @@ def test_protos_reports_a_pb2_without_its_proto_and_leaves_it_as_it_is(old_krt, 
     assert orphan.read_text() == "# generated long ago; its .proto is not in this KRT\n"
 
 
+def test_protos_of_a_proto_with_no_pb2_yet_says_how_to_make_the_first_one_and_that_command_works(tmp_path):
+    krt = tmp_path / "krt"
+    (krt / "proto").mkdir(parents=True)
+    (krt / "src").mkdir()
+    (krt / "proto" / "fresh.proto").write_text('syntax = "proto3";\npackage fresh;\nmessage A { string a = 1; }\n')
+
+    done = cli("protos", str(krt), cwd=tmp_path)
+    hint = next(line for line in done.stdout.splitlines() if line.startswith("proto/fresh.proto has no fresh_pb2.py"))
+    command = hint.split("e.g. ")[1].split(";")[0].split()
+    made = subprocess.run([sys.executable, *command[1:]], cwd=krt, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0 and command[:3] == ["python", "-m", "grpc_tools.protoc"], done.stdout
+    assert made.returncode == 0, made.stderr
+    assert (krt / "src" / "fresh_pb2.py").is_file()
+
+
 def test_protos_without_grpcio_tools_says_which_extra_to_install(old_krt, tmp_path):
     hide_grpc_tools = "import sys; sys.modules['grpc_tools'] = None; from krt_runner.cli import main; sys.exit(main())"
 

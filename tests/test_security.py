@@ -330,10 +330,10 @@ async def test_no_secret_appears_in_anything_a_node_prints(
     kind: str, configured_server: ServerFactory, start_node: NodeFactory, tmp_path: Path, pki: Pki
 ) -> None:
     secured = secure(kind, configured_server, tmp_path, pki)
-    influx = f"http://influx-user:{INFLUX_TOKEN}@127.0.0.1:{free_port()}"
+    influx = f"http://influx-user:{INFLUX_TOKEN}@127.0.0.1:{free_port()}"  # 1.8's user:password, sent as the token
     env = secured_node_env(
         secured, KRT_LOG_LEVEL="debug", KRT_MEASUREMENTS_ENABLED="true", KRT_INFLUX_URI=influx,
-        KRT_INFLUX_TOKEN=INFLUX_TOKEN, KRT_INFLUX_FLUSH_INTERVAL="0.2", KRT_INFLUX_SHUTDOWN_TIMEOUT="0.5",
+        KRT_INFLUX_FLUSH_INTERVAL="0.2", KRT_INFLUX_SHUTDOWN_TIMEOUT="0.5",
     )
     node = start_node(**env)
 

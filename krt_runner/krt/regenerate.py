@@ -81,8 +81,19 @@ def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.s
         failed += not _regenerate_one(item, include=include, root=directory, out=out, err=err)
     left = sum(item.proto is None for item in items)
     done = len(items) - left - failed
+    for proto in _without_code(directory, items):
+        shown = proto.relative_to(directory)
+        print(f"{shown} has no {shown.stem}_pb2.py in the folder, so none was written: make the first one where "
+              f"your handler imports it from, e.g. python -m grpc_tools.protoc -I {shown.parent} --python_out=src "
+              f"{shown}; from then on this command keeps it in step", file=out)
     print(f"krt-runner protos: {done} _pb2.py file(s) written, {left} left as they are, {failed} failed", file=out)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _without_code(root: Path, items: list[Regeneration]) -> list[Path]:
+    """The ``.proto`` files no ``_pb2.py`` of the folder is generated from (a KRT just written by hand)."""
+    generated = {_proto_name(item.generated) for item in items}
+    return [proto for proto in _files(root, "*.proto") if proto.name not in generated]
 
 
 def _regenerate_one(item: Regeneration, *, include: Path, root: Path, out: TextIO, err: TextIO) -> bool:

@@ -32,18 +32,16 @@ from typing import Any, TextIO
 from krt_runner.config import requester_connect_options
 from krt_runner.entrypoint.settings import DEFAULT_PORT as DEFAULT_GRPC_PORT
 from krt_runner.errors import EXIT_FAILED, EXIT_OK
-from krt_runner.local_krt.embedded import EmbeddedNats, stop_with_parent
+from krt_runner.local_krt.embedded import stop_with_parent
 from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
-from krt_runner.local_krt.node_process import LAST_LINES, LINE_LIMIT, NodeProcess, Printer, how_it_ended
+from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
+from krt_runner.local_krt.up_server import UpServer
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
-from krt_runner.setting_values import AT_LEAST_ONCE, redact_servers
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
-# Seconds between two looks at whether the nats-server up started is still running.
-_SERVER_POLL = 0.5
 
 
 class Ending(enum.Enum):
@@ -73,7 +71,7 @@ class Supervisor:
         self.options = options
         self.printer = Printer(output, [label for _, label in plan.replicas] + (["entrypoint"] if plan.grpc else []))
         self.nodes: list[NodeProcess] = []  # the entrypoint's process too, once started
-        self.nats: EmbeddedNats | None = None
+        self.server = UpServer(options, say=self.say)
         self.mongo_writer: LocalMongoWriter | None = None
         self.url = ""
         self.grpc_address = ""  # host:port of the gRPC entrypoint, once ready
@@ -99,13 +97,12 @@ class Supervisor:
         self._stop.set()
         for node in self.nodes:
             node.kill()
-        if self.nats is not None:
-            self.nats.kill()
+        self.server.kill()
 
     async def start(self) -> Outcome:
         """Start nats-server, the local mongo-writer and every node, then the gRPC entrypoint; ``READY`` once all
         are, else what came first."""
-        self.url = await self._start_nats()
+        self.url = await self.server.start()
         if self.options.nats:  # a server of someone else's: another up may run the same KRT there
             await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say,
                                   options=self.client_options)
@@ -159,20 +156,9 @@ class Supervisor:
                 node.kill()
             shutil.rmtree(self._health_dir, ignore_errors=True)
             await self._stop_mongo_writer()
-            await self._stop_nats()
+            await self.server.stop()
 
     # -- starting ---------------------------------------------------------------------------------
-
-    async def _start_nats(self) -> str:
-        if self.options.nats:
-            self.say(f"using NATS at {redact_servers(self.options.nats)}")
-            return self.options.nats
-        jetstream = self.options.delivery == AT_LEAST_ONCE
-        self.nats = EmbeddedNats(jetstream=jetstream, stop_with_owner=True)
-        await asyncio.to_thread(self.nats.start)
-        store = f" (JetStream, its store in {self.nats.store_dir})" if jetstream else ""
-        self.say(f"nats-server on {self.nats.url}{store}")
-        return self.nats.url
 
     async def _start_mongo_writer(self, url: str) -> dict[str, str]:
         """Answer the nodes' ``ctx.db`` and ``ctx.prediction`` saves; the setting that lets them read it back."""
@@ -273,7 +259,7 @@ class Supervisor:
     async def _death(self) -> NodeProcess | None:
         """The node that exited first; ``None`` when it is the nats-server this supervisor started."""
         exits: dict[asyncio.Future[Any], NodeProcess | None] = {node.exited: node for node in self.nodes}
-        server = asyncio.ensure_future(self._server_exit()) if self.nats is not None else None
+        server = asyncio.ensure_future(self.server.exited()) if self.server.watched else None
         if server is not None:
             exits[server] = None
         try:
@@ -283,17 +269,9 @@ class Supervisor:
                 server.cancel()
         return next(exits[task] for task in exits if task in done)
 
-    async def _server_exit(self) -> None:
-        assert self.nats is not None and self.nats.process is not None
-        while self.nats.process.poll() is None:
-            await asyncio.sleep(_SERVER_POLL)
-
     def _explain_death(self, node: NodeProcess | None) -> tuple[int, list[str]]:
         if node is None:
-            assert self.nats is not None and self.nats.process is not None
-            lines = [f"    {line}" for line in self.nats.log_text().splitlines()[-LAST_LINES:]]
-            return EXIT_FAILED, [f"nats-server {how_it_ended(self.nats.process.returncode)}: no node can serve "
-                                 "without it; its last lines:", *lines]
+            return EXIT_FAILED, self.server.explain_exit()
         if node.stopped_on_idle:
             return EXIT_OK, [f"{node.label} stopped on its idle timeout (KRT_IDLE_TIMEOUT)"]
         lines = [f"    {line}" for line in node.last_lines]
@@ -311,16 +289,6 @@ class Supervisor:
             await writer.close()
             refused = f", {writer.refused} refused" if writer.refused else ""
             self.say(f"mongo_writer stopped: {writer.saved} documents saved{refused}")
-
-    async def _stop_nats(self) -> None:
-        if self.nats is None:
-            return
-        exited = self.nats.process is not None and self.nats.process.poll() is not None
-        try:
-            await asyncio.to_thread(self.nats.close)
-        except RuntimeError:  # at interpreter exit (local() closed by atexit) no thread can start
-            self.nats.close()
-        self.say("nats-server had exited already" if exited else "nats-server stopped")
 
 
 def _port_is_free(port: int) -> bool:

@@ -1,11 +1,12 @@
-"""The measurement writer's log lines: on a change of state, and drops at most once per ``_REPORT_EVERY``."""
+"""The measurement writer's log lines: on a change of state, and drops and repeated refusals at most once per
+``_REPORT_EVERY``."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-# Seconds between two log lines about dropped points.
+# Seconds between two log lines about dropped points, or about the same refusal.
 _REPORT_EVERY = 10.0
 
 
@@ -22,6 +23,10 @@ class WriterReport:
         self._reported_drops = 0
         self._last_report = 0.0
         self._closed = False
+        self._last_refusal = ""
+        self._last_refusal_at = 0.0
+        self._refused_points = 0  # since the last line about a refusal
+        self._refused_batches = 0
 
     def written(self, lines: int) -> None:
         if self._failing_since is not None:
@@ -42,8 +47,18 @@ class WriterReport:
                             destination=self._destination, error=error, buffered=buffered)
 
     def rejected(self, error: str, lines: int) -> None:
+        """A refusal now; the same refusal again (a wrong token, batch after batch) at most once per
+        ``_REPORT_EVERY``, with what was dropped meanwhile (every drop is in :meth:`closed`'s counts)."""
+        self._refused_points += lines
+        self._refused_batches += 1
+        now = time.monotonic()
+        if error == self._last_refusal and now - self._last_refusal_at < _REPORT_EVERY:
+            return
         self._log.error("measurements: batch refused for good; its points are dropped",
-                        destination=self._destination, error=error, dropped=lines)
+                        destination=self._destination, error=error, dropped=self._refused_points,
+                        batches=self._refused_batches)
+        self._last_refusal, self._last_refusal_at = error, now
+        self._refused_points = self._refused_batches = 0
 
     def drops(self, counts: dict[str, int], buffered: int) -> None:
         """Points dropped to make room; those dropped at close are in :meth:`closed`'s line, not here."""
