@@ -115,16 +115,23 @@ class NodeClient(Client):
         flusher = self._flusher_task
         if flusher is None or flusher.done() or self._flush_queue is None:
             return None
-        header = msg_id_header(msg_id) if msg_id else b""
-        if len(payload) + len(header) > self._max_payload:  # the server would close the connection
-            raise PayloadTooLargeError(f"the message is {len(payload)} bytes with {len(header)} of headers, over the "
-                                       f"server's max payload of {self._max_payload}")
+        # over the server's max payload, headers included, the server would close the connection
+        if len(payload) > self._max_payload:
+            raise self._too_large(payload, b"")
+        if msg_id:
+            header = msg_id_header(msg_id)
+            if len(payload) + len(header) > self._max_payload:
+                raise self._too_large(payload, header)
         head = b"%b %b" % (subject.encode(), reply.encode()) if reply else subject.encode()
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
         if not msg_id:
             return b"PUB %b %d\r\n%b\r\n" % (head, len(payload), payload)
         return b"HPUB %b %d %d\r\n%b%b\r\n" % (head, len(header), len(header) + len(payload), header, payload)
+
+    def _too_large(self, payload: bytes, header: bytes) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the message is {len(payload)} bytes with {len(header)} of headers, over the "
+                                    f"server's max payload of {self._max_payload}")
 
     def _write_now(self) -> None:
         self._write_timer = None
