@@ -9,7 +9,6 @@ but JSON.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -18,8 +17,13 @@ from typing import Any, TextIO
 import structlog
 
 from krt_runner.log_stream import NeverBlockingStream
+from krt_runner.logger_manners import with_standard_manners
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# Libraries whose INFO and DEBUG lines say nothing a node's user needs (per request, per connection).
+_QUIET_LIBRARIES = ("asyncio", "urllib3", "influxdb_client", "nats", "grpc", "pymongo")
+# The node a process runs, for the standard library's lines (see node_logger).
+_IDENTITY: dict[str, str] = {}
 # Characters of one value in a line (a traceback fits; a hostile message's 60 MB tracking_id does not).
 MAX_VALUE = 10_000
 
@@ -55,14 +59,16 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
         logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=True,
     )
-    _route_standard_logging(output, renderer, exceptions)
+    _route_standard_logging(output, renderer, exceptions, _LEVELS[level])
 
 
-def _route_standard_logging(output: Any, renderer: Any, exceptions: Any) -> None:
-    """Warnings and errors of other libraries, rendered as our own lines (their tracebacks inside them)."""
+def _route_standard_logging(output: Any, renderer: Any, exceptions: Any, level: int) -> None:
+    """The standard library's lines, rendered as our own (their tracebacks inside them), naming the node: a handler
+    module's ``logging.info`` at the node's level, as KRE v1 logged it; other libraries' warnings and errors."""
     handler = logging.StreamHandler(output)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
+            _node_identity,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -72,23 +78,21 @@ def _route_standard_logging(output: Any, renderer: Any, exceptions: Any) -> None
     ))
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(logging.WARNING)
+    root.setLevel(level)
+    for library in _QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(max(level, logging.WARNING))
+
+
+def _node_identity(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in _IDENTITY.items():
+        event.setdefault(key, value)
+    return event
 
 
 def node_logger(*, node: str, workflow: str, version: str) -> Any:
-    """The base logger of a node; every line it writes names node, workflow and version."""
-    wrapper = _with_standard_level_checks(structlog.get_config()["wrapper_class"])
+    """The base logger of a node; every line it writes names node, workflow and version, and so does every line
+    of the standard library's logging from now on."""
+    _IDENTITY.update(node=node, workflow=workflow, version=version)
+    wrapper = with_standard_manners(structlog.get_config()["wrapper_class"])
     logger = structlog.wrap_logger(None, wrapper_class=wrapper, logger_factory_args=("krt_runner",))
     return logger.bind(node=node, workflow=workflow, version=version)
-
-
-@functools.cache
-def _with_standard_level_checks(wrapper: Any) -> Any:
-    """structlog's filtering logger, also answering the standard library's ``isEnabledFor`` and
-    ``getEffectiveLevel``, which KRE v1 handlers (their ``ctx.logger`` was a ``logging.Logger``) may call."""
-    if hasattr(wrapper, "isEnabledFor") or not hasattr(wrapper, "is_enabled_for"):
-        return wrapper
-    return type(wrapper.__name__, (wrapper,), {
-        "isEnabledFor": wrapper.is_enabled_for,
-        "getEffectiveLevel": wrapper.get_effective_level,
-    })

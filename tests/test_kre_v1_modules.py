@@ -206,6 +206,10 @@ def test_ctx_logger_answers_the_standard_librarys_level_checks_as_kre_v1s_loggin
         import logging
         from google.protobuf.wrappers_pb2 import StringValue
 
+        def init(ctx):
+            ctx.logger.setLevel(logging.DEBUG)  # accepted; KRT_LOG_LEVEL decides
+            ctx.logger.info("logger %s", ctx.logger.name)
+
         def handler(ctx, data):
             if ctx.logger.isEnabledFor(logging.DEBUG):
                 ctx.logger.debug("detail %s", "costly")
@@ -216,3 +220,30 @@ def test_ctx_logger_answers_the_standard_librarys_level_checks_as_kre_v1s_loggin
 
     assert answer.value.split()[1] == "True"
     assert int(answer.value.split()[0]) <= logging.ERROR
+
+
+async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails_no_request(
+    nats_server, start_node, requester, tmp_path
+):
+    # KRE v1's ctx.logger was a logging.Logger, whose % mistakes never raised; and its root logger wrote INFO
+    (tmp_path / "chatty.py").write_text(textwrap.dedent("""
+        import logging
+        log = logging.getLogger(__name__)
+
+        def handler(ctx, data):
+            ctx.logger.info("user %s scored %d", "ada")  # one argument short
+            log.info("module logger line")
+            logging.info("root logger line %s", 7)
+            return data
+    """))
+    node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
+
+    answer = await requester.greet("chatty-in", "Ada")
+    node.signal()
+    assert node.wait() == 0
+
+    assert answer.error == ""
+    lines = {line["event"]: line for line in map(json.loads, node.output.splitlines()) if "event" in line}
+    assert lines["user %s scored %d"]["format_error"] == "TypeError: not enough arguments for format string"
+    assert lines["module logger line"]["node"] == "chatty" and lines["module logger line"]["logger"] == "chatty"
+    assert lines["root logger line 7"]["workflow"] == "test-workflow"

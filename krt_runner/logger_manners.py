@@ -1,0 +1,72 @@
+"""The manners of KRE v1's ``ctx.logger``, a standard library ``logging.Logger``, on structlog's filtering logger.
+
+A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel`` or read ``name``; and a log call
+whose ``%`` arguments do not fit its text (``logger.info("%s scored %d", name)``) never raised there: the standard
+library reports it and carries on. Here such a line is written with its text as it was and its arguments beside
+it, and the handler goes on. Only the levels the logger writes are wrapped: a call below them stays structlog's
+``return None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# The methods that take a text and its % arguments, with their level; exception() goes through error().
+_LEVEL_METHODS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+                  "warn": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+                  "fatal": logging.CRITICAL}
+
+
+@functools.cache
+def with_standard_manners(wrapper: Any) -> Any:
+    """``wrapper`` (structlog's filtering logger class), with the standard library's names and forgiveness."""
+    if hasattr(wrapper, "isEnabledFor") or not hasattr(wrapper, "is_enabled_for"):
+        return wrapper  # the standard library's own, or a logger class someone configured: left as it is
+    least = wrapper.get_effective_level(None)
+    manners: dict[str, Any] = {
+        "isEnabledFor": wrapper.is_enabled_for,
+        "getEffectiveLevel": wrapper.get_effective_level,
+        "setLevel": _level_is_the_nodes,
+        "name": "krt_runner",
+        "log": _forgiving_log(wrapper.log),
+    }
+    for name, level in _LEVEL_METHODS.items():
+        if level >= least and hasattr(wrapper, name):
+            manners[name] = _forgiving(getattr(wrapper, name))
+    return type(wrapper.__name__, (wrapper,), manners)
+
+
+def _level_is_the_nodes(self: Any, level: Any) -> None:
+    """Accepted, as KRE v1 code calls it, and left alone: KRT_LOG_LEVEL sets a node's level."""
+
+
+def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolated(event, args, kw)
+        return method(self, event, **kw)
+
+    return call
+
+
+def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
+    def call(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolated(event, args, kw)
+        return method(self, level, event, **kw)
+
+    return call
+
+
+def _interpolated(event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    """``event % args`` as structlog and the standard library make it (one mapping: by name); when they do not
+    fit, the text as it is, and the arguments and the error added to ``kw``."""
+    try:
+        return event % (args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args)
+    except (TypeError, ValueError, KeyError) as exc:
+        kw["args"] = repr(args)
+        kw["format_error"] = f"{type(exc).__name__}: {exc}"
+        return event
