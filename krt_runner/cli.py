@@ -134,6 +134,7 @@ def _add_manifests(commands: Any) -> None:
 
 
 def _manifests(args: argparse.Namespace) -> int:
+    from krt_runner.entrypoint.service import refusals
     from krt_runner.krt.manifests import ManifestOptions
     from krt_runner.krt.manifests_command import run_manifests
 
@@ -142,7 +143,7 @@ def _manifests(args: argparse.Namespace) -> int:
         secret=args.secret, delivery=args.delivery, keda=args.keda, keda_max_replicas=args.keda_max_replicas,
         nats_monitoring=args.nats_monitoring, entrypoint=not args.no_entrypoint,
     )  # fmt: skip
-    return run_manifests(args.directory, options, out=args.out)
+    return run_manifests(args.directory, options, out=args.out, refusals=refusals)
 
 
 def _add_build(commands: Any) -> None:

@@ -290,3 +290,15 @@ def test_check_reads_a_package_and_names_it_in_its_problems(tmp_path):
 
     assert code == 2
     assert f"  - {archive}: entry '../escaped.txt' would be written outside" in err.getvalue()
+
+
+def test_check_of_a_built_package_warns_of_nothing_its_entrypoint_is_read_while_it_is_unpacked(tmp_path):
+    source = tmp_path / "greeter"
+    shutil.copytree(GREETER, source, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    built = subprocess.run([*KRT_RUNNER, "build", str(source)], capture_output=True, text=True, timeout=120)
+    (package,) = (source / "dist").glob("*.krt")
+
+    checked = subprocess.run([*KRT_RUNNER, "check", str(package)], capture_output=True, text=True, timeout=120)
+
+    assert built.returncode == 0 and checked.returncode == 0, built.stderr + checked.stderr
+    assert "warning" not in checked.stderr, checked.stderr

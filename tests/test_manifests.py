@@ -10,6 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import KRT_RUNNER, ROOT
+from entrypoint_helpers import SERVICE_PROTO, write_krt
 
 from krt_runner import KRT
 from krt_runner.jetstream_names import consumer_name, stream_name
@@ -175,3 +176,24 @@ def test_up_starts_as_many_processes_as_krt_yml_asks_unless_told_otherwise(tmp_p
 
     assert [label for _, label in default.replicas] == ["greet#1", "greet#2", "decorate"]
     assert [label for _, label in told.replicas] == ["greet", "decorate"]
+
+
+def test_a_krt_whose_entrypoint_cannot_be_served_gets_no_entrypoint_objects_and_a_line_saying_why(tmp_path):
+    # its pod would exit 2 again and again: left out, as up leaves it out
+    krt = write_krt(tmp_path / "krt", proto=SERVICE_PROTO.replace("service Entrypoint", "service Other"))
+
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(krt), "--image", "i"], capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "krt-runner manifests: the gRPC entrypoint is left out, krt-runner entrypoint would refuse" in done.stderr
+    names = [item["metadata"]["name"] for item in yaml.safe_load_all(done.stdout)]
+    assert not [name for name in names if name.endswith("-entrypoint")] and names
+
+
+def test_a_nats_url_with_a_password_is_refused_the_manifests_hold_no_secret(tmp_path):
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url",
+                           "nats://krt:hunter2@nats.nats:4222"], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--nats-url carries a user or a password" in done.stderr and "hunter2" not in done.stderr

@@ -92,16 +92,23 @@ def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | No
     return f"node {node.name!r}: {lines[0]}"
 
 
-def check_source(source: Path) -> tuple[Krt | None, list[str]]:
-    """:func:`check_krt` for a folder or a ``.krt`` package; problems name the package, not where it was unpacked."""
+def check_source(
+    source: Path, more_warnings: Callable[[Krt], Iterable[str]] | None = None,
+) -> tuple[Krt | None, list[str], list[str]]:  # fmt: skip
+    """:func:`check_krt` for a folder or a ``.krt`` package, and ``more_warnings`` of a valid one, found while a
+    package is unpacked; problems and warnings name the package, not where it was unpacked."""
     from krt_runner.krt.package import open_krt
 
     try:
         with open_krt(source) as root:
             krt, problems = check_krt(root)
-            return krt, [problem.replace(str(root), str(source)) for problem in problems]
+            warnings = list(more_warnings(krt)) if krt is not None and not problems and more_warnings else []
+            def named(texts: list[str]) -> list[str]:
+                return [text.replace(str(root), str(source)) for text in texts]
+
+            return krt, named(problems), named(warnings)
     except KrtFileError as exc:  # the package itself cannot be read
-        return None, [f"{exc.path}: {problem}" for problem in exc.problems]
+        return None, [f"{exc.path}: {problem}" for problem in exc.problems], []
 
 
 def report_problems(command: str, source: Path | str, problems: list[str], *, err: TextIO) -> int:
@@ -118,7 +125,7 @@ def run_check(
 ) -> int:  # fmt: skip
     """Run the ``check`` command on a folder or a ``.krt``: 0 and the wiring when all is well, 2 and every problem.
     ``more_warnings``: what other layers find worth a warning in a valid KRT (the entrypoint's refusals)."""
-    krt, problems = check_source(directory)
+    krt, problems, warnings = check_source(directory, more_warnings)
     if problems or krt is None:
         return report_problems("check", directory, problems, err=err)
     print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
@@ -128,7 +135,7 @@ def run_check(
     if missing:  # a value may be given only where the KRT runs: a warning, not a problem
         print(f"krt-runner check: warning: config of krt.yml without a value here: {', '.join(missing)} "
               "(krt-runner up needs each exported)", file=err)
-    for warning in more_warnings(krt) if more_warnings is not None else ():
+    for warning in warnings:
         print(f"krt-runner check: warning: {warning}", file=err)
     return EXIT_OK
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -13,8 +13,9 @@ import yaml
 
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
 from krt_runner.krt.manifests import AT_LEAST_ONCE, ManifestOptions, manifests
-from krt_runner.krt.model import load_krt
+from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
+from krt_runner.setting_values import url_credentials
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -24,24 +25,40 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
+def _option_problem(options: ManifestOptions) -> str:
+    if options.keda and options.delivery != AT_LEAST_ONCE:
+        return ("--keda scales a node on its JetStream consumer's lag, which exists only with --delivery "
+                "at-least-once")
+    if any(url_credentials(url.strip())[1] for url in options.nats_url.split(",")):
+        return ("--nats-url carries a user or a password, which would be written into every Deployment: the "
+                "manifests hold no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or "
+                "KRT_NATS_TOKEN) in the Secret named by --secret")
+    return ""
+
+
 _HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"
 
 
 def run_manifests(
     source: Path, options: ManifestOptions, *, out: Path | None = None, environ: Mapping[str, str] = os.environ,
-    err: TextIO = sys.stderr,
+    err: TextIO = sys.stderr, refusals: Callable[[Krt], list[str]] | None = None,
 ) -> int:  # fmt: skip
-    """Write the manifests of the KRT in ``source`` (a folder or a ``.krt``) to ``out`` or stdout; the exit code."""
-    if options.keda and options.delivery != AT_LEAST_ONCE:
-        print("krt-runner manifests: --keda scales a node on its JetStream consumer's lag, which exists only with "
-              "--delivery at-least-once", file=err)
+    """Write the manifests of the KRT in ``source`` (a folder or a ``.krt``) to ``out`` or stdout; the exit code.
+    ``refusals``: why ``krt-runner entrypoint`` could not serve this KRT (its entrypoint is then left out)."""
+    problem = _option_problem(options)
+    if problem:
+        print(f"krt-runner manifests: {problem}", file=err)
         return EXIT_USAGE
     try:
         with open_krt(source) as directory:
             krt = load_krt(directory)
+            refused = refusals(krt) if options.entrypoint and refusals is not None else []
     except KrtFileError as exc:
         print(f"krt-runner manifests: {exc}", file=err)
         return EXIT_USAGE
+    for reason in refused:  # its pod would exit 2 again and again: left out, as up leaves it out
+        print(f"krt-runner manifests: the gRPC entrypoint is left out, {reason}", file=err)
+    options = replace(options, entrypoint=options.entrypoint and not refused)
     missing = [name for name in krt.config_names if name not in options.config and name not in environ]
     for name in missing:
         print(f"krt-runner manifests: config {name} has no value (export it, or fill it in the ConfigMap)", file=err)
