@@ -155,7 +155,8 @@ def test_names_are_short_lower_case_unique_and_the_same_on_every_run(tmp_path):
 def test_check_validates_replicas_and_resources(tmp_path):
     folder = tmp_path / "bad"
     shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
-    fields = "    src: src/greet.py\n    replicas: 0\n    resources: {cpuLimit: lots, disk: 1Gi}\n"
+    fields = ("    src: src/greet.py\n    replicas: 0\n    resources: {cpuLimit: lots, disk: 1Gi, memoryLimit: 1Gi, "
+              "memoryRequest: 1200Mi}\n")
     text = (folder / "krt.yml").read_text().replace("    src: src/greet.py\n", fields)
     (folder / "krt.yml").write_text(text)
 
@@ -164,6 +165,8 @@ def test_check_validates_replicas_and_resources(tmp_path):
     assert any("nodes[0].replicas: must be a whole number of at least 1, not 0" in p for p in problems)
     assert any("nodes[0].resources.cpuLimit: 'lots' is not a Kubernetes quantity" in p for p in problems)
     assert any("nodes[0].resources.disk: unknown field" in p for p in problems)
+    assert any("nodes[0].resources.memoryRequest: 1200Mi is above memoryLimit 1Gi: Kubernetes refuses" in p
+               for p in problems)  # kubernetes-validate's schema lets it through; the API server does not
 
 
 def test_up_starts_as_many_processes_as_krt_yml_asks_unless_told_otherwise(tmp_path):

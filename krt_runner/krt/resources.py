@@ -25,6 +25,8 @@ from typing import Any
 
 # A Kubernetes quantity: a decimal number with an optional suffix (m for milli-CPU, binary or decimal multiples).
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_MULTIPLES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+              "Ti": 2**40}
 FIELDS = {"cpuLimit": "cpu_limit", "memoryLimit": "memory_limit", "cpuRequest": "cpu_request",
           "memoryRequest": "memory_request"}  # fmt: skip
 
@@ -65,7 +67,17 @@ def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) 
             problem(f"{where}.{key}", f"{raw!r} is not a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi (memory)")
         else:
             found[FIELDS[key]] = str(raw)
+    for kind in ("cpu", "memory"):  # Kubernetes refuses a pod whose request is above its limit
+        request, limit = found.get(f"{kind}_request"), found.get(f"{kind}_limit")
+        if request and limit and _amount(request) > _amount(limit):
+            problem(f"{where}.{kind}Request", f"{request} is above {kind}Limit {limit}: Kubernetes refuses such a pod")
     return Resources(**found)
+
+
+def _amount(quantity: str) -> float:
+    """A quantity matched by _QUANTITY, as a plain number (cores, bytes)."""
+    number, suffix = re.fullmatch(r"([0-9.]+)(.*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * _MULTIPLES[suffix]
 
 
 def read_replicas(value: Any, where: str, problem: Callable[[str, str], None]) -> int:
