@@ -81,11 +81,21 @@ _MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 def request_envelope(request: Message, *, tracking_id: str | None = None) -> KreNatsMessage:
     """The ``KreNatsMessage`` a KRE v1 entrypoint sends: a fresh tracking id and an ``entrypoint`` entry."""
+    if not isinstance(request, Message):
+        raise TypeError(f"a request is a protobuf message (such as the workflow's request type), not "
+                        f"{type(request).__name__}")
     started = envelope.timestamp()
     message = KreNatsMessage(tracking_id=tracking_id or str(uuid.uuid4()))
     envelope.pack_into(message.payload, request)
     message.tracking.add(node_name="entrypoint", start=started, end=envelope.timestamp())
     return message
+
+
+def _check_timeout(timeout: Any) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout is a number of seconds, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be above 0 seconds, not {timeout}")
 
 
 def unpack_answer(answer: KreNatsMessage, response_type: type[ResponseT]) -> ResponseT:
@@ -180,6 +190,7 @@ class Client:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
         if self._nc.is_closed:
             raise NotConnected("this client is closed: connect again")
+        _check_timeout(timeout)
         message, max_payload = request_envelope(request), int(self._nc.max_payload)
         if self._jetstream is not None:
             data = await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)

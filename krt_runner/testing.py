@@ -181,6 +181,10 @@ class NodeUnderTest:
 
     def _data(self, request: Message) -> Any:
         """What the code gets for ``request``: unpacked into its request class, or the Any."""
+        if self._loop.is_closed():
+            raise RuntimeError("this node was stopped at the end of its run_node block: call it inside the block")
+        if not isinstance(request, Message):
+            raise TypeError(f"a request is a protobuf message, not {type(request).__name__}")
         payload = envelope.pack(request)
         return unpack_request(payload, self.code.request_type) if self.code.request_type else payload
 

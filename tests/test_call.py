@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import time
 from collections import Counter
@@ -264,3 +265,20 @@ async def test_a_closed_client_says_so_with_a_call_error(nats_server):
         await client.call("any", greeter_pb2.Request(), greeter_pb2.Response)
     with pytest.raises(NotConnected, match="this client is closed"):
         blocking.call("any", greeter_pb2.Request(), greeter_pb2.Response)
+
+
+@pytest.mark.parametrize(("request_", "timeout", "error", "text"), [
+    ("Ada", 5, TypeError, "a request is a protobuf message (such as the workflow's request type), not str"),
+    ({"name": "Ada"}, 5, TypeError, "not dict"),
+    (greeter_pb2.Request(name="Ada"), "5", TypeError, "timeout is a number of seconds, not str"),
+    (greeter_pb2.Request(name="Ada"), -1, ValueError, "timeout must be above 0 seconds, not -1"),
+])
+def test_a_call_with_a_request_or_timeout_of_the_wrong_kind_is_refused_before_anything_is_sent(
+    nats_server, request_, timeout, error, text
+):
+    client = BlockingClient(nats_server.url)
+    try:
+        with pytest.raises(error, match=re.escape(text)):
+            client.call("nobody-listens", request_, greeter_pb2.Response, timeout=timeout)
+    finally:
+        client.close()

@@ -48,6 +48,14 @@ def test_a_result_of_another_type_fails_with_a_type_error():
         node.call(greeter_pb2.Request(name="x"), greeter_pb2.Response)
 
 
+def test_a_request_that_is_no_protobuf_message_or_a_call_after_the_block_is_refused_before_the_handler_runs():
+    with run_node(HANDLERS, "behaviours.py") as node, pytest.raises(TypeError, match="protobuf message, not str"):
+        node.call("Ada", greeter_pb2.Request)
+
+    with pytest.raises(RuntimeError, match="stopped at the end of its run_node block"):
+        node.call(greeter_pb2.Request(name="late"), greeter_pb2.Request)
+
+
 def test_without_a_response_type_the_result_comes_back_unchanged():
     with run_node(HANDLERS, "behaviours.py", node_name="plain") as node:
         assert node.call(greeter_pb2.Request(name="x")) == greeter_pb2.Request(name="x>node")
