@@ -302,3 +302,16 @@ def test_check_of_a_built_package_warns_of_nothing_its_entrypoint_is_read_while_
 
     assert built.returncode == 0 and checked.returncode == 0, built.stderr + checked.stderr
     assert "warning" not in checked.stderr, checked.stderr
+
+
+def test_build_checks_what_it_packed_and_writes_no_package_whose_handlers_cannot_import(tmp_path):
+    source = tmp_path / "greeter"
+    shutil.copytree(GREETER, source, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (source / ".krtignore").write_text("*_pb2.py\n")  # what the handlers import
+
+    built = subprocess.run([*KRT_RUNNER, "build", str(source)], capture_output=True, text=True, timeout=120)
+
+    assert built.returncode == 2, built.stdout + built.stderr
+    assert "in the package, not in the folder (.krtignore?): node 'greet': cannot load handler" in built.stderr
+    assert "No module named 'greeter_pb2'" in built.stderr
+    assert not list((source / "dist").glob("*.krt"))

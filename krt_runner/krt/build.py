@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, BuildProblems, KrtFileError, KrtRunnerError
-from krt_runner.krt.check import check_krt, report_problems
+from krt_runner.krt.check import check_krt, check_source, report_problems
 from krt_runner.krt.model import KRT_FILE, Krt
 from krt_runner.krt.package import SUFFIX, human_size, package_files, write_package
 
@@ -46,7 +46,13 @@ def build(source: str | Path, *, output: Path | None = None) -> Built:
         ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
         raise BuildProblems(str(source), ignored)
     target = output or directory / DIST / f"{krt.version}{SUFFIX}"
-    return Built(path=target, files=len(files), size=write_package(directory, files, target))
+    built = Built(path=target, files=len(files), size=write_package(directory, files, target))
+    _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
+    if packed_problems:
+        target.unlink()
+        raise BuildProblems(str(source), [f"in the package, not in the folder (.krtignore?): {problem}"
+                                          for problem in packed_problems])
+    return built
 
 
 def _krt_folder(source: str) -> Path:
