@@ -149,7 +149,8 @@ def _manifests(args: argparse.Namespace) -> int:
 def _add_build(commands: Any) -> None:
     build = commands.add_parser("build", help="validate a KRT as check does and pack it into dist/<version>.krt")
     build.add_argument("source", help="directory holding krt.yml, or a Python file describing one (pipeline.py:krt)")
-    build.add_argument("--output", type=Path, help="where to write the package (default: SOURCE/dist/<version>.krt)")
+    build.add_argument("--output", help="where to write the package: a file, or a folder for <version>.krt in it "
+                       "(default: SOURCE/dist/<version>.krt)")
     build.set_defaults(command=_build)
 
 

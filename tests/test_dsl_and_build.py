@@ -315,3 +315,22 @@ def test_build_checks_what_it_packed_and_writes_no_package_whose_handlers_cannot
     assert "in the package, not in the folder (.krtignore?): node 'greet': cannot load handler" in built.stderr
     assert "No module named 'greeter_pb2'" in built.stderr
     assert not list((source / "dist").glob("*.krt"))
+
+
+def test_build_output_may_be_a_folder_and_manifests_out_in_a_missing_folder_is_one_line(tmp_path):
+    source = tmp_path / "greeter"
+    shutil.copytree(GREETER, source, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (tmp_path / "existing").mkdir()
+
+    into_existing = subprocess.run([*KRT_RUNNER, "build", str(source), "--output", str(tmp_path / "existing")],
+                                   capture_output=True, text=True, timeout=120)
+    into_new = subprocess.run([*KRT_RUNNER, "build", str(source), "--output", f"{tmp_path}/new/folder/"],
+                              capture_output=True, text=True, timeout=120)
+    manifests = subprocess.run([*KRT_RUNNER, "manifests", str(source), "--image", "i", "--out",
+                                str(tmp_path / "missing" / "x.yaml")], capture_output=True, text=True, timeout=60)
+
+    assert into_existing.returncode == into_new.returncode == 0, into_existing.stderr + into_new.stderr
+    assert (tmp_path / "existing" / "greeter-v1.krt").is_file()
+    assert (tmp_path / "new" / "folder" / "greeter-v1.krt").is_file()
+    assert manifests.returncode == 2 and "Traceback" not in manifests.stderr
+    assert manifests.stderr.strip().endswith("x.yaml: No such file or directory")

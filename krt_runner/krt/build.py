@@ -8,6 +8,7 @@ written first, beside the file. What goes into the package is
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ class Built:
 
 
 
-def build(source: str | Path, *, output: Path | None = None) -> Built:
+def build(source: str | Path, *, output: str | Path | None = None) -> Built:
     """Validate ``source`` (a folder or ``FILE.py[:NAME]``) and write its package; returns what was written.
 
     Raises :class:`BuildProblems` for an invalid KRT, naming every problem.
@@ -45,7 +46,7 @@ def build(source: str | Path, *, output: Path | None = None) -> Built:
     if missing:
         ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
         raise BuildProblems(str(source), ignored)
-    target = output or directory / DIST / f"{krt.version}{SUFFIX}"
+    target = _target(output, directory / DIST, f"{krt.version}{SUFFIX}")
     built = Built(path=target, files=len(files), size=write_package(directory, files, target))
     _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
     if packed_problems:
@@ -53,6 +54,15 @@ def build(source: str | Path, *, output: Path | None = None) -> Built:
         raise BuildProblems(str(source), [f"in the package, not in the folder (.krtignore?): {problem}"
                                           for problem in packed_problems])
     return built
+
+
+def _target(output: str | Path | None, dist: Path, name: str) -> Path:
+    """``--output`` as a file; a folder (one that exists, or a path ending in ``/``) gets ``name`` in it."""
+    if output is None:
+        return dist / name
+    if str(output).endswith(("/", os.sep)) or Path(output).is_dir():
+        return Path(output) / name
+    return Path(output)
 
 
 def _krt_folder(source: str) -> Path:
@@ -74,7 +84,9 @@ def _referenced(krt: Krt) -> list[str]:
     return [Path(name).as_posix() for name in names]
 
 
-def run_build(source: str, *, output: Path | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run_build(
+    source: str, *, output: str | Path | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+) -> int:  # fmt: skip
     """Run the ``build`` command: 0 and what was written, 2 and every problem, 1 when writing failed."""
     try:
         built = build(source, output=output)

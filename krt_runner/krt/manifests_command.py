@@ -69,7 +69,11 @@ def run_manifests(
     )
     if out is None:
         sys.stdout.write(text)
-    else:
+        return EXIT_OK
+    try:
         out.write_text(text)
-        print(f"krt-runner manifests: wrote {out}", file=err)
+    except OSError as exc:
+        print(f"krt-runner manifests: cannot write --out {out}: {exc.strerror or exc}", file=err)
+        return EXIT_USAGE
+    print(f"krt-runner manifests: wrote {out}", file=err)
     return EXIT_OK
