@@ -125,7 +125,8 @@ def _add_manifests(commands: Any) -> None:
                            help="KRT_DELIVERY of the nodes and the entrypoint")
     manifests.add_argument("--keda", action="store_true", help="a KEDA ScaledObject per node on its JetStream "
                            "consumer's lag (needs --delivery at-least-once)")
-    manifests.add_argument("--keda-max-replicas", type=_positive, default=10, help="KEDA's maximum per node")
+    manifests.add_argument("--keda-max-replicas", type=_positive, default=None,
+                           help="KEDA's maximum per node (default 10, or the node's replicas when more)")
     manifests.add_argument("--nats-monitoring", default="", help="host:port of nats-server's monitoring for KEDA "
                            "(default: the NATS host, port 8222)")
     manifests.add_argument("--no-entrypoint", action="store_true", help="leave out the gRPC entrypoint")

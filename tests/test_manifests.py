@@ -200,3 +200,14 @@ def test_a_nats_url_with_a_password_is_refused_the_manifests_hold_no_secret(tmp_
 
     assert done.returncode == 2 and done.stdout == ""
     assert "--nats-url carries a user or a password" in done.stderr and "hunter2" not in done.stderr
+
+
+def test_flags_the_api_server_would_refuse_are_refused_all_at_once():
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "", "--namespace", "Bad_NS", "--secret",
+                           "Bad Secret", "--keda-max-replicas", "5"], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2 and done.stdout == ""
+    for problem in ("--image is empty", "--namespace 'Bad_NS' is not a Kubernetes namespace name",
+                    "--secret 'Bad Secret' is not a Kubernetes Secret name",
+                    "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"):
+        assert f"krt-runner manifests: {problem}" in done.stderr

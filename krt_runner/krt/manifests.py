@@ -27,6 +27,7 @@ UID = 10001  # the image's user
 # Seconds a pod gets between SIGTERM and SIGKILL: above KRT_DRAIN_TIMEOUT's 30, so a node drains.
 GRACE_SECONDS = 40
 AT_LEAST_ONCE = "at-least-once"
+DEFAULT_KEDA_MAX_REPLICAS = 10
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ManifestOptions:
     secret: str = ""  # default: <version>-secrets
     delivery: str = "at-most-once"
     keda: bool = False
-    keda_max_replicas: int = 10
+    keda_max_replicas: int | None = None  # default: DEFAULT_KEDA_MAX_REPLICAS
     nats_monitoring: str = ""  # host:port of nats-server's monitoring (/jsz); default: the NATS host, port 8222
     entrypoint: bool = True
     config: Mapping[str, str] = field(default_factory=dict)  # the KRT's config values
@@ -123,8 +124,9 @@ class _Builder:
             "natsServerMonitoringEndpoint": self._monitoring(), "account": "$G",
             "stream": stream_name(wired.input), "consumer": consumer_name(wired.input), "lagThreshold": "10",
         }}  # fmt: skip
-        spec = {"scaleTargetRef": {"name": name}, "minReplicaCount": wired.node.replicas,
-                "maxReplicaCount": max(wired.node.replicas, self.options.keda_max_replicas), "triggers": [trigger]}
+        most = max(wired.node.replicas, self.options.keda_max_replicas or DEFAULT_KEDA_MAX_REPLICAS)
+        spec = {"scaleTargetRef": {"name": name}, "minReplicaCount": wired.node.replicas, "maxReplicaCount": most,
+                "triggers": [trigger]}
         return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
                 "metadata": self._metadata(name, "node", node=wired.node.name, workflow=wired.workflow.name),
                 "spec": spec}

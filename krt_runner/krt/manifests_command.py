@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -25,17 +26,37 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def _option_problem(options: ManifestOptions) -> str:
-    if options.keda and options.delivery != AT_LEAST_ONCE:
-        return ("--keda scales a node on its JetStream consumer's lag, which exists only with --delivery "
-                "at-least-once")
-    if any(url_credentials(url.strip())[1] for url in options.nats_url.split(",")):
-        return ("--nats-url carries a user or a password, which would be written into every Deployment: the "
-                "manifests hold no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or "
-                "KRT_NATS_TOKEN) in the Secret named by --secret")
-    return ""
+def _option_problems(options: ManifestOptions) -> list[str]:
+    """Flags the API server, or the objects' meaning, would refuse; all of them at once."""
+    checks = [
+        (not options.image.strip(), "--image is empty: name the image holding the KRT"),
+        (bool(options.namespace) and not _DNS_LABEL.fullmatch(options.namespace),
+         f"--namespace {options.namespace!r} is not a Kubernetes namespace name (lower case, digits, -)"),
+        (bool(options.secret) and not _DNS_SUBDOMAIN.fullmatch(options.secret),
+         f"--secret {options.secret!r} is not a Kubernetes Secret name (lower case, digits, - and .)"),
+        (not options.keda and (options.keda_max_replicas is not None or bool(options.nats_monitoring)),
+         "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"),
+        (options.keda and options.delivery != AT_LEAST_ONCE,
+         "--keda scales a node on its JetStream consumer's lag, which exists only with --delivery at-least-once"),
+        (any(url_credentials(url.strip())[1] for url in options.nats_url.split(",")),
+         "--nats-url carries a user or a password, which would be written into every Deployment: the manifests hold "
+         "no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or KRT_NATS_TOKEN) in the "
+         "Secret named by --secret"),
+    ]
+    return [problem for wrong, problem in checks if wrong]
 
 
+def _notes(krt: Krt, options: ManifestOptions, refused: list[str]) -> list[str]:
+    """What the objects differ in from what was asked, and why."""
+    notes = [f"node {node.name!r} keeps its {node.replicas} replicas of krt.yml as KEDA's maximum, above "
+             f"--keda-max-replicas {options.keda_max_replicas}"
+             for node in krt.nodes if options.keda and node.replicas > (options.keda_max_replicas or node.replicas)]
+    # its pod would exit 2 again and again: left out, as up leaves it out
+    return notes + [f"the gRPC entrypoint is left out, {reason}" for reason in refused]
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"
 
 
@@ -45,9 +66,10 @@ def run_manifests(
 ) -> int:  # fmt: skip
     """Write the manifests of the KRT in ``source`` (a folder or a ``.krt``) to ``out`` or stdout; the exit code.
     ``refusals``: why ``krt-runner entrypoint`` could not serve this KRT (its entrypoint is then left out)."""
-    problem = _option_problem(options)
-    if problem:
+    problems = _option_problems(options)
+    for problem in problems:
         print(f"krt-runner manifests: {problem}", file=err)
+    if problems:
         return EXIT_USAGE
     try:
         with open_krt(source) as directory:
@@ -56,8 +78,8 @@ def run_manifests(
     except KrtFileError as exc:
         print(f"krt-runner manifests: {exc}", file=err)
         return EXIT_USAGE
-    for reason in refused:  # its pod would exit 2 again and again: left out, as up leaves it out
-        print(f"krt-runner manifests: the gRPC entrypoint is left out, {reason}", file=err)
+    for note in _notes(krt, options, refused):
+        print(f"krt-runner manifests: {note}", file=err)
     options = replace(options, entrypoint=options.entrypoint and not refused)
     missing = [name for name in krt.config_names if name not in options.config and name not in environ]
     for name in missing:
@@ -67,6 +89,10 @@ def run_manifests(
     text = _HEADER.format(version=krt.version) + yaml.dump_all(
         objects, Dumper=_PlainDumper, sort_keys=False, explicit_start=True
     )
+    return _write(text, out, err)
+
+
+def _write(text: str, out: Path | None, err: TextIO) -> int:
     if out is None:
         sys.stdout.write(text)
         return EXIT_OK
