@@ -334,3 +334,18 @@ def test_build_output_may_be_a_folder_and_manifests_out_in_a_missing_folder_is_o
     assert (tmp_path / "new" / "folder" / "greeter-v1.krt").is_file()
     assert manifests.returncode == 2 and "Traceback" not in manifests.stderr
     assert manifests.stderr.strip().endswith("x.yaml: No such file or directory")
+
+
+@pytest.mark.parametrize("src", ["{greeter}/src/greet.py", "../outside/greet.py"])
+def test_check_refuses_a_node_src_outside_the_krt_folder(tmp_path, src):
+    from krt_runner.krt.check import check_krt
+
+    folder = tmp_path / "krt"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    shutil.copytree(GREETER / "src", tmp_path / "outside")
+    src = src.format(greeter=GREETER)
+    (folder / "krt.yml").write_text((folder / "krt.yml").read_text().replace("src: src/greet.py", f"src: {src}"))
+
+    _, problems = check_krt(folder)
+
+    assert any(f"nodes[0].src: '{src}' is outside the KRT folder" in problem for problem in problems), problems

@@ -243,9 +243,17 @@ class _Reader:
         proto = self.text(entrypoint, "proto", "entrypoint.proto")
         if proto and not proto.endswith(".proto"):
             self.problem("entrypoint.proto", f"{proto!r} must be a .proto file")
-        elif proto and not (self.root / proto).is_file():
-            self.problem("entrypoint.proto", f"{proto!r} does not exist under {self.root}")
+        elif proto:
+            self.file_inside(proto, "entrypoint.proto")
         return proto
+
+    def file_inside(self, path: str, where: str) -> None:
+        """A file of the KRT: inside its folder (what is outside is not packed, nor there where it is deployed)."""
+        if not (self.root / path).is_file():
+            self.problem(where, f"{path!r} does not exist under {self.root}")
+        elif not (self.root / path).resolve().is_relative_to(self.root.resolve()):
+            self.problem(where, f"{path!r} is outside the KRT folder {self.root}: a package or an image would not "
+                         "hold it; copy it in")
 
     # -- nodes and workflows ---------------------------------------------------------------------
 
@@ -258,8 +266,8 @@ class _Reader:
         fields = self.mapping(item, where, ("name", "image", "src", "gpu", "replicas", "resources"))
         name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
         src = self.text(fields, "src", f"{where}.src")
-        if src and not (self.root / src).is_file():
-            self.problem(f"{where}.src", f"{src!r} does not exist under {self.root}")
+        if src:
+            self.file_inside(src, f"{where}.src")
         gpu = fields.get("gpu", False)
         if not isinstance(gpu, bool):
             self.problem(f"{where}.gpu", f"must be true or false, not {gpu!r}")
