@@ -24,6 +24,7 @@ from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSin
 from krt_runner.measurements.file import FileDestination
 from krt_runner.measurements.lines import line_protocol
 from krt_runner.measurements.pending import RENDER_SLICE
+from krt_runner.measurements.points import MAX_POINT_TEXT
 from krt_runner.measurements.report import WriterReport
 from krt_runner.measurements.timing import TIMING_FIELDS
 from krt_runner.measurements.writer import BatchWriter
@@ -307,6 +308,34 @@ def test_durations_are_written_to_the_microsecond_and_an_unreadable_start_waits_
                           started_ns=T0_NS - 123456000 if previous_end.endswith("Z") else 0)))
 
     assert "elapsed_ms=0.297," in sink.lines[0] and "waiting_ms=0.000 " in sink.lines[0]
+
+
+class BackloggedSink(MemorySink):
+    """A sink whose writes fail: what it is given piles up."""
+
+    backlogged = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[Any] = []
+
+    def put(self, line: Any) -> None:
+        self.given.append(line)
+        super().put(line)
+
+
+@pytest.mark.parametrize("sink", [MemorySink(), BackloggedSink()], ids=["rendered", "piling-up"])
+def test_a_requests_long_texts_are_cut_in_its_points_so_no_line_is_refused_and_no_backlog_holds_them(sink):
+    points = NodePoints(sink=sink, workflow="wf", version="v1", node="c", last_node=True)
+
+    points.record(timings(timing("t" * 200_000, node_from="n" * 700_000, previous_end="e" * 5000,
+                                 first_start="f" * 5000)))
+
+    node, workflow = sink.lines
+    assert f'tracking_id="{"t" * MAX_POINT_TEXT}",node_from="{"n" * MAX_POINT_TEXT}",' in node
+    assert len(node) < 4 * MAX_POINT_TEXT and len(workflow) < 4 * MAX_POINT_TEXT
+    for kept in getattr(sink, "given", ()):  # what waits for a store that is away
+        assert max(len(value) for value in kept._timings if isinstance(value, str)) == MAX_POINT_TEXT
 
 
 @pytest.mark.parametrize("error", ["invalid", "failed"])

@@ -79,6 +79,8 @@ class Measurement:
 # (docs/performance.md, Measurements). The durations are finite by construction (differences of clock readings and
 # parsed timestamps), so %.3f is safe.
 _MS_PER_NS = 1e-6
+# Characters a point keeps of a text that came with a request (a tracking id is 36; InfluxDB keeps up to 64 KB).
+MAX_POINT_TEXT = 256
 
 
 class NodePoints:
@@ -109,11 +111,14 @@ class NodePoints:
         """Queue the points of a pass's messages (flat ``timings``: see :mod:`~krt_runner.measurements.timing`):
         ``node_elapsed_time`` for each, and on the last node ``workflow_elapsed_time`` for each that had tracking
         (a ``first_start``)."""
-        self._sink.put(_PassPoints(self, timings))
+        # Rendered as they come, points keep only bounded texts; piling up while the store is away, they are cut now.
+        backlog = getattr(self._sink, "backlogged", False)
+        self._sink.put(_PassPoints(self, _with_bounded_texts(timings) if backlog else timings))
 
     def render(self, timings: list[Any]) -> list[str]:
         """The lines of these messages: every ``node_elapsed_time``, then (last node) every
         ``workflow_elapsed_time``. Columns both kinds use are read and computed once."""
+        timings = _with_bounded_texts(timings)
         tracking_ids = escaped_strings(timings[TRACKING_ID::STRIDE])
         started_ns, elapsed_ns = timings[STARTED_NS::STRIDE], timings[ELAPSED_NS::STRIDE]
         ended_ns = list(map(operator.add, started_ns, elapsed_ns))
@@ -176,6 +181,21 @@ class _PassPoints:
             assert isinstance(other, _PassPoints)
             timings += other._timings
         return _PassPoints(self._points, timings)
+
+
+def _with_bounded_texts(timings: list[Any]) -> list[Any]:
+    """``timings``, its texts from the requests (ids, node names, timestamps) cut to :data:`MAX_POINT_TEXT`
+    characters: a request's 900 KB ``tracking_id`` would otherwise make a line the store refuses with the good ones
+    of its batch, and be kept by its point, 100,000 points deep, while the store is away. One look per column and
+    pass, in C (on the writer's thread, or the event loop's while the store is away); the cut only for such a pass."""
+    texts = itertools.chain(timings[TRACKING_ID::STRIDE], timings[NODE_FROM::STRIDE], timings[PREVIOUS_END::STRIDE],
+                            filter(None, timings[FIRST_START::STRIDE]))  # None on all but the last node
+    if max(map(len, texts), default=0) <= MAX_POINT_TEXT:
+        return timings
+    bounded = list(timings)
+    for column in (TRACKING_ID, NODE_FROM, PREVIOUS_END, FIRST_START):
+        bounded[column::STRIDE] = [text[:MAX_POINT_TEXT] if text else text for text in timings[column::STRIDE]]
+    return bounded
 
 
 def _percent_escaped(text: str) -> str:

@@ -88,6 +88,8 @@ class BatchWriter:
         self._shutdown_timeout = shutdown_timeout
         self._backoff = _Backoff(*retry_waits)
         self._retry_after: float | None = None  # what the destination's last refusal asked for
+        # True while writes fail: the points waiting pile up (read by the event loop's thread: see NodePoints.record)
+        self.backlogged = False
         self._deadline = float("inf")  # set by close(): the writer stops trying then
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -226,15 +228,18 @@ class BatchWriter:
         except WriteError as exc:
             self._retry_after = exc.retry_after
             if exc.retry:
+                self.backlogged = True
                 self._report.failing(str(exc), self.buffered)
                 return False
             self._buffer.settle(len(batch), "dropped_rejected")
             self._report.rejected(str(exc), len(batch))
             return True
         except Exception as exc:  # a bug in a destination must not end the thread: retried like a failure
+            self.backlogged = True
             self._report.failing(f"{type(exc).__name__}: {exc}", self.buffered)
             return False
         self._buffer.settle(len(batch), "written")
+        self.backlogged = False
         self._backoff.reset()
         self._report.written(len(batch))
         return True
