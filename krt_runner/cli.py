@@ -259,12 +259,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``krt-runner`` console script."""
+    _closed_streams_to_devnull()
     args = build_parser().parse_args(argv)
     try:
         return int(args.command(args))
     except BrokenPipeError:  # krt-runner check ... | head: the reader has gone, so has the point of writing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
         return EXIT_FAILED
+
+
+def _closed_streams_to_devnull() -> None:
+    """Started with stdout or stderr closed (``2>&-``), Python has ``None`` for it: what would go there is dropped,
+    as on a stream that closes later, and the command runs (it exited 1 at its first log line, saying nothing)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115  (for the process's whole life)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
+import shlex
 import signal
 import subprocess
 import time
@@ -167,6 +169,33 @@ async def test_a_closed_log_pipe_loses_no_request(nats_server, requester, tmp_pa
     finally:
         process.kill()
         process.wait()
+
+
+async def test_a_node_started_with_its_log_stream_closed_serves(nats_server, requester, tmp_path):
+    # 2>&- : Python has no sys.stderr at all; the node exited 1 at its first log line, saying nothing
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    env.update(node_env(nats_server, HANDLERS, "hostile.py", input="closed-in", name="n"))
+    command = " ".join(shlex.quote(part) for part in [*KRT_RUNNER, "run"])
+    process = subprocess.Popen(["sh", "-c", f"exec {command} 2>&-"], env=env, cwd=tmp_path,
+                               stdout=subprocess.DEVNULL)
+    try:
+        answer = await until_answered(requester, "closed-in", process)
+
+        assert answer.error == "" and process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def until_answered(requester: Requester, subject: str, process: subprocess.Popen) -> KreNatsMessage:
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, f"the node exited with {process.returncode}"
+        try:
+            return await requester.greet(subject, "ok", timeout=1)
+        except Exception:  # not subscribed yet
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
 
 
 # -- 4. error answers of any size -------------------------------------------------------------------

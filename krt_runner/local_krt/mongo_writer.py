@@ -61,7 +61,7 @@ class LocalMongoWriter:
             if self._store is None:
                 self._store = LocalStore(self.path)
             self._store.insert(saved.coll, saved.doc)
-        except (ValueError, sqlite3.Error) as exc:
+        except (ValueError, RecursionError, sqlite3.Error) as exc:  # RecursionError: JSON nested 1000 deep
             self.refused += 1
             self._say(f"mongo_writer: a document was not saved ({exc}); answered success false")
             return wire.FAILURE

@@ -29,6 +29,7 @@ PULL_EXPIRES = 5.0
 _EXPIRY_GRACE = 1.0
 _EXPIRES_NS = int(PULL_EXPIRES * 1e9)
 _STATUS, _PENDING_MESSAGES = "Status", "Nats-Pending-Messages"
+_ACK_PREFIX = b"$JS.ACK."  # the reply subject of every JetStream delivery
 _ENDED = ("408", "409")  # the request expired, or the server ended it (consumer deleted, leadership changed...)
 _UNAVAILABLE = "503"  # no JetStream to take the request (a server still starting): asked again on the next tick
 _HEARTBEAT = "100"
@@ -103,6 +104,9 @@ class Puller:
         (the ``Nats-Msg-Id`` it was published with) are not needed. A status (no reply subject) is declined."""
         if not reply:
             return False
+        if not reply.startswith(_ACK_PREFIX):  # published to the inbox by someone who can see it, not JetStream
+            self._log.debug("dropped a message on the pull inbox that is no JetStream delivery", reply=reply[:120])
+            return True
         self._asked = max(0, self._asked - 1)
         self._deliver(Msg(self._client, reply=reply.decode(), data=data, _sid=sid))
         return True
