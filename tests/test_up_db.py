@@ -115,3 +115,15 @@ def test_a_local_store_in_a_folder_that_does_not_exist_stops_local_before_any_no
                          env={"KRT_LOCAL_DB_FILE": str(missing)})
 
     assert leftovers(marked) == []
+
+
+def test_ups_mongo_writer_answers_success_false_for_a_document_nested_too_deep_and_counts_it(tmp_path):
+    from krt_runner.local_krt.mongo_writer import LocalMongoWriter
+    from krt_runner.mongo import wire
+
+    said: list[str] = []
+    writer = LocalMongoWriter(tmp_path / "data.sqlite", "mongo_writer", say=said.append)
+    nested = b'{"coll": "c", "doc": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+
+    assert writer._answer(nested) == wire.FAILURE
+    assert writer.refused == 1 and writer.saved == 0 and "recursion" in said[0]
