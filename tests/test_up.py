@@ -162,3 +162,17 @@ def _received(stderr_lines: list[str], label: str) -> int:
         if line.startswith(f"{label} ") and " stopped received=" in line:
             return int(line.split(" stopped received=")[1].split()[0])
     raise AssertionError(f"no summary line of {label}:\n" + "\n".join(stderr_lines))
+
+
+def test_up_shows_control_characters_a_request_carried_as_escapes_never_raw():
+    # a tracking_id could clear the screen, or start a line that reads like up's own
+    import io
+
+    from krt_runner.local_krt.node_process import Printer, render
+
+    shown = io.StringIO()
+    text, _ = render('{"event": "error in node", "tracking_id": "evil\\u001b[2J\\r\\nup    | FORGED\\u0007"}')
+    Printer(shown, ["greet"]).line("greet", text)
+
+    assert "\x1b" not in shown.getvalue() and "\x07" not in shown.getvalue()
+    assert shown.getvalue().count("\n") == 1 and "tracking_id=evil\\x1b[2J\\r\\nup    | FORGED\\x07" in shown.getvalue()

@@ -28,6 +28,8 @@ TRACEBACK_ABOVE = "(traceback above)"
 _TRACEBACK_BODY = (" ", "The above exception", "During handling")
 # Seconds between two looks at a starting node's health file.
 _READY_POLL = 0.02
+# C0 and C1 control characters (tab aside) and DEL, as Python writes them in a string's repr.
+_ESCAPED_CONTROLS = {code: repr(chr(code))[1:-1] for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code != 0x09}
 # Shown by the label in front of each line already.
 _HIDDEN_KEYS = ("event", "level", "timestamp", "node", "workflow", "version", "version_id", "logger", "exception")
 
@@ -97,7 +99,9 @@ class Printer:
         self._width = max(len(label) for label in [*labels, "up"])
 
     def line(self, label: str, text: str) -> None:
-        print(f"{label:<{self._width}} | {text}", file=self._stream, flush=True)
+        """One line under ``label``; control characters in it shown as escapes (a request's text, a tracking id,
+        could otherwise move the cursor, clear the screen or start a line that looks like up's own)."""
+        print(f"{label:<{self._width}} | {text.translate(_ESCAPED_CONTROLS)}", file=self._stream, flush=True)
 
 
 class NodeProcess:
