@@ -19,7 +19,7 @@ import pytest_asyncio
 from conftest import ROOT, NodeFactory, NodeProcess, greeter_pb2, node_env
 
 from krt_runner.client import Client
-from krt_runner.errors import ClientConnectError, ErrorAnswer
+from krt_runner.errors import ClientConnectError, ErrorAnswer, NoResponders
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.local_krt.embedded import EmbeddedNats
 
@@ -365,3 +365,34 @@ async def test_requests_and_answers_near_the_max_payload_leave_room_for_the_nats
 
     assert all(node.process.poll() is None for group in nodes.values() for node in group)
     assert await consumer_state(js_server, "in-a") == (0, 0, 0)
+
+
+@pytest.mark.parametrize("deleted", ["consumer", "stream"])
+async def test_a_node_whose_consumer_or_stream_is_deleted_makes_them_again_and_serves(
+    js_server, start_node, call_log, requester, deleted
+) -> None:
+    nodes = start_nodes(start_node, js_server, call_log, ["a"])
+    assert await requester.call("in-a", greeter_pb2.Request(name="before"), greeter_pb2.Request, timeout=10)
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()
+    if deleted == "consumer":
+        await js.delete_consumer(stream_name("in-a"), consumer_name("in-a"))
+    else:
+        await js.delete_stream(stream_name("in-a"))
+    await nc.close()
+
+    answer = await call_when_served(requester, "after")
+
+    assert answer.name == "after>a"
+    assert "the node's JetStream consumer was deleted: making it again" in nodes["a"][0].output
+
+
+async def call_when_served(requester: Client, name: str, timeout: float = 20) -> greeter_pb2.Request:
+    """Once the stream is there again (a request sent before it is would find no stream)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await requester.call("in-a", greeter_pb2.Request(name=name), greeter_pb2.Request, timeout=5)
+        except NoResponders:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)

@@ -253,6 +253,10 @@ class Broker:
             self._log.error("message dropped: the server sent a frame nats-py cannot decode",
                             error=describe(error), bad_frames=self.bad_frames)
 
+    def fail(self, reason: str) -> None:
+        """Stop the node as a connection closed for good does (exit 1): it can serve no more."""
+        self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         if not self.failed.is_set():
             self._log.error(reason)

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from krt_runner.config import Settings
+from krt_runner.errors import JetStreamError
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.node.acking import Acker
 from krt_runner.node.broker import Broker, Msg
@@ -94,6 +95,7 @@ class JetStreamIntake:
         self._puller = Puller(self._broker, stream=self.input.stream, consumer=self.input.consumer,
                               room=self._room, deliver=self._take, log=self._log)
         self._broker.on_connection_change = self._on_connection_change
+        self._puller.on_consumer_gone = self._make_input_again
         await self._puller.start()
         self._log.info("pulling", stream=self.input.stream, consumer=self.input.consumer)
 
@@ -188,6 +190,20 @@ class JetStreamIntake:
             if self._puller is not None and not self._stopping:
                 with contextlib.suppress(Exception):
                     await self._puller.tick(now)
+
+    async def _make_input_again(self) -> None:
+        """The node's consumer was deleted (or its stream, and the consumer with it): make them again, as at start,
+        and pull from them; a node that cannot stops (exit 1), for its supervisor to restart it."""
+        if self._stopping or self._puller is None:
+            return
+        self._log.warning("the node's JetStream consumer was deleted: making it again", consumer=self.input.consumer)
+        try:
+            await self.prepare()
+        except JetStreamError as exc:
+            self._broker.fail(f"the node's JetStream consumer was deleted and cannot be made again: {exc}")
+            return
+        self._puller.retarget(stream=self.input.stream, consumer=self.input.consumer)
+        await self._puller.restart()
 
     def _on_connection_change(self, connected: bool) -> None:
         if connected and self._puller is not None and not self._stopping:

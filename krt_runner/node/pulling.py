@@ -17,7 +17,7 @@ when nothing is asked for), so that a busy node asks in batches and an idle one 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from krt_runner.errors import describe
@@ -30,6 +30,7 @@ _EXPIRY_GRACE = 1.0
 _EXPIRES_NS = int(PULL_EXPIRES * 1e9)
 _STATUS, _PENDING_MESSAGES = "Status", "Nats-Pending-Messages"
 _ACK_PREFIX = b"$JS.ACK."  # the reply subject of every JetStream delivery
+_CONSUMER_GONE = "consumer deleted"  # a 409's description when the consumer, or its stream, was deleted
 _ENDED = ("408", "409")  # the request expired, or the server ended it (consumer deleted, leadership changed...)
 _UNAVAILABLE = "503"  # no JetStream to take the request (a server still starting): asked again on the next tick
 _HEARTBEAT = "100"
@@ -55,6 +56,11 @@ class Puller:
         self._asked = 0
         self._asked_at = 0.0
         self._stopped = False
+        self.on_consumer_gone: Callable[[], Awaitable[None]] | None = None
+
+    def retarget(self, *, stream: str, consumer: str) -> None:
+        """Pull from this stream's consumer from now on (one made again may be on another stream)."""
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
     async def start(self) -> None:
         """Subscribe to this process's inbox, then ask for the first messages."""
@@ -113,7 +119,11 @@ class Puller:
 
     async def _on_status(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS, "") if msg.headers else ""
-        if status in _ENDED:
+        if status in _ENDED and _CONSUMER_GONE in (msg.headers or {}).get("Description", "").lower():
+            self._on_ended(msg, status)
+            if self.on_consumer_gone is not None:  # deleted, or its stream was: it is made again there
+                await self.on_consumer_gone()
+        elif status in _ENDED:
             self._on_ended(msg, status)
             await self.ask()
         elif status == _UNAVAILABLE:
