@@ -198,6 +198,15 @@ def test_local_raises_with_the_reason_when_the_krt_cannot_start(tmp_path, marked
     assert leftovers(marked) == []
 
 
+def test_local_not_ready_in_time_names_its_own_ready_timeout_not_ups_flag(tmp_path, marked):
+    folder = one_node_krt(tmp_path, "import time\n\n\ndef init(ctx):\n    time.sleep(30)\n\n\n"
+                          "def handler(ctx, d):\n    return d\n")  # fmt: skip
+
+    with pytest.raises(KrtRunnerError, match=re.escape("(see local()'s ready_timeout)")):
+        krt_runner.local(folder, env=NO_MEASUREMENTS, output=io.StringIO(), ready_timeout=1)
+    assert leftovers(marked) == []
+
+
 def test_local_runs_a_krt_package(tmp_path, marked):
     package = tmp_path / "greeter.krt"
     built = subprocess.run([*KRT_RUNNER, "build", str(GREETER), "--output", str(package)], capture_output=True)

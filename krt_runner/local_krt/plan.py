@@ -36,6 +36,7 @@ class UpOptions:
     grpc: bool = True  # start the gRPC entrypoint (not with --request)
     grpc_port: int | None = None  # None: 9000, or a free port when 9000 is taken; 0: a free port
     delivery: str = "at-most-once"  # at-least-once: nats-server with JetStream, every node and requester on it
+    ready_timeout_name: str = "--ready-timeout"  # how the caller sets ready_timeout, for the message when it runs out
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,9 @@ class Supervisor:
             return self._explain_death(outcome.node)
         if outcome.ending is Ending.TIMEOUT:
             waiting = [node.label for node in self.nodes if not node.ready.is_set()]
+            options = self.options
             return EXIT_FAILED, [
-                f"not ready within {self.options.ready_timeout:g}s: {', '.join(waiting)} (see --ready-timeout)"
+                f"not ready within {options.ready_timeout:g}s: {', '.join(waiting)} (see {options.ready_timeout_name})"
             ]
         return EXIT_OK, []
 
