@@ -167,7 +167,11 @@ def line_protocol(
 def datetime_ns(moment: datetime) -> int:
     if moment.tzinfo is None:  # naive means UTC, as datetime.utcnow() in KRE v1 handlers
         moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - _EPOCH
+    return _timedelta_ns(moment - _EPOCH)
+
+
+def _timedelta_ns(delta: timedelta) -> int:
+    """Exact to the microsecond, where ``total_seconds()`` would round through a float."""
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
@@ -182,7 +186,7 @@ def timestamp_ns(moment: datetime | timedelta | str | int | float | None, precis
     elif isinstance(moment, datetime):
         ns = datetime_ns(moment)
     elif isinstance(moment, timedelta):
-        ns = (moment.days * 86_400 + moment.seconds) * 1_000_000_000 + moment.microseconds * 1_000
+        ns = _timedelta_ns(moment)
     elif isinstance(moment, str):
         ns = datetime_ns(_iso_datetime(moment))
     elif isinstance(moment, numbers.Integral) and not isinstance(moment, bool):
