@@ -46,6 +46,7 @@ _MSG_ID = "Nats-Msg-Id"
 # How a client (krt_runner.Client, call, up, local()) chooses at-most-once delivery instead.
 _CLIENT_SETTING = 'delivery="at-most-once" (krt-runner call --delivery)'
 
+
 class JetStreamRequests:
     """Requests through JetStream over one NATS connection; any number in flight (one inbox subscription)."""
 

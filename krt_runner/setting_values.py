@@ -214,26 +214,32 @@ def redact_servers(servers: str) -> str:
 
 def url_credentials(url: str) -> tuple[str, str]:
     """``http://user:secret@host`` -> (``http://host``, ``user:secret``), percent-decoded; (``url``, ``""``)
-    without any. The user part is read on the raw text, as :func:`redact_url` reads it."""
-    scheme, separator, rest = url.partition("://")
-    user_part, at, host = rest.rpartition("@")
-    if not separator or not at:
+    without any, or without a scheme."""
+    split = _user_part(url)
+    if split is None or not split[0]:
         return url, ""
+    prefix, user_part, host = split
     user, colon, password = user_part.partition(":")
-    return f"{scheme}://{host}", f"{unquote(user)}{colon}{unquote(password)}"
+    return f"{prefix}{host}", f"{unquote(user)}{colon}{unquote(password)}"
 
 
 def redact_url(url: str) -> str:
-    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***``.
+    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***`` (see
+    :func:`_user_part`)."""
+    split = _user_part(url)
+    if split is None:
+        return url
+    prefix, user_part, host = split
+    user, colon, _ = user_part.partition(":")
+    return f"{prefix}{f'{user}:***' if colon else '***'}@{host}"
 
-    Read on the raw text, not through a URL parser: a password with ``/``, ``#`` or ``?`` in it ends a
-    parser's host part before the ``@``. Everything after the scheme up to the last ``@`` is the user part.
-    """
+
+def _user_part(url: str) -> tuple[str, str, str] | None:
+    """(``scheme://`` or ``""``, the user part, the rest) of ``url``; ``None`` without an ``@``. Read on the raw
+    text, not through a URL parser: a password with ``/``, ``#`` or ``?`` in it ends a parser's host part before the
+    ``@``. Everything after the scheme up to the last ``@`` is the user part."""
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
     user_part, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user, colon, _ = user_part.partition(":")
-    return f"{scheme}{separator}{f'{user}:***' if colon else '***'}@{host}"
+    return (f"{scheme}{separator}", user_part, host) if at else None
