@@ -129,6 +129,9 @@ def _add_manifests(commands: Any) -> None:
                            help="KEDA's maximum per node (default 10, or the node's replicas when more)")
     manifests.add_argument("--nats-monitoring", default="", help="host:port of nats-server's monitoring for KEDA "
                            "(default: the NATS host, port 8222)")
+    manifests.add_argument("--jetstream-replicas", type=_stream_replicas, default=1,
+                           help="KRT_JETSTREAM_REPLICAS of the nodes: copies a NATS cluster keeps of each stream a "
+                           "node creates (1 to 5; 3 on a cluster; needs --delivery at-least-once)")
     manifests.add_argument("--no-entrypoint", action="store_true", help="leave out the gRPC entrypoint")
     manifests.add_argument("--out", type=Path, help="write to this file instead of stdout")
     manifests.set_defaults(command=_manifests)
@@ -142,7 +145,8 @@ def _manifests(args: argparse.Namespace) -> int:
     options = ManifestOptions(
         image=args.image, namespace=args.namespace, nats_url=args.nats_url, influx_url=args.influx_url,
         secret=args.secret, delivery=args.delivery, keda=args.keda, keda_max_replicas=args.keda_max_replicas,
-        nats_monitoring=args.nats_monitoring, entrypoint=not args.no_entrypoint,
+        nats_monitoring=args.nats_monitoring, jetstream_replicas=args.jetstream_replicas,
+        entrypoint=not args.no_entrypoint,
     )  # fmt: skip
     return run_manifests(args.directory, options, out=args.out, refusals=refusals)
 
@@ -199,6 +203,15 @@ def _positive(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _stream_replicas(raw: str) -> int:
+    from krt_runner.setting_values import stream_replicas
+
+    try:
+        return stream_replicas(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -51,7 +51,7 @@ from krt_runner.errors import (
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.nats_settings import explain, is_fatal
-from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, split_servers
 
 __all__ = [
     "BlockingClient",
@@ -148,7 +148,7 @@ class Client:
         """
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
-        urls = [url.strip() for url in servers.split(",")] if isinstance(servers, str) else list(servers)
+        urls = [url.strip() for url in split_servers(servers)] if isinstance(servers, str) else list(servers)
         last_error: list[Exception] = []  # only one: the callback lives as long as the connection
 
         async def remember(error: Exception) -> None:
@@ -199,7 +199,8 @@ class Client:
         try:
             reply = await self._nc.request(subject, data, timeout=timeout)
         except nats_errors.NoRespondersError:
-            raise NoResponders(f"no node listens on {subject!r}: is the workflow running?") from None
+            raise NoResponders(f"no node listens on {subject!r}: is the workflow running? (a node whose NATS "
+                               "server just died is away until it reconnects, a moment: a retry may find it)") from None
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
         return _decoded(reply.data, subject)

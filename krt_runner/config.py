@@ -20,6 +20,7 @@ from krt_runner import setting_values as parse
 from krt_runner.errors import ConfigError
 from krt_runner.node.nats_settings import connect_options
 from krt_runner.options import Option, read_option, read_options
+from krt_runner.setting_checks import batch_problems, handler_file_problems
 from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS, redact_url
 from krt_runner.subjects import matches
 
@@ -49,7 +50,7 @@ OPTIONS: tuple[Option, ...] = (
            help="KRT version name in logs, measurement tags and ctx.prediction documents (versionName)"),
     Option("version_id", "KRT_VERSION_ID", "--version-id", parse.text, default="",
            help="KRT version id in logs and ctx.prediction documents (versionId)"),
-    Option("concurrency", "KRT_CONCURRENCY", "--concurrency", parse.positive_int, default=1,
+    Option("concurrency", "KRT_CONCURRENCY", "--concurrency", parse.concurrency, default=1,
            help="messages handled at once by this process (1 keeps KRE v1's in-order handling)"),
     Option("delivery", "KRT_DELIVERY", "--delivery", parse.choice(DELIVERY_MODES), default=AT_MOST_ONCE,
            help="at-most-once: core NATS, as KRE v1; at-least-once: input from a JetStream stream, acked once answered "
@@ -60,9 +61,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("jetstream_max_deliver", "KRT_JETSTREAM_MAX_DELIVER", "--jetstream-max-deliver", parse.max_deliver,
            default=5, help="at-least-once: deliveries of a message without an answer before it gets an error answer "
                            "and is terminated"),
+    Option("jetstream_replicas", "KRT_JETSTREAM_REPLICAS", "--jetstream-replicas", parse.stream_replicas, default=1,
+           help="at-least-once: copies a NATS cluster keeps of the input stream this node creates (1 to 5; 3 on a "
+                "cluster, so that one server down stops nothing); a stream that exists is used as it is"),
     Option("handler_timeout", "KRT_HANDLER_TIMEOUT", "--handler-timeout", parse.optional_seconds, default=None,
            help="seconds a handler may run before the request gets an error answer; 0 = no limit"),
-    Option("batch_max_size", "KRT_BATCH_MAX_SIZE", "--batch-max-size", parse.positive_int, default=None,
+    Option("batch_max_size", "KRT_BATCH_MAX_SIZE", "--batch-max-size", parse.concurrency, default=None,
            help="most requests per call of the node's batch function (handler_batch, Processor.process_batch); "
                 f"unset: {DEFAULT_BATCH_MAX_SIZE} when the code defines one; 1 turns batching off"),
     Option("batch_max_wait_ms", "KRT_BATCH_MAX_WAIT_MS", "--batch-max-wait-ms", parse.milliseconds, default=5.0,
@@ -127,13 +131,13 @@ OPTIONS: tuple[Option, ...] = (
            help="MongoDB URI ctx.db.find reads (database data; needs the mongo extra); empty: the local store, if any"),
     Option("mongo_timeout", "KRT_MONGO_TIMEOUT", "--mongo-timeout", parse.positive_float, default=5.0,
            help="seconds ctx.db.find waits for MongoDB to be reachable before it raises"),
-    Option("local_db_file", "KRT_LOCAL_DB_FILE", "--local-db-file", parse.text, default="",
+    Option("local_db_file", "KRT_LOCAL_DB_FILE", "--local-db-file", parse.file_to_write, default="",
            help="SQLite file ctx.db.find reads when KRT_MONGO_URI is empty; up and local() set it to their store"),
     Option("log_format", "KRT_LOG_FORMAT", "--log-format", parse.choice(LOG_FORMATS), default="auto",
            help="auto: JSON lines unless stderr is a terminal"),
     Option("log_level", "KRT_LOG_LEVEL", "--log-level", parse.choice(LOG_LEVELS), default="info",
            help="debug shows two lines per message (received, answered)"),
-    Option("health_file", "KRT_HEALTH_FILE", "--health-file", parse.text, default="",
+    Option("health_file", "KRT_HEALTH_FILE", "--health-file", parse.file_to_write, default="",
            help="file the node keeps fresh while connected and subscribed (for exec probes)"),
     Option("idle_timeout", "KRT_IDLE_TIMEOUT", "--idle-timeout", parse.optional_seconds, default=None,
            help="seconds without a message after which the node drains and exits 0 (scale to zero); 0 = off"),
@@ -175,6 +179,7 @@ class Settings(SharedSettings):
     delivery: str
     jetstream_ack_wait: float
     jetstream_max_deliver: int
+    jetstream_replicas: int
     handler_timeout: float | None
     batch_max_size: int | None
     batch_max_wait_ms: float
@@ -230,13 +235,17 @@ class Settings(SharedSettings):
 _RESOLVED_DEFAULTS = {"influx_bucket": "kre"}
 
 
-def load_settings(env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None, *, handler_file: bool = False
+) -> Settings:
     """Build :class:`Settings` from ``env`` (default ``os.environ``) and flag ``overrides``.
 
-    ``overrides`` maps field names to raw strings; ``None`` means "not given".
+    ``overrides`` maps field names to raw strings; ``None`` means "not given". With ``handler_file`` (a node about
+    to run), a ``KRT_HANDLER_PATH`` file that is not there is one of the problems.
     Raises :class:`ConfigError` listing every problem.
     """
-    values = read_options(OPTIONS, env, overrides, cross_checks=_cross_checks)
+    checks = _cross_checks_with_handler_file if handler_file else _cross_checks
+    values = read_options(OPTIONS, env, overrides, cross_checks=checks)
     if values["base_path"] is None:
         values["base_path"] = Path.cwd()
     if values["influx_bucket"] is None:
@@ -292,4 +301,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     elif output and input_subject and matches(input_subject, output):
         problems.append(f"KRT_NATS_OUTPUT {output!r} is matched by KRT_NATS_INPUT {input_subject!r}: "
                         "the node would answer itself")
-    return problems
+    return problems + batch_problems(values)
+
+
+def _cross_checks_with_handler_file(values: Mapping[str, Any]) -> list[str]:
+    return _cross_checks(values) + handler_file_problems(values)

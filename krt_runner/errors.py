@@ -77,6 +77,11 @@ class DeliveryLimitError(KrtRunnerError):
     """A message came for the last time (``KRT_JETSTREAM_MAX_DELIVER`` deliveries and none answered)."""
 
 
+class AnswerRefusedError(KrtRunnerError):
+    """The next node's stream refused a middle node's answer for good (full, too large): the request is answered
+    with this error instead of being delivered again."""
+
+
 class HandlerError(KrtRunnerError):
     """The user's handler raised; the message names the exception."""
 

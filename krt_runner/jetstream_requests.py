@@ -10,9 +10,10 @@ its ``tracking_id``. The answer comes back on the inbox by core NATS, from the l
 - The first answer of a request is its answer. Another one (a handler that ran twice after a crash) is ignored
   and counted in :attr:`JetStreamRequests.ignored_answers`, as are answers that come after the call timed out.
 - A publish not acknowledged in time is repeated with the same ``Nats-Msg-Id``: JetStream stores it once.
-- A reconnect while a request waits sends it again, as a new message (``Nats-Msg-Id``
-  ``<tracking_id>:<n>``): an answer on its way when the connection went is lost, since the last node answers by
-  core NATS and acks right after. The workflow may then handle that request twice; the first answer counts.
+- A reconnect while a request waits for its answer (stored, acknowledged) sends it again, as a new message
+  (``Nats-Msg-Id`` ``<tracking_id>:<n>``): an answer on its way when the connection went is lost, since the last
+  node answers by core NATS and acks right after. The workflow may then handle that request twice; the first
+  answer counts. A request published while the connection is down is stored once it is back, and not sent again.
 - No stream captures the subject: :class:`~krt_runner.errors.NoResponders` at once. No JetStream on the server
   at all: :meth:`JetStreamRequests.start` says so.
 """
@@ -84,9 +85,11 @@ class JetStreamRequests:
         self._waiting[token] = answer
         try:
             for attempt in itertools.count():
-                reconnects = self._reconnects()
                 msg_id = message.tracking_id if attempt == 0 else f"{message.tracking_id}:{attempt}"
                 await self._publish(subject, data, msg_id, deadline, first=attempt == 0)
+                # Counted once stored: a request published while the connection was down is stored after the
+                # reconnect, and its answer comes on the new connection; only a later reconnect may lose it.
+                reconnects = self._reconnects()
                 if await self._answered(answer, deadline, reconnects, subject, timeout):
                     break
             return answer.result()
@@ -105,8 +108,9 @@ class JetStreamRequests:
                 return
             except NoStreamResponseError:
                 if first:
-                    raise NoResponders(f"no JetStream stream captures {subject!r}: is the workflow running, with "
-                                       "KRT_DELIVERY=at-least-once?") from None
+                    raise NoResponders(f"no JetStream stream took {subject!r}: none captures it (is the workflow "
+                                       "running, with KRT_DELIVERY=at-least-once?), or, on a NATS cluster, the "
+                                       "servers holding its stream are down (KRT_JETSTREAM_REPLICAS)") from None
                 await asyncio.sleep(_UNAVAILABLE_PAUSE)
             except NatsTimeoutError:
                 first = False  # the connection may be down: once it is back, JetStream may still be starting

@@ -24,6 +24,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _QUIET_LIBRARIES = ("asyncio", "urllib3", "influxdb_client", "nats", "grpc", "pymongo")
 # The node a process runs, for the standard library's lines (see node_logger).
 _IDENTITY: dict[str, str] = {}
+# How configure_logging renders lines: {"json": bool}, for capture_output.
+_RENDERED: dict[str, bool] = {}
 # Characters of one value in a line (a traceback fits; a hostile message's 60 MB tracking_id does not).
 MAX_VALUE = 10_000
 
@@ -41,6 +43,7 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
     ``stream`` is a terminal."""
     stream = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    _RENDERED["json"] = use_json
     output: Any = NeverBlockingStream(stream)
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -60,6 +63,11 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
         cache_logger_on_first_use=True,
     )
     _route_standard_logging(output, renderer, exceptions, _LEVELS[level])
+
+
+def json_log() -> bool:
+    """Whether configure_logging chose JSON lines."""
+    return _RENDERED.get("json", False)
 
 
 def _route_standard_logging(output: Any, renderer: Any, exceptions: Any, level: int) -> None:

@@ -22,6 +22,11 @@ _WHITESPACE = re.compile(r"\s")
 # At-least-once limits (KRT_JETSTREAM_ACK_WAIT, KRT_JETSTREAM_MAX_DELIVER): see ack_wait().
 MIN_ACK_WAIT, MAX_ACK_WAIT = 0.1, 86_400.0
 MAX_DELIVER = 10_000
+MAX_STREAM_REPLICAS = 5  # JetStream keeps at most 5 copies of a stream
+# KRT_CONCURRENCY and KRT_BATCH_MAX_SIZE: a worker task each (a batch node: per request it may hold), made at start.
+MAX_CONCURRENCY = 10_000
+MAX_REQUESTS_HELD = 100_000
+MAX_SECONDS = 31_536_000.0  # a year: any wait or timeout longer is a mistake, and the platform's clocks overflow
 
 
 def text(raw: str) -> str:
@@ -43,10 +48,14 @@ def positive_int(raw: str) -> int:
     return _whole_number(raw, 1, None)
 
 
+def concurrency(raw: str) -> int:
+    return _whole_number(raw, 1, MAX_CONCURRENCY)
+
+
 def positive_float(raw: str) -> float:
     value = _finite(raw)
-    if not value > 0:
-        raise ValueError("must be a number of seconds above 0")
+    if not 0 < value <= MAX_SECONDS:
+        raise ValueError(f"must be a number of seconds above 0 and at most {MAX_SECONDS:.0f} (a year)")
     return value
 
 
@@ -71,6 +80,10 @@ def max_deliver(raw: str) -> int:
     return _whole_number(raw, 1, MAX_DELIVER)
 
 
+def stream_replicas(raw: str) -> int:
+    return _whole_number(raw, 1, MAX_STREAM_REPLICAS)
+
+
 def port(raw: str) -> int:
     """A TCP port to listen on: 0 to 65535, 0 meaning a free one."""
     value = int(raw)
@@ -82,8 +95,8 @@ def port(raw: str) -> int:
 def optional_seconds(raw: str) -> float | None:
     """``0`` switches a timeout off."""
     value = _finite(raw)
-    if value < 0:
-        raise ValueError("must be 0 (off) or a number of seconds above 0")
+    if not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"must be 0 (off) or a number of seconds above 0 and at most {MAX_SECONDS:.0f} (a year)")
     return value or None
 
 
@@ -107,15 +120,21 @@ def choice(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def nats_servers(raw: str) -> tuple[str, ...]:
-    servers = tuple(nats_url(part.strip()) for part in raw.split(",") if part.strip())
+    servers = tuple(nats_url(part.strip()) for part in split_servers(raw) if part.strip())
     if not servers:
         raise ValueError("must name at least one server, e.g. nats://127.0.0.1:4222")
     return servers
 
 
+def with_nats_scheme(raw: str) -> str:
+    """``host:port`` -> ``nats://host:port``: KRE v1 deployments set ``KRT_NATS_SERVER`` with no scheme."""
+    return raw if "://" in raw else f"nats://{raw}"
+
+
 def nats_url(raw: str) -> str:
-    # KRE v1 deployments set KRT_NATS_SERVER=host:port with no scheme; nothing else may lack one (nats//host).
-    url = raw if "://" in raw else f"nats://{raw}"
+    # Nothing but the scheme may be left out (nats//host is refused).
+    scheme, separator, rest = with_nats_scheme(raw).partition("://")
+    url = f"{scheme.lower()}{separator}{rest}"  # nats-py knows nats:// and tls://, not NATS://
     parts = urlsplit(url)
     if parts.scheme not in NATS_SCHEMES or not parts.hostname or ("://" not in raw and "/" in raw):
         raise ValueError(f"{redact_url(raw)!r} is not a NATS URL such as nats://host:4222")
@@ -139,6 +158,8 @@ def input_subject(raw: str) -> str:
     if not all(tokens) or _WHITESPACE.search(value) or ">" in tokens[:-1]:  # as nats-server checks a subscription
         raise ValueError(f"{value!r} is not a NATS subject (dot-separated names, none empty; a name may be the "
                          "wildcard *, and the last one >)")
+    if len(value) > MAX_PUBLISH_SUBJECT:  # its SUB line (subject and queue group) must fit the server's control line
+        raise ValueError(f"is {len(value)} characters, over the {MAX_PUBLISH_SUBJECT} a node subscribes to")
     return value
 
 
@@ -174,6 +195,11 @@ def http_url(raw: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{redact_url(value)!r} is not an http(s) URL such as http://influxdb:8086")
+    after_user = value.rpartition("@")[2]  # a password may hold ? and #, percent-encoded or not
+    if "?" in after_user or "#" in after_user:
+        shown = redact_url(value).partition("?")[0].partition("#")[0]  # the query may hold a password
+        raise ValueError(f"{shown!r} has a query or fragment: give the server's URL alone (user:password@ in it, "
+                         "or KRT_INFLUX_TOKEN, for credentials)")
     _check_port(parts, value)
     return value.rstrip("/")
 
@@ -190,6 +216,8 @@ def file_to_write(raw: str) -> str:
     path = Path(raw.strip()).expanduser()
     if not path.parent.is_dir():
         raise ValueError(f"{raw!r} is not in an existing directory")
+    if path.is_dir():
+        raise ValueError(f"{raw!r} is a directory: name a file (in it, or beside it)")
     return str(path)
 
 
@@ -209,7 +237,20 @@ def existing_file(raw: str) -> Path:
 
 def redact_servers(servers: str) -> str:
     """Comma-separated URLs, each with :func:`redact_url`."""
-    return ",".join(redact_url(url) for url in servers.split(","))
+    return ",".join(redact_url(url) for url in split_servers(servers))
+
+
+def split_servers(raw: str) -> list[str]:
+    """Comma-separated server URLs; a comma in a password stays in it: a piece with no ``@`` followed by one with
+    an ``@`` and no scheme (``nats://alice:Pa55`` and ``w0rd@host:4222``) is one URL."""
+    servers: list[str] = []
+    for piece in raw.split(","):
+        previous = servers[-1] if servers else ""
+        if previous and "@" not in previous and "@" in piece and "://" not in piece.partition("@")[0]:
+            servers[-1] = f"{previous},{piece}"
+        else:
+            servers.append(piece)
+    return servers
 
 
 def url_credentials(url: str) -> tuple[str, str]:
@@ -225,13 +266,18 @@ def url_credentials(url: str) -> tuple[str, str]:
 
 def redact_url(url: str) -> str:
     """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***`` (see
-    :func:`_user_part`)."""
+    :func:`_user_part`); a query, which may carry credentials too (``?u=...&p=...``), becomes ``?***``."""
     split = _user_part(url)
     if split is None:
-        return url
+        return _without_query(url)
     prefix, user_part, host = split
     user, colon, _ = user_part.partition(":")
-    return f"{prefix}{f'{user}:***' if colon else '***'}@{host}"
+    return f"{prefix}{f'{user}:***' if colon else '***'}@{_without_query(host)}"
+
+
+def _without_query(text: str) -> str:
+    address, question, _ = text.partition("?")
+    return f"{address}?***" if question else text
 
 
 def _user_part(url: str) -> tuple[str, str, str] | None:

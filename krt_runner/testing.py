@@ -123,7 +123,7 @@ class NodeUnderTest:
     def init(self) -> None:
         """Run the module's ``init(ctx)``, if it has one (:func:`run_node` does this for you)."""
         if self.code.init is not None:
-            self._loop.run_until_complete(self._caller.call(self.code.init, HandlerContext(self.state)))
+            self._loop.run_until_complete(self._caller.call(self.code.init, self.state.context_for_init()))
 
     def call(
         self, request: Message, response_type: type[ResponseT] | None = None, *, tracking_id: str | None = None
@@ -140,7 +140,7 @@ class NodeUnderTest:
         as a running node would answer it with an error.
         """
         tracking = tracking_id or str(uuid.uuid4())
-        ctx = HandlerContext(self.state, tracking, self._capture_reply)
+        ctx = HandlerContext(self.state, tracking, self._capture_reply, envelope.KreNatsMessage(tracking_id=tracking))
         result = self._loop.run_until_complete(self._caller.call(self.code.handler, ctx, self._data(request)))
         if response_type is not None:
             return _as_type(result, response_type)

@@ -39,13 +39,21 @@ krt-runner run --input other-subject --concurrency 4    # the node reads other-s
 OUTRO = """\
 ## Values
 
-- Seconds may have decimals (`0.5`); numbers must be finite (`inf` and `nan` are refused). Counts are whole numbers.
+- Seconds may have decimals (`0.5`); numbers must be finite (`inf` and `nan` are refused), and seconds at most a
+  year (31536000). Counts are whole numbers.
+- `KRT_CONCURRENCY` and `KRT_BATCH_MAX_SIZE` are from 1 to 10000, and a batch node holds at most 100000 requests
+  at once: `KRT_BATCH_MAX_SIZE` x (`KRT_CONCURRENCY` + 1) is refused above that (a worker task each, made at start).
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
-- `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs. A bare `host:port` means `nats://host:port`.
+- `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs (in any case: `NATS://` is `nats://`),
+  comma-separated. A bare `host:port` means `nats://host:port`. A password in a URL may hold a comma; `/ # ? @` in
+  it are percent-encoded (`%2F %23 %3F %40`), and the node decodes them before it logs in.
+- `KRT_HEALTH_FILE`, `KRT_MEASUREMENTS_FILE` and `KRT_LOCAL_DB_FILE` name a file in a folder that exists, not a
+  folder. A `KRT_HANDLER_PATH` file that is not there is listed with the other problems.
 - Subjects are names separated by dots, none of them empty (`a..b`, `a.` and `.a` are refused). `KRT_NATS_INPUT`
   may use the wildcards `*` (a whole name) and `>` (the last name); `KRT_NATS_OUTPUT` and `KRT_NATS_MONGO_WRITER`,
-  which a node publishes to, may not.
+  which a node publishes to, may not. Each is at most 1024 characters (a longer one would not fit nats-server's
+  control line).
 - `KRT_LOG_FORMAT` is `auto`, `json` or `console`. `KRT_LOG_LEVEL` is `debug`, `info`, `warning` or `error`.
 - `KRT_DELIVERY` is `at-most-once` or `at-least-once`; the `KRT_JETSTREAM_*` settings matter only with the second
   (see [Delivery](production.md#delivery)). `KRT_JETSTREAM_ACK_WAIT` is from 0.1 to 86400 seconds: a node tells

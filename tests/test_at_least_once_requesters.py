@@ -122,7 +122,7 @@ async def test_the_client_returns_the_first_answer_and_ignores_a_second_for_the_
 async def test_the_client_says_no_responders_when_no_stream_captures_the_subject(js_server):
     client = await Client.connect(js_server.url, delivery="at-least-once")
 
-    with pytest.raises(NoResponders, match="no JetStream stream captures 'nowhere'"):
+    with pytest.raises(NoResponders, match="no JetStream stream took 'nowhere': none captures it"):
         await client.call("nowhere", greeter_pb2.Request(name="x"), greeter_pb2.Request, timeout=5)
     await client.close()
 

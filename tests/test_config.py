@@ -184,3 +184,55 @@ def test_run_with_missing_settings_exits_2_listing_every_problem(tmp_path):
     for name in ("KRT_NATS_SERVER", "KRT_NATS_INPUT", "KRT_HANDLER_PATH", "KRT_CONCURRENCY"):
         assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("KRT_CONCURRENCY", "10001", "at most 10000"),
+        ("KRT_BATCH_MAX_SIZE", "99999999999999999999999", "at most 10000"),
+        ("KRT_DRAIN_TIMEOUT", "1e10", "at most 31536000 (a year)"),
+        ("KRT_INFLUX_FLUSH_INTERVAL", "1e10", "at most 31536000 (a year)"),
+        ("KRT_INFLUX_TIMEOUT", "1e300", "at most 31536000 (a year)"),
+        ("KRT_IDLE_TIMEOUT", "1e12", "at most 31536000 (a year)"),
+        ("KRT_NATS_INPUT", "x" * 1025, "over the 1024 a node subscribes to"),
+        ("KRT_INFLUX_URI", "http://influx:8086/?u=admin&p=SECRET", "has a query or fragment"),
+    ],
+)
+def test_values_a_node_could_not_use_are_refused_at_start_up(variable, value, said):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, variable: value})
+
+    assert variable in str(refused.value) and said in str(refused.value)
+    assert "SECRET" not in str(refused.value)
+
+
+def test_a_batch_node_holding_too_many_requests_at_once_is_refused():
+    with pytest.raises(ConfigError, match=r"KRT_BATCH_MAX_SIZE x \(KRT_CONCURRENCY \+ 1\) = 1000 x 101"):
+        load_settings({**KRE_V1_ENV, "KRT_BATCH_MAX_SIZE": "1000", "KRT_CONCURRENCY": "100"})
+
+
+def test_a_health_file_that_is_a_folder_or_in_no_folder_is_refused(tmp_path):
+    for value, said in ((str(tmp_path), "is a directory"), (str(tmp_path / "no" / "health"), "existing directory")):
+        with pytest.raises(ConfigError, match="KRT_HEALTH_FILE") as refused:
+            load_settings({**KRE_V1_ENV, "KRT_HEALTH_FILE": value})
+        assert said in str(refused.value)
+
+
+def test_a_comma_in_a_password_stays_in_it_and_out_of_every_message():
+    password_url = "nats://alice:Pa55,w0rd@127.0.0.1:4222"
+    settings = load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": f"{password_url},NATS://other:4222"})
+
+    assert settings.nats_servers == (password_url, "nats://other:4222")  # the scheme in the case nats-py knows
+    assert settings.describe()["nats_servers"] == "nats://alice:***@127.0.0.1:4222,nats://other:4222"
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "nats://alice:Pa55,w0rd@127.0.0.1:notaport"})
+    assert "Pa55" not in str(refused.value) and "w0rd" not in str(refused.value)
+
+
+def test_a_handler_file_that_is_not_there_is_listed_with_the_other_problems():
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, "KRT_HANDLER_PATH": "src/missing.py", "KRT_CONCURRENCY": "0"}, handler_file=True)
+
+    assert "KRT_CONCURRENCY" in str(refused.value)
+    assert "KRT_HANDLER_PATH (--handler) 'src/missing.py': no file at" in str(refused.value)

@@ -116,7 +116,7 @@ def test_check_reports_a_workflow_entrypoint_that_is_no_rpc_of_the_entrypoint_se
     done = run_cli("check", str(krt), cwd=tmp_path)
 
     assert done.returncode == 2
-    assert "workflows[0].entrypoint: 'GreetTypo' is not an rpc of service Entrypoint in proto/greeter.proto" \
+    assert "workflows[0].entrypoint: 'GreetTypo' is not an rpc of service Entrypoint in src/greeter_pb2.py" \
         " (rpcs: Greet)" in done.stderr
 
 
@@ -314,15 +314,15 @@ def test_dev_mode_says_in_one_line_that_it_turned_measurements_off(tmp_path):
     done = dev_mode(tmp_path)
 
     assert done.returncode == 0, done.stderr
-    said = [line for line in done.stderr.splitlines() if "dev mode: measurements are off" in line]
-    assert len(said) == 1 and "KRT_MEASUREMENTS_ENABLED=true" in said[0]
+    said = [line for line in done.stderr.splitlines() if "dev mode sets KRT_MEASUREMENTS_ENABLED=false" in line]
+    assert len(said) == 1 and "true writes them" in said[0]
 
 
 def test_dev_mode_says_nothing_of_its_own_when_measurements_were_set_by_the_user(tmp_path):
     done = dev_mode(tmp_path, KRT_MEASUREMENTS_ENABLED="false")
 
     assert done.returncode == 0, done.stderr
-    assert "dev mode: measurements" not in done.stderr
+    assert "dev mode sets" not in done.stderr
 
 
 def test_a_script_that_writes_an_invalid_krt_from_a_function_gets_the_krt_file_error_to_catch(tmp_path):
@@ -343,3 +343,33 @@ def test_a_script_that_writes_an_invalid_krt_from_a_function_gets_the_krt_file_e
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["caught [\"workflows[0].sequential[1]: node 'shout' is not defined in nodes\"]",
                                         "goes on"]
+
+
+def test_check_up_and_build_take_the_krt_yml_itself_for_its_folder(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+
+    checked = run_cli("check", "greeter/krt.yml", cwd=tmp_path)
+    built = run_cli("build", "greeter/krt.yml", "--output", str(tmp_path / "out") + "/", cwd=tmp_path)
+    answered = run_cli("up", "greeter/krt.yml", "--request", '{"name": "Ada"}', cwd=tmp_path)
+
+    assert checked.returncode == 0 and "KRT greeter-v1, 2 node(s), 1 workflow(s): OK" in checked.stdout
+    assert built.returncode == 0 and (tmp_path / "out" / "greeter-v1.krt").is_file(), built.stderr
+    assert answered.returncode == 0 and "Hello, Ada!" in answered.stdout, answered.stderr
+    assert not (krt / "krt.yml" / "dist").exists()
+
+
+def test_a_pb2_the_edited_proto_would_no_longer_generate_is_a_warning_of_check_and_up_naming_the_fix(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    proto = krt / "proto" / "greeter.proto"
+    proto.write_text(proto.read_text().replace("string name = 1;", "string name = 1;\n  string title = 2;"))
+
+    checked = run_cli("check", "greeter", cwd=tmp_path)
+    answered = run_cli("up", "greeter", "--request", '{"name": "Ada"}', cwd=tmp_path)
+
+    warning = ("src/greeter_pb2.py was not generated from proto/greeter.proto as it is now (they differ in Request): "
+               "write it again with krt-runner protos on the KRT folder")
+    assert checked.returncode == 0 and f"krt-runner check: warning: {warning}" in checked.stderr
+    assert answered.returncode == 0 and f"warning: {warning}" in answered.stdout + answered.stderr
+    regenerated = run_cli("protos", "greeter", cwd=tmp_path)
+    assert regenerated.returncode == 0
+    assert "warning" not in run_cli("check", "greeter", cwd=tmp_path).stderr

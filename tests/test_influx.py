@@ -189,7 +189,8 @@ async def test_with_the_server_down_requests_are_answered_and_points_after_its_r
     (closed,) = log_events(node, "measurements closed")
     assert closed["written"] + closed["dropped"] == 2 * (1 + 150 + 5)  # every point accounted for
     assert closed["dropped"] >= 2 * 150 - cap - 10  # at most the cap (and a batch) was kept through the outage
-    assert len(log_events(node, "measurements: write failed; points are kept and retried")) == 1
+    (failed,) = log_events(node, "measurements: write failed; points are kept and retried")
+    assert (failed["node"], failed["workflow"], failed["version"]) == ("behaviours", "test-workflow", "v1")
     drops = log_events(node, "measurements: buffer full, oldest points dropped")
     assert 1 <= len(drops) <= 3 and all(record["buffered"] <= cap for record in drops)  # rate-limited
     assert "s3cret" not in node.output
@@ -218,6 +219,8 @@ async def test_sigterm_flushes_the_points_still_buffered(nats_server, start_node
     assert len(influx_server.samples("workflow_elapsed_time_elapsed_ms")) == 5
     (closed,) = log_events(node, "measurements closed")
     assert (closed["written"], closed["dropped"]) == (10, 0)
+    assert (closed["node"], closed["workflow"], closed["version"]) == ("behaviours", "test-workflow", "v1")
+    assert log_events(node, "handler module loaded")[0]["node"] == "behaviours"
 
 
 async def test_without_influx_uri_points_go_to_a_file_that_imports_into_influxdb(

@@ -211,3 +211,54 @@ def test_flags_the_api_server_would_refuse_are_refused_all_at_once():
                     "--secret 'Bad Secret' is not a Kubernetes Secret name",
                     "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"):
         assert f"krt-runner manifests: {problem}" in done.stderr
+
+
+def test_a_bare_nats_url_with_a_password_is_refused_too_and_keda_watches_the_nats_host_given(tmp_path):
+    bare = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url",
+                           "krt:hunter2@nats.nats:4222"], capture_output=True, text=True, timeout=60)
+    objects = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--nats-url", "nats.nats:4222")
+    ipv6 = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--nats-url", "nats://[fd00::1]:4222")
+
+    assert bare.returncode == 2 and "--nats-url carries a user or a password" in bare.stderr
+    assert "hunter2" not in bare.stderr
+    endpoint = [item["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"]
+                for item in (*of_kind(objects, "ScaledObject"), *of_kind(ipv6, "ScaledObject"))]
+    assert endpoint == ["nats.nats:8222", "nats.nats:8222", "[fd00::1]:8222", "[fd00::1]:8222"]
+
+
+def test_under_keda_the_deployments_leave_the_replica_count_to_it_and_a_node_above_its_default_maximum_is_named(
+    tmp_path,
+):
+    folder = tmp_path / "greeter"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    krt_yml = folder / "krt.yml"
+    krt_yml.write_text(krt_yml.read_text().replace("src: src/greet.py", "src: src/greet.py\n    replicas: 12"))
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(folder), "--image", "i", "--keda", "--delivery",
+                           "at-least-once"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    objects = list(yaml.safe_load_all(done.stdout))
+
+    nodes = [item for item in of_kind(objects, "Deployment") if "entrypoint" not in item["metadata"]["name"]]
+    assert all("replicas" not in item["spec"] for item in nodes)
+    for item in nodes:
+        kubernetes_validate.validate(item, KUBERNETES, strict=True)
+    assert "node 'greet' keeps its 12 replicas of krt.yml as KEDA's maximum, above --keda-max-replicas 10 (its " \
+           "default)" in done.stderr
+    without_keda = of_kind(manifests(folder), "Deployment")
+    assert [item["spec"].get("replicas") for item in without_keda] == [12, 1, 1]
+
+
+def test_stream_copies_and_the_monitoring_address_are_checked_and_the_copies_reach_the_nodes_only():
+    objects = manifests(GREETER, "--delivery", "at-least-once", "--jetstream-replicas", "3")
+    refused = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--jetstream-replicas", "3",
+                              "--keda", "--delivery", "at-least-once", "--nats-monitoring", "http://nats:8222"],
+                             capture_output=True, text=True, timeout=60)
+    without_delivery = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i",
+                                       "--jetstream-replicas", "3"], capture_output=True, text=True, timeout=60)
+
+    copies = {item["metadata"]["name"]: env_of(item).get("KRT_JETSTREAM_REPLICAS")
+              for item in of_kind(objects, "Deployment")}
+    assert copies == {"greeter-v1-greet-greet": "3", "greeter-v1-greet-decorate": "3", "greeter-v1-entrypoint": None}
+    assert refused.returncode == 2
+    assert "--nats-monitoring 'http://nats:8222' is not HOST:PORT (KEDA adds the scheme itself)" in refused.stderr
+    assert without_delivery.returncode == 2 and "give it with --delivery at-least-once" in without_delivery.stderr

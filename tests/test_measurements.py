@@ -690,6 +690,38 @@ async def test_close_writes_every_batch_left_whatever_their_sizes():
     assert sink.dropped == 0
 
 
+def test_a_batch_the_disk_cannot_take_whole_leaves_no_torn_line_and_its_retry_no_second_copy(tmp_path):
+    # A file size limit (RLIMIT_FSIZE) makes a write stop half-way, as a full disk does; in a process of its own.
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, signal
+from pathlib import Path
+from krt_runner.errors import WriteError
+from krt_runner.measurements.file import FileDestination
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+path = Path({str(tmp_path / "points.lp")!r})
+destination = FileDestination(path)
+destination.write(["m f=0i 1"])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 50, hard))
+batch = [f"m f={{n}}i 1" for n in range(1, 40)]
+try:
+    destination.write(batch)
+except WriteError:
+    print("refused, file size", path.stat().st_size)
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+destination.write(batch)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused, file size 9"  # cut back to the first batch
+    lines = (tmp_path / "points.lp").read_text().splitlines()
+    assert lines == [f"m f={n}i 1" for n in range(40)]
+
+
 async def test_lines_from_many_threads_are_all_written_to_the_file(tmp_path):
     path = tmp_path / "points.lp"
     sink = writer(FileDestination(path), max_buffered=10_000, batch_size=100)
@@ -805,6 +837,35 @@ async def test_close_is_bounded_when_the_destination_never_recovers():
 
     assert not sink._thread.is_alive()
     assert sink.counts["dropped_at_close"] == 30
+
+
+class ComesBackAt(FlakyDestination):
+    """Refuses every write (retryable) until the monotonic time ``back``, then keeps what it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = float("inf")
+
+    def write(self, lines: list[str]) -> None:
+        if time.monotonic() < self.back:
+            raise WriteError("server away", retry=True)
+        self.batches.append(list(lines))
+
+
+async def test_a_store_back_within_the_shutdown_window_gets_the_points_whatever_the_outages_backoff_reached():
+    destination = ComesBackAt()
+    # the outage's pause, 8 s, is longer than the whole shutdown window
+    sink = writer(destination, shutdown_timeout=3.0, retry_waits=(8.0, 8.0))
+    for number in range(20):
+        sink.put(f"m f={number}i 1")
+    await until(lambda: sink.backlogged)  # a write failed: the writer pauses 8 s before the next
+    destination.back = time.monotonic() + 0.5  # back half a second into the shutdown
+
+    started = time.monotonic()
+    await sink.close(timeout=10)
+
+    assert destination.lines == [f"m f={number}i 1" for number in range(20)]
+    assert sink.dropped == 0 and time.monotonic() - started < 2.5
 
 
 class StuckDestination(FlakyDestination):

@@ -94,6 +94,17 @@ def _password_in_url(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
     return secured
 
 
+RESERVED_PASSWORD = "pw/Zq#8?v@X,2"  # each character a URL reserves, and a comma (KRT_NATS_SERVER's separator)
+
+
+def _reserved_password_in_url(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
+    server = start(f'authorization {{ user: alice, password: "{RESERVED_PASSWORD}" }}\n')
+    encoded = RESERVED_PASSWORD.replace("/", "%2F").replace("#", "%23").replace("?", "%3F").replace("@", "%40")
+    url = f"nats://alice:{encoded}@127.0.0.1:{server.port}"
+    return Secured(server, {}, {"user": "alice", "password": RESERVED_PASSWORD}, [RESERVED_PASSWORD, encoded,
+                                                                                 "pw/Zq", "pw%2FZq"], url)
+
+
 def _token(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
     server = start(f'authorization {{ token: "{TOKEN}" }}\n')
     return Secured(server, {"KRT_NATS_TOKEN": TOKEN}, {"token": TOKEN}, [TOKEN])
@@ -134,6 +145,7 @@ def _mutual_tls(start: ServerFactory, tmp_path: Path, pki: Pki) -> Secured:
 SECURED = {
     "user-password": _user_password,
     "password-in-url": _password_in_url,
+    "percent-encoded-password-in-url": _reserved_password_in_url,
     "token": _token,
     "nkey": _nkey,
     "creds": _creds,

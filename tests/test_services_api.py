@@ -120,3 +120,16 @@ async def _greet(url: str, subject: str):
     finally:
         await nc.close()
 
+
+
+async def test_a_free_form_node_name_becomes_a_service_and_an_endpoint_name_adr_32_allows(
+    nats_server, start_node, handler_dir, requester
+):
+    base = handler_dir("def handler(ctx, data):\n    return data\n")
+    start_node(**node_env(nats_server, base, "src/node.py", input="named-in", name="my node.v2"))
+
+    reply = await requester.nc.request("$SRV.INFO.v1-test-workflow-my_node_v2", b"", timeout=5)
+
+    info = json.loads(reply.data)
+    assert info["name"] == "v1-test-workflow-my_node_v2"
+    assert info["endpoints"][0]["name"] == "my_node_v2" and info["endpoints"][0]["subject"] == "named-in"

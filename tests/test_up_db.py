@@ -80,7 +80,7 @@ def test_under_up_kres_template_saves_to_the_local_store_and_the_next_node_finds
     assert leftovers(marker) == []
 
 
-def test_local_answers_mongo_writer_and_find_sees_every_earlier_save(marked, tmp_path):  # noqa: F811
+def test_local_answers_mongo_writer_and_find_sees_every_earlier_save(marked, tmp_path):
     output = io.StringIO()
 
     with krt_runner.local(one_node_krt(tmp_path, SAVE_AND_FIND), output=output) as krt:
@@ -94,7 +94,7 @@ def test_local_answers_mongo_writer_and_find_sees_every_earlier_save(marked, tmp
     assert f"documents go to {tmp_path / 'data.sqlite'}" in output.getvalue()
 
 
-def test_with_krt_mongo_uri_set_up_leaves_ctx_db_to_that_mongodb(marked, tmp_path):  # noqa: F811
+def test_with_krt_mongo_uri_set_up_leaves_ctx_db_to_that_mongodb(marked, tmp_path):
     output = io.StringIO()
 
     with krt_runner.local(one_node_krt(tmp_path, SAVE_AND_FIND), output=output,
@@ -107,7 +107,7 @@ def test_with_krt_mongo_uri_set_up_leaves_ctx_db_to_that_mongodb(marked, tmp_pat
     assert not (tmp_path / "data.sqlite").exists()
 
 
-def test_a_local_store_in_a_folder_that_does_not_exist_stops_local_before_any_node_starts(marked, tmp_path):  # noqa: F811
+def test_a_local_store_in_a_folder_that_does_not_exist_stops_local_before_any_node_starts(marked, tmp_path):
     missing = tmp_path / "no-such-folder" / "data.sqlite"
 
     with pytest.raises(KrtRunnerError, match=r"the local store for ctx.db, .*no-such-folder/data.sqlite, is not in an"):

@@ -51,7 +51,7 @@ from krt_runner.node.broker import Broker
 from krt_runner.node.cancelling import uncancel
 
 TRACKING_METADATA = "krt-tracking-id"
-# Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
+# Answers are gzip-inflated up to this many bytes unless KRT_MAX_DECOMPRESSED_BYTES says otherwise (a node's default).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
@@ -70,10 +70,12 @@ class Forwarder:
     """Turns calls of the entrypoint's rpcs into requests to their workflows, over one NATS connection."""
 
     def __init__(
-        self, broker: Broker, *, request_timeout: float, logger: Any, jetstream: JetStreamRequests | None = None
+        self, broker: Broker, *, request_timeout: float, logger: Any, jetstream: JetStreamRequests | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._broker = broker
         self._timeout = request_timeout
+        self._max_answer = max_answer_bytes
         self._log = logger
         self._jetstream = jetstream  # at-least-once: calls go through JetStream
         self.open_calls = OpenCalls()
@@ -129,13 +131,19 @@ class Forwarder:
             raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, details) from None
         except CallError as exc:  # NotConnected, or JetStream refused the request
             raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-        return _response(rpc, reply)
+        if reply[:2] == envelope.GZIP_MAGIC:  # inflating takes a while: not on the loop, where every call waits
+            return await asyncio.to_thread(_response, rpc, reply, self._max_answer)
+        return _response(rpc, reply, self._max_answer)
 
     async def _send(self, subject: str, message: KreNatsMessage, timeout: float) -> bytes:
         max_payload = self._broker.max_payload
         if self._jetstream is not None:
             return await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
-        return await self._broker.request(subject, envelope.encode(message, max_payload=max_payload), timeout=timeout)
+        if len(message.payload.value) > max_payload:  # to be compressed: not on the loop either
+            data = await asyncio.to_thread(envelope.encode, message, max_payload=max_payload)
+        else:
+            data = envelope.encode(message, max_payload=max_payload)
+        return await self._broker.request(subject, data, timeout=timeout)
 
     def _envelope(self, rpc: Rpc, request: bytes, tracking_id: str) -> KreNatsMessage:
         try:
@@ -147,10 +155,10 @@ class Forwarder:
         return request_envelope(payload, tracking_id=tracking_id)
 
 
-def _response(rpc: Rpc, reply: bytes) -> bytes:
+def _response(rpc: Rpc, reply: bytes, max_decompressed: int) -> bytes:
     """The answer's payload bytes when it is the rpc's response type; :class:`Refused` otherwise."""
     try:
-        answer = envelope.decode(reply, max_decompressed=MAX_ANSWER_BYTES)
+        answer = envelope.decode(reply, max_decompressed=max_decompressed)
     except EnvelopeError as exc:
         if envelope.is_jetstream_ack(reply):
             details = (f"a JetStream stream took the call on {rpc.subject!r}, not a node: workflow {rpc.workflow!r} "

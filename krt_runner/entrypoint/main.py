@@ -52,7 +52,7 @@ def run_entrypoint(source: Path, overrides: Mapping[str, Any]) -> int:
     remove_leftover(settings.health_file)
     try:
         with open_krt(source) as directory:
-            krt = load_krt(directory)
+            krt = load_krt(directory, node_files=False)  # its nodes' code may be built elsewhere
             settings = replace(settings, version=settings.version or krt.version)
             service = read_service(krt, version=settings.version, subjects_file=settings.subjects_file)
     except (KrtFileError, EntrypointError) as exc:

@@ -9,9 +9,11 @@ file, v1alpha's with the package renamed, is in the pool so that a client can de
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.descriptor_pb2 import FileDescriptorProto
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
@@ -25,7 +27,8 @@ def serve_reflection(server: grpc.aio.Server, services: Iterable[str], pool: des
     """Serve reflection of ``services`` (and of reflection itself) from ``pool``, whose files describe them."""
     add_file(pool, reflection_pb2.DESCRIPTOR)
     _add_v1_file(pool)
-    servicer = reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, V1_SERVICE_NAME), pool=pool)
+    servicer = reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, V1_SERVICE_NAME),
+                                                 pool=_MethodsFound(pool))
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1_method = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
@@ -33,6 +36,31 @@ def serve_reflection(server: grpc.aio.Server, services: Iterable[str], pool: des
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     server.add_registered_method_handlers(V1_SERVICE_NAME, {"ServerReflectionInfo": v1_method})
+
+
+class _MethodsFound:
+    """``pool`` for the reflection servicer, with the file of an rpc's full name (``pkg.Entrypoint.Greet``) found
+    too: ``grpcurl describe pkg.Entrypoint.Greet`` asks for it, and upb's pool finds messages, enums and services,
+    not methods (grpc/grpc#34743)."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    def FindFileContainingSymbol(self, symbol: str) -> FileDescriptor:  # the pool's own method name
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                raise KeyError(symbol) from None
+            if method not in service.methods_by_name:
+                raise KeyError(symbol) from None
+            return service.file
 
 
 def _add_v1_file(pool: descriptor_pool.DescriptorPool) -> None:

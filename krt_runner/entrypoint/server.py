@@ -11,6 +11,7 @@ calls are refused, calls in flight get their answers (up to
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import grpc
@@ -34,7 +35,6 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVER_OPTIONS = [
     # a request may be as large as a compressed envelope can carry; gRPC's own default is 4 MiB
     ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
-    ("grpc.max_send_message_length", MAX_ANSWER_BYTES),
     # grpcio sets SO_REUSEPORT by default: a second entrypoint would bind a port one already serves, and clients
     # would be split between the two KRTs. Off, the second cannot listen, as the docs say.
     ("grpc.so_reuseport", 0),
@@ -54,11 +54,12 @@ class RunningEntrypoint:
             if settings.delivery == AT_LEAST_ONCE else None
         self.address = ""
         self._health = health.aio.HealthServicer()
-        self._server = grpc.aio.server(options=_SERVER_OPTIONS)
+        answers = max(MAX_ANSWER_BYTES, settings.max_decompressed_bytes)  # an answer as large as it may inflate to
+        self._server = grpc.aio.server(options=[*_SERVER_OPTIONS, ("grpc.max_send_message_length", answers)])
         self._health_file: HealthFile | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._forwarder = Forwarder(self.broker, request_timeout=settings.request_timeout, logger=logger,
-                                    jetstream=self._jetstream)
+                                    jetstream=self._jetstream, max_answer_bytes=settings.max_decompressed_bytes)
 
     async def start(self) -> None:
         """Listen, then connect to NATS (retrying an unreachable server); ready once connected."""
@@ -106,15 +107,16 @@ class RunningEntrypoint:
     def _listen(self) -> str:
         host = f"[{self.settings.host}]" if ":" in self.settings.host else self.settings.host
         wanted = f"{host}:{self.settings.port}"
-        try:
-            port = self._server.add_insecure_port(wanted)
-        except RuntimeError as exc:
-            port, error = 0, str(exc)
-        else:
-            error = ""
+        # gRPC's own failure says only "Failed to bind", after a line of its C core: the cause is found first.
+        cause = bind_problem(self.settings.host, self.settings.port)
+        port = 0
+        if not cause:
+            try:
+                port = self._server.add_insecure_port(wanted)
+            except RuntimeError as exc:
+                cause = str(exc)
         if not port:
-            raise ListenError(f"cannot listen on {wanted} ({error or 'bind failed'}): is the port in use? "
-                              "Set KRT_ENTRYPOINT_PORT (--port; under krt-runner up, --grpc-port); 0 picks a free one")
+            raise ListenError(f"cannot listen on {wanted}: {cause or 'bind failed'}; {_listen_hint(cause)}")
         return f"{host}:{port}"
 
     async def _set_health(self, *, serving: bool) -> None:
@@ -126,3 +128,28 @@ class RunningEntrypoint:
         task = asyncio.get_running_loop().create_task(self._set_health(serving=connected))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why a TCP server could not listen on ``host:port`` (the system's words), or ``""`` when it can now."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host!r} ({exc.strerror})"
+    family, kind, protocol, _, address = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
+
+
+def _listen_hint(cause: str) -> str:
+    if cause.startswith("cannot resolve"):
+        return "set KRT_ENTRYPOINT_HOST (--host) to an address of this machine, or 0.0.0.0 for all"
+    if "in use" in cause:
+        return ("another process listens there: set KRT_ENTRYPOINT_PORT (--port; under krt-runner up, --grpc-port); "
+                "0 picks a free one")
+    return "set KRT_ENTRYPOINT_HOST (--host) and KRT_ENTRYPOINT_PORT (--port); a port below 1024 needs privileges"

@@ -91,8 +91,13 @@ def _subjects(krt: Krt, version: str, subjects_file: Path | None) -> dict[str, s
         mapping = json.loads(subjects_file.read_text())
     except (OSError, ValueError) as exc:
         raise EntrypointError([f"KRT_NATS_SUBJECTS_FILE {subjects_file}: {exc}"]) from None
-    if not isinstance(mapping, dict) or not all(isinstance(v, str) and v for v in mapping.values()):
-        raise EntrypointError([f"KRT_NATS_SUBJECTS_FILE {subjects_file}: expected a JSON object of rpc -> subject"])
+    where = f"KRT_NATS_SUBJECTS_FILE {subjects_file}"
+    if not isinstance(mapping, dict):
+        raise EntrypointError([f"{where}: expected a JSON object of rpc -> subject, not a {type(mapping).__name__}"])
+    wrong = [f"{where}: rpc {key}'s subject is {value!r}: expected a subject (a non-empty string)"
+             for key, value in mapping.items() if not (isinstance(value, str) and value)]
+    if wrong:
+        raise EntrypointError(wrong)
     return {str(key): value for key, value in mapping.items()}
 
 

@@ -15,8 +15,9 @@ from typing import Any
 from krt_runner import setting_values as parse
 from krt_runner.config import OPTIONS, Option, SharedSettings, connection_problems, read_options
 
-# The rows a node has that mean the same here: where NATS is, how to log in to it, logging, health.
-_SHARED_FIELDS = tuple(field.name for field in dataclasses.fields(SharedSettings))
+# The rows a node has that mean the same here: where NATS is, how to log in to it, logging, health, and how far a
+# gzip message (an answer, here) may inflate.
+_SHARED_FIELDS = (*(field.name for field in dataclasses.fields(SharedSettings)), "max_decompressed_bytes")
 DEFAULT_PORT = 9000
 
 ENTRYPOINT_OPTIONS: tuple[Option, ...] = (
@@ -50,6 +51,7 @@ class EntrypointSettings(SharedSettings):
     subjects_file: Path | None
     drain_timeout: float
     delivery: str
+    max_decompressed_bytes: int  # of a gzip answer, inflated
     node_name: str = "entrypoint"  # the NATS connection's name: krt-runner:entrypoint
     pending_msgs_limit: int = 65536  # of the one inbox subscription that takes every answer
     pending_bytes_limit: int = 64 * 1024 * 1024

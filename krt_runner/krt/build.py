@@ -17,7 +17,7 @@ from typing import TextIO
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, BuildProblems, KrtFileError, KrtRunnerError
 from krt_runner.krt.check import check_krt, check_source, report_problems
 from krt_runner.krt.model import KRT_FILE, Krt
-from krt_runner.krt.package import SUFFIX, human_size, package_files, write_package
+from krt_runner.krt.package import SUFFIX, human_size, krt_folder, package_files, write_package
 
 DIST = "dist"
 
@@ -66,7 +66,8 @@ def _target(output: str | Path | None, dist: Path, name: str) -> Path:
 
 
 def _krt_folder(source: str) -> Path:
-    """The folder to pack; a DSL file's krt.yml is written (validated) first."""
+    """The folder to pack (or the one holding a ``krt.yml`` given itself); a DSL file's krt.yml is written
+    (validated) first."""
     if source.partition(":")[0].endswith(".py"):
         from krt_runner.krt.dsl import load_pipeline
 
@@ -76,7 +77,7 @@ def _krt_folder(source: str) -> Path:
         except KrtFileError as exc:
             raise BuildProblems(source, [f"{exc.path}: {problem}" for problem in exc.problems]) from None
         return krt.root
-    return Path(source)
+    return krt_folder(Path(source))
 
 
 def _referenced(krt: Krt) -> list[str]:

@@ -18,7 +18,7 @@ from typing import TextIO
 from krt_runner.config import setting_from_env
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
-from krt_runner.krt.protos import find_types_source, load_file
+from krt_runner.krt.protos import find_types_source, load_file, stale_code_warning
 from krt_runner.node.user_code import load_user_code
 
 # Seconds one handler module may take to import (module-level code runs, models may load).
@@ -61,22 +61,45 @@ def workflow_types_source(krt: Krt, workflow: WorkflowSpec) -> str:
 def entrypoint_problems(krt: Krt) -> list[str]:
     """Each workflow's ``entrypoint`` must be an rpc of the proto's service ``Entrypoint``, when the types can be
     read (a generated ``_pb2.py``, or grpcio-tools) and the proto has that service."""
-    problems = []
+    problems: list[str] = []
     for index, workflow in enumerate(krt.workflows):
+        source = workflow_types_source(krt, workflow)
         try:
-            file = load_file(workflow_types_source(krt, workflow))
+            file = load_file(source)
         except ProtoError:
             continue  # up reports it when it needs the types
+        read = _shown(krt, source)
         service = file.services_by_name.get("Entrypoint")
-        if service is None:
-            continue
-        rpcs = [method.name for method in service.methods]
-        if workflow.entrypoint not in rpcs:
+        rpcs = [method.name for method in service.methods] if service is not None else []
+        if service is not None and workflow.entrypoint not in rpcs:
             problems.append(
                 f"workflows[{index}].entrypoint: {workflow.entrypoint!r} is not an rpc "
-                f"of service Entrypoint in {krt.proto} (rpcs: {', '.join(rpcs) or 'none'})"
+                f"of service Entrypoint in {read} (rpcs: {', '.join(rpcs) or 'none'})"
             )
     return problems
+
+
+def stale_code_warnings(krt: Krt) -> list[str]:
+    """A warning per generated ``_pb2.py`` a workflow reads that its ``.proto`` would no longer generate: the nodes
+    would read the old types and the gRPC entrypoint the new ones (see :func:`stale_code_warning`)."""
+    warnings: list[str] = []
+    for workflow in krt.workflows:
+        source = workflow_types_source(krt, workflow)
+        if source.endswith(".proto"):
+            continue
+        try:
+            file = load_file(source)
+        except ProtoError:
+            continue
+        stale = stale_code_warning(krt.directory / krt.proto, file, _shown(krt, source), proto_shown=krt.proto)
+        if stale and stale not in warnings:
+            warnings.append(stale)
+    return warnings
+
+
+def _shown(krt: Krt, source: str) -> str:
+    path = Path(source)
+    return str(path.relative_to(krt.directory)) if path.is_relative_to(krt.directory) else source
 
 
 def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | None) -> str:
@@ -102,7 +125,8 @@ def check_source(
     try:
         with open_krt(source) as root:
             krt, problems = check_krt(root)
-            warnings = list(more_warnings(krt)) if krt is not None and not problems and more_warnings else []
+            warnings = [*stale_code_warnings(krt), *(more_warnings(krt) if more_warnings else ())] \
+                if krt is not None and not problems else []
             def named(texts: list[str]) -> list[str]:
                 return [text.replace(str(root), str(source)) for text in texts]
 

@@ -20,6 +20,7 @@ from krt_runner import __version__
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.krt.kube_names import label_value, object_name
 from krt_runner.krt.model import Krt, NodeWiring, entry_subject, wiring
+from krt_runner.setting_values import split_servers, with_nats_scheme
 
 BASE_PATH = "/krt"  # where the image holds the KRT (the README's derived image copies it there)
 ENTRYPOINT_PORT = 9000
@@ -43,6 +44,7 @@ class ManifestOptions:
     keda: bool = False
     keda_max_replicas: int | None = None  # default: DEFAULT_KEDA_MAX_REPLICAS
     nats_monitoring: str = ""  # host:port of nats-server's monitoring (/jsz); default: the NATS host, port 8222
+    jetstream_replicas: int = 1  # KRT_JETSTREAM_REPLICAS of at-least-once nodes: copies of the streams they create
     entrypoint: bool = True
     config: Mapping[str, str] = field(default_factory=dict)  # the KRT's config values
 
@@ -91,13 +93,15 @@ class _Builder:
             "livenessProbe": _health_probe(period=20, failures=3, max_age=60),
         }
         pod = self._pod(container, gpu=wired.node.gpu)
-        return self._deployment(name, "node", wired.node.replicas, pod, node=wired.node.name,
-                                workflow=wired.workflow.name)
+        # Under KEDA the count is KEDA's: a Deployment that named one would reset it on every kubectl apply.
+        replicas = None if self.options.keda else wired.node.replicas
+        return self._deployment(name, "node", replicas, pod, node=wired.node.name, workflow=wired.workflow.name)
 
     def entrypoint_deployment(self) -> dict[str, Any]:
         env = {"KRT_NATS_SERVER": self.options.nats_url, "KRT_VERSION": self.krt.version, **self._common_env()}
         env.pop("KRT_MEASUREMENTS_FILE", None)
         env.pop("KRT_INFLUX_URI", None)
+        env.pop("KRT_JETSTREAM_REPLICAS", None)  # the nodes create the streams
         probe = {"grpc": {"port": ENTRYPOINT_PORT}, "periodSeconds": 5}
         container = {
             "name": "entrypoint",
@@ -144,6 +148,8 @@ class _Builder:
             env["KRT_MEASUREMENTS_FILE"] = "/tmp/measurements.lp"  # the only writable place: an emptyDir
         if self.options.delivery == AT_LEAST_ONCE:
             env["KRT_DELIVERY"] = AT_LEAST_ONCE
+            if self.options.jetstream_replicas != 1:
+                env["KRT_JETSTREAM_REPLICAS"] = str(self.options.jetstream_replicas)
         return env
 
     def _pod(self, container: dict[str, Any], *, gpu: bool) -> dict[str, Any]:
@@ -162,21 +168,17 @@ class _Builder:
         return spec
 
     def _deployment(
-        self, name: str, component: str, replicas: int, pod: dict[str, Any], **extra: str
+        self, name: str, component: str, replicas: int | None, pod: dict[str, Any], **extra: str
     ) -> dict[str, Any]:
         metadata = self._metadata(name, component, **extra)
-        return {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": metadata,
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
-                # A new version's pods are ready before an old one is told to drain: no request is dropped.
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": pod},
-            },
+        spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
+        spec |= {
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
+            # A new version's pods are ready before an old one is told to drain: no request is dropped.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": pod},
         }
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
 
     def _metadata(self, name: str, component: str, **extra: str) -> dict[str, Any]:
         labels = {
@@ -199,8 +201,8 @@ class _Builder:
     def _monitoring(self) -> str:
         if self.options.nats_monitoring:
             return self.options.nats_monitoring
-        host = urlsplit(self.options.nats_url.split(",")[0]).hostname or "nats"
-        return f"{host}:8222"
+        host = urlsplit(with_nats_scheme(split_servers(self.options.nats_url)[0].strip())).hostname or "nats"
+        return f"[{host}]:8222" if ":" in host else f"{host}:8222"
 
 
 def node_object_name(wired: NodeWiring) -> str:

@@ -13,10 +13,10 @@ from typing import TextIO
 import yaml
 
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
-from krt_runner.krt.manifests import AT_LEAST_ONCE, ManifestOptions, manifests
+from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
 from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
-from krt_runner.setting_values import url_credentials
+from krt_runner.setting_values import split_servers, url_credentials, with_nats_scheme
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -38,7 +38,11 @@ def _option_problems(options: ManifestOptions) -> list[str]:
          "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"),
         (options.keda and options.delivery != AT_LEAST_ONCE,
          "--keda scales a node on its JetStream consumer's lag, which exists only with --delivery at-least-once"),
-        (any(url_credentials(url.strip())[1] for url in options.nats_url.split(",")),
+        (bool(options.nats_monitoring) and not _HOST_PORT.fullmatch(options.nats_monitoring),
+         f"--nats-monitoring {options.nats_monitoring!r} is not HOST:PORT (KEDA adds the scheme itself)"),
+        (options.jetstream_replicas != 1 and options.delivery != AT_LEAST_ONCE,
+         "--jetstream-replicas sets the copies of the nodes' JetStream streams: give it with --delivery at-least-once"),
+        (any(url_credentials(with_nats_scheme(url.strip()))[1] for url in split_servers(options.nats_url)),
          "--nats-url carries a user or a password, which would be written into every Deployment: the manifests hold "
          "no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or KRT_NATS_TOKEN) in the "
          "Secret named by --secret"),
@@ -49,12 +53,17 @@ def _option_problems(options: ManifestOptions) -> list[str]:
 def _notes(krt: Krt, options: ManifestOptions, refused: list[str]) -> list[str]:
     """What the objects differ in from what was asked, and why."""
     notes = [f"node {node.name!r} keeps its {node.replicas} replicas of krt.yml as KEDA's maximum, above "
-             f"--keda-max-replicas {options.keda_max_replicas}"
-             for node in krt.nodes if options.keda and node.replicas > (options.keda_max_replicas or node.replicas)]
+             f"--keda-max-replicas {_keda_max(options)}{'' if options.keda_max_replicas else ' (its default)'}"
+             for node in krt.nodes if options.keda and node.replicas > _keda_max(options)]
     # its pod would exit 2 again and again: left out, as up leaves it out
     return notes + [f"the gRPC entrypoint is left out, {reason}" for reason in refused]
 
 
+def _keda_max(options: ManifestOptions) -> int:
+    return options.keda_max_replicas or DEFAULT_KEDA_MAX_REPLICAS
+
+
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"

@@ -134,8 +134,10 @@ def wiring(krt: Krt) -> list[NodeWiring]:
     return wired
 
 
-def load_krt(directory: Path | str) -> Krt:
-    """Read and validate ``DIRECTORY/krt.yml``; raise :class:`KrtFileError` listing every problem."""
+def load_krt(directory: Path | str, *, node_files: bool = True) -> Krt:
+    """Read and validate ``DIRECTORY/krt.yml``; raise :class:`KrtFileError` listing every problem. Without
+    ``node_files``, a node's ``src`` need not be there yet (the entrypoint reads the proto alone: a Go node's
+    binary may be built elsewhere)."""
     root = Path(directory)
     path = root / KRT_FILE
     if not path.is_file():
@@ -144,17 +146,17 @@ def load_krt(directory: Path | str) -> Krt:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise KrtFileError(str(path), [f"not valid YAML: {_one_line(exc)}"]) from None
-    return parse_krt(document, root)
+    return parse_krt(document, root, node_files=node_files)
 
 
-def parse_krt(document: Any, directory: Path | str) -> Krt:
+def parse_krt(document: Any, directory: Path | str, *, node_files: bool = True) -> Krt:
     """Validate an already parsed ``krt.yml`` document whose files live in ``directory``.
 
     The one validator: :func:`load_krt` and the Python DSL (:mod:`krt_runner.krt.dsl`)
     both end here, so their problems read the same.
     """
     root = Path(directory)
-    reader = _Reader(root)
+    reader = _Reader(root, node_files=node_files)
     krt = reader.krt(document)
     if reader.problems:
         raise KrtFileError(str(root / KRT_FILE), reader.problems)
@@ -168,8 +170,9 @@ def _one_line(exc: Exception) -> str:
 class _Reader:
     """Builds a :class:`Krt` from parsed YAML, noting each problem as ``field: what is wrong``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, node_files: bool = True) -> None:
         self.root = root
+        self.node_files = node_files
         self.problems: list[str] = []
 
     def problem(self, where: str, what: str) -> None:
@@ -266,7 +269,7 @@ class _Reader:
         fields = self.mapping(item, where, ("name", "image", "src", "gpu", "replicas", "resources"))
         name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
         src = self.text(fields, "src", f"{where}.src")
-        if src:
+        if src and self.node_files:
             self.file_inside(src, f"{where}.src")
         gpu = fields.get("gpu", False)
         if not isinstance(gpu, bool):

@@ -143,18 +143,24 @@ def is_package(path: Path | str) -> bool:
 
 @contextmanager
 def open_krt(source: Path | str) -> Iterator[Path]:
-    """The KRT folder of ``source``: the folder itself, or a ``.krt`` unpacked into a temporary folder.
+    """The KRT folder of ``source``: the folder itself, the folder of a ``krt.yml`` named as ``source``, or a ``.krt``
+    unpacked into a temporary folder.
 
     The temporary folder is removed when the ``with`` ends, however it ends.
     Raises :class:`~krt_runner.errors.KrtFileError` for a package that cannot be read safely.
     """
     if not is_package(source):
-        yield Path(source)
+        yield krt_folder(Path(source))
         return
     with tempfile.TemporaryDirectory(prefix="krt-") as workdir:
         folder = Path(workdir) / Path(source).stem
         unpack(Path(source), folder)
         yield _krt_root(folder)
+
+
+def krt_folder(path: Path) -> Path:
+    """``path``, or the folder holding it when it is a ``krt.yml`` file itself."""
+    return path.parent if path.name == KRT_FILE and path.is_file() else path
 
 
 def unpack(archive: Path, into: Path) -> None:

@@ -200,3 +200,42 @@ def compile_proto(path: Path) -> FileDescriptor:
     for file in files.file:
         pool.Add(file)
     return pool.FindFileByName(path.name)
+
+
+def stale_code_warning(proto: Path, generated: FileDescriptor, shown: str, *, proto_shown: str = "") -> str:
+    """A warning when ``generated`` (a ``_pb2.py``'s types, named ``shown``) is not what ``proto`` compiles to now:
+    the entrypoint would read the ``.proto`` and the nodes the old code. ``""`` when they agree, or when the
+    ``.proto`` is not there or cannot be compiled here (no grpcio-tools)."""
+    if shown.endswith(".proto") or not proto.is_file():
+        return ""
+    try:
+        compiled = compile_proto(proto)
+    except ProtoError:
+        return ""
+    changed = sorted(_schema(compiled) ^ _schema(generated))
+    if not changed:
+        return ""
+    names = ", ".join(dict.fromkeys(name for name, _ in changed))
+    return (f"{shown} was not generated from {proto_shown or proto.name} as it is now (they differ in {names}): "
+            "write it again with krt-runner protos on the KRT folder")
+
+
+def _schema(file: FileDescriptor) -> set[tuple[str, bytes]]:
+    """Each message, enum and service of ``file`` with what defines it on the wire and in calls: not the file's
+    name, imports, options or field ``json_name`` (protoc writes those differently from one call to the next)."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    parts: set[tuple[str, bytes]] = {("package", proto.package.encode())}
+    for message in proto.message_type:
+        _without_json_names(message)
+        parts.add((message.name, message.SerializeToString(deterministic=True)))
+    for kind in (proto.enum_type, proto.service):
+        parts.update((item.name, item.SerializeToString(deterministic=True)) for item in kind)
+    return parts
+
+
+def _without_json_names(message: descriptor_pb2.DescriptorProto) -> None:
+    for field in message.field:
+        field.ClearField("json_name")
+    for nested in message.nested_type:
+        _without_json_names(nested)

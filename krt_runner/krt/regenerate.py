@@ -11,6 +11,7 @@ a ``_pb2.py`` with no ``.proto`` is reported and left as it is.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import tempfile
@@ -83,9 +84,10 @@ def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.s
     done = len(items) - left - failed
     for proto in _without_code(directory, items):
         shown = proto.relative_to(directory)
+        here = [shlex.quote(str(path)) for path in (proto.parent, directory / "src", proto)]  # from the cwd
         print(f"{shown} has no {shown.stem}_pb2.py in the folder, so none was written: make the first one where "
-              f"your handler imports it from, e.g. python -m grpc_tools.protoc -I {shown.parent} --python_out=src "
-              f"{shown}; from then on this command keeps it in step", file=out)
+              f"your handler imports it from, e.g. python -m grpc_tools.protoc -I {here[0]} --python_out={here[1]} "
+              f"{here[2]}; from then on this command keeps it in step", file=out)
     print(f"krt-runner protos: {done} _pb2.py file(s) written, {left} left as they are, {failed} failed", file=out)
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -148,8 +148,8 @@ def _run_dev(code: UserCode, script: Path, args: argparse.Namespace) -> int:
         settings = load_settings(env=_dev_env(server.url, script))
         configure_logging(log_format=settings.log_format, level=settings.log_level)
         if "KRT_MEASUREMENTS_ENABLED" not in os.environ:  # dev mode's own default, unlike a node's: say so
-            structlog.get_logger("krt_runner").info("dev mode: measurements are off (KRT_MEASUREMENTS_ENABLED=true "
-                                                    "writes them to measurements.lp, or to KRT_INFLUX_URI)")
+            structlog.get_logger("krt_runner").info("dev mode sets KRT_MEASUREMENTS_ENABLED=false unless it is set "
+                                                    "(true writes them to measurements.lp, or to KRT_INFLUX_URI)")
         server.start()
         return asyncio.run(_dev_main(settings, code, args.request))
     except KrtRunnerError as exc:  # invalid KRT_* settings, or no nats-server to start
@@ -266,7 +266,7 @@ class _DevSession:
         self._answers.put_nowait(msg.data)
 
     async def _ask(self, request: Message, inbox: str) -> dict[str, Any]:
-        envelope = KreNatsMessage(tracking_id=uuid.uuid4().hex)
+        envelope = KreNatsMessage(tracking_id=str(uuid.uuid4()))
         envelope.payload.Pack(request)
         await self._client.publish(DEV_INPUT, envelope.SerializeToString(), reply=inbox)
         answer = decode(await self._answers.get(), max_decompressed=_DEV_MAX_ANSWER_BYTES)

@@ -12,7 +12,13 @@ from google.protobuf.message import Message
 from krt_runner.entrypoint import MISSING_EXTRA, grpc_installed
 from krt_runner.entrypoint.service import read_service
 from krt_runner.errors import EntrypointError, ProtoError, UpError
-from krt_runner.krt.check import entrypoint_problems, import_problems, missing_config, workflow_types_source
+from krt_runner.krt.check import (
+    entrypoint_problems,
+    import_problems,
+    missing_config,
+    stale_code_warnings,
+    workflow_types_source,
+)
 from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, rpc_names, select_types
 from krt_runner.local_krt.ask import read_request
@@ -69,6 +75,7 @@ class Plan:
     request: tuple[EntryPoint, Message] | None = None
     grpc: GrpcPlan | None = None
     grpc_problem: str = ""  # why the entrypoint will not start, when it was asked for
+    warnings: tuple[str, ...] = ()  # what runs, but perhaps not as meant (a stale _pb2.py)
 
 
 def parse_replicas(values: list[str]) -> dict[str, int]:
@@ -103,6 +110,7 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
         request=_request(entry_points, target, options.request),
         grpc=grpc,
         grpc_problem=grpc_problem,
+        warnings=tuple(stale_code_warnings(krt)),
     )
 
 

@@ -106,6 +106,8 @@ class Supervisor:
         if self.options.nats:  # a server of someone else's: another up may run the same KRT there
             await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say,
                                   options=self.client_options)
+        for warning in self.plan.warnings:
+            self.say(f"warning: {warning}")
         store = await self._start_mongo_writer(self.url)
         await self._start_nodes(self.url, store)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)

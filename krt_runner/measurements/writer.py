@@ -36,6 +36,7 @@ from krt_runner.measurements.report import WriterReport
 _FIRST_RETRY_WAIT = 0.5
 _LAST_RETRY_WAIT = 8.0
 # The longest wait a server's Retry-After is followed for: meanwhile points keep arriving, bounded in memory.
+_CLOSE_RETRY_PAUSE = 0.5  # seconds between tries at shutdown, whatever the backoff had reached
 _LONGEST_RETRY_AFTER = 60.0
 # How often close() looks whether the writer thread has finished.
 _CLOSE_POLL = 0.01
@@ -167,10 +168,13 @@ class BatchWriter:
         return pending
 
     def _flush_at_close(self, pending: list[str]) -> None:
+        """Write what is left before the deadline. An outage's backoff (or a ``Retry-After``) may be as long as the
+        whole budget: a store back within it is tried again at least every ``_CLOSE_RETRY_PAUSE``."""
         while time.monotonic() < self._deadline:
             pending = self._write_batches(pending, partial=True)
             if pending:
-                time.sleep(max(0.0, min(self._retry_wait(), self._deadline - time.monotonic())))
+                pause = min(self._retry_wait(), _CLOSE_RETRY_PAUSE, self._deadline - time.monotonic())
+                time.sleep(max(0.0, pause))
             elif not self.buffered:
                 break
         self._buffer.drop_the_rest()

@@ -5,8 +5,10 @@
 - :meth:`Acker.ack` once its answer went out (the last node, an error answer).
 - :meth:`Acker.forward` (a middle node): the answer is published through JetStream with a reply inbox of this
   process's own, and the message is acked when the next stream's acknowledgement arrives there, from the
-  inbox's callback: no future, no task, no wait per message. An answer the next stream refused, or did not
-  acknowledge within :data:`PUBLISH_ACK_TIMEOUT` (a tick finds it), releases its message for a later delivery.
+  inbox's callback: no future, no task, no wait per message. An answer the next stream refused in words (full,
+  too large) gets its request an error answer (:attr:`Acker.on_refused`); one refused without (no stream there
+  now) or not acknowledged within :data:`PUBLISH_ACK_TIMEOUT` (a tick finds it) releases its message for a later
+  delivery.
 - :meth:`Acker.term` at the delivery limit, after the error answer.
 - :meth:`Acker.release` (a nak): the message is delivered again, at once or after a delay, to any replica.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -41,6 +44,8 @@ _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream r
 _NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 
 Settle = Callable[[Msg], Awaitable[None]]
+# What a node does with a message whose answer the next stream refused for good: its error answer, then its ack.
+OnRefused = Callable[[Msg, str], Awaitable[None]]
 
 
 class Acker:
@@ -62,6 +67,7 @@ class Acker:
         # Set when the node stops: until then a pull request of this process may be open on the server, and a
         # message handed back sooner could be delivered to it, to be lost with the connection until the ack wait.
         self.hand_back_delay: float | None = None
+        self.on_refused: OnRefused | None = None  # None: such a message is delivered again, as any other
 
     @property
     def held(self) -> int:
@@ -176,6 +182,12 @@ class Acker:
             await self._refused(forwarded[0], reply.data or reply.headers)
 
     async def _refused(self, msg: Msg, why: object) -> None:
+        refusal = stream_refusal(why)
+        if refusal and self.on_refused is not None:  # the stream said why: another delivery would hear it again
+            self._error("the next node's stream refused an answer; the request gets an error answer",
+                        ValueError(refusal))
+            await self.on_refused(msg, refusal)
+            return
         self._error("the next node's stream refused an answer; the message will be delivered again",
                     ValueError(str(why)[:300]))
         await self.release_later(msg)
@@ -208,3 +220,19 @@ class Acker:
         if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
             self._last_error_log = now
             self._log.warning(text, error=describe(exc))
+
+
+def stream_refusal(why: object) -> str:
+    """The stream's own words in a JetStream publish acknowledgement that refuses the message (``{"error":
+    {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"}}``); ``""`` for anything else
+    (a no-responders status: no stream there now, perhaps for a moment)."""
+    if not isinstance(why, bytes):
+        return ""
+    try:
+        error = json.loads(why).get("error") or {}
+    except (ValueError, AttributeError):
+        return ""
+    description = error.get("description") if isinstance(error, dict) else None
+    if not description:
+        return ""
+    return f"{description} (JetStream error {error.get('err_code', error.get('code'))})"

@@ -30,7 +30,7 @@ from krt_runner.errors import BatchResultError
 from krt_runner.node.batch_code import BatchCode
 from krt_runner.node.batch_context import BatchContext
 from krt_runner.node.batch_results import item_error, outcomes, timeout_errors, whole_batch_errors
-from krt_runner.node.calling import USER_CODE_ERRORS, Caller
+from krt_runner.node.calling import Caller
 from krt_runner.node.context import NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
@@ -233,12 +233,12 @@ class Batcher:
         except _TimedOut:
             assert self._timeout is not None
             return timeout_errors(self._name, self._timeout, count)
-        except USER_CODE_ERRORS as exc:
-            return whole_batch_errors(self._name, exc, count)
         except asyncio.CancelledError as exc:
             if self._closing:
                 raise
             return whole_batch_errors(self._name, exc, count)  # the batch function's own: the node goes on
+        except BaseException as exc:  # any, a BaseException of the user's own included (see USER_CODE_FAILURES)
+            return whole_batch_errors(self._name, exc, count)
 
     async def _returned(self, ctx: BatchContext, requests: list[Any]) -> Any:
         """What the batch function returned; what it raised; :class:`_TimedOut` past ``KRT_HANDLER_TIMEOUT``."""
@@ -257,5 +257,7 @@ class Batcher:
 async def _caught(call: Any) -> Any:
     try:
         return await call
-    except USER_CODE_ERRORS as exc:
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
         return _Raised(exc)

@@ -25,7 +25,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from krt_runner.config import redact_url
 from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
 from krt_runner.node.nats_connection import DirectCallback, NodeClient
-from krt_runner.node.nats_settings import ConnectionSettings, connect_options, explain, is_fatal, tls_required
+from krt_runner.node.nats_settings import (
+    ConnectionSettings,
+    connect_options,
+    explain,
+    is_fatal,
+    servers_and_credentials,
+    tls_required,
+)
 from krt_runner.node.request_mux import RequestMux
 
 __all__ = ["Broker", "MessageCallback", "Msg", "Subscription"]
@@ -94,8 +101,9 @@ class Broker:
     async def connect(self) -> None:
         """Connect, retrying an unreachable server without end; fail fast on auth and TLS errors."""
         self._fatal = asyncio.get_running_loop().create_future()
-        servers = list(self._settings.nats_servers)
-        attempt = asyncio.ensure_future(self._nc.connect(servers=servers, **self._client_options()))
+        servers, credentials = servers_and_credentials(self._settings)
+        options = {**self._client_options(), **credentials}  # a URL's own credentials first, as nats-py does
+        attempt = asyncio.ensure_future(self._nc.connect(servers=servers, **options))
         waiters: set[asyncio.Future[Any]] = {attempt, self._fatal}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not attempt.done():

@@ -19,8 +19,10 @@ from krt_runner.node.threads import WorkerThreads
 # What user code may raise that becomes the request's error answer: any exception, and SystemExit or KeyboardInterrupt
 # (sys.exit() in a library, a CLI helper's error path), which must not stop or half-stop a node that serves other
 # requests; where the call is awaited directly, a cancellation of its own too.
-USER_CODE_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
-USER_CODE_FAILURES = (*USER_CODE_ERRORS, asyncio.CancelledError)
+# Whatever user code raises is its failure, a BaseException of its own included (GeneratorExit, a library's
+# timeout class): caught as the message's error, it can never end a worker and leave the node deaf. Where the node's
+# own cancellation must pass (wait_for's timeout, a stop), ``except asyncio.CancelledError: raise`` comes first.
+USER_CODE_FAILURES = (BaseException,)
 
 UserFunction = Callable[..., Any]
 
@@ -79,6 +81,9 @@ class Caller:
         self._threads.close()
 
 
+_ANY_METHODS = frozenset({"Unpack", "Is", "TypeName", "Pack"})
+
+
 def handler_failure(exc: BaseException, timeout: float | None) -> BaseException:
     """What an exception out of the handler's call becomes: the timeout's error when ``wait_for`` timed out,
     else a :class:`HandlerError` naming it (a handler's own ``CancelledError`` included: the node goes on)."""
@@ -96,17 +101,26 @@ async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> 
     bound)."""
     try:
         return await call(*args)
-    except (InvalidRequestError, HandlerError):
+    except (InvalidRequestError, HandlerError, asyncio.CancelledError):
         raise
-    except USER_CODE_ERRORS as exc:
+    except BaseException as exc:
         raise handler_error(exc)  # noqa: B904  (it carries its cause)
 
 
 def handler_error(exc: BaseException) -> HandlerError:
     """The error an exception out of the user's handler becomes, naming it, with it as its cause."""
-    error = HandlerError(f"handler raised {describe(exc)}")
+    error = HandlerError(f"handler raised {describe(exc)}{_any_method_hint(exc)}")
     error.__cause__ = exc
     return error
+
+
+def _any_method_hint(exc: BaseException) -> str:
+    """A KRE v1 handler annotated ``data: Request`` that still unpacks ``data``: the annotation made it typed."""
+    name = (getattr(exc, "name", None) or str(exc)) if isinstance(exc, AttributeError) else None
+    if name in _ANY_METHODS:
+        return (f" (data.{name}: a handler whose data parameter is annotated with a message class gets that "
+                "message already unpacked, not an Any: drop the annotation, or the Unpack)")
+    return ""
 
 
 def as_async(function: UserFunction) -> UserFunction:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -22,29 +23,65 @@ class NodeState:
     """What every message of one node shares: the ``set``/``get`` store, paths, logger, measurements, and what
     ``ctx.db`` and ``ctx.prediction`` use."""
 
-    def __init__(self, *, base_path: Path, logger: Any, measurement: Measurement, data: DataServices) -> None:
+    def __init__(
+        self, *, base_path: Path, logger: Any, measurement: Measurement, data: DataServices, config: Any = None
+    ) -> None:
         self.base_path = base_path
         self.logger = logger
         self.measurement = measurement
         self.data = data
+        self.config = config  # what KRE v1 handlers read as ctx.__config__ (see kre_config)
         self.store: dict[str, Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.init_context: HandlerContext | None = None  # the ctx init got: its own attributes are every message's
+
+    def context_for_init(self) -> HandlerContext:
+        """The ``ctx`` of ``init``: attributes it is given (KRE v1 handlers' ``ctx.model = ...``) are read by every
+        message's ``ctx`` after it, as KRE v1's copy of one context per message gave them."""
+        self.init_context = HandlerContext(self)
+        return self.init_context
 
 
 class HandlerContext:
     """The ``ctx`` argument of ``init(ctx)`` and ``handler(ctx, data)``.
 
     One is made per message (cheaply: it holds references only); the store
-    behind :meth:`set` and :meth:`get` is shared by all of them.
+    behind :meth:`set` and :meth:`get` is shared by all of them. As in KRE v1, a
+    handler may give it attributes of its own (``ctx.started = ...``), for that
+    message; those ``init`` gave its ``ctx`` are read by every message's.
     """
 
-    __slots__ = ("_logger", "_node", "_replier", "tracking_id")
+    __slots__ = ("__dict__", "_logger", "_node", "_replier", "_request", "tracking_id")
 
-    def __init__(self, node: NodeState, tracking_id: str = "", replier: ReplyFunction | None = None) -> None:
+    def __init__(
+        self, node: NodeState, tracking_id: str = "", replier: ReplyFunction | None = None, request: Any = None
+    ) -> None:
         self._node = node
         self._replier = replier
         self._logger: Any = None
+        self._request = request
         self.tracking_id = tracking_id
+
+    def __getattr__(self, name: str) -> Any:
+        """An attribute ``init`` gave its ``ctx`` (only called for a name this one does not have)."""
+        try:
+            shared = object.__getattribute__(self, "_node").init_context
+        except AttributeError:  # a copy being made (copy.copy, pickle): nothing set yet
+            raise AttributeError(name) from None
+        if shared is not None and shared is not self and name in shared.__dict__:
+            return shared.__dict__[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute {name!r}: set it in init "
+                             f"(ctx.{name} = ...) or use ctx.set / ctx.get")
+
+    @property
+    def __request_msg__(self) -> Any:
+        """KRE v1's name for the request's envelope (a ``KreNatsMessage``; ``None`` in ``init``)."""
+        return self._request
+
+    @property
+    def __config__(self) -> Any:
+        """KRE v1's node settings object: ``krt_version``, ``krt_node_name``, ``nats_input``, ``base_path``..."""
+        return self._node.config
 
     @property
     def logger(self) -> Any:
@@ -84,8 +121,9 @@ class HandlerContext:
             ) from None
 
     def path(self, relative: str) -> str:
-        """``relative`` joined onto the node's base path (``KRT_BASE_PATH``)."""
-        return str(self._node.base_path / relative)
+        """``relative`` joined onto the node's base path (``KRT_BASE_PATH``) as KRE v1 joined it
+        (``os.path.join``: a trailing ``/`` is kept, so ``ctx.path("models/") + name`` works)."""
+        return os.path.join(self._node.base_path, relative)
 
     def reply(self, message: Message) -> Any:
         """Answer the requester now, before the workflow ends (at most once per request).

@@ -65,8 +65,8 @@ class Discovery:
         self.name = name
         self.id = secrets.token_hex(11)
         self._metadata = metadata
-        self._endpoint = EndpointInfo(name=metadata.get("node") or name, subject=subject, queue_group=queue_group,
-                                      metadata={})
+        endpoint = _UNSAFE_NAME.sub("_", metadata.get("node", "")) or name  # the node's name, as ADR-32 allows
+        self._endpoint = EndpointInfo(name=endpoint, subject=subject, queue_group=queue_group, metadata={})
         self._counters = counters
         self._started = datetime.now(timezone.utc).replace(tzinfo=None)  # nats-py writes it with a Z
 

@@ -73,7 +73,10 @@ class HealthFile:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as exc:  # the stop goes on: a probe still sees the file go stale
+                self._log.warning("cannot delete KRT_HEALTH_FILE", path=str(self.path), error=str(exc))
 
 
 def remove_leftover(path: str) -> None:

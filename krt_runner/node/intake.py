@@ -132,7 +132,9 @@ class Workers:
                 room.set()
             try:
                 await handle(data, reply)
-            except Exception:  # a bug of ours must not end the worker: the node would take messages it never handles
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # nothing may end the worker: the node would take messages it never handles
                 self._log.exception("internal error after handling a message")
             finally:
                 queue.task_done()

@@ -27,11 +27,13 @@ from krt_runner.jetstream_names import consumer_name, stream_name
 # nats-server's own default duplicate window: a floor for the one computed from the ack wait.
 _MIN_DUPLICATE_WINDOW = 120.0
 _STREAM_NAME_IN_USE = 10058  # JetStream's "stream name already in use with a different configuration"
+_REPLICAS_NOT_CLUSTERED = 10074  # "replicas > 1 not supported in non-clustered mode"
 _NO_JETSTREAM = (
     "the NATS server has no JetStream, which at-least-once delivery needs: start nats-server with -js (or a "
     "jetstream block in its configuration, and JetStream enabled for this connection's account), or deliver at most "
     "once ({setting})"
 )
+_LOOKUP_TIMEOUT = 1.0  # seconds an at-most-once node waits for JetStream's word on its input subject
 # How each user of require_jetstream chooses the delivery mode.
 NODE_SETTING = "KRT_DELIVERY=at-most-once"
 
@@ -56,12 +58,14 @@ def duplicate_window(*, ack_wait: float, max_deliver: int) -> float:
     return max(_MIN_DUPLICATE_WINDOW, ack_wait * (consumer_max_deliver(max_deliver) + 1))
 
 
-async def open_input(client: Client, *, subject: str, ack_wait: float, max_deliver: int) -> JetStreamInput:
-    """Make sure a stream captures ``subject`` and the node's durable consumer reads it; :class:`JetStreamError`
-    with the reason and the fix when JetStream cannot."""
+async def open_input(
+    client: Client, *, subject: str, ack_wait: float, max_deliver: int, replicas: int = 1
+) -> JetStreamInput:
+    """Make sure a stream captures ``subject`` (one made here keeps ``replicas`` copies) and the node's durable
+    consumer reads it; :class:`JetStreamError` with the reason and the fix when JetStream cannot."""
     js = await require_jetstream(client)
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
-    stream, created = await _stream_for(js, subject, window)
+    stream, created = await _stream_for(js, subject, window, replicas)
     await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
 
@@ -82,7 +86,22 @@ async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> J
     return js
 
 
-async def _stream_for(js: JetStreamContext, subject: str, window: float) -> tuple[str, bool]:
+async def work_queue_stream_of(client: Client, subject: str) -> str:
+    """The work-queue stream that captures ``subject`` (an at-least-once workflow's), or ``""``: none, or no
+    JetStream, or no answer within a second. An at-most-once node warns of it: its answers would go to the
+    publishing node's acknowledgement inbox, and the stream would keep its messages for good."""
+    if not client._server_info.get("jetstream"):  # nats-py keeps the server's INFO there; no request then
+        return ""
+    js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
+    try:
+        name = await js.find_stream_name_by_subject(subject)
+        info = await js.stream_info(name)
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return ""
+    return name if info.config.retention == api.RetentionPolicy.WORK_QUEUE else ""
+
+
+async def _stream_for(js: JetStreamContext, subject: str, window: float, replicas: int) -> tuple[str, bool]:
     try:
         return await js.find_stream_name_by_subject(subject), False
     except NotFoundError:
@@ -90,7 +109,7 @@ async def _stream_for(js: JetStreamContext, subject: str, window: float) -> tupl
     name = stream_name(subject)
     config = api.StreamConfig(
         name=name, subjects=[subject], retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
-        duplicate_window=window,
+        duplicate_window=window, num_replicas=replicas,
     )  # fmt: skip
     try:
         await js.add_stream(config)
@@ -106,6 +125,8 @@ def _stream_fix(exc: BaseException, name: str, subject: str) -> str:
     if isinstance(exc, APIError) and exc.err_code == _STREAM_NAME_IN_USE:
         return (f"a stream named {name!r} exists and captures other subjects: delete or rename it, or add "
                 f"{subject!r} to its subjects")
+    if isinstance(exc, APIError) and exc.err_code == _REPLICAS_NOT_CLUSTERED:
+        return "a single NATS server keeps one copy of a stream: set KRT_JETSTREAM_REPLICAS=1, or use a NATS cluster"
     return "create a stream that captures it (work-queue retention), or let this node's account create streams"
 
 

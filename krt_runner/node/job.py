@@ -14,8 +14,10 @@ class Job:
     its pass's (:meth:`record`)."""
 
     __slots__ = (
-        "handler_done", "hops", "replied", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
+        "handler_done", "hops", "queued", "replied", "reply", "request", "started", "started_ns", "tracking",
+        "tracking_id",
     )
+    queued: bool  # set only while a pipelined sync handler's message waits for its thread (read with getattr)
 
     def __init__(self, reply: str) -> None:
         self.reply = reply

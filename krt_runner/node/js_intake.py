@@ -60,6 +60,7 @@ class JetStreamIntake:
         self._mean_ns = _FIRST_GUESS_NS  # moving mean of the time a delivery takes to handle
         self._taken: WorkQueue[Msg] = WorkQueue()
         self._busy = 0
+        self._running_since: list[int] = []  # when each running delivery started, oldest first
         self._tasks: list[asyncio.Task[None]] = []
         self._ticker: asyncio.Task[None] | None = None
         self._puller: Puller | None = None
@@ -80,7 +81,8 @@ class JetStreamIntake:
         """Make sure the stream and the node's durable consumer are there (:class:`JetStreamError` otherwise)."""
         settings = self._settings
         self.input = await open_input(self._broker.client, subject=settings.input_subject,
-                                      ack_wait=settings.jetstream_ack_wait, max_deliver=settings.jetstream_max_deliver)
+                                      ack_wait=settings.jetstream_ack_wait, max_deliver=settings.jetstream_max_deliver,
+                                      replicas=settings.jetstream_replicas)
         self._log.info("JetStream input ready", stream=self.input.stream, consumer=self.input.consumer,
                        stream_created=self.input.stream_created, ack_wait=settings.jetstream_ack_wait,
                        max_deliver=settings.jetstream_max_deliver)
@@ -144,8 +146,10 @@ class JetStreamIntake:
     def _room(self) -> tuple[int, int]:
         """The room for more deliveries, and the fewest worth a pull request while others are under way: a quarter
         of what may be held."""
-        count = self._count
-        holding = count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // self._mean_ns))
+        count, mean = self._count, self._mean_ns
+        if self._running_since:  # a handler still running that long says more than the mean of those done
+            mean = max(mean, time.perf_counter_ns() - self._running_since[0])
+        holding = count + min(MAX_PREFETCH, max(count, count * _PREFETCH_NS // mean))
         return holding - len(self._taken.items) - self._busy, max(1, holding // 4)
 
     def _take(self, msg: Msg) -> None:
@@ -170,12 +174,16 @@ class JetStreamIntake:
             msg = items.popleft()
             self._busy += 1
             started = clock()
+            self._running_since.append(started)
             try:
                 await handle(msg)
-            except Exception:  # a bug of ours must not end the worker
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # nothing may end the worker: the node would hold messages it never handles
                 self._log.exception("internal error after handling a message")
             finally:
                 self._busy -= 1
+                self._running_since.remove(started)
                 queue.task_done()
             self._mean_ns = max(1, self._mean_ns + (clock() - started - self._mean_ns) // 8)
             if self._puller is not None:

@@ -22,10 +22,17 @@ died or lost its connection first), and gets an error answer saying so instead o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from krt_runner.config import Settings
-from krt_runner.errors import DeliveryLimitError, EnvelopeError, InvalidRequestError, PayloadTooLargeError
+from krt_runner.errors import (
+    AnswerRefusedError,
+    DeliveryLimitError,
+    EnvelopeError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
 from krt_runner.jetstream_names import msg_id_header
 from krt_runner.measurements import Outcome
 from krt_runner.node.acking import Acker, Settle
@@ -49,6 +56,7 @@ class JetStreamPipeline(Pipeline):
     def __init__(self, *, settings: Settings, acker: Acker, **parts: Any) -> None:
         super().__init__(settings=settings, **parts)
         self._acker = acker
+        acker.on_refused = self._answer_refused
         self._forwards = not settings.is_last_node
         self._max_deliver = settings.jetstream_max_deliver
         self._node = parts["name"]
@@ -102,8 +110,8 @@ class JetStreamPipeline(Pipeline):
         if delivered > self._max_deliver:
             raise DeliveryLimitError(
                 f"this request was delivered {delivered - 1} times (KRT_JETSTREAM_MAX_DELIVER) and never answered: "
-                "each node process that took it stopped or lost its connection first (killed, out of memory?); "
-                "it is terminated"
+                "each node process that took it stopped or lost its connection first (killed, out of memory?), or "
+                "the next node's stream did not store its answer (see this node's warnings); it is terminated"
             )
         return sequence
 
@@ -128,6 +136,16 @@ class JetStreamPipeline(Pipeline):
         if self._debug:
             self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
         return self._acker.ack
+
+    async def _answer_refused(self, msg: Msg, refusal: str) -> None:
+        """The next stream refused this message's answer for good: its requester gets an error saying why, and the
+        message is acked, not run again (its handler would only be refused again)."""
+        job = Job("")
+        with contextlib.suppress(InvalidRequestError, EnvelopeError):  # decoded once already: it cannot fail now
+            self._decode(job, msg.data)
+        refused = AnswerRefusedError(f"the next node's stream refused this node's answer: {refusal}")
+        await self._answer_error(job, refused)
+        await self._acker.ack(msg)
 
     async def _release(self, msg: Msg) -> None:
         self.counts["released"] += 1

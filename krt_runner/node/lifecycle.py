@@ -26,7 +26,9 @@ Every message taken gets exactly one answer before exit (at-least-once: or goes 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from types import SimpleNamespace
 
 from krt_runner.config import Settings
 from krt_runner.errors import InitError
@@ -34,11 +36,12 @@ from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, NodePoints, PointSink
 from krt_runner.mongo.readers import reader_for
 from krt_runner.node.broker import Broker
-from krt_runner.node.context import HandlerContext, NodeState
+from krt_runner.node.context import NodeState
 from krt_runner.node.data_context import DataServices
 from krt_runner.node.discovery import Discovery, EndpointCounters, service_name
 from krt_runner.node.health import HealthFile
 from krt_runner.node.intake import Workers, intake_for
+from krt_runner.node.jetstream import work_queue_stream_of
 from krt_runner.node.js_intake import JetStreamIntake, jetstream_input
 from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
@@ -62,7 +65,8 @@ class RunningNode:
         data = DataServices(writer=NatsDocumentWriter(self.broker, settings.mongo_writer_subject),
                             reader=reader_for(settings), version=settings.version, version_id=settings.version_id)
         self.state = NodeState(base_path=settings.base_path, logger=self.log,
-                               measurement=Measurement(sink=sink, version=settings.version), data=data)
+                               measurement=Measurement(sink=sink, version=settings.version), data=data,
+                               config=kre_config(settings, node_name=self.name))
         points = NodePoints(sink=sink, workflow=settings.workflow_name, version=settings.version, node=self.name,
                             last_node=settings.is_last_node)
         self.jetstream: JetStreamIntake | None = None  # at-least-once: the input is a JetStream consumer
@@ -112,6 +116,10 @@ class RunningNode:
         if self.jetstream is not None:
             await self.jetstream.prepare()
             self.discovery.pulled_from(stream=self.jetstream.input.stream, consumer=self.jetstream.input.consumer)
+        elif stream := await work_queue_stream_of(self.broker.client, self.settings.input_subject):
+            self.log.warning("a work-queue JetStream stream captures this node's input: its workflow runs "
+                             "at-least-once, and this node's answers would go to JetStream's acknowledgements, not "
+                             "to the next node: set KRT_DELIVERY=at-least-once", stream=stream)
         await self._run_init()
         self.intake.start()
         if isinstance(self.intake, JetStreamIntake):
@@ -149,8 +157,10 @@ class RunningNode:
         self.log.info("running init")
         started = time.perf_counter()
         try:
-            await self.pipeline.caller.call(self.code.init, HandlerContext(self.state))
-        except Exception as exc:
+            await self.pipeline.caller.call(self.code.init, self.state.context_for_init())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt and the user's own too: one line, exit 1
             raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
         self.log.info("init done", seconds=round(time.perf_counter() - started, 3))
 
@@ -192,3 +202,16 @@ class RunningNode:
             self.log.error(f"drain timeout: {what}", unfinished=self.in_flight, seconds=self.settings.drain_timeout)
         self.pipeline.give_up()
         self.intake.give_up(busy=self.in_flight > 0)
+
+
+def kre_config(settings: Settings, *, node_name: str) -> SimpleNamespace:
+    """What KRE v1's runner gave handlers as ``ctx.__config__``: its ``Config`` object's attributes, from the same
+    ``KRT_*`` settings."""
+    return SimpleNamespace(
+        krt_workflow_name=settings.workflow_name, krt_runtime_id=os.environ.get("KRT_RUNTIME_ID", ""),
+        krt_version_id=settings.version_id, krt_version=settings.version, krt_node_name=node_name,
+        nats_server=",".join(settings.nats_servers), nats_input=settings.input_subject,
+        nats_output=settings.output_subject, nats_mongo_writer=settings.mongo_writer_subject,
+        base_path=str(settings.base_path), handler_path=settings.handler_path, mongo_data_db_name="data",
+        mongo_uri=settings.mongo_uri, influx_uri=settings.influx_uri, nats_flush_timeout=10,
+    )  # fmt: skip

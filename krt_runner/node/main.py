@@ -22,12 +22,13 @@ import structlog
 
 from krt_runner.config import Settings, load_settings
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BrokerConnectError, ConfigError, InitError
-from krt_runner.logging import configure_logging
+from krt_runner.logging import configure_logging, json_log, node_logger
 from krt_runner.measurements import PointSink, make_sink
 from krt_runner.node.health import remove_leftover
 from krt_runner.node.lifecycle import RunningNode
 from krt_runner.node.tracebacks import from_user_code
 from krt_runner.node.user_code import UserCode, load_user_code
+from krt_runner.output_capture import capture_output
 
 # A sync handler busy in Python holds the GIL on its worker thread from one call to the next. The event loop's thread
 # (answers, the next message) gets it when the interpreter forces a switch: every 1 ms keeps the worker supplied.
@@ -41,7 +42,7 @@ Work = Callable[[RunningNode], Coroutine[Any, Any, None]]
 def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
     """Settings with logging configured from them; ``None`` after printing every problem."""
     try:
-        settings = load_settings(overrides=overrides)
+        settings = load_settings(overrides=overrides, handler_file=True)
     except ConfigError as exc:
         print(f"krt-runner: {exc}", file=sys.stderr)
         return None
@@ -77,12 +78,18 @@ def load_unless_stopped(settings: Settings) -> UserCode | None:
 
 def serve_node(settings: Settings, code: UserCode) -> int:
     """Run the node to its end on uvloop when installed; return the exit code."""
-    structlog.get_logger("krt_runner").info(
+    _identified_log(settings, code).info(
         "handler module loaded", handler=code.source, request=code.request_name, init=code.init is not None
     )
     if not code.handler_is_async:
         sys.setswitchinterval(min(sys.getswitchinterval(), _SYNC_HANDLER_SWITCH_INTERVAL))
+    capture_output(json_log=json_log())  # print() and warnings of the node's code: through the log from now on
     return run_event_loop(node_main(settings, code))
+
+
+def _identified_log(settings: Settings, code: UserCode) -> Any:
+    """The logger whose lines name the node, its workflow and version, as the running node's do."""
+    return node_logger(node=settings.node_name or code.name, workflow=settings.workflow_name, version=settings.version)
 
 
 def run_event_loop(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -100,7 +107,7 @@ def run_event_loop(coroutine: Coroutine[Any, Any, int]) -> int:
 
 async def node_main(settings: Settings, code: UserCode, *, work: Work | None = None) -> int:
     """Run the node with the sink its settings ask for; return the exit code (see :func:`run_until_stopped`)."""
-    sink = make_sink(settings, structlog.get_logger("krt_runner"))
+    sink = make_sink(settings, _identified_log(settings, code))
     try:
         return await run_until_stopped(settings, code, sink=sink, work=work)
     finally:  # also when start-up failed: points saved by init are written, the writer thread ends

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from krt_runner.errors import describe
+from krt_runner.setting_values import url_credentials
 
 # Failures of the first connect that retrying cannot fix.
 _FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
@@ -53,6 +54,23 @@ class ConnectionSettings(Protocol):
     def nats_tls_cert(self) -> Path | None: ...
     @property
     def nats_tls_key(self) -> Path | None: ...
+
+
+def servers_and_credentials(settings: ConnectionSettings) -> tuple[list[str], dict[str, str]]:
+    """The server URLs for nats-py, and the credentials of a URL that percent-encodes its user part (``/ # ? @``
+    in a password), taken out of it, decoded, as nats-py's ``user`` and ``password`` (or ``token``): nats-py sends
+    a URL's user part as it is written."""
+    servers: list[str] = []
+    credentials: dict[str, str] = {}
+    for url in settings.nats_servers:
+        bare, user_part = url_credentials(url)
+        if "%" not in url.rpartition("@")[0] or not user_part:
+            servers.append(url)
+            continue
+        servers.append(bare)
+        user, colon, password = user_part.partition(":")
+        credentials.update(dict(user=user, password=password) if colon else dict(token=user))
+    return servers, credentials
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext | None:

@@ -109,7 +109,8 @@ class Pipeline:
                 raise
             uncancel()  # this task goes on: to refuse the messages still waiting
             outcome = _FAILED
-            await self._answer_error(job, DrainTimeoutError(self._drain_text("before its handler finished")))
+            when = "before this message was handled" if getattr(job, "queued", False) else "before its handler finished"
+            await self._answer_error(job, DrainTimeoutError(self._drain_text(when)))
         finally:
             self._finish(job, outcome)
 
@@ -154,7 +155,7 @@ class Pipeline:
     def _handler_args(self, job: Job) -> tuple[HandlerContext, Any]:
         """The handler's ``ctx`` and ``data`` for this message (its payload, unpacked for a typed handler)."""
         assert job.request is not None
-        ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message))
+        ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message), job.request)
         data: Any = job.request.payload
         if self._request_type is not None:
             data = unpack_request(data, self._request_type)
@@ -174,6 +175,7 @@ class Pipeline:
         timeout = self._timeout
         try:
             if self.pipelined:
+                job.queued = True  # until its thread starts on it
                 return await self.caller.call(self._handler_from_now, job, ctx, data)
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
@@ -185,6 +187,7 @@ class Pipeline:
 
     def _handler_from_now(self, job: Job, ctx: HandlerContext, data: Any) -> Any:
         """The sync handler, on its worker thread, with the message's clock restarted (see ``pipelined``)."""
+        job.queued = False
         job.restart()
         return self._handler(ctx, data)
 

@@ -1,0 +1,101 @@
+"""At-least-once at its edges, for real (a nats-server with JetStream per test, node processes): a next stream that
+refuses answers, a requester whose server restarts, a node left at most once, stream copies on one server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+from conftest import greeter_pb2, node_env
+from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester: fixtures used here)
+    HANDLER,
+    HANDLERS,
+    call_log,
+    call_many,
+    calls,
+    js_server,
+    requester,
+    start_nodes,
+)
+
+from krt_runner.client import Client
+from krt_runner.errors import ErrorAnswer
+from krt_runner.jetstream_names import stream_name
+
+
+async def test_an_answer_the_next_stream_refuses_for_good_gets_one_error_answer_and_its_handler_runs_once(
+    js_server, start_node, call_log, requester
+) -> None:
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()  # the next node's stream, full: one message, no room for more, no node taking it
+    await js.add_stream(name=stream_name("in-b"), subjects=["in-b"], retention="workqueue", max_msgs=1,
+                        discard="new")
+    await js.publish("in-b", b"the one message it has room for")
+    await nc.close()
+    start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-a", output="in-b", name="a",
+                          KRT_DELIVERY="at-least-once", KRT_JETSTREAM_ACK_WAIT="1", CALL_LOG=str(call_log)))
+
+    with pytest.raises(ErrorAnswer) as refused:
+        await requester.call("in-a", greeter_pb2.Request(name="refused"), greeter_pb2.Request, timeout=20)
+
+    await asyncio.sleep(2.5)  # past two ack waits: a delivery again would have run the handler again by now
+    ran = [node for node, _, _, name in calls(call_log) if name == "refused"]
+    assert "error in node 'a': the next node's stream refused this node's answer: maximum messages exceeded" \
+        in str(refused.value)
+    assert ran == ["a"]  # once, not once per delivery
+
+
+async def test_requests_sent_while_the_server_is_down_are_stored_once_it_is_back_and_not_sent_twice(
+    js_server, start_node, call_log
+) -> None:
+    start_nodes(start_node, js_server, call_log, ["a"])
+    client = await Client.connect(js_server.url, delivery="at-least-once", reconnect_time_wait=0.1,
+                                  error_cb=_ignore)
+    try:
+        js_server.stop(kill=True)
+        names = [f"down{i}" for i in range(10)]
+        sent = asyncio.ensure_future(call_many(client, names, window=10, timeout=30))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(js_server.start)
+        answers = await sent
+        ignored = client.ignored_answers
+    finally:
+        await client.close()
+
+    runs = [name for node, _, _, name in calls(call_log) if name.startswith("down")]
+    assert answers == [f"{name}>a" for name in names]
+    assert sorted(runs) == sorted(names), runs  # each handled once: none was sent again as a new message
+    assert ignored == 0
+
+
+async def _ignore(error: Exception) -> None:
+    """The requester's own reconnect errors while the server is down are expected."""
+
+
+async def test_an_at_most_once_node_whose_input_a_work_queue_stream_captures_warns_at_start_up(
+    js_server, start_node, call_log
+) -> None:
+    nc = await nats.connect(js_server.url)
+    await nc.jetstream().add_stream(name=stream_name("in-c"), subjects=["in-c"], retention="workqueue")
+    await nc.jetstream().add_stream(name="AUDIT", subjects=["in-d"])  # limits retention: a copy kept, not a workflow
+    await nc.close()
+
+    mixed = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-c", name="c", CALL_LOG=str(call_log)))
+    audited = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-d", name="d", CALL_LOG=str(call_log)))
+
+    assert "a work-queue JetStream stream captures this node's input" in mixed.output
+    assert "set KRT_DELIVERY=at-least-once" in mixed.output and stream_name("in-c") in mixed.output
+    assert "work-queue JetStream stream" not in audited.output
+
+
+async def test_stream_copies_a_single_server_cannot_keep_stop_start_up_with_exit_2_saying_what_to_set(
+    js_server, start_node, call_log
+) -> None:
+    node = start_node(wait=False, **node_env(js_server, HANDLERS, HANDLER, input="in-a", name="a",
+                                             KRT_DELIVERY="at-least-once", KRT_JETSTREAM_REPLICAS="3",
+                                             CALL_LOG=str(call_log)))
+
+    assert node.wait() == 2
+    assert "replicas > 1 not supported in non-clustered mode" in node.output
+    assert "set KRT_JETSTREAM_REPLICAS=1, or use a NATS cluster" in node.output

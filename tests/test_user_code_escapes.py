@@ -1,0 +1,130 @@
+"""What a node's code can throw or write that is neither a return nor a log line, through real ``krt-runner run``
+nodes on a real nats-server: any ``BaseException`` from a handler or ``init``, ``print()``, ``warnings.warn`` and a
+thread's uncaught exception, with the log a pipe nobody reads or one that is closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+
+import pytest
+from conftest import KRT_RUNNER, greeter_pb2, node_env, unpack
+
+ESCAPES = """
+    import threading
+    import time
+    import warnings
+
+    from greeter_pb2 import Request
+
+
+    class OwnBaseError(BaseException):
+        pass
+
+
+    def answer(ctx, data):
+        request = Request()
+        data.Unpack(request)
+        if request.name == "base":
+            raise OwnBaseError("not an Exception")
+        if request.name == "generator-exit":
+            raise GeneratorExit
+        if request.name == "noise":
+            print("printed " + "x" * 20000)
+            warnings.warn("a warning " + str(time.monotonic()))  # a new text each time: shown every time
+            threading.Thread(target=lambda: 1 / 0, name="boom").start()
+        return Request(name="ok " + request.name)
+"""
+
+
+def escapes(handler_dir, *, sync: bool) -> str:
+    """The module, its handler sync or async; its base path."""
+    handler = "def handler(ctx, data):\n        return answer(ctx, data)\n" if sync else \
+        "async def handler(ctx, data):\n        return answer(ctx, data)\n"
+    return str(handler_dir(ESCAPES + "\n\n    " + handler))
+
+
+@pytest.mark.parametrize("mode", ["async 1", "sync 1", "async 4"])  # the handler, and KRT_CONCURRENCY
+async def test_a_handler_raising_any_base_exception_gets_an_error_answer_and_the_node_serves_on(
+    nats_server, start_node, handler_dir, requester, mode
+) -> None:
+    kind, concurrency = mode.split()
+    base = escapes(handler_dir, sync=kind == "sync")
+    start_node(**node_env(nats_server, base, "src/node.py", input="escapes", name="esc", KRT_CONCURRENCY=concurrency))
+
+    failures = [await requester.greet("escapes", name) for name in ["base", "generator-exit"] * 4]
+    after = await requester.greet("escapes", "Ada")
+
+    assert all(answer.error.startswith("error in node 'esc': handler raised ") for answer in failures)
+    assert "OwnBaseError: not an Exception" in failures[0].error
+    assert unpack(after, greeter_pb2.Request).name == "ok Ada"
+
+
+@pytest.mark.parametrize("raised", ["SystemExit(3)", "KeyboardInterrupt()", "BaseException('own')"])
+def test_init_raising_any_base_exception_stops_start_up_with_one_line_and_exit_1(nats_server, handler_dir, raised):
+    base = handler_dir(f"def init(ctx):\n    raise {raised}\n\n\ndef handler(ctx, data):\n    return data\n")
+    env = node_env(nats_server, base, "src/node.py", input="init-escapes", KRT_LOG_FORMAT="json",
+                   KRT_MEASUREMENTS_ENABLED="false")
+
+    done = subprocess.run([*KRT_RUNNER, "run"], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("{") for line in lines), done.stderr  # JSON only: no raw traceback
+    assert any(f"init of 'src/node.py' failed: {raised.split('(')[0]}" in json.loads(line)["event"] for line in lines)
+
+
+def node_on_a_pipe(nats_server, base: str, subject: str) -> subprocess.Popen:
+    """A node whose stdout and stderr are one pipe this test holds, read up to "node ready"."""
+    env = {**node_env(nats_server, base, "src/node.py", input=subject, name="noisy"), "KRT_LOG_FORMAT": "json",
+           "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    while b'"node ready"' not in process.stdout.readline():
+        assert process.poll() is None
+    return process
+
+
+async def test_print_warnings_and_thread_exceptions_are_json_log_lines_naming_the_node(
+    nats_server, handler_dir, requester
+) -> None:
+    process = node_on_a_pipe(nats_server, escapes(handler_dir, sync=False), "noise-json")
+    try:
+        answer = await requester.greet("noise-json", "noise")
+        await asyncio.sleep(0.5)  # the thread's exception
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(process.communicate, timeout=15)
+    finally:
+        process.kill()
+        process.wait()
+
+    records = [json.loads(line) for line in output.decode().splitlines()]  # every line is JSON
+    by_logger = {record.get("logger"): record for record in records}
+    assert unpack(answer, greeter_pb2.Request).name == "ok noise"
+    assert by_logger["stdout"]["event"].startswith("printed xxx") and by_logger["stdout"]["node"] == "noisy"
+    assert "UserWarning: a warning" in by_logger["py.warnings"]["event"]
+    assert by_logger["threading"]["event"] == "uncaught exception in thread boom"
+    assert "ZeroDivisionError" in by_logger["threading"]["exception"]
+
+
+@pytest.mark.parametrize("reader", ["gone", "stalled"])
+async def test_a_handler_that_prints_and_warns_on_a_log_pipe_nobody_reads_or_a_closed_one_serves_and_stops(
+    nats_server, handler_dir, requester, reader
+) -> None:
+    process = node_on_a_pipe(nats_server, escapes(handler_dir, sync=False), f"noise-{reader}")
+    try:
+        assert process.stdout is not None
+        if reader == "gone":
+            process.stdout.close()
+        # 200 requests of 20 KB of print() each: 4 MB, far past a pipe's 64 KiB and the log's 1 MB of waiting lines
+        answers = [await requester.greet(f"noise-{reader}", "noise", timeout=10) for _ in range(200)]
+
+        assert [answer.error for answer in answers] == [""] * 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        process.kill()
+        process.wait()
