@@ -50,7 +50,7 @@ from krt_runner.errors import (
     UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
-from krt_runner.node.nats_settings import explain, is_fatal
+from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
 from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, split_servers
 
 __all__ = [
@@ -156,9 +156,11 @@ class Client:
                 last_error[:] = [error]
 
         nc = NatsClient()
-        settings = {"name": "krt-runner-client", "max_reconnect_attempts": -1, "error_cb": remember, **options}
+        servers, credentials = servers_and_credentials(urls)  # a percent-encoded password, decoded
+        settings = {"name": "krt-runner-client", "max_reconnect_attempts": -1, "error_cb": remember, **options,
+                    **credentials}
         try:
-            await asyncio.wait_for(nc.connect(servers=urls, **settings), timeout=connect_timeout)
+            await asyncio.wait_for(nc.connect(servers=servers, **settings), timeout=connect_timeout)
         except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
             await nc.close()
             cause = last_error[0] if last_error else exc

@@ -45,7 +45,7 @@ def read_options(
     problems: list[str] = []
     for option in options:
         raw = overrides.get(option.field)
-        if raw is None:
+        if raw is None or not str(raw).strip():  # an empty flag counts as unset, as an empty variable does
             raw = env.get(option.env)
         read_option(option, raw, values, problems)
     if cross_checks is not None:

@@ -26,7 +26,7 @@ A node reads its settings once, at start-up. `krt-runner run --help` lists the s
 
 - Every setting is an environment variable and a `krt-runner run` flag. The variables keep KRE v1's names.
 - When both are given, the flag wins.
-- An empty variable counts as unset.
+- An empty variable or flag counts as unset (`--input ""` leaves `KRT_NATS_INPUT` as it is).
 - A missing or invalid setting stops start-up with exit code 2 and one message that lists every problem.
 - The node logs its settings at start-up (`settings read`). Secrets never appear in logs: see the end of this page.
 

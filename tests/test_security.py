@@ -396,3 +396,14 @@ def test_passwords_in_server_urls_are_hidden_in_every_line(
 
     assert PASSWORD not in node.output, node.output
     assert "alice:***@127.0.0.1" in node.output, node.output
+
+
+async def test_the_python_client_logs_in_with_a_percent_encoded_password_in_its_url(
+    configured_server: ServerFactory, tmp_path: Path, pki: Pki
+) -> None:
+    from krt_runner.client import Client
+
+    secured = _reserved_password_in_url(configured_server, tmp_path, pki)
+
+    client = await Client.connect(secured.url, connect_timeout=10)
+    await client.close()

@@ -31,6 +31,11 @@ ESCAPES = """
             raise OwnBaseError("not an Exception")
         if request.name == "generator-exit":
             raise GeneratorExit
+        if request.name == "files":  # what wants a file, or bytes, rather than text
+            import subprocess
+            import sys
+            sys.stdout.buffer.write(b"bytes written\\n")
+            subprocess.run(["echo", "from a child"], stdout=sys.stdout, check=True)
         if request.name == "noise":
             print("printed " + "x" * 20000)
             warnings.warn("a warning " + str(time.monotonic()))  # a new text each time: shown every time
@@ -94,6 +99,7 @@ async def test_print_warnings_and_thread_exceptions_are_json_log_lines_naming_th
     process = node_on_a_pipe(nats_server, escapes(handler_dir, sync=False), "noise-json")
     try:
         answer = await requester.greet("noise-json", "noise")
+        files = await requester.greet("noise-json", "files")
         await asyncio.sleep(0.5)  # the thread's exception
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.to_thread(process.communicate, timeout=15)
@@ -101,10 +107,14 @@ async def test_print_warnings_and_thread_exceptions_are_json_log_lines_naming_th
         process.kill()
         process.wait()
 
-    records = [json.loads(line) for line in output.decode().splitlines()]  # every line is JSON
+    lines = output.decode().splitlines()
+    records = [json.loads(line) for line in lines if line != "from a child"]  # all JSON, but what the child wrote
     by_logger = {record.get("logger"): record for record in records}
     assert unpack(answer, greeter_pb2.Request).name == "ok noise"
-    assert by_logger["stdout"]["event"].startswith("printed xxx") and by_logger["stdout"]["node"] == "noisy"
+    assert unpack(files, greeter_pb2.Request).name == "ok files" and "from a child" in lines
+    printed = [record for record in records if record.get("logger") == "stdout"]
+    assert printed[0]["event"].startswith("printed xxx") and printed[0]["node"] == "noisy"
+    assert printed[1]["event"] == "bytes written"
     assert "UserWarning: a warning" in by_logger["py.warnings"]["event"]
     assert by_logger["threading"]["event"] == "uncaught exception in thread boom"
     assert "ZeroDivisionError" in by_logger["threading"]["exception"]

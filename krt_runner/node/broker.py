@@ -101,7 +101,7 @@ class Broker:
     async def connect(self) -> None:
         """Connect, retrying an unreachable server without end; fail fast on auth and TLS errors."""
         self._fatal = asyncio.get_running_loop().create_future()
-        servers, credentials = servers_and_credentials(self._settings)
+        servers, credentials = servers_and_credentials(self._settings.nats_servers)
         options = {**self._client_options(), **credentials}  # a URL's own credentials first, as nats-py does
         attempt = asyncio.ensure_future(self._nc.connect(servers=servers, **options))
         waiters: set[asyncio.Future[Any]] = {attempt, self._fatal}

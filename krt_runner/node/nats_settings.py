@@ -7,6 +7,7 @@ Shared by a node's and the entrypoint's :class:`~krt_runner.node.broker.Broker`.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,13 +57,13 @@ class ConnectionSettings(Protocol):
     def nats_tls_key(self) -> Path | None: ...
 
 
-def servers_and_credentials(settings: ConnectionSettings) -> tuple[list[str], dict[str, str]]:
+def servers_and_credentials(urls: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     """The server URLs for nats-py, and the credentials of a URL that percent-encodes its user part (``/ # ? @``
     in a password), taken out of it, decoded, as nats-py's ``user`` and ``password`` (or ``token``): nats-py sends
     a URL's user part as it is written."""
     servers: list[str] = []
     credentials: dict[str, str] = {}
-    for url in settings.nats_servers:
+    for url in urls:
         bare, user_part = url_credentials(url)
         if "%" not in url.rpartition("@")[0] or not user_part:
             servers.append(url)
