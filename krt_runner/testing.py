@@ -188,7 +188,7 @@ class NodeUnderTest:
         payload = envelope.pack(request)
         return unpack_request(payload, self.code.request_type) if self.code.request_type else payload
 
-    async def _capture_reply(self, message: Message) -> None:
+    async def _capture_reply(self, request: Any, message: Message) -> None:
         self.replies.append(message)
 
     def close(self) -> None:

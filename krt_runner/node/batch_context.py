@@ -20,7 +20,7 @@ NO_EARLY_REPLY = (
 )
 
 
-async def refuse_early_reply(message: Message) -> None:
+async def refuse_early_reply(request: Any, message: Message) -> None:
     """The replier of every context of a batch: there is no early reply in batch mode."""
     raise ReplyError(NO_EARLY_REPLY)
 

@@ -16,7 +16,8 @@ from krt_runner.measurements.points import Measurement
 from krt_runner.node.data_context import Database, DataServices, Prediction
 from krt_runner.node.loop_calls import awaitable_or_result
 
-ReplyFunction = Callable[[Message], Coroutine[Any, Any, None]]
+# Answers early: called with the context's ``message`` (what its maker gave: the pipeline's Job) and the answer.
+ReplyFunction = Callable[[Any, Message], Coroutine[Any, Any, None]]
 
 
 class NodeState:
@@ -51,15 +52,17 @@ class HandlerContext:
     message; those ``init`` gave its ``ctx`` are read by every message's.
     """
 
-    __slots__ = ("__dict__", "_logger", "_node", "_replier", "_request", "tracking_id")
+    __slots__ = ("__dict__", "_logger", "_message", "_node", "_replier", "tracking_id")
 
     def __init__(
-        self, node: NodeState, tracking_id: str = "", replier: ReplyFunction | None = None, request: Any = None
+        self, node: NodeState, tracking_id: str = "", replier: ReplyFunction | None = None, message: Any = None
     ) -> None:
+        """``message``: what ``replier`` is called with, beside the answer (a running node's Job, which holds the
+        request's envelope; under ``krt_runner.testing``, the envelope itself)."""
         self._node = node
         self._replier = replier
         self._logger: Any = None
-        self._request = request
+        self._message = message
         self.tracking_id = tracking_id
 
     def __getattr__(self, name: str) -> Any:
@@ -76,7 +79,7 @@ class HandlerContext:
     @property
     def __request_msg__(self) -> Any:
         """KRE v1's name for the request's envelope (a ``KreNatsMessage``; ``None`` in ``init``)."""
-        return self._request
+        return getattr(self._message, "request", self._message)
 
     @property
     def __config__(self) -> Any:
@@ -133,4 +136,4 @@ class HandlerContext:
         """
         if self._replier is None:
             raise ReplyError("ctx.reply() works inside handler() only, for a message that was a request")
-        return awaitable_or_result(self._replier(message), self._node.loop)
+        return awaitable_or_result(self._replier(self._message, message), self._node.loop)

@@ -75,6 +75,7 @@ class Pipeline:
         self.recorder = _Recorder(points, last_node=settings.is_last_node)
         self._measured = settings.measurements_enabled
         self._debug = settings.log_level == "debug"
+        self._reply_early = self._early_reply  # made once: a context per message holds it, with its job
 
     async def handle(self, data: bytes, reply: str) -> None:
         """Process one message: every path ends in exactly one answer, or a logged drop."""
@@ -155,7 +156,7 @@ class Pipeline:
     def _handler_args(self, job: Job) -> tuple[HandlerContext, Any]:
         """The handler's ``ctx`` and ``data`` for this message (its payload, unpacked for a typed handler)."""
         assert job.request is not None
-        ctx = HandlerContext(self.state, job.tracking_id, lambda message: self._early_reply(job, message), job.request)
+        ctx = HandlerContext(self.state, job.tracking_id, self._reply_early, job)
         data: Any = job.request.payload
         if self._request_type is not None:
             data = unpack_request(data, self._request_type)
