@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from krt_runner import __version__
 from krt_runner.config import OPTIONS
@@ -15,6 +15,8 @@ from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
 from krt_runner.node.health import check as health_problem
 from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
+
+_Value = TypeVar("_Value")
 
 
 def _add_run(commands: Any) -> None:
@@ -50,8 +52,8 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
     up.add_argument("--workflow", help="run only this workflow's nodes; --request goes to it (needed when there are "
                     "several)")
-    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the --request answer")
-    up.add_argument("--ready-timeout", type=float, default=120.0, help="seconds every node gets to be ready")
+    up.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for the --request answer")
+    up.add_argument("--ready-timeout", type=_seconds, default=120.0, help="seconds every node gets to be ready")
     up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
                     "free port when 9000 is taken; 0: a free port)")
     up.add_argument("--no-entrypoint", action="store_true", help="do not start the gRPC entrypoint")
@@ -70,7 +72,7 @@ def _add_call(commands: Any) -> None:
     call.add_argument("--request-type", help="request message name (overrides --method)")
     call.add_argument("--response-type", help="response message name (overrides --method)")
     call.add_argument("--nats", default=os.environ.get("KRT_NATS_SERVER", "nats://127.0.0.1:4222"), help="NATS URL")
-    call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each answer")
+    call.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for each answer")
     call.add_argument("--repeat", type=_positive, default=1, help="send N requests and print a latency summary")
     call.add_argument("--concurrency", type=_positive, default=1, help="requests in flight at once with --repeat")
     call.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
@@ -208,8 +210,19 @@ def _positive(raw: str) -> int:
 def _stream_replicas(raw: str) -> int:
     from krt_runner.setting_values import stream_replicas
 
+    return _as_argument(stream_replicas, raw)
+
+
+def _seconds(raw: str) -> float:
+    from krt_runner.setting_values import positive_float
+
+    return _as_argument(positive_float, raw)
+
+
+def _as_argument(parse: Callable[[str], _Value], raw: str) -> _Value:
+    """``parse(raw)``, its ValueError as argparse's one-line usage error."""
     try:
-        return stream_replicas(raw)
+        return parse(raw)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

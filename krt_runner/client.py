@@ -51,7 +51,7 @@ from krt_runner.errors import (
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
-from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, split_servers
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_url, split_servers
 
 __all__ = [
     "BlockingClient",
@@ -148,7 +148,7 @@ class Client:
         """
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
-        urls = [url.strip() for url in split_servers(servers)] if isinstance(servers, str) else list(servers)
+        urls = _server_urls(servers)
         last_error: list[Exception] = []  # only one: the callback lives as long as the connection
 
         async def remember(error: Exception) -> None:
@@ -162,7 +162,8 @@ class Client:
         try:
             await asyncio.wait_for(nc.connect(servers=servers, **settings), timeout=connect_timeout)
         except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
-            await nc.close()
+            with contextlib.suppress(Exception):  # a client that never connected may refuse to close
+                await nc.close()
             cause = last_error[0] if last_error else exc
             shown = ", ".join(redact_url(url) for url in urls)
             reason = explain(cause) if is_fatal(cause) else f"{type(cause).__name__}: {cause}"
@@ -305,3 +306,13 @@ class BlockingClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _server_urls(servers: str | Sequence[str]) -> list[str]:
+    """Each server as a node reads ``KRT_NATS_SERVER`` (``host:port`` is ``nats://host:port``, ``NATS://`` is
+    ``nats://``); :class:`ClientConnectError` naming what is not a NATS URL."""
+    pieces = split_servers(servers) if isinstance(servers, str) else list(servers)
+    try:
+        return [nats_url(piece.strip()) for piece in pieces if piece.strip()]
+    except ValueError as exc:
+        raise ClientConnectError(f"cannot connect to NATS: {exc}") from None

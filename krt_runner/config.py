@@ -21,8 +21,9 @@ from krt_runner.errors import ConfigError
 from krt_runner.node.nats_settings import connect_options
 from krt_runner.options import Option, read_option, read_options
 from krt_runner.setting_checks import batch_problems, handler_file_problems
-from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS, redact_url
+from krt_runner.setting_values import AT_LEAST_ONCE, AT_MOST_ONCE, DELIVERY_MODES, LOG_FORMATS, LOG_LEVELS
 from krt_runner.subjects import matches
+from krt_runner.url_parts import redact_url, url_credentials
 
 __all__ = ["OPTIONS", "Option", "Settings", "load_settings", "read_options", "redact_url", "setting_from_env"]
 
@@ -292,7 +293,7 @@ def setting_from_env(field: str, env: Mapping[str, str] | None = None) -> Any:
 
 def _cross_checks(values: Mapping[str, Any]) -> list[str]:
     problems = connection_problems(values)
-    if values.get("influx_token") and parse.url_credentials(values.get("influx_uri") or "")[1]:
+    if values.get("influx_token") and url_credentials(values.get("influx_uri") or "")[1]:
         problems.append("KRT_INFLUX_URI carries user:password and KRT_INFLUX_TOKEN is set too: give the credentials "
                         "one way")
     output, input_subject = values.get("output_subject"), values.get("input_subject")

@@ -4,29 +4,46 @@ Once a node serves, each goes through the node's log as well (:func:`capture_out
 off a terminal), such a line never blocks the node on a log pipe nobody reads, never fails a request on a closed
 one, and the log holds only JSON:
 
-- with a JSON log, each line written to ``sys.stdout`` or ``sys.stderr`` is a log line of the logger ``stdout``
-  (INFO) or ``stderr`` (WARNING), naming the node as the runner's own lines do;
-- with a console log (a terminal, most likely), they are written as they come;
+- ``sys.stdout`` and ``sys.stderr`` are text streams of their own (``io.TextIOWrapper``: ``reconfigure``,
+  ``buffer``, ``encoding`` work as on any) whose every line is a log line of the logger ``stdout`` (INFO) or
+  ``stderr`` (WARNING), naming the node as the runner's own lines do. A line ends at ``\\n`` or ``\\r`` (a progress
+  counter's); one longer than :data:`LONGEST_LINE` bytes is logged in parts. What needs a file
+  (``subprocess.run(stdout=sys.stdout)``) gets the one under it from ``fileno()``;
+- with a console log (a terminal, most likely), they are left as they are;
 - warnings are logged by ``py.warnings`` (``logging.captureWarnings``), once per place as Python shows them, and a
   thread's uncaught exception by ``threading``, its traceback in the line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import re
 import sys
 import threading
 from typing import Any, TextIO
+
+# Bytes of a line kept waiting for its end: past them, what came is logged as it is (no unbounded buffer).
+LONGEST_LINE = 8192
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 def capture_output(*, json_log: bool) -> None:
     """Route ``sys.stdout``, ``sys.stderr``, warnings and threads' exceptions through the node's log (see above)."""
     if json_log:
-        sys.stdout = _LinesToLogging("stdout", logging.INFO, sys.stdout)
-        sys.stderr = _LinesToLogging("stderr", logging.WARNING, sys.stderr)
+        sys.stdout = _text_stream("stdout", logging.INFO, sys.stdout)
+        sys.stderr = _text_stream("stderr", logging.WARNING, sys.stderr)
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception
+
+
+def _text_stream(name: str, level: int, under: TextIO) -> TextIO:
+    raw = _LinesToLogging(name, level, under)
+    stream = io.TextIOWrapper(io.BufferedWriter(raw, LONGEST_LINE), encoding="utf-8", errors="replace",
+                              line_buffering=True, write_through=True)
+    stream.mode = "w"  # type: ignore[misc]  # as open() sets it on the streams it makes
+    return stream
 
 
 def _log_thread_exception(args: Any) -> None:
@@ -37,24 +54,28 @@ def _log_thread_exception(args: Any) -> None:
                                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-class _LinesToLogging(io.TextIOBase):
-    """A text stream whose every line becomes a log line of ``name`` at ``level``. What needs a file rather than a
-    stream (``subprocess.run(stdout=sys.stdout)``, ``faulthandler``) gets the one under it from :meth:`fileno`, and
-    bytes written to :attr:`buffer` are decoded and logged as text."""
+class _LinesToLogging(io.RawIOBase):
+    """Bytes whose every line becomes a log line of ``name`` at ``level``.
 
-    encoding = "utf-8"
-    errors = "replace"
+    Its lines go to the handlers the root logger had when the node started serving (the node's log), not to those
+    of the moment. A line written while one is being logged goes to the stream under, as it is, rather than round
+    and round.
+    """
 
     def __init__(self, name: str, level: int, under: TextIO) -> None:
         super().__init__()
         self._under = under
-        self.buffer = _TextOf(self)
+        self.name = getattr(under, "name", f"<{name}>")  # what TextIOWrapper.name shows
         self._logger = logging.getLogger(name)
         self._logger.setLevel(level)  # printed whatever KRT_LOG_LEVEL: print() is not a log level, it is output
+        # Straight to the node's log: a handler of the user's on the root logger that writes to sys.stderr
+        # (logging.basicConfig(force=True)) would otherwise write each line back into this stream.
+        self._logger.handlers = list(logging.getLogger().handlers)
+        self._logger.propagate = False
         self._level = level
-        self._partial: list[str] = []
+        self._partial = b""
         self._lock = threading.Lock()
-        self._inside = threading.local()  # a line logged while one is being logged (logging's own error report)
+        self._inside = threading.local()
 
     def writable(self) -> bool:
         return True
@@ -65,42 +86,33 @@ class _LinesToLogging(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
-    def write(self, text: str) -> int:
+    def write(self, data: Any) -> int:
+        data = bytes(data)
         with self._lock:
-            self._partial.append(text)
-            if "\n" not in text:
-                return len(text)
-            *lines, rest = "".join(self._partial).split("\n")
-            self._partial = [rest] if rest else []
+            *lines, rest = _LINE_END.split(self._partial + data)
+            if len(rest) > LONGEST_LINE:
+                lines.append(rest)
+                rest = b""
+            self._partial = rest
         for line in lines:
             self._log(line)
-        return len(text)
+        return len(data)
 
     def flush(self) -> None:
         with self._lock:
-            rest, self._partial = "".join(self._partial), []
+            rest, self._partial = self._partial, b""
         self._log(rest)
 
-    def _log(self, line: str) -> None:
-        if not line or getattr(self._inside, "now", False):
+    def _log(self, line: bytes) -> None:
+        if not line:
+            return
+        text = line.decode("utf-8", "replace")
+        if getattr(self._inside, "now", False):
+            with contextlib.suppress(OSError, ValueError):  # gone: dropped, as the log's own stream drops
+                self._under.write(text + "\n")
             return
         self._inside.now = True
         try:
-            self._logger.log(self._level, line)
+            self._logger.log(self._level, text)
         finally:
             self._inside.now = False
-
-
-class _TextOf(io.RawIOBase):
-    """``sys.stdout.buffer``: bytes, decoded into the text stream above it."""
-
-    def __init__(self, text: _LinesToLogging) -> None:
-        super().__init__()
-        self._text = text
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._text.write(bytes(data).decode("utf-8", "replace"))
-        return len(data)

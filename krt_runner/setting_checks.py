@@ -13,8 +13,8 @@ from krt_runner import setting_values as parse
 def handler_file_problems(values: Mapping[str, Any]) -> list[str]:
     """A handler file that is not there, said with the other settings' problems rather than after them."""
     handler = (values.get("handler_path") or "").partition(":")[0]
-    if not handler.endswith(".py"):
-        return []  # a dotted module name: found by importing it
+    if not (handler.endswith(".py") or "/" in handler):
+        return []  # a dotted module name: found by importing it (as krt_runner.node.loading tells them apart)
     path = Path(values.get("base_path") or Path.cwd()) / handler
     return [] if path.is_file() else [f"KRT_HANDLER_PATH (--handler) {handler!r}: no file at {path}"]
 

@@ -3,13 +3,15 @@ raises ``ValueError`` with what is wrong."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from krt_runner.subjects import MAX_PUBLISH_SUBJECT
+from krt_runner.url_parts import redact_url, user_part
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_FORMATS = ("auto", "json", "console")
@@ -136,8 +138,15 @@ def nats_url(raw: str) -> str:
     scheme, separator, rest = with_nats_scheme(raw).partition("://")
     url = f"{scheme.lower()}{separator}{rest}"  # nats-py knows nats:// and tls://, not NATS://
     parts = urlsplit(url)
+    login = user_part(url)
+    if login and any(character in login[1] for character in "/#?@"):
+        raise ValueError(f"{redact_url(raw)!r}: percent-encode / # ? @ in a user or password (%2F %23 %3F %40, "
+                         "and % itself as %25), or give them as KRT_NATS_USER and KRT_NATS_PASSWORD")
     if parts.scheme not in NATS_SCHEMES or not parts.hostname or ("://" not in raw and "/" in raw):
         raise ValueError(f"{redact_url(raw)!r} is not a NATS URL such as nats://host:4222")
+    if parts.scheme in ("ws", "wss") and importlib.util.find_spec("aiohttp") is None:
+        raise ValueError(f"{redact_url(raw)!r}: a websocket server needs aiohttp, which nats-py uses for it "
+                         "(pip install aiohttp), or a nats:// or tls:// URL")
     _check_port(parts, raw)
     return url
 
@@ -241,51 +250,36 @@ def redact_servers(servers: str) -> str:
 
 
 def split_servers(raw: str) -> list[str]:
-    """Comma-separated server URLs; a comma in a password stays in it: a piece with no ``@`` followed by one with
-    an ``@`` and no scheme (``nats://alice:Pa55`` and ``w0rd@host:4222``) is one URL."""
+    """Comma-separated server URLs; commas in a password stay in it. A piece that is no URL alone and has no ``@``
+    (``nats://alice:Pa55``) goes on over the next pieces up to one with an ``@`` and no scheme before it
+    (``w0rd@host:4222``): ``nats://alice:Pa55,w0rd@host:4222`` is one URL, ``h1:4222,u:pw@h2:4222`` two."""
+    pieces = raw.split(",")
     servers: list[str] = []
-    for piece in raw.split(","):
-        previous = servers[-1] if servers else ""
-        if previous and "@" not in previous and "@" in piece and "://" not in piece.partition("@")[0]:
-            servers[-1] = f"{previous},{piece}"
-        else:
-            servers.append(piece)
+    start = 0
+    while start < len(pieces):
+        end = _password_end(pieces, start)
+        servers.append(",".join(pieces[start : end + 1]))
+        start = end + 1
     return servers
 
 
-def url_credentials(url: str) -> tuple[str, str]:
-    """``http://user:secret@host`` -> (``http://host``, ``user:secret``), percent-decoded; (``url``, ``""``)
-    without any, or without a scheme."""
-    split = _user_part(url)
-    if split is None or not split[0]:
-        return url, ""
-    prefix, user_part, host = split
-    user, colon, password = user_part.partition(":")
-    return f"{prefix}{host}", f"{unquote(user)}{colon}{unquote(password)}"
+def _password_end(pieces: list[str], start: int) -> int:
+    """The last piece of the URL that begins at ``pieces[start]``."""
+    first = pieces[start]
+    if "@" in first or _is_server(first.strip()):
+        return start
+    for end in range(start + 1, len(pieces)):
+        before_at, at, _ = pieces[end].partition("@")
+        if "://" in before_at:
+            break  # another URL begins: the first piece was wrong on its own
+        if at:
+            return end
+    return start
 
 
-def redact_url(url: str) -> str:
-    """``nats://user:secret@host`` -> ``nats://user:***@host``; a token alone becomes ``***`` (see
-    :func:`_user_part`); a query, which may carry credentials too (``?u=...&p=...``), becomes ``?***``."""
-    split = _user_part(url)
-    if split is None:
-        return _without_query(url)
-    prefix, user_part, host = split
-    user, colon, _ = user_part.partition(":")
-    return f"{prefix}{f'{user}:***' if colon else '***'}@{_without_query(host)}"
-
-
-def _without_query(text: str) -> str:
-    address, question, _ = text.partition("?")
-    return f"{address}?***" if question else text
-
-
-def _user_part(url: str) -> tuple[str, str, str] | None:
-    """(``scheme://`` or ``""``, the user part, the rest) of ``url``; ``None`` without an ``@``. Read on the raw
-    text, not through a URL parser: a password with ``/``, ``#`` or ``?`` in it ends a parser's host part before the
-    ``@``. Everything after the scheme up to the last ``@`` is the user part."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        scheme, rest = "", url
-    user_part, at, host = rest.rpartition("@")
-    return (f"{scheme}{separator}", user_part, host) if at else None
+def _is_server(text: str) -> bool:
+    try:
+        nats_url(text)
+    except ValueError:
+        return False
+    return True

@@ -42,12 +42,15 @@ OUTRO = """\
 - Seconds may have decimals (`0.5`); numbers must be finite (`inf` and `nan` are refused), and seconds at most a
   year (31536000). Counts are whole numbers.
 - `KRT_CONCURRENCY` and `KRT_BATCH_MAX_SIZE` are from 1 to 10000, and a batch node holds at most 100000 requests
-  at once: `KRT_BATCH_MAX_SIZE` x (`KRT_CONCURRENCY` + 1) is refused above that (a worker task each, made at start).
+  at once: `KRT_BATCH_MAX_SIZE` x (`KRT_CONCURRENCY` + 1) is refused above that (a worker task each, made at start),
+  and an unset `KRT_BATCH_MAX_SIZE` is 32 or what keeps it under (the `requests are handled in batches` line says).
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs (in any case: `NATS://` is `nats://`),
-  comma-separated. A bare `host:port` means `nats://host:port`. A password in a URL may hold a comma; `/ # ? @` in
-  it are percent-encoded (`%2F %23 %3F %40`), and the node decodes them before it logs in.
+  comma-separated. A bare `host:port` means `nats://host:port`. A password in a URL may hold commas; `/ # ? @` in
+  it must be percent-encoded (`%2F %23 %3F %40`), and `%` itself as `%25`: the node decodes them before it logs in
+  (a raw `/ # ? @` is refused). Or give the password as `KRT_NATS_PASSWORD`, which is taken as it is. `ws://` and
+  `wss://` need the `aiohttp` package (nats-py's websocket transport), or they are refused.
 - `KRT_HEALTH_FILE`, `KRT_MEASUREMENTS_FILE` and `KRT_LOCAL_DB_FILE` name a file in a folder that exists, not a
   folder. A `KRT_HANDLER_PATH` file that is not there is listed with the other problems.
 - Subjects are names separated by dots, none of them empty (`a..b`, `a.` and `.a` are refused). `KRT_NATS_INPUT`

@@ -73,12 +73,12 @@ async def _ignore(error: Exception) -> None:
     """The requester's own reconnect errors while the server is down are expected."""
 
 
-async def test_an_at_most_once_node_whose_input_a_work_queue_stream_captures_warns_at_start_up(
+async def test_an_at_most_once_node_whose_input_a_stream_captures_warns_at_start_up_saying_which_kind(
     js_server, start_node, call_log
 ) -> None:
     nc = await nats.connect(js_server.url)
     await nc.jetstream().add_stream(name=stream_name("in-c"), subjects=["in-c"], retention="workqueue")
-    await nc.jetstream().add_stream(name="AUDIT", subjects=["in-d"])  # limits retention: a copy kept, not a workflow
+    await nc.jetstream().add_stream(name="AUDIT", subjects=["in-d"])  # limits retention: it acks requests first
     await nc.close()
 
     mixed = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-c", name="c", CALL_LOG=str(call_log)))
@@ -87,6 +87,8 @@ async def test_an_at_most_once_node_whose_input_a_work_queue_stream_captures_war
     assert "a work-queue JetStream stream captures this node's input" in mixed.output
     assert "set KRT_DELIVERY=at-least-once" in mixed.output and stream_name("in-c") in mixed.output
     assert "work-queue JetStream stream" not in audited.output
+    assert "a JetStream stream captures this node's input: a request to it gets the stream's acknowledgement" \
+        in audited.output and "AUDIT" in audited.output
 
 
 async def test_stream_copies_a_single_server_cannot_keep_stop_start_up_with_exit_2_saying_what_to_set(
@@ -99,3 +101,21 @@ async def test_stream_copies_a_single_server_cannot_keep_stop_start_up_with_exit
     assert node.wait() == 2
     assert "replicas > 1 not supported in non-clustered mode" in node.output
     assert "set KRT_JETSTREAM_REPLICAS=1, or use a NATS cluster" in node.output
+
+
+async def test_an_answer_no_stream_takes_for_a_while_is_published_again_and_its_handler_runs_once(
+    js_server, start_node, call_log, requester
+) -> None:
+    # As on a NATS cluster electing a stream's leader for seconds after a server died: no stream takes b's input.
+    start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-a", output="in-b", name="a",
+                          KRT_DELIVERY="at-least-once", KRT_JETSTREAM_ACK_WAIT="1", CALL_LOG=str(call_log)))
+    asking = asyncio.ensure_future(
+        requester.call("in-a", greeter_pb2.Request(name="patient"), greeter_pb2.Request, timeout=30))
+    await asyncio.sleep(3)  # a's answer finds no stream, again and again
+    start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-b", name="b", KRT_DELIVERY="at-least-once",
+                          CALL_LOG=str(call_log)))
+
+    answer = await asking
+
+    assert answer.name == "patient>a>b"
+    assert [node for node, _, _, name in calls(call_log) if name.startswith("patient")] == ["a", "b"]

@@ -181,6 +181,16 @@ def test_a_batch_function_batches_32_requests_unless_krt_batch_max_size_says_oth
     assert (batcher.capacity if batcher else None) == capacity, "(KRT_CONCURRENCY + 1) batches of requests at most"
 
 
+@pytest.mark.parametrize(("concurrency", "capacity"), [("3124", 3125 * 32), ("10000", 10001 * 9)])
+def test_an_unset_batch_size_keeps_what_a_node_holds_under_100000_requests(concurrency, capacity):
+    code = load_user_code("batch_processor.py", HANDLERS)
+    settings = load_settings({**ENV, "KRT_CONCURRENCY": concurrency})
+
+    batcher = batcher_for(settings, code, caller=Caller(workers=1), state=None, log=Log())
+
+    assert batcher is not None and batcher.capacity == capacity <= 100_000
+
+
 def test_krt_batch_max_size_for_code_with_no_batch_function_is_ignored_with_a_warning():
     code = load_user_code("typed.py", HANDLERS)
     log = Log()

@@ -236,3 +236,45 @@ def test_a_handler_file_that_is_not_there_is_listed_with_the_other_problems():
 
     assert "KRT_CONCURRENCY" in str(refused.value)
     assert "KRT_HANDLER_PATH (--handler) 'src/missing.py': no file at" in str(refused.value)
+
+
+def test_server_lists_keep_every_comma_of_a_password_and_split_between_servers():
+    from krt_runner.setting_values import split_servers
+    from krt_runner.url_parts import url_login
+
+    assert split_servers("nats://u:Zq9x,Wk2y,Lm7z@h:4222,nats://b:4222") == ["nats://u:Zq9x,Wk2y,Lm7z@h:4222",
+                                                                           "nats://b:4222"]
+    assert split_servers("h1:4222,user:pw@h2:4222") == ["h1:4222", "user:pw@h2:4222"]
+    assert split_servers("nats://h1:4222,user:pw@h2:4222") == ["nats://h1:4222", "user:pw@h2:4222"]
+    assert url_login("nats://us%3Aer:p%40ss%3A1@host:4222") == ("nats://host:4222", "us:er", "p@ss:1")
+    assert url_login("nats://t%2Fok@host:4222") == ("nats://host:4222", "t/ok", None)
+    settings = load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "nats://u:Zq9x,Wk2y,Lm7z@h:4222"})
+    assert settings.describe()["nats_servers"] == "nats://u:***@h:4222"
+
+
+@pytest.mark.parametrize("url", ["nats://u:p@ss/x@h:4222", "nats://u:pa/ss@h:4222", "nats://u:pa#ss@h:4222"])
+def test_a_password_with_a_raw_reserved_character_is_refused_unshown(url):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": url})
+
+    assert "percent-encode / # ? @ in a user or password" in str(refused.value)
+    assert "ss" not in str(refused.value).replace("password", "").replace("KRT_NATS_PASSWORD", "")
+
+
+def test_a_websocket_server_needs_aiohttp():
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is None:
+        with pytest.raises(ConfigError, match="a websocket server needs aiohttp"):
+            load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "ws://nats:8080"})
+    else:
+        assert load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "ws://nats:8080"}).nats_servers == ("ws://nats:8080",)
+
+
+async def test_the_python_client_reads_servers_as_a_node_does_and_refuses_what_is_no_nats_url():
+    from krt_runner.client import Client, _server_urls
+    from krt_runner.errors import ClientConnectError
+
+    assert _server_urls("NATS://a:4222,b:4222") == ["nats://a:4222", "nats://b:4222"]
+    with pytest.raises(ClientConnectError, match="is not a NATS URL"):
+        await Client.connect("http://a:4222")

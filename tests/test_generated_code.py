@@ -194,3 +194,25 @@ def test_protos_leaves_a_file_whose_proto_protoc_refuses_and_exits_1(old_krt, tm
     assert done.stderr.startswith("krt-runner protos: src/greeter_pb2.py: protoc failed on ")
     assert "strin" in done.stderr and len(done.stderr.splitlines()) == 1
     assert (old_krt / "src" / "greeter_pb2.py").read_text() == OLD_PROTOC_PB2.read_text()
+
+
+def test_protos_keeps_the_name_an_import_from_the_krt_folder_uses_and_check_and_the_entrypoint_read_it(tmp_path):
+    krt = tmp_path / "krt"
+    assert cli("init", "krt", cwd=tmp_path).returncode == 0
+    (krt / "proto" / "shared").mkdir()
+    (krt / "proto" / "shared" / "common.proto").write_text(
+        'syntax = "proto3";\npackage krt.common;\nmessage Person { string name = 1; }\n')
+    entry = krt / "proto" / "entrypoint.proto"
+    entry.write_text(entry.read_text().replace('package krt;', 'package krt;\nimport "proto/shared/common.proto";')
+                     .replace("string name = 1;", "string name = 1;\n  krt.common.Person who = 2;"))
+    for proto, include in (("proto/shared/common.proto", "."), ("proto/entrypoint.proto", "proto")):
+        made = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{include}", "-I.", "--python_out=src",
+                               proto], cwd=krt, capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+
+    regenerated = cli("protos", "krt/krt.yml", cwd=tmp_path)  # the krt.yml stands for its folder
+    checked = cli("check", "krt", cwd=tmp_path)
+
+    assert regenerated.returncode == 0 and "2 _pb2.py file(s) written" in regenerated.stdout, regenerated.stderr
+    assert checked.returncode == 0, checked.stderr
+    assert "warning" not in checked.stderr, checked.stderr  # the entrypoint compiles it, the _pb2.py is current

@@ -262,3 +262,13 @@ def test_stream_copies_and_the_monitoring_address_are_checked_and_the_copies_rea
     assert refused.returncode == 2
     assert "--nats-monitoring 'http://nats:8222' is not HOST:PORT (KEDA adds the scheme itself)" in refused.stderr
     assert without_delivery.returncode == 2 and "give it with --delivery at-least-once" in without_delivery.stderr
+
+
+def test_an_empty_nats_url_and_a_monitoring_port_out_of_range_are_refused():
+    empty = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url", ""],
+                           capture_output=True, text=True, timeout=60)
+    port = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--delivery", "at-least-once",
+                           "--keda", "--nats-monitoring", "nats:99999"], capture_output=True, text=True, timeout=60)
+
+    assert empty.returncode == 2 and "--nats-url is empty" in empty.stderr
+    assert port.returncode == 2 and "--nats-monitoring 'nats:99999' is not HOST:PORT" in port.stderr

@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 from conftest import KRT_RUNNER, greeter_pb2, node_env, unpack
@@ -138,3 +139,79 @@ async def test_a_handler_that_prints_and_warns_on_a_log_pipe_nobody_reads_or_a_c
     finally:
         process.kill()
         process.wait()
+
+
+def test_the_captured_streams_behave_as_text_streams_for_what_libraries_do_with_them():
+    # In a process of its own: the capture replaces sys.stdout and sys.stderr for good.
+    script = r'''
+import logging, sys
+from krt_runner.logging import configure_logging
+from krt_runner.output_capture import capture_output
+configure_logging(log_format="json", level="warning")
+capture_output(json_log=True)
+try:
+    sys.stdout.write(b"")  # how click probes a stream: refused, as by any text stream, and nothing kept
+except TypeError:
+    pass
+print("after a bytes probe")
+sys.stdout.reconfigure(line_buffering=True)
+print("name", sys.stdout.name, "mode", sys.stdout.mode)
+for step in range(3):
+    print(f"\rstep {step}", end="", flush=True)
+print()
+sys.stdout.buffer.write("\u00e9".encode()[:1])
+sys.stdout.buffer.write("\u00e9".encode()[1:] + b"\n")
+print("x" * 20000, end="")  # no newline: not kept without bound
+logging.basicConfig(force=True)  # the user's own root handler, to sys.stderr
+logging.getLogger("user").warning("after basicConfig")
+print("the end")
+'''
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+    records = [json.loads(line) for line in done.stdout.splitlines() + done.stderr.splitlines()]
+    events = [record["event"] for record in records]
+    assert done.returncode == 0, done.stderr
+    assert events[:6] == ["after a bytes probe", "name <stdout> mode w", "step 0", "step 1", "step 2", "\u00e9"]
+    assert events[6].startswith("xxxx") and "WARNING:user:after basicConfig" in events and events[-1] == "the end"
+
+
+async def test_a_handler_using_a_multiprocessing_pool_serves_on_after_the_pool_terminates_its_workers(
+    nats_server, start_node, handler_dir, requester
+) -> None:
+    base = handler_dir("""
+        import multiprocessing
+
+        from greeter_pb2 import Request
+
+
+        def square(number):
+            return number * number
+
+
+        def handler(ctx, data):
+            request = Request()
+            data.Unpack(request)
+            with multiprocessing.Pool(2) as pool:  # its end SIGTERMs the forked workers
+                total = sum(pool.map(square, range(5)))
+            return Request(name=f"{request.name} {total}")
+    """)
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="pool-in", name="pool"))
+
+    answers = [await requester.greet("pool-in", f"n{number}", timeout=20) for number in range(3)]
+
+    assert [unpack(answer, greeter_pb2.Request).name for answer in answers] == ["n0 30", "n1 30", "n2 30"]
+    assert "signal received" not in node.output
+
+
+def test_init_raising_a_cancelled_error_of_its_own_stops_start_up_with_one_line_and_exit_1(nats_server, handler_dir):
+    base = handler_dir("import asyncio\n\n\ndef init(ctx):\n    raise asyncio.CancelledError('inner task')\n\n\n"
+                       "def handler(ctx, data):\n    return data\n")
+    env = node_env(nats_server, base, "src/node.py", input="init-cancel", KRT_LOG_FORMAT="json",
+                   KRT_MEASUREMENTS_ENABLED="false")
+
+    done = subprocess.run([*KRT_RUNNER, "run"], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 1, done.stderr
+    assert all(line.startswith("{") for line in done.stderr.splitlines()), done.stderr
+    assert "init of 'src/node.py' failed: CancelledError: inner task" in done.stderr

@@ -14,6 +14,7 @@ from typing import Any
 
 from krt_runner import setting_values as parse
 from krt_runner.config import OPTIONS, Option, SharedSettings, connection_problems, read_options
+from krt_runner.url_parts import redact_url
 
 # The rows a node has that mean the same here: where NATS is, how to log in to it, logging, health, and how far a
 # gzip message (an answer, here) may inflate.
@@ -64,7 +65,7 @@ class EntrypointSettings(SharedSettings):
             if option.secret or (changed_only and value == option.default and option.field != "nats_servers"):
                 continue
             shown[option.field] = str(value) if isinstance(value, Path) else value
-        shown["nats_servers"] = ",".join(parse.redact_url(url) for url in self.nats_servers)
+        shown["nats_servers"] = ",".join(redact_url(url) for url in self.nats_servers)
         return shown
 
 

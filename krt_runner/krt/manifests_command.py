@@ -16,7 +16,8 @@ from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
 from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
-from krt_runner.setting_values import split_servers, url_credentials, with_nats_scheme
+from krt_runner.setting_values import split_servers, with_nats_scheme
+from krt_runner.url_parts import url_credentials
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -30,6 +31,7 @@ def _option_problems(options: ManifestOptions) -> list[str]:
     """Flags the API server, or the objects' meaning, would refuse; all of them at once."""
     checks = [
         (not options.image.strip(), "--image is empty: name the image holding the KRT"),
+        (not options.nats_url.strip(), "--nats-url is empty: every pod needs KRT_NATS_SERVER (default nats://nats:4222)"),
         (bool(options.namespace) and not _DNS_LABEL.fullmatch(options.namespace),
          f"--namespace {options.namespace!r} is not a Kubernetes namespace name (lower case, digits, -)"),
         (bool(options.secret) and not _DNS_SUBDOMAIN.fullmatch(options.secret),
@@ -63,7 +65,10 @@ def _keda_max(options: ManifestOptions) -> int:
     return options.keda_max_replicas or DEFAULT_KEDA_MAX_REPLICAS
 
 
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}")
+_HOST_PORT = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)"
+    r":([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"  # 1 to 65535
+)
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"

@@ -9,6 +9,8 @@ file's only rpc, or messages named ``Request`` and ``Response``, in that order.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib
 import importlib.util
 import subprocess
@@ -21,7 +23,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FileDescriptor, MethodDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from krt_runner._user_files import exec_file
 from krt_runner.errors import ProtoError
@@ -174,10 +176,13 @@ def grpc_tools_include(*, missing: str) -> Path:
     return Path(tools.origin).parent / "_proto"
 
 
-def run_protoc(proto: Path, *outputs: str, include: Path, search: Iterable[Path] = ()) -> None:
+def run_protoc(
+    proto: Path, *outputs: str, include: Path, search: Iterable[Path] = (), named_from: Path | None = None
+) -> None:
     """Run the protoc of grpcio-tools on ``proto`` with ``outputs`` (``--python_out=DIR``, ...); imports are looked
-    up beside it, then in ``search``, then in ``include``. :class:`ProtoError` with protoc's own words on failure."""
-    folders = dict.fromkeys([proto.parent, *search, include])  # in order, each once
+    up beside it, then in ``search``, then in ``include``. ``named_from``: the folder the file's name in the
+    descriptors is relative to (default: its own). :class:`ProtoError` with protoc's own words on failure."""
+    folders = dict.fromkeys([named_from or proto.parent, proto.parent, *search, include])  # in order, each once
     command = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{folder}" for folder in folders), *outputs, str(proto)]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
@@ -194,7 +199,8 @@ def compile_proto(path: Path) -> FileDescriptor:
     )
     with tempfile.TemporaryDirectory(prefix="krt-proto-") as workdir:
         out = Path(workdir) / "set.pb"
-        run_protoc(path, "--include_imports", f"--descriptor_set_out={out}", include=include)
+        run_protoc(path, "--include_imports", f"--descriptor_set_out={out}", include=include,
+                   search=[_krt_folder_of(path)])  # imports named from the KRT folder, as the nodes load them
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in files.file:
@@ -239,3 +245,24 @@ def _without_json_names(message: descriptor_pb2.DescriptorProto) -> None:
         field.ClearField("json_name")
     for nested in message.nested_type:
         _without_json_names(nested)
+
+
+def recorded_proto_name(generated: Path) -> str:
+    """The ``.proto`` name a generated ``_pb2.py`` records (``greeter.proto``, ``proto/shared/common.proto``), read
+    from its text without importing it; ``""`` when it cannot be read."""
+    try:
+        tree = ast.parse(generated.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        for keyword in node.keywords:  # protoc before 3.20: FileDescriptor(name='x.proto', ...)
+            if keyword.arg == "name" and isinstance(keyword.value, ast.Constant) and \
+                    str(keyword.value.value).endswith(".proto"):
+                return str(keyword.value.value)
+        if getattr(node.func, "attr", "") == "AddSerializedFile" and node.args and \
+                isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, bytes):
+            with contextlib.suppress(DecodeError):
+                return descriptor_pb2.FileDescriptorProto.FromString(node.args[0].value).name
+    return ""

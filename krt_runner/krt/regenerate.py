@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TextIO
 
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ProtoError
-from krt_runner.krt.protos import grpc_tools_include, run_protoc
+from krt_runner.krt.package import krt_folder
+from krt_runner.krt.protos import grpc_tools_include, recorded_proto_name, run_protoc
 
 GENERATED_SUFFIX = "_pb2.py"
 # Folders a KRT may hold that are nobody's source: caches, virtual environments, version control.
@@ -53,20 +54,23 @@ def regenerate(generated: Path, proto: Path, *, include: Path, root: Path) -> li
     """Write ``generated`` (and its ``.pyi`` when there is one) again from ``proto``; returns the files written.
     Imports of ``proto`` are looked up beside it, then from ``root``, then among protobuf's own."""
     stub = generated.with_suffix(".pyi")
+    named_from = _named_from(generated, proto)
     with tempfile.TemporaryDirectory(prefix="krt-protos-") as workdir:
         outputs = [f"--python_out={workdir}", *([f"--pyi_out={workdir}"] if stub.is_file() else [])]
-        run_protoc(proto, *outputs, include=include, search=[root])
-        written = [target for target in (generated, stub) if (Path(workdir) / target.name).is_file()]
+        run_protoc(proto, *outputs, include=include, search=[root], named_from=named_from)
+        made = Path(workdir) / (proto.parent.relative_to(named_from) if named_from else "")  # protoc's folders
+        written = [target for target in (generated, stub) if (made / target.name).is_file()]
         if generated not in written:
             raise ProtoError(f"protoc wrote no {generated.name} for {proto}")
         for target in written:
-            shutil.copyfile(Path(workdir) / target.name, target)
+            shutil.copyfile(made / target.name, target)
     return written
 
 
 def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run the ``protos`` command: 0 when every ``_pb2.py`` with a ``.proto`` was written again, 1 when protoc
-    failed on one, 2 when the folder or grpcio-tools is missing."""
+    failed on one, 2 when the folder or grpcio-tools is missing. ``directory`` may be the folder's krt.yml."""
+    directory = krt_folder(directory)
     if not directory.is_dir():
         what = "a file: give the KRT folder (unpack a .krt first)" if directory.exists() else "not a folder"
         print(f"krt-runner protos: {directory} is {what}", file=err)
@@ -90,6 +94,16 @@ def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.s
               f"{here[2]}; from then on this command keeps it in step", file=out)
     print(f"krt-runner protos: {done} _pb2.py file(s) written, {left} left as they are, {failed} failed", file=out)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _named_from(generated: Path, proto: Path) -> Path | None:
+    """The folder ``proto``'s name in ``generated`` is relative to (``proto/shared/common.proto``: two folders up):
+    written again under another name, the modules that import it would no longer find it."""
+    recorded = recorded_proto_name(generated)
+    parts = Path(recorded).parts if recorded else ()
+    if not parts or proto.parts[-len(parts):] != parts:
+        return None
+    return proto.parents[len(parts) - 1]
 
 
 def _without_code(root: Path, items: list[Regeneration]) -> list[Path]:

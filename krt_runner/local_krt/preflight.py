@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 from krt_runner.client import Client
 from krt_runner.errors import CallError
-from krt_runner.setting_values import nats_servers, redact_url
+from krt_runner.setting_values import nats_servers
+from krt_runner.url_parts import redact_url
 
 # Seconds a server gets to accept the probe's connection and send its INFO line.
 PROBE_TIMEOUT = 3.0

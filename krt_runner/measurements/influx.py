@@ -23,7 +23,7 @@ from urllib3.exceptions import HTTPError
 
 from krt_runner.config import Settings
 from krt_runner.errors import WriteError
-from krt_runner.setting_values import redact_url, url_credentials
+from krt_runner.url_parts import redact_url, url_credentials
 
 
 @contextlib.contextmanager

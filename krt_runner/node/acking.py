@@ -31,8 +31,12 @@ from krt_runner.node.broker import Broker, Msg
 
 # Seconds before a message whose answer could not be published is delivered again: another try, not a storm.
 RETRY_DELAY = 1.0
-# Seconds a middle node waits for the next stream to acknowledge an answer before it lets the message go again.
+# Seconds a middle node waits for the next stream to acknowledge an answer before it publishes it again.
 PUBLISH_ACK_TIMEOUT = 5.0
+# Seconds a middle node goes on publishing an answer no stream took (none there, or one electing a leader, as a NATS
+# cluster does for seconds when a server dies), keeping its message; past them, it lets the message go again.
+REPUBLISH_FOR = 30.0
+_REPUBLISH_PAUSE = (0.25, 2.0)  # the first pause between two publishes, and the longest
 # Seconds an ack may wait to go out with the next write (an answer, a pull request), rather than in one of its own.
 ACK_DELAY = 0.001
 # One line per this many seconds at most for repeated settling errors.
@@ -44,6 +48,8 @@ _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream r
 _NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 
 Settle = Callable[[Msg], Awaitable[None]]
+# A forwarded answer: its message, when it was published, subject, answer, Nats-Msg-Id, when it was first published.
+_Forwarded = tuple[Msg, float, str, bytes, str, float]
 # What a node does with a message whose answer the next stream refused for good: its error answer, then its ack.
 OnRefused = Callable[[Msg, str], Awaitable[None]]
 
@@ -56,7 +62,8 @@ class Acker:
         self._half_wait = ack_wait / 2
         self._log = log
         self._held: dict[str, list[Any]] = {}  # ack subject -> [message, monotonic time of its last sign of life]
-        self._forwarded: dict[str, tuple[Msg, float]] = {}  # token -> (message, when its answer was published)
+        # token -> (message, when its answer was published, subject, answer, msg_id, when it was first published)
+        self._forwarded: dict[str, _Forwarded] = {}
         self._tokens = itertools.count()
         self._inbox = ""
         self._token_at = 0
@@ -122,7 +129,8 @@ class Acker:
         """Publish ``answer`` through JetStream with ``Nats-Msg-Id: msg_id``; ``msg`` is acked once the stream
         acknowledged it."""
         token = str(next(self._tokens))
-        self._forwarded[token] = (msg, time.monotonic())
+        now = time.monotonic()
+        self._forwarded[token] = (msg, now, subject, answer, msg_id, now)
         try:
             await self._client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
         except BaseException:
@@ -131,12 +139,9 @@ class Acker:
 
     async def tick(self, now: float) -> None:
         """Keep held messages alive; let go those whose answer was not acknowledged in time."""
-        late = [token for token, (_, sent) in self._forwarded.items() if now - sent > PUBLISH_ACK_TIMEOUT]
+        late = [token for token, forwarded in self._forwarded.items() if now - forwarded[1] > PUBLISH_ACK_TIMEOUT]
         for token in late:
-            msg, _ = self._forwarded.pop(token)
-            self._error("the next node's stream did not acknowledge an answer in time; it will be delivered again",
-                        TimeoutError(f"{PUBLISH_ACK_TIMEOUT:g}s"))
-            await self.release_later(msg)
+            await self._again_or_release(self._forwarded.pop(token), f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
         for entry in [entry for entry in self._held.values() if now - entry[1] >= self._half_wait]:
             entry[1] = now
             with contextlib.suppress(Exception):  # a lost connection: JetStream delivers it again, as it should
@@ -169,7 +174,7 @@ class Acker:
         if forwarded is None:  # too late: already released
             return True
         if data.find(_ERROR_MARK) >= 0:  # not ``in``: bytes' tries the needle as an int first (a TypeError each time)
-            self._in_background(self._refused(forwarded[0], data))
+            self._in_background(self._refused(forwarded, data))
         else:
             waiting = self._ack_now(forwarded[0])
             if waiting is not None:
@@ -179,18 +184,46 @@ class Acker:
     async def _on_refusal(self, reply: Msg) -> None:
         forwarded = self._forwarded.pop(reply.subject[self._token_at :], None)
         if forwarded is not None:
-            await self._refused(forwarded[0], reply.data or reply.headers)
+            await self._refused(forwarded, reply.data or reply.headers)
 
-    async def _refused(self, msg: Msg, why: object) -> None:
+    async def _refused(self, forwarded: _Forwarded, why: object) -> None:
         refusal = stream_refusal(why)
-        if refusal and self.on_refused is not None:  # the stream said why: another delivery would hear it again
+        if not refusal:
+            await self._again_or_release(forwarded, "no stream took it (none there, or its servers are away)")
+        elif self.on_refused is not None:  # the stream said why: another delivery would hear it again
             self._error("the next node's stream refused an answer; the request gets an error answer",
                         ValueError(refusal))
-            await self.on_refused(msg, refusal)
+            await self.on_refused(forwarded[0], refusal)
+        else:
+            self._error("the next node's stream refused an answer; the message will be delivered again",
+                        ValueError(refusal))
+            await self.release_later(forwarded[0])
+
+    async def _again_or_release(self, forwarded: _Forwarded, why: str) -> None:
+        """An answer no stream took: published again after a pause (its message kept, in progress), for
+        :data:`REPUBLISH_FOR` seconds; then the message goes back to JetStream for a later delivery."""
+        msg, first = forwarded[0], forwarded[5]
+        waited = time.monotonic() - first
+        if waited >= REPUBLISH_FOR:
+            self._error("the next node's stream took no answer; the message will be delivered again", ValueError(why))
+            await self.release_later(msg)
             return
-        self._error("the next node's stream refused an answer; the message will be delivered again",
-                    ValueError(str(why)[:300]))
-        await self.release_later(msg)
+        self._error("the next node's stream took no answer yet; it is published again", ValueError(why))
+        pause = min(_REPUBLISH_PAUSE[1], max(_REPUBLISH_PAUSE[0], waited / 2))
+        asyncio.get_running_loop().call_later(pause, lambda: self._in_background(self._republish(forwarded)))
+
+    async def _republish(self, forwarded: _Forwarded) -> None:
+        msg, _, subject, answer, msg_id, first = forwarded
+        if msg.reply not in self._held:  # released meanwhile (the node stopping)
+            return
+        token = str(next(self._tokens))
+        self._forwarded[token] = (msg, time.monotonic(), subject, answer, msg_id, first)
+        try:
+            await self._client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
+        except Exception as exc:  # a closed connection: another delivery, later
+            self._forwarded.pop(token, None)
+            self._error("answer not published again; the message will be delivered again", exc)
+            await self.release_later(msg)
 
     async def _send(self, msg: Msg, action: Callable[[], Awaitable[None]]) -> None:
         self._forget(msg)

@@ -35,6 +35,7 @@ from krt_runner.node.context import NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
 from krt_runner.node.user_code import UserCode
+from krt_runner.setting_values import MAX_REQUESTS_HELD
 
 
 def batcher_for(settings: Settings, code: UserCode, *, caller: Caller, state: NodeState, log: Any) -> Batcher | None:
@@ -46,7 +47,8 @@ def batcher_for(settings: Settings, code: UserCode, *, caller: Caller, state: No
             log.warning(f"KRT_BATCH_MAX_SIZE={size} is ignored: {code.source} defines no handler_batch(ctx, requests) "
                         "and no Processor.process_batch(self, ctx, requests)")
         return None
-    size = DEFAULT_BATCH_MAX_SIZE if size is None else size
+    if size is None:  # the default, within what a node may hold at once (KRT_BATCH_MAX_SIZE x (KRT_CONCURRENCY + 1))
+        size = max(1, min(DEFAULT_BATCH_MAX_SIZE, MAX_REQUESTS_HELD // (settings.concurrency + 1)))
     if size == 1:
         return None
     log.info("requests are handled in batches", batch_function=code.batch.name, batch_max_size=size,

@@ -10,3 +10,10 @@ def uncancel() -> None:
     task = asyncio.current_task()
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+def cancelled_from_outside() -> bool:
+    """Whether the running task is being cancelled (a stop), rather than handed a ``CancelledError`` raised by code
+    it awaited (a library's own); on Python 3.10, which cannot tell, always ``True``."""
+    task = asyncio.current_task()
+    return task is None or not hasattr(task, "cancelling") or task.cancelling() > 0

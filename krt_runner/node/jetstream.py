@@ -86,19 +86,19 @@ async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> J
     return js
 
 
-async def work_queue_stream_of(client: Client, subject: str) -> str:
-    """The work-queue stream that captures ``subject`` (an at-least-once workflow's), or ``""``: none, or no
-    JetStream, or no answer within a second. An at-most-once node warns of it: its answers would go to the
-    publishing node's acknowledgement inbox, and the stream would keep its messages for good."""
+async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
+    """The stream that captures ``subject`` and whether it is a work-queue one (an at-least-once workflow's), or
+    ``("", False)``: none, or no JetStream, or no answer within a second. An at-most-once node warns of it: a
+    request to it gets the stream's acknowledgement as its answer, first."""
     if not client._server_info.get("jetstream"):  # nats-py keeps the server's INFO there; no request then
-        return ""
+        return "", False
     js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
     try:
         name = await js.find_stream_name_by_subject(subject)
         info = await js.stream_info(name)
     except (APIError, NatsError, asyncio.TimeoutError):
-        return ""
-    return name if info.config.retention == api.RetentionPolicy.WORK_QUEUE else ""
+        return "", False
+    return name, info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
 async def _stream_for(js: JetStreamContext, subject: str, window: float, replicas: int) -> tuple[str, bool]:

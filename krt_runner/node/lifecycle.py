@@ -36,12 +36,13 @@ from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, NodePoints, PointSink
 from krt_runner.mongo.readers import reader_for
 from krt_runner.node.broker import Broker
+from krt_runner.node.cancelling import cancelled_from_outside
 from krt_runner.node.context import NodeState
 from krt_runner.node.data_context import DataServices
 from krt_runner.node.discovery import Discovery, EndpointCounters, service_name
 from krt_runner.node.health import HealthFile
 from krt_runner.node.intake import Workers, intake_for
-from krt_runner.node.jetstream import work_queue_stream_of
+from krt_runner.node.jetstream import stream_capturing
 from krt_runner.node.js_intake import JetStreamIntake, jetstream_input
 from krt_runner.node.mongo_writer import NatsDocumentWriter
 from krt_runner.node.pipeline import Pipeline
@@ -116,10 +117,8 @@ class RunningNode:
         if self.jetstream is not None:
             await self.jetstream.prepare()
             self.discovery.pulled_from(stream=self.jetstream.input.stream, consumer=self.jetstream.input.consumer)
-        elif stream := await work_queue_stream_of(self.broker.client, self.settings.input_subject):
-            self.log.warning("a work-queue JetStream stream captures this node's input: its workflow runs "
-                             "at-least-once, and this node's answers would go to JetStream's acknowledgements, not "
-                             "to the next node: set KRT_DELIVERY=at-least-once", stream=stream)
+        else:
+            await self._warn_of_a_stream()
         await self._run_init()
         self.intake.start()
         if isinstance(self.intake, JetStreamIntake):
@@ -151,6 +150,18 @@ class RunningNode:
         return EndpointCounters(requests=counts["received"], errors=counts["errors"],
                                 last_error=self.pipeline.last_error, processing_ns=self.pipeline.processing_ns)
 
+    async def _warn_of_a_stream(self) -> None:
+        """A stream that captures an at-most-once node's input answers its requests first, with its acknowledgement."""
+        stream, work_queue = await stream_capturing(self.broker.client, self.settings.input_subject)
+        if work_queue:
+            self.log.warning("a work-queue JetStream stream captures this node's input: its workflow runs "
+                             "at-least-once, and this node's answers would go to JetStream's acknowledgements, not "
+                             "to the next node: set KRT_DELIVERY=at-least-once", stream=stream)
+        elif stream:
+            self.log.warning("a JetStream stream captures this node's input: a request to it gets the stream's "
+                             "acknowledgement as its answer, before this node's; let the stream capture other "
+                             "subjects, or run the workflow at least once", stream=stream)
+
     async def _run_init(self) -> None:
         if self.code.init is None:
             return
@@ -158,8 +169,10 @@ class RunningNode:
         started = time.perf_counter()
         try:
             await self.pipeline.caller.call(self.code.init, self.state.context_for_init())
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            if cancelled_from_outside():  # a stop during init
+                raise
+            raise InitError(f"init of {self.code.source!r} failed: CancelledError: {exc}") from exc
         except BaseException as exc:  # SystemExit, KeyboardInterrupt and the user's own too: one line, exit 1
             raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
         self.log.info("init done", seconds=round(time.perf_counter() - started, 3))

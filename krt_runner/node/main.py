@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import sys
 import time
@@ -122,6 +123,7 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    os.register_at_fork(after_in_child=_default_signals)
     failed = await _start(node, stop)
     if failed is not None:
         await node.broker.close()
@@ -140,6 +142,16 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     watch.cancel()
     await node.stop()
     return EXIT_FAILED if node.broker.failed.is_set() else EXIT_OK
+
+
+def _default_signals() -> None:
+    """In a process forked from the node (a ``multiprocessing`` worker): the stop signals as Python starts them, and
+    no wakeup fd. The event loop's would tell the node that a signal sent to the worker (a ``Pool``'s terminate at
+    the end of a ``with``) was its own, and the node would stop."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
 
 async def _start(node: RunningNode, stop: asyncio.Event) -> int | None:

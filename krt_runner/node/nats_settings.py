@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from krt_runner.errors import describe
-from krt_runner.setting_values import url_credentials
+from krt_runner.url_parts import url_login
 
 # Failures of the first connect that retrying cannot fix.
 _FATAL_MARKERS = ("authorization violation", "authentication", "certificate", "tls", "ssl", "user credentials")
@@ -64,13 +64,12 @@ def servers_and_credentials(urls: Iterable[str]) -> tuple[list[str], dict[str, s
     servers: list[str] = []
     credentials: dict[str, str] = {}
     for url in urls:
-        bare, user_part = url_credentials(url)
-        if "%" not in url.rpartition("@")[0] or not user_part:
+        bare, user, password = url_login(url)
+        if "%" not in url.rpartition("@")[0] or not user:
             servers.append(url)
             continue
         servers.append(bare)
-        user, colon, password = user_part.partition(":")
-        credentials.update(dict(user=user, password=password) if colon else dict(token=user))
+        credentials.update(dict(user=user, password=password) if password is not None else dict(token=user))
     return servers, credentials
 
 
