@@ -6,9 +6,9 @@
 - :meth:`Acker.forward` (a middle node): the answer is published through JetStream with a reply inbox of this
   process's own, and the message is acked when the next stream's acknowledgement arrives there, from the
   inbox's callback: no future, no task, no wait per message. An answer the next stream refused in words (full,
-  too large) gets its request an error answer (:attr:`Acker.on_refused`); one refused without (no stream there
-  now) or not acknowledged within :data:`PUBLISH_ACK_TIMEOUT` (a tick finds it) releases its message for a later
-  delivery.
+  too large) gets its request an error answer (:attr:`Acker.on_refused`); one no stream took (none there now, or a
+  cluster electing its leader) or acknowledged within :data:`PUBLISH_ACK_TIMEOUT` (a tick finds it) is published
+  again, its message kept, for :data:`REPUBLISH_FOR` seconds, and only then released for a later delivery.
 - :meth:`Acker.term` at the delivery limit, after the error answer.
 - :meth:`Acker.release` (a nak): the message is delivered again, at once or after a delay, to any replica.
 
@@ -138,7 +138,7 @@ class Acker:
             raise
 
     async def tick(self, now: float) -> None:
-        """Keep held messages alive; let go those whose answer was not acknowledged in time."""
+        """Keep held messages alive; publish again the answers not acknowledged in time."""
         late = [token for token, forwarded in self._forwarded.items() if now - forwarded[1] > PUBLISH_ACK_TIMEOUT]
         for token in late:
             await self._again_or_release(self._forwarded.pop(token), f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
