@@ -58,14 +58,16 @@ async def test_a_handler_raising_any_base_exception_gets_an_error_answer_and_the
 ) -> None:
     kind, concurrency = mode.split()
     base = escapes(handler_dir, sync=kind == "sync")
-    start_node(**node_env(nats_server, base, "src/node.py", input="escapes", name="esc", KRT_CONCURRENCY=concurrency))
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="escapes", name="esc",
+                                 KRT_CONCURRENCY=concurrency))
 
     failures = [await requester.greet("escapes", name) for name in ["base", "generator-exit"] * 4]
     after = await requester.greet("escapes", "Ada")
 
     assert all(answer.error.startswith("error in node 'esc': handler raised ") for answer in failures)
-    assert "OwnBaseError: not an Exception" in failures[0].error
+    assert "OwnBaseError: not an Exception" in failures[0].error and "GeneratorExit" in failures[1].error
     assert unpack(after, greeter_pb2.Request).name == "ok Ada"
+    assert "internal error" not in node.output  # one error line each, from the handler's own frame
 
 
 @pytest.mark.parametrize("raised", ["SystemExit(3)", "KeyboardInterrupt()", "BaseException('own')"])

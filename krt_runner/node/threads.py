@@ -104,10 +104,13 @@ class WorkerThreads:
 
 
 def _raisable(exc: BaseException) -> BaseException:
-    """asyncio futures refuse StopIteration (it would end the awaiting coroutine): report it as Python does in a
-    generator (PEP 479)."""
-    if isinstance(exc, StopIteration):
-        error = RuntimeError(f"StopIteration: {exc}" if str(exc) else "StopIteration")
+    """What the awaiting coroutine can be given in place of ``exc``. asyncio futures refuse StopIteration (it would
+    end the awaiting coroutine): reported as Python does in a generator (PEP 479). GeneratorExit, thrown into the
+    awaiting coroutines by their task, would close each of them rather than reach their ``except``: reported the same
+    way."""
+    if isinstance(exc, (StopIteration, GeneratorExit)):
+        name = type(exc).__name__
+        error = RuntimeError(f"{name}: {exc}" if str(exc) else name)
         error.__cause__ = exc
         return error
     return exc
