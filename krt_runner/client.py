@@ -51,7 +51,7 @@ from krt_runner.errors import (
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
-from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_url, split_servers
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_servers
 
 __all__ = [
     "BlockingClient",
@@ -311,8 +311,7 @@ class BlockingClient:
 def _server_urls(servers: str | Sequence[str]) -> list[str]:
     """Each server as a node reads ``KRT_NATS_SERVER`` (``host:port`` is ``nats://host:port``, ``NATS://`` is
     ``nats://``); :class:`ClientConnectError` naming what is not a NATS URL."""
-    pieces = split_servers(servers) if isinstance(servers, str) else list(servers)
     try:
-        return [nats_url(piece.strip()) for piece in pieces if piece.strip()]
+        return [*nats_servers(servers if isinstance(servers, str) else ",".join(servers))]
     except ValueError as exc:
         raise ClientConnectError(f"cannot connect to NATS: {exc}") from None

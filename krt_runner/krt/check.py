@@ -18,7 +18,7 @@ from typing import TextIO
 from krt_runner.config import setting_from_env
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
-from krt_runner.krt.protos import find_types_source, load_file, stale_code_warning
+from krt_runner.krt.protos import compile_proto, find_types_source, load_file, stale_code_warning
 from krt_runner.node.user_code import load_user_code
 
 # Seconds one handler module may take to import (module-level code runs, models may load).
@@ -81,18 +81,25 @@ def entrypoint_problems(krt: Krt) -> list[str]:
 
 def stale_code_warnings(krt: Krt) -> list[str]:
     """A warning per generated ``_pb2.py`` a workflow reads that its ``.proto`` would no longer generate: the nodes
-    would read the old types and the gRPC entrypoint the new ones (see :func:`stale_code_warning`)."""
+    would read the old types and the gRPC entrypoint the new ones (see :func:`stale_code_warning`). Nothing when the
+    ``.proto`` is not there or cannot be compiled here (no grpcio-tools); it is compiled once for them all."""
+    sources = dict.fromkeys(workflow_types_source(krt, workflow) for workflow in krt.workflows)
+    generated = [source for source in sources if not source.endswith(".proto")]
+    proto = krt.directory / krt.proto
+    if not generated or not proto.is_file():
+        return []
+    try:
+        compiled = compile_proto(proto)
+    except ProtoError:
+        return []
     warnings: list[str] = []
-    for workflow in krt.workflows:
-        source = workflow_types_source(krt, workflow)
-        if source.endswith(".proto"):
-            continue
+    for source in generated:
         try:
             file = load_file(source)
         except ProtoError:
             continue
-        stale = stale_code_warning(krt.directory / krt.proto, file, _shown(krt, source), proto_shown=krt.proto)
-        if stale and stale not in warnings:
+        stale = stale_code_warning(compiled, file, _shown(krt, source), krt.proto)
+        if stale:
             warnings.append(stale)
     return warnings
 

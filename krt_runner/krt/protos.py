@@ -208,21 +208,15 @@ def compile_proto(path: Path) -> FileDescriptor:
     return pool.FindFileByName(path.name)
 
 
-def stale_code_warning(proto: Path, generated: FileDescriptor, shown: str, *, proto_shown: str = "") -> str:
-    """A warning when ``generated`` (a ``_pb2.py``'s types, named ``shown``) is not what ``proto`` compiles to now:
-    the entrypoint would read the ``.proto`` and the nodes the old code. ``""`` when they agree, or when the
-    ``.proto`` is not there or cannot be compiled here (no grpcio-tools)."""
-    if shown.endswith(".proto") or not proto.is_file():
-        return ""
-    try:
-        compiled = compile_proto(proto)
-    except ProtoError:
-        return ""
+def stale_code_warning(compiled: FileDescriptor, generated: FileDescriptor, shown: str, proto_shown: str) -> str:
+    """A warning when ``generated`` (a ``_pb2.py``'s types, named ``shown``) is not what the ``.proto`` named
+    ``proto_shown`` compiles to now (``compiled``): the entrypoint would read the ``.proto`` and the nodes the old
+    code. ``""`` when they agree."""
     changed = sorted(_schema(compiled) ^ _schema(generated))
     if not changed:
         return ""
     names = ", ".join(dict.fromkeys(name for name, _ in changed))
-    return (f"{shown} was not generated from {proto_shown or proto.name} as it is now (they differ in {names}): "
+    return (f"{shown} was not generated from {proto_shown} as it is now (they differ in {names}): "
             "write it again with krt-runner protos on the KRT folder")
 
 

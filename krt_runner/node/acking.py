@@ -125,12 +125,12 @@ class Acker:
     async def release_later(self, msg: Msg) -> None:
         await self.release(msg, delay=RETRY_DELAY)
 
-    async def forward(self, subject: str, answer: bytes, msg_id: str, msg: Msg) -> None:
+    async def forward(self, subject: str, answer: bytes, msg_id: str, msg: Msg, *, first: float = 0.0) -> None:
         """Publish ``answer`` through JetStream with ``Nats-Msg-Id: msg_id``; ``msg`` is acked once the stream
-        acknowledged it."""
+        acknowledged it. ``first``: when it was first published, for an answer published again."""
         token = str(next(self._tokens))
         now = time.monotonic()
-        self._forwarded[token] = (msg, now, subject, answer, msg_id, now)
+        self._forwarded[token] = (msg, now, subject, answer, msg_id, first or now)
         try:
             await self._client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
         except BaseException:
@@ -216,12 +216,9 @@ class Acker:
         msg, _, subject, answer, msg_id, first = forwarded
         if msg.reply not in self._held:  # released meanwhile (the node stopping)
             return
-        token = str(next(self._tokens))
-        self._forwarded[token] = (msg, time.monotonic(), subject, answer, msg_id, first)
         try:
-            await self._client.publish_bytes(subject, answer, reply=self._inbox + token, msg_id=msg_id)
+            await self.forward(subject, answer, msg_id, msg, first=first)
         except Exception as exc:  # a closed connection: another delivery, later
-            self._forwarded.pop(token, None)
             self._error("answer not published again; the message will be delivered again", exc)
             await self.release_later(msg)
 

@@ -30,7 +30,7 @@ from krt_runner.errors import BatchResultError
 from krt_runner.node.batch_code import BatchCode
 from krt_runner.node.batch_context import BatchContext
 from krt_runner.node.batch_results import item_error, outcomes, timeout_errors, whole_batch_errors
-from krt_runner.node.calling import Caller
+from krt_runner.node.calling import USER_CODE_FAILURES, Caller
 from krt_runner.node.context import NodeState
 from krt_runner.node.job import Job
 from krt_runner.node.request_types import unpack_request
@@ -239,7 +239,7 @@ class Batcher:
             if self._closing:
                 raise
             return whole_batch_errors(self._name, exc, count)  # the batch function's own: the node goes on
-        except BaseException as exc:  # any, a BaseException of the user's own included (see USER_CODE_FAILURES)
+        except USER_CODE_FAILURES as exc:  # any, a BaseException of the user's own included
             return whole_batch_errors(self._name, exc, count)
 
     async def _returned(self, ctx: BatchContext, requests: list[Any]) -> Any:
@@ -261,5 +261,5 @@ async def _caught(call: Any) -> Any:
         return await call
     except asyncio.CancelledError:
         raise
-    except BaseException as exc:
+    except USER_CODE_FAILURES as exc:
         return _Raised(exc)

@@ -103,7 +103,7 @@ async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any) -> 
         return await call(*args)
     except (InvalidRequestError, HandlerError, asyncio.CancelledError):
         raise
-    except BaseException as exc:
+    except USER_CODE_FAILURES as exc:
         raise handler_error(exc)  # noqa: B904  (it carries its cause)
 
 

@@ -36,6 +36,7 @@ from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, NodePoints, PointSink
 from krt_runner.mongo.readers import reader_for
 from krt_runner.node.broker import Broker
+from krt_runner.node.calling import USER_CODE_FAILURES
 from krt_runner.node.cancelling import cancelled_from_outside
 from krt_runner.node.context import NodeState
 from krt_runner.node.data_context import DataServices
@@ -173,7 +174,7 @@ class RunningNode:
             if cancelled_from_outside():  # a stop during init
                 raise
             raise InitError(f"init of {self.code.source!r} failed: CancelledError: {exc}") from exc
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt and the user's own too: one line, exit 1
+        except USER_CODE_FAILURES as exc:  # SystemExit, KeyboardInterrupt and the user's own too: one line, exit 1
             raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
         self.log.info("init done", seconds=round(time.perf_counter() - started, 3))
 
