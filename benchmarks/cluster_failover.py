@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # processes.py imports the tests' Victo
 import greeter_pb2  # noqa: E402
 from processes import NodeProc, start_node  # noqa: E402
 
-from krt_runner.client import request_envelope  # noqa: E402
 from krt_runner.envelope import decode  # noqa: E402
 from krt_runner.local_krt.embedded import EmbeddedNats, free_port  # noqa: E402
+from krt_runner.requester_envelope import request_envelope  # noqa: E402
 
 SUBJECT = "cluster-greet"
 ANSWER_TIMEOUT = 3.0  # seconds a request waits: longer than a reconnect takes

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -42,7 +41,6 @@ from krt_runner.errors import (
     CallError,
     CallTimeout,
     ClientConnectError,
-    EnvelopeError,
     ErrorAnswer,
     JetStreamError,
     NoResponders,
@@ -51,6 +49,7 @@ from krt_runner.errors import (
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
+from krt_runner.requester_envelope import check_timeout, decoded_answer, request_envelope, unpack_answer
 from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_servers
 
 __all__ = [
@@ -75,53 +74,6 @@ CONNECT_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
 # Bytes that do not parse as a KreNatsMessage, so no node runs a handler for them.
 _PROBE = b"krt-runner: is anyone taking requests here?"
-# Answers are gzip-inflated up to this many bytes, as a node's default KRT_MAX_DECOMPRESSED_BYTES.
-_MAX_ANSWER_BYTES = 64 * 1024 * 1024
-
-
-def request_envelope(request: Message, *, tracking_id: str | None = None) -> KreNatsMessage:
-    """The ``KreNatsMessage`` a KRE v1 entrypoint sends: a fresh tracking id and an ``entrypoint`` entry."""
-    if not isinstance(request, Message):
-        raise TypeError(f"a request is a protobuf message (such as the workflow's request type), not "
-                        f"{type(request).__name__}")
-    started = envelope.timestamp()
-    message = KreNatsMessage(tracking_id=tracking_id or str(uuid.uuid4()))
-    envelope.pack_into(message.payload, request)
-    message.tracking.add(node_name="entrypoint", start=started, end=envelope.timestamp())
-    return message
-
-
-def _check_timeout(timeout: Any) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout is a number of seconds, not {type(timeout).__name__}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be above 0 seconds, not {timeout}")
-
-
-def unpack_answer(answer: KreNatsMessage, response_type: type[ResponseT]) -> ResponseT:
-    """The answer's payload as ``response_type``; raises :class:`ErrorAnswer` or :class:`UnexpectedAnswer`."""
-    if answer.error:
-        raise ErrorAnswer(answer.error, tracking_id=answer.tracking_id)
-    response = response_type()
-    if not answer.payload.Unpack(response):
-        got = answer.payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
-        raise UnexpectedAnswer(f"answer is {got}, not the expected {response.DESCRIPTOR.full_name}")
-    return response
-
-
-def _decoded(data: bytes, subject: str) -> KreNatsMessage:
-    """The answer's envelope; :class:`UnexpectedAnswer` for anything else, such as JetStream's acknowledgement when
-    the subject is a stream's (its workflow runs at-least-once and this client does not)."""
-    try:
-        return envelope.decode(data, max_decompressed=_MAX_ANSWER_BYTES)
-    except EnvelopeError as exc:
-        if envelope.is_jetstream_ack(data):
-            raise UnexpectedAnswer(
-                f"a JetStream stream took the request on {subject!r}, not a node: its workflow runs at-least-once; "
-                "call it with delivery='at-least-once' (krt-runner call --delivery at-least-once). The stored "
-                "request is still handled; its answer has nowhere to go"
-            ) from None
-        raise UnexpectedAnswer(f"the answer on {subject!r} is not a KreNatsMessage: {exc}") from None
 
 
 class Client:
@@ -193,11 +145,11 @@ class Client:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
         if self._nc.is_closed:
             raise NotConnected("this client is closed: connect again")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         message, max_payload = request_envelope(request), int(self._nc.max_payload)
         if self._jetstream is not None:
             data = await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
-            return _decoded(data, subject)
+            return decoded_answer(data, subject)
         data = envelope.encode(message, max_payload=max_payload)
         try:
             reply = await self._nc.request(subject, data, timeout=timeout)
@@ -206,7 +158,7 @@ class Client:
                                "server just died is away until it reconnects, a moment: a retry may find it)") from None
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
-        return _decoded(reply.data, subject)
+        return decoded_answer(reply.data, subject)
 
     async def has_responders(self, subject: str, *, timeout: float = PROBE_TIMEOUT) -> bool:
         """Whether anything takes requests on ``subject``: a request gets anything but NATS's no-responders status.

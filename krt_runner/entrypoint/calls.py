@@ -35,7 +35,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from krt_runner import envelope
-from krt_runner.client import request_envelope
 from krt_runner.entrypoint.open_calls import OpenCalls
 from krt_runner.entrypoint.service import Rpc
 from krt_runner.envelope import KreNatsMessage
@@ -49,6 +48,7 @@ from krt_runner.errors import (
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
 from krt_runner.node.cancelling import uncancel
+from krt_runner.requester_envelope import request_envelope
 
 TRACKING_METADATA = "krt-tracking-id"
 # Answers are gzip-inflated up to this many bytes unless KRT_MAX_DECOMPRESSED_BYTES says otherwise (a node's default).
