@@ -52,8 +52,10 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
     up.add_argument("--workflow", help="run only this workflow's nodes; --request goes to it (needed when there are "
                     "several)")
-    up.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for the --request answer")
-    up.add_argument("--ready-timeout", type=_seconds, default=120.0, help="seconds every node gets to be ready")
+    up.add_argument("--timeout", type=_seconds, default=30.0,
+                    help="seconds to wait for the --request answer (default: 30)")
+    up.add_argument("--ready-timeout", type=_seconds, default=120.0,
+                    help="seconds every node gets to be ready (default: 120)")
     up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
                     "free port when 9000 is taken; 0: a free port)")
     up.add_argument("--no-entrypoint", action="store_true", help="do not start the gRPC entrypoint")
@@ -67,14 +69,17 @@ def _add_call(commands: Any) -> None:
     call = commands.add_parser("call", help="send a JSON request to a workflow and print the answer")
     call.add_argument("subject", help="the workflow's entry subject (krt-runner up prints it)")
     call.add_argument("--proto", required=True, help="a .proto file (needs the proto extra) or a generated _pb2.py")
-    call.add_argument("--request", default="{}", help="the request as JSON, or @FILE")
+    call.add_argument("--request", default="{}", help="the request as JSON, or @FILE (default: {})")
     call.add_argument("--method", help="the rpc whose input and output types to use")
     call.add_argument("--request-type", help="request message name (overrides --method)")
     call.add_argument("--response-type", help="response message name (overrides --method)")
-    call.add_argument("--nats", default=os.environ.get("KRT_NATS_SERVER", "nats://127.0.0.1:4222"), help="NATS URL")
-    call.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for each answer")
-    call.add_argument("--repeat", type=_positive, default=1, help="send N requests and print a latency summary")
-    call.add_argument("--concurrency", type=_positive, default=1, help="requests in flight at once with --repeat")
+    call.add_argument("--nats", default=os.environ.get("KRT_NATS_SERVER", "nats://127.0.0.1:4222"),
+                      help="NATS URL (default: $KRT_NATS_SERVER, else nats://127.0.0.1:4222)")
+    call.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for each answer (default: 30)")
+    call.add_argument("--repeat", type=_positive, default=1,
+                      help="send N requests and print a latency summary (default: 1)")
+    call.add_argument("--concurrency", type=_positive, default=1,
+                      help="requests in flight at once with --repeat (default: 1)")
     call.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
                       help="at-least-once: publish through JetStream, for nodes with KRT_DELIVERY=at-least-once")
     call.set_defaults(command=_call)
@@ -119,7 +124,7 @@ def _add_manifests(commands: Any) -> None:
     manifests.add_argument("directory", type=Path, help="directory holding krt.yml, or a .krt package")
     manifests.add_argument("--image", required=True, help="the image holding the KRT in /krt (FROM krt-runner)")
     manifests.add_argument("--namespace", default="", help="namespace of every object (default: none set)")
-    manifests.add_argument("--nats-url", default="nats://nats:4222", help="KRT_NATS_SERVER of every pod")
+    manifests.add_argument("--nats-url", default="nats://nats:4222", help="KRT_NATS_SERVER of every pod (default: nats://nats:4222)")
     manifests.add_argument("--influx-url", default="", help="KRT_INFLUX_URI (default: measurements to /tmp)")
     manifests.add_argument("--secret", default="", help="Secret every pod reads its KRT_* secrets from "
                            "(default: <version>-secrets; optional)")

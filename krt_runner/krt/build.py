@@ -41,12 +41,19 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
     krt, problems = check_krt(directory)
     if krt is None or problems:
         raise BuildProblems(str(source), problems)
-    files = package_files(directory)
+    target = _target(output, directory / DIST, f"{krt.version}{SUFFIX}")
+    if target.suffix != SUFFIX:
+        raise BuildProblems(str(source), [f"--output {output}: a package's name ends in {SUFFIX} (up, check and "
+                                          "local() read a package by that suffix); for a folder, end it with /"])
+    previous = _inside(target, directory)  # a package written into the folder must not hold the last one
+    try:
+        files = [name for name in package_files(directory) if name != previous]
+    except KrtFileError as exc:  # its .krtignore
+        raise BuildProblems(str(source), [f"{exc.path}: {problem}" for problem in exc.problems]) from None
     missing = [name for name in _referenced(krt) if name not in files]
     if missing:
         ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
         raise BuildProblems(str(source), ignored)
-    target = _target(output, directory / DIST, f"{krt.version}{SUFFIX}")
     built = Built(path=target, files=len(files), size=write_package(directory, files, target))
     _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
     if packed_problems:
@@ -65,6 +72,12 @@ def _target(output: str | Path | None, dist: Path, name: str) -> Path:
     return Path(output)
 
 
+def _inside(target: Path, directory: Path) -> str | None:
+    """``target``'s path in the KRT folder, when it is written there (a package must not hold the last one)."""
+    real, root = target.resolve(), directory.resolve()
+    return real.relative_to(root).as_posix() if real.is_relative_to(root) else None
+
+
 def _krt_folder(source: str) -> Path:
     """The folder to pack (or the one holding a ``krt.yml`` given itself); a DSL file's krt.yml is written
     (validated) first."""
@@ -81,7 +94,7 @@ def _krt_folder(source: str) -> Path:
 
 
 def _referenced(krt: Krt) -> list[str]:
-    names = [KRT_FILE, krt.proto, *(node.src for node in krt.nodes)]
+    names = [KRT_FILE, krt.proto, *(node.file for node in krt.nodes)]
     return [Path(name).as_posix() for name in names]
 
 

@@ -54,7 +54,7 @@ def missing_config(krt: Krt, environ: Mapping[str, str]) -> list[str]:
 def workflow_types_source(krt: Krt, workflow: WorkflowSpec) -> str:
     """Where a workflow's request and response types are read: the proto's generated ``_pb2.py`` beside it or
     beside one of the workflow's nodes, else the ``.proto`` itself."""
-    node_dirs = [(krt.directory / krt.node(name).src).parent for name in workflow.sequential]
+    node_dirs = [(krt.directory / krt.node(name).file).parent for name in workflow.sequential]
     return find_types_source(krt.directory / krt.proto, node_dirs)
 
 
@@ -116,10 +116,13 @@ def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | No
                               env=None if env is None else dict(env))
     except subprocess.TimeoutExpired:
         return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
-    if done.returncode == 0:
-        return ""
-    lines = done.stderr.strip().splitlines() or [f"exit code {done.returncode}"]
-    return f"node {node.name!r}: {lines[0]}"
+    # The module's own output (a progress line, a warning) comes first: the child's verdict is its last line.
+    verdicts = [line[len(_VERDICT):] for line in done.stdout.splitlines() if line.startswith(_VERDICT)]
+    if verdicts and done.returncode in (EXIT_OK, EXIT_USAGE):
+        return f"node {node.name!r}: {verdicts[-1]}" if verdicts[-1] else ""
+    last = (done.stderr.strip().splitlines() or [""])[-1]
+    return (f"node {node.name!r}: importing {node.src} ended its process (exit code {done.returncode})"
+            f"{f': {last}' if last else ''}")
 
 
 def check_source(
@@ -127,15 +130,15 @@ def check_source(
 ) -> tuple[Krt | None, list[str], list[str]]:  # fmt: skip
     """:func:`check_krt` for a folder or a ``.krt`` package, and ``more_warnings`` of a valid one, found while a
     package is unpacked; problems and warnings name the package, not where it was unpacked."""
-    from krt_runner.krt.package import open_krt
+    from krt_runner.krt.package import is_package, open_krt
 
     try:
         with open_krt(source) as root:
             krt, problems = check_krt(root)
             warnings = [*stale_code_warnings(krt), *(more_warnings(krt) if more_warnings else ())] \
                 if krt is not None and not problems else []
-            def named(texts: list[str]) -> list[str]:
-                return [text.replace(str(root), str(source)) for text in texts]
+            def named(texts: list[str]) -> list[str]:  # where it was unpacked: the package's name instead
+                return [text.replace(str(root), str(source)) for text in texts] if is_package(source) else texts
 
             return krt, named(problems), named(warnings)
     except KrtFileError as exc:  # the package itself cannot be read
@@ -171,13 +174,22 @@ def run_check(
     return EXIT_OK
 
 
+# The line the child process of _import_problem ends its output with: nothing after it when the module loads.
+_VERDICT = "krt-runner check verdict: "
+
+
 def _import_only(base_path: str, handler_path: str) -> int:
     try:
         load_user_code(handler_path, Path(base_path), protobuf_compat=setting_from_env("protobuf_compat"))
     except (HandlerLoadError, ConfigError) as exc:
-        print(" ".join(str(exc).split()), file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+        verdict, code = " ".join(str(exc).split()), EXIT_USAGE
+    except BaseException as exc:  # sys.exit() at import: the node would not start either
+        verdict, code = f"cannot load handler {handler_path!r}: import failed: {type(exc).__name__}: {exc}", EXIT_USAGE
+    else:
+        verdict, code = "", EXIT_OK
+    sys.stdout.flush()
+    print(f"\n{_VERDICT}{verdict}", flush=True)
+    return code
 
 
 if __name__ == "__main__":  # the child process of _import_problem

@@ -54,6 +54,8 @@ def manifests(krt: Krt, options: ManifestOptions) -> list[dict[str, Any]]:
     builder = _Builder(krt, options)
     objects = [builder.config_map()]
     for wired in wiring(krt):
+        if not wired.node.is_python:  # a KRE v1 Go node: its own image runs it (see the command's notes)
+            continue
         objects.append(builder.node_deployment(wired))
         if options.keda:
             objects.append(builder.scaled_object(wired))

@@ -14,7 +14,7 @@ import yaml
 
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
-from krt_runner.krt.model import Krt, load_krt
+from krt_runner.krt.model import Krt, load_krt, wiring
 from krt_runner.krt.package import open_krt
 from krt_runner.setting_values import split_servers, with_nats_scheme
 from krt_runner.url_parts import url_credentials
@@ -48,6 +48,10 @@ def _option_problems(options: ManifestOptions) -> list[str]:
          "--nats-url carries a user or a password, which would be written into every Deployment: the manifests hold "
          "no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or KRT_NATS_TOKEN) in the "
          "Secret named by --secret"),
+        (bool(url_credentials(options.influx_url.strip())[1]),
+         "--influx-url carries a user or a password, which would be written into every Deployment: the manifests "
+         "hold no secret. Give the URL without them, and KRT_INFLUX_TOKEN (user:password for InfluxDB 1.8) in the "
+         "Secret named by --secret"),
     ]
     return [problem for wrong, problem in checks if wrong]
 
@@ -57,6 +61,10 @@ def _notes(krt: Krt, options: ManifestOptions, refused: list[str]) -> list[str]:
     notes = [f"node {node.name!r} keeps its {node.replicas} replicas of krt.yml as KEDA's maximum, above "
              f"--keda-max-replicas {_keda_max(options)}{'' if options.keda_max_replicas else ' (its default)'}"
              for node in krt.nodes if options.keda and node.replicas > _keda_max(options)]
+    notes += [f"node {wired.node.name!r} of workflow {wired.workflow.name!r} ({wired.node.src}) is not a Python "
+              f"node: no Deployment is written for it; run it from an image of its own with KRT_NATS_INPUT="
+              f"{wired.input} and KRT_NATS_OUTPUT={wired.output or '(empty: it answers the requester)'}"
+              for wired in wiring(krt) if not wired.node.is_python]
     # its pod would exit 2 again and again: left out, as up leaves it out
     return notes + [f"the gRPC entrypoint is left out, {reason}" for reason in refused]
 

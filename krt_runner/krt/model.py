@@ -47,8 +47,13 @@ class NodeSpec:
     resources: Resources = field(default_factory=Resources)
 
     @property
+    def file(self) -> str:
+        """``src`` without a ``:ProcessorClass`` suffix (``src/greet.py:Greeter`` names one class of the file)."""
+        return handler_file(self.src)
+
+    @property
     def is_python(self) -> bool:
-        return self.src.endswith(".py")
+        return self.file.endswith(".py")
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,12 @@ class NodeWiring:
         }
 
 
+def handler_file(src: str) -> str:
+    """A handler path's file, without the ``:ProcessorClass`` suffix ``KRT_HANDLER_PATH`` allows."""
+    head, colon, tail = src.rpartition(":")
+    return head if colon and head and tail.isidentifier() else src
+
+
 def entry_subject(version: str, workflow: WorkflowSpec) -> str:
     """The subject a KRE v1 entrypoint publishes a workflow's requests to."""
     return f"{version}-{workflow.entrypoint}-entrypoint"
@@ -142,11 +153,21 @@ def load_krt(directory: Path | str, *, node_files: bool = True) -> Krt:
     path = root / KRT_FILE
     if not path.is_file():
         raise KrtFileError(str(path), ["does not exist: a KRT v1 directory has a krt.yml at its top"])
+    text = read_text(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         raise KrtFileError(str(path), [f"not valid YAML: {_one_line(exc)}"]) from None
     return parse_krt(document, root, node_files=node_files)
+
+
+def read_text(path: Path) -> str:
+    """A KRT's text file (``krt.yml``, ``.krtignore``), read as UTF-8; :class:`KrtFileError` when it is not."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise KrtFileError(str(path), [f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                                       f"{exc.start}): save it as UTF-8"]) from None
 
 
 def parse_krt(document: Any, directory: Path | str, *, node_files: bool = True) -> Krt:
@@ -161,6 +182,21 @@ def parse_krt(document: Any, directory: Path | str, *, node_files: bool = True) 
     if reader.problems:
         raise KrtFileError(str(root / KRT_FILE), reader.problems)
     return krt
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps the last silently: a
+    second ``workflows:`` would drop the first list)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _one_line(exc: Exception) -> str:
@@ -190,6 +226,8 @@ class _Reader:
         variables, files = self.env_names(config, "variables"), self.env_names(config, "files")
         nodes = self.nodes(top.get("nodes"))
         workflows = self.workflows(top.get("workflows"), {node.name for node in nodes})
+        if not self.problems:
+            self.distinct_steps(version, workflows)
         return Krt(self.root.resolve(), version, description, proto, image, variables, files, nodes, workflows)
 
     # -- fields ---------------------------------------------------------------------------------
@@ -270,7 +308,7 @@ class _Reader:
         name, image = self.name(fields, "name", f"{where}.name"), self.text(fields, "image", f"{where}.image")
         src = self.text(fields, "src", f"{where}.src")
         if src and self.node_files:
-            self.file_inside(src, f"{where}.src")
+            self.file_inside(handler_file(src), f"{where}.src")
         gpu = fields.get("gpu", False)
         if not isinstance(gpu, bool):
             self.problem(f"{where}.gpu", f"must be true or false, not {gpu!r}")
@@ -299,6 +337,25 @@ class _Reader:
                 self.problem(f"{where}.sequential[{index}]", f"node {node!r} is not defined in nodes")
         self.unique(list(sequential), f"{where}.sequential", "node")
         return WorkflowSpec(name=name, entrypoint=entrypoint, sequential=sequential)
+
+    def distinct_steps(self, version: str, workflows: tuple[WorkflowSpec, ...]) -> None:
+        """Names may hold '-', so two steps may come to one subject (``a`` + ``b-c`` and ``a-b`` + ``c``: both
+        ``<version>-a-b-c``) and take each other's requests, or to one Deployment (and compose service) name."""
+        subjects: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        for index, workflow in enumerate(workflows):
+            for position, node in enumerate(workflow.sequential):
+                step, where = f"{workflow.name}/{node}", f"workflows[{index}].sequential[{position}]"
+                label = f"{workflow.name}-{node}"
+                subject = entry_subject(version, workflow) if position == 0 else f"{version}-{label}"
+                if subject in subjects:
+                    self.problem(where, f"{step!r} would listen on {subject!r}, as {subjects[subject]!r} does: "
+                                 "the two would take each other's messages; rename a node or a workflow")
+                elif label in labels:
+                    self.problem(where, f"{step!r} and {labels[label]!r} would both run as {version}-{label} (a "
+                                 "Deployment or service name): rename a node or a workflow")
+                subjects.setdefault(subject, step)
+                labels.setdefault(label, step)
 
     def unique(self, values: list[str], where: str, what: str) -> None:
         for value, count in Counter(values).items():

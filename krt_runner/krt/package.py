@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import KRT_FILE
+from krt_runner.krt.model import KRT_FILE, read_text
 
 SUFFIX = ".krt"
 IGNORE_FILE = ".krtignore"
@@ -69,27 +69,38 @@ def exclusions(root: Path) -> list[Pattern]:
     lines: Iterable[str] = DEFAULT_EXCLUDES
     ignore_file = root / IGNORE_FILE
     if ignore_file.is_file():
-        lines = [*lines, *ignore_file.read_text(encoding="utf-8").splitlines()]
+        lines = [*lines, *read_text(ignore_file).splitlines()]
     return [pattern for pattern in map(Pattern.parse, lines) if pattern is not None]
 
 
 def package_files(root: Path) -> list[str]:
-    """Every file of the KRT folder a package holds, as sorted paths relative to ``root``."""
+    """Every file of the KRT folder a package holds, as sorted paths relative to ``root``. A symlinked folder is
+    followed and stored under the link's name (the real one, when it is in the folder too, under its own); a link
+    back to a folder above it is not followed."""
     patterns = exclusions(root)
     found: list[str] = []
-    seen_folders: set[str] = set()  # symlinked folders are followed, each real folder once
     for folder, subfolders, files in os.walk(root, followlinks=True):
-        seen_folders.add(os.path.realpath(folder))
         here = PurePosixPath(Path(folder).relative_to(root).as_posix())
         subfolders[:] = sorted(
             name for name in subfolders
-            if not _excluded(here / name, patterns, is_folder=True)
-            and os.path.realpath(os.path.join(folder, name)) not in seen_folders
+            if not _excluded(here / name, patterns, is_folder=True) and not _loops_back(root, Path(folder), name)
         )  # fmt: skip
         for name in files:
             if os.path.isfile(os.path.join(folder, name)) and not _excluded(here / name, patterns, is_folder=False):
                 found.append(str(here / name))
     return sorted(found)
+
+
+def _loops_back(root: Path, folder: Path, name: str) -> bool:
+    """``folder/name`` is a link to ``folder`` or a folder above it, within the walk: followed, it never ends."""
+    target = os.path.realpath(folder / name)
+    above = folder
+    while True:
+        if os.path.realpath(above) == target:
+            return True
+        if above in (root, above.parent):
+            return False
+        above = above.parent
 
 
 def _excluded(relative: PurePosixPath, patterns: list[Pattern], *, is_folder: bool) -> bool:

@@ -13,6 +13,7 @@ import ast
 import contextlib
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,8 @@ def load_file(source: str) -> FileDescriptor:
         return compile_proto(Path(source))
     if source.endswith(".py"):
         return _import_file(Path(source))
+    if os.getcwd() not in sys.path:  # looked up as `python -m` would, the working directory first
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(source)
     except ImportError as exc:
@@ -98,6 +101,7 @@ def to_json(message: Message, *, indent: int | None = 2, with_defaults: bool = F
         indent=indent,
         always_print_fields_with_no_presence=with_defaults,
         descriptor_pool=pool,
+        ensure_ascii=False,  # "Zoë", not "Zo\\u00eb": read by people
     )
 
 

@@ -11,6 +11,7 @@ a ``_pb2.py`` with no ``.proto`` is reported and left as it is.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import sys
@@ -25,6 +26,8 @@ from krt_runner.krt.package import krt_folder
 from krt_runner.krt.protos import grpc_tools_include, recorded_proto_name, run_protoc
 
 GENERATED_SUFFIX = "_pb2.py"
+# An import statement of a .proto file, and the name it imports.
+_IMPORT = re.compile(r'^\s*import\s+(?:public\s+|weak\s+)?"([^"]+)"\s*;', re.MULTILINE)
 # Folders a KRT may hold that are nobody's source: caches, virtual environments, version control.
 _SKIPPED = ("__pycache__", "site-packages", "node_modules")
 NO_GRPC_TOOLS = (
@@ -88,7 +91,7 @@ def run_protos(directory: Path, *, out: TextIO = sys.stdout, err: TextIO = sys.s
     done = len(items) - left - failed
     for proto in _without_code(directory, items):
         shown = proto.relative_to(directory)
-        here = [shlex.quote(str(path)) for path in (proto.parent, directory / "src", proto)]  # from the cwd
+        here = [shlex.quote(str(path)) for path in (_import_root(proto, directory), directory / "src", proto)]
         print(f"{shown} has no {shown.stem}_pb2.py in the folder, so none was written: make the first one where "
               f"your handler imports it from, e.g. python -m grpc_tools.protoc -I {here[0]} --python_out={here[1]} "
               f"{here[2]}; from then on this command keeps it in step", file=out)
@@ -104,6 +107,18 @@ def _named_from(generated: Path, proto: Path) -> Path | None:
     if not parts or proto.parts[-len(parts):] != parts:
         return None
     return proto.parents[len(parts) - 1]
+
+
+def _import_root(proto: Path, root: Path) -> Path:
+    """The folder to compile ``proto`` from (protoc's ``-I``): the one its name is relative to where another
+    ``.proto`` of the folder imports it (``import "common/money.proto"``: two folders up, so the importing module's
+    ``from common import money_pb2`` finds it); else its own folder."""
+    for other in _files(root, "*.proto"):
+        for name in _IMPORT.findall(other.read_text(encoding="utf-8", errors="replace")):
+            parts = Path(name).parts
+            if parts and proto.parts[-len(parts):] == parts:
+                return proto.parents[len(parts) - 1]
+    return proto.parent
 
 
 def _without_code(root: Path, items: list[Regeneration]) -> list[Path]:

@@ -128,8 +128,8 @@ def name_problem(name: str) -> str:
     """Why ``name`` cannot name a KRT (``""``: it can)."""
     if _NAME.match(name):
         return ""
-    return (f"{name!r} is not a KRT name: lowercase letters, digits and '-', starting with a letter, at most 16 "
-            "characters (its version is NAME-v1, a KRE v1 name under 20 characters)")
+    return (f"{name!r} is not a KRT name: lowercase letters, digits and '-', starting with a letter, ending with a "
+            "letter or a digit, at most 16 characters (its version is NAME-v1, a KRE v1 name under 20 characters)")
 
 
 def write_skeleton(target: Path, name: str, *, include: Path) -> list[Path]:

@@ -102,15 +102,20 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
         raise UpError(problems)
     entry_points = [entry for entry in workflow_entry_points(krt) if entry.workflow in {w.workflow for w in wired}]
     grpc, grpc_problem = _grpc_plan(krt, options)
+    warnings = tuple(stale_code_warnings(krt))
+    try:
+        request = _request(entry_points, target, options.request)
+    except UpError as exc:  # a request the stale code cannot read: the warning says why
+        raise UpError([*exc.problems, *(f"perhaps because {warning}" for warning in warnings)]) from None
     return Plan(
         krt=krt,
         replicas=_replicas(wired, options.replicas),
         config={name: environ[name] for name in krt.config_names},
         entry_points=entry_points,
-        request=_request(entry_points, target, options.request),
+        request=request,
         grpc=grpc,
         grpc_problem=grpc_problem,
-        warnings=tuple(stale_code_warnings(krt)),
+        warnings=warnings,
     )
 
 
@@ -199,7 +204,7 @@ def _request(
     try:
         return entry, parse_json(read_request(text), entry.types.request)
     except (ProtoError, OSError) as exc:
-        raise UpError([f"--request: {exc}"]) from None
+        raise UpError([f"--request: {' '.join(str(exc).split())}"]) from None  # json_format's span lines
 
 
 def _shown_path(path: str) -> str:

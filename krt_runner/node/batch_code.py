@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from krt_runner.errors import HandlerLoadError
 from krt_runner.node.batch_context import BatchContext
 from krt_runner.node.batch_results import Validated, item_error, outcomes
-from krt_runner.node.calling import UserFunction, as_async, invalid_request
+from krt_runner.node.calling import UserFunction, as_async, check_arguments, invalid_request
 from krt_runner.node.request_types import batch_request_type_of
 from krt_runner.processor import Processor
 
@@ -41,6 +41,7 @@ def function_batch(function: Any, *, source: str) -> BatchCode:
     """A module's ``handler_batch(ctx, requests)``."""
     if not callable(function):
         raise HandlerLoadError(f"handler {source!r}: handler_batch is not a function")
+    check_arguments(function, ("ctx", "requests"), f"handler {source!r}")
     request_type = batch_request_type_of(function, where=f"{source}: handler_batch")
     return BatchCode(name="handler_batch", call=function, request_type=request_type)
 

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from krt_runner.errors import HandlerError, HandlerTimeoutError, InvalidRequestError, describe
+from krt_runner.errors import HandlerError, HandlerLoadError, HandlerTimeoutError, InvalidRequestError, describe
 from krt_runner.node.threads import WorkerThreads
 
 # What user code may raise that becomes the request's error answer: any exception, and SystemExit or KeyboardInterrupt
@@ -121,6 +121,22 @@ def _any_method_hint(exc: BaseException) -> str:
         return (f" (data.{name}: a handler whose data parameter is annotated with a message class gets that "
                 "message already unpacked, not an Any: drop the annotation, or the Unpack)")
     return ""
+
+
+def check_arguments(function: UserFunction, names: tuple[str, ...], where: str) -> None:
+    """:class:`HandlerLoadError` when ``function`` cannot be called with ``names``' arguments, as the runner calls it
+    (``handler(ctx, data)``): found at start-up, not as a ``TypeError`` in every request's answer. A callable whose
+    signature Python cannot read is let through."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*names)
+    except TypeError:
+        shown = getattr(function, "__name__", type(function).__name__)
+        raise HandlerLoadError(f"{where}: {shown}{signature} cannot be called as {shown}({', '.join(names)}), as "
+                               "the runner calls it") from None
 
 
 def as_async(function: UserFunction) -> UserFunction:

@@ -23,7 +23,7 @@ from krt_runner._user_files import USER_MODULE_PREFIX
 from krt_runner.errors import HandlerLoadError, describe
 from krt_runner.node import protobuf_compat as protobuf_compat_layer
 from krt_runner.node.batch_code import BatchCode, agreed_request_type, function_batch, one_at_a_time, processor_batch
-from krt_runner.node.calling import UserFunction, as_async, invalid_request
+from krt_runner.node.calling import UserFunction, as_async, check_arguments, invalid_request
 from krt_runner.node.loading import import_handler_module, load_error
 from krt_runner.node.request_types import request_type_of
 from krt_runner.processor import Processor
@@ -104,6 +104,9 @@ def _function_code(
                         request_type=batch.request_type, batch=batch)
     if not callable(handler):
         raise HandlerLoadError(f"{source}: {handler!r} is neither a handler function nor a krt_runner.Processor")
+    check_arguments(handler, ("ctx", "data"), f"handler {source!r}")
+    if init is not None:
+        check_arguments(init, ("ctx",), f"handler {source!r}")
     typed = [("handler", request_type_of(handler, where=f"{source}: handler")),
              ("handler_batch", batch.request_type if batch is not None else None)]
     request_type = agreed_request_type(source, typed)
