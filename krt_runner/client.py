@@ -23,9 +23,10 @@ requester's side of the same wire.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -82,6 +83,7 @@ class Client:
     def __init__(self, nc: NatsClient, *, jetstream: JetStreamRequests | None = None) -> None:
         self._nc = nc
         self._jetstream = jetstream
+        self._closing: asyncio.Future[None] | None = None  # done once close() begins: calls in flight end then
 
     @property
     def ignored_answers(self) -> int:
@@ -143,22 +145,43 @@ class Client:
 
     async def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
-        if self._nc.is_closed:
+        if self._nc.is_closed or self._closing_signal().done():
             raise NotConnected("this client is closed: connect again")
+        if not self._nc.is_connected:  # nats-py would hold the request until the connection is back, or time out
+            raise NotConnected("the NATS connection is down (reconnecting): nothing can be sent now; retry later")
         check_timeout(timeout)
         message, max_payload = request_envelope(request), int(self._nc.max_payload)
         if self._jetstream is not None:
-            data = await self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload)
+            data = await self._unless_closed(
+                self._jetstream.request(subject, message, timeout=timeout, max_payload=max_payload))
             return decoded_answer(data, subject)
         data = envelope.encode(message, max_payload=max_payload)
         try:
-            reply = await self._nc.request(subject, data, timeout=timeout)
+            reply = await self._unless_closed(self._nc.request(subject, data, timeout=timeout))
         except nats_errors.NoRespondersError:
             raise NoResponders(f"no node listens on {subject!r}: is the workflow running? (a node whose NATS "
                                "server just died is away until it reconnects, a moment: a retry may find it)") from None
         except nats_errors.TimeoutError:
             raise CallTimeout(f"no answer on {subject!r} within {timeout:g}s") from None
         return decoded_answer(reply.data, subject)
+
+    async def _unless_closed(self, request: Awaitable[ResultT]) -> ResultT:
+        """``request``'s result; :class:`NotConnected` as soon as the client closes (nats-py would leave it waiting
+        its whole timeout)."""
+        task = asyncio.ensure_future(request)
+        try:
+            await asyncio.wait((task, self._closing_signal()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            raise NotConnected("the client was closed before the answer came")
+        return task.result()
+
+    def _closing_signal(self) -> asyncio.Future[None]:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        return self._closing
 
     async def has_responders(self, subject: str, *, timeout: float = PROBE_TIMEOUT) -> bool:
         """Whether anything takes requests on ``subject``: a request gets anything but NATS's no-responders status.
@@ -186,7 +209,10 @@ class Client:
         await self._nc.flush()  # the server has the interest before anyone is told it is there
 
     async def close(self) -> None:
-        """Close the connection (waits for nothing: every call returns its own answer)."""
+        """Close the connection; a call in flight raises :class:`NotConnected` at once."""
+        closing = self._closing_signal()
+        if not closing.done():
+            closing.set_result(None)
         with contextlib.suppress(OSError):  # the server went away meanwhile: the connection is closed all the same
             await self._nc.close()
 
@@ -209,6 +235,9 @@ class BlockingClient:
     def __init__(self, servers: str | Sequence[str], **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="krt-client", daemon=True)
+        self._lock = threading.Lock()  # over _closed and _waiting: a close() meets no call half-started
+        self._closed = False
+        self._waiting: set[concurrent.futures.Future[Any]] = set()  # calls in flight, failed by close()
         self._thread.start()
         try:
             self._client = self._run(Client.connect(servers, **options))
@@ -232,23 +261,40 @@ class BlockingClient:
         return self._client.ignored_answers
 
     def close(self) -> None:
-        """Close the connection and stop the background loop."""
-        if self._loop.is_closed():
-            return
+        """Close the connection and stop the background loop; a call in flight on another thread raises
+        :class:`NotConnected`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
         try:
-            self._run(self._client.close())
+            closing.result()
         finally:
             self._stop_loop()
 
     def _run(self, coroutine: Coroutine[Any, Any, ResultT]) -> ResultT:
-        if self._loop.is_closed():
-            coroutine.close()
-            raise NotConnected("this client is closed: make a new one")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        with self._lock:
+            if self._closed:
+                coroutine.close()
+                raise NotConnected("this client is closed: make a new one")
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+            self._waiting.add(future)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise NotConnected("the client was closed before the answer came") from None
+        finally:
+            with self._lock:
+                self._waiting.discard(future)
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        with self._lock:
+            self._closed = True
+            for future in self._waiting:  # what the stopped loop will never finish
+                future.cancel()
         self._loop.close()
 
     def __enter__(self) -> BlockingClient:

@@ -1,4 +1,4 @@
-"""What a workflow author gets wrong, and what check, build, protos and manifests say about it (fourth outside audit)."""
+"""What a workflow author gets wrong, and what check, build, protos and manifests say of it (fourth outside audit)."""
 
 from __future__ import annotations
 
@@ -207,7 +207,8 @@ def test_the_command_protos_prints_for_an_imported_proto_makes_a_module_its_impo
     (demo / "proto" / "common" / "money.proto").write_text(
         'syntax = "proto3";\npackage common;\nmessage Money { int64 cents = 1; }\n')
     proto = demo / "proto" / "entrypoint.proto"
-    proto.write_text(proto.read_text().replace('syntax = "proto3";', 'syntax = "proto3";\nimport "common/money.proto";'))
+    importing = proto.read_text().replace('syntax = "proto3";', 'syntax = "proto3";\nimport "common/money.proto";')
+    proto.write_text(importing)
 
     hint = run_cli("protos", "demo", cwd=tmp_path)
     [command] = [line.split("e.g. ", 1)[1].split(";")[0] for line in hint.stdout.splitlines() if "e.g. " in line]

@@ -157,13 +157,38 @@ def _import_file(path: Path) -> FileDescriptor:
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
         return _descriptor_of(loaded, str(path))
     try:
-        module = exec_file(path, name=path.stem)
+        module = exec_file(path, name=path.stem, keep_folder_on_path=False)
     except Exception as exc:
+        if _name_taken(path):  # by another file of that name: an identical one is taken again without a word
+            return _compiled_instead(path)
         refused = refused_generated_code(exc, root=path.parent)
         if refused is not None:
             raise ProtoError(f"cannot import {path}: {refused}: {regenerate_hint(_krt_folder_of(path))}") from None
         raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
     return _descriptor_of(module, str(path))
+
+
+def _name_taken(generated: Path) -> bool:
+    """A module of this process registered a ``.proto`` of the same name (two KRTs made by ``krt-runner init`` both
+    have an ``entrypoint.proto``): protobuf's default pool refuses a second, different one."""
+    name = recorded_proto_name(generated)
+    try:
+        descriptor_pool.Default().FindFileByName(name)
+    except KeyError:
+        return False
+    return bool(name)
+
+
+def _compiled_instead(generated: Path) -> FileDescriptor:
+    """The types of ``generated`` from its ``.proto``, compiled into a pool of their own."""
+    name = recorded_proto_name(generated)
+    candidates = [folder / name for folder in (generated.parent, *generated.parents)]
+    candidates += [folder / Path(name).name for folder in (generated.parent, _krt_folder_of(generated) / "proto")]
+    proto = next((path for path in candidates if path.is_file()), None)
+    if proto is None:
+        raise ProtoError(f"cannot import {generated}: this process already holds another {name} (protobuf keeps one "
+                         f"file of a name per process), and no {name} is found to compile: rename one of the two")
+    return compile_proto(proto)
 
 
 def _krt_folder_of(path: Path) -> Path:

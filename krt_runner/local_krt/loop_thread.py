@@ -8,11 +8,13 @@ import threading
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
-from krt_runner.errors import CallError
+from krt_runner.errors import CallError, KrtRunnerError
 
 T = TypeVar("T")
 # Seconds closing waits for what still runs on the loop.
 CLOSE_TIMEOUT = 120.0
+_OWN_THREAD = ("{what} on the KRT's own thread (in a future's done callback, which runs there) would wait for "
+               "itself and hold up every request: do it from another thread")
 
 
 class Future(concurrent.futures.Future[T]):
@@ -21,6 +23,12 @@ class Future(concurrent.futures.Future[T]):
     # The message class its answer is, for a workflow's submit(): another workflow's submit() takes the future as its
     # request when that is the class it takes.
     answer_type: type[Any] | None = None
+    loop_thread: threading.Thread | None = None  # the thread its done callbacks run on, which must not wait on it
+
+    def result(self, timeout: float | None = None) -> T:
+        if self.loop_thread is threading.current_thread() and not self.done():
+            raise KrtRunnerError(_OWN_THREAD.format(what="waiting for a request's answer"))
+        return super().result(timeout)
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
@@ -39,10 +47,14 @@ class LoopThread:
 
     def submit(self, coroutine: Coroutine[Any, Any, T], *, call: bool = False) -> Future[T]:
         future: Future[T] = Future()
+        future.loop_thread = self._thread
         self.loop.call_soon_threadsafe(self._start, coroutine, future, call)
         return future
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise KrtRunnerError(_OWN_THREAD.format(what="closing the KRT"))
         return self.submit(coroutine).result(timeout)
 
     def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:

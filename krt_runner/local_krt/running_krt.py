@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import json
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -42,13 +43,14 @@ from google.protobuf.message import Message
 
 from krt_runner.client import DEFAULT_TIMEOUT, Client
 from krt_runner.config import requester_connect_options
-from krt_runner.errors import CallError, KrtRunnerError
+from krt_runner.errors import CallError, KrtRunnerError, NotConnected
 from krt_runner.krt.model import Krt, load_krt
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import MessageTypes, parse_json
 from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread
 from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
 from krt_runner.local_krt.supervisor import Ending, Supervisor
+from krt_runner.requester_envelope import check_timeout
 from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
 
 __all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
@@ -78,6 +80,7 @@ class RunningWorkflow:
         failure is this one's. ``timeout`` is how long the answer may take once the request is sent (then
         :class:`~krt_runner.errors.CallTimeout`); ``future.result(t)`` is how long you wait for it.
         """
+        check_timeout(timeout)
         if isinstance(request, concurrent.futures.Future):
             earlier = self._chained(request)
             return self._owner._submit(lambda client: self._send_after(client, earlier, timeout), self.response_type)
@@ -134,6 +137,7 @@ class RunningKrt:
         self._loop = LoopThread()
         self._exits = contextlib.ExitStack()  # undone in reverse: connection, processes, unpacked .krt, loop
         self._exits.callback(self._loop.close)
+        self._closing = threading.Lock()  # close() from two threads: the second waits for the first
         self._client: Client | None = None
         self._entries: dict[str, EntryPoint] = {}
 
@@ -148,7 +152,8 @@ class RunningKrt:
 
     def close(self) -> None:
         """Fail what is pending, close the connection; under :func:`local`, stop every process it started."""
-        self._exits.close()
+        with self._closing:
+            self._exits.close()
 
     def __enter__(self) -> RunningKrt:
         return self
@@ -161,7 +166,7 @@ class RunningKrt:
     def _submit(self, send: _Send, answer_type: type[Message]) -> Future[Message]:
         """The future of ``send(client)``, run on the loop; it answers with an ``answer_type``."""
         if self._client is None:
-            raise KrtRunnerError(f"{self.krt.version} is closed: submit inside the with block")
+            raise NotConnected(f"{self.krt.version} is closed: submit before close(), inside its with block")
         future: Future[Message] = self._loop.submit(send(self._client), call=True)
         future.answer_type = answer_type
         return future
@@ -227,6 +232,7 @@ def local(
     """
     if delivery not in DELIVERY_MODES:  # before anything starts, as Client.connect checks it
         raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
+    _check_types(replicas or {}, env or {})
     running = RunningKrt()
     try:
         options = UpOptions(
@@ -249,6 +255,17 @@ def local(
     atexit.register(running.close)
     running._exits.callback(atexit.unregister, running.close)
     return running
+
+
+def _check_types(replicas: Mapping[str, Any], env: Mapping[str, Any]) -> None:
+    """A ``TypeError`` naming the argument, before anything starts (env={"KRT_CONCURRENCY": 4} is an easy slip)."""
+    for name, value in env.items():
+        if not (isinstance(name, str) and isinstance(value, str)):
+            raise TypeError(f"local(env=...): {name!r}: {value!r} is not a str; environment variables are text, "
+                            f"e.g. env={{'KRT_CONCURRENCY': '4'}}")
+    for node, count in replicas.items():
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"local(replicas=...): {node!r}: {count!r} is not a whole number of processes")
 
 
 class _Processes:

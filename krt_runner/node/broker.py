@@ -74,6 +74,8 @@ class Broker:
         self._fatal: asyncio.Future[BaseException] | None = None
         self._last_error_log = 0.0
         self.slow_consumer_drops = 0
+        self._drops_told = 0  # slow-consumer drops a log line has counted
+        self._drops_follow_up: asyncio.TimerHandle | None = None
         self._refused_subscription = ""  # the server's words, once it refused our subscription
         self._subscribed = False  # the server has taken the subscription
         self._discovery_refused = False
@@ -273,12 +275,21 @@ class Broker:
     def _on_slow_consumer(self) -> None:
         self.slow_consumer_drops += 1
         if self._error_log_due():
-            self._log.error(
-                "slow consumer: NATS dropped messages this node could not take in time",
-                dropped_total=self.slow_consumer_drops,
-                pending_msgs_limit=self._settings.pending_msgs_limit,
-                pending_bytes_limit=self._settings.pending_bytes_limit,
-            )
+            self._tell_drops()
+        elif self._drops_follow_up is None:  # the rest of a burst is told once the interval is over
+            self._drops_follow_up = asyncio.get_running_loop().call_later(_ERROR_LOG_INTERVAL, self._tell_drops)
+
+    def _tell_drops(self) -> None:
+        self._drops_follow_up = None
+        if self.slow_consumer_drops == self._drops_told:
+            return
+        self._drops_told = self.slow_consumer_drops
+        self._log.error(
+            "slow consumer: NATS dropped messages this node could not take in time",
+            dropped_total=self.slow_consumer_drops,
+            pending_msgs_limit=self._settings.pending_msgs_limit,
+            pending_bytes_limit=self._settings.pending_bytes_limit,
+        )
 
     def _error_log_due(self) -> bool:
         now = time.monotonic()
