@@ -15,7 +15,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from krt_runner.krt.model import load_krt, wiring
+from krt_runner.krt.krt_reader import load_krt
+from krt_runner.krt.model import wiring
 
 GREETER = ROOT / "examples" / "greeter"
 # The services that are not nodes.

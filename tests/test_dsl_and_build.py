@@ -19,7 +19,7 @@ from up_helpers import UpRun
 
 from krt_runner import KRT
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import load_krt
+from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.package import open_krt
 
 GREETER = ROOT / "examples" / "greeter"

@@ -15,7 +15,7 @@ import yaml
 from conftest import KRT_RUNNER, ROOT
 
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import load_krt
+from krt_runner.krt.krt_reader import load_krt
 
 GREETER = ROOT / "examples" / "greeter"
 TWO_WORKFLOWS = """

@@ -15,8 +15,9 @@ from entrypoint_helpers import SERVICE_PROTO, write_krt
 from krt_runner import KRT
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.krt.check import check_krt
+from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.manifests import entry_subjects
-from krt_runner.krt.model import load_krt, wiring
+from krt_runner.krt.model import wiring
 
 GREETER = ROOT / "examples" / "greeter"
 KUBERNETES = "1.30"

@@ -15,7 +15,8 @@ import yaml
 from conftest import ROOT
 
 from krt_runner.errors import KrtFileError, UpError
-from krt_runner.krt.model import entry_subject, load_krt, wiring
+from krt_runner.krt.krt_reader import load_krt
+from krt_runner.krt.model import entry_subject, wiring
 from krt_runner.local_krt.plan import UpOptions, make_plan, parse_replicas
 
 GREETER = ROOT / "examples" / "greeter"

@@ -32,7 +32,7 @@ from krt_runner.errors import (
     KrtFileError,
     ListenError,
 )
-from krt_runner.krt.model import load_krt
+from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.package import open_krt
 from krt_runner.logging import configure_logging
 from krt_runner.node.health import remove_leftover

@@ -17,7 +17,8 @@ from typing import TextIO
 
 from krt_runner.config import setting_from_env
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
-from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, load_krt, wiring
+from krt_runner.krt.krt_reader import load_krt
+from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, wiring
 from krt_runner.krt.protos import compile_proto, find_types_source, load_file, stale_code_warning
 from krt_runner.node.user_code import load_user_code
 

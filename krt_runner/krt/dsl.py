@@ -36,7 +36,8 @@ import yaml
 from krt_runner._user_files import exec_file
 from krt_runner.errors import EXIT_USAGE, KrtFileError, NotAModuleError
 from krt_runner.krt import model as workflow
-from krt_runner.krt.model import KRT_FILE, Krt, parse_krt
+from krt_runner.krt.krt_reader import parse_krt
+from krt_runner.krt.model import KRT_FILE, Krt
 from krt_runner.krt.resources import FIELDS, Resources
 
 # First line of a krt.yml that the DSL wrote: such a file may be written over, a hand-written one never.

@@ -13,8 +13,9 @@ from typing import TextIO
 import yaml
 
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
+from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
-from krt_runner.krt.model import Krt, load_krt, wiring
+from krt_runner.krt.model import Krt, wiring
 from krt_runner.krt.package import open_krt
 from krt_runner.setting_values import split_servers, with_nats_scheme
 from krt_runner.url_parts import url_credentials

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import KRT_FILE, read_text
+from krt_runner.krt.krt_reader import read_text
+from krt_runner.krt.model import KRT_FILE
 
 SUFFIX = ".krt"
 IGNORE_FILE = ".krtignore"

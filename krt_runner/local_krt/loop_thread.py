@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Generator, Iterable, Iterator
+from typing import Any, TypeVar, cast
 
 from krt_runner.errors import CallError, KrtRunnerError
 
@@ -102,3 +102,19 @@ class LoopThread:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def wait(
+    futures: Iterable[Future[T]], *, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
+) -> tuple[set[Future[T]], set[Future[T]]]:
+    """Wait for ``futures``: ``(done, not_done)``, as :func:`concurrent.futures.wait`.
+
+    ``return_when``: ``concurrent.futures.ALL_COMPLETED`` (default), ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``.
+    """
+    done, pending = concurrent.futures.wait(list(futures), timeout=timeout, return_when=return_when)
+    return cast(set[Future[T]], done), cast(set[Future[T]], pending)
+
+
+def as_completed(futures: Iterable[Future[T]], *, timeout: float | None = None) -> Iterator[Future[T]]:
+    """Yield ``futures`` as they finish, as :func:`concurrent.futures.as_completed`."""
+    return cast(Iterator[Future[T]], concurrent.futures.as_completed(list(futures), timeout=timeout))

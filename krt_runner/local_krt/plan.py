@@ -19,7 +19,8 @@ from krt_runner.krt.check import (
     stale_code_warnings,
     workflow_types_source,
 )
-from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, load_krt, wiring
+from krt_runner.krt.krt_reader import load_krt
+from krt_runner.krt.model import Krt, NodeWiring, WorkflowSpec, entry_subject, wiring
 from krt_runner.krt.protos import MessageTypes, load_file, parse_json, rpc_names, select_types
 from krt_runner.local_krt.ask import read_request
 

@@ -34,20 +34,21 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO, TypeVar, cast
+from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
 from krt_runner.client import DEFAULT_TIMEOUT, Client
 from krt_runner.config import requester_connect_options
 from krt_runner.errors import CallError, KrtRunnerError, NotConnected
-from krt_runner.krt.model import Krt, load_krt
+from krt_runner.krt.krt_reader import load_krt
+from krt_runner.krt.model import Krt
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import MessageTypes, parse_json
-from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread
+from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread, as_completed, wait
 from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
 from krt_runner.local_krt.supervisor import Ending, Supervisor
 from krt_runner.requester_envelope import check_timeout
@@ -55,7 +56,6 @@ from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
 
 __all__ = ["Future", "RunningKrt", "RunningWorkflow", "as_completed", "connect", "local", "wait"]
 
-T = TypeVar("T")
 # One request's call on the KRT's client, run on its loop.
 _Send = Callable[[Client], Coroutine[Any, Any, Message]]
 
@@ -305,19 +305,3 @@ class _Processes:
         self.supervisor.request_stop()  # start() and watch() return: no process starts after this
         await asyncio.gather(*(asyncio.wrap_future(started) for started in self._started), return_exceptions=True)
         await self.supervisor.stop_everything()
-
-
-def wait(
-    futures: Iterable[Future[T]], *, timeout: float | None = None, return_when: str = concurrent.futures.ALL_COMPLETED
-) -> tuple[set[Future[T]], set[Future[T]]]:
-    """Wait for ``futures``: ``(done, not_done)``, as :func:`concurrent.futures.wait`.
-
-    ``return_when``: ``concurrent.futures.ALL_COMPLETED`` (default), ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``.
-    """
-    done, pending = concurrent.futures.wait(list(futures), timeout=timeout, return_when=return_when)
-    return cast(set[Future[T]], done), cast(set[Future[T]], pending)
-
-
-def as_completed(futures: Iterable[Future[T]], *, timeout: float | None = None) -> Iterator[Future[T]]:
-    """Yield ``futures`` as they finish, as :func:`concurrent.futures.as_completed`."""
-    return cast(Iterator[Future[T]], concurrent.futures.as_completed(list(futures), timeout=timeout))
