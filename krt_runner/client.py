@@ -51,7 +51,7 @@ from krt_runner.errors import (
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
 from krt_runner.requester_envelope import check_timeout, decoded_answer, request_envelope, unpack_answer
-from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_servers
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_servers, nats_url
 
 __all__ = [
     "BlockingClient",
@@ -310,6 +310,10 @@ def _server_urls(servers: str | Sequence[str]) -> list[str]:
     """Each server as a node reads ``KRT_NATS_SERVER`` (``host:port`` is ``nats://host:port``, ``NATS://`` is
     ``nats://``); :class:`ClientConnectError` naming what is not a NATS URL."""
     try:
-        return [*nats_servers(servers if isinstance(servers, str) else ",".join(servers))]
+        if isinstance(servers, str):
+            return [*nats_servers(servers)]
+        if not servers:
+            raise ValueError("must name at least one server, e.g. nats://127.0.0.1:4222")
+        return [nats_url(server.strip()) for server in servers]  # each entry one server, commas and all
     except ValueError as exc:
         raise ClientConnectError(f"cannot connect to NATS: {exc}") from None

@@ -17,8 +17,10 @@ one, and the log holds only JSON:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import os
 import re
 import sys
 import threading
@@ -34,6 +36,7 @@ def capture_output(*, json_log: bool) -> None:
     if json_log:
         sys.stdout = _text_stream("stdout", logging.INFO, sys.stdout)
         sys.stderr = _text_stream("stderr", logging.WARNING, sys.stderr)
+        _fresh_streams_in_forks()
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception
 
@@ -44,6 +47,21 @@ def _text_stream(name: str, level: int, under: TextIO) -> TextIO:
                               line_buffering=True, write_through=True)
     stream.mode = "w"  # type: ignore[misc]  # as open() sets it on the streams it makes
     return stream
+
+
+@functools.cache  # once per process
+def _fresh_streams_in_forks() -> None:
+    os.register_at_fork(after_in_child=_fresh_streams)
+
+
+def _fresh_streams() -> None:
+    """In a forked child: streams of its own. A thread of the parent may have been in the middle of a line at the
+    fork, holding a stream's lock, which no thread of the child would ever release: its first print() would wait for
+    ever."""
+    for name in ("stdout", "stderr"):
+        raw = getattr(getattr(getattr(sys, name), "buffer", None), "raw", None)
+        if isinstance(raw, _LinesToLogging):
+            setattr(sys, name, _text_stream(name, raw.level, raw.under))
 
 
 def _log_thread_exception(args: Any) -> None:
@@ -64,7 +82,7 @@ class _LinesToLogging(io.RawIOBase):
 
     def __init__(self, name: str, level: int, under: TextIO) -> None:
         super().__init__()
-        self._under = under
+        self.under = under
         self.name = getattr(under, "name", f"<{name}>")  # what TextIOWrapper.name shows
         self._logger = logging.getLogger(name)
         self._logger.setLevel(level)  # printed whatever KRT_LOG_LEVEL: print() is not a log level, it is output
@@ -72,7 +90,7 @@ class _LinesToLogging(io.RawIOBase):
         # (logging.basicConfig(force=True)) would otherwise write each line back into this stream.
         self._logger.handlers = list(logging.getLogger().handlers)
         self._logger.propagate = False
-        self._level = level
+        self.level = level
         self._partial = b""
         self._lock = threading.Lock()
         self._inside = threading.local()
@@ -81,7 +99,7 @@ class _LinesToLogging(io.RawIOBase):
         return True
 
     def fileno(self) -> int:
-        return self._under.fileno()
+        return self.under.fileno()
 
     def isatty(self) -> bool:
         return False
@@ -109,10 +127,10 @@ class _LinesToLogging(io.RawIOBase):
         text = line.decode("utf-8", "replace")
         if getattr(self._inside, "now", False):
             with contextlib.suppress(OSError, ValueError):  # gone: dropped, as the log's own stream drops
-                self._under.write(text + "\n")
+                self.under.write(text + "\n")
             return
         self._inside.now = True
         try:
-            self._logger.log(self._level, text)
+            self._logger.log(self.level, text)
         finally:
             self._inside.now = False

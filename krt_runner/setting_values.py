@@ -250,9 +250,11 @@ def redact_servers(servers: str) -> str:
 
 
 def split_servers(raw: str) -> list[str]:
-    """Comma-separated server URLs; commas in a password stay in it. A piece that is no URL alone and has no ``@``
-    (``nats://alice:Pa55``) goes on over the next pieces up to one with an ``@`` and no scheme before it
-    (``w0rd@host:4222``): ``nats://alice:Pa55,w0rd@host:4222`` is one URL, ``h1:4222,u:pw@h2:4222`` two."""
+    """Comma-separated server URLs; commas in a password or a token stay in it. A piece with no ``@`` that has a
+    scheme (``nats://alice:1234``), or is no URL alone, goes on over the next pieces up to one with an ``@`` and no
+    scheme before it (``abc@host:4222``): ``nats://alice:1234,abc@host:4222`` is one URL (the password
+    ``1234,abc``: read as two servers, its first part would be shown), ``h1:4222,u:pw@h2:4222`` two, and so is
+    ``nats://h1:4222,nats://u:pw@h2:4222``: in a list of URLs with schemes, each has its own."""
     pieces = raw.split(",")
     servers: list[str] = []
     start = 0
@@ -266,7 +268,7 @@ def split_servers(raw: str) -> list[str]:
 def _password_end(pieces: list[str], start: int) -> int:
     """The last piece of the URL that begins at ``pieces[start]``."""
     first = pieces[start]
-    if "@" in first or _is_server(first.strip()):
+    if "@" in first or ("://" not in first and _is_server(first.strip())):
         return start
     for end in range(start + 1, len(pieces)):
         before_at, at, _ = pieces[end].partition("@")

@@ -47,10 +47,12 @@ OUTRO = """\
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs (in any case: `NATS://` is `nats://`),
-  comma-separated. A bare `host:port` means `nats://host:port`. A password in a URL may hold commas; `/ # ? @` in
-  it must be percent-encoded (`%2F %23 %3F %40`), and `%` itself as `%25`: the node decodes them before it logs in
-  (a raw `/ # ? @` is refused). Or give the password as `KRT_NATS_PASSWORD`, which is taken as it is. `ws://` and
-  `wss://` need the `aiohttp` package (nats-py's websocket transport), or they are refused.
+  comma-separated. A bare `host:port` means `nats://host:port`. A password or a token in a URL may hold commas
+  (`nats://alice:1234,abc@host` is one server); in a list of URLs with schemes, give each its own
+  (`nats://h1:4222,nats://u:pw@h2:4222`: an `@` piece with no scheme after a URL is read as the rest of its password).
+  `/ # ? @` in a password must be percent-encoded (`%2F %23 %3F %40`), and `%` itself as `%25`: the node decodes them
+  before it logs in (a raw `/ # ? @` is refused). Or give the password as `KRT_NATS_PASSWORD`, which is taken as it
+  is. `ws://` and `wss://` need the `aiohttp` package (nats-py's websocket transport), or they are refused.
 - `KRT_HEALTH_FILE`, `KRT_MEASUREMENTS_FILE` and `KRT_LOCAL_DB_FILE` name a file in a folder that exists, not a
   folder. A `KRT_HANDLER_PATH` file that is not there is listed with the other problems.
 - Subjects are names separated by dots, none of them empty (`a..b`, `a.` and `.a` are refused). `KRT_NATS_INPUT`

@@ -245,7 +245,14 @@ def test_server_lists_keep_every_comma_of_a_password_and_split_between_servers()
     assert split_servers("nats://u:Zq9x,Wk2y,Lm7z@h:4222,nats://b:4222") == ["nats://u:Zq9x,Wk2y,Lm7z@h:4222",
                                                                            "nats://b:4222"]
     assert split_servers("h1:4222,user:pw@h2:4222") == ["h1:4222", "user:pw@h2:4222"]
-    assert split_servers("nats://h1:4222,user:pw@h2:4222") == ["nats://h1:4222", "user:pw@h2:4222"]
+    assert split_servers("nats://h1:4222,nats://user:pw@h2:4222") == ["nats://h1:4222", "nats://user:pw@h2:4222"]
+    # A piece with a scheme and no @ could be the start of a password or token holding a comma: read as two
+    # servers, that start would be shown in clear. After a URL, an @ piece with no scheme is the rest of it.
+    for secret in ("nats://alice:1234,abc@h:4222", "nats://s3cr3t,tok@h:4222", "nats://u:,abc@h:4222",
+                   "tls://u:99,pw@h:4222"):
+        assert split_servers(secret) == [secret]
+        shown = load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": secret}).describe()["nats_servers"]
+        assert "1234" not in shown and "s3cr3t" not in shown and "99" not in shown and "abc" not in shown, shown
     assert url_login("nats://us%3Aer:p%40ss%3A1@host:4222") == ("nats://host:4222", "us:er", "p@ss:1")
     assert url_login("nats://t%2Fok@host:4222") == ("nats://host:4222", "t/ok", None)
     settings = load_settings({**KRE_V1_ENV, "KRT_NATS_SERVER": "nats://u:Zq9x,Wk2y,Lm7z@h:4222"})
@@ -276,5 +283,6 @@ async def test_the_python_client_reads_servers_as_a_node_does_and_refuses_what_i
     from krt_runner.errors import ClientConnectError
 
     assert _server_urls("NATS://a:4222,b:4222") == ["nats://a:4222", "nats://b:4222"]
+    assert _server_urls(["nats://s3cr3t,tok@a:4222", "b:4222"]) == ["nats://s3cr3t,tok@a:4222", "nats://b:4222"]
     with pytest.raises(ClientConnectError, match="is not a NATS URL"):
         await Client.connect("http://a:4222")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -123,7 +125,7 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    os.register_at_fork(after_in_child=_default_signals)
+    _reset_signals_in_forks()
     failed = await _start(node, stop)
     if failed is not None:
         await node.broker.close()
@@ -144,14 +146,36 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     return EXIT_FAILED if node.broker.failed.is_set() else EXIT_OK
 
 
+# The forking thread's signal mask before a fork, put back after it (in the parent, and in the child once its
+# handlers are reset).
+_mask_at_fork = threading.local()
+
+
+@functools.cache  # once per process: the hooks share the mask they keep
+def _reset_signals_in_forks() -> None:
+    os.register_at_fork(before=_hold_stop_signals, after_in_parent=_release_stop_signals,
+                        after_in_child=_default_signals)
+
+
+def _hold_stop_signals() -> None:
+    """Before a fork: the stop signals wait, in the forking thread, and so in the child until it has reset them."""
+    _mask_at_fork.before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, _mask_at_fork.before)
+
+
 def _default_signals() -> None:
     """In a process forked from the node (a ``multiprocessing`` worker): the stop signals as Python starts them, and
     no wakeup fd. The event loop's would tell the node that a signal sent to the worker (a ``Pool``'s terminate at
-    the end of a ``with``) was its own, and the node would stop."""
+    the end of a ``with``) was its own, and the node would stop. They were held over the fork, so one sent before
+    this reset (a Pool terminating a worker just started) is taken now, by the worker alone."""
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
         for signum in _STOP_SIGNALS:
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    _release_stop_signals()
 
 
 async def _start(node: RunningNode, stop: asyncio.Event) -> int | None:
