@@ -147,8 +147,9 @@ class Client:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
         if self._nc.is_closed or self._closing_signal().done():
             raise NotConnected("this client is closed: connect again")
-        if not self._nc.is_connected:  # nats-py would hold the request until the connection is back, or time out
-            raise NotConnected("the NATS connection is down (reconnecting): nothing can be sent now; retry later")
+        if not self._nc.is_connected and self._jetstream is None:  # nats-py would lose it: CallTimeout, much later
+            raise NotConnected("the NATS connection is down (reconnecting): the request cannot be sent now; retry "
+                               "in a moment")
         check_timeout(timeout)
         message, max_payload = request_envelope(request), int(self._nc.max_payload)
         if self._jetstream is not None:

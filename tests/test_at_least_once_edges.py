@@ -4,6 +4,7 @@ refuses answers, a requester whose server restarts, a node left at most once, st
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import nats
 import pytest
@@ -20,7 +21,7 @@ from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester:
 )
 
 from krt_runner.client import Client
-from krt_runner.errors import ErrorAnswer
+from krt_runner.errors import ErrorAnswer, NoResponders
 from krt_runner.jetstream_names import stream_name
 
 
@@ -119,3 +120,31 @@ async def test_an_answer_no_stream_takes_for_a_while_is_published_again_and_its_
 
     assert answer.name == "patient>a>b"
     assert [node for node, _, _, name in calls(call_log) if name.startswith("patient")] == ["a", "b"]
+
+
+async def test_a_server_restarted_without_its_store_gets_the_nodes_stream_and_consumer_again(
+    js_server, start_node, call_log
+) -> None:
+    nodes = start_nodes(start_node, js_server, call_log, ["a"])
+    assert js_server.store_dir is not None
+    js_server.stop(kill=True)
+    shutil.rmtree(js_server.store_dir)  # a pod with no volume, a wiped store: no stream, no consumer
+    js_server.store_dir.mkdir()
+    await asyncio.to_thread(js_server.start)
+    client = await Client.connect(js_server.url, delivery="at-least-once", reconnect_time_wait=0.1,
+                                  error_cb=_ignore)
+    try:
+        # The node's pull requests get 503s until it finds its consumer gone and makes both again (a few seconds);
+        # meanwhile no stream takes the requests: the client is told so, and asks again.
+        answer = None
+        for _ in range(40):  # bounded: 20 s
+            try:
+                answer = await client.call("in-a", greeter_pb2.Request(name="again"), greeter_pb2.Request, timeout=5)
+                break
+            except NoResponders:
+                await asyncio.sleep(0.5)
+    finally:
+        await client.close()
+
+    assert answer is not None and answer.name == "again>a", nodes["a"][0].output
+    assert "the node's JetStream consumer was deleted: making it again" in nodes["a"][0].output

@@ -86,6 +86,18 @@ async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> J
     return js
 
 
+async def consumer_missing(client: Client, stream: str, consumer: str) -> bool:
+    """Whether JetStream answers that ``consumer`` (or its stream) does not exist; ``False`` when it does, or when
+    JetStream gives no answer (not ready yet)."""
+    try:
+        await client.jetstream(timeout=_LOOKUP_TIMEOUT).consumer_info(stream, consumer)
+    except NotFoundError:
+        return True
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return False
+    return False
+
+
 async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
     """The stream that captures ``subject`` and whether it is a work-queue one (an at-least-once workflow's), or
     ``("", False)``: none, or no JetStream, or no answer within a second. An at-most-once node warns of it: a

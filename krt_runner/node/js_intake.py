@@ -27,7 +27,7 @@ from krt_runner.errors import JetStreamError
 from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.node.acking import Acker
 from krt_runner.node.broker import Broker, Msg
-from krt_runner.node.jetstream import JetStreamInput, open_input
+from krt_runner.node.jetstream import JetStreamInput, consumer_missing, open_input
 from krt_runner.node.js_pipeline import JetStreamPipeline
 from krt_runner.node.pulling import Puller
 from krt_runner.node.work_queue import WorkQueue
@@ -98,6 +98,7 @@ class JetStreamIntake:
                               room=self._room, deliver=self._take, log=self._log)
         self._broker.on_connection_change = self._on_connection_change
         self._puller.on_consumer_gone = self._make_input_again
+        self._puller.on_unavailable = self._look_for_input
         await self._puller.start()
         self._log.info("pulling", stream=self.input.stream, consumer=self.input.consumer)
 
@@ -198,6 +199,12 @@ class JetStreamIntake:
             if self._puller is not None and not self._stopping:
                 with contextlib.suppress(Exception):
                     await self._puller.tick(now)
+
+    async def _look_for_input(self) -> None:
+        """Pull requests keep getting 503s: JetStream still starting, or a server restarted without its store (a pod
+        with no volume), which has neither stream nor consumer and would answer so for ever."""
+        if await consumer_missing(self._broker.client, self.input.stream, self.input.consumer):
+            await self._make_input_again()
 
     async def _make_input_again(self) -> None:
         """The node's consumer was deleted (or its stream, and the consumer with it): make them again, as at start,

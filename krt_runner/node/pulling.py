@@ -33,6 +33,8 @@ _ACK_PREFIX = b"$JS.ACK."  # the reply subject of every JetStream delivery
 _CONSUMER_GONE = "consumer deleted"  # a 409's description when the consumer, or its stream, was deleted
 _ENDED = ("408", "409")  # the request expired, or the server ended it (consumer deleted, leadership changed...)
 _UNAVAILABLE = "503"  # no JetStream to take the request (a server still starting): asked again on the next tick
+# 503s in a row after which the consumer is looked for: a server restarted without its store answers so for ever.
+_UNAVAILABLE_CHECK = 3
 _HEARTBEAT = "100"
 
 # Takes a delivery at once, inside the connection's read loop: it may queue, never wait.
@@ -57,6 +59,9 @@ class Puller:
         self._asked_at = 0.0
         self._stopped = False
         self.on_consumer_gone: Callable[[], Awaitable[None]] | None = None
+        # Called after _UNAVAILABLE_CHECK 503s in a row: looks whether the consumer is there at all.
+        self.on_unavailable: Callable[[], Awaitable[None]] | None = None
+        self._unavailable = 0
 
     def retarget(self, *, stream: str, consumer: str) -> None:
         """Pull from this stream's consumer from now on (one made again may be on another stream)."""
@@ -119,6 +124,8 @@ class Puller:
 
     async def _on_status(self, msg: Msg) -> None:
         status = msg.headers.get(_STATUS, "") if msg.headers else ""
+        if status != _UNAVAILABLE:
+            self._unavailable = 0
         if status in _ENDED and _CONSUMER_GONE in (msg.headers or {}).get("Description", "").lower():
             self._on_ended(msg, status)
             if self.on_consumer_gone is not None:  # deleted, or its stream was: it is made again there
@@ -128,6 +135,11 @@ class Puller:
             await self.ask()
         elif status == _UNAVAILABLE:
             self._asked = 0
+            self._unavailable += 1
+            if self._unavailable >= _UNAVAILABLE_CHECK and self.on_unavailable is not None:
+                self._unavailable = 0
+                await self.on_unavailable()
+            return
         elif status != _HEARTBEAT:
             self._log.warning("unexpected answer to a pull request", status=status, headers=msg.headers)
 
