@@ -75,3 +75,12 @@ def _folder_on_path(directory: Path, *, keep: bool) -> Iterator[None]:
     finally:
         if added and not keep:
             sys.path.remove(str(directory))
+
+
+def split_class_name(handler_path: str) -> tuple[str, str]:
+    """``src/x.py:Name`` -> (``src/x.py``, ``Name``); (``handler_path``, ``""``) without a ``:Name`` suffix (a
+    ``:`` followed by anything but a Python name, as in a folder ``we:ird/``, is part of the path)."""
+    head, sep, tail = handler_path.rpartition(":")
+    if sep and head and tail.isidentifier():
+        return head, tail
+    return handler_path, ""

@@ -10,7 +10,10 @@ EXIT_USAGE = 2
 
 def describe(exc: BaseException) -> str:
     """``Name: text`` of an exception, or ``Name`` alone when it has no text: for one-line logs and error answers."""
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except BaseException:  # its own __str__ failed (a wrapped HTTP error parsing a body that is no JSON)
+        text = "<exception str() failed>"  # as Python shows it
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

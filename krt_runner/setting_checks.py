@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from krt_runner import setting_values as parse
+from krt_runner._user_files import split_class_name
 
 
 def handler_file_problems(values: Mapping[str, Any]) -> list[str]:
     """A handler file that is not there, said with the other settings' problems rather than after them."""
-    handler = (values.get("handler_path") or "").partition(":")[0]
+    handler = split_class_name(values.get("handler_path") or "")[0]
     if not (handler.endswith(".py") or "/" in handler):
         return []  # a dotted module name: found by importing it (as krt_runner.node.loading tells them apart)
     path = Path(values.get("base_path") or Path.cwd()) / handler

@@ -263,7 +263,9 @@ async def test_sigterm_finishes_and_acks_what_the_replica_holds_and_leaves_the_r
 async def test_at_the_drain_timeout_a_running_message_goes_back_to_jetstream_and_another_replica_answers_it(
     js_server, start_node, call_log, requester
 ) -> None:
-    nodes = start_nodes(start_node, js_server, call_log, ["a"], replicas=2, KRT_DRAIN_TIMEOUT="0.5")
+    points = call_log.parent / "points.lp"
+    nodes = start_nodes(start_node, js_server, call_log, ["a"], replicas=2, KRT_DRAIN_TIMEOUT="0.5",
+                        KRT_MEASUREMENTS_ENABLED="true", KRT_MEASUREMENTS_FILE=str(points))
     running = asyncio.ensure_future(
         requester.call("in-a", greeter_pb2.Request(name="sleep:1.5"), greeter_pb2.Request, timeout=20))
     while not calls(call_log):
@@ -277,6 +279,9 @@ async def test_at_the_drain_timeout_a_running_message_goes_back_to_jetstream_and
     assert await asyncio.to_thread(first.wait) == 0, first.output
     assert "released=1" in first.output or '"released": 1' in first.output, first.output
     assert len(calls(call_log)) == 2 and requester.ignored_answers == 0
+    # Handed back, it is no failure: the replica that answers it makes its points (a failed one was made too).
+    written = points.read_text() if points.exists() else ""  # the answering replica's may not be flushed yet
+    assert 'error="failed"' not in written, written
 
 
 async def test_messages_handed_back_at_the_drain_timeout_reach_the_other_replica_well_before_the_ack_wait(

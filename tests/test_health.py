@@ -47,7 +47,7 @@ def test_check_accepts_a_fresh_file_and_names_what_is_wrong_otherwise(tmp_path):
     os.utime(path, (time.time() - 60, time.time() - 60))
 
     assert fresh is None
-    assert "is 60s old (limit 5s)" in check(str(path), max_age=5)
+    assert "is 60.0s old (limit 5s)" in check(str(path), max_age=5)
     assert "does not exist" in check(str(tmp_path / "missing"))
     assert "set KRT_HEALTH_FILE" in check("")
 

@@ -62,7 +62,8 @@ async def test_a_typed_handler_that_still_unpacks_its_data_is_told_why_in_its_er
 
     answer = await requester.greet("kre-typed", "Ada")
 
-    assert answer.error.startswith("error in node 'typed': handler raised AttributeError: Unpack (data.Unpack:")
+    assert answer.error.startswith("error in node 'typed': handler raised AttributeError: Unpack (Request.Unpack: it "
+                                   "is a greeter.Request, not an Any;")
     assert "annotated with a message class gets that message already unpacked" in answer.error
 
 

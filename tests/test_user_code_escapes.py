@@ -275,3 +275,27 @@ def test_init_raising_a_cancelled_error_of_its_own_stops_start_up_with_one_line_
     assert done.returncode == 1, done.stderr
     assert all(line.startswith("{") for line in done.stderr.splitlines()), done.stderr
     assert "init of 'src/node.py' failed: CancelledError: inner task" in done.stderr
+
+
+@pytest.mark.parametrize("function", ["handler", "handler_batch"])
+async def test_an_exception_whose_str_fails_is_still_one_error_answer_naming_it(
+    nats_server, start_node, handler_dir, requester, function
+) -> None:
+    # A wrapped HTTP error whose __str__ parses a body that is no JSON: the batch's answers were lost.
+    base = handler_dir(f"""
+        import json
+
+
+        class ApiError(Exception):
+            def __str__(self):
+                return json.loads("<html>502 Bad Gateway</html>")["message"]
+
+
+        def {function}(ctx, data):
+            raise ApiError()
+    """)
+    start_node(**node_env(nats_server, base, "src/node.py", input="str-in", name="str"))
+
+    answers = [await requester.greet("str-in", f"n{number}", timeout=10) for number in range(2)]
+
+    assert all("raised ApiError: <exception str() failed>" in answer.error for answer in answers), answers

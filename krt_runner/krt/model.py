@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krt_runner._user_files import split_class_name
 from krt_runner.krt.resources import Resources
 
 KRT_FILE = "krt.yml"
@@ -108,8 +109,7 @@ class NodeWiring:
 
 def handler_file(src: str) -> str:
     """A handler path's file, without the ``:ProcessorClass`` suffix ``KRT_HANDLER_PATH`` allows."""
-    head, colon, tail = src.rpartition(":")
-    return head if colon and head and tail.isidentifier() else src
+    return split_class_name(src)[0]
 
 
 def entry_subject(version: str, workflow: WorkflowSpec) -> str:

@@ -26,7 +26,7 @@ from collections import deque
 from typing import Any
 
 from krt_runner.config import DEFAULT_BATCH_MAX_SIZE, Settings
-from krt_runner.errors import BatchResultError
+from krt_runner.errors import BatchResultError, describe
 from krt_runner.node.batch_code import BatchCode
 from krt_runner.node.batch_context import BatchContext
 from krt_runner.node.batch_results import item_error, outcomes, timeout_errors, whole_batch_errors
@@ -214,6 +214,11 @@ class Batcher:
         ctx = BatchContext(self._state, [job.tracking_id for job in batch.jobs])
         try:
             results = await self._outcomes(ctx, batch.requests, count)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # the runner's own failure: each request still gets an answer
+            results = [RuntimeError(f"internal error making the batch's answers: {describe(exc)}")
+                       for _ in range(count)]
         finally:
             self._running -= 1
             self._fill()  # the next batch starts before this one's answers go out

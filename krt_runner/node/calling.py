@@ -13,6 +13,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
 from krt_runner.errors import HandlerError, HandlerLoadError, HandlerTimeoutError, InvalidRequestError, describe
 from krt_runner.node.threads import WorkerThreads
 
@@ -115,12 +118,16 @@ def handler_error(exc: BaseException) -> HandlerError:
 
 
 def _any_method_hint(exc: BaseException) -> str:
-    """A KRE v1 handler annotated ``data: Request`` that still unpacks ``data``: the annotation made it typed."""
-    name = (getattr(exc, "name", None) or str(exc)) if isinstance(exc, AttributeError) else None
-    if name in _ANY_METHODS:
-        return (f" (data.{name}: a handler whose data parameter is annotated with a message class gets that "
-                "message already unpacked, not an Any: drop the annotation, or the Unpack)")
-    return ""
+    """A KRE v1 handler annotated ``data: Request`` that still unpacks ``data``: the annotation made it typed. Only
+    for an ``Any`` method looked up on a protobuf message that is no ``Any``."""
+    if not isinstance(exc, AttributeError) or exc.name not in _ANY_METHODS:
+        return ""
+    found = getattr(exc, "obj", None)
+    if not isinstance(found, Message) or isinstance(found, any_pb2.Any):
+        return ""
+    return (f" ({type(found).__name__}.{exc.name}: it is a {found.DESCRIPTOR.full_name}, not an Any; a handler whose "
+            "data parameter is annotated with a message class gets that message already unpacked: drop the "
+            "annotation, or the Unpack)")
 
 
 def check_arguments(function: UserFunction, names: tuple[str, ...], where: str) -> None:

@@ -96,5 +96,5 @@ def check(path: str, *, max_age: float = DEFAULT_MAX_AGE) -> str | None:
     except FileNotFoundError:
         return f"{path} does not exist: the node is starting, draining or stopped"
     if age > max_age:
-        return f"{path} is {age:.0f}s old (limit {max_age:g}s): the node is disconnected from NATS or stuck"
+        return f"{path} is {age:.1f}s old (limit {max_age:g}s): the node is disconnected from NATS or stuck"
     return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from krt_runner.config import Settings
@@ -67,7 +68,7 @@ class JetStreamPipeline(Pipeline):
         self.counts["received"] += 1
         job = Job("")  # the requester's inbox is in the envelope
         self.last_received = job.started
-        outcome: Outcome = _ANSWERED
+        outcome: Outcome | None = _ANSWERED  # None: handed back unanswered, no point (the answering delivery makes it)
         settle: Settle | None = self._acker.ack  # None: the acker acks it once its answer is acknowledged
         try:
             self._decode(job, msg.data)
@@ -84,7 +85,7 @@ class JetStreamPipeline(Pipeline):
             outcome, settle = _FAILED, self._acker.term
             await self._answer_error(job, exc)
         except _Released:
-            outcome, settle = _FAILED, self._release
+            outcome, settle = None, self._release
         except Exception as exc:
             outcome = _FAILED
             await self._answer_error(job, exc)
@@ -92,11 +93,19 @@ class JetStreamPipeline(Pipeline):
             if not self._giving_up:
                 raise
             uncancel()  # this task goes on: to release the messages still waiting
-            outcome, settle = _FAILED, self._release
+            outcome, settle = None, self._release
         finally:
             self._finish(job, outcome)
         if settle is not None:
             await settle(msg)
+
+    def _finish(self, job: Job, outcome: Outcome | None) -> None:
+        """As the pipeline's; a message handed back unanswered (``None``) makes no point: the delivery that answers
+        it does, and a failure it is not."""
+        if outcome is None:
+            self.processing_ns += time.perf_counter_ns() - job.started
+        else:
+            super()._finish(job, outcome)
 
     def give_up(self) -> None:
         """``KRT_DRAIN_TIMEOUT`` ran out: handlers cancelled from now on, and messages not handled yet, go back to

@@ -31,7 +31,7 @@ import time
 from types import SimpleNamespace
 
 from krt_runner.config import Settings
-from krt_runner.errors import InitError
+from krt_runner.errors import InitError, describe
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, NodePoints, PointSink
 from krt_runner.mongo.readers import reader_for
@@ -173,9 +173,9 @@ class RunningNode:
         except asyncio.CancelledError as exc:
             if cancelled_from_outside():  # a stop during init
                 raise
-            raise InitError(f"init of {self.code.source!r} failed: CancelledError: {exc}") from exc
+            raise InitError(f"init of {self.code.source!r} failed: {describe(exc)}") from exc
         except USER_CODE_FAILURES as exc:  # SystemExit, KeyboardInterrupt and the user's own too: one line, exit 1
-            raise InitError(f"init of {self.code.source!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise InitError(f"init of {self.code.source!r} failed: {describe(exc)}") from exc
         self.log.info("init done", seconds=round(time.perf_counter() - started, 3))
 
     async def stop(self) -> None:

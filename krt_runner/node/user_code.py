@@ -19,7 +19,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from krt_runner._user_files import USER_MODULE_PREFIX
+from krt_runner._user_files import USER_MODULE_PREFIX, split_class_name
 from krt_runner.errors import HandlerLoadError, describe
 from krt_runner.node import protobuf_compat as protobuf_compat_layer
 from krt_runner.node.batch_code import BatchCode, agreed_request_type, function_batch, one_at_a_time, processor_batch
@@ -62,7 +62,7 @@ def load_user_code(handler_path: str, base_path: Path, *, protobuf_compat: bool 
     removed. Raises :class:`HandlerLoadError` naming the file and the cause, with
     the traceback in ``details`` when there is one.
     """
-    module_path, class_name = _split_class_name(handler_path)
+    module_path, class_name = split_class_name(handler_path)
     protobuf_compat_layer.apply(enabled=protobuf_compat)  # before the module binds json_format's functions
     module = import_handler_module(module_path, base_path)
     name = module.__name__.rsplit(".", 1)[-1].removeprefix(USER_MODULE_PREFIX)
@@ -111,13 +111,6 @@ def _function_code(
              ("handler_batch", batch.request_type if batch is not None else None)]
     request_type = agreed_request_type(source, typed)
     return UserCode(name=name, source=source, handler=handler, init=init, request_type=request_type, batch=batch)
-
-
-def _split_class_name(handler_path: str) -> tuple[str, str]:
-    head, sep, tail = handler_path.rpartition(":")
-    if sep and head and tail.isidentifier():
-        return head, tail
-    return handler_path, ""
 
 
 def _is_processor_class(value: object) -> bool:
