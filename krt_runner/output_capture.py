@@ -7,7 +7,8 @@ one, and the log holds only JSON:
 - ``sys.stdout`` and ``sys.stderr`` are text streams of their own (``io.TextIOWrapper``: ``reconfigure``,
   ``buffer``, ``encoding`` work as on any) whose every line is a log line of the logger ``stdout`` (INFO) or
   ``stderr`` (WARNING), naming the node as the runner's own lines do. A line ends at ``\\n`` or ``\\r`` (a progress
-  counter's); one longer than :data:`LONGEST_LINE` bytes is logged in parts. What needs a file
+  counter's); text without a line end is logged in parts of :data:`LONGEST_LINE` bytes, and a log line's values are
+  cut at 10,000 characters as every log line's are (docs/production.md). What needs a file
   (``subprocess.run(stdout=sys.stdout)``) gets the one under it from ``fileno()``;
 - with a console log (a terminal, most likely), they are left as they are;
 - warnings are logged by ``py.warnings`` (``logging.captureWarnings``), once per place as Python shows them, and a

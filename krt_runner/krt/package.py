@@ -162,6 +162,8 @@ def open_krt(source: Path | str) -> Iterator[Path]:
     Raises :class:`~krt_runner.errors.KrtFileError` for a package that cannot be read safely.
     """
     if not is_package(source):
+        if Path(source).suffix == SUFFIX and not Path(source).exists():  # a mistyped package, not a folder
+            raise KrtFileError(str(source), ["no such file: a .krt package is a file (krt-runner build writes one)"])
         yield krt_folder(Path(source))
         return
     with tempfile.TemporaryDirectory(prefix="krt-") as workdir:
