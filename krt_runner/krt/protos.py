@@ -159,11 +159,11 @@ def _import_file(path: Path) -> FileDescriptor:
     try:
         module = exec_file(path, name=path.stem, keep_folder_on_path=False)
     except Exception as exc:
-        if _name_taken(path):  # by another file of that name: an identical one is taken again without a word
-            return _compiled_instead(path)
         refused = refused_generated_code(exc, root=path.parent)
         if refused is not None:
             raise ProtoError(f"cannot import {path}: {refused}: {regenerate_hint(_krt_folder_of(path))}") from None
+        if _name_taken(path):  # by another file of that name: an identical one is taken again without a word
+            return _compiled_instead(path)
         raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
     return _descriptor_of(module, str(path))
 
