@@ -83,7 +83,9 @@ class Client:
     def __init__(self, nc: NatsClient, *, jetstream: JetStreamRequests | None = None) -> None:
         self._nc = nc
         self._jetstream = jetstream
-        self._closing: asyncio.Future[None] | None = None  # done once close() begins: calls in flight end then
+        self._closed = False
+        self._requests: set[asyncio.Future[Any]] = set()  # the requests in flight, which close() ends
+        self._closed_requests: set[asyncio.Future[Any]] = set()  # those close() cancelled
 
     @property
     def ignored_answers(self) -> int:
@@ -145,7 +147,7 @@ class Client:
 
     async def call_raw(self, subject: str, request: Message, *, timeout: float = DEFAULT_TIMEOUT) -> KreNatsMessage:
         """Like :meth:`call`, but return the whole answer envelope (tracking, error) unchecked."""
-        if self._nc.is_closed or self._closing_signal().done():
+        if self._nc.is_closed or self._closed:
             raise NotConnected("this client is closed: connect again")
         if not self._nc.is_connected and self._jetstream is None:  # nats-py would lose it: CallTimeout, much later
             raise NotConnected("the NATS connection is down (reconnecting): the request cannot be sent now; retry "
@@ -170,19 +172,16 @@ class Client:
         """``request``'s result; :class:`NotConnected` as soon as the client closes (nats-py would leave it waiting
         its whole timeout)."""
         task = asyncio.ensure_future(request)
+        self._requests.add(task)
         try:
-            await asyncio.wait((task, self._closing_signal()), return_when=asyncio.FIRST_COMPLETED)
+            return await task
+        except asyncio.CancelledError:
+            if task in self._closed_requests:  # by close(), not the caller's own cancellation
+                raise NotConnected("the client was closed before the answer came") from None
+            raise
         finally:
-            if not task.done():
-                task.cancel()
-        if not task.done():
-            raise NotConnected("the client was closed before the answer came")
-        return task.result()
-
-    def _closing_signal(self) -> asyncio.Future[None]:
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-        return self._closing
+            self._requests.discard(task)
+            self._closed_requests.discard(task)
 
     async def has_responders(self, subject: str, *, timeout: float = PROBE_TIMEOUT) -> bool:
         """Whether anything takes requests on ``subject``: a request gets anything but NATS's no-responders status.
@@ -211,9 +210,10 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection; a call in flight raises :class:`NotConnected` at once."""
-        closing = self._closing_signal()
-        if not closing.done():
-            closing.set_result(None)
+        self._closed = True
+        for request in self._requests:
+            self._closed_requests.add(request)
+            request.cancel()
         with contextlib.suppress(OSError):  # the server went away meanwhile: the connection is closed all the same
             await self._nc.close()
 
