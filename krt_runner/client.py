@@ -179,6 +179,8 @@ class Client:
             if task in self._closed_requests:  # by close(), not the caller's own cancellation
                 raise NotConnected("the client was closed before the answer came") from None
             raise
+        except (nats_errors.ConnectionClosedError, nats_errors.ConnectionDrainingError):  # closed as it was sent
+            raise NotConnected("the client was closed before the answer came") from None
         finally:
             self._requests.discard(task)
             self._closed_requests.discard(task)

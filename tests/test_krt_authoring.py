@@ -248,3 +248,53 @@ def test_answers_keep_their_non_ascii_text():
     from krt_runner.krt.protos import to_json
 
     assert to_json(KreNatsMessage(error="Zoë 🎉"), indent=None) == '{"error": "Zoë 🎉"}'
+
+
+# -- the regression hunt on these fixes --------------------------------------------------------------------
+
+
+def test_a_decorated_handler_a_yaml_merge_and_a_module_that_replaces_stdout_still_pass_check(greeter):
+    (greeter / "src" / "greet.py").write_text(
+        "import functools, sys\nfrom greeter_pb2 import Request, Response\nsys.stdout = sys.stderr\n\n"
+        "def with_greeting(function):\n    @functools.wraps(function)\n"
+        "    def wrapper(ctx, data):\n        return function(ctx, data, 'Hello')\n    return wrapper\n\n"
+        "@with_greeting\ndef handler(ctx, data, greeting):\n    request = Request()\n    data.Unpack(request)\n"
+        "    return Response(greeting=f'{greeting}, {request.name}!')\n")
+    text = (GREETER / "krt.yml").read_text().replace("nodes:\n  - name: greet\n    image: krt-runner:dev\n",
+                                                     "nodes:\n  - &node\n    name: greet\n    image: krt-runner:dev\n")
+    text = text.replace("  - name: decorate\n    image: krt-runner:dev\n", "  - <<: *node\n    name: decorate\n")
+    (greeter / "krt.yml").write_text(text)
+
+    done = run_cli("check", str(greeter))
+    (greeter / "krt.yml").write_text("? [a, b]\n: 1\n")
+    refused = run_cli("check", str(greeter))
+
+    assert done.returncode == 0, done.stderr
+    assert refused.returncode == 2 and "not valid YAML" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_answer_prints_on_an_output_that_cannot_show_its_text(greeter, tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KRT_")}
+    done = subprocess.run([*KRT_RUNNER, "up", str(greeter), "--request", '{"name": "Łukasz"}'], cwd=tmp_path,
+                          env={**env, "PYTHONIOENCODING": "ascii"}, capture_output=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    assert b'"greeting": "** Hello, \\u0141ukasz! **"' in done.stdout, done.stdout
+
+
+def test_build_into_the_folder_packs_no_earlier_package_of_another_version(greeter):
+    first = run_cli("build", str(greeter), "--output", f"{greeter}/")
+    krt_yml = greeter / "krt.yml"
+    krt_yml.write_text(krt_yml.read_text().replace("version: greeter-v1", "version: greeter-v2"))
+    second = run_cli("build", str(greeter), "--output", f"{greeter}/")
+
+    assert first.returncode == second.returncode == 0, second.stderr
+    with tarfile.open(greeter / "greeter-v2.krt") as tar:
+        assert not [name for name in tar.getnames() if name.endswith(".krt")]
+
+
+def test_manifests_refuse_a_password_in_an_influx_url_without_a_scheme(greeter):
+    done = run_cli("manifests", str(greeter), "--image", "x", "--influx-url", "admin:s3cret@influx:8086")
+
+    assert done.returncode == 2 and "--influx-url carries a user or a password" in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr

@@ -45,9 +45,9 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
     if target.suffix != SUFFIX:
         raise BuildProblems(str(source), [f"--output {output}: a package's name ends in {SUFFIX} (up, check and "
                                           "local() read a package by that suffix); for a folder, end it with /"])
-    previous = _inside(target, directory)  # a package written into the folder must not hold the last one
+    earlier = _earlier_packages(target, directory)
     try:
-        files = [name for name in package_files(directory) if name != previous]
+        files = [name for name in package_files(directory) if name not in earlier]
     except KrtFileError as exc:  # its .krtignore
         raise BuildProblems(str(source), [f"{exc.path}: {problem}" for problem in exc.problems]) from None
     missing = [name for name in _referenced(krt) if name not in files]
@@ -72,10 +72,13 @@ def _target(output: str | Path | None, dist: Path, name: str) -> Path:
     return Path(output)
 
 
-def _inside(target: Path, directory: Path) -> str | None:
-    """``target``'s path in the KRT folder, when it is written there (a package must not hold the last one)."""
-    real, root = target.resolve(), directory.resolve()
-    return real.relative_to(root).as_posix() if real.is_relative_to(root) else None
+def _earlier_packages(target: Path, directory: Path) -> set[str]:
+    """The packages beside ``target`` when it is written in the KRT folder (``--output DIR/``): earlier builds,
+    of this version or another, which a package must not hold."""
+    folder, root = target.parent.resolve(), directory.resolve()
+    if not (folder.is_relative_to(root) and folder.is_dir()):
+        return set()
+    return {(folder / name).relative_to(root).as_posix() for name in os.listdir(folder) if name.endswith(SUFFIX)}
 
 
 def _krt_folder(source: str) -> Path:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
 from krt_runner.config import setting_from_env
-from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError, describe
 from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, wiring
 from krt_runner.krt.protos import compile_proto, find_types_source, load_file, stale_code_warning
@@ -111,16 +112,17 @@ def _shown(krt: Krt, source: str) -> str:
 
 
 def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | None) -> str:
-    command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src]
-    try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=IMPORT_TIMEOUT,
-                              env=None if env is None else dict(env))
-    except subprocess.TimeoutExpired:
-        return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
-    # The module's own output (a progress line, a warning) comes first: the child's verdict is its last line.
-    verdicts = [line[len(_VERDICT):] for line in done.stdout.splitlines() if line.startswith(_VERDICT)]
-    if verdicts and done.returncode in (EXIT_OK, EXIT_USAGE):
-        return f"node {node.name!r}: {verdicts[-1]}" if verdicts[-1] else ""
+    with tempfile.TemporaryDirectory(prefix="krt-check-") as folder:
+        verdict_file = Path(folder) / "verdict"  # not stdout: a module may print there, or replace sys.stdout
+        command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src, str(verdict_file)]
+        try:
+            done = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace",
+                                  timeout=IMPORT_TIMEOUT, env=None if env is None else dict(env))
+        except subprocess.TimeoutExpired:
+            return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
+        verdict = verdict_file.read_text(encoding="utf-8") if verdict_file.is_file() else None
+    if verdict is not None and done.returncode in (EXIT_OK, EXIT_USAGE):
+        return f"node {node.name!r}: {verdict}" if verdict else ""
     last = (done.stderr.strip().splitlines() or [""])[-1]
     return (f"node {node.name!r}: importing {node.src} ended its process (exit code {done.returncode})"
             f"{f': {last}' if last else ''}")
@@ -176,22 +178,18 @@ def run_check(
 
 
 # The line the child process of _import_problem ends its output with: nothing after it when the module loads.
-_VERDICT = "krt-runner check verdict: "
-
-
-def _import_only(base_path: str, handler_path: str) -> int:
+def _import_only(base_path: str, handler_path: str, verdict_file: str) -> int:
     try:
         load_user_code(handler_path, Path(base_path), protobuf_compat=setting_from_env("protobuf_compat"))
     except (HandlerLoadError, ConfigError) as exc:
         verdict, code = " ".join(str(exc).split()), EXIT_USAGE
     except BaseException as exc:  # sys.exit() at import: the node would not start either
-        verdict, code = f"cannot load handler {handler_path!r}: import failed: {type(exc).__name__}: {exc}", EXIT_USAGE
+        verdict, code = f"cannot load handler {handler_path!r}: import failed: {describe(exc)}", EXIT_USAGE
     else:
         verdict, code = "", EXIT_OK
-    sys.stdout.flush()
-    print(f"\n{_VERDICT}{verdict}", flush=True)
+    Path(verdict_file).write_text(verdict, encoding="utf-8")
     return code
 
 
 if __name__ == "__main__":  # the child process of _import_problem
-    sys.exit(_import_only(sys.argv[1], sys.argv[2]))
+    sys.exit(_import_only(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -17,7 +17,7 @@
     if __name__ == "__main__":
         krt.write()          # krt.yml beside this file
 
-The DSL only assembles the ``krt.yml`` document; :func:`~krt_runner.krt.model.parse_krt`
+The DSL only assembles the ``krt.yml`` document; :func:`~krt_runner.krt.krt_reader.parse_krt`
 validates it, so a mistake is reported exactly as in a hand-written ``krt.yml``.
 """
 
@@ -151,7 +151,7 @@ class KRT:
         return f"{GENERATED_MARK}{origin}; edit that, not this file.\n{body}"
 
     def validate(self) -> Krt:
-        """The validated model, as :func:`~krt_runner.krt.model.load_krt` would read it from ``root``.
+        """The validated model, as :func:`~krt_runner.krt.krt_reader.load_krt` would read it from ``root``.
 
         Raises :class:`~krt_runner.errors.KrtFileError` with the problems a
         hand-written krt.yml of the same content would have.

@@ -69,13 +69,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     second ``workflows:`` would drop the first list)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
+        seen: set[str] = set()
+        for key_node, _ in node.value:  # the keys written here: what a merge (<<: *anchor) brings may be overridden
+            if key_node.tag != "tag:yaml.org,2002:str":
+                continue  # a merge key, a number, a list (which the loader refuses itself)
+            key = self.construct_scalar(key_node)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark)
-            seen.add(key)
+            seen.add(str(key))
         return super().construct_mapping(node, deep=deep)
 
 

@@ -49,12 +49,17 @@ def _option_problems(options: ManifestOptions) -> list[str]:
          "--nats-url carries a user or a password, which would be written into every Deployment: the manifests hold "
          "no secret. Give the URL without them, and KRT_NATS_USER and KRT_NATS_PASSWORD (or KRT_NATS_TOKEN) in the "
          "Secret named by --secret"),
-        (bool(url_credentials(options.influx_url.strip())[1]),
+        (bool(url_credentials(_with_scheme(options.influx_url.strip()))[1]),
          "--influx-url carries a user or a password, which would be written into every Deployment: the manifests "
          "hold no secret. Give the URL without them, and KRT_INFLUX_TOKEN (user:password for InfluxDB 1.8) in the "
          "Secret named by --secret"),
     ]
     return [problem for wrong, problem in checks if wrong]
+
+
+def _with_scheme(url: str) -> str:
+    """``admin:pw@influx:8086`` read as a URL too: its user part is still a secret."""
+    return url if not url or "://" in url else f"http://{url}"
 
 
 def _notes(krt: Krt, options: ManifestOptions, refused: list[str]) -> list[str]:

@@ -92,8 +92,9 @@ def parse_json(text: str, message_type: type[Message]) -> Message:
     return message
 
 
-def to_json(message: Message, *, indent: int | None = 2, with_defaults: bool = False) -> str:
-    """``message`` in protobuf's JSON mapping, with the field names of the .proto."""
+def to_json(message: Message, *, indent: int | None = 2, with_defaults: bool = False, ascii_only: bool = False) -> str:
+    """``message`` in protobuf's JSON mapping, with the field names of the .proto; text as it is ("Zoë"), or with
+    ``ascii_only`` escaped ("Zo\\u00eb"), for an output that cannot show it."""
     pool: Any = message.DESCRIPTOR.file.pool
     return json_format.MessageToJson(
         message,
@@ -101,7 +102,7 @@ def to_json(message: Message, *, indent: int | None = 2, with_defaults: bool = F
         indent=indent,
         always_print_fields_with_no_presence=with_defaults,
         descriptor_pool=pool,
-        ensure_ascii=False,  # "Zoë", not "Zo\\u00eb": read by people
+        ensure_ascii=ascii_only,
     )
 
 

@@ -38,5 +38,14 @@ async def send_one(
     except CallError as exc:
         print(f"krt-runner {command}: {exc}", file=err)
         return EXIT_FAILED
-    print(to_json(answer), file=out, flush=True)
+    print(_printable(to_json(answer), answer, out), file=out, flush=True)
     return EXIT_OK
+
+
+def _printable(text: str, answer: Message, out: TextIO) -> str:
+    """``text``, or the answer with its text escaped when ``out`` cannot show it (an ASCII or Latin-1 terminal)."""
+    try:
+        text.encode(getattr(out, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return to_json(answer, ascii_only=True)
+    return text

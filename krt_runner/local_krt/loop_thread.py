@@ -13,7 +13,7 @@ from krt_runner.errors import CallError, KrtRunnerError
 T = TypeVar("T")
 # Seconds closing waits for what still runs on the loop.
 CLOSE_TIMEOUT = 120.0
-_OWN_THREAD = ("{what} on the KRT's own thread (in a future's done callback, which runs there) would wait for "
+OWN_THREAD = ("{what} on the KRT's own thread (in a future's done callback, which runs there) would wait for "
                "itself and hold up every request: do it from another thread")
 
 
@@ -26,9 +26,16 @@ class Future(concurrent.futures.Future[T]):
     loop_thread: threading.Thread | None = None  # the thread its done callbacks run on, which must not wait on it
 
     def result(self, timeout: float | None = None) -> T:
-        if self.loop_thread is threading.current_thread() and not self.done():
-            raise KrtRunnerError(_OWN_THREAD.format(what="waiting for a request's answer"))
+        self._not_on_its_thread()
         return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._not_on_its_thread()
+        return super().exception(timeout)
+
+    def _not_on_its_thread(self) -> None:
+        if self.loop_thread is threading.current_thread() and not self.done():
+            raise KrtRunnerError(OWN_THREAD.format(what="waiting for a request's answer"))
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
@@ -52,10 +59,14 @@ class LoopThread:
         return future
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if threading.current_thread() is self._thread:
+        if self.on_its_thread():
             coroutine.close()
-            raise KrtRunnerError(_OWN_THREAD.format(what="closing the KRT"))
+            raise KrtRunnerError(OWN_THREAD.format(what="closing the KRT"))
         return self.submit(coroutine).result(timeout)
+
+    def on_its_thread(self) -> bool:
+        """Whether this is the loop's own thread (a future's done callback runs there)."""
+        return threading.current_thread() is self._thread
 
     def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:
         if not future.set_running_or_notify_cancel():  # cancelled before it started
@@ -111,10 +122,20 @@ def wait(
 
     ``return_when``: ``concurrent.futures.ALL_COMPLETED`` (default), ``FIRST_COMPLETED`` or ``FIRST_EXCEPTION``.
     """
-    done, pending = concurrent.futures.wait(list(futures), timeout=timeout, return_when=return_when)
+    futures = _not_on_their_thread(futures)
+    done, pending = concurrent.futures.wait(futures, timeout=timeout, return_when=return_when)
     return cast(set[Future[T]], done), cast(set[Future[T]], pending)
 
 
 def as_completed(futures: Iterable[Future[T]], *, timeout: float | None = None) -> Iterator[Future[T]]:
     """Yield ``futures`` as they finish, as :func:`concurrent.futures.as_completed`."""
-    return cast(Iterator[Future[T]], concurrent.futures.as_completed(list(futures), timeout=timeout))
+    return cast(Iterator[Future[T]], concurrent.futures.as_completed(_not_on_their_thread(futures), timeout=timeout))
+
+
+def _not_on_their_thread(futures: Iterable[Future[T]]) -> list[Future[T]]:
+    """``futures`` as a list; :class:`KrtRunnerError` in a done callback that would wait for one not done."""
+    waited = list(futures)
+    for future in waited:
+        if isinstance(future, Future):
+            future._not_on_its_thread()
+    return waited

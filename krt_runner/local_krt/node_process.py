@@ -70,10 +70,17 @@ class Quiet:
         self._stream = stream
         self._gone = False
 
+    @property
+    def encoding(self) -> str | None:
+        return getattr(self._stream, "encoding", None)
+
     def write(self, text: str) -> int:
         if not self._gone:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # a character the terminal cannot show: escaped, not the stream gone
+                encoding = self.encoding or "ascii"
+                return self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
             except (OSError, ValueError):
                 self._gone_now()
         return len(text)

@@ -133,9 +133,10 @@ def _any_method_hint(exc: BaseException) -> str:
 def check_arguments(function: UserFunction, names: tuple[str, ...], where: str) -> None:
     """:class:`HandlerLoadError` when ``function`` cannot be called with ``names``' arguments, as the runner calls it
     (``handler(ctx, data)``): found at start-up, not as a ``TypeError`` in every request's answer. A callable whose
-    signature Python cannot read is let through."""
+    signature Python cannot read is let through, and so is a decorated function: the wrapper is what is called, and
+    its own signature (``*args, **kwargs``, most often) is read, not the function's it wraps."""
     try:
-        signature = inspect.signature(function)
+        signature = inspect.signature(function, follow_wrapped=False)
     except (TypeError, ValueError):
         return
     try:
