@@ -36,7 +36,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from krt_runner import envelope
-from krt_runner.config import redact_url
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import (
     CallError,
@@ -49,9 +48,9 @@ from krt_runner.errors import (
     UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
-from krt_runner.node.nats_settings import explain, is_fatal, servers_and_credentials
+from krt_runner.requester_connection import connect_requester
 from krt_runner.requester_envelope import check_timeout, decoded_answer, request_envelope, unpack_answer
-from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES, nats_servers, nats_url
+from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES
 
 __all__ = [
     "BlockingClient",
@@ -104,26 +103,7 @@ class Client:
         """
         if delivery not in DELIVERY_MODES:
             raise ValueError(f"delivery must be one of {', '.join(DELIVERY_MODES)}, not {delivery!r}")
-        urls = _server_urls(servers)
-        last_error: list[Exception] = []  # only one: the callback lives as long as the connection
-
-        async def remember(error: Exception) -> None:
-            if not (last_error and is_fatal(last_error[0])):  # a refusal, not the reset that follows it
-                last_error[:] = [error]
-
-        nc = NatsClient()
-        servers, credentials = servers_and_credentials(urls)  # a percent-encoded password, decoded
-        settings = {"name": "krt-runner-client", "max_reconnect_attempts": -1, "error_cb": remember, **options,
-                    **credentials}
-        try:
-            await asyncio.wait_for(nc.connect(servers=servers, **settings), timeout=connect_timeout)
-        except (asyncio.TimeoutError, OSError, nats_errors.Error) as exc:
-            with contextlib.suppress(Exception):  # a client that never connected may refuse to close
-                await nc.close()
-            cause = last_error[0] if last_error else exc
-            shown = ", ".join(redact_url(url) for url in urls)
-            reason = explain(cause) if is_fatal(cause) else f"{type(cause).__name__}: {cause}"
-            raise ClientConnectError(f"cannot connect to NATS at {shown}: {reason}") from None
+        nc = await connect_requester(servers, connect_timeout=connect_timeout, **options)
         if delivery != AT_LEAST_ONCE:
             return cls(nc)
         jetstream = JetStreamRequests(nc)
@@ -307,16 +287,3 @@ class BlockingClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _server_urls(servers: str | Sequence[str]) -> list[str]:
-    """Each server as a node reads ``KRT_NATS_SERVER`` (``host:port`` is ``nats://host:port``, ``NATS://`` is
-    ``nats://``); :class:`ClientConnectError` naming what is not a NATS URL."""
-    try:
-        if isinstance(servers, str):
-            return [*nats_servers(servers)]
-        if not servers:
-            raise ValueError("must name at least one server, e.g. nats://127.0.0.1:4222")
-        return [nats_url(server.strip()) for server in servers]  # each entry one server, commas and all
-    except ValueError as exc:
-        raise ClientConnectError(f"cannot connect to NATS: {exc}") from None

@@ -44,7 +44,7 @@ def capture_output(*, json_log: bool) -> None:
 
 def _text_stream(name: str, level: int, under: TextIO) -> TextIO:
     raw = _LinesToLogging(name, level, under)
-    stream = io.TextIOWrapper(io.BufferedWriter(raw, LONGEST_LINE), encoding="utf-8", errors="replace",
+    stream = io.TextIOWrapper(_Passthrough(raw), encoding="utf-8", errors="replace",
                               line_buffering=True, write_through=True)
     stream.mode = "w"  # type: ignore[misc]  # as open() sets it on the streams it makes
     return stream
@@ -71,6 +71,35 @@ def _log_thread_exception(args: Any) -> None:
     name = args.thread.name if args.thread is not None else "?"
     logging.getLogger("threading").error("uncaught exception in thread %s", name,
                                          exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
+class _Passthrough(io.BufferedIOBase):
+    """What a text stream writes through to: its bytes handed to ``raw`` at once. Not an ``io.BufferedWriter``,
+    whose lock is held while ``raw`` logs a line: a daemon thread printing at interpreter exit made it a fatal
+    error, and a fork while one printed left the child that lock held for ever."""
+
+    def __init__(self, raw: _LinesToLogging) -> None:
+        super().__init__()
+        self.raw = raw
+
+    @property
+    def name(self) -> str:
+        return self.raw.name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def isatty(self) -> bool:
+        return False
 
 
 class _LinesToLogging(io.RawIOBase):

@@ -91,7 +91,7 @@ def test_only_the_broker_its_connection_and_requests_jetstream_and_the_client_im
     assert importers == ["krt_runner.client", "krt_runner.jetstream_requests", "krt_runner.node.broker",
                          "krt_runner.node.direct_parser", "krt_runner.node.discovery", "krt_runner.node.jetstream",
                          "krt_runner.node.nats_connection",
-                         "krt_runner.node.request_mux"]
+                         "krt_runner.node.request_mux", "krt_runner.requester_connection"]
 
 
 def test_no_module_is_longer_than_a_sitting():

@@ -44,6 +44,8 @@ _FIRST_GUESS_NS = 1_000_000  # the mean handling time before any was measured
 _RELEASE_TIMEOUT = 2.0
 # Seconds past the expiry of a stopping process's last pull request before what it hands back is delivered again.
 _PAST_EXPIRY = 0.5
+# Seconds after a consumer was made again during which word that it was deleted is taken as about the old one.
+_REMADE_QUIET = 2.0
 
 
 class JetStreamIntake:
@@ -65,6 +67,7 @@ class JetStreamIntake:
         self._ticker: asyncio.Task[None] | None = None
         self._puller: Puller | None = None
         self._stopping = False
+        self._remade_until = 0.0  # until then, word that the consumer was deleted is about the one made again
         self.input = JetStreamInput(stream_name(settings.input_subject), consumer_name(settings.input_subject), False)
 
     @property
@@ -209,14 +212,17 @@ class JetStreamIntake:
     async def _make_input_again(self) -> None:
         """The node's consumer was deleted (or its stream, and the consumer with it): make them again, as at start,
         and pull from them; a node that cannot stops (exit 1), for its supervisor to restart it."""
-        if self._stopping or self._puller is None:
-            return
+        if self._stopping or self._puller is None or time.monotonic() < self._remade_until:
+            return  # each of its open pull requests ends with a 409, some after it was made again
+        self._remade_until = float("inf")
         self._log.warning("the node's JetStream consumer was deleted: making it again", consumer=self.input.consumer)
         try:
             await self.prepare()
         except JetStreamError as exc:
             self._broker.fail(f"the node's JetStream consumer was deleted and cannot be made again: {exc}")
             return
+        finally:
+            self._remade_until = time.monotonic() + _REMADE_QUIET
         self._puller.retarget(stream=self.input.stream, consumer=self.input.consumer)
         await self._puller.restart()
 

@@ -169,7 +169,7 @@ class Pipeline:
             return exc
         if self._giving_up and isinstance(exc, asyncio.CancelledError):
             return exc  # the drain's cancellation, not the handler's own
-        return handler_failure(exc, self._timeout)
+        return handler_failure(exc, self._timeout, typed=self._request_type is not None)
 
     async def _call_handler(self, job: Job) -> Any:
         ctx, data = self._handler_args(job)
@@ -180,7 +180,9 @@ class Pipeline:
                 return await self.caller.call(self._handler_from_now, job, ctx, data)
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
-            return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data), timeout)
+            typed = self._request_type is not None
+            return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data, typed=typed),
+                                          timeout)
         except USER_CODE_FAILURES as exc:
             raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
         finally:
