@@ -280,8 +280,8 @@ def test_a_websocket_server_needs_aiohttp():
 
 async def test_the_python_client_reads_servers_as_a_node_does_and_refuses_what_is_no_nats_url():
     from krt_runner.client import Client
-    from krt_runner.requester_connection import _server_urls
     from krt_runner.errors import ClientConnectError
+    from krt_runner.requester_connection import _server_urls
 
     assert _server_urls("NATS://a:4222,b:4222") == ["nats://a:4222", "nats://b:4222"]
     assert _server_urls(["nats://s3cr3t,tok@a:4222", "b:4222"]) == ["nats://s3cr3t,tok@a:4222", "nats://b:4222"]
