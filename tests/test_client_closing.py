@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from conftest import KRT_RUNNER, greeter_pb2
+from conftest import KRT_RUNNER, ROOT, greeter_pb2
 
 import krt_runner
 from krt_runner.client import BlockingClient, Client
@@ -165,3 +165,5 @@ def test_local_names_the_argument_of_a_value_of_the_wrong_type(tmp_path: Path):
         krt_runner.local(tmp_path, env={"KRT_CONCURRENCY": 4})
     with pytest.raises(TypeError, match=r"local\(replicas=...\): 'greet': '2' is not a whole number"):
         krt_runner.local(tmp_path, replicas={"greet": "2"})
+    with pytest.raises(KrtRunnerError, match=r"local\(\)'s replicas ghost: no node 'ghost' in krt.yml"):
+        krt_runner.local(ROOT / "examples" / "greeter", replicas={"ghost": 2})

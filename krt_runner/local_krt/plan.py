@@ -44,6 +44,7 @@ class UpOptions:
     grpc_port: int | None = None  # None: 9000, or a free port when 9000 is taken; 0: a free port
     delivery: str = "at-most-once"  # at-least-once: nats-server with JetStream, every node and requester on it
     ready_timeout_name: str = "--ready-timeout"  # how the caller sets ready_timeout, for the message when it runs out
+    replicas_name: str = "--replicas"  # how the caller sets replicas, for its problems
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def _problems(krt: Krt, options: UpOptions, wired: list[NodeWiring], environ: Ma
         for w in wired
         if not w.node.is_python
     ]
-    problems += _replica_problems(krt, options.replicas)
+    problems += _replica_problems(krt, options.replicas, options.replicas_name)
     problems += entrypoint_problems(krt)
     missing = missing_config(krt, environ)
     if missing:
@@ -147,10 +148,10 @@ def _grpc_plan(krt: Krt, options: UpOptions) -> tuple[GrpcPlan | None, str]:
     return GrpcPlan(service=service.name, rpcs={w.name: w.entrypoint for w in krt.workflows}), ""
 
 
-def _replica_problems(krt: Krt, replicas: Mapping[str, int]) -> list[str]:
+def _replica_problems(krt: Krt, replicas: Mapping[str, int], flag: str) -> list[str]:
     names = {node.name for node in krt.nodes}
-    problems = [f"--replicas {name}: no node {name!r} in krt.yml" for name in replicas if name not in names]
-    problems += [f"--replicas {name}={count}: must be at least 1" for name, count in replicas.items() if count < 1]
+    problems = [f"{flag} {name}: no node {name!r} in krt.yml" for name in replicas if name not in names]
+    problems += [f"{flag} {name}={count}: must be at least 1" for name, count in replicas.items() if count < 1]
     return problems
 
 
