@@ -163,26 +163,25 @@ def _import_file(path: Path) -> FileDescriptor:
         refused = refused_generated_code(exc, root=path.parent)
         if refused is not None:
             raise ProtoError(f"cannot import {path}: {refused}: {regenerate_hint(_krt_folder_of(path))}") from None
-        if _name_taken(path):  # by another file of that name: an identical one is taken again without a word
-            return _compiled_instead(path)
+        name = recorded_proto_name(path)
+        if name and _name_taken(name):  # by another file of that name: an identical one is taken again without a word
+            return _compiled_instead(path, name)
         raise ProtoError(f"cannot import {path}: {type(exc).__name__}: {exc}") from None
     return _descriptor_of(module, str(path))
 
 
-def _name_taken(generated: Path) -> bool:
-    """A module of this process registered a ``.proto`` of the same name (two KRTs made by ``krt-runner init`` both
-    have an ``entrypoint.proto``): protobuf's default pool refuses a second, different one."""
-    name = recorded_proto_name(generated)
+def _name_taken(name: str) -> bool:
+    """A module of this process registered a ``.proto`` of this name (two KRTs made by ``krt-runner init`` both have
+    an ``entrypoint.proto``): protobuf's default pool refuses a second, different one."""
     try:
         descriptor_pool.Default().FindFileByName(name)
     except KeyError:
         return False
-    return bool(name)
+    return True
 
 
-def _compiled_instead(generated: Path) -> FileDescriptor:
-    """The types of ``generated`` from its ``.proto``, compiled into a pool of their own."""
-    name = recorded_proto_name(generated)
+def _compiled_instead(generated: Path, name: str) -> FileDescriptor:
+    """The types of ``generated`` (recorded as ``name``) from its ``.proto``, compiled into a pool of their own."""
     candidates = [folder / name for folder in (generated.parent, *generated.parents)]
     candidates += [folder / Path(name).name for folder in (generated.parent, _krt_folder_of(generated) / "proto")]
     proto = next((path for path in candidates if path.is_file()), None)

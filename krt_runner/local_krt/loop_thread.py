@@ -13,7 +13,7 @@ from krt_runner.errors import CallError, KrtRunnerError
 T = TypeVar("T")
 # Seconds closing waits for what still runs on the loop.
 CLOSE_TIMEOUT = 120.0
-OWN_THREAD = ("{what} on the KRT's own thread (in a future's done callback, which runs there) would wait for "
+_OWN_THREAD = ("{what} on the KRT's own thread (in a future's done callback, which runs there) would wait for "
                "itself and hold up every request: do it from another thread")
 
 
@@ -35,7 +35,7 @@ class Future(concurrent.futures.Future[T]):
 
     def _not_on_its_thread(self) -> None:
         if self.loop_thread is threading.current_thread() and not self.done():
-            raise KrtRunnerError(OWN_THREAD.format(what="waiting for a request's answer"))
+            raise KrtRunnerError(_OWN_THREAD.format(what="waiting for a request's answer"))
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
@@ -59,14 +59,16 @@ class LoopThread:
         return future
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self.on_its_thread():
+        if threading.current_thread() is self._thread:
             coroutine.close()
-            raise KrtRunnerError(OWN_THREAD.format(what="closing the KRT"))
+        self.refuse_on_its_thread("closing the KRT")
         return self.submit(coroutine).result(timeout)
 
-    def on_its_thread(self) -> bool:
-        """Whether this is the loop's own thread (a future's done callback runs there)."""
-        return threading.current_thread() is self._thread
+    def refuse_on_its_thread(self, what: str) -> None:
+        """:class:`KrtRunnerError` on the loop's own thread (where a future's done callback runs): ``what`` would
+        wait for that very thread."""
+        if threading.current_thread() is self._thread:
+            raise KrtRunnerError(_OWN_THREAD.format(what=what))
 
     def _start(self, coroutine: Coroutine[Any, Any, T], future: Future[T], call: bool) -> None:
         if not future.set_running_or_notify_cancel():  # cancelled before it started

@@ -48,7 +48,7 @@ from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.model import Krt
 from krt_runner.krt.package import open_krt
 from krt_runner.krt.protos import MessageTypes, parse_json
-from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, OWN_THREAD, Future, LoopThread, as_completed, wait
+from krt_runner.local_krt.loop_thread import CLOSE_TIMEOUT, Future, LoopThread, as_completed, wait
 from krt_runner.local_krt.plan import READY_TIMEOUT, EntryPoint, Plan, UpOptions, make_plan, workflow_entry_points
 from krt_runner.local_krt.supervisor import Ending, Supervisor
 from krt_runner.requester_envelope import check_timeout
@@ -152,8 +152,7 @@ class RunningKrt:
 
     def close(self) -> None:
         """Fail what is pending, close the connection; under :func:`local`, stop every process it started."""
-        if self._loop.on_its_thread():  # before anything is undone: the KRT stays as it is
-            raise KrtRunnerError(OWN_THREAD.format(what="closing the KRT"))
+        self._loop.refuse_on_its_thread("closing the KRT")  # before anything is undone: the KRT stays as it is
         with self._closing:
             self._exits.close()
 
