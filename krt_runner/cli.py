@@ -206,7 +206,10 @@ def _port(raw: str) -> int:
 
 
 def _positive(raw: str) -> int:
-    value = int(raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {raw!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value

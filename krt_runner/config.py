@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from krt_runner import setting_values as parse
+from krt_runner.credential_files import credential_file_problems
 from krt_runner.errors import ConfigError
 from krt_runner.node.nats_settings import connect_options
 from krt_runner.options import Option, read_option, read_options
@@ -113,8 +114,8 @@ OPTIONS: tuple[Option, ...] = (
                 "nodes wrote to the runtime's database), else kre"),
     Option("influx_batch_size", "KRT_INFLUX_BATCH_SIZE", "--influx-batch-size", parse.positive_int, default=5000,
            help="points per write request (5000 is InfluxDB's advice)"),
-    Option("influx_flush_interval", "KRT_INFLUX_FLUSH_INTERVAL", "--influx-flush-interval", parse.positive_float,
-           default=1.0, help="seconds between writes of a partial batch"),
+    Option("influx_flush_interval", "KRT_INFLUX_FLUSH_INTERVAL", "--influx-flush-interval", parse.flush_interval,
+           default=1.0, help="seconds between writes of a partial batch (at least 0.01)"),
     Option("influx_max_buffered_points", "KRT_INFLUX_MAX_BUFFERED_POINTS", "--influx-max-buffered-points",
            parse.positive_int, default=100_000,
            help="cap on points held in memory while writes fail; when full the oldest are dropped and counted"),
@@ -262,7 +263,7 @@ def connection_problems(values: Mapping[str, Any]) -> list[str]:
         problems.append("KRT_NATS_TLS_CERT and KRT_NATS_TLS_KEY go together: set both for mutual TLS, or neither")
     if values.get("nats_password") and not values.get("nats_user"):
         problems.append("KRT_NATS_PASSWORD needs KRT_NATS_USER")
-    return problems
+    return problems + credential_file_problems(values)
 
 
 # The rows that say how to log in to NATS and check its certificate: a node's, and a requester's (up, call, local()).

@@ -23,6 +23,7 @@ _SUBJECT_RE = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _WHITESPACE = re.compile(r"\s")
 # At-least-once limits (KRT_JETSTREAM_ACK_WAIT, KRT_JETSTREAM_MAX_DELIVER): see ack_wait().
 MIN_ACK_WAIT, MAX_ACK_WAIT = 0.1, 86_400.0
+MIN_FLUSH_INTERVAL = 0.01
 MAX_DELIVER = 10_000
 MAX_STREAM_REPLICAS = 5  # JetStream keeps at most 5 copies of a stream
 # KRT_CONCURRENCY and KRT_BATCH_MAX_SIZE: a worker task each (a batch node: per request it may hold), made at start.
@@ -61,6 +62,14 @@ def positive_float(raw: str) -> float:
     return value
 
 
+def flush_interval(raw: str) -> float:
+    """Seconds between writes of a partial batch: from 10 ms (an idle writer waking more often only spins)."""
+    value = positive_float(raw)
+    if value < MIN_FLUSH_INTERVAL:
+        raise ValueError(f"must be a number of seconds from {MIN_FLUSH_INTERVAL:g} to {MAX_SECONDS:.0f} (a year)")
+    return value
+
+
 def milliseconds(raw: str) -> float:
     """A wait in milliseconds; ``0`` means no wait."""
     value = _finite(raw)
@@ -88,7 +97,7 @@ def stream_replicas(raw: str) -> int:
 
 def port(raw: str) -> int:
     """A TCP port to listen on: 0 to 65535, 0 meaning a free one."""
-    value = int(raw)
+    value = int(raw) if _WHOLE.fullmatch(raw) else -1
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number from 0 to 65535 (0: any free port)")
     return value
@@ -172,18 +181,25 @@ def input_subject(raw: str) -> str:
     return value
 
 
+# Numbers as people write them in a setting: ASCII digits, no "_" (Python's int() and float() take 1_0 and "٣").
+_DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
+_WHOLE = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+
+
 def _finite(raw: str) -> float:
+    number = _DECIMAL.fullmatch(raw)
+    if number is None and raw.strip().lower() not in ("inf", "+inf", "-inf", "nan"):
+        raise ValueError(f"must be a number, such as 2 or 0.5, not {raw!r}")
     value = float(raw)
     if not math.isfinite(value):
         raise ValueError("must be a finite number")
+    if value == 0 and number is not None and number[1].strip("0."):  # 1e-400: not a way to say 0 (off)
+        raise ValueError(f"{raw!r} is too small to tell from 0")
     return value
 
 
 def _whole_number(raw: str, least: int, most: int | None) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = least - 1  # "1.5", "x": said as the range below
+    value = int(raw) if _WHOLE.fullmatch(raw) else least - 1  # "1.5", "x", "1_0": said as the range below
     if value < least or (most is not None and value > most):
         raise ValueError(f"must be a whole number of at least {least}" + (f" and at most {most}" if most else ""))
     return value

@@ -9,6 +9,8 @@ import shutil
 import nats
 import pytest
 from conftest import greeter_pb2, node_env
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DiscardPolicy
 from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester: fixtures used here)
     HANDLER,
     HANDLERS,
@@ -23,6 +25,7 @@ from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester:
 from krt_runner.client import Client
 from krt_runner.errors import ErrorAnswer, NoResponders
 from krt_runner.jetstream_names import stream_name
+from krt_runner.node import jetstream
 
 
 async def test_an_answer_the_next_stream_refuses_for_good_gets_one_error_answer_and_its_handler_runs_once(
@@ -45,6 +48,27 @@ async def test_an_answer_the_next_stream_refuses_for_good_gets_one_error_answer_
     assert "error in node 'a': the next node's stream refused this node's answer: maximum messages exceeded" \
         in str(refused.value)
     assert ran == ["a"]  # once, not once per delivery
+
+
+async def test_a_stream_a_node_made_refuses_answers_in_words_once_an_operator_limits_it(
+    js_server, start_node, call_log, requester
+) -> None:
+    nodes = start_nodes(start_node, js_server, call_log, ["a", "b"])
+    nodes["b"][0].stop()
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream_name("in-b"))
+    assert info.config.discard == DiscardPolicy.NEW  # discard=old would drop stored requests unanswered
+    info.config.max_msgs = 1  # what `nats stream edit KRT_in-b --max-msgs 1` does
+    await js.update_stream(info.config)
+    await js.publish("in-b", b"the one message it has room for")
+    await nc.close()
+
+    with pytest.raises(ErrorAnswer) as refused:
+        await requester.call("in-a", greeter_pb2.Request(name="refused"), greeter_pb2.Request, timeout=20)
+
+    assert "error in node 'a': the next node's stream refused this node's answer: maximum messages exceeded" \
+        in str(refused.value)
 
 
 async def test_requests_sent_while_the_server_is_down_are_stored_once_it_is_back_and_not_sent_twice(
@@ -148,3 +172,23 @@ async def test_a_server_restarted_without_its_store_gets_the_nodes_stream_and_co
 
     assert answer is not None and answer.name == "again>a", nodes["a"][0].output
     assert "the node's JetStream consumer was deleted: making it again" in nodes["a"][0].output
+
+
+async def test_a_jetstream_request_left_unanswered_is_asked_again_and_then_blamed_on_the_server(monkeypatch) -> None:
+    monkeypatch.setattr(jetstream, "_API_RETRY_PAUSE", 0)
+    outcomes = [NatsTimeoutError(), NatsTimeoutError(), "made"]
+
+    async def request() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def never_answered() -> str:
+        raise NatsTimeoutError
+
+    assert await jetstream.answered(request) == "made"
+    with pytest.raises(NatsTimeoutError):
+        await jetstream.answered(never_answered)
+    text = jetstream._api_text(NatsTimeoutError())
+    assert "JetStream did not answer, 6 times in a row" in text and "nothing is wrong with the stream" in text

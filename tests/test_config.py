@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -193,6 +194,7 @@ def test_run_with_missing_settings_exits_2_listing_every_problem(tmp_path):
         ("KRT_BATCH_MAX_SIZE", "99999999999999999999999", "at most 10000"),
         ("KRT_DRAIN_TIMEOUT", "1e10", "at most 31536000 (a year)"),
         ("KRT_INFLUX_FLUSH_INTERVAL", "1e10", "at most 31536000 (a year)"),
+        ("KRT_INFLUX_FLUSH_INTERVAL", "0.000001", "from 0.01 to 31536000 (a year)"),  # an idle writer spun a core
         ("KRT_INFLUX_TIMEOUT", "1e300", "at most 31536000 (a year)"),
         ("KRT_IDLE_TIMEOUT", "1e12", "at most 31536000 (a year)"),
         ("KRT_NATS_INPUT", "x" * 1025, "over the 1024 a node subscribes to"),
@@ -287,3 +289,43 @@ async def test_the_python_client_reads_servers_as_a_node_does_and_refuses_what_i
     assert _server_urls(["nats://s3cr3t,tok@a:4222", "b:4222"]) == ["nats://s3cr3t,tok@a:4222", "nats://b:4222"]
     with pytest.raises(ClientConnectError, match="is not a NATS URL"):
         await Client.connect("http://a:4222")
+
+
+def test_tls_nkey_and_creds_files_of_the_wrong_kind_are_settings_problems_listed_together(tmp_path):
+    wrong = tmp_path / "hostname.txt"
+    wrong.write_text("not a certificate, a key, a seed or a JWT\n")
+    files = {name: str(wrong) for name in ("KRT_NATS_TLS_CA", "KRT_NATS_TLS_CERT", "KRT_NATS_TLS_KEY",
+                                           "KRT_NATS_NKEY_SEED", "KRT_NATS_CREDS")}
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, **files})
+
+    problems = str(refused.value)
+    for start in (f"KRT_NATS_TLS_CA {wrong} does not hold PEM certificates",
+                  f"KRT_NATS_TLS_CERT {wrong} with KRT_NATS_TLS_KEY {wrong} does not hold a PEM certificate and its "
+                  "private key", f"KRT_NATS_NKEY_SEED {wrong} does not hold an NKey seed",
+                  f"KRT_NATS_CREDS {wrong} does not hold a user JWT and its NKey seed"):
+        assert start in problems
+
+
+def test_a_node_given_a_certificate_file_of_the_wrong_kind_exits_2_with_one_message_and_no_traceback(tmp_path):
+    wrong = tmp_path / "ca.pem"
+    wrong.write_text("garbage\n")
+    env = {**{key: value for key, value in os.environ.items() if not key.startswith("KRT_")}, **KRE_V1_ENV,
+           "KRT_NATS_TLS_CA": str(wrong)}
+
+    done = subprocess.run([sys.executable, "-m", "krt_runner", "run"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and f"KRT_NATS_TLS_CA {wrong} does not hold PEM certificates" in done.stderr
+
+
+@pytest.mark.parametrize(("name", "raw"), [("KRT_CONCURRENCY", "1_0"), ("KRT_CONCURRENCY", "\u0663"),
+                                           ("KRT_DRAIN_TIMEOUT", "1_0"), ("KRT_HANDLER_TIMEOUT", "1e-400"),
+                                           ("KRT_IDLE_TIMEOUT", "1e-400"), ("KRT_NATS_RECONNECT_WAIT", "\u0663")])
+def test_numbers_are_read_as_written_digits_and_a_tiny_timeout_is_not_taken_for_off(name, raw):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, name: raw})
+
+    assert name in str(refused.value)
+    assert load_settings({**KRE_V1_ENV, "KRT_HANDLER_TIMEOUT": "0", "KRT_DRAIN_TIMEOUT": " 2.5 "}).drain_timeout == 2.5

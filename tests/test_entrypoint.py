@@ -359,4 +359,5 @@ async def test_a_call_still_waiting_at_the_drain_timeout_gets_unavailable_with_i
     assert error.details() == "the entrypoint stopped: KRT_DRAIN_TIMEOUT ran out before the workflow answered"
     tracking = tracking_id(error.trailing_metadata())
     assert await asyncio.to_thread(process.wait, 30) == 0
-    assert any('"call failed"' in line and tracking in line for line in process.lines), process.output
+    failed = [json.loads(line) for line in process.lines if '"call failed"' in line and tracking in line]
+    assert failed and failed[0]["workflow"] == "greet", process.output  # as every line a message causes

@@ -58,7 +58,7 @@ def test_an_address_it_cannot_listen_on_is_one_line_with_the_systems_cause_and_w
 
 def test_a_subjects_file_entry_that_is_no_subject_is_named_with_its_rpc(krt, tmp_path):
     subjects = tmp_path / "subjects.json"
-    subjects.write_text(json.dumps({"Greet": "greet", "Absent": ""}))
+    subjects.write_text(json.dumps({"Greet": "a..b", "Absent": ""}))
 
     done = subprocess.run([*KRT_RUNNER, "entrypoint", str(krt)], capture_output=True, text=True, timeout=60,
                           env=entrypoint_env(None, KRT_NATS_SERVER="nats://127.0.0.1:1",
@@ -66,6 +66,7 @@ def test_a_subjects_file_entry_that_is_no_subject_is_named_with_its_rpc(krt, tmp
 
     assert done.returncode == 2
     assert "rpc Absent's subject is '': expected a subject (a non-empty string)" in done.stderr
+    assert "rpc Greet's subject: 'a..b'" in done.stderr  # both at once, not one per run
 
 
 async def test_it_serves_without_its_nodes_code_and_inflates_answers_up_to_its_setting(nats_server, krt):

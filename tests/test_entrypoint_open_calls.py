@@ -116,3 +116,32 @@ async def test_a_call_that_came_in_before_the_server_stopped_taking_new_ones_is_
 
     assert (refused.value.code, refused.value.details) == (grpc.StatusCode.UNAVAILABLE,
                                                            "the entrypoint is stopping; try again")
+
+
+async def test_a_call_that_opens_as_the_drain_finds_none_open_is_waited_for_not_given_up_on():
+    open_calls = OpenCalls(last_answer_delay=0.01)
+    open_calls.stopping = True
+    calls = Calls(open_calls)
+    calls.start("earlier", "peer-a")
+    await settle()
+    late: list[asyncio.Task[None]] = []
+    answered = []
+
+    async def refused_call() -> None:  # arrives after the stop: refused at once, then its connection's last delay
+        async with open_calls.call("late-peer"):
+            pass
+        answered.append("refused")
+
+    class LetsOneCallIn(asyncio.Event):
+        def set(self) -> None:  # the earlier call ended: the drain wakes, and a late call opens in the same turn
+            super().set()
+            if not late:
+                late.append(asyncio.ensure_future(refused_call()))
+
+    open_calls._none_open = LetsOneCallIn()  # cleared, as the earlier call left it
+    draining = asyncio.ensure_future(open_calls.drain(FOREVER))
+    await settle()
+    await calls.release("earlier")
+
+    assert await asyncio.wait_for(draining, 5) == 0
+    assert late and not open_calls.gave_up and not late[0].cancelled() and answered == ["refused"]

@@ -170,6 +170,27 @@ def test_check_validates_replicas_and_resources(tmp_path):
                for p in problems)  # kubernetes-validate's schema lets it through; the API server does not
 
 
+def test_every_form_of_a_kubernetes_quantity_is_taken_and_compared_across_units(tmp_path):
+    folder = tmp_path / "quantities"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    fields = ("    src: src/greet.py\n    resources: {cpuLimit: 100u, cpuRequest: 1e-5, memoryLimit: 1Ei, "
+              "memoryRequest: 1E}\n")  # 1E (exa) is below 1Ei; 1e-5 cores below 100u
+    text = (folder / "krt.yml").read_text()
+    (folder / "krt.yml").write_text(text.replace("    src: src/greet.py\n", fields))
+    (tmp_path / "over").mkdir()
+    over = tmp_path / "over" / "krt.yml"
+    shutil.copytree(GREETER, over.parent, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    over.write_text(text.replace("    src: src/greet.py\n", "    src: src/greet.py\n    resources: {cpuLimit: .5, "
+                                 "cpuRequest: 1e0, memoryLimit: +1Ki, memoryRequest: 1e3}\n"))
+
+    _, problems = check_krt(folder)
+    _, over_problems = check_krt(over.parent)
+
+    assert problems == []
+    assert [p.split("krt.yml: ")[1] for p in over_problems if "resources" in p] == [
+        "nodes[0].resources.cpuRequest: 1e0 is above cpuLimit 0.5: Kubernetes refuses such a pod"]
+
+
 def test_up_starts_as_many_processes_as_krt_yml_asks_unless_told_otherwise(tmp_path):
     from krt_runner.local_krt.plan import UpOptions, make_plan
 
@@ -212,6 +233,23 @@ def test_flags_the_api_server_would_refuse_are_refused_all_at_once():
                     "--secret 'Bad Secret' is not a Kubernetes Secret name",
                     "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"):
         assert f"krt-runner manifests: {problem}" in done.stderr
+
+
+def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_before_anything_is_written():
+    done = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url", "http://nats:4222",
+                           "--influx-url", "influxdb:8086"], capture_output=True, text=True, timeout=60)
+    port = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url", "nats://nats:99999"],
+                          capture_output=True, text=True, timeout=60)
+    word = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--keda", "--delivery",
+                           "at-least-once", "--keda-max-replicas", "abc"], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--nats-url: 'http://nats:4222' is not a NATS URL such as nats://host:4222; every pod would refuse it as " \
+           "its KRT_NATS_SERVER" in done.stderr
+    assert "--influx-url: 'influxdb:8086' is not an http(s) URL such as http://influxdb:8086" in done.stderr
+    assert port.returncode == 2 and "--nats-url: 'nats://nats:99999'" in port.stderr
+    assert word.returncode == 2
+    assert "--keda-max-replicas: must be a whole number of at least 1, not 'abc'" in word.stderr
 
 
 def test_a_bare_nats_url_with_a_password_is_refused_too_and_keda_watches_the_nats_host_given(tmp_path):

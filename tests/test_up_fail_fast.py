@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
 from entrypoint_helpers import write_krt
-from up_helpers import UpRun, leftovers, run_up
+from up_helpers import UpRun, leftovers, run_up, up_env
 
 from krt_runner.local_krt.embedded import EmbeddedNats, free_port
 
@@ -96,6 +97,37 @@ def test_a_second_up_on_the_same_nats_server_warns_that_the_entry_subject_alread
     assert "warning" not in "\n".join(first.err)
 
 
+def test_at_least_once_up_warns_of_a_running_up_only_and_never_feeds_its_probe_to_the_first_node(tmp_path):
+    at_least_once = ("--delivery", "at-least-once", "--request", '{"name": "Ada"}')
+    with EmbeddedNats(jetstream=True) as server:
+        first = run_up(str(GREETER), "--nats", server.url, *at_least_once, cwd=tmp_path, marker=uuid.uuid4().hex)
+        again = run_up(str(GREETER), "--nats", server.url, *at_least_once, cwd=tmp_path, marker=uuid.uuid4().hex)
+        running = UpRun(str(GREETER), "--nats", server.url, "--delivery", "at-least-once", "--no-entrypoint",
+                        cwd=tmp_path)
+        try:
+            running.wait_for_call_line()
+            beside = run_up(str(GREETER), "--nats", server.url, *at_least_once, cwd=tmp_path,
+                            marker=uuid.uuid4().hex)
+        finally:
+            running.stop()
+
+    assert [first.returncode, again.returncode, beside.returncode] == [0, 0, 0], beside.stderr
+    # The streams stay between runs; a probe request would be stored, warn of a responder and reach greet as junk.
+    assert "warning" not in again.stderr and " errors=0 " in again.stderr, again.stderr
+    assert "not a KreNatsMessage" not in again.stderr
+    assert "warning: something already takes requests on greeter-v1-Greet-entrypoint" in beside.stderr
+
+
+def test_up_refuses_more_node_processes_than_one_machine_runs_before_starting_any(tmp_path):
+    marker = uuid.uuid4().hex
+    done = run_up(str(GREETER), "--replicas", "greet=100000", "--no-entrypoint", cwd=tmp_path, marker=marker)
+
+    assert done.returncode == 2
+    assert "100001 node processes asked for (replicas of krt.yml and --replicas): up runs each on this machine, at " \
+           "most 64" in done.stderr
+    assert "starting" not in done.stderr and leftovers(marker) == []
+
+
 def test_up_with_workflow_starts_the_nodes_of_that_workflow_only(tmp_path):
     krt = write_krt(tmp_path / "two", workflows=("Greet", "Absent"))
 
@@ -131,4 +163,22 @@ def test_up_on_a_server_of_its_own_logs_in_with_krt_nats_user_and_password_as_it
         assert "the server refused the credentials (Authorization Violation); check KRT_NATS_USER" in done.stderr
         assert "starting" not in done.stderr
     assert password not in done.stderr
+    assert leftovers(marker) == []
+
+
+def test_check_and_up_run_alike_from_a_folder_whose_python_files_are_named_like_modules(tmp_path):
+    for name in ("inspect", "uvloop", "runpy"):  # the stdlib's, an optional dependency's, the launcher's own
+        (tmp_path / f"{name}.py").write_text(f"raise SystemExit('{name} shadowed from the current folder')\n")
+    console_script = str(Path(sys.executable).parent / "krt-runner")  # as a user runs it: not python -m, which would
+    marker = uuid.uuid4().hex  # itself import from the current folder
+
+    checked = subprocess.run([console_script, "check", str(GREETER)], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120, env=up_env(marker))
+    done = subprocess.run([console_script, "up", str(GREETER), "--request", '{"name": "Ada"}'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=up_env(marker))
+
+    assert checked.returncode == 0, checked.stderr
+    assert done.returncode == 0, done.stderr
+    assert '"greeting": "** Hello, Ada! **"' in done.stdout
+    assert "shadowed" not in checked.stderr + done.stderr
     assert leftovers(marker) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import shutil
@@ -11,8 +12,10 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import KRT_RUNNER, ROOT
+from conftest import KRT_RUNNER, ROOT, greeter_pb2
 from up_helpers import UpRun, leftovers, up_env
+
+from krt_runner.client import Client
 
 SLOW_GREET = """\
 import asyncio
@@ -141,3 +144,51 @@ def test_up_whose_nats_server_dies_says_so_stops_every_node_and_exits_1(tmp_path
     assert "nats-server was killed by SIGKILL (out of memory?): no node can serve without it" in said
     assert "nats-server had exited already" in said
     assert leftovers(up.marker) == []
+
+
+SLOW_DECORATE = """\
+import asyncio
+
+from greeter_pb2 import Response
+
+
+async def handler(ctx, data):
+    response = Response()
+    data.Unpack(response)
+    await asyncio.sleep(0.02)
+    return Response(greeting=f"** {response.greeting} **")
+"""
+
+
+def test_at_least_once_up_stopped_answers_every_request_stored_inside_the_workflow_first(tmp_path):
+    krt = tmp_path / "slow-last"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (krt / "src" / "decorate.py").write_text(SLOW_DECORATE)
+    up = UpRun(str(krt), "--delivery", "at-least-once", "--no-entrypoint", cwd=tmp_path)
+    try:
+        args = shlex.split(up.wait_for_call_line())
+        url = args[args.index("--nats") + 1]
+        answers = asyncio.run(_answers_across_a_stop(up, url, [f"n{i}" for i in range(150)]))
+        code = up.wait(timeout=90)
+    finally:
+        up.stop()
+
+    assert answers == [f"** Hello, n{i}! **" for i in range(150)], "\n".join(up.err[-30:])
+    assert code == 0
+    # greet answered all 150 at once into decorate's stream; up waited for decorate to take them all.
+    assert any("decorate: " in line and "requests stored for it; answering them before it stops" in line
+               for line in up.err), "\n".join(up.err)
+    assert leftovers(up.marker) == []
+
+
+async def _answers_across_a_stop(up: UpRun, url: str, names: list[str]) -> list[str]:
+    """Send every request, stop up (SIGTERM) once the first answer is in, and return the answers."""
+    client = await Client.connect(url, delivery="at-least-once")
+    try:
+        calls = [asyncio.ensure_future(client.call("greeter-v1-Greet-entrypoint", greeter_pb2.Request(name=name),
+                                                   greeter_pb2.Response, timeout=60)) for name in names]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        up.process.send_signal(signal.SIGTERM)
+        return [answer.greeting for answer in await asyncio.gather(*calls)]
+    finally:
+        await client.close()

@@ -98,8 +98,8 @@ class Forwarder:
                 uncancel()  # the drain's own cancellation: this call still gets its status and tracking id
                 failure = Refused(grpc.StatusCode.UNAVAILABLE, "the entrypoint stopped: KRT_DRAIN_TIMEOUT ran out "
                                   "before the workflow answered")
-            self._log.warning("call failed", rpc=rpc.name, tracking_id=tracking_id, status=failure.code.name,
-                              details=failure.details)
+            self._log.warning("call failed", rpc=rpc.name, workflow=rpc.workflow, tracking_id=tracking_id,
+                              status=failure.code.name, details=failure.details)
             await context.abort(failure.code, failure.details, trailing_metadata=trailer)
             raise failure  # abort() raises; this line is for type checkers
 

@@ -44,8 +44,13 @@ class OpenCalls:
     async def drain(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for the calls in flight to end; cancel those still open then, and return
         how many those were."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._none_open.wait(), timeout)
+            # Again while calls opened as it ended: refused (stopping), they are answered at once, not given up on.
+            while not self._none_open.is_set() or self._tasks:
+                await asyncio.wait_for(self._none_open.wait(), max(0.0, deadline - loop.time()))
+                await asyncio.sleep(0)  # the calls that opened as it was set have registered
         left = list(self._tasks)
         if left:
             self.gave_up = True

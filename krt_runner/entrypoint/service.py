@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
@@ -63,7 +64,7 @@ def read_service(krt: Krt, *, version: str, subjects_file: Path | None = None) -
         found = ", ".join(file.services_by_name) or "none"
         raise EntrypointError([f"{krt.proto} has no service {SERVICE} (services: {found})"])
     subjects = _subjects(krt, version, subjects_file)
-    problems = _problems(krt, list(service.methods), subjects)
+    problems = _problems(krt, list(service.methods), subjects, subjects_file)
     if problems:
         raise EntrypointError(problems)
     workflows = {workflow.entrypoint: workflow.name for workflow in krt.workflows}
@@ -94,14 +95,12 @@ def _subjects(krt: Krt, version: str, subjects_file: Path | None) -> dict[str, s
     where = f"KRT_NATS_SUBJECTS_FILE {subjects_file}"
     if not isinstance(mapping, dict):
         raise EntrypointError([f"{where}: expected a JSON object of rpc -> subject, not a {type(mapping).__name__}"])
-    wrong = [f"{where}: rpc {key}'s subject is {value!r}: expected a subject (a non-empty string)"
-             for key, value in mapping.items() if not (isinstance(value, str) and value)]
-    if wrong:
-        raise EntrypointError(wrong)
-    return {str(key): value for key, value in mapping.items()}
+    return {str(key): value for key, value in mapping.items()}  # values of the wrong type: said with the rest
 
 
-def _problems(krt: Krt, methods: list[MethodDescriptor], subjects: Mapping[str, str]) -> list[str]:
+def _problems(
+    krt: Krt, methods: list[MethodDescriptor], subjects: Mapping[str, Any], subjects_file: Path | None
+) -> list[str]:
     entrypoints = [workflow.entrypoint for workflow in krt.workflows]
     names = [method.name for method in methods]
     where = f"rpc {SERVICE}."
@@ -123,17 +122,25 @@ def _problems(krt: Krt, methods: list[MethodDescriptor], subjects: Mapping[str, 
     ]
     problems += [f"KRT_NATS_SUBJECTS_FILE has no subject for rpc {name}" for name in names
                  if name not in subjects and name in entrypoints]  # an rpc with no workflow is said above
+    problems += [f"KRT_NATS_SUBJECTS_FILE {subjects_file}: rpc {name}'s subject is {subject!r}: expected a subject "
+                 "(a non-empty string)" for name, subject in subjects.items() if not _is_text(subject)]
     problems += [problem for name in names if name in subjects and (problem := _subject_problem(name, subjects[name]))]
     return problems
 
 
-def _subject_problem(rpc: str, subject: str) -> str:
+def _subject_problem(rpc: str, subject: Any) -> str:
     """Why calls of ``rpc`` could not be published to ``subject`` (a space in KRT_VERSION, a wildcard); ``""``."""
+    if not _is_text(subject):
+        return ""  # said as a value of the wrong type
     try:
         parse.subject(subject)
     except ValueError as exc:
         return f"rpc {rpc}'s subject: {exc} (made from KRT_VERSION, or given by KRT_NATS_SUBJECTS_FILE)"
     return ""
+
+
+def _is_text(subject: Any) -> bool:
+    return isinstance(subject, str) and bool(subject)
 
 
 def _rpc(method: MethodDescriptor, workflow: str, subject: str) -> Rpc:

@@ -22,6 +22,7 @@ from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, wiring
 from krt_runner.krt.protos import compile_proto, find_types_source, load_file, stale_code_warning
 from krt_runner.node.user_code import load_user_code
+from krt_runner.python_command import python_module
 
 # Seconds one handler module may take to import (module-level code runs, models may load).
 IMPORT_TIMEOUT = 120.0
@@ -114,7 +115,7 @@ def _shown(krt: Krt, source: str) -> str:
 def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | None) -> str:
     with tempfile.TemporaryDirectory(prefix="krt-check-") as folder:
         verdict_file = Path(folder) / "verdict"  # not stdout: a module may print there, or replace sys.stdout
-        command = [sys.executable, "-m", "krt_runner.krt.check", str(base_path), node.src, str(verdict_file)]
+        command = python_module("krt_runner.krt.check", str(base_path), node.src, str(verdict_file))
         try:
             done = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace",
                                   timeout=IMPORT_TIMEOUT, env=None if env is None else dict(env))

@@ -17,7 +17,7 @@ from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
 from krt_runner.krt.model import Krt, wiring
 from krt_runner.krt.package import open_krt
-from krt_runner.setting_values import split_servers, with_nats_scheme
+from krt_runner.setting_values import http_url, nats_servers, split_servers, with_nats_scheme
 from krt_runner.url_parts import url_credentials
 
 
@@ -54,7 +54,24 @@ def _option_problems(options: ManifestOptions) -> list[str]:
          "hold no secret. Give the URL without them, and KRT_INFLUX_TOKEN (user:password for InfluxDB 1.8) in the "
          "Secret named by --secret"),
     ]
-    return [problem for wrong, problem in checks if wrong]
+    return [problem for wrong, problem in checks if wrong] + _url_problems(options)
+
+
+def _url_problems(options: ManifestOptions) -> list[str]:
+    """URLs every pod would refuse at start (exit 2, again and again), checked as a node checks them."""
+    urls: list[tuple[str, str, Callable[[str], object], str]] = [
+        ("--nats-url", "KRT_NATS_SERVER", nats_servers, options.nats_url),
+        ("--influx-url", "KRT_INFLUX_URI", http_url, options.influx_url),
+    ]
+    problems = []
+    for flag, setting, parse, raw in urls:
+        if not raw.strip() or "ws://" in raw.lower() or "wss://" in raw.lower():  # ws: aiohttp in the image, not here
+            continue
+        try:
+            parse(raw)
+        except ValueError as exc:
+            problems.append(f"{flag}: {exc}; every pod would refuse it as its {setting}")
+    return problems
 
 
 def _with_scheme(url: str) -> str:

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# A Kubernetes quantity: a decimal number with an optional suffix (m for milli-CPU, binary or decimal multiples).
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
-_MULTIPLES = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
-              "Ti": 2**40}
+# A Kubernetes quantity (its grammar in k8s.io/apimachinery's quantity.go): a number with an optional suffix, binary
+# (Ki to Ei), decimal (n, u, m for fractions; k to E) or an exponent (1e3). Negative ones are refused (resources).
+_QUANTITY = re.compile(r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[eE][+-]?[0-9]+|[numkMGTPE])?$")
+_MULTIPLES = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+              **{f"{prefix}i": 2.0 ** (10 * power) for power, prefix in enumerate("KMGTPE", start=1)}}
 FIELDS = {"cpuLimit": "cpu_limit", "memoryLimit": "memory_limit", "cpuRequest": "cpu_request",
           "memoryRequest": "memory_request"}  # fmt: skip
 
@@ -76,8 +77,12 @@ def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) 
 
 def _amount(quantity: str) -> float:
     """A quantity matched by _QUANTITY, as a plain number (cores, bytes)."""
-    number, suffix = re.fullmatch(r"([0-9.]+)(.*)", quantity).groups()  # type: ignore[union-attr]
-    return float(number) * _MULTIPLES[suffix]
+    parts = _QUANTITY.match(quantity)
+    assert parts is not None
+    number, suffix = float(parts["number"]), parts["suffix"] or ""
+    if suffix in _MULTIPLES:
+        return number * _MULTIPLES[suffix]
+    return number * 10.0 ** int(suffix[1:])  # an exponent: e3, E-3
 
 
 def read_replicas(value: Any, where: str, problem: Callable[[str, str], None]) -> int:

@@ -108,14 +108,20 @@ class EmbeddedNats:
         return f"nats://{self.host}:{self.port}"
 
     def start(self) -> EmbeddedNats:
+        self.spawn()
+        self.wait_ready()
+        return self
+
+    def spawn(self) -> None:
+        """Start the process and return at once. With ``stop_with_owner``, the calling thread is its owner: call this
+        on a thread that lives as long as the server should (not a pool's, which ends before ``atexit`` runs)."""
         args = [nats_server_binary(), "-a", self.host, "-p", str(self.port), *self.extra_args]
         # Its own session: a Ctrl-C on the terminal reaches only the owner, which stops the server last.
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=self._preexec)  # noqa: PLW1509  (see stop_with_parent)
-        self._wait_ready()
-        return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
+        """Return once the server accepts connections; raise :class:`KrtRunnerError` if it exits or takes too long."""
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -116,10 +116,11 @@ class NodeProcess:
 
     def __init__(
         self, label: str, position: int, process: asyncio.subprocess.Process, printer: Printer, *,
-        health_file: Path, idle_timeout_set: bool,
+        health_file: Path, idle_timeout_set: bool, subject: str = "",
     ) -> None:  # fmt: skip
         self.label = label
         self.position = position  # index in its workflow: the stop order
+        self.subject = subject  # its input subject (none for the entrypoint)
         self.process = process
         self.ready = asyncio.Event()
         self.last_lines: deque[str] = deque(maxlen=LAST_LINES)

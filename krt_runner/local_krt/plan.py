@@ -80,12 +80,16 @@ class Plan:
     warnings: tuple[str, ...] = ()  # what runs, but perhaps not as meant (a stale _pb2.py)
 
 
+# Node processes an up (or local()) starts at most: each is a Python process of 50 MB or more on this machine.
+MAX_NODE_PROCESSES = 64
+
+
 def parse_replicas(values: list[str]) -> dict[str, int]:
     """``["greet=2"]`` -> ``{"greet": 2}``; a ``ValueError`` names a malformed entry."""
     replicas = {}
     for value in values:
         name, _, count = value.partition("=")
-        if not name or not count.strip().isdigit():
+        if not name or not (count.strip().isascii() and count.strip().isdigit()):
             raise ValueError(f"--replicas {value!r}: expected NODE=N, e.g. --replicas greet=2")
         replicas[name.strip()] = int(count)
     return replicas
@@ -98,6 +102,10 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
     environ = {**environ, **options.env}
     wired = [w for w in wiring(krt) if w.workflow.name == options.workflow] or wiring(krt)  # --workflow's only
     problems = _problems(krt, options, wired, environ)
+    processes = len(_replicas(wired, {name: max(0, count) for name, count in options.replicas.items()}))
+    if processes > MAX_NODE_PROCESSES:
+        problems.append(f"{processes} node processes asked for (replicas of krt.yml and {options.replicas_name}): "
+                        f"up runs each on this machine, at most {MAX_NODE_PROCESSES}")
     target = _request_workflow(krt, options, problems)
     problems += import_problems(krt, dict.fromkeys(w.node for w in wired), env=environ)
     if problems:

@@ -1,18 +1,14 @@
 """Node processes on one machine, for ``up`` and ``local()``: start them, watch them, stop them all in order.
 
-Start order: nats-server (embedded, unless ``--nats``; with JetStream, its
-store in a temporary directory removed at the end, for ``--delivery
-at-least-once``), the local
-mongo-writer (unless ``KRT_MONGO_URI`` is set), then every node
-replica with the KRE v1 environment of
-:meth:`~krt_runner.krt.model.NodeWiring.environment`, then wait until each is
+Start order: nats-server (embedded, unless ``--nats``; with JetStream, its store in a temporary directory removed at
+the end, for ``--delivery at-least-once``), the local mongo-writer (unless ``KRT_MONGO_URI`` is set), then every node
+replica with the KRE v1 environment of :meth:`~krt_runner.krt.model.NodeWiring.environment`, then wait until each is
 ready (its health file exists: ``init`` done, subscribed).
 
-Stop order: the nodes in workflow order, first nodes first, each draining
-before the next is told to stop, so requests already inside a workflow still
-get their answers downstream; then the local mongo-writer; nats-server last. Children run in their own
-sessions, so a Ctrl-C on the terminal reaches the supervisor's owner alone
-and this order holds.
+Stop order: the nodes in workflow order, first nodes first, each draining before the next is told to stop (at least
+once, and once the requests stored for it are answered), so requests already inside a workflow still get their
+answers downstream; then the local mongo-writer; nats-server last. Children run in their own sessions, so a Ctrl-C on
+the terminal reaches the supervisor's owner alone and this order holds.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import enum
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
@@ -37,8 +32,11 @@ from krt_runner.local_krt.mongo_writer import LocalMongoWriter, store_path
 from krt_runner.local_krt.node_process import LINE_LIMIT, NodeProcess, Printer, how_it_ended
 from krt_runner.local_krt.plan import Plan, UpOptions
 from krt_runner.local_krt.preflight import warn_when_taken
+from krt_runner.local_krt.stored_requests import StoredRequests
 from krt_runner.local_krt.up_server import UpServer
 from krt_runner.mongo.wire import DEFAULT_SUBJECT
+from krt_runner.python_command import python_module
+from krt_runner.setting_values import AT_LEAST_ONCE
 
 # Seconds a node gets to drain after SIGTERM before it is killed; above KRT_DRAIN_TIMEOUT's default of 30.
 STOP_TIMEOUT = 40.0
@@ -146,15 +144,25 @@ class Supervisor:
         return EXIT_OK, []
 
     async def stop_everything(self) -> None:
-        """Stop every node, first nodes first, each draining before the next; nats-server last."""
+        """Stop every node, first nodes first, each draining before the next (at least once, once the requests stored
+        for it are answered: :mod:`~krt_runner.local_krt.stored_requests`); nats-server last."""
+        at_least_once = self.options.delivery == AT_LEAST_ONCE and self.url
+        stored = await StoredRequests.connect(self.url, self.client_options) if at_least_once else None
         try:
             for group in self._in_stop_order():
                 if self._killing:  # the finally kills what is left
                     break
-                if any(node.process.returncode is None for node in group):
-                    self.say(f"stopping {', '.join(node.label for node in group)}")
+                running = [node for node in group if node.process.returncode is None]
+                labels = ", ".join(node.label for node in group)
+                if running and stored is not None:
+                    await stored.wait_taken([node.subject for node in running if node.subject], label=labels,
+                                            say=self.say, stopping=lambda: self._killing)
+                if running:
+                    self.say(f"stopping {labels}")
                 await asyncio.gather(*(node.stop(STOP_TIMEOUT) for node in group))
         finally:
+            if stored is not None:
+                await stored.close()
             for node in self.nodes:
                 node.kill()
             shutil.rmtree(self._health_dir, ignore_errors=True)
@@ -181,6 +189,8 @@ class Supervisor:
         base_path, config = str(self.plan.krt.directory), self.plan.config
         measurements = self._measurements_outside_the_krt()
         for index, (wired, label) in enumerate(self.plan.replicas):
+            if self._stop.is_set():  # stopped while starting them: start no more
+                return
             env = {**os.environ, **self.options.env, **measurements, **store,
                    **wired.environment(nats_url=url, base_path=base_path, config=config)}
             env["KRT_LOG_FORMAT"] = "json"  # rendered here for the terminal
@@ -188,13 +198,13 @@ class Supervisor:
             env["KRT_HEALTH_FILE"] = str(self._health_dir / f"node-{index}")  # the node's own sign of readiness
             self.say(f"starting {label}: {wired.input} -> {wired.output or '(answers the requester)'}")
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "krt_runner", "run",
+                *python_module("krt_runner", "run"),
                 env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True, preexec_fn=self._preexec, limit=LINE_LIMIT,
             )  # fmt: skip
             self.nodes.append(NodeProcess(
                 label, wired.workflow.sequential.index(wired.node.name), process, self.printer,
-                health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=_idle_timeout_set(env),
+                health_file=Path(env["KRT_HEALTH_FILE"]), idle_timeout_set=_idle_timeout_set(env), subject=wired.input,
             ))  # fmt: skip
 
     async def _start_entrypoint(self, url: str) -> NodeProcess:
@@ -205,7 +215,7 @@ class Supervisor:
         port = self._grpc_port()
         self.say(f"starting the gRPC entrypoint ({self.plan.grpc.service if self.plan.grpc else ''})")
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "krt_runner", "entrypoint", str(self.plan.krt.directory),
+            *python_module("krt_runner", "entrypoint", str(self.plan.krt.directory)),
             "--host", "127.0.0.1", "--port", str(port),
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, preexec_fn=self._preexec, limit=LINE_LIMIT,

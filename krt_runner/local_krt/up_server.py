@@ -29,7 +29,10 @@ class UpServer:
             return self._options.nats
         jetstream = self._options.delivery == AT_LEAST_ONCE
         self.embedded = EmbeddedNats(jetstream=jetstream, stop_with_owner=True)
-        await asyncio.to_thread(self.embedded.start)
+        # Spawned here, on the loop's thread, which outlives the nodes (the server goes when its starting thread ends);
+        # waited for on another.
+        self.embedded.spawn()
+        await asyncio.to_thread(self.embedded.wait_ready)
         store = f" (JetStream, its store in {self.embedded.store_dir})" if jetstream else ""
         self._say(f"nats-server on {self.embedded.url}{store}")
         return self.embedded.url

@@ -1,11 +1,9 @@
 """A node's NATS connection: connect, subscribe, publish, drain, close, and what the server reports.
 
-Reconnects are nats-py's own, told never to give up. Failures that retrying
-cannot fix (bad credentials, an untrusted certificate, TLS asked for but not
-offered) stop the first connect with :class:`BrokerConnectError` instead of
-looping and hiding the cause. A connection that closes for good outside
-shutdown, or a subscription the server revokes, sets :attr:`Broker.failed`:
-the node then stops and exits 1, for its supervisor to restart it.
+Reconnects are nats-py's own, told never to give up. Failures that retrying cannot fix (bad credentials, an untrusted
+certificate, TLS asked for but not offered) stop the first connect with :class:`BrokerConnectError` instead of looping
+and hiding the cause. A connection that closes for good outside shutdown, or a subscription the server revokes, sets
+:attr:`Broker.failed`: the node then stops and exits 1, for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from krt_runner.config import redact_url
 from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
+from krt_runner.node.cancelling import cancel_until_done
 from krt_runner.node.nats_connection import DirectCallback, NodeClient
 from krt_runner.node.nats_settings import (
     ConnectionSettings,
@@ -64,8 +63,8 @@ class Broker:
         self._requests = RequestMux(self._nc)
         # publish_now(subject, payload): queue ``payload`` for ``subject`` at once, for nats-py's flusher (no round trip
         # per message). ``None`` when queued, else an awaitable to await (see NodeClient.publish_now): the hot path
-        # awaits no coroutine when there is nothing to wait for. The client's own method, no call of ours between
-        # (the client is the same object for the connection's life, reconnects included).
+        # awaits no coroutine when there is nothing to wait for. The client's own method (the same object for the
+        # connection's life, reconnects included), no call of ours between.
         self.publish_now: Callable[[str, bytes], Awaitable[None] | None] = self._nc.publish_now
         self._subscription: Subscription | None = None
         self._connected_once = False
@@ -107,7 +106,11 @@ class Broker:
         options = {**self._client_options(), **credentials}  # a URL's own credentials first, as nats-py does
         attempt = asyncio.ensure_future(self._nc.connect(servers=servers, **options))
         waiters: set[asyncio.Future[Any]] = {attempt, self._fatal}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # stopped while connecting: nats-py's retries must end with the start-up
+            await cancel_until_done(attempt)
+            raise
         if not attempt.done():
             attempt.cancel()
             await self._close_quietly()
@@ -118,13 +121,10 @@ class Broker:
 
     def _client_options(self) -> dict[str, Any]:
         return dict(
-            name=f"krt-runner:{self._settings.node_name}",
-            allow_reconnect=True,
+            name=f"krt-runner:{self._settings.node_name}", allow_reconnect=True,
             max_reconnect_attempts=-1,  # nats-py gives up after 60 unless told otherwise
             reconnect_time_wait=self._settings.reconnect_wait,
-            error_cb=self._on_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error, disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
             drain_timeout=self._settings.drain_timeout,  # seconds, fractions included
             # A server that stops answering without closing the connection (frozen, or a partition without a reset)

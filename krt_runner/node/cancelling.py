@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 def uncancel() -> None:
@@ -17,3 +18,12 @@ def cancelled_from_outside() -> bool:
     it awaited (a library's own); on Python 3.10, which cannot tell, always ``True``."""
     task = asyncio.current_task()
     return task is None or not hasattr(task, "cancelling") or task.cancelling() > 0
+
+
+async def cancel_until_done(task: asyncio.Future[Any], *, pause: float = 0.05) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling it again while it goes on: a cancellation that lands just
+    as the call it awaits completes is lost (``asyncio.wait_for`` before Python 3.12, which nats-py's connect
+    retries in a loop without end)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=pause)

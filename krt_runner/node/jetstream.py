@@ -13,7 +13,9 @@ work-queue stream refuses overlapping consumers (JetStream errors 10099 and 1010
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -36,6 +38,11 @@ _NO_JETSTREAM = (
 _LOOKUP_TIMEOUT = 1.0  # seconds an at-most-once node waits for JetStream's word on its input subject
 # How each user of require_jetstream chooses the delivery mode.
 NODE_SETTING = "KRT_DELIVERY=at-most-once"
+# A JetStream API request left unanswered (nats-py's 5 s: a busy or starting server) is asked again, this many times
+# in all, a second apart, before the node gives up.
+_API_ATTEMPTS = 6
+_API_RETRY_PAUSE = 1.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> J
     js = client.jetstream()
     no_jetstream = _NO_JETSTREAM.format(setting=setting)
     try:
-        await js.account_info()
+        await answered(js.account_info)
     except ServiceUnavailableError:
         raise JetStreamError(no_jetstream) from None
     except APIError as exc:
@@ -113,33 +120,59 @@ async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
     return name, info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
+async def consumer_pulling(client: Client, stream: str, subject: str) -> bool:
+    """Whether the nodes' durable consumer of ``subject`` on ``stream`` has pull requests waiting: a node takes its
+    requests. ``False`` when there is no such consumer, or no answer within a second."""
+    try:
+        info = await client.jetstream(timeout=_LOOKUP_TIMEOUT).consumer_info(stream, consumer_name(subject))
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return False
+    return bool(info.num_waiting)
+
+
+async def requests_stored(client: Client, subject: str) -> int:
+    """Requests stored for the nodes of ``subject`` and not yet acknowledged (waiting, or being handled); 0 when
+    there is no such stream or consumer, or no answer within a second."""
+    js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
+    try:
+        info = await js.consumer_info(await js.find_stream_name_by_subject(subject), consumer_name(subject))
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return 0
+    return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
+
 async def _stream_for(js: JetStreamContext, subject: str, window: float, replicas: int) -> tuple[str, bool]:
     try:
-        return await js.find_stream_name_by_subject(subject), False
+        return await answered(lambda: js.find_stream_name_by_subject(subject)), False
     except NotFoundError:
         pass
+    except (APIError, NatsError, asyncio.TimeoutError) as exc:
+        raise JetStreamError(f"cannot look up the JetStream stream for the input subject {subject!r}: "
+                             f"{_api_text(exc)}") from None
     name = stream_name(subject)
     config = api.StreamConfig(
         name=name, subjects=[subject], retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE,
         duplicate_window=window, num_replicas=replicas,
+        # Full (a limit an operator added), it refuses new requests in words instead of dropping stored ones unanswered.
+        discard=api.DiscardPolicy.NEW,
     )  # fmt: skip
     try:
-        await js.add_stream(config)
+        await answered(lambda: js.add_stream(config))
     except (APIError, NatsError, asyncio.TimeoutError) as exc:
-        raise JetStreamError(
-            f"cannot create JetStream stream {name!r} for the input subject {subject!r}: {_api_text(exc)}; "
-            f"{_stream_fix(exc, name, subject)}"
-        ) from None
+        raise JetStreamError(f"cannot create JetStream stream {name!r} for the input subject {subject!r}: "
+                             f"{_api_text(exc)}{_stream_fix(exc, name, subject)}") from None
     return name, True
 
 
 def _stream_fix(exc: BaseException, name: str, subject: str) -> str:
+    if isinstance(exc, asyncio.TimeoutError):  # _api_text says what to do
+        return ""
     if isinstance(exc, APIError) and exc.err_code == _STREAM_NAME_IN_USE:
-        return (f"a stream named {name!r} exists and captures other subjects: delete or rename it, or add "
+        return (f"; a stream named {name!r} exists and captures other subjects: delete or rename it, or add "
                 f"{subject!r} to its subjects")
     if isinstance(exc, APIError) and exc.err_code == _REPLICAS_NOT_CLUSTERED:
-        return "a single NATS server keeps one copy of a stream: set KRT_JETSTREAM_REPLICAS=1, or use a NATS cluster"
-    return "create a stream that captures it (work-queue retention), or let this node's account create streams"
+        return "; a single NATS server keeps one copy of a stream: set KRT_JETSTREAM_REPLICAS=1, or use a NATS cluster"
+    return "; create a stream that captures it (work-queue retention), or let this node's account create streams"
 
 
 async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int) -> None:
@@ -150,16 +183,30 @@ async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack
         ack_wait=ack_wait, max_deliver=consumer_max_deliver(max_deliver), filter_subject=subject,
     )  # fmt: skip
     try:
-        await js.add_consumer(stream, config)
+        await answered(lambda: js.add_consumer(stream, config))
     except (APIError, NatsError, asyncio.TimeoutError) as exc:
-        raise JetStreamError(
-            f"cannot create or update the durable consumer {name!r} on stream {stream!r} for {subject!r}: "
-            f"{_api_text(exc)}; a consumer of that name that is not a pull consumer, or another consumer of the "
-            f"subject on a work-queue stream, is in the way: delete it (nats consumer rm {stream} <name>)"
-        ) from None
+        fix = "" if isinstance(exc, asyncio.TimeoutError) else (
+            "; a consumer of that name that is not a pull consumer, or another consumer of the subject on a "
+            f"work-queue stream, is in the way: delete it (nats consumer rm {stream} <name>)")
+        raise JetStreamError(f"cannot create or update the durable consumer {name!r} on stream {stream!r} for "
+                             f"{subject!r}: {_api_text(exc)}{fix}") from None
+
+
+async def answered(request: Callable[[], Awaitable[_T]]) -> _T:
+    """``request()``, a JetStream API request, asked again while it times out (a busy server answers late); the
+    last timeout is raised."""
+    for _ in range(_API_ATTEMPTS - 1):
+        try:
+            return await request()
+        except asyncio.TimeoutError:
+            await asyncio.sleep(_API_RETRY_PAUSE)
+    return await request()
 
 
 def _api_text(exc: BaseException) -> str:
     if isinstance(exc, APIError) and exc.description:
         return f"{exc.description} (JetStream error {exc.err_code})"
+    if isinstance(exc, asyncio.TimeoutError):
+        return (f"JetStream did not answer, {_API_ATTEMPTS} times in a row (a busy or unreachable server; "
+                "nothing is wrong with the stream or the consumer): start the node again once it answers")
     return describe(exc)
