@@ -206,13 +206,9 @@ def _port(raw: str) -> int:
 
 
 def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+    from krt_runner.setting_values import positive_int
+
+    return _as_argument(positive_int, raw)
 
 
 def _stream_replicas(raw: str) -> int:

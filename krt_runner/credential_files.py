@@ -3,6 +3,7 @@ settings problem (exit 2), not a traceback when the connection is made."""
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,7 +25,8 @@ def credential_file_problems(values: Mapping[str, Any]) -> list[str]:
                        "PEM certificates (the authority that signed the server's)"))
     if cert and key:
         checks.append((f"KRT_NATS_TLS_CERT {cert} with KRT_NATS_TLS_KEY {key}",
-                       lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key)),
+                       lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(cert), str(key),
+                                                                                      password=_no_pass_phrase),
                        "a PEM certificate and its private key"))
     if seed:
         checks.append((f"KRT_NATS_NKEY_SEED {seed}", lambda: _read_seed(Path(seed)), "an NKey seed (SU...)"))
@@ -43,16 +45,34 @@ def _problem(setting: str, read: Callable[[], object], what: str) -> str:
     return ""
 
 
+class _EncryptedKey(Exception):
+    def __str__(self) -> str:
+        return ("the key is encrypted, and a node has no terminal to ask for its pass phrase: give it unencrypted "
+                "(openssl pkey -in KEY -out PLAIN), in a Secret")
+
+
+def _no_pass_phrase() -> str:
+    """OpenSSL's pass-phrase callback: asked only for an encrypted key, which would otherwise prompt on a terminal."""
+    raise _EncryptedKey
+
+
 def _read_seed(path: Path) -> None:
     nkeys.from_seed(bytearray(path.read_bytes().strip()))  # as nats-py reads it
 
 
 def _read_creds(path: Path) -> None:
-    lines = [line.strip() for line in path.read_bytes().splitlines()]
-    blocks = {}
+    """As nats-py reads a ``.creds`` file: the line after each header, less its last byte (the newline): a ``\\r``
+    or a space left there, or a seed on the last line with no newline, fails its signature at connect."""
+    lines = io.BytesIO(path.read_bytes())
+    found = {}
+    for line in iter(lines.readline, b""):
+        for header in (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"):
+            if header in line and header not in found:
+                found[header] = lines.readline()[:-1]
     for header in (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"):
-        at = next((index for index, line in enumerate(lines) if header in line), None)
-        if at is None or at + 1 >= len(lines) or not lines[at + 1]:
+        if not found.get(header):
             raise ValueError(f"no {header.decode().removeprefix('BEGIN ')} block")
-        blocks[header] = lines[at + 1]
-    nkeys.from_seed(bytearray(blocks[b"BEGIN USER NKEY SEED"]))
+    try:
+        nkeys.from_seed(bytearray(found[b"BEGIN USER NKEY SEED"]))
+    except Exception as exc:
+        raise ValueError(f"{describe(exc)} (its line must end with a line feed alone: no space, no \\r)") from None

@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 
 # ``python -m`` puts the current folder first on sys.path: an ``inspect.py`` or ``uvloop.py`` where ``up`` or ``check``
-# was started would shadow the module of that name. This drops it before anything is imported, then runs the module
-# as -m does (``python -P`` would, from Python 3.11).
-_RUN_MODULE = ("import sys; del sys.path[0]; import runpy; "
+# was started would shadow the module of that name. ``-c`` puts "" there (nothing under PYTHONSAFEPATH, where the first
+# entry is the user's PYTHONPATH): dropped before anything is imported, then the module runs as -m runs it (``python
+# -P`` would do the same, from Python 3.11 only).
+_RUN_MODULE = ("import sys; sys.path[:1] == [''] and sys.path.pop(0); import runpy; "
                "runpy.run_module({module!r}, run_name='__main__', alter_sys=True)")
 
 

@@ -76,7 +76,11 @@ Some settings go together:
 
 Settings marked *secret* are never logged. They show as `***` in the settings line and in error messages.
 A password inside a URL shows as `user:***@host`.
-Seed, `.creds` and key files are read by the NATS client; only their paths are logged.
+Seed, `.creds` and key files are read by the NATS client; only their paths are logged. Their contents are checked
+with the other settings (exit 2, one message each): a CA file must hold PEM certificates, a client key must be
+unencrypted (no terminal asks for a pass phrase in a container), and a `.creds` file must have its lines end in a
+line feed alone, as `nsc` writes it (the client reads the seed's line as it is: a `\\r` or a space breaks its
+signature).
 See [Production](production.md#authentication-and-tls) for which settings a NATS server needs.
 """
 

@@ -329,3 +329,27 @@ def test_numbers_are_read_as_written_digits_and_a_tiny_timeout_is_not_taken_for_
 
     assert name in str(refused.value)
     assert load_settings({**KRE_V1_ENV, "KRT_HANDLER_TIMEOUT": "0", "KRT_DRAIN_TIMEOUT": " 2.5 "}).drain_timeout == 2.5
+
+
+def test_creds_nats_py_would_misread_and_an_encrypted_key_are_settings_problems_too(tmp_path):
+    from credentials import make_decentralized, make_pki
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "operator").mkdir()
+    creds = make_decentralized(tmp_path / "operator").creds
+    crlf = tmp_path / "crlf.creds"  # nats-py keeps the \r of the seed's line, and its signature fails at connect
+    crlf.write_bytes(creds.read_bytes().replace(b"\n", b"\r\n"))
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    key = serialization.load_pem_private_key(pki.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.pem"  # there is no terminal to ask for its pass phrase in a container
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"pass phrase")))
+
+    assert load_settings({**KRE_V1_ENV, "KRT_NATS_CREDS": str(creds)}).nats_creds == creds  # as nsc writes it
+    with pytest.raises(ConfigError) as refused:
+        load_settings({**KRE_V1_ENV, "KRT_NATS_CREDS": str(crlf), "KRT_NATS_TLS_CERT": str(pki.client_cert),
+                       "KRT_NATS_TLS_KEY": str(encrypted)})
+
+    assert "its line must end with a line feed alone: no space, no \\r" in str(refused.value)
+    assert "the key is encrypted, and a node has no terminal to ask for its pass phrase" in str(refused.value)

@@ -240,6 +240,8 @@ def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_befor
                            "--influx-url", "influxdb:8086"], capture_output=True, text=True, timeout=60)
     port = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url", "nats://nats:99999"],
                           capture_output=True, text=True, timeout=60)
+    websocket = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--nats-url", "wss://nats:443"],
+                               capture_output=True, text=True, timeout=60)
     word = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--keda", "--delivery",
                            "at-least-once", "--keda-max-replicas", "abc"], capture_output=True, text=True, timeout=60)
 
@@ -248,8 +250,10 @@ def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_befor
            "its KRT_NATS_SERVER" in done.stderr
     assert "--influx-url: 'influxdb:8086' is not an http(s) URL such as http://influxdb:8086" in done.stderr
     assert port.returncode == 2 and "--nats-url: 'nats://nats:99999'" in port.stderr
+    assert websocket.returncode == 2
+    assert "needs aiohttp, which the Dockerfile's image does not install" in websocket.stderr
     assert word.returncode == 2
-    assert "--keda-max-replicas: must be a whole number of at least 1, not 'abc'" in word.stderr
+    assert "--keda-max-replicas: must be a whole number of at least 1" in word.stderr
 
 
 def test_a_bare_nats_url_with_a_password_is_refused_too_and_keda_watches_the_nats_host_given(tmp_path):
@@ -311,3 +315,17 @@ def test_an_empty_nats_url_and_a_monitoring_port_out_of_range_are_refused():
 
     assert empty.returncode == 2 and "--nats-url is empty" in empty.stderr
     assert port.returncode == 2 and "--nats-monitoring 'nats:99999' is not HOST:PORT" in port.stderr
+
+
+def test_a_quantity_too_large_for_kubernetes_is_one_problem_not_a_crash(tmp_path):
+    folder = tmp_path / "huge"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    text = (folder / "krt.yml").read_text()
+    (folder / "krt.yml").write_text(text.replace("    src: src/greet.py\n", "    src: src/greet.py\n    resources: "
+                                                 "{cpuLimit: '1e400', cpuRequest: '1', memoryLimit: 1E19}\n"))
+
+    _, problems = check_krt(folder)
+
+    assert any("nodes[0].resources.cpuLimit: '1e400' is larger than any quantity Kubernetes takes" in p
+               for p in problems)
+    assert any("nodes[0].resources.memoryLimit: '1E19' is larger than any quantity" in p for p in problems)

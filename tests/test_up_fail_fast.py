@@ -167,7 +167,8 @@ def test_up_on_a_server_of_its_own_logs_in_with_krt_nats_user_and_password_as_it
 
 
 def test_check_and_up_run_alike_from_a_folder_whose_python_files_are_named_like_modules(tmp_path):
-    for name in ("inspect", "uvloop", "runpy"):  # the stdlib's, an optional dependency's, the launcher's own
+    # the stdlib's, an optional dependency's, the launcher's own, one protoc imports
+    for name in ("inspect", "uvloop", "runpy", "random"):
         (tmp_path / f"{name}.py").write_text(f"raise SystemExit('{name} shadowed from the current folder')\n")
     console_script = str(Path(sys.executable).parent / "krt-runner")  # as a user runs it: not python -m, which would
     marker = uuid.uuid4().hex  # itself import from the current folder
@@ -181,4 +182,19 @@ def test_check_and_up_run_alike_from_a_folder_whose_python_files_are_named_like_
     assert done.returncode == 0, done.stderr
     assert '"greeting": "** Hello, Ada! **"' in done.stdout
     assert "shadowed" not in checked.stderr + done.stderr
+    assert "krt-runner entrypoint would refuse" not in checked.stderr  # protoc ran
     assert leftovers(marker) == []
+
+
+def test_check_imports_a_handler_from_the_users_pythonpath_under_pythonsafepath_too(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "helper_from_pythonpath.py").write_text("GREETING = 'Hello'\n")
+    greet = krt / "src" / "greet.py"
+    greet.write_text("import helper_from_pythonpath\n" + greet.read_text())
+    env = {**up_env(uuid.uuid4().hex), "PYTHONSAFEPATH": "1", "PYTHONPATH": str(tmp_path / "lib")}
+
+    checked = subprocess.run([sys.executable, "-m", "krt_runner", "check", str(krt)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, env=env)
+
+    assert checked.returncode == 0, checked.stderr  # the first PYTHONPATH folder is not taken for the current one

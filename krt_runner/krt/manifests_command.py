@@ -64,8 +64,12 @@ def _url_problems(options: ManifestOptions) -> list[str]:
         ("--influx-url", "KRT_INFLUX_URI", http_url, options.influx_url),
     ]
     problems = []
+    if "ws://" in options.nats_url.lower() or "wss://" in options.nats_url.lower():
+        problems.append("--nats-url: a websocket server (ws://, wss://) needs aiohttp, which the Dockerfile's image "
+                        "does not install: give a nats:// or tls:// URL")
+        urls = urls[1:]
     for flag, setting, parse, raw in urls:
-        if not raw.strip() or "ws://" in raw.lower() or "wss://" in raw.lower():  # ws: aiohttp in the image, not here
+        if not raw.strip():
             continue
         try:
             parse(raw)

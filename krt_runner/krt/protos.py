@@ -30,6 +30,7 @@ from krt_runner._user_files import exec_file
 from krt_runner.errors import ProtoError
 from krt_runner.krt.model import KRT_FILE
 from krt_runner.node.generated_code import refused_generated_code, regenerate_hint
+from krt_runner.python_command import python_module
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def run_protoc(
     up beside it, then in ``search``, then in ``include``. ``named_from``: the folder the file's name in the
     descriptors is relative to (default: its own). :class:`ProtoError` with protoc's own words on failure."""
     folders = dict.fromkeys([named_from or proto.parent, proto.parent, *search, include])  # in order, each once
-    command = [sys.executable, "-m", "grpc_tools.protoc", *(f"-I{folder}" for folder in folders), *outputs, str(proto)]
+    command = python_module("grpc_tools.protoc", *(f"-I{folder}" for folder in folders), *outputs, str(proto))
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise ProtoError(f"protoc failed on {proto}: {' '.join(done.stderr.split())}")

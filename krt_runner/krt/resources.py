@@ -28,6 +28,7 @@ from typing import Any
 _QUANTITY = re.compile(r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[eE][+-]?[0-9]+|[numkMGTPE])?$")
 _MULTIPLES = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
               **{f"{prefix}i": 2.0 ** (10 * power) for power, prefix in enumerate("KMGTPE", start=1)}}
+_LARGEST = 2.0**63  # Kubernetes keeps a quantity in 63 bits
 FIELDS = {"cpuLimit": "cpu_limit", "memoryLimit": "memory_limit", "cpuRequest": "cpu_request",
           "memoryRequest": "memory_request"}  # fmt: skip
 
@@ -64,8 +65,8 @@ def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) 
     for key, raw in value.items():
         if key not in FIELDS:
             problem(f"{where}.{key}", f"unknown field; expected one of {', '.join(FIELDS)}")
-        elif not isinstance(raw, (str, int, float)) or isinstance(raw, bool) or not _QUANTITY.match(str(raw)):
-            problem(f"{where}.{key}", f"{raw!r} is not a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi (memory)")
+        elif wrong := _quantity_problem(raw):
+            problem(f"{where}.{key}", wrong)
         else:
             found[FIELDS[key]] = str(raw)
     for kind in ("cpu", "memory"):  # Kubernetes refuses a pod whose request is above its limit
@@ -75,6 +76,14 @@ def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) 
     return Resources(**found)
 
 
+def _quantity_problem(raw: Any) -> str:
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool) or not _QUANTITY.match(str(raw)):
+        return f"{raw!r} is not a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi (memory)"
+    if not _amount(str(raw)) < _LARGEST:
+        return f"{raw!r} is larger than any quantity Kubernetes takes"
+    return ""
+
+
 def _amount(quantity: str) -> float:
     """A quantity matched by _QUANTITY, as a plain number (cores, bytes)."""
     parts = _QUANTITY.match(quantity)
@@ -82,7 +91,7 @@ def _amount(quantity: str) -> float:
     number, suffix = float(parts["number"]), parts["suffix"] or ""
     if suffix in _MULTIPLES:
         return number * _MULTIPLES[suffix]
-    return number * 10.0 ** int(suffix[1:])  # an exponent: e3, E-3
+    return float(f"{number}e{int(suffix[1:])}")  # an exponent (e3, E-3): inf when too large, never an OverflowError
 
 
 def read_replicas(value: Any, where: str, problem: Callable[[str, str], None]) -> int:
