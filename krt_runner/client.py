@@ -48,7 +48,7 @@ from krt_runner.errors import (
     UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
-from krt_runner.node.jetstream import consumer_pulling, stream_capturing
+from krt_runner.node.jetstream import consumer_pulling, stream_of
 from krt_runner.requester_connection import connect_requester
 from krt_runner.requester_envelope import check_timeout, decoded_answer, request_envelope, unpack_answer
 from krt_runner.setting_values import AT_LEAST_ONCE, DELIVERY_MODES
@@ -171,9 +171,12 @@ class Client:
 
         Its bytes are no ``KreNatsMessage``: a krt-runner or KRE node answers it with an error and runs no handler.
         A subject a JetStream stream captures is not probed (the stream would store the probe and hand it to the
-        next node to start as a request): it is taken when its nodes' durable consumer has pull requests waiting.
+        next node to start as a request): it is taken when its nodes' durable consumer is pulled from; ``False``
+        when JetStream does not say in ``timeout`` whether a stream captures it.
         """
-        stream, _ = await stream_capturing(self._nc, subject)
+        stream = await stream_of(self._nc, subject, timeout=timeout)
+        if stream is None:
+            return False
         if stream:
             return await consumer_pulling(self._nc, stream, subject)
         try:

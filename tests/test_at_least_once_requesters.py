@@ -7,7 +7,9 @@ import asyncio
 import io
 import json
 import re
+import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +162,20 @@ async def test_an_at_most_once_entrypoint_calling_an_at_least_once_workflow_says
 
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "runs at-least-once; start the entrypoint with KRT_DELIVERY=at-least-once" in caught.value.details()
+
+
+def test_leaving_an_at_least_once_local_block_does_not_wait_for_requests_whose_futures_failed(tmp_path):
+    krt = tmp_path / "slow-last"
+    shutil.copytree(GREETER, krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    decorate = krt / "src" / "decorate.py"
+    slow = decorate.read_text().replace("    response = Response()", "    time.sleep(0.5)\n    response = Response()")
+    decorate.write_text("import time\n" + slow)
+    output = io.StringIO()
+    with krt_runner.local(krt, delivery="at-least-once", output=output, grpc_port=None) as running:
+        futures = [running.workflow("greet").submit({"name": f"n{i}"}) for i in range(30)]
+        futures[0].result(timeout=60)
+        leaving = time.monotonic()
+
+    assert time.monotonic() - leaving < 15  # the drain of the request in flight, not 29 stored ones at 0.5 s each
+    assert "requests stored for it" not in output.getvalue()
+    assert sum(future.exception() is not None for future in futures) > 20

@@ -12,10 +12,12 @@ import time
 import uuid
 from pathlib import Path
 
+import nats
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
 from up_helpers import UpRun, leftovers, up_env
 
 from krt_runner.client import Client
+from krt_runner.jetstream_names import consumer_name, stream_name
 
 SLOW_GREET = """\
 import asyncio
@@ -181,14 +183,86 @@ def test_at_least_once_up_stopped_answers_every_request_stored_inside_the_workfl
     assert leftovers(up.marker) == []
 
 
-async def _answers_across_a_stop(up: UpRun, url: str, names: list[str]) -> list[str]:
-    """Send every request, stop up (SIGTERM) once the first answer is in, and return the answers."""
+async def _answers_across_a_stop(up: UpRun, url: str, names: list[str], during=None) -> list[str]:
+    """Send every request, stop up (SIGTERM) once the first answer is in, run ``during(up, url)``, and return the
+    answers."""
+    client = await Client.connect(url, delivery="at-least-once")
+    try:
+        calls = [asyncio.ensure_future(client.call("greeter-v1-Greet-entrypoint", greeter_pb2.Request(name=name),
+                                                   greeter_pb2.Response, timeout=90)) for name in names]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        up.process.send_signal(signal.SIGTERM)
+        if during is not None:
+            await during(up, url)
+        return [answer.greeting for answer in await asyncio.gather(*calls)]
+    finally:
+        await client.close()
+
+
+def test_at_least_once_up_waits_for_stored_requests_across_a_deleted_consumer_and_counts_replicas_once(tmp_path):
+    krt = tmp_path / "slow-last"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (krt / "src" / "decorate.py").write_text(SLOW_DECORATE)
+    up = UpRun(str(krt), "--delivery", "at-least-once", "--no-entrypoint", "--replicas", "decorate=2", cwd=tmp_path)
+    try:
+        args = shlex.split(up.wait_for_call_line())
+        url = args[args.index("--nats") + 1]
+        answers = asyncio.run(_answers_across_a_stop(up, url, [f"n{i}" for i in range(150)],
+                                                     during=_delete_decorates_consumer))
+        code = up.wait(timeout=120)
+    finally:
+        up.stop()
+
+    # The consumer deleted during the wait: the requests were counted from the stream, and the node made it again.
+    assert answers == [f"** Hello, n{i}! **" for i in range(150)], "\n".join(up.err[-30:])
+    assert code == 0
+    counts = [int(line.split(": ")[1].split()[0]) for line in up.err
+              if "decorate#1, decorate#2: " in line and "requests stored for it" in line]
+    assert counts and 0 < counts[0] <= 150  # each request once, not once per replica
+
+
+def test_a_second_ctrl_c_while_at_least_once_up_waits_for_stored_requests_stops_at_once_and_leaves_no_store(tmp_path):
+    krt = tmp_path / "slow-last"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    (krt / "src" / "decorate.py").write_text(SLOW_DECORATE.replace("0.02", "1"))
+    up = UpRun(str(krt), "--delivery", "at-least-once", "--no-entrypoint", cwd=tmp_path)
+    try:
+        args = shlex.split(up.wait_for_call_line())
+        url = args[args.index("--nats") + 1]
+        store = next(line for line in up.err if "its store in" in line).rsplit("its store in ", 1)[1].rstrip(")")
+        asyncio.run(_send_then(url, [f"n{i}" for i in range(20)], up, signal.SIGINT))
+        wait_for_err(up, "requests stored for it")
+        up.process.send_signal(signal.SIGINT)
+        code = up.wait(timeout=30)
+    finally:
+        up.stop()
+
+    assert code == 130, "\n".join(up.err)
+    assert not any("Traceback" in line for line in up.err), "\n".join(up.err)
+    assert not Path(store).exists()
+    assert leftovers(up.marker) == []
+
+
+async def _delete_decorates_consumer(up: UpRun, url: str) -> None:
+    await asyncio.to_thread(wait_for_err, up, "requests stored for it")
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_consumer(stream_name("greeter-v1-greet-decorate"),
+                                             consumer_name("greeter-v1-greet-decorate"))
+    finally:
+        await nc.close()
+
+
+async def _send_then(url: str, names: list[str], up: UpRun, signum: int) -> None:
+    """Send the requests (stored once JetStream acknowledges them), then signal up; the answers are not awaited."""
     client = await Client.connect(url, delivery="at-least-once")
     try:
         calls = [asyncio.ensure_future(client.call("greeter-v1-Greet-entrypoint", greeter_pb2.Request(name=name),
                                                    greeter_pb2.Response, timeout=60)) for name in names]
         await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
-        up.process.send_signal(signal.SIGTERM)
-        return [answer.greeting for answer in await asyncio.gather(*calls)]
+        up.process.send_signal(signum)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
     finally:
         await client.close()

@@ -45,6 +45,7 @@ class UpOptions:
     delivery: str = "at-most-once"  # at-least-once: nats-server with JetStream, every node and requester on it
     ready_timeout_name: str = "--ready-timeout"  # how the caller sets ready_timeout, for the message when it runs out
     replicas_name: str = "--replicas"  # how the caller sets replicas, for its problems
+    answer_stored: bool = True  # at least once, stop a node once its stored requests are answered (not local()'s)
 
 
 @dataclass(frozen=True)

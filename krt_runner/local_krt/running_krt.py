@@ -240,6 +240,7 @@ def local(
             directory=running._open(source), replicas=dict(replicas or {}), ready_timeout=ready_timeout,
             env=dict(env or {}), grpc=grpc_port is not None, grpc_port=grpc_port, delivery=delivery,
             ready_timeout_name="local()'s ready_timeout", replicas_name="local()'s replicas",
+            answer_stored=False,  # its own requests' futures fail as it closes: nobody would read their answers
         )  # fmt: skip
         plan = make_plan(options)
         running.krt = plan.krt

@@ -9,10 +9,12 @@ and none is left in an embedded server's store that is removed with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from krt_runner.errors import ClientConnectError
+from krt_runner.local_krt.node_process import NodeProcess
 from krt_runner.node.jetstream import requests_stored
 from krt_runner.requester_connection import connect_requester
 
@@ -37,25 +39,34 @@ class StoredRequests:
             return cls(None)
 
     async def wait_taken(
-        self, subjects: list[str], *, label: str, say: Callable[[str], None], stopping: Callable[[], bool]
+        self, nodes: list[NodeProcess], *, label: str, say: Callable[[str], None], stopping: Callable[[], bool]
     ) -> None:
-        """Until no request is stored for ``subjects``, :data:`STORED_WAIT` passed, or ``stopping()`` (stop now)."""
+        """Until no request is stored for ``nodes`` (the replicas of one step share their subject), all of them have
+        exited, :data:`STORED_WAIT` passed, or ``stopping()`` (stop now)."""
+        subjects = sorted({node.subject for node in nodes if node.subject})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STORED_WAIT
         left = await self._count(subjects)
         if left:
             say(f"{label}: {left} requests stored for it; answering them before it stops (at most {STORED_WAIT:g}s)")
-        while left and not stopping() and loop.time() < deadline:
+        while left and not stopping() and loop.time() < deadline and _any_running(nodes):
             await asyncio.sleep(_POLL)
             left = await self._count(subjects)
         if left and not stopping():
-            say(f"{label}: {left} requests still stored after {STORED_WAIT:g}s: stopping it all the same")
+            why = f"after {STORED_WAIT:g}s" if _any_running(nodes) else "and it has exited"
+            say(f"{label}: {left} requests still stored {why}: stopping it all the same")
 
     async def close(self) -> None:
+        """Close the connection; quietly when its server is gone (killed by a second Ctrl-C, or dead)."""
         if self._nc is not None:
-            await self._nc.close()
+            with contextlib.suppress(Exception):
+                await self._nc.close()
 
     async def _count(self, subjects: list[str]) -> int:
         if self._nc is None:
             return 0
         return sum([await requests_stored(self._nc, subject) for subject in subjects])
+
+
+def _any_running(nodes: list[NodeProcess]) -> bool:
+    return any(node.process.returncode is None for node in nodes)

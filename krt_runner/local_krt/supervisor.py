@@ -146,8 +146,8 @@ class Supervisor:
     async def stop_everything(self) -> None:
         """Stop every node, first nodes first, each draining before the next (at least once, once the requests stored
         for it are answered: :mod:`~krt_runner.local_krt.stored_requests`); nats-server last."""
-        at_least_once = self.options.delivery == AT_LEAST_ONCE and self.url
-        stored = await StoredRequests.connect(self.url, self.client_options) if at_least_once else None
+        answering = self.options.delivery == AT_LEAST_ONCE and self.options.answer_stored and self.url
+        stored = await StoredRequests.connect(self.url, self.client_options) if answering else None
         try:
             for group in self._in_stop_order():
                 if self._killing:  # the finally kills what is left
@@ -155,8 +155,7 @@ class Supervisor:
                 running = [node for node in group if node.process.returncode is None]
                 labels = ", ".join(node.label for node in group)
                 if running and stored is not None:
-                    await stored.wait_taken([node.subject for node in running if node.subject], label=labels,
-                                            say=self.say, stopping=lambda: self._killing)
+                    await stored.wait_taken(running, label=labels, say=self.say, stopping=lambda: self._killing)
                 if running:
                     self.say(f"stopping {labels}")
                 await asyncio.gather(*(node.stop(STOP_TIMEOUT) for node in group))

@@ -70,25 +70,28 @@ async def open_input(
 ) -> JetStreamInput:
     """Make sure a stream captures ``subject`` (one made here keeps ``replicas`` copies) and the node's durable
     consumer reads it; :class:`JetStreamError` with the reason and the fix when JetStream cannot."""
-    js = await require_jetstream(client)
+    js = await require_jetstream(client, attempts=_API_ATTEMPTS)
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
     stream, created = await _stream_for(js, subject, window, replicas)
     await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
 
 
-async def require_jetstream(client: Client, *, setting: str = NODE_SETTING) -> JetStreamContext:
-    """This connection's JetStream, once it has answered; :class:`JetStreamError` saying how to get one, or to
+async def require_jetstream(client: Client, *, setting: str = NODE_SETTING, attempts: int = 1) -> JetStreamContext:
+    """This connection's JetStream, once it has answered (asked ``attempts`` times while it does not: a node's
+    start-up waits for a busy server, a requester does not); :class:`JetStreamError` saying how to get one, or to
     choose at-most-once with ``setting`` (``KRT_DELIVERY=at-most-once`` for a node)."""
     js = client.jetstream()
     no_jetstream = _NO_JETSTREAM.format(setting=setting)
     try:
-        await answered(js.account_info)
+        await answered(js.account_info, attempts=attempts)
     except ServiceUnavailableError:
         raise JetStreamError(no_jetstream) from None
     except APIError as exc:
         raise JetStreamError(f"JetStream refused this account: {_api_text(exc)}; {no_jetstream}") from None
-    except (NatsError, asyncio.TimeoutError) as exc:
+    except asyncio.TimeoutError as exc:
+        raise JetStreamError(_api_text(exc, attempts=attempts)) from None
+    except NatsError as exc:
         raise JetStreamError(f"JetStream did not answer ({describe(exc)}); {no_jetstream}") from None
     return js
 
@@ -109,33 +112,52 @@ async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
     """The stream that captures ``subject`` and whether it is a work-queue one (an at-least-once workflow's), or
     ``("", False)``: none, or no JetStream, or no answer within a second. An at-most-once node warns of it: a
     request to it gets the stream's acknowledgement as its answer, first."""
-    if not client._server_info.get("jetstream"):  # nats-py keeps the server's INFO there; no request then
+    name = await stream_of(client, subject)
+    if not name:
         return "", False
-    js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
     try:
-        name = await js.find_stream_name_by_subject(subject)
-        info = await js.stream_info(name)
+        info = await client.jetstream(timeout=_LOOKUP_TIMEOUT).stream_info(name)
     except (APIError, NatsError, asyncio.TimeoutError):
         return "", False
     return name, info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
+async def stream_of(client: Client, subject: str, *, timeout: float = _LOOKUP_TIMEOUT) -> str | None:
+    """The name of the stream that captures ``subject``; ``""`` when none does (or the server has no JetStream);
+    ``None`` when JetStream gave no answer in time, or an error."""
+    if not client._server_info.get("jetstream"):  # nats-py keeps the server's INFO there; no request then
+        return ""
+    try:
+        return str(await client.jetstream(timeout=timeout).find_stream_name_by_subject(subject))
+    except NotFoundError:
+        return ""
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return None
+
+
 async def consumer_pulling(client: Client, stream: str, subject: str) -> bool:
-    """Whether the nodes' durable consumer of ``subject`` on ``stream`` has pull requests waiting: a node takes its
-    requests. ``False`` when there is no such consumer, or no answer within a second."""
+    """Whether a node takes the requests of ``subject`` from ``stream``: its nodes' durable consumer has pull requests
+    waiting, or messages handed out and not yet acknowledged (a busy node). ``False`` when there is no such consumer,
+    or no answer within a second."""
     try:
         info = await client.jetstream(timeout=_LOOKUP_TIMEOUT).consumer_info(stream, consumer_name(subject))
     except (APIError, NatsError, asyncio.TimeoutError):
         return False
-    return bool(info.num_waiting)
+    return bool(info.num_waiting or info.num_ack_pending)
 
 
 async def requests_stored(client: Client, subject: str) -> int:
-    """Requests stored for the nodes of ``subject`` and not yet acknowledged (waiting, or being handled); 0 when
-    there is no such stream or consumer, or no answer within a second."""
+    """Requests stored for the nodes of ``subject`` and not yet acknowledged (waiting, or being handled): its
+    consumer's count, or, with the consumer deleted (a node makes it again), what its work-queue stream holds. 0
+    when there is no such stream, or no answer within a second."""
     js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
     try:
-        info = await js.consumer_info(await js.find_stream_name_by_subject(subject), consumer_name(subject))
+        stream = await js.find_stream_name_by_subject(subject)
+        try:
+            info = await js.consumer_info(stream, consumer_name(subject))
+        except NotFoundError:
+            held = await js.stream_info(stream)
+            return held.state.messages if held.config.retention == api.RetentionPolicy.WORK_QUEUE else 0
     except (APIError, NatsError, asyncio.TimeoutError):
         return 0
     return (info.num_pending or 0) + (info.num_ack_pending or 0)
@@ -192,10 +214,10 @@ async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack
                              f"{subject!r}: {_api_text(exc)}{fix}") from None
 
 
-async def answered(request: Callable[[], Awaitable[_T]]) -> _T:
-    """``request()``, a JetStream API request, asked again while it times out (a busy server answers late); the
-    last timeout is raised."""
-    for _ in range(_API_ATTEMPTS - 1):
+async def answered(request: Callable[[], Awaitable[_T]], *, attempts: int = _API_ATTEMPTS) -> _T:
+    """``request()``, a JetStream API request, asked again while it times out (a busy server answers late), up to
+    ``attempts`` times in all; the last timeout is raised."""
+    for _ in range(attempts - 1):
         try:
             return await request()
         except asyncio.TimeoutError:
@@ -203,10 +225,11 @@ async def answered(request: Callable[[], Awaitable[_T]]) -> _T:
     return await request()
 
 
-def _api_text(exc: BaseException) -> str:
+def _api_text(exc: BaseException, *, attempts: int = _API_ATTEMPTS) -> str:
     if isinstance(exc, APIError) and exc.description:
         return f"{exc.description} (JetStream error {exc.err_code})"
-    if isinstance(exc, asyncio.TimeoutError):
-        return (f"JetStream did not answer, {_API_ATTEMPTS} times in a row (a busy or unreachable server; "
-                "nothing is wrong with the stream or the consumer): start the node again once it answers")
+    if isinstance(exc, asyncio.TimeoutError):  # a refusal by permissions gets no answer either: the server logs it
+        asked = f", {attempts} times in a row" if attempts > 1 else ""
+        return (f"JetStream did not answer{asked}: a busy or unreachable server, or a user not allowed to publish "
+                "that request to $JS.API (see the NATS error lines before this one, and the user's permissions)")
     return describe(exc)
