@@ -40,6 +40,8 @@ def credential_file_problems(values: Mapping[str, Any]) -> list[str]:
 def _problem(setting: str, read: Callable[[], object], what: str) -> str:
     try:
         read()
+    except _EncryptedKey as exc:
+        return f"{setting}: {exc}"
     except Exception as exc:  # ssl, nkeys and OS errors alike: the file cannot serve
         return f"{setting} does not hold {what}: {describe(exc)}"
     return ""
@@ -72,6 +74,9 @@ def _read_creds(path: Path) -> None:
     for header in (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"):
         if not found.get(header):
             raise ValueError(f"no {header.decode().removeprefix('BEGIN ')} block")
+        if found[header] != found[header].strip():
+            raise ValueError(f"the line after {header.decode()} ends in a space or a \\r: it must end with a line feed "
+                             "alone")
     try:
         nkeys.from_seed(bytearray(found[b"BEGIN USER NKEY SEED"]))
     except Exception as exc:

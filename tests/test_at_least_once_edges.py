@@ -25,6 +25,7 @@ from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester:
 from krt_runner.client import Client
 from krt_runner.errors import ErrorAnswer, NoResponders
 from krt_runner.jetstream_names import stream_name
+from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.node import jetstream
 
 
@@ -194,3 +195,25 @@ async def test_a_jetstream_request_left_unanswered_is_asked_again_and_then_blame
     assert "JetStream did not answer, 6 times in a row: a busy or unreachable server, or a user not allowed to " \
            "publish that request to $JS.API" in text  # a refusal by permissions gets no answer either
     assert jetstream._api_text(NatsTimeoutError(), attempts=1).startswith("JetStream did not answer: ")
+
+
+async def test_a_core_taker_is_found_for_an_account_without_jetstream_on_a_server_with_it(tmp_path) -> None:
+    config = tmp_path / "accounts.conf"
+    config.write_text(f"jetstream {{ store_dir: {tmp_path / 'store'} }}\n"
+                      "accounts { JS: { jetstream: enabled, users: [{user: js, password: js}] }\n"
+                      "           CORE: { users: [{user: core, password: core}] } }\n")
+    with EmbeddedNats(extra_args=["-c", str(config)]) as server:
+        kre = await nats.connect(server.url, user="core", password="core")
+
+        async def answer(msg) -> None:
+            await msg.respond(b"an error answer")
+
+        await kre.subscribe("kre-entry", cb=answer)
+        client = await Client.connect(server.url, user="core", password="core")
+        try:
+            # JetStream answers this account with an error, not a stream: the probe is safe, and finds the taker.
+            assert await client.has_responders("kre-entry")
+            assert not await client.has_responders("nobody-here")
+        finally:
+            await client.close()
+            await kre.close()

@@ -347,9 +347,17 @@ def test_creds_nats_py_would_misread_and_an_encrypted_key_are_settings_problems_
                                             serialization.BestAvailableEncryption(b"pass phrase")))
 
     assert load_settings({**KRE_V1_ENV, "KRT_NATS_CREDS": str(creds)}).nats_creds == creds  # as nsc writes it
+    spaced = tmp_path / "spaced.creds"  # the JWT's line with a space at its end: the server refuses the JWT
+    text = creds.read_text()
+    jwt = text.split("-----BEGIN NATS USER JWT-----\n")[1].split("\n")[0]
+    spaced.write_text(text.replace(jwt + "\n", jwt + " \n", 1))
     with pytest.raises(ConfigError) as refused:
         load_settings({**KRE_V1_ENV, "KRT_NATS_CREDS": str(crlf), "KRT_NATS_TLS_CERT": str(pki.client_cert),
                        "KRT_NATS_TLS_KEY": str(encrypted)})
+    with pytest.raises(ConfigError) as refused_jwt:
+        load_settings({**KRE_V1_ENV, "KRT_NATS_CREDS": str(spaced)})
 
-    assert "its line must end with a line feed alone: no space, no \\r" in str(refused.value)
-    assert "the key is encrypted, and a node has no terminal to ask for its pass phrase" in str(refused.value)
+    assert "the line after BEGIN NATS USER JWT ends in a space or a \\r" in str(refused.value)
+    assert f"KRT_NATS_TLS_KEY {encrypted}: the key is encrypted, and a node has no terminal to ask for its pass " \
+           "phrase" in str(refused.value)
+    assert "the line after BEGIN NATS USER JWT ends in a space or a \\r" in str(refused_jwt.value)

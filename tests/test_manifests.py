@@ -322,10 +322,12 @@ def test_a_quantity_too_large_for_kubernetes_is_one_problem_not_a_crash(tmp_path
     shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
     text = (folder / "krt.yml").read_text()
     (folder / "krt.yml").write_text(text.replace("    src: src/greet.py\n", "    src: src/greet.py\n    resources: "
-                                                 "{cpuLimit: '1e400', cpuRequest: '1', memoryLimit: 1E19}\n"))
+                                                 "{cpuLimit: '1e400', cpuRequest: '1', memoryLimit: 1E19, "
+                                                 f"memoryRequest: '1e{'9' * 5000}'}}\n"))  # past int()'s digits
 
     _, problems = check_krt(folder)
 
     assert any("nodes[0].resources.cpuLimit: '1e400' is larger than any quantity Kubernetes takes" in p
                for p in problems)
     assert any("nodes[0].resources.memoryLimit: '1E19' is larger than any quantity" in p for p in problems)
+    assert any("nodes[0].resources.memoryRequest: '1e999" in p for p in problems)

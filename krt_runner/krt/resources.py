@@ -25,7 +25,8 @@ from typing import Any
 
 # A Kubernetes quantity (its grammar in k8s.io/apimachinery's quantity.go): a number with an optional suffix, binary
 # (Ki to Ei), decimal (n, u, m for fractions; k to E) or an exponent (1e3). Negative ones are refused (resources).
-_QUANTITY = re.compile(r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[eE][+-]?[0-9]+|[numkMGTPE])?$")
+_QUANTITY = re.compile(r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                       r"(?P<suffix>[KMGTPE]i|[eE][+-]?[0-9]{1,6}|[numkMGTPE])?$")
 _MULTIPLES = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
               **{f"{prefix}i": 2.0 ** (10 * power) for power, prefix in enumerate("KMGTPE", start=1)}}
 _LARGEST = 2.0**63  # Kubernetes keeps a quantity in 63 bits
@@ -79,7 +80,7 @@ def read_resources(value: Any, where: str, problem: Callable[[str, str], None]) 
 def _quantity_problem(raw: Any) -> str:
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool) or not _QUANTITY.match(str(raw)):
         return f"{raw!r} is not a Kubernetes quantity, e.g. 500m or 2 (CPU), 512Mi (memory)"
-    if not _amount(str(raw)) < _LARGEST:
+    if not _amount(str(raw)) <= _LARGEST:
         return f"{raw!r} is larger than any quantity Kubernetes takes"
     return ""
 

@@ -153,7 +153,7 @@ class Supervisor:
                 if self._killing:  # the finally kills what is left
                     break
                 running = [node for node in group if node.process.returncode is None]
-                labels = ", ".join(node.label for node in group)
+                labels = ", ".join(node.label for node in running)
                 if running and stored is not None:
                     await stored.wait_taken(running, label=labels, say=self.say, stopping=lambda: self._killing)
                 if running:

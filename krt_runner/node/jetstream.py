@@ -124,14 +124,14 @@ async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
 
 async def stream_of(client: Client, subject: str, *, timeout: float = _LOOKUP_TIMEOUT) -> str | None:
     """The name of the stream that captures ``subject``; ``""`` when none does (or the server has no JetStream);
-    ``None`` when JetStream gave no answer in time, or an error."""
+    ``None`` when JetStream gave no answer in time."""
     if not client._server_info.get("jetstream"):  # nats-py keeps the server's INFO there; no request then
         return ""
     try:
         return str(await client.jetstream(timeout=timeout).find_stream_name_by_subject(subject))
-    except NotFoundError:
+    except APIError:  # none found, or JetStream off for this account: no stream of it captures the subject
         return ""
-    except (APIError, NatsError, asyncio.TimeoutError):
+    except (NatsError, asyncio.TimeoutError):
         return None
 
 
@@ -228,8 +228,11 @@ async def answered(request: Callable[[], Awaitable[_T]], *, attempts: int = _API
 def _api_text(exc: BaseException, *, attempts: int = _API_ATTEMPTS) -> str:
     if isinstance(exc, APIError) and exc.description:
         return f"{exc.description} (JetStream error {exc.err_code})"
-    if isinstance(exc, asyncio.TimeoutError):  # a refusal by permissions gets no answer either: the server logs it
-        asked = f", {attempts} times in a row" if attempts > 1 else ""
-        return (f"JetStream did not answer{asked}: a busy or unreachable server, or a user not allowed to publish "
-                "that request to $JS.API (see the NATS error lines before this one, and the user's permissions)")
+    if isinstance(exc, asyncio.TimeoutError):  # a refusal by permissions gets no answer either
+        if attempts == 1:  # a requester: it logs no NATS errors
+            return ("JetStream did not answer: a busy or unreachable server, or a user not allowed to publish to "
+                    "$JS.API")
+        return (f"JetStream did not answer, {attempts} times in a row: a busy or unreachable server, or a user not "
+                "allowed to publish that request to $JS.API (see the NATS error lines before this one, and the "
+                "user's permissions)")
     return describe(exc)
