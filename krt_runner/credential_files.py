@@ -9,8 +9,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import nkeys  # type: ignore[import-untyped]  # nats-py's own dependency for NKeys
-
 from krt_runner.errors import describe
 
 
@@ -58,8 +56,14 @@ def _no_pass_phrase() -> str:
     raise _EncryptedKey
 
 
+def _from_seed(seed: bytes) -> None:
+    import nkeys  # type: ignore[import-untyped]  # nats-py's own, for NKeys; imported only for a node that uses them
+
+    nkeys.from_seed(bytearray(seed))
+
+
 def _read_seed(path: Path) -> None:
-    nkeys.from_seed(bytearray(path.read_bytes().strip()))  # as nats-py reads it
+    _from_seed(path.read_bytes().strip())  # as nats-py reads it
 
 
 def _read_creds(path: Path) -> None:
@@ -78,6 +82,6 @@ def _read_creds(path: Path) -> None:
             raise ValueError(f"the line after {header.decode()} ends in a space or a \\r: it must end with a line feed "
                              "alone")
     try:
-        nkeys.from_seed(bytearray(found[b"BEGIN USER NKEY SEED"]))
+        _from_seed(found[b"BEGIN USER NKEY SEED"])
     except Exception as exc:
         raise ValueError(f"{describe(exc)} (its line must end with a line feed alone: no space, no \\r)") from None
