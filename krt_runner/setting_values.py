@@ -183,7 +183,7 @@ def input_subject(raw: str) -> str:
 
 # Numbers as people write them in a setting: ASCII digits, no "_" (Python's int() and float() take 1_0 and "٣").
 _DECIMAL = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)
-_WHOLE = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
+_WHOLE = re.compile(r"\s*[+-]?\d{1,30}\s*", re.ASCII)  # longer: beyond any limit (int() refuses 4300 digits)
 
 
 def _finite(raw: str) -> float:
