@@ -81,22 +81,24 @@ async def test_when_stopping_only_the_last_call_of_each_connection_waits_even_wi
     await calls.cancel()
 
 
-async def test_the_last_call_answers_once_the_delay_is_over():
-    open_calls = OpenCalls(last_answer_delay=0.01)
+async def one_call_open_while_stopping(name: str, *, delay: float) -> Calls:
+    """Calls of a stopping :class:`OpenCalls` (whose last call of a connection waits ``delay``), ``name`` open."""
+    open_calls = OpenCalls(last_answer_delay=delay)
     open_calls.stopping = True
     calls = Calls(open_calls)
-    calls.start("last", "ipv4:127.0.0.1:1000")
+    calls.start(name, "ipv4:127.0.0.1:1000")
     await settle()
+    return calls
+
+
+async def test_the_last_call_answers_once_the_delay_is_over():
+    calls = await one_call_open_while_stopping("last", delay=0.01)
     await calls.release("last")
     await asyncio.wait_for(calls.tasks["last"], timeout=10)
 
 
 async def test_a_cancelled_call_does_not_wait():
-    open_calls = OpenCalls(last_answer_delay=FOREVER)
-    open_calls.stopping = True
-    calls = Calls(open_calls)
-    calls.start("cancelled", "ipv4:127.0.0.1:1000")
-    await settle()
+    calls = await one_call_open_while_stopping("cancelled", delay=FOREVER)
     calls.tasks["cancelled"].cancel()
     await settle()
     assert calls.tasks["cancelled"].cancelled()
@@ -119,11 +121,8 @@ async def test_a_call_that_came_in_before_the_server_stopped_taking_new_ones_is_
 
 
 async def test_a_call_that_opens_as_the_drain_finds_none_open_is_waited_for_not_given_up_on():
-    open_calls = OpenCalls(last_answer_delay=0.01)
-    open_calls.stopping = True
-    calls = Calls(open_calls)
-    calls.start("earlier", "peer-a")
-    await settle()
+    calls = await one_call_open_while_stopping("earlier", delay=0.01)
+    open_calls = calls.open_calls
     late: list[asyncio.Task[None]] = []
     answered = []
 

@@ -178,8 +178,9 @@ def run_check(
     return EXIT_OK
 
 
-# The line the child process of _import_problem ends its output with: nothing after it when the module loads.
 def _import_only(base_path: str, handler_path: str, verdict_file: str) -> int:
+    """In the child process of _import_problem: import the handler module and write why it cannot serve (empty when
+    it can) to ``verdict_file``."""
     try:
         load_user_code(handler_path, Path(base_path), protobuf_compat=setting_from_env("protobuf_compat"))
     except (HandlerLoadError, ConfigError) as exc:

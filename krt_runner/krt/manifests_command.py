@@ -59,15 +59,13 @@ def _option_problems(options: ManifestOptions) -> list[str]:
 
 def _url_problems(options: ManifestOptions) -> list[str]:
     """URLs every pod would refuse at start (exit 2, again and again), checked as a node checks them."""
+    websocket = "ws://" in options.nats_url.lower() or "wss://" in options.nats_url.lower()
+    problems = ["--nats-url: a websocket server (ws://, wss://) needs aiohttp, which the Dockerfile's image does "
+                "not install: give a nats:// or tls:// URL"] if websocket else []
     urls: list[tuple[str, str, Callable[[str], object], str]] = [
-        ("--nats-url", "KRT_NATS_SERVER", nats_servers, options.nats_url),
+        ("--nats-url", "KRT_NATS_SERVER", nats_servers, "" if websocket else options.nats_url),
         ("--influx-url", "KRT_INFLUX_URI", http_url, options.influx_url),
     ]
-    problems = []
-    if "ws://" in options.nats_url.lower() or "wss://" in options.nats_url.lower():
-        problems.append("--nats-url: a websocket server (ws://, wss://) needs aiohttp, which the Dockerfile's image "
-                        "does not install: give a nats:// or tls:// URL")
-        urls = urls[1:]
     for flag, setting, parse, raw in urls:
         if not raw.strip():
             continue

@@ -108,11 +108,10 @@ class Broker:
         waiters: set[asyncio.Future[Any]] = {attempt, self._fatal}
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # stopped while connecting: nats-py's retries must end with the start-up
+        finally:  # stopped while connecting, or refused for good: nats-py's retries end with the attempt
+            refused = not attempt.done()
             await cancel_until_done(attempt)
-            raise
-        if not attempt.done():
-            attempt.cancel()
+        if refused:
             await self._close_quietly()
             raise BrokerConnectError(self._fatal_message(self._fatal.result()))
         attempt.result()

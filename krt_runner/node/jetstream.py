@@ -150,9 +150,11 @@ async def requests_stored(client: Client, subject: str) -> int:
     """Requests stored for the nodes of ``subject`` and not yet acknowledged (waiting, or being handled): its
     consumer's count, or, with the consumer deleted (a node makes it again), what its work-queue stream holds. 0
     when there is no such stream, or no answer within a second."""
+    stream = await stream_of(client, subject)
+    if not stream:
+        return 0
     js = client.jetstream(timeout=_LOOKUP_TIMEOUT)
     try:
-        stream = await js.find_stream_name_by_subject(subject)
         try:
             info = await js.consumer_info(stream, consumer_name(subject))
         except NotFoundError:

@@ -51,6 +51,7 @@ class Pipeline:
         self._answers = Answers(node_name=name, output_subject=settings.output_subject, broker=broker)
         self._handler = code.handler
         self._request_type = code.request_type
+        self._typed = code.request_type is not None  # an Any method called on its message gets a hint in its error
         self._timeout = settings.handler_timeout
         self._drain_timeout = settings.drain_timeout
         self._max_decompressed = settings.max_decompressed_bytes
@@ -169,7 +170,7 @@ class Pipeline:
             return exc
         if self._giving_up and isinstance(exc, asyncio.CancelledError):
             return exc  # the drain's cancellation, not the handler's own
-        return handler_failure(exc, self._timeout, typed=self._request_type is not None)
+        return handler_failure(exc, self._timeout, typed=self._typed)
 
     async def _call_handler(self, job: Job) -> Any:
         ctx, data = self._handler_args(job)
@@ -180,9 +181,8 @@ class Pipeline:
                 return await self.caller.call(self._handler_from_now, job, ctx, data)
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
-            typed = self._request_type is not None
-            return await asyncio.wait_for(as_handler_errors(self.caller.call, self._handler, ctx, data, typed=typed),
-                                          timeout)
+            return await asyncio.wait_for(
+                as_handler_errors(self.caller.call, self._handler, ctx, data, typed=self._typed), timeout)
         except USER_CODE_FAILURES as exc:
             raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
         finally:
