@@ -26,7 +26,8 @@ from krt_runner.client import (
     UnexpectedAnswer,
     request_envelope,
 )
-from krt_runner.errors import KrtRunnerError, NotConnected
+from krt_runner.errors import KrtRunnerError, NotConnected, ProtoError
+from krt_runner.krt.protos import load_file, select_types
 from krt_runner.local_krt.call import percentile, summary
 from krt_runner.local_krt.embedded import EmbeddedNats, free_port
 
@@ -102,6 +103,20 @@ def test_call_compiles_a_proto_file_on_the_fly(nats_server, greeter):
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"greeting": "** Hello, Lin! **"}
+
+
+def test_call_takes_a_nested_type_by_its_name_in_the_package_or_its_full_name(tmp_path):
+    pytest.importorskip("grpc_tools")
+    proto = tmp_path / "nested.proto"
+    proto.write_text('syntax = "proto3";\npackage shop;\nmessage Outer { message Inner { string name = 1; } }\n')
+    file = load_file(str(proto))
+
+    for name in ("Outer.Inner", "shop.Outer.Inner"):
+        types = select_types(file, request=name, response=name)
+
+        assert types.request.DESCRIPTOR.full_name == types.response.DESCRIPTOR.full_name == "shop.Outer.Inner"
+    with pytest.raises(ProtoError, match="no message 'Outer.Missing' in nested.proto"):
+        select_types(file, request="Outer.Missing", response="Outer")
 
 
 def test_call_prints_an_error_answer_and_exits_1(nats_server, echo):

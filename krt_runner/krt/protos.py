@@ -136,12 +136,16 @@ def _default_pair(file: FileDescriptor, method: str | None) -> tuple[Descriptor,
 
 
 def _message(file: FileDescriptor, name: str) -> Descriptor:
-    full_name = name if "." in name or not file.package else f"{file.package}.{name}"
-    try:
-        return file.pool.FindMessageTypeByName(full_name)
-    except KeyError:
-        known = ", ".join(file.message_types_by_name) or "none"
-        raise ProtoError(f"no message {name!r} in {file.name} (messages: {known})") from None
+    """The message ``name`` of ``file``: relative to its package (``Outer.Inner`` for a nested one) or fully
+    qualified."""
+    candidates = [f"{file.package}.{name}", name] if file.package else [name]
+    for full_name in candidates:
+        try:
+            return file.pool.FindMessageTypeByName(full_name)
+        except KeyError:
+            continue
+    known = ", ".join(file.message_types_by_name) or "none"
+    raise ProtoError(f"no message {name!r} in {file.name} (messages: {known})")
 
 
 def _descriptor_of(module: object, source: str) -> FileDescriptor:
