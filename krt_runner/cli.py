@@ -132,7 +132,7 @@ def _add_manifests(commands: Any) -> None:
                            help="KRT_DELIVERY of the nodes and the entrypoint")
     manifests.add_argument("--keda", action="store_true", help="a KEDA ScaledObject per node on its JetStream "
                            "consumer's lag (needs --delivery at-least-once)")
-    manifests.add_argument("--keda-max-replicas", type=_positive, default=None,
+    manifests.add_argument("--keda-max-replicas", type=_replica_count, default=None,
                            help="KEDA's maximum per node (default 10, or the node's replicas when more)")
     manifests.add_argument("--nats-monitoring", default="", help="host:port of nats-server's monitoring for KEDA "
                            "(default: the NATS host, port 8222)")
@@ -209,6 +209,12 @@ def _positive(raw: str) -> int:
     from krt_runner.setting_values import positive_int
 
     return _as_argument(positive_int, raw)
+
+
+def _replica_count(raw: str) -> int:
+    from krt_runner.setting_values import replica_count
+
+    return _as_argument(replica_count, raw)
 
 
 def _stream_replicas(raw: str) -> int:

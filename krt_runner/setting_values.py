@@ -29,6 +29,7 @@ MAX_STREAM_REPLICAS = 5  # JetStream keeps at most 5 copies of a stream
 # KRT_CONCURRENCY and KRT_BATCH_MAX_SIZE: a worker task each (a batch node: per request it may hold), made at start.
 MAX_CONCURRENCY = 10_000
 MAX_REQUESTS_HELD = 100_000
+MAX_REPLICAS = 2**31 - 1  # Kubernetes' 32-bit fields: a Deployment's replicas, KEDA's maxReplicaCount
 MAX_SECONDS = 31_536_000.0  # a year: any wait or timeout longer is a mistake, and the platform's clocks overflow
 
 
@@ -89,6 +90,10 @@ def ack_wait(raw: str) -> float:
 
 def max_deliver(raw: str) -> int:
     return _whole_number(raw, 1, MAX_DELIVER)
+
+
+def replica_count(raw: str) -> int:
+    return _whole_number(raw, 1, MAX_REPLICAS)
 
 
 def stream_replicas(raw: str) -> int:

@@ -115,7 +115,7 @@ def test_call_takes_a_nested_type_by_its_name_in_the_package_or_its_full_name(tm
         types = select_types(file, request=name, response=name)
 
         assert types.request.DESCRIPTOR.full_name == types.response.DESCRIPTOR.full_name == "shop.Outer.Inner"
-    with pytest.raises(ProtoError, match="no message 'Outer.Missing' in nested.proto"):
+    with pytest.raises(ProtoError, match=r"no message 'Outer\.Missing' in nested\.proto"):
         select_types(file, request="Outer.Missing", response="Outer")
 
 

@@ -163,7 +163,8 @@ def test_check_validates_replicas_and_resources(tmp_path):
 
     _, problems = check_krt(folder)
 
-    assert any("nodes[0].replicas: must be a whole number of at least 1, not 0" in p for p in problems)
+    assert any("nodes[0].replicas: must be a whole number of at least 1 and at most 2147483647, not 0" in p
+               for p in problems)
     assert any("nodes[0].resources.cpuLimit: 'lots' is not a Kubernetes quantity" in p for p in problems)
     assert any("nodes[0].resources.disk: unknown field" in p for p in problems)
     assert any("nodes[0].resources.memoryRequest: 1200Mi is above memoryLimit 1Gi: Kubernetes refuses" in p
@@ -244,6 +245,9 @@ def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_befor
                                capture_output=True, text=True, timeout=60)
     word = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--keda", "--delivery",
                            "at-least-once", "--keda-max-replicas", "abc"], capture_output=True, text=True, timeout=60)
+    huge = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "i", "--keda", "--delivery",
+                           "at-least-once", "--keda-max-replicas", "2147483648"], capture_output=True, text=True,
+                          timeout=60)  # KEDA's maxReplicaCount is 32-bit
 
     assert done.returncode == 2 and done.stdout == ""
     assert "--nats-url: 'http://nats:4222' is not a NATS URL such as nats://host:4222; every pod would refuse it as " \
@@ -254,6 +258,7 @@ def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_befor
     assert "needs aiohttp, which the Dockerfile's image does not install" in websocket.stderr
     assert word.returncode == 2
     assert "--keda-max-replicas: must be a whole number of at least 1" in word.stderr
+    assert huge.returncode == 2 and "and at most 2147483647" in huge.stderr
 
 
 def test_a_bare_nats_url_with_a_password_is_refused_too_and_keda_watches_the_nats_host_given(tmp_path):

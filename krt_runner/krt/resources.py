@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from krt_runner.setting_values import MAX_REPLICAS
+
 # A Kubernetes quantity (its grammar in k8s.io/apimachinery's quantity.go): a number with an optional suffix, binary
 # (Ki to Ei), decimal (n, u, m for fractions; k to E) or an exponent (1e3). Negative ones are refused (resources).
 _QUANTITY = re.compile(r"^\+?(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)"
@@ -96,11 +98,11 @@ def _amount(quantity: str) -> float:
 
 
 def read_replicas(value: Any, where: str, problem: Callable[[str, str], None]) -> int:
-    """``replicas`` of a node: a whole number of at least 1 (default 1)."""
+    """``replicas`` of a node: a whole number of at least 1 (default 1) that Kubernetes can hold."""
     if value is None:
         return 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problem(where, f"must be a whole number of at least 1, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+        problem(where, f"must be a whole number of at least 1 and at most {MAX_REPLICAS}, not {value!r}")
         return 1
     return value
 
