@@ -80,6 +80,19 @@ def test_a_node_named_entrypoint_after_a_workflow_named_as_its_entrypoint_would_
         "'greet/greet' does: the two would take each other's messages; rename a node or a workflow"]
 
 
+def test_a_kre_v1_template_entrypoint_with_its_src_passes_check(greeter):
+    krt_yml = greeter / "krt.yml"
+    krt_yml.write_text(krt_yml.read_text().replace("  image: konstellation/kre-entrypoint:latest\n",
+                                                   "  image: konstellation/kre-entrypoint:latest\n"
+                                                   "  src: src/entrypoint/entrypoint.py\n"))
+    assert "src: src/entrypoint/entrypoint.py" in krt_yml.read_text()
+
+    done = run_cli("check", str(greeter))
+
+    assert done.returncode == 0, done.stderr
+    assert load_krt(greeter).proto == "proto/greeter.proto"
+
+
 def test_a_key_given_twice_is_a_problem_not_the_last_one_silently(greeter):
     text = (GREETER / "krt.yml").read_text()
     (greeter / "krt.yml").write_text(text + "workflows: []\n")

@@ -21,6 +21,8 @@ _MAX_NAME_LENGTH = 19
 _ENV_NAME = re.compile(r"^[A-Z0-9]([_A-Z0-9]*[A-Z0-9])?$")
 # A workflow entrypoint is an rpc name and becomes part of a subject: no dots, spaces or wildcards.
 _ENTRYPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# `src`: KRE v1's templates name the entrypoint's code, which KRE v1 stopped reading; accepted and ignored.
+_ENTRYPOINT_FIELDS = ("proto", "image", "src")
 _TOP_FIELDS = ("krtVersion", "version", "description", "entrypoint", "config", "nodes", "workflows")
 _V2_HINT = "is a KRT v2 field; krt-runner reads KRT v1 (workflows list nodes in 'sequential')"
 
@@ -102,7 +104,7 @@ class KrtReader:
             self.problem("krtVersion", f"is {top['krtVersion']!r}; krt-runner reads KRT v1 files only")
         version = self.name(top, "version", "version")
         description = self.text(top, "description", "description")
-        entrypoint = self.mapping(top.get("entrypoint"), "entrypoint", ("proto", "image"))
+        entrypoint = self.mapping(top.get("entrypoint"), "entrypoint", _ENTRYPOINT_FIELDS)
         proto, image = self.proto(entrypoint), self.text(entrypoint, "image", "entrypoint.image")
         config = self.mapping(top.get("config") or {}, "config", ("variables", "files"))
         variables, files = self.env_names(config, "variables"), self.env_names(config, "files")
