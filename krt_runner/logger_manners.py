@@ -1,10 +1,10 @@
 """The manners of KRE v1's ``ctx.logger``, a standard library ``logging.Logger``, on structlog's filtering logger.
 
-A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel`` or read ``name``; and a log call
-whose ``%`` arguments do not fit its text (``logger.info("%s scored %d", name)``) never raised there: the standard
-library reports it and carries on. Here such a line is written with its text as it was and its arguments beside
-it, and the handler goes on. Only the levels the logger writes are wrapped: a call below them stays structlog's
-``return None``.
+A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel``, ``addHandler`` or ``getChild``, or
+read ``name`` or ``handlers``; and a log call whose ``%`` arguments do not fit its text (``logger.info("%s scored
+%d", name)``) never raised there: the standard library reports it and carries on. Here such a line is written with
+its text as it was and its arguments beside it, and the handler goes on. Only the levels the logger writes are
+wrapped: a call below them stays structlog's ``return None``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ def with_standard_manners(wrapper: Any) -> Any:
         "isEnabledFor": wrapper.is_enabled_for,
         "getEffectiveLevel": wrapper.get_effective_level,
         "setLevel": _level_is_the_nodes,
+        "addHandler": _handlers_are_the_nodes,
+        "removeHandler": _handlers_are_the_nodes,
+        "handlers": property(lambda self: []),
+        "getChild": _child,
         "name": "krt_runner",
         "log": _forgiving_log(wrapper.log),
     }
@@ -41,6 +45,15 @@ def with_standard_manners(wrapper: Any) -> Any:
 
 def _level_is_the_nodes(self: Any, level: Any) -> None:
     """Accepted, as KRE v1 code calls it, and left alone: KRT_LOG_LEVEL sets a node's level."""
+
+
+def _handlers_are_the_nodes(self: Any, handler: Any) -> None:
+    """Accepted and left alone: the node writes every line itself (KRT_LOG_FORMAT), to its standard error."""
+
+
+def _child(self: Any, suffix: str) -> Any:
+    """``logging.Logger.getChild``: the same logger, its lines naming ``krt_runner.<suffix>``."""
+    return self.bind(logger=f"krt_runner.{suffix}")
 
 
 def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -54,6 +54,7 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.StackInfoRenderer(),
             exceptions,
             _bounded_values,
             renderer,

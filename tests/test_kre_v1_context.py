@@ -67,6 +67,32 @@ async def test_a_typed_handler_that_still_unpacks_its_data_is_told_why_in_its_er
     assert "annotated with a message class gets that message already unpacked" in answer.error
 
 
+async def test_the_request_envelope_shows_the_requesters_inbox_and_an_early_reply_as_kre_v1_did(
+    nats_server, handler_dir, start_node, requester
+) -> None:
+    base = handler_dir("""
+        from greeter_pb2 import Request
+
+
+        async def handler(ctx, data):
+            envelope = ctx.__request_msg__
+            if data.Is(Request.DESCRIPTOR) and data.value == Request(name="after").SerializeToString():
+                return Request(name=ctx.get("after"))
+            before = f"{envelope.reply.startswith('_INBOX.')} {envelope.replied}"
+            await ctx.reply(Request(name=before))
+            if not ctx.__request_msg__.replied:  # KRE v1 handlers checked it before a second reply
+                await ctx.reply(Request(name="twice"))
+            ctx.set("after", f"{ctx.__request_msg__.replied}")
+    """)
+    start_node(**node_env(nats_server, base, "src/node.py", input="kre-reply", name="first"))
+
+    early = await requester.greet("kre-reply", "Ada")
+    after = await requester.greet("kre-reply", "after")
+
+    assert unpack(early, greeter_pb2.Request).name == "True False" and early.replied
+    assert unpack(after, greeter_pb2.Request).name == "True"
+
+
 async def test_a_name_nobody_set_on_ctx_says_where_to_set_it(nats_server, handler_dir, start_node, requester):
     base = handler_dir("""
         async def handler(ctx, data):

@@ -78,8 +78,13 @@ class HandlerContext:
 
     @property
     def __request_msg__(self) -> Any:
-        """KRE v1's name for the request's envelope (a ``KreNatsMessage``; ``None`` in ``init``)."""
-        return getattr(self._message, "request", self._message)
+        """KRE v1's name for the request's envelope (a ``KreNatsMessage``; ``None`` in ``init``). As in KRE v1, its
+        ``reply`` is the requester's inbox on the first node too, and ``replied`` is set by :meth:`reply`."""
+        request = getattr(self._message, "request", self._message)
+        requester = getattr(self._message, "reply", None)  # a running node's Job: the subject it answers on
+        if requester and request is not None and not request.reply:
+            request.reply = requester
+        return request
 
     @property
     def __config__(self) -> Any:

@@ -238,7 +238,7 @@ class Pipeline:
         if not job.reply:
             raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
         await self.broker.publish(job.reply, self._answers.early(job, message))
-        job.replied = True
+        job.replied = request.replied = True  # the envelope too, for a KRE v1 handler that reads it
 
     async def _answer_error(self, job: Job, exc: Exception) -> None:
         """The error answer goes out first; only then is anything logged about it."""
