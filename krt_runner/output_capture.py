@@ -10,13 +10,16 @@ one, and the log holds only JSON:
   counter's); text without a line end is logged in parts of :data:`LONGEST_LINE` bytes, and a log line's values are
   cut at 10,000 characters as every log line's are (docs/production.md). What needs a file
   (``subprocess.run(stdout=sys.stdout)``) gets the one under it from ``fileno()``;
-- with a console log (a terminal, most likely), they are left as they are;
+- with a console log (a terminal, most likely), their text is written as it comes, as it is, through a stream
+  that never blocks and never raises (:class:`~krt_runner.log_stream.NeverBlockingStream`, as the log's own): a
+  terminal paused or a pipe closed (``krt-runner run | head -1``) neither stops the node nor fails a request;
 - warnings are logged by ``py.warnings`` (``logging.captureWarnings``), once per place as Python shows them, and a
   thread's uncaught exception by ``threading``, its traceback in the line.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import io
@@ -27,6 +30,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from krt_runner.log_stream import NeverBlockingStream
+
 # Bytes of a line kept waiting for its end: past them, what came is logged as it is (no unbounded buffer).
 LONGEST_LINE = 8192
 _LINE_END = re.compile(rb"[\r\n]")
@@ -35,15 +40,17 @@ _LINE_END = re.compile(rb"[\r\n]")
 def capture_output(*, json_log: bool) -> None:
     """Route ``sys.stdout``, ``sys.stderr``, warnings and threads' exceptions through the node's log (see above)."""
     if json_log:
-        sys.stdout = _text_stream("stdout", logging.INFO, sys.stdout)
-        sys.stderr = _text_stream("stderr", logging.WARNING, sys.stderr)
+        sys.stdout = _text_stream(_LinesToLogging("stdout", logging.INFO, sys.stdout))
+        sys.stderr = _text_stream(_LinesToLogging("stderr", logging.WARNING, sys.stderr))
         _fresh_streams_in_forks()
+    else:
+        sys.stdout = _text_stream(_TextAsItComes(sys.stdout))
+        sys.stderr = _text_stream(_TextAsItComes(sys.stderr))
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception
 
 
-def _text_stream(name: str, level: int, under: TextIO) -> TextIO:
-    raw = _LinesToLogging(name, level, under)
+def _text_stream(raw: _LinesToLogging | _TextAsItComes) -> TextIO:
     stream = io.TextIOWrapper(_Passthrough(raw), encoding="utf-8", errors="replace",
                               line_buffering=True, write_through=True)
     stream.mode = "w"  # type: ignore[misc]  # as open() sets it on the streams it makes
@@ -62,7 +69,7 @@ def _fresh_streams() -> None:
     for name in ("stdout", "stderr"):
         raw = getattr(getattr(getattr(sys, name), "buffer", None), "raw", None)
         if isinstance(raw, _LinesToLogging):
-            setattr(sys, name, _text_stream(name, raw.level, raw.under))
+            setattr(sys, name, _text_stream(_LinesToLogging(name, raw.level, raw.under)))
 
 
 def _log_thread_exception(args: Any) -> None:
@@ -78,7 +85,7 @@ class _Passthrough(io.BufferedIOBase):
     whose lock is held while ``raw`` logs a line: a daemon thread printing at interpreter exit made it a fatal
     error, and a fork while one printed left the child that lock held for ever."""
 
-    def __init__(self, raw: _LinesToLogging) -> None:
+    def __init__(self, raw: _LinesToLogging | _TextAsItComes) -> None:
         super().__init__()
         self.raw = raw
 
@@ -99,7 +106,7 @@ class _Passthrough(io.BufferedIOBase):
         return self.raw.fileno()
 
     def isatty(self) -> bool:
-        return False
+        return self.raw.isatty()
 
 
 class _LinesToLogging(io.RawIOBase):
@@ -164,3 +171,36 @@ class _LinesToLogging(io.RawIOBase):
             self._logger.log(self.level, text)
         finally:
             self._inside.now = False
+
+
+class _TextAsItComes(io.RawIOBase):
+    """Bytes written to the stream ``under`` as they come, by a :class:`NeverBlockingStream` (a console log's
+    ``print()``); a character that ``sys.stdout.buffer`` was given in parts is written once whole."""
+
+    def __init__(self, under: TextIO) -> None:
+        super().__init__()
+        with contextlib.suppress(OSError, ValueError):  # what was printed before goes first
+            under.flush()
+        self.under = under
+        self.name = getattr(under, "name", "<stdout>")
+        self._stream = NeverBlockingStream(under)
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.under.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        with self._lock:
+            self._stream.write(self._decoder.decode(data))
+        return len(data)
+
+    def flush(self) -> None:
+        self._stream.flush()

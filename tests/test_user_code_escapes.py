@@ -85,13 +85,13 @@ def test_init_raising_any_base_exception_stops_start_up_with_one_line_and_exit_1
     assert any(f"init of 'src/node.py' failed: {raised.split('(')[0]}" in json.loads(line)["event"] for line in lines)
 
 
-def node_on_a_pipe(nats_server, base: str, subject: str) -> subprocess.Popen:
+def node_on_a_pipe(nats_server, base: str, subject: str, log_format: str = "json") -> subprocess.Popen:
     """A node whose stdout and stderr are one pipe this test holds, read up to "node ready"."""
-    env = {**node_env(nats_server, base, "src/node.py", input=subject, name="noisy"), "KRT_LOG_FORMAT": "json",
+    env = {**node_env(nats_server, base, "src/node.py", input=subject, name="noisy"), "KRT_LOG_FORMAT": log_format,
            "KRT_MEASUREMENTS_ENABLED": "false", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([*KRT_RUNNER, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert process.stdout is not None
-    while b'"node ready"' not in process.stdout.readline():
+    while b"node ready" not in process.stdout.readline():
         assert process.poll() is None
     return process
 
@@ -123,11 +123,12 @@ async def test_print_warnings_and_thread_exceptions_are_json_log_lines_naming_th
     assert "ZeroDivisionError" in by_logger["threading"]["exception"]
 
 
+@pytest.mark.parametrize("log_format", ["json", "console"])  # console: print() written as it is, not logged
 @pytest.mark.parametrize("reader", ["gone", "stalled"])
 async def test_a_handler_that_prints_and_warns_on_a_log_pipe_nobody_reads_or_a_closed_one_serves_and_stops(
-    nats_server, handler_dir, requester, reader
+    nats_server, handler_dir, requester, reader, log_format
 ) -> None:
-    process = node_on_a_pipe(nats_server, escapes(handler_dir, sync=False), f"noise-{reader}")
+    process = node_on_a_pipe(nats_server, escapes(handler_dir, sync=False), f"noise-{reader}", log_format)
     try:
         assert process.stdout is not None
         if reader == "gone":
