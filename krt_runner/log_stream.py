@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import json
 import os
 import select
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 # Characters of log text that may wait for a stream that does not move; past them, lines are dropped.
@@ -30,8 +32,11 @@ _ATOMIC_WRITE = select.PIPE_BUF
 class NeverBlockingStream:
     """A text stream for structlog's ``PrintLogger`` and logging's ``StreamHandler``; see the module's docstring."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, identity: Callable[[], dict[str, str]] = dict) -> None:
+        """``identity``: the fields that name the process (node, workflow, version) in the line saying how many
+        lines were dropped."""
         self._stream = stream
+        self._identity = identity
         try:
             self._descriptor: int | None = stream.fileno()
         except (OSError, ValueError, AttributeError):  # no file under it (a StringIO): written as it comes
@@ -116,8 +121,9 @@ class NeverBlockingStream:
                 dropped, self._dropped = self._dropped, 0
                 self._writing = True
             if dropped:
-                notice = {"event": "log lines dropped: the log stream did not move", "dropped": dropped,
-                          "level": "warning"}
+                notice = {**self._identity(), "event": "log lines dropped: the log stream did not move",
+                          "dropped": dropped, "level": "warning",
+                          "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
                 lines.insert(0, (json.dumps(notice) + "\n").encode())
             with contextlib.suppress(OSError):
                 _write_all(self._descriptor, b"".join(lines))

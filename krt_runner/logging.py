@@ -44,7 +44,7 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
     stream = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     _RENDERED["json"] = use_json
-    output: Any = NeverBlockingStream(stream)
+    output: Any = NeverBlockingStream(stream, identity=_IDENTITY.copy)
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from krt_runner.subjects import MAX_PUBLISH_SUBJECT
-from krt_runner.url_parts import redact_url, user_part
+from krt_runner.url_parts import redact_url, url_credentials, user_part
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_FORMATS = ("auto", "json", "console")
@@ -231,6 +231,12 @@ def http_url(raw: str) -> str:
         raise ValueError(f"{shown!r} has a query or fragment: give the server's URL alone (user:password@ in it, "
                          "or KRT_INFLUX_TOKEN, for credentials)")
     _check_port(parts, value)
+    credentials = url_credentials(value)[1]
+    if credentials:  # sent as the token: in a header
+        try:
+            header_text(credentials)
+        except ValueError as exc:
+            raise ValueError(f"its user:password {exc}") from None
     return value.rstrip("/")
 
 

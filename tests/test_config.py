@@ -135,6 +135,14 @@ def test_an_influx_token_no_http_header_could_carry_stops_start_up_unshown(token
     assert "PART" not in str(caught.value)
 
 
+@pytest.mark.parametrize("password", ["Zq%E2%82%ACZq", "Zq%0AZq"])  # "Zq€Zq", a line break: sent as the token
+def test_influx_credentials_in_the_uri_no_http_header_could_carry_stop_start_up_unshown(password):
+    with pytest.raises(ConfigError, match=re.escape("KRT_INFLUX_URI (--influx)=")) as caught:
+        load_settings({**KRE_V1_ENV, "KRT_INFLUX_URI": f"http://admin:{password}@influxdb:8086"})
+
+    assert "is invalid: its user:password has a" in str(caught.value) and "Zq" not in str(caught.value)
+
+
 def test_influx_credentials_in_the_uri_and_in_the_token_at_once_stop_start_up():
     env = {**KRE_V1_ENV, "KRT_INFLUX_URI": "http://admin:s3cret@influxdb:8086", "KRT_INFLUX_TOKEN": "admin:other"}
 

@@ -24,6 +24,7 @@ from raw_nats import RawClient
 from krt_runner.config import redact_url
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.local_krt.embedded import EmbeddedNats
+from krt_runner.log_stream import MAX_QUEUED, NeverBlockingStream
 
 HANDLERS = ROOT / "tests" / "handlers"
 
@@ -371,6 +372,28 @@ async def test_a_log_reader_that_stops_reading_holds_up_no_answer_and_no_stop(na
     finally:
         process.kill()
         process.wait()
+
+
+def test_lines_dropped_on_a_stalled_log_are_counted_in_a_line_naming_the_node_and_when():
+    read_end, write_end = os.pipe()
+    out = open(write_end, "w")  # noqa: SIM115  # closed at the end, once the stream has written
+    stream = NeverBlockingStream(out, identity=lambda: {"node": "n1", "workflow": "w"})
+    line = "x" * 1000 + "\n"
+    for _ in range(MAX_QUEUED // len(line) + 200):  # the pipe's 64 KiB, then the 1 MB that may wait, then drops
+        stream.write(line)
+    with open(read_end, "rb") as reader:
+        notice = None
+        while notice is None:
+            text = reader.readline()
+            assert text, "the stream ended without saying how many lines it dropped"
+            if text.startswith(b"{"):
+                notice = json.loads(text)
+        stream.wait_written(5)
+    out.close()
+
+    assert notice["event"] == "log lines dropped: the log stream did not move" and notice["dropped"] > 0
+    assert (notice["node"], notice["workflow"], notice["level"]) == ("n1", "w", "warning")
+    assert notice["timestamp"].endswith("Z") and notice["timestamp"][:4].isdigit()
 
 
 async def test_a_megabyte_tracking_id_makes_no_megabyte_log_line(nats_server, start_node, requester):

@@ -8,22 +8,29 @@ for presence only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import re
 import signal
+import socket
+import ssl
 import threading
 import time
 import uuid
 from typing import Any
 
+import pytest
 from conftest import ROOT, greeter_pb2, node_env
+from credentials import make_pki
 from influx_server import VictoriaMetrics
 from test_measurements import RecordingLogger
 
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
+from krt_runner.errors import WriteError
 from krt_runner.local_krt.embedded import free_port
+from krt_runner.measurements import influx as influx_module
 from krt_runner.measurements.influx import InfluxDestination
 from krt_runner.measurements.writer import BatchWriter
 
@@ -313,6 +320,60 @@ async def test_a_batch_the_server_refuses_is_dropped_and_counted_not_retried(inf
     assert len(refusals) == 1 and "HTTP 400" in refusals[0]["error"] and refusals[0]["dropped"] == 10
 
 
+class ClosingListener:
+    """A loopback TCP server that ends every connection at once, or with ``tls`` after its TLS handshake's first
+    message (a certificate its client does not trust): a store restarting behind a proxy, or one misconfigured."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._tls = tls
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError), connection:
+                if self._tls is not None:
+                    self._tls.wrap_socket(connection, server_side=True).close()
+
+    def close(self) -> None:
+        self._socket.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("store", ["closes", "untrusted"])
+def test_a_store_that_ends_the_tls_handshake_is_retried_not_refused_for_good(tmp_path, store):
+    tls = None
+    if store == "untrusted":
+        pki = make_pki(tmp_path)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(pki.server_cert, pki.server_key)
+    listener = ClosingListener(tls)
+    destination = InfluxDestination(url=listener.url, token=TOKEN, org="kre", bucket="kre", timeout=2.0)
+    try:
+        with pytest.raises(WriteError) as failed:
+            destination.write(["m f=1i 1"])
+    finally:
+        destination.close()
+        listener.close()
+
+    assert failed.value.retry, str(failed.value)
+    if store == "untrusted":
+        assert "CERTIFICATE_VERIFY_FAILED" in str(failed.value) and "SSL_CERT_FILE" in str(failed.value)
+
+
+def test_a_timeout_under_a_millisecond_is_one_millisecond_not_none():
+    destination = InfluxDestination(url="http://127.0.0.1:1", token="", org="kre", bucket="kre", timeout=0.0004)
+
+    assert destination._client.api_client.configuration.timeout == 1  # influxdb-client reads 0 as no timeout
+    destination.close()
+
+
 async def test_the_token_never_reaches_the_logs():
     logger = RecordingLogger()
     sink = influx_writer(f"http://127.0.0.1:{free_port()}", logger)  # nothing listens there
@@ -372,6 +433,20 @@ async def test_influx_1_8_credentials_in_the_uri_are_sent_as_its_token_not_in_th
     assert sink.counts["written"] == 1
     ((_, headers),) = store.requests
     assert headers["Authorization"] == "Token krt-user:p@ss/word"
+
+
+async def test_a_batch_whose_text_is_over_a_request_body_goes_in_parts_and_arrives_whole(monkeypatch):
+    monkeypatch.setattr(influx_module, "MAX_BODY", 1000)
+    with RecordingStore() as store:
+        destination = InfluxDestination(url=store.url, token="", org="kre", bucket="kre", timeout=2.0)
+        sink = BatchWriter(destination, logger=RecordingLogger(), batch_size=10, flush_interval=0.1, max_buffered=100,
+                           shutdown_timeout=5.0)
+        for number in range(10):
+            sink.put(f"m s=\"{'x' * 300}\",n={number}i 1")  # 10 lines of about 320 characters: 4 requests
+        await sink.close(timeout=5)
+
+    assert sink.counts["written"] == 10 and sink.dropped == 0
+    assert len(store.requests) == 4
 
 
 async def test_a_store_that_asks_to_retry_after_some_seconds_is_left_alone_that_long():

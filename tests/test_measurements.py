@@ -21,6 +21,9 @@ from krt_runner.config import load_settings
 from krt_runner.envelope import timestamp
 from krt_runner.errors import ConfigError, MeasurementError, WriteError
 from krt_runner.measurements import Measurement, MemorySink, NodePoints, NullSink, Outcome, make_sink
+from krt_runner.measurements import buffer as buffer_module
+from krt_runner.measurements import report as report_module
+from krt_runner.measurements.buffer import PointBuffer
 from krt_runner.measurements.file import FileDestination
 from krt_runner.measurements.lines import line_protocol
 from krt_runner.measurements.pending import RENDER_SLICE
@@ -236,6 +239,25 @@ def test_a_bad_point_raises_in_the_caller_and_reaches_no_sink():
         measurement.save("m", {"f": object()})
 
     assert sink.lines == []
+
+
+def test_a_user_point_over_64k_characters_is_refused_in_the_caller_and_the_buffer_bounds_their_text(monkeypatch):
+    sink = MemorySink()
+    measurement = Measurement(sink=sink, version="v1")
+    measurement.save("m", {"s": "x" * 60_000})  # under InfluxDB's 64 KB of a string: kept
+
+    with pytest.raises(MeasurementError, match=r"point 'm' is 1000\d\d characters of line protocol; at most 65536"):
+        measurement.save("m", {"s": "x" * 100_000})
+    assert len(sink.lines) == 1
+
+    monkeypatch.setattr(buffer_module, "MAX_WAITING_TEXT", 200_000)  # three such points, not the cap's 100
+    buffer = PointBuffer(max_buffered=100, batch_size=10, wake_at=10)
+    buffer.put_many([sink.lines[0]] * 5)
+    for _ in range(5):
+        buffer.put_many([sink.lines[0]])
+
+    assert buffer.buffered == 3 and buffer.counts["dropped_full"] == 7
+    assert len(buffer.take()) == 3 and not buffer.take()
 
 
 @pytest.mark.parametrize(
@@ -916,12 +938,34 @@ def test_the_buffer_full_warning_counts_only_points_dropped_to_make_room():
     report = WriterReport(logger, "InfluxDB", max_buffered=50)
     counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 7}
 
-    report.drops(counts, buffered=0)
+    report.now_and_then(counts, buffered=0)
     assert not [e for e in logger.events() if "buffer full" in e]
 
-    report.drops({**counts, "dropped_full": 3}, buffered=50)
+    report.now_and_then({**counts, "dropped_full": 3}, buffered=50)
     warnings = [fields for _, event, fields in logger.records if "buffer full" in event]
     assert warnings == [{"dropped": 3, "dropped_total": 3, "buffered": 50, "max_buffered": 50}]
+
+
+def test_a_refusal_held_back_is_logged_once_its_wait_is_over_or_a_new_refusal_comes(monkeypatch):
+    monkeypatch.setattr(report_module, "_REPORT_EVERY", 0.2)
+    logger = RecordingLogger()
+    report = WriterReport(logger, "InfluxDB", max_buffered=50)
+    counts = {"written": 0, "dropped_full": 0, "dropped_rejected": 0, "dropped_at_close": 0}
+
+    def refusals() -> list[tuple[str, int, int]]:
+        return [(fields["error"], fields["dropped"], fields["batches"]) for _, event, fields in logger.records
+                if event == "measurements: batch refused for good; its points are dropped"]
+
+    report.rejected("HTTP 400", 10)
+    report.rejected("HTTP 400", 20)  # held back
+    report.now_and_then(counts, buffered=0)
+    assert refusals() == [("HTTP 400", 10, 1)]
+    time.sleep(0.25)
+    report.now_and_then(counts, buffered=0)
+    assert refusals() == [("HTTP 400", 10, 1), ("HTTP 400", 20, 1)]
+    report.rejected("HTTP 400", 5)  # held back again
+    report.rejected("HTTP 413", 7)  # another refusal: the held ones first, under their own error
+    assert refusals()[2:] == [("HTTP 400", 5, 1), ("HTTP 413", 7, 1)]
 
 
 def test_the_file_is_valid_for_influx_write(tmp_path: Path):

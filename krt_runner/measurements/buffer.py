@@ -5,7 +5,9 @@ append (or the appends of a list) and never for I/O. What is put is a line
 (one point) or the pending points of a pass of the event loop (many); the
 buffer counts points. At most ``max_buffered`` points are held, the batch
 being retried included; when full, the oldest waiting points make room for
-the new ones. Every point that will not be written is counted, by reason.
+the new ones. A user's points, lines of up to 64 K characters each, are bounded
+by their text too: at most :data:`MAX_WAITING_TEXT` characters of them wait.
+Every point that will not be written is counted, by reason.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections import deque
 from collections.abc import Sequence
 
 from krt_runner.measurements.pending import PendingLine, points_in
+
+# Characters of users' lines that may wait (the runner's own points are a few hundred each: their count bounds them).
+MAX_WAITING_TEXT = 64 << 20
 
 
 class PointBuffer:
@@ -29,18 +34,21 @@ class PointBuffer:
         self._queue: deque[PendingLine] = deque()
         self._waiting = 0  # points in the queue
         self._held = 0  # points taken out of the queue and not yet settled
+        self._text = 0  # characters of the lines (users' points) in the queue
         self._closed = False
 
     def put_many(self, items: Sequence[PendingLine]) -> bool:
         """Queue items in order; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
         points = sum(map(points_in, items))
+        text = sum(len(item) for item in items if isinstance(item, str))
         with self._lock:
             if self._closed:
                 self.counts["dropped_at_close"] += points
                 return False
-            if self._waiting + self._held + points <= self.max_buffered:
+            if self._waiting + self._held + points <= self.max_buffered and self._text + text <= MAX_WAITING_TEXT:
                 self._queue.extend(items)
                 self._waiting += points
+                self._text += text
             else:
                 for item in items:
                     self._append_making_room(item)
@@ -48,16 +56,18 @@ class PointBuffer:
 
     def _append_making_room(self, item: PendingLine) -> None:
         """Under the lock, with the buffer full or nearly: the oldest waiting points go to make room."""
-        points = points_in(item)
+        points, text = points_in(item), _text_of(item)
         if points > self.max_buffered - self._held:  # it cannot fit beside the batch being retried: it goes
             self.counts["dropped_full"] += points
             return
-        while self._waiting + self._held + points > self.max_buffered:
-            oldest = points_in(self._queue.popleft())
-            self._waiting -= oldest
-            self.counts["dropped_full"] += oldest
+        while self._waiting + self._held + points > self.max_buffered or self._text + text > MAX_WAITING_TEXT:
+            oldest = self._queue.popleft()
+            self._waiting -= points_in(oldest)
+            self._text -= _text_of(oldest)
+            self.counts["dropped_full"] += points_in(oldest)
         self._queue.append(item)
         self._waiting += points
+        self._text += text
 
     def take(self, *, at_least: int = 0) -> list[PendingLine]:
         """What is waiting, up to a batch of points (or one item more), or nothing when fewer than ``at_least``
@@ -74,6 +84,7 @@ class PointBuffer:
                 points += points_in(item)
             self._waiting -= points
             self._held += points
+            self._text -= sum(len(item) for item in items if isinstance(item, str))
         return items
 
     def settle(self, count: int, outcome: str) -> None:
@@ -93,7 +104,7 @@ class PointBuffer:
         with self._lock:
             self.counts["dropped_at_close"] += self._waiting + self._held
             self._queue.clear()
-            self._waiting = self._held = 0
+            self._waiting = self._held = self._text = 0
 
     @property
     def buffered(self) -> int:
@@ -105,3 +116,7 @@ class PointBuffer:
     def dropped(self) -> int:
         """Points that will never be written, for any reason."""
         return self.counts["dropped_full"] + self.counts["dropped_rejected"] + self.counts["dropped_at_close"]
+
+
+def _text_of(item: PendingLine) -> int:
+    return len(item) if isinstance(item, str) else 0

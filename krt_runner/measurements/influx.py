@@ -59,6 +59,9 @@ _HINTS = {
     404: "check KRT_INFLUX_ORG and KRT_INFLUX_BUCKET",
     413: "lower KRT_INFLUX_BATCH_SIZE",
 }
+# Characters of one request's body: under the limits of stores (InfluxDB 1.x: 25 MB; VictoriaMetrics: 32 MB).
+MAX_BODY = 8 << 20
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Characters of a server's error body worth a log line.
 _BODY_SHOWN = 300
 
@@ -77,7 +80,9 @@ class InfluxDestination:
         self.details: dict[str, Any] = {"url": redact_url(url), "org": org, "bucket": bucket}
         # retries=False: the writer's backoff decides, and urllib3 logs nothing per attempt.
         # An empty token sends no Authorization header (KRE v1's InfluxDB 1.8 had no authentication).
-        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout * 1000), retries=False)
+        # In whole milliseconds, at least 1: influxdb-client reads 0 as no timeout at all.
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=max(1, round(timeout * 1000)),
+                                      retries=False)
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     @classmethod
@@ -86,12 +91,20 @@ class InfluxDestination:
                    bucket=settings.influx_bucket, timeout=settings.influx_timeout)
 
     def write(self, lines: list[str]) -> None:
-        """One request with the whole batch; raises :class:`WriteError` saying whether to retry."""
+        """One request with the whole batch, or with halves of it while it is over :data:`MAX_BODY` characters
+        (users' points of 64 K each); raises :class:`WriteError` saying whether to retry. A batch retried after its
+        first half was written writes that half again: the same points, which InfluxDB stores once."""
+        text = "\n".join(lines)  # one string, encoded once
+        if len(text) > MAX_BODY and len(lines) > 1:
+            half = len(lines) // 2
+            self.write(lines[:half])
+            self.write(lines[half:])
+            return
         try:
-            # One string, encoded once; influxdb-client's default precision, ns, is what the lines carry.
-            self._write_api.write(bucket=self._bucket, org=self._org, record="\n".join(lines))
-        except ApiException as exc:
-            retry = exc.status is None or exc.status >= 500 or exc.status in _RETRY_STATUSES
+            # influxdb-client's default precision, ns, is what the lines carry.
+            self._write_api.write(bucket=self._bucket, org=self._org, record=text)
+        except ApiException as exc:  # status 0: no answer (TLS failed), which the server may give once back
+            retry = not exc.status or exc.status >= 500 or exc.status in _RETRY_STATUSES
             raise WriteError(self._redact(_http_error(exc)), retry=retry, retry_after=_retry_after(exc)) from None
         except (HTTPError, OSError) as exc:  # refused, reset, timed out, DNS: the server may come back
             raise WriteError(self._redact(f"{type(exc).__name__}: {exc}"), retry=True) from None
@@ -116,6 +129,10 @@ def _http_error(exc: ApiException) -> str:
     if body.strip():
         text += f": {body.strip()[:_BODY_SHOWN]}"
     hint = _HINTS.get(exc.status or 0)
+    if not exc.status and "CERTIFICATE_VERIFY_FAILED" in text:
+        hint = "the store's certificate is not trusted: give its CA certificate in SSL_CERT_FILE"
+    elif exc.status in _REDIRECTS:
+        hint = "KRT_INFLUX_URI is redirected (not followed, the token stays with its server): give the new URL"
     return f"{text} ({hint})" if hint else text
 
 

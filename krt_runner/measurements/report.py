@@ -49,18 +49,28 @@ class WriterReport:
     def rejected(self, error: str, lines: int) -> None:
         """A refusal now; the same refusal again (a wrong token, batch after batch) at most once per
         ``_REPORT_EVERY``, with what was dropped meanwhile (every drop is in :meth:`closed`'s counts)."""
+        if error != self._last_refusal and self._refused_points:  # the refusals held back, under their own error
+            self._log_refusals()
         self._refused_points += lines
         self._refused_batches += 1
-        now = time.monotonic()
-        if error == self._last_refusal and now - self._last_refusal_at < _REPORT_EVERY:
-            return
+        if error != self._last_refusal or time.monotonic() - self._last_refusal_at >= _REPORT_EVERY:
+            self._last_refusal = error
+            self._log_refusals()
+
+    def _log_refusals(self) -> None:
         self._log.error("measurements: batch refused for good; its points are dropped",
-                        destination=self._destination, error=error, dropped=self._refused_points,
+                        destination=self._destination, error=self._last_refusal, dropped=self._refused_points,
                         batches=self._refused_batches)
-        self._last_refusal, self._last_refusal_at = error, now
+        self._last_refusal_at = time.monotonic()
         self._refused_points = self._refused_batches = 0
 
-    def drops(self, counts: dict[str, int], buffered: int) -> None:
+    def now_and_then(self, counts: dict[str, int], buffered: int) -> None:
+        """Drops and refusals held back, once :data:`_REPORT_EVERY` has passed since their last line."""
+        if self._refused_points and time.monotonic() - self._last_refusal_at >= _REPORT_EVERY:
+            self._log_refusals()
+        self._drops(counts, buffered)
+
+    def _drops(self, counts: dict[str, int], buffered: int) -> None:
         """Points dropped to make room; those dropped at close are in :meth:`closed`'s line, not here."""
         total = counts["dropped_full"]
         now = time.monotonic()

@@ -164,7 +164,7 @@ class BatchWriter:
             if partial:
                 next_flush = time.monotonic() + self._flush_interval
             pending = self._write_batches(pending, partial=partial)
-            self._report.drops(self.counts, self.buffered)
+            self._report.now_and_then(self.counts, self.buffered)
         return pending
 
     def _flush_at_close(self, pending: list[str]) -> None:
