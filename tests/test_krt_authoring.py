@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,18 @@ def test_a_kre_v1_template_entrypoint_with_its_src_passes_check(greeter):
 
     assert done.returncode == 0, done.stderr
     assert load_krt(greeter).proto == "proto/greeter.proto"
+
+
+def test_check_of_a_module_that_starts_a_thread_at_import_does_not_wait_for_it(greeter):
+    greet = greeter / "src" / "greet.py"
+    greet.write_text("import threading, time\nthreading.Thread(target=time.sleep, args=(3600,)).start()\n"
+                     + greet.read_text())
+
+    started = time.monotonic()
+    done = run_cli("check", str(greeter))
+
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 60  # the import check's limit is 120 s
 
 
 def test_a_key_given_twice_is_a_problem_not_the_last_one_silently(greeter):

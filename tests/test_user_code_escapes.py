@@ -85,6 +85,29 @@ def test_init_raising_any_base_exception_stops_start_up_with_one_line_and_exit_1
     assert any(f"init of 'src/node.py' failed: {raised.split('(')[0]}" in json.loads(line)["event"] for line in lines)
 
 
+async def test_a_thread_the_module_starts_at_import_does_not_keep_the_stopped_node_alive(
+    nats_server, start_node, handler_dir, requester
+) -> None:
+    base = handler_dir("""
+        import threading
+        import time
+
+        threading.Thread(target=time.sleep, args=(3600,), name="poller").start()  # a library's, not a daemon
+
+
+        def handler(ctx, data):
+            return data
+    """)
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="threads", name="thr"))
+    answer = await requester.greet("threads", "Ada")
+    node.signal()
+
+    assert node.wait(timeout=15) == 0 and answer.error == ""
+    left = [json.loads(line) for line in node.lines if "exiting without waiting" in line]
+    assert left[0]["threads"] == ["poller"] and left[0]["node"] == "thr"
+    assert '"stopped"' in node.output
+
+
 def node_on_a_pipe(nats_server, base: str, subject: str, log_format: str = "json") -> subprocess.Popen:
     """A node whose stdout and stderr are one pipe this test holds, read up to "node ready"."""
     env = {**node_env(nats_server, base, "src/node.py", input=subject, name="noisy"), "KRT_LOG_FORMAT": log_format,

@@ -7,6 +7,7 @@ not see each other's. ``init`` is not run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -194,4 +195,8 @@ def _import_only(base_path: str, handler_path: str, verdict_file: str) -> int:
 
 
 if __name__ == "__main__":  # the child process of _import_problem
-    sys.exit(_import_only(sys.argv[1], sys.argv[2], sys.argv[3]))
+    verdict_code = _import_only(sys.argv[1], sys.argv[2], sys.argv[3])
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(verdict_code)  # without waiting for a thread the module started (Python would, for ever)
