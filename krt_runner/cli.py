@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -297,11 +298,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``krt-runner`` console script."""
     _closed_streams_to_devnull()
     args = build_parser().parse_args(argv)
+    if args.command not in (_run, _entrypoint):  # those two stop on signals their own way (draining)
+        _stop_signals_interrupt()
     try:
         return int(args.command(args))
     except BrokenPipeError:  # krt-runner check ... | head: the reader has gone, so has the point of writing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
         return EXIT_FAILED
+    except KeyboardInterrupt as stopped:  # Ctrl-C, or SIGTERM or SIGHUP below: what was made is removed by now
+        signum = stopped.args[0] if stopped.args and isinstance(stopped.args[0], int) else signal.SIGINT
+        print(f"krt-runner {args.command.__name__.lstrip('_')}: stopped by {signal.Signals(signum).name}",
+              file=sys.stderr)
+        return 128 + signum
+
+
+def _stop_signals_interrupt() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) end a command as Ctrl-C does, with a ``KeyboardInterrupt``, so that
+    what it made on the way (temporary folders, an unpacked ``.krt``) is removed as it unwinds. ``up`` handles
+    them its own way once its nodes start."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
 
 
 def _closed_streams_to_devnull() -> None:

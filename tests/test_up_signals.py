@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import nats
+import pytest
 from conftest import KRT_RUNNER, ROOT, greeter_pb2
 from up_helpers import UpRun, leftovers, up_env
 
@@ -37,6 +38,41 @@ def wait_for_err(up: UpRun, text: str, timeout: float = 60) -> None:
     while not any(text in line for line in up.err):
         assert time.monotonic() < deadline, f"no {text!r}:\n" + "\n".join(up.err)
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("command", "signum"), [("check", signal.SIGINT), ("up", signal.SIGTERM),
+                                                  ("build", signal.SIGHUP)])
+def test_a_stop_while_the_nodes_import_ends_the_command_in_one_line_and_leaves_nothing_in_tmp(
+    tmp_path, command, signum
+):
+    folder = tmp_path / "slow"
+    shutil.copytree(ROOT / "examples" / "greeter", folder, ignore=shutil.ignore_patterns("__pycache__", "*.lp"))
+    greet = folder / "src" / "greet.py"
+    greet.write_text("import time\ntime.sleep(3)  # a model loaded at import\n" + greet.read_text())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    target = str(folder)
+    if command == "up":  # a package: unpacked into a temporary folder first
+        subprocess.run([*KRT_RUNNER, "build", target, "--output", str(tmp_path / "dist") + "/"], check=True,
+                       capture_output=True, timeout=120)
+        target = str(next((tmp_path / "dist").glob("*.krt")))
+    more = {"up": ["--request", '{"name": "x"}'], "build": ["--output", str(tmp_path / "out") + "/"]}.get(command, [])
+    process = subprocess.Popen([*KRT_RUNNER, command, target, *more], env={**os.environ, "TMPDIR": str(scratch)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.name.startswith("krt-check-") for path in scratch.iterdir()):  # importing now
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == 128 + signum
+    assert err.strip().splitlines() == [f"krt-runner {command}: stopped by {signal.Signals(signum).name}"]
+    assert list(scratch.iterdir()) == []
 
 
 def test_a_second_ctrl_c_while_up_drains_kills_what_is_left_at_once_and_exits_130(tmp_path):
