@@ -314,9 +314,12 @@ def test_build_into_the_folder_packs_no_earlier_package_of_another_version(greet
     krt_yml.write_text(krt_yml.read_text().replace("version: greeter-v1", "version: greeter-v2"))
     second = run_cli("build", str(greeter), "--output", f"{greeter}/")
 
-    assert first.returncode == second.returncode == 0, second.stderr
-    with tarfile.open(greeter / "greeter-v2.krt") as tar:
-        assert not [name for name in tar.getnames() if name.endswith(".krt")]
+    elsewhere = run_cli("build", str(greeter))  # into dist/: the packages in the folder stay out of it too
+
+    assert first.returncode == second.returncode == elsewhere.returncode == 0, elsewhere.stderr
+    for package in (greeter / "greeter-v2.krt", greeter / "dist" / "greeter-v2.krt"):
+        with tarfile.open(package) as tar:
+            assert not [name for name in tar.getnames() if name.endswith(".krt")]
 
 
 def test_manifests_refuse_a_password_in_an_influx_url_without_a_scheme(greeter):

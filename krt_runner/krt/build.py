@@ -45,19 +45,21 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
     if target.suffix != SUFFIX:
         raise BuildProblems(str(source), [f"--output {output}: a package's name ends in {SUFFIX} (up, check and "
                                           "local() read a package by that suffix); for a folder, end it with /"])
-    earlier = _earlier_packages(target, directory)
     try:
-        files = [name for name in package_files(directory) if name not in earlier]
+        files = package_files(directory)
     except KrtFileError as exc:  # its .krtignore
         raise BuildProblems(str(source), [f"{exc.path}: {problem}" for problem in exc.problems]) from None
     missing = [name for name in _referenced(krt) if name not in files]
     if missing:
         ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
         raise BuildProblems(str(source), ignored)
+    made_folder = not target.parent.exists()
     built = Built(path=target, files=len(files), size=write_package(directory, files, target))
     _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
     if packed_problems:
         target.unlink()
+        if made_folder:
+            target.parent.rmdir()
         raise BuildProblems(str(source), [f"in the package, not in the folder (.krtignore?): {problem}"
                                           for problem in packed_problems])
     return built
@@ -70,15 +72,6 @@ def _target(output: str | Path | None, dist: Path, name: str) -> Path:
     if str(output).endswith(("/", os.sep)) or Path(output).is_dir():
         return Path(output) / name
     return Path(output)
-
-
-def _earlier_packages(target: Path, directory: Path) -> set[str]:
-    """The packages beside ``target`` when it is written in the KRT folder (``--output DIR/``): earlier builds,
-    of this version or another, which a package must not hold."""
-    folder, root = target.parent.resolve(), directory.resolve()
-    if not (folder.is_relative_to(root) and folder.is_dir()):
-        return set()
-    return {(folder / name).relative_to(root).as_posix() for name in os.listdir(folder) if name.endswith(SUFFIX)}
 
 
 def _krt_folder(source: str) -> Path:

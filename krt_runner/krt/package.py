@@ -26,11 +26,12 @@ from krt_runner.krt.model import KRT_FILE
 
 SUFFIX = ".krt"
 IGNORE_FILE = ".krtignore"
-# What a Python project folder holds that a deployment never needs; `dist/` is where packages go, and
-# measurements.lp is where a node run in the folder writes its measurements by default.
+# What a Python project folder holds that a deployment never needs; `dist/` is where packages go (and `*.krt` are
+# packages, wherever `--output` put them), and measurements.lp is where a node run in the folder writes its
+# measurements by default.
 DEFAULT_EXCLUDES = (
     ".venv", "venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-    "*.egg-info", ".git", "*.pyc", ".DS_Store", "dist/", "/measurements.lp",
+    "*.egg-info", ".git", "*.pyc", ".DS_Store", "dist/", "*.krt", "/measurements.lp",
 )  # fmt: skip
 # Unpacking stops before this many bytes: a guard against a package that claims to hold terabytes.
 MAX_UNPACKED_BYTES = 64 * 1024**3
