@@ -6,18 +6,16 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from krt_runner import __version__
+from krt_runner import __version__, argument_types
 from krt_runner.config import OPTIONS
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
 from krt_runner.node.health import check as health_problem
 from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
-
-_Value = TypeVar("_Value")
 
 
 def _add_run(commands: Any) -> None:
@@ -53,12 +51,12 @@ def _add_up(commands: Any) -> None:
     up.add_argument("--request", help="JSON request (or @FILE) to send once all are ready; print the answer, stop")
     up.add_argument("--workflow", help="run only this workflow's nodes; --request goes to it (needed when there are "
                     "several)")
-    up.add_argument("--timeout", type=_seconds, default=30.0,
+    up.add_argument("--timeout", type=argument_types.seconds, default=30.0,
                     help="seconds to wait for the --request answer (default: 30)")
-    up.add_argument("--ready-timeout", type=_seconds, default=120.0,
+    up.add_argument("--ready-timeout", type=argument_types.seconds, default=120.0,
                     help="seconds every node gets to be ready (default: 120)")
-    up.add_argument("--grpc-port", type=_port, help="port of the gRPC entrypoint on 127.0.0.1 (default 9000, or a "
-                    "free port when 9000 is taken; 0: a free port)")
+    up.add_argument("--grpc-port", type=argument_types.port, help="port of the gRPC entrypoint on 127.0.0.1 "
+                    "(default 9000, or a free port when 9000 is taken; 0: a free port)")
     up.add_argument("--no-entrypoint", action="store_true", help="do not start the gRPC entrypoint")
     up.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
                     help="at-least-once: nats-server with JetStream (a temporary store), every node, the entrypoint "
@@ -76,10 +74,11 @@ def _add_call(commands: Any) -> None:
     call.add_argument("--response-type", help="response message name (overrides --method)")
     call.add_argument("--nats", default=os.environ.get("KRT_NATS_SERVER", "nats://127.0.0.1:4222"),
                       help="NATS URL (default: $KRT_NATS_SERVER, else nats://127.0.0.1:4222)")
-    call.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to wait for each answer (default: 30)")
-    call.add_argument("--repeat", type=_positive, default=1,
+    call.add_argument("--timeout", type=argument_types.seconds, default=30.0,
+                      help="seconds to wait for each answer (default: 30)")
+    call.add_argument("--repeat", type=argument_types.positive, default=1,
                       help="send N requests and print a latency summary (default: 1)")
-    call.add_argument("--concurrency", type=_positive, default=1,
+    call.add_argument("--concurrency", type=argument_types.positive, default=1,
                       help="requests in flight at once with --repeat (default: 1)")
     call.add_argument("--delivery", choices=DELIVERY_MODES, default=AT_MOST_ONCE,
                       help="at-least-once: publish through JetStream, for nodes with KRT_DELIVERY=at-least-once")
@@ -133,11 +132,11 @@ def _add_manifests(commands: Any) -> None:
                            help="KRT_DELIVERY of the nodes and the entrypoint")
     manifests.add_argument("--keda", action="store_true", help="a KEDA ScaledObject per node on its JetStream "
                            "consumer's lag (needs --delivery at-least-once)")
-    manifests.add_argument("--keda-max-replicas", type=_replica_count, default=None,
+    manifests.add_argument("--keda-max-replicas", type=argument_types.replica_count, default=None,
                            help="KEDA's maximum per node (default 10, or the node's replicas when more)")
     manifests.add_argument("--nats-monitoring", default="", help="host:port of nats-server's monitoring for KEDA "
                            "(default: the NATS host, port 8222)")
-    manifests.add_argument("--jetstream-replicas", type=_stream_replicas, default=1,
+    manifests.add_argument("--jetstream-replicas", type=argument_types.stream_replicas, default=1,
                            help="KRT_JETSTREAM_REPLICAS of the nodes: copies a NATS cluster keeps of each stream a "
                            "node creates (1 to 5; 3 on a cluster; needs --delivery at-least-once)")
     manifests.add_argument("--no-entrypoint", action="store_true", help="leave out the gRPC entrypoint")
@@ -195,47 +194,6 @@ def _build(args: argparse.Namespace) -> int:
     from krt_runner.krt.build import run_build
 
     return run_build(args.source, output=args.output)
-
-
-def _port(raw: str) -> int:
-    from krt_runner.setting_values import port
-
-    try:
-        return port(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive(raw: str) -> int:
-    from krt_runner.setting_values import positive_int
-
-    return _as_argument(positive_int, raw)
-
-
-def _replica_count(raw: str) -> int:
-    from krt_runner.setting_values import replica_count
-
-    return _as_argument(replica_count, raw)
-
-
-def _stream_replicas(raw: str) -> int:
-    from krt_runner.setting_values import stream_replicas
-
-    return _as_argument(stream_replicas, raw)
-
-
-def _seconds(raw: str) -> float:
-    from krt_runner.setting_values import positive_float
-
-    return _as_argument(positive_float, raw)
-
-
-def _as_argument(parse: Callable[[str], _Value], raw: str) -> _Value:
-    """``parse(raw)``, its ValueError as argparse's one-line usage error."""
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _up(args: argparse.Namespace) -> int:

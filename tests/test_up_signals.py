@@ -105,6 +105,26 @@ def test_a_second_ctrl_c_while_up_drains_kills_what_is_left_at_once_and_exits_13
     assert leftovers(up.marker) == []
 
 
+def test_ctrl_c_while_the_nodes_start_fails_a_request_it_never_sent_and_says_no_node_is_ready(tmp_path):
+    krt = tmp_path / "slow-init"
+    shutil.copytree(ROOT / "examples" / "greeter", krt, ignore=shutil.ignore_patterns("__pycache__", "dist"))
+    greet = krt / "src" / "greet.py"
+    greet.write_text(greet.read_text() + "\n\ndef init(ctx):\n    import time\n    ctx.logger.info('init slow')\n"
+                     "    time.sleep(30)\n")
+    up = UpRun(str(krt), "--request", '{"name": "Ada"}', cwd=tmp_path)
+    try:
+        wait_for_err(up, "init slow")
+        up.process.send_signal(signal.SIGINT)
+        code = up.wait(timeout=60)
+    finally:
+        up.stop()
+
+    assert code == 130, "\n".join(up.err)
+    assert any("the request was interrupted before it was sent" in line for line in up.err)
+    assert not any("node processes ready" in line or "sending the request" in line for line in up.err)
+    assert up.out == [] and leftovers(up.marker) == []
+
+
 def test_up_killed_with_sigkill_leaves_nothing_running(tmp_path):
     up = UpRun(str(ROOT / "examples" / "greeter"), cwd=tmp_path)  # nats-server, two nodes and the entrypoint
     try:

@@ -102,12 +102,14 @@ class Supervisor:
         are, else what came first."""
         self.url = await self.server.start()
         if self.options.nats:  # a server of someone else's: another up may run the same KRT there
-            await warn_when_taken(self.url, [entry.subject for entry in self.plan.entry_points], say=self.say,
-                                  options=self.client_options)
+            subjects = [entry.subject for entry in self.plan.entry_points]
+            await warn_when_taken(self.url, subjects, say=self.say, options=self.client_options)
         for warning in self.plan.warnings:
             self.say(f"warning: {warning}")
         store = await self._start_mongo_writer(self.url)
         await self._start_nodes(self.url, store)
+        if self._stop.is_set():  # stopped while starting: not all (or none) started, so none is ready
+            return Outcome(Ending.STOPPED)
         ready = await self._first(self._all_ready(), timeout=self.options.ready_timeout, ending=Ending.READY)
         if ready.ending is not Ending.READY or self.plan.grpc is None:
             if self.plan.grpc_problem:
@@ -128,11 +130,8 @@ class Supervisor:
         return await self._first(work)
 
     def explain(self, outcome: Outcome) -> tuple[int, list[str]]:
-        """The exit code and the lines that explain an outcome.
-
-        A node that stopped on its idle timeout (``KRT_IDLE_TIMEOUT``) means the
-        KRT is idle: the rest stop and the exit code is 0, as on Ctrl-C.
-        """
+        """The exit code and the lines that explain an outcome. A node that stopped on its idle timeout
+        (``KRT_IDLE_TIMEOUT``) means the KRT is idle: the rest stop and the exit code is 0, as on Ctrl-C."""
         if outcome.ending is Ending.DIED:
             return self._explain_death(outcome.node)
         if outcome.ending is Ending.TIMEOUT:

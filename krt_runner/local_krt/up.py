@@ -100,6 +100,9 @@ class _Up:
     async def _serve(self) -> int:
         supervisor = self.supervisor
         started = await supervisor.start()
+        if started.ending is Ending.STOPPED and supervisor.plan.request is not None and self._signal:
+            supervisor.say("the request was interrupted before it was sent")  # no answer: not a success
+            return 128 + self._signal
         if started.ending is not Ending.READY:
             return self._exit_code(started)
         supervisor.say(f"all {len(supervisor.plan.replicas)} node processes ready")
