@@ -106,6 +106,23 @@ def test_check_of_a_module_that_starts_a_thread_at_import_does_not_wait_for_it(g
     assert time.monotonic() - started < 60  # the import check's limit is 120 s
 
 
+def test_an_rpc_added_to_the_proto_and_not_generated_is_a_problem_with_the_hint_to_generate_it(greeter):
+    pytest.importorskip("grpc_tools")
+    proto = greeter / "proto" / "greeter.proto"
+    proto.write_text(proto.read_text().replace("rpc Greet (Request) returns (Response) {};",
+                                               "rpc Greet (Request) returns (Response) {};\n"
+                                               "  rpc Greet2 (Request) returns (Response) {};"))
+    krt_yml = greeter / "krt.yml"
+    krt_yml.write_text(krt_yml.read_text().replace("entrypoint: Greet\n", "entrypoint: Greet2\n"))
+
+    done = run_cli("check", str(greeter))
+
+    assert done.returncode == 2
+    assert "'Greet2' is not an rpc of service Entrypoint in src/greeter_pb2.py (rpcs: Greet)" in done.stderr
+    assert "warning: src/greeter_pb2.py was not generated from proto/greeter.proto as it is now" in done.stderr
+    assert "krt-runner protos" in done.stderr
+
+
 def test_a_key_given_twice_is_a_problem_not_the_last_one_silently(greeter):
     text = (GREETER / "krt.yml").read_text()
     (greeter / "krt.yml").write_text(text + "workflows: []\n")

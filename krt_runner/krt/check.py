@@ -140,8 +140,9 @@ def check_source(
     try:
         with open_krt(source) as root:
             krt, problems = check_krt(root)
-            warnings = [*stale_code_warnings(krt), *(more_warnings(krt) if more_warnings else ())] \
-                if krt is not None and not problems else []
+            # Stale generated code, with problems too: an rpc added to the proto and not generated is one.
+            warnings = [*stale_code_warnings(krt), *(more_warnings(krt) if more_warnings and not problems else ())] \
+                if krt is not None else []
             def named(texts: list[str]) -> list[str]:  # where it was unpacked: the package's name instead
                 return [text.replace(str(root), str(source)) for text in texts] if is_package(source) else texts
 
@@ -166,7 +167,10 @@ def run_check(
     ``more_warnings``: what other layers find worth a warning in a valid KRT (the entrypoint's refusals)."""
     krt, problems, warnings = check_source(directory, more_warnings)
     if problems or krt is None:
-        return report_problems("check", directory, problems, err=err)
+        report_problems("check", directory, problems, err=err)
+        for warning in warnings:
+            print(f"krt-runner check: warning: {warning}", file=err)
+        return EXIT_USAGE
     print(f"{directory}: KRT {krt.version}, {len(krt.nodes)} node(s), {len(krt.workflows)} workflow(s): OK", file=out)
     for wired in wiring(krt):
         print(f"  {wired.workflow.name}/{wired.node.name}: {wired.input} -> {wired.output or '(reply)'}", file=out)
