@@ -38,9 +38,15 @@ async def connect_requester(servers: str | Sequence[str], *, connect_timeout: fl
             await nc.close()
         cause = last_error[0] if last_error else exc
         shown = ", ".join(redact_url(url) for url in urls)
-        reason = explain(cause) if is_fatal(cause) else f"{type(cause).__name__}: {cause}"
+        reason = explain(cause) if is_fatal(cause) else _unreachable(cause, connect_timeout)
         raise ClientConnectError(f"cannot connect to NATS at {shown}: {reason}") from None
     return nc
+
+
+def _unreachable(cause: BaseException, connect_timeout: float) -> str:
+    if isinstance(cause, asyncio.TimeoutError) and not str(cause):  # a port that takes the connection, then nothing
+        return f"no NATS server answered within {connect_timeout:g}s (does something else listen there?)"
+    return f"{type(cause).__name__}: {cause}"
 
 
 def _server_urls(servers: str | Sequence[str]) -> list[str]:

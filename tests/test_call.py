@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -247,6 +248,16 @@ async def test_connecting_to_no_server_fails_fast_with_a_typed_error():
         await Client.connect(f"nats://127.0.0.1:{free_port()}", connect_timeout=1)
 
     assert time.monotonic() - started < 5
+
+
+async def test_a_port_that_takes_the_connection_and_says_nothing_is_named_as_no_nats_server():
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the kernel's backlog), never sends NATS's INFO
+    try:
+        with pytest.raises(ClientConnectError, match=r"no NATS server answered within 0\.5s \(does something else "
+                                                     r"listen there\?\)"):
+            await Client.connect(f"nats://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=0.5)
+    finally:
+        listener.close()
 
 
 def test_the_blocking_client_serves_many_threads_at_once(nats_server, greeter):
