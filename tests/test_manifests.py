@@ -234,6 +234,11 @@ def test_flags_the_api_server_would_refuse_are_refused_all_at_once():
                     "--secret 'Bad Secret' is not a Kubernetes Secret name",
                     "--keda-max-replicas and --nats-monitoring shape KEDA's objects: give them with --keda"):
         assert f"krt-runner manifests: {problem}" in done.stderr
+    image = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", "bad image!"], capture_output=True,
+                           text=True, timeout=60)
+    assert image.returncode == 2 and image.stdout == ""
+    assert "--image 'bad image!' is not an image reference, such as registry.example.com/team/greeter:v1" \
+        in image.stderr
 
 
 def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_before_anything_is_written():

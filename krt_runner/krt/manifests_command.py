@@ -32,6 +32,8 @@ def _option_problems(options: ManifestOptions) -> list[str]:
     """Flags the API server, or the objects' meaning, would refuse; all of them at once."""
     checks = [
         (not options.image.strip(), "--image is empty: name the image holding the KRT"),
+        (bool(options.image.strip()) and not _IMAGE.fullmatch(options.image),
+         f"--image {options.image!r} is not an image reference, such as registry.example.com/team/greeter:v1"),
         (not options.nats_url.strip(), "--nats-url is empty: every pod needs KRT_NATS_SERVER (default nats://nats:4222)"),
         (bool(options.namespace) and not _DNS_LABEL.fullmatch(options.namespace),
          f"--namespace {options.namespace!r} is not a Kubernetes namespace name (lower case, digits, -)"),
@@ -102,6 +104,10 @@ _HOST_PORT = re.compile(
     r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)"
     r":([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"  # 1 to 65535
 )
+# An image reference as the container runtimes read it (distribution's grammar): [host[:port]/]path[:tag][@digest].
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*(?::\w[\w.-]{{0,127}})?"
+                    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _HEADER = "# Kubernetes objects of KRT {version}, written by `krt-runner manifests`. Apply: kubectl apply -f FILE\n"
