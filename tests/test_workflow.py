@@ -182,7 +182,12 @@ def test_a_file_that_is_not_a_krt_mapping_is_one_problem(krt_dir, raw, expected)
 
 
 def test_a_directory_without_krt_yml_is_a_problem(tmp_path):
+    (tmp_path / "handler.py").write_text("")
+
     assert problems_of(tmp_path) == ["does not exist: a KRT v1 directory has a krt.yml at its top"]
+    assert problems_of(tmp_path / "missing") == ["no such folder"]
+    assert problems_of(tmp_path / "handler.py") == [
+        "is a file, not a KRT folder (a folder with krt.yml at its top, or a .krt)"]
 
 
 # -- up's plan: checked before any process starts -----------------------------------------------

@@ -33,6 +33,9 @@ def load_krt(directory: Path | str, *, node_files: bool = True) -> Krt:
     binary may be built elsewhere)."""
     root = Path(directory)
     path = root / KRT_FILE
+    if not root.is_dir():
+        raise KrtFileError(str(root), ["no such folder" if not root.exists() else
+                                       "is a file, not a KRT folder (a folder with krt.yml at its top, or a .krt)"])
     if not path.is_file():
         raise KrtFileError(str(path), ["does not exist: a KRT v1 directory has a krt.yml at its top"])
     text = read_text(path)
