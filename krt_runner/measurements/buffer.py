@@ -37,10 +37,17 @@ class PointBuffer:
         self._text = 0  # characters of the lines (users' points) in the queue
         self._closed = False
 
+    def put(self, item: PendingLine) -> bool:
+        """:meth:`put_many` of one item (once per pass of the event loop, and per user's point)."""
+        if isinstance(item, str):
+            return self._admit((item,), 1, len(item))
+        return self._admit((item,), item.count, 0)
+
     def put_many(self, items: Sequence[PendingLine]) -> bool:
         """Queue items in order; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
-        points = sum(map(points_in, items))
-        text = sum(len(item) for item in items if isinstance(item, str))
+        return self._admit(items, sum(map(points_in, items)), sum(map(_text_of, items)))
+
+    def _admit(self, items: Sequence[PendingLine], points: int, text: int) -> bool:
         with self._lock:
             if self._closed:
                 self.counts["dropped_at_close"] += points
@@ -84,7 +91,7 @@ class PointBuffer:
                 points += points_in(item)
             self._waiting -= points
             self._held += points
-            self._text -= sum(len(item) for item in items if isinstance(item, str))
+            self._text -= sum(map(_text_of, items))
         return items
 
     def settle(self, count: int, outcome: str) -> None:

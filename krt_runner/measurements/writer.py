@@ -103,7 +103,8 @@ class BatchWriter:
     def put(self, line: PendingLine) -> None:
         """Queue a point, or pending points; when the buffer is full the oldest waiting ones are dropped and
         counted."""
-        self.put_many((line,))
+        if self._buffer.put(line) and not self._wake.is_set():
+            self._wake.set()
 
     def put_many(self, lines: Sequence[PendingLine]) -> None:
         """Queue points in order, under one hold of the lock; see :meth:`put`."""
