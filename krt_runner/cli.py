@@ -26,6 +26,7 @@ def _add_run(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from krt_runner.exit_watch import SHORT_GRACE, exit_within
     from krt_runner.node.main import load_unless_stopped, read_settings, serve_node
 
     settings = read_settings({option.field: getattr(args, option.field) for option in OPTIONS})
@@ -38,8 +39,12 @@ def _run(args: argparse.Namespace) -> int:
         details = getattr(exc, "details", "")
         if details:
             print(details, file=sys.stderr, end="")
+        exit_within(EXIT_USAGE, SHORT_GRACE)  # a thread the module started before it failed ends nothing
         return EXIT_USAGE
-    return EXIT_OK if code is None else serve_node(settings, code)
+    if code is None:  # stopped while it loaded
+        exit_within(EXIT_OK, SHORT_GRACE)
+        return EXIT_OK
+    return serve_node(settings, code)
 
 
 def _add_up(commands: Any) -> None:

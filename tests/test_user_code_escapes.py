@@ -98,14 +98,61 @@ async def test_a_thread_the_module_starts_at_import_does_not_keep_the_stopped_no
         def handler(ctx, data):
             return data
     """)
-    node = start_node(**node_env(nats_server, base, "src/node.py", input="threads", name="thr"))
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="threads", name="thr",
+                                 KRT_DRAIN_TIMEOUT="1"))
     answer = await requester.greet("threads", "Ada")
     node.signal()
 
     assert node.wait(timeout=15) == 0 and answer.error == ""
     left = [json.loads(line) for line in node.lines if "exiting without waiting" in line]
-    assert left[0]["threads"] == ["poller"] and left[0]["node"] == "thr"
+    assert left[0]["event"].endswith("still running 1s after its work ended: poller") and left[0]["node"] == "thr"
     assert '"stopped"' in node.output
+
+
+async def test_work_queued_on_a_thread_pool_is_done_before_the_node_exits_and_says_nothing(
+    nats_server, start_node, handler_dir, requester, tmp_path
+) -> None:
+    done = tmp_path / "done.txt"
+    base = handler_dir(f"""
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        POOL = ThreadPoolExecutor(2)
+
+
+        def later(name):
+            time.sleep(1)
+            with open({str(done)!r}, "a") as out:
+                out.write(name + "\\n")
+
+
+        async def handler(ctx, data):
+            POOL.submit(later, ctx.tracking_id)  # fire and forget, as Python lets a program do
+            return data
+    """)
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="pool", name="pool"))
+    answers = [await requester.greet("pool", name) for name in ("a", "b")]
+    node.signal()
+
+    assert node.wait(timeout=15) == 0
+    assert sorted(done.read_text().split()) == sorted(answer.tracking_id for answer in answers)
+    assert "exiting without waiting" not in node.output
+
+
+def test_a_module_that_starts_a_thread_then_fails_to_load_still_exits_2(nats_server, handler_dir):
+    base = handler_dir("""
+        import threading
+        import time
+
+        threading.Thread(target=time.sleep, args=(3600,)).start()
+        raise RuntimeError("no model file")
+    """)
+    env = node_env(nats_server, base, "src/node.py", input="threads-load")
+
+    done = subprocess.run([*KRT_RUNNER, "run"], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True,
+                          timeout=60)
+
+    assert done.returncode == 2 and "no model file" in done.stderr
 
 
 def node_on_a_pipe(nats_server, base: str, subject: str, log_format: str = "json") -> subprocess.Popen:

@@ -38,6 +38,7 @@ from krt_runner.errors import (
     InvalidRequestError,
     KrtRunnerError,
 )
+from krt_runner.exit_watch import SHORT_GRACE, exit_within
 from krt_runner.logging import configure_logging
 from krt_runner.node import protobuf_compat
 from krt_runner.node.calling import UserFunction
@@ -68,7 +69,9 @@ def serve(
     JSON line on stdout. Dev mode needs a typed request parameter.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    sys.exit(_main(target, init=init, handler_batch=handler_batch, argv=argv))
+    exit_code = _main(target, init=init, handler_batch=handler_batch, argv=argv)
+    exit_within(exit_code, SHORT_GRACE)  # a node's own, after serving, is the drain's time (serve_node)
+    sys.exit(exit_code)
 
 
 def _main(target: Any, *, init: UserFunction | None, handler_batch: UserFunction | None, argv: list[str]) -> int:

@@ -10,7 +10,6 @@ connection or the subscription at start-up.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import functools
 import gc
@@ -26,6 +25,7 @@ import structlog
 
 from krt_runner.config import Settings, load_settings
 from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, BrokerConnectError, ConfigError, InitError
+from krt_runner.exit_watch import exit_within
 from krt_runner.logging import configure_logging, json_log, node_logger
 from krt_runner.measurements import PointSink, make_sink
 from krt_runner.node.health import remove_leftover
@@ -89,24 +89,8 @@ def serve_node(settings: Settings, code: UserCode) -> int:
         sys.setswitchinterval(min(sys.getswitchinterval(), _SYNC_HANDLER_SWITCH_INTERVAL))
     capture_output(json_log=json_log())  # print() and warnings of the node's code: through the log from now on
     exit_code = run_event_loop(node_main(settings, code))
-    _leave_without_their_threads(exit_code, _identified_log(settings, code))
+    exit_within(exit_code, settings.drain_timeout)  # threads its code left running get the drain's time to end
     return exit_code
-
-
-def _leave_without_their_threads(exit_code: int, log: Any) -> None:
-    """Python waits at exit for every thread not made a daemon: one the node's code started (at import: a library's
-    poller) would keep a stopped node alive for ever. With such threads still running, the node exits now, after
-    the exit handlers (the log's last lines, multiprocessing's children), without waiting for them."""
-    running = [thread.name for thread in threading.enumerate()
-               if thread.is_alive() and not thread.daemon and thread is not threading.main_thread()]
-    if not running:
-        return
-    log.info("exiting without waiting for threads the node's code started", threads=running[:10])
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    atexit._run_exitfuncs()
-    os._exit(exit_code)
 
 
 def _identified_log(settings: Settings, code: UserCode) -> Any:
