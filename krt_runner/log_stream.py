@@ -17,7 +17,9 @@ import datetime
 import json
 import os
 import select
+import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TextIO
 
@@ -27,23 +29,34 @@ MAX_QUEUED = 1 << 20
 _EXIT_WAIT = 2.0
 # A write this small to a pipe select() calls writable completes without blocking (POSIX's PIPE_BUF, Linux's page).
 _ATOMIC_WRITE = select.PIPE_BUF
+_STREAMS: list[NeverBlockingStream] = []  # every one made: at exit, they wait for their last lines together
 
 
 class NeverBlockingStream:
     """A text stream for structlog's ``PrintLogger`` and logging's ``StreamHandler``; see the module's docstring."""
 
-    def __init__(self, stream: TextIO, *, identity: Callable[[], dict[str, str]] = dict) -> None:
+    def __init__(self, stream: TextIO, *, identity: Callable[[], dict[str, str]] = dict,
+                 notice: Callable[[dict[str, object]], str] = json.dumps) -> None:
         """``identity``: the fields that name the process (node, workflow, version) in the line saying how many
-        lines were dropped."""
+        lines were dropped; ``notice`` renders that line (JSON by default, as the log's own renderer would)."""
         self._stream = stream
         self._identity = identity
+        self._notice = notice
         try:
             self._descriptor: int | None = stream.fileno()
         except (OSError, ValueError, AttributeError):  # no file under it (a StringIO): written as it comes
             self._descriptor = None
         self._start()
-        atexit.register(self.wait_written, _EXIT_WAIT)
-        os.register_at_fork(after_in_child=self._start)  # a handler's forked worker: a lock and a thread of its own
+        _STREAMS.append(self)
+        os.register_at_fork(after_in_child=self._start_in_child)
+
+    def _start_in_child(self) -> None:
+        """A handler's forked worker: a lock and a thread of its own, and its lines written before it ends.
+        multiprocessing ends its workers with ``os._exit``, past ``atexit``; its own finalizers run first."""
+        self._start()
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:  # a finalizer registered now would be cleared as the worker starts: registered then
+            util.register_after_fork(self, _written_before_the_worker_ends)
 
     def _start(self) -> None:
         self._lock = threading.Lock()
@@ -97,8 +110,9 @@ class NeverBlockingStream:
                 with contextlib.suppress(OSError):  # gone: dropped
                     _write_all(self._descriptor, data)
                 return
-            if self._size + len(data) > MAX_QUEUED:
+            if self._size + len(data) > MAX_QUEUED and self._waiting:  # one line alone waits, however long
                 self._dropped += 1
+                self._wake.set()  # the notice goes out as soon as the stream moves
                 return
             self._waiting.append(data)
             self._size += len(data)
@@ -121,10 +135,10 @@ class NeverBlockingStream:
                 dropped, self._dropped = self._dropped, 0
                 self._writing = True
             if dropped:
-                notice = {**self._identity(), "event": "log lines dropped: the log stream did not move",
+                notice = {**self._identity(), "event": "log lines dropped: the log stream did not keep up",
                           "dropped": dropped, "level": "warning",
                           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
-                lines.insert(0, (json.dumps(notice) + "\n").encode())
+                lines.insert(0, (self._notice(notice) + "\n").encode())
             with contextlib.suppress(OSError):
                 _write_all(self._descriptor, b"".join(lines))
             with self._lock:
@@ -140,3 +154,17 @@ def _write_all(descriptor: int | None, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(descriptor, view):]
+
+
+@atexit.register
+def _written_at_exit() -> None:
+    """The last lines of every stream, within :data:`_EXIT_WAIT` seconds for them all (streams stalled alike, such
+    as a paused terminal's log and print() streams, do not wait each their own)."""
+    deadline = time.monotonic() + _EXIT_WAIT
+    for stream in _STREAMS:
+        stream.wait_written(max(0.0, deadline - time.monotonic()))
+
+
+def _written_before_the_worker_ends(stream: NeverBlockingStream) -> None:
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(stream, stream.wait_written, args=(_EXIT_WAIT,), exitpriority=0)

@@ -52,8 +52,9 @@ def _handlers_are_the_nodes(self: Any, handler: Any) -> None:
 
 
 def _child(self: Any, suffix: str) -> Any:
-    """``logging.Logger.getChild``: the same logger, its lines naming ``krt_runner.<suffix>``."""
-    return self.bind(logger=f"krt_runner.{suffix}")
+    """``logging.Logger.getChild``: the same logger, its lines naming ``krt_runner.<suffix>`` (a child's child,
+    ``krt_runner.<suffix>.<suffix>``)."""
+    return self.bind(logger=f"{self._context.get('logger', 'krt_runner')}.{suffix}")
 
 
 def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,6 +9,7 @@ but JSON.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -24,8 +25,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 _QUIET_LIBRARIES = ("asyncio", "urllib3", "influxdb_client", "nats", "grpc", "pymongo")
 # The node a process runs, for the standard library's lines (see node_logger).
 _IDENTITY: dict[str, str] = {}
-# How configure_logging renders lines: {"json": bool}, for capture_output.
-_RENDERED: dict[str, bool] = {}
+# How configure_logging renders lines: {"json": bool, "notice": a renderer of one event}, for capture_output.
+_RENDERED: dict[str, Any] = {}
 # Characters of one value in a line (a traceback fits; a hostile message's 60 MB tracking_id does not).
 MAX_VALUE = 10_000
 
@@ -44,10 +45,11 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
     stream = stream or sys.stderr
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     _RENDERED["json"] = use_json
-    output: Any = NeverBlockingStream(stream, identity=_IDENTITY.copy)
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    _RENDERED["notice"] = lambda event: renderer(None, "warning", dict(event))
+    output: Any = never_blocking(stream)
     exceptions: Any = structlog.processors.format_exc_info if use_json else structlog.dev.set_exc_info
     structlog.configure(
         processors=[
@@ -66,9 +68,15 @@ def configure_logging(*, log_format: str = "auto", level: str = "info", stream: 
     _route_standard_logging(output, renderer, exceptions, _LEVELS[level])
 
 
+def never_blocking(stream: TextIO) -> NeverBlockingStream:
+    """A :class:`NeverBlockingStream` onto ``stream`` whose line about lines it dropped is rendered as this process's
+    log lines are, naming the node."""
+    return NeverBlockingStream(stream, identity=_IDENTITY.copy, notice=_RENDERED.get("notice", json.dumps))
+
+
 def json_log() -> bool:
     """Whether configure_logging chose JSON lines."""
-    return _RENDERED.get("json", False)
+    return bool(_RENDERED.get("json", False))
 
 
 def _route_standard_logging(output: Any, renderer: Any, exceptions: Any, level: int) -> None:

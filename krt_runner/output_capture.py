@@ -11,7 +11,7 @@ one, and the log holds only JSON:
   cut at 10,000 characters as every log line's are (docs/production.md). What needs a file
   (``subprocess.run(stdout=sys.stdout)``) gets the one under it from ``fileno()``;
 - with a console log (a terminal, most likely), their text is written as it comes, as it is, through a stream
-  that never blocks and never raises (:class:`~krt_runner.log_stream.NeverBlockingStream`, as the log's own): a
+  that never blocks and never raises (:func:`~krt_runner.logging.never_blocking`, as the log's own): a
   terminal paused or a pipe closed (``krt-runner run | head -1``) neither stops the node nor fails a request;
 - warnings are logged by ``py.warnings`` (``logging.captureWarnings``), once per place as Python shows them, and a
   thread's uncaught exception by ``threading``, its traceback in the line.
@@ -30,7 +30,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from krt_runner.log_stream import NeverBlockingStream
+from krt_runner.logging import never_blocking
 
 # Bytes of a line kept waiting for its end: past them, what came is logged as it is (no unbounded buffer).
 LONGEST_LINE = 8192
@@ -174,7 +174,7 @@ class _LinesToLogging(io.RawIOBase):
 
 
 class _TextAsItComes(io.RawIOBase):
-    """Bytes written to the stream ``under`` as they come, by a :class:`NeverBlockingStream` (a console log's
+    """Bytes written to the stream ``under`` as they come, by a never-blocking stream (a console log's
     ``print()``); a character that ``sys.stdout.buffer`` was given in parts is written once whole."""
 
     def __init__(self, under: TextIO) -> None:
@@ -183,7 +183,7 @@ class _TextAsItComes(io.RawIOBase):
             under.flush()
         self.under = under
         self.name = getattr(under, "name", "<stdout>")
-        self._stream = NeverBlockingStream(under)
+        self._stream = never_blocking(under)
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._lock = threading.Lock()
 

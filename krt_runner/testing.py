@@ -190,6 +190,8 @@ class NodeUnderTest:
 
     async def _capture_reply(self, request: Any, message: Message) -> None:
         self.replies.append(message)
+        if isinstance(request, envelope.KreNatsMessage):  # the request's envelope, as ctx.__request_msg__ shows it
+            request.replied = True
 
     def close(self) -> None:
         """Stop the worker thread and the event loop."""

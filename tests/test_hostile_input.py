@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import multiprocessing
 import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -388,12 +390,64 @@ def test_lines_dropped_on_a_stalled_log_are_counted_in_a_line_naming_the_node_an
             assert text, "the stream ended without saying how many lines it dropped"
             if text.startswith(b"{"):
                 notice = json.loads(text)
+        drain = threading.Thread(target=reader.read, daemon=True)  # the rest, to the end: no line left to write
+        drain.start()
         stream.wait_written(5)
-    out.close()
+        out.close()
+        drain.join(5)
 
-    assert notice["event"] == "log lines dropped: the log stream did not move" and notice["dropped"] > 0
+    assert notice["event"] == "log lines dropped: the log stream did not keep up" and notice["dropped"] > 0
     assert (notice["node"], notice["workflow"], notice["level"]) == ("n1", "w", "warning")
     assert notice["timestamp"].endswith("Z") and notice["timestamp"][:4].isdigit()
+
+
+def read_all_later(read_end: int, after: float) -> tuple[threading.Thread, list[bytes]]:
+    """A reader that starts reading ``after`` seconds from now (a slow terminal, a log shipper catching up)."""
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        time.sleep(after)
+        with open(read_end, "rb") as reader:
+            chunks.extend(iter(lambda: reader.read(65536), b""))
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, chunks
+
+
+def test_one_line_longer_than_the_waiting_limit_is_written_whole_when_nothing_else_waits():
+    read_end, write_end = os.pipe()
+    reader, chunks = read_all_later(read_end, 0.2)
+    out = open(write_end, "w")  # noqa: SIM115  # closed once written
+    stream = NeverBlockingStream(out)
+    stream.write("L" * (MAX_QUEUED + 100_000) + "\n")
+    stream.wait_written(10)  # while it waits, lines after it count against the limit as usual
+    stream.write("after\n")
+    stream.wait_written(10)
+    out.close()
+    reader.join(10)
+
+    assert b"".join(chunks) == b"L" * (MAX_QUEUED + 100_000) + b"\nafter\n"
+
+
+def test_a_forked_worker_writes_its_last_lines_before_it_ends():
+    read_end, write_end = os.pipe()
+    out = open(write_end, "w")  # noqa: SIM115  # closed once the worker is done
+    stream = NeverBlockingStream(out)
+    lines = [f"line {index:05d} " + "x" * 90 + "\n" for index in range(3000)]  # 300 KB: past the pipe's 64 KiB
+
+    def worker() -> None:
+        for line in lines:
+            stream.write(line)
+
+    reader, chunks = read_all_later(read_end, 0.5)  # the worker has ended with most of its lines waiting by then
+    child = multiprocessing.get_context("fork").Process(target=worker)
+    child.start()
+    child.join(30)
+    out.close()
+    reader.join(10)
+
+    assert child.exitcode == 0 and b"".join(chunks).decode() == "".join(lines)
 
 
 async def test_a_megabyte_tracking_id_makes_no_megabyte_log_line(nats_server, start_node, requester):

@@ -239,6 +239,7 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             log.info("module logger line")
             logging.info("root logger line %s", 7)
             ctx.logger.getChild("model").info("child line")
+            ctx.logger.getChild("model").getChild("io").info("grandchild line")
             ctx.logger.warning("where am I", stack_info=True)
             return data
     """))
@@ -254,4 +255,5 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert lines["module logger line"]["node"] == "chatty" and lines["module logger line"]["logger"] == "chatty"
     assert lines["root logger line 7"]["workflow"] == "test-workflow"
     assert lines["child line"]["logger"] == "krt_runner.model" and lines["child line"]["node"] == "chatty"
+    assert lines["grandchild line"]["logger"] == "krt_runner.model.io"
     assert "Stack (most recent call last)" in lines["where am I"]["stack"] and "stack_info" not in lines["where am I"]

@@ -31,6 +31,22 @@ def test_an_early_reply_is_captured(module):
     assert node.replies == [greeter_pb2.Request(name="early answer")]
 
 
+def test_an_early_reply_marks_the_request_envelope_replied_as_a_running_node_does(tmp_path):
+    (tmp_path / "node.py").write_text(
+        "from google.protobuf.wrappers_pb2 import StringValue\n\n\n"
+        "def handler(ctx, data):\n"
+        "    before = ctx.__request_msg__.replied\n"
+        "    ctx.reply(StringValue(value='early'))\n"
+        "    return StringValue(value=f'{before} {ctx.__request_msg__.replied}')\n"
+    )
+    from google.protobuf.wrappers_pb2 import StringValue
+
+    with run_node(tmp_path, "node.py") as node:
+        answer = node.call(StringValue(value="x"), StringValue)
+
+    assert answer.value == "False True" and node.replies == [StringValue(value="early")]
+
+
 def test_a_handler_exception_reaches_the_test_as_it_is():
     with run_node(HANDLERS, "behaviours.py") as node, pytest.raises(ValueError, match="boom requested"):
         node.call(greeter_pb2.Request(name="boom"))

@@ -82,7 +82,7 @@ class HandlerContext:
         ``reply`` is the requester's inbox on the first node too, and ``replied`` is set by :meth:`reply`."""
         request = getattr(self._message, "request", self._message)
         requester = getattr(self._message, "reply", None)  # a running node's Job: the subject it answers on
-        if requester and request is not None and not request.reply:
+        if requester and request is not None and request.reply != requester:  # a NATS reply wins, as for the answer
             request.reply = requester
         return request
 
