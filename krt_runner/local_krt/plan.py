@@ -103,7 +103,7 @@ def make_plan(options: UpOptions, *, environ: Mapping[str, str] = os.environ) ->
     environ = {**environ, **options.env}
     wired = [w for w in wiring(krt) if w.workflow.name == options.workflow] or wiring(krt)  # --workflow's only
     problems = _problems(krt, options, wired, environ)
-    processes = len(_replicas(wired, options.replicas))
+    processes = sum(options.replicas.get(w.node.name, w.node.replicas) for w in wired)  # counted, not listed
     if processes > MAX_NODE_PROCESSES:
         problems.append(f"{processes} node processes asked for (replicas of krt.yml and {options.replicas_name}): "
                         f"up runs each on this machine, at most {MAX_NODE_PROCESSES}")
