@@ -30,7 +30,8 @@ from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import WriteError
 from krt_runner.local_krt.embedded import free_port
-from krt_runner.measurements import influx as influx_module
+from krt_runner.measurements import buffer as buffer_module
+from krt_runner.measurements import writer as writer_module
 from krt_runner.measurements.influx import InfluxDestination
 from krt_runner.measurements.writer import BatchWriter
 
@@ -391,13 +392,13 @@ class RecordingStore:
     ``answers`` (status, headers), then 204: to see what reaches a store, and how the writer takes a refusal."""
 
     def __init__(self, answers: list[tuple[int, dict[str, str]]] = ()) -> None:
-        self.requests: list[tuple[float, dict[str, str]]] = []
+        self.requests: list[tuple[float, dict[str, str], bytes]] = []
         answers, requests = list(answers), self.requests
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                requests.append((time.monotonic(), dict(self.headers)))
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                requests.append((time.monotonic(), dict(self.headers), body))
                 status, headers = answers.pop(0) if answers else (204, {})
                 self.send_response(status)
                 for name, value in {**headers, "Content-Length": "0"}.items():
@@ -431,22 +432,25 @@ async def test_influx_1_8_credentials_in_the_uri_are_sent_as_its_token_not_in_th
         await sink.close(timeout=5)
 
     assert sink.counts["written"] == 1
-    ((_, headers),) = store.requests
+    ((_, headers, _),) = store.requests
     assert headers["Authorization"] == "Token krt-user:p@ss/word"
 
 
-async def test_a_batch_whose_text_is_over_a_request_body_goes_in_parts_and_arrives_whole(monkeypatch):
-    monkeypatch.setattr(influx_module, "MAX_BODY", 1000)
-    with RecordingStore() as store:
+async def test_users_large_points_go_in_batches_of_bounded_text_each_written_once(monkeypatch):
+    monkeypatch.setattr(writer_module, "MAX_BATCH_TEXT", 1000)
+    monkeypatch.setattr(buffer_module, "MAX_BATCH_TEXT", 1000)
+    with RecordingStore([(204, {}), (503, {})]) as store:  # the second batch is asked again
         destination = InfluxDestination(url=store.url, token="", org="kre", bucket="kre", timeout=2.0)
         sink = BatchWriter(destination, logger=RecordingLogger(), batch_size=10, flush_interval=0.1, max_buffered=100,
-                           shutdown_timeout=5.0)
+                           shutdown_timeout=5.0, retry_waits=(0.05, 0.1))
         for number in range(10):
-            sink.put(f"m s=\"{'x' * 300}\",n={number}i 1")  # 10 lines of about 320 characters: 4 requests
+            sink.put(f"m s=\"{'x' * 300}\",n={number}i 1")  # 10 lines of about 320 characters
         await sink.close(timeout=5)
 
     assert sink.counts["written"] == 10 and sink.dropped == 0
-    assert len(store.requests) == 4
+    sizes = [len(body.splitlines()) for _, _, body in store.requests]
+    assert sizes[1] == sizes[2] and sum(sizes) - sizes[1] == 10  # each line once, the refused batch once again
+    assert max(len(body) for _, _, body in store.requests) < 1400
 
 
 async def test_a_store_that_asks_to_retry_after_some_seconds_is_left_alone_that_long():
@@ -458,5 +462,5 @@ async def test_a_store_that_asks_to_retry_after_some_seconds_is_left_alone_that_
         await sink.close(timeout=5)
 
     assert sink.counts["written"] == 1
-    first, second, third = (at for at, _ in store.requests)
+    first, second, third = (at for at, _, _ in store.requests)
     assert second - first >= 0.95 and third - second >= 0.95

@@ -246,8 +246,10 @@ def test_a_user_point_over_64k_characters_is_refused_in_the_caller_and_the_buffe
     measurement = Measurement(sink=sink, version="v1")
     measurement.save("m", {"s": "x" * 60_000})  # under InfluxDB's 64 KB of a string: kept
 
-    with pytest.raises(MeasurementError, match=r"point 'm' is 1000\d\d characters of line protocol; at most 65536"):
+    with pytest.raises(MeasurementError, match=r"point 'm' is 1000\d\d bytes of line protocol; at most 65536"):
         measurement.save("m", {"s": "x" * 100_000})
+    with pytest.raises(MeasurementError, match=r"point 'm' is 800\d\d bytes"):  # 20,000 characters of 4 bytes
+        measurement.save("m", {"s": "\U0001F600" * 20_000})
     assert len(sink.lines) == 1
 
     monkeypatch.setattr(buffer_module, "MAX_WAITING_TEXT", 200_000)  # three such points, not the cap's 100

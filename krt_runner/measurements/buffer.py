@@ -6,7 +6,8 @@ append (or the appends of a list) and never for I/O. What is put is a line
 buffer counts points. At most ``max_buffered`` points are held, the batch
 being retried included; when full, the oldest waiting points make room for
 the new ones. A user's points, lines of up to 64 K characters each, are bounded
-by their text too: at most :data:`MAX_WAITING_TEXT` characters of them wait.
+by their text too: at most :data:`MAX_WAITING_TEXT` characters of them wait, and
+:data:`MAX_BATCH_TEXT` go in one batch.
 Every point that will not be written is counted, by reason.
 """
 
@@ -20,6 +21,9 @@ from krt_runner.measurements.pending import PendingLine, points_in
 
 # Characters of users' lines that may wait (the runner's own points are a few hundred each: their count bounds them).
 MAX_WAITING_TEXT = 64 << 20
+# Characters of users' lines in one batch: at most 8 MB of UTF-8 beside the runner's own points (5000 of them, about
+# 1 MB), under the request sizes stores take (InfluxDB 1.x: 25 MB; VictoriaMetrics: 32 MB).
+MAX_BATCH_TEXT = 2 << 20
 
 
 class PointBuffer:
@@ -76,22 +80,23 @@ class PointBuffer:
         self._waiting += points
         self._text += text
 
-    def take(self, *, at_least: int = 0) -> list[PendingLine]:
-        """What is waiting, up to a batch of points (or one item more), or nothing when fewer than ``at_least``
-        points are; it is held until :meth:`settle`."""
+    def take(self, *, at_least: int = 0, text: int = MAX_BATCH_TEXT) -> list[PendingLine]:
+        """What is waiting, up to a batch of points or ``text`` characters of users' lines (or one item more), or
+        nothing when fewer than ``at_least`` points are; it is held until :meth:`settle`."""
         items: list[PendingLine] = []
-        points = 0
+        points = taken_text = 0
         with self._lock:
             if self._waiting < at_least:
                 return items
             queue = self._queue
-            while queue and points < self.batch_size:
+            while queue and points < self.batch_size and taken_text < text:
                 item = queue.popleft()
                 items.append(item)
                 points += points_in(item)
+                taken_text += _text_of(item)
             self._waiting -= points
             self._held += points
-            self._text -= sum(map(_text_of, items))
+            self._text -= taken_text
         return items
 
     def settle(self, count: int, outcome: str) -> None:

@@ -59,8 +59,6 @@ _HINTS = {
     404: "check KRT_INFLUX_ORG and KRT_INFLUX_BUCKET",
     413: "lower KRT_INFLUX_BATCH_SIZE",
 }
-# Characters of one request's body: under the limits of stores (InfluxDB 1.x: 25 MB; VictoriaMetrics: 32 MB).
-MAX_BODY = 8 << 20
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Characters of a server's error body worth a log line.
 _BODY_SHOWN = 300
@@ -91,18 +89,10 @@ class InfluxDestination:
                    bucket=settings.influx_bucket, timeout=settings.influx_timeout)
 
     def write(self, lines: list[str]) -> None:
-        """One request with the whole batch, or with halves of it while it is over :data:`MAX_BODY` characters
-        (users' points of 64 K each); raises :class:`WriteError` saying whether to retry. A batch retried after its
-        first half was written writes that half again: the same points, which InfluxDB stores once."""
-        text = "\n".join(lines)  # one string, encoded once
-        if len(text) > MAX_BODY and len(lines) > 1:
-            half = len(lines) // 2
-            self.write(lines[:half])
-            self.write(lines[half:])
-            return
+        """One request with the whole batch; raises :class:`WriteError` saying whether to retry."""
         try:
-            # influxdb-client's default precision, ns, is what the lines carry.
-            self._write_api.write(bucket=self._bucket, org=self._org, record=text)
+            # One string, encoded once; influxdb-client's default precision, ns, is what the lines carry.
+            self._write_api.write(bucket=self._bucket, org=self._org, record="\n".join(lines))
         except ApiException as exc:  # status 0: no answer (TLS failed), which the server may give once back
             retry = not exc.status or exc.status >= 500 or exc.status in _RETRY_STATUSES
             raise WriteError(self._redact(_http_error(exc)), retry=retry, retry_after=_retry_after(exc)) from None
@@ -125,7 +115,7 @@ class InfluxDestination:
 
 def _http_error(exc: ApiException) -> str:
     body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
-    text = f"HTTP {exc.status} {exc.reason or ''}".rstrip()
+    text = f"HTTP {exc.status} {exc.reason or ''}".rstrip() if exc.status else f"no HTTP answer: {exc.reason}"
     if body.strip():
         text += f": {body.strip()[:_BODY_SHOWN]}"
     hint = _HINTS.get(exc.status or 0)

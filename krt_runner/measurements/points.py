@@ -32,7 +32,7 @@ from krt_runner.measurements.timing import (
     TRACKING_ID,
 )
 
-# Characters of a user's point in line protocol: what the writer holds of each, at most, while the store is away.
+# Bytes of a user's point in line protocol (UTF-8): what the writer holds of each, at most, while the store is away.
 MAX_USER_POINT = 65_536
 
 
@@ -73,8 +73,8 @@ class Measurement:
             raise MeasurementError(f"tags must be a dict of strings, not {type(tags).__name__}")
         all_tags = {**(tags or {}), "version": self._version} if self._version else tags
         line = line_protocol(measurement, fields, all_tags, timestamp_ns(time, precision))
-        if len(line) > MAX_USER_POINT:
-            raise MeasurementError(f"point {measurement!r} is {len(line)} characters of line protocol; at most "
+        if len(line) > MAX_USER_POINT // 4 and len(line.encode()) > MAX_USER_POINT:  # UTF-8: 1 to 4 bytes a character
+            raise MeasurementError(f"point {measurement!r} is {len(line.encode())} bytes of line protocol; at most "
                                    f"{MAX_USER_POINT} (InfluxDB keeps at most 64 KB of a string): keep large values "
                                    "elsewhere, such as ctx.db")
         if line:

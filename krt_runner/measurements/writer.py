@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from krt_runner.errors import WriteError
-from krt_runner.measurements.buffer import PointBuffer
+from krt_runner.measurements.buffer import MAX_BATCH_TEXT, PointBuffer
 from krt_runner.measurements.pending import RENDER_SLICE, PendingLine, render_all
 from krt_runner.measurements.report import WriterReport
 
@@ -85,6 +85,7 @@ class BatchWriter:
         self._log = logger
         self._buffer = PointBuffer(max_buffered=max_buffered, batch_size=batch_size, wake_at=RENDER_SLICE)
         self._ready: list[str] = []  # rendered lines, taken from the buffer, waiting to make a whole batch
+        self._ready_text = 0  # characters of users' lines among them (a batch holds at most MAX_BATCH_TEXT)
         self._flush_interval = flush_interval
         self._shutdown_timeout = shutdown_timeout
         self._backoff = _Backoff(*retry_waits)
@@ -204,15 +205,17 @@ class BatchWriter:
         cost per point."""
         size, buffer = self._buffer.batch_size, self._buffer
         at_least = 0 if partial else buffer.wake_at
-        while len(self._ready) < size:
-            items = buffer.take(at_least=at_least)
+        while len(self._ready) < size and self._ready_text < MAX_BATCH_TEXT:
+            items = buffer.take(at_least=at_least, text=MAX_BATCH_TEXT - self._ready_text)
             if not items:
                 break
+            self._ready_text += sum(len(item) for item in items if isinstance(item, str))  # users' lines
             self._ready += render_all(items, on_bad_points=self._drop_bad_points)
             at_least = buffer.wake_at
-        if len(self._ready) < size and not partial:
+        if len(self._ready) < size and self._ready_text < MAX_BATCH_TEXT and not partial:
             return []
         batch, self._ready = self._ready[:size], self._ready[size:]
+        self._ready_text = sum(map(len, self._ready)) if self._ready else 0  # what is left: counted in full
         return batch
 
     def _retry_wait(self) -> float:
