@@ -48,13 +48,14 @@ def test_a_stop_while_the_nodes_import_ends_the_command_in_one_line_and_leaves_n
     folder = tmp_path / "slow"
     shutil.copytree(ROOT / "examples" / "greeter", folder, ignore=shutil.ignore_patterns("__pycache__", "*.lp"))
     greet = folder / "src" / "greet.py"
-    greet.write_text("import time\ntime.sleep(3)  # a model loaded at import\n" + greet.read_text())
+    greet.write_text("import os, time\ntime.sleep(float(os.environ.get('IMPORT_SECONDS', '60')))  # a model loaded\n"
+                     + greet.read_text())
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     target = str(folder)
     if command == "up":  # a package: unpacked into a temporary folder first
         subprocess.run([*KRT_RUNNER, "build", target, "--output", str(tmp_path / "dist") + "/"], check=True,
-                       capture_output=True, timeout=120)
+                       capture_output=True, timeout=120, env={**os.environ, "IMPORT_SECONDS": "0"})
         target = str(next((tmp_path / "dist").glob("*.krt")))
     more = {"up": ["--request", '{"name": "x"}'], "build": ["--output", str(tmp_path / "out") + "/"]}.get(command, [])
     process = subprocess.Popen([*KRT_RUNNER, command, target, *more], env={**os.environ, "TMPDIR": str(scratch)},
@@ -64,13 +65,15 @@ def test_a_stop_while_the_nodes_import_ends_the_command_in_one_line_and_leaves_n
         while not any(path.name.startswith("krt-check-") for path in scratch.iterdir()):  # importing now
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.05)
-        process.send_signal(signum)
+        process.send_signal(signum)  # to krt-runner alone, as `kill PID` and `docker stop` send it
+        stopped = time.monotonic()
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
         process.wait()
 
-    assert process.returncode == 128 + signum
+    assert process.returncode == 128 + signum and time.monotonic() - stopped < 20  # not the import's 60 s
+    assert str(tmp_path) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert err.strip().splitlines() == [f"krt-runner {command}: stopped by {signal.Signals(signum).name}"]
     assert list(scratch.iterdir()) == []
 
@@ -103,6 +106,32 @@ def test_a_second_ctrl_c_while_up_drains_kills_what_is_left_at_once_and_exits_13
     assert time.monotonic() - started < 15
     assert any("second signal: stopping now" in line for line in up.err)
     assert leftovers(up.marker) == []
+
+
+def test_a_stop_while_build_checks_its_package_leaves_no_package(tmp_path):
+    folder = tmp_path / "slow"
+    shutil.copytree(ROOT / "examples" / "greeter", folder, ignore=shutil.ignore_patterns("__pycache__", "*.lp", "dist"))
+    greet = folder / "src" / "greet.py"
+    greet.write_text("import os, time\nif __file__.startswith(os.environ['TMPDIR']):  # in the unpacked package\n"
+                     "    time.sleep(60)\n" + greet.read_text())
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen([*KRT_RUNNER, "build", str(folder)], env={**os.environ, "TMPDIR": str(scratch)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.name.startswith("krt-check-") for path in scratch.iterdir()) or \
+                not (folder / "dist").exists():  # the package written, and being checked
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert process.returncode == 130 and err.strip() == "krt-runner build: stopped by SIGINT"
+    assert not (folder / "dist").exists() and list(scratch.iterdir()) == []
 
 
 def test_ctrl_c_while_the_nodes_start_fails_a_request_it_never_sent_and_says_no_node_is_ready(tmp_path):

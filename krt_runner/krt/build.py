@@ -8,6 +8,7 @@ written first, beside the file. What goes into the package is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -55,14 +56,23 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
         raise BuildProblems(str(source), ignored)
     made_folder = not target.parent.exists()
     built = Built(path=target, files=len(files), size=write_package(directory, files, target))
-    _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
+    try:
+        _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
+    except BaseException:  # stopped while checking it: no package nobody checked
+        _remove(target, made_folder)
+        raise
     if packed_problems:
-        target.unlink()
-        if made_folder:
-            target.parent.rmdir()
+        _remove(target, made_folder)
         raise BuildProblems(str(source), [f"in the package, not in the folder (.krtignore?): {problem}"
                                           for problem in packed_problems])
     return built
+
+
+def _remove(package: Path, with_folder: bool) -> None:
+    package.unlink(missing_ok=True)
+    if with_folder:
+        with contextlib.suppress(OSError):
+            package.parent.rmdir()
 
 
 def _target(output: str | Path | None, dist: Path, name: str) -> Path:

@@ -29,6 +29,8 @@ from krt_runner.python_command import python_module
 IMPORT_TIMEOUT = 120.0
 # Imports run side by side, this many at a time.
 _PARALLEL_IMPORTS = 4
+# The import checks' processes now running (killed when the command is stopped).
+_IMPORTING: set[subprocess.Popen[str]] = set()
 
 
 def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
@@ -47,7 +49,12 @@ def import_problems(krt: Krt, nodes: Iterable[NodeSpec], *, env: Mapping[str, st
     python_nodes = [node for node in nodes if node.is_python]
     with ThreadPoolExecutor(max_workers=_PARALLEL_IMPORTS) as pool:
         found = pool.map(lambda node: _import_problem(krt.directory, node, env), python_nodes)
-        return [problem for problem in found if problem]
+        try:
+            return [problem for problem in found if problem]
+        except BaseException:  # stopped (Ctrl-C, SIGTERM): the imports stop with the command, not 120 s later
+            for child in list(_IMPORTING):
+                child.kill()
+            raise
 
 
 def missing_config(krt: Krt, environ: Mapping[str, str]) -> list[str]:
@@ -117,16 +124,21 @@ def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | No
     with tempfile.TemporaryDirectory(prefix="krt-check-") as folder:
         verdict_file = Path(folder) / "verdict"  # not stdout: a module may print there, or replace sys.stdout
         command = python_module("krt_runner.krt.check", str(base_path), node.src, str(verdict_file))
-        try:
-            done = subprocess.run(command, check=False, capture_output=True, text=True, errors="replace",
-                                  timeout=IMPORT_TIMEOUT, env=None if env is None else dict(env))
-        except subprocess.TimeoutExpired:
-            return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                              env=None if env is None else dict(env)) as child:
+            _IMPORTING.add(child)
+            try:
+                _, stderr = child.communicate(timeout=IMPORT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
+            finally:
+                _IMPORTING.discard(child)
         verdict = verdict_file.read_text(encoding="utf-8") if verdict_file.is_file() else None
-    if verdict is not None and done.returncode in (EXIT_OK, EXIT_USAGE):
+    if verdict is not None and child.returncode in (EXIT_OK, EXIT_USAGE):
         return f"node {node.name!r}: {verdict}" if verdict else ""
-    last = (done.stderr.strip().splitlines() or [""])[-1]
-    return (f"node {node.name!r}: importing {node.src} ended its process (exit code {done.returncode})"
+    last = (stderr.strip().splitlines() or [""])[-1]
+    return (f"node {node.name!r}: importing {node.src} ended its process (exit code {child.returncode})"
             f"{f': {last}' if last else ''}")
 
 
