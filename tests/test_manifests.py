@@ -239,6 +239,10 @@ def test_flags_the_api_server_would_refuse_are_refused_all_at_once():
     assert image.returncode == 2 and image.stdout == ""
     assert "--image 'bad image!' is not an image reference, such as registry.example.com/team/greeter:v1" \
         in image.stderr
+    for reference in ("[::1]:5000/team/greeter:1", "localhost:5000/greeter@sha256:" + "a" * 64, "a_b__c/d-e.f"):
+        valid = subprocess.run([*KRT_RUNNER, "manifests", str(GREETER), "--image", reference], capture_output=True,
+                               text=True, timeout=60)
+        assert valid.returncode == 0, valid.stderr
 
 
 def test_urls_and_numbers_every_pod_or_kubernetes_would_refuse_are_refused_before_anything_is_written():
