@@ -184,6 +184,10 @@ class _TextAsItComes(io.RawIOBase):
         self.under = under
         self.name = getattr(under, "name", "<stdout>")
         self._stream = never_blocking(under)
+        self._fresh()
+        os.register_at_fork(after_in_child=self._fresh)  # a lock a parent's thread held at the fork is never freed
+
+    def _fresh(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._lock = threading.Lock()
 

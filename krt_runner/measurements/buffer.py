@@ -5,10 +5,10 @@ append (or the appends of a list) and never for I/O. What is put is a line
 (one point) or the pending points of a pass of the event loop (many); the
 buffer counts points. At most ``max_buffered`` points are held, the batch
 being retried included; when full, the oldest waiting points make room for
-the new ones. A user's points, lines of up to 64 K characters each, are bounded
-by their text too: at most :data:`MAX_WAITING_TEXT` characters of them wait, and
-:data:`MAX_BATCH_TEXT` go in one batch.
-Every point that will not be written is counted, by reason.
+the new ones. Users' points, lines of up to 64 KB each, are bounded by their
+text too: at most :data:`MAX_WAITING_TEXT` characters of them wait, and
+:data:`MAX_BATCH_TEXT` go in one batch. Every point that will not be written
+is counted, by reason.
 """
 
 from __future__ import annotations
