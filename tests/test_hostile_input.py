@@ -381,7 +381,9 @@ def test_lines_dropped_on_a_stalled_log_are_counted_in_a_line_naming_the_node_an
     out = open(write_end, "w")  # noqa: SIM115  # closed at the end, once the stream has written
     stream = NeverBlockingStream(out, identity=lambda: {"node": "n1", "workflow": "w"})
     line = "x" * 1000 + "\n"
-    for _ in range(MAX_QUEUED // len(line) + 200):  # the pipe's 64 KiB, then the 1 MB that may wait, then drops
+    # The pipe's 64 KiB, up to 1 MB the writer thread took out to write, 1 MB waiting, then drops, whenever the
+    # writer thread takes its lines.
+    for _ in range(4 * MAX_QUEUED // len(line)):
         stream.write(line)
     with open(read_end, "rb") as reader:
         notice = None
