@@ -140,13 +140,28 @@ class NeverBlockingStream:
                           "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")}
                 lines.insert(0, (self._notice(notice) + "\n").encode())
             with contextlib.suppress(OSError):
-                _write_all(self._descriptor, b"".join(lines))
+                _write_lines(self._descriptor, lines)
             with self._lock:
                 self._writing = False
                 if self._waiting:
                     self._wake.set()
                 else:
                     self._idle.set()
+
+
+def _write_lines(descriptor: int | None, lines: list[bytes]) -> None:
+    """Whole lines in writes of at most ``PIPE_BUF`` bytes where they fit (a pipe takes each whole, so another
+    process writing to it, a handler's forked worker, never lands inside a line); a longer line alone."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > _ATOMIC_WRITE:
+            _write_all(descriptor, b"".join(chunk))
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        _write_all(descriptor, b"".join(chunk))
 
 
 def _write_all(descriptor: int | None, data: bytes) -> None:

@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import KRT_RUNNER, greeter_pb2, node_env, unpack
@@ -105,8 +106,54 @@ async def test_a_thread_the_module_starts_at_import_does_not_keep_the_stopped_no
 
     assert node.wait(timeout=15) == 0 and answer.error == ""
     left = [json.loads(line) for line in node.lines if "exiting without waiting" in line]
-    assert left[0]["event"].endswith("still running 1s after its work ended: poller") and left[0]["node"] == "thr"
+    assert left[0]["event"].endswith("(still running 3s after its work ended): poller") and left[0]["node"] == "thr"
     assert '"stopped"' in node.output
+
+
+async def test_a_job_that_never_ends_on_a_sync_handlers_thread_pool_holds_the_stop_no_longer(
+    nats_server, start_node, handler_dir, requester
+) -> None:
+    base = handler_dir("""
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        POOL = ThreadPoolExecutor(1, thread_name_prefix="userpool")  # its threads: daemons, as the handler's thread
+
+
+        def handler(ctx, data):
+            POOL.submit(time.sleep, 3600)  # a call to a service that never answers
+            return data
+    """)
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="stuck-pool", name="pool",
+                                 KRT_DRAIN_TIMEOUT="1"))
+    await requester.greet("stuck-pool", "Ada")
+    node.signal()
+
+    assert node.wait(timeout=20) == 0
+    assert "(still running 3s after its work ended): userpool_0" in node.output
+
+
+async def test_a_second_stop_ends_the_wait_for_threads_at_once(nats_server, start_node, handler_dir, requester):
+    base = handler_dir("""
+        import threading
+        import time
+
+        threading.Thread(target=time.sleep, args=(3600,), name="poller").start()
+
+
+        def handler(ctx, data):
+            return data
+    """)
+    node = start_node(**node_env(nats_server, base, "src/node.py", input="second-stop", name="thr2",
+                                 KRT_DRAIN_TIMEOUT="60"))
+    await requester.greet("second-stop", "Ada")
+    node.signal()
+    node.wait_for_line('"stopped"')
+    node.signal()
+    stopped = time.monotonic()
+
+    assert node.wait(timeout=20) == 0 and time.monotonic() - stopped < 10
+    assert "(a stop signal came): poller" in node.output
 
 
 async def test_work_queued_on_a_thread_pool_is_done_before_the_node_exits_and_says_nothing(

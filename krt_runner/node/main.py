@@ -58,6 +58,10 @@ def read_settings(overrides: Mapping[str, Any]) -> Settings | None:
     return settings
 
 
+# When the first stop signal came (the drain's time counts from it, and so does the wait for threads after it).
+_STOPPED_AT: list[float] = []
+
+
 class _StoppedWhileLoading(BaseException):
     """A stop signal came while the handler module was importing."""
 
@@ -89,8 +93,15 @@ def serve_node(settings: Settings, code: UserCode) -> int:
         sys.setswitchinterval(min(sys.getswitchinterval(), _SYNC_HANDLER_SWITCH_INTERVAL))
     capture_output(json_log=json_log())  # print() and warnings of the node's code: through the log from now on
     exit_code = run_event_loop(node_main(settings, code))
-    exit_within(exit_code, settings.drain_timeout)  # threads its code left running get the drain's time to end
+    # Threads its code left running get what is left of the drain's time since the stop signal.
+    exit_within(exit_code, settings.drain_timeout - (time.monotonic() - _STOPPED_AT[0] if _STOPPED_AT else 0.0))
     return exit_code
+
+
+def _stopping(stop: asyncio.Event) -> None:
+    if not _STOPPED_AT:
+        _STOPPED_AT.append(time.monotonic())
+    stop.set()
 
 
 def _identified_log(settings: Settings, code: UserCode) -> Any:
@@ -127,7 +138,7 @@ async def run_until_stopped(settings: Settings, code: UserCode, *, sink: PointSi
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in _STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, _stopping, stop)
     _reset_signals_in_forks()
     failed = await _start(node, stop)
     if failed is not None:
