@@ -452,6 +452,29 @@ def test_a_forked_worker_writes_its_last_lines_before_it_ends():
     assert child.exitcode == 0 and b"".join(chunks).decode() == "".join(lines)
 
 
+def test_lines_of_two_processes_on_one_stalled_pipe_never_land_inside_each_other():
+    read_end, write_end = os.pipe()
+    out = open(write_end, "w")  # noqa: SIM115  # closed once both have written
+    stream = NeverBlockingStream(out)
+
+    def write(tag: str) -> None:
+        for index in range(2000):  # 600 KB each: past the pipe's 64 KiB, under the 1 MB that may wait
+            stream.write(f"{tag}{index:05d}{'x' * 290}\n")
+
+    reader, chunks = read_all_later(read_end, 0.5)
+    child = multiprocessing.get_context("fork").Process(target=write, args=("C",))
+    child.start()
+    write("P")
+    child.join(30)
+    stream.wait_written(10)
+    out.close()
+    reader.join(10)
+
+    lines = b"".join(chunks).decode().splitlines()
+    assert child.exitcode == 0 and len(lines) == 4000
+    assert all(len(line) == 296 and line[0] in "CP" and line[6:] == "x" * 290 for line in lines)
+
+
 async def test_a_megabyte_tracking_id_makes_no_megabyte_log_line(nats_server, start_node, requester):
     node = start_node(**behaviours(nats_server, "long-id-in"))
     request = request_envelope(greeter_pb2.Request(name="boom"))
