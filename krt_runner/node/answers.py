@@ -46,12 +46,10 @@ class Answers:
         request = job.request
         assert request is not None
         if not isinstance(result, Message):
-            if result is None and not self._output and (job.replied or request.replied):
+            if result is None and not self._output and request.replied:
                 return "", b""  # the last node's None after an early reply: nothing more to send, as in KRE v1
             raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
         request.reply = job.reply
-        if job.replied:
-            request.replied = True
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""
         add_own_entry(job.tracking, self._name, job.started_ns)

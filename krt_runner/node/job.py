@@ -14,8 +14,7 @@ class Job:
     its pass's (:meth:`record`)."""
 
     __slots__ = (
-        "handler_done", "hops", "queued", "replied", "reply", "request", "started", "started_ns", "tracking",
-        "tracking_id",
+        "handler_done", "hops", "queued", "reply", "request", "started", "started_ns", "tracking", "tracking_id",
     )
     queued: bool  # set only while a pipelined sync handler's message waits for its thread (read with getattr)
 
@@ -25,7 +24,6 @@ class Job:
         self.tracking: Any = ()  # the request's tracking entries, once decoded: read once, used three times
         self.tracking_id = ""  # the request's, once decoded
         self.hops = 0  # tracking entries received, before this node's own
-        self.replied = False
         self.handler_done = False  # after this, a late ctx.reply() (a timed-out sync handler's) is refused
         self.started = time.perf_counter_ns()  # for durations (set here too, not by a call: once per message)
         self.started_ns = time.time_ns()  # for timestamps

@@ -222,14 +222,14 @@ class Pipeline:
     def _note_unsent(self, job: Job) -> None:
         """The last node made an answer and has no requester to send it to (unless it replied early)."""
         assert job.request is not None
-        if not (job.request.replied or job.replied):
+        if not job.request.replied:
             self.counts["dropped"] += 1
             self.log.warning("answer dropped: last node and no reply subject", tracking_id=job.tracking_id)
 
     async def _early_reply(self, job: Job, message: Message) -> None:
         request = job.request
         assert request is not None
-        if job.replied or request.replied:
+        if request.replied:
             raise ReplyError("ctx.reply() was already called for this request; a request gets one answer")
         if job.handler_done:
             self.log.warning("late ctx.reply() ignored: the request was answered when its handler ended or timed out",
@@ -238,13 +238,13 @@ class Pipeline:
         if not job.reply:
             raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
         await self.broker.publish(job.reply, self._answers.early(job, message))
-        job.replied = request.replied = True  # the envelope too, for a KRE v1 handler that reads it
+        request.replied = True  # the request's envelope says so: the answer's, and a KRE v1 handler's reading
 
     async def _answer_error(self, job: Job, exc: Exception) -> None:
         """The error answer goes out first; only then is anything logged about it."""
         self.counts["errors"] += 1
         text = self.last_error = self._answers.error_text(exc)
-        answered = job.replied or (job.request is not None and job.request.replied)
+        answered = job.request is not None and job.request.replied
         unsent: Exception | None = None
         if not answered and job.reply:
             try:
