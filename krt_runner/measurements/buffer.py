@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from krt_runner.measurements.pending import PendingLine, points_in
+from krt_runner.measurements.pending import PendingLine, points_in, text_in
 
 # Characters of users' lines that may wait (the runner's own points are a few hundred each: their count bounds them).
 MAX_WAITING_TEXT = 64 << 20
@@ -49,7 +49,7 @@ class PointBuffer:
 
     def put_many(self, items: Sequence[PendingLine]) -> bool:
         """Queue items in order; ``True`` when ``wake_at`` points are waiting (worth the writer's while)."""
-        return self._admit(items, sum(map(points_in, items)), sum(map(_text_of, items)))
+        return self._admit(items, sum(map(points_in, items)), sum(map(text_in, items)))
 
     def _admit(self, items: Sequence[PendingLine], points: int, text: int) -> bool:
         with self._lock:
@@ -67,14 +67,14 @@ class PointBuffer:
 
     def _append_making_room(self, item: PendingLine) -> None:
         """Under the lock, with the buffer full or nearly: the oldest waiting points go to make room."""
-        points, text = points_in(item), _text_of(item)
+        points, text = points_in(item), text_in(item)
         if points > self.max_buffered - self._held:  # it cannot fit beside the batch being retried: it goes
             self.counts["dropped_full"] += points
             return
         while self._waiting + self._held + points > self.max_buffered or self._text + text > MAX_WAITING_TEXT:
             oldest = self._queue.popleft()
             self._waiting -= points_in(oldest)
-            self._text -= _text_of(oldest)
+            self._text -= text_in(oldest)
             self.counts["dropped_full"] += points_in(oldest)
         self._queue.append(item)
         self._waiting += points
@@ -93,7 +93,7 @@ class PointBuffer:
                 item = queue.popleft()
                 items.append(item)
                 points += points_in(item)
-                taken_text += _text_of(item)
+                taken_text += text_in(item)
             self._waiting -= points
             self._held += points
             self._text -= taken_text
@@ -128,7 +128,3 @@ class PointBuffer:
     def dropped(self) -> int:
         """Points that will never be written, for any reason."""
         return self.counts["dropped_full"] + self.counts["dropped_rejected"] + self.counts["dropped_at_close"]
-
-
-def _text_of(item: PendingLine) -> int:
-    return len(item) if isinstance(item, str) else 0

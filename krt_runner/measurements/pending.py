@@ -38,6 +38,11 @@ def points_in(item: PendingLine) -> int:
     return 1 if isinstance(item, str) else item.count
 
 
+def text_in(item: PendingLine) -> int:
+    """Characters of a user's line (the runner's own points, a few hundred each, are bounded by their count)."""
+    return len(item) if isinstance(item, str) else 0
+
+
 def rendered(item: PendingLine) -> list[str]:
     """The line-protocol text of what a sink was given."""
     return [item] if isinstance(item, str) else item.lines()

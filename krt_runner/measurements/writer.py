@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from krt_runner.errors import WriteError
 from krt_runner.measurements.buffer import MAX_BATCH_TEXT, PointBuffer
-from krt_runner.measurements.pending import RENDER_SLICE, PendingLine, render_all
+from krt_runner.measurements.pending import RENDER_SLICE, PendingLine, render_all, text_in
 from krt_runner.measurements.report import WriterReport
 
 # Waits between retries of a failed write: doubling from the first to the last.
@@ -209,7 +209,7 @@ class BatchWriter:
             items = buffer.take(at_least=at_least, text=MAX_BATCH_TEXT - self._ready_text)
             if not items:
                 break
-            self._ready_text += sum(len(item) for item in items if isinstance(item, str))  # users' lines
+            self._ready_text += sum(map(text_in, items))
             self._ready += render_all(items, on_bad_points=self._drop_bad_points)
             at_least = buffer.wake_at
         if len(self._ready) < size and self._ready_text < MAX_BATCH_TEXT and not partial:
