@@ -60,8 +60,13 @@ def _leave(exit_code: int, why: str) -> None:
                and not thread.name.startswith("krt-")]
     logging.getLogger("krt_runner").warning(
         "exiting without waiting for threads the node's code started (%s): %s", why, ", ".join(running[:10]) or "-")
+    flush_std_streams()
+    atexit._run_exitfuncs()
+    os._exit(exit_code)
+
+
+def flush_std_streams() -> None:
+    """What ``sys.stdout`` and ``sys.stderr`` hold, out before an ``os._exit``, whatever became of them."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
-    atexit._run_exitfuncs()
-    os._exit(exit_code)

@@ -7,7 +7,6 @@ not see each other's. ``init`` is not run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import TextIO
 
 from krt_runner.config import setting_from_env
 from krt_runner.errors import EXIT_OK, EXIT_USAGE, ConfigError, HandlerLoadError, KrtFileError, ProtoError, describe
+from krt_runner.exit_watch import flush_std_streams
 from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, wiring
 from krt_runner.krt.protos import compile_proto, find_types_source, load_file, stale_code_warning
@@ -212,7 +212,5 @@ def _import_only(base_path: str, handler_path: str, verdict_file: str) -> int:
 
 if __name__ == "__main__":  # the child process of _import_problem
     verdict_code = _import_only(sys.argv[1], sys.argv[2], sys.argv[3])
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    flush_std_streams()
     os._exit(verdict_code)  # without waiting for a thread the module started (Python would, for ever)
