@@ -1,10 +1,11 @@
 """The manners of KRE v1's ``ctx.logger``, a standard library ``logging.Logger``, on structlog's filtering logger.
 
-A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel``, ``addHandler`` or ``getChild``, or
-read ``name`` or ``handlers``; and a log call whose ``%`` arguments do not fit its text (``logger.info("%s scored
-%d", name)``) never raised there: the standard library reports it and carries on. Here such a line is written with
-its text as it was and its arguments beside it, and the handler goes on. Only the levels the logger writes are
-wrapped: a call below them stays structlog's ``return None``.
+A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel``, ``addHandler``, ``hasHandlers``,
+``addFilter`` or ``getChild``, read ``name``, ``level``, ``handlers``, ``filters``, ``propagate`` or ``disabled``,
+pass ``extra={...}`` (its keys become the line's fields) or ``stacklevel``; and a log call whose ``%`` arguments do
+not fit its text (``logger.info("%s scored %d", name)``) never raised there: the standard library reports it and
+carries on. Here such a line is written with its text as it was and its arguments beside it, and the handler goes
+on. Only the levels the logger writes are wrapped: a call below them stays structlog's ``return None``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def with_standard_manners(wrapper: Any) -> Any:
         "setLevel": _level_is_the_nodes,
         "addHandler": _handlers_are_the_nodes,
         "removeHandler": _handlers_are_the_nodes,
-        "handlers": property(lambda self: []),
+        "handlers": property(lambda self: [], _ignored),
+        "hasHandlers": _has_handlers,
+        "addFilter": _handlers_are_the_nodes,
+        "removeFilter": _handlers_are_the_nodes,
+        "filters": property(lambda self: [], _ignored),
+        "level": property(lambda self: least, _ignored),
+        "propagate": property(lambda self: False, _ignored),
+        "disabled": property(lambda self: False, _ignored),
         "getChild": _child,
         "name": "krt_runner",
         "log": _forgiving_log(wrapper.log),
@@ -51,6 +59,15 @@ def _handlers_are_the_nodes(self: Any, handler: Any) -> None:
     """Accepted and left alone: the node writes every line itself (KRT_LOG_FORMAT), to its standard error."""
 
 
+def _has_handlers(self: Any) -> bool:
+    """True: the node writes every line it is given."""
+    return True
+
+
+def _ignored(self: Any, value: Any) -> None:
+    """An attribute a KRE v1 handler may set on its logger (``propagate``, ``level``, ...): accepted, left alone."""
+
+
 def _child(self: Any, suffix: str) -> Any:
     """``logging.Logger.getChild``: the same logger, its lines naming ``krt_runner.<suffix>`` (a child's child,
     ``krt_runner.<suffix>.<suffix>``)."""
@@ -61,6 +78,8 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
         if args:
             event = _interpolated(event, args, kw)
+        if kw:
+            _as_fields(kw)
         return method(self, event, **kw)
 
     return call
@@ -70,9 +89,23 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
         if args:
             event = _interpolated(event, args, kw)
+        if kw:
+            _as_fields(kw)
         return method(self, level, event, **kw)
 
     return call
+
+
+def _as_fields(kw: dict[str, Any]) -> None:
+    """The standard library's keywords that are not fields: ``extra``'s keys become the line's own (those it
+    already has kept), ``stacklevel`` goes (a line names no caller)."""
+    kw.pop("stacklevel", None)
+    extra = kw.get("extra")
+    if isinstance(extra, Mapping):
+        del kw["extra"]
+        for key, value in extra.items():
+            if key != "event":  # the line's text: its own
+                kw.setdefault(str(key), value)
 
 
 def _interpolated(event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:

@@ -222,6 +222,27 @@ def test_ctx_logger_answers_the_standard_librarys_level_checks_as_kre_v1s_loggin
     assert int(answer.value.split()[0]) <= logging.ERROR
 
 
+def test_ctx_logger_has_the_attributes_kre_v1_code_reads_and_sets_on_a_logging_logger(tmp_path):
+    (tmp_path / "node.py").write_text(textwrap.dedent("""
+        from google.protobuf.wrappers_pb2 import StringValue
+
+        def init(ctx):
+            ctx.logger.propagate = False  # accepted and left alone, as setLevel
+            ctx.logger.addFilter(lambda record: True)
+            ctx.logger.removeFilter(None)
+
+        def handler(ctx, data):
+            log = ctx.logger
+            seen = (log.hasHandlers(), log.level, log.propagate, log.disabled, log.filters, log.handlers)
+            return StringValue(value=repr(seen))
+    """))
+    with run_node(tmp_path, "node.py") as node:
+        answer = node.call(StringValue(value="x"), StringValue)
+
+    has_handlers, level, _propagate, disabled, filters, handlers = eval(answer.value)
+    assert has_handlers is True and isinstance(level, int) and disabled is False and filters == handlers == []
+
+
 async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails_no_request(
     nats_server, start_node, requester, tmp_path
 ):
@@ -241,6 +262,7 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             ctx.logger.getChild("model").info("child line")
             ctx.logger.getChild("model").getChild("io").info("grandchild line")
             ctx.logger.warning("where am I", stack_info=True)
+            ctx.logger.info("with extra", extra={"user": "ada", "event": "not the text"}, stacklevel=2)
             return data
     """))
     node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
@@ -257,3 +279,5 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert lines["child line"]["logger"] == "krt_runner.model" and lines["child line"]["node"] == "chatty"
     assert lines["grandchild line"]["logger"] == "krt_runner.model.io"
     assert "Stack (most recent call last)" in lines["where am I"]["stack"] and "stack_info" not in lines["where am I"]
+    assert lines["with extra"]["user"] == "ada" and "extra" not in lines["with extra"]
+    assert "stacklevel" not in lines["with extra"]
