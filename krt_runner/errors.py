@@ -88,6 +88,9 @@ class AnswerRefusedError(KrtRunnerError):
 class HandlerError(KrtRunnerError):
     """The user's handler raised; the message names the exception."""
 
+    # True for all but one of the errors of a batch whose function raised: its traceback is logged once
+    traceback_logged_with_another = False
+
 
 class BatchResultError(KrtRunnerError):
     """A batch function returned something other than one result per request: the message names both counts."""

@@ -34,14 +34,14 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.config import setting_from_env
-from krt_runner.errors import BatchResultError
+from krt_runner.errors import BatchResultError, InvalidRequestError
 from krt_runner.logging import node_logger
 from krt_runner.measurements import Measurement, MemorySink
 from krt_runner.mongo.memory import MemoryStore
 from krt_runner.mongo.prediction import PREDICTIONS_COLLECTION
 from krt_runner.mongo.wire import SavedDocument
 from krt_runner.node.batch_context import BatchContext
-from krt_runner.node.batch_results import Validated, outcomes
+from krt_runner.node.batch_results import Validated, answerable, outcomes
 from krt_runner.node.calling import Caller
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.data_context import DataServices
@@ -156,28 +156,51 @@ class NodeUnderTest:
         """Run the batch function (``handler_batch``, or a Processor's ``process_batch``) once with ``requests``, as
         a node calls it, whatever ``KRT_BATCH_MAX_SIZE`` says; return one item per request, in order.
 
-        Each item is the request's result (as ``response_type`` when given, as :meth:`call` does), or the
-        exception instance the batch function returned in its place, or, for a request a Processor's
-        ``validate`` rejected (left out of the batch), an :class:`~krt_runner.errors.InvalidRequestError`. An
-        exception out of the call raises here with its traceback; a wrong number of results raises
-        :class:`~krt_runner.errors.BatchResultError` naming both counts.
+        Each item is the request's result (as ``response_type`` when given, as :meth:`call` does), or, as a node
+        answers that request alone with an error, an exception instance: the one the batch function returned in
+        its place; an :class:`~krt_runner.errors.InvalidRequestError` for a request of another type (left out of
+        the batch) or one a Processor's ``validate`` rejected; an :class:`~krt_runner.errors.InvalidResultError`
+        for a result that is no protobuf message. An exception out of the call raises here with its traceback; a
+        wrong number of results raises :class:`~krt_runner.errors.BatchResultError` naming both counts. A node
+        never calls the function with no request: an empty ``requests`` is a ``ValueError``.
         """
         batch = self.code.batch
         if batch is None:
             raise TypeError(f"{self.code.source} defines no handler_batch(ctx, requests) and no Processor."
                             "process_batch(self, ctx, requests): call() runs its handler")
+        if not requests:
+            raise ValueError("call_batch() takes at least one request: a node never calls a batch function with none")
         ids = list(tracking_ids) if tracking_ids is not None else [str(uuid.uuid4()) for _ in requests]
-        call = self._caller.call(batch.call, BatchContext(self.state, ids), [self._data(r) for r in requests])
-        returned = self._loop.run_until_complete(call)
+        items, called, data = self._batch_data(requests)
+        if not called:
+            return items
+        context = BatchContext(self.state, [ids[index] for index in called])
+        returned = self._loop.run_until_complete(self._caller.call(batch.call, context, data))
         if isinstance(returned, Validated) and returned.error is not None:
             raise returned.error
-        results = outcomes(batch.name, returned, len(requests))
+        results = outcomes(batch.name, returned, len(called))
         wrong_count = next((result for result in results if isinstance(result, BatchResultError)), None)
         if wrong_count is not None:
             raise wrong_count
-        if response_type is None:
-            return results
-        return [result if isinstance(result, Exception) else _as_type(result, response_type) for result in results]
+        for index, result in zip(called, answerable(batch.name, results), strict=True):
+            typed = response_type is not None and not isinstance(result, Exception)
+            items[index] = _as_type(result, response_type) if typed and response_type else result
+        return items
+
+    def _batch_data(self, requests: Sequence[Message]) -> tuple[list[Any], list[int], list[Any]]:
+        """One item per request (an :class:`InvalidRequestError` for one of another type, left out of the batch),
+        the indexes of the others, and what the batch function gets for them."""
+        items: list[Any] = [None] * len(requests)
+        called: list[int] = []
+        data = []
+        for index, request in enumerate(requests):
+            try:
+                data.append(self._data(request))
+            except InvalidRequestError as exc:
+                items[index] = exc
+            else:
+                called.append(index)
+        return items, called, data
 
     def _data(self, request: Message) -> Any:
         """What the code gets for ``request``: unpacked into its request class, or the Any."""

@@ -44,6 +44,8 @@ OUTRO = """\
 - `KRT_CONCURRENCY` and `KRT_BATCH_MAX_SIZE` are from 1 to 10000, and a batch node holds at most 100000 requests
   at once: `KRT_BATCH_MAX_SIZE` x (`KRT_CONCURRENCY` + 1) is refused above that (a worker task each, made at start),
   and an unset `KRT_BATCH_MAX_SIZE` is 32 or what keeps it under (the `requests are handled in batches` line says).
+  The settings are checked before the module is read, so a node without a batch function is refused over that
+  product too, though it ignores `KRT_BATCH_MAX_SIZE` otherwise.
 - For `KRT_HANDLER_TIMEOUT` and `KRT_IDLE_TIMEOUT`, `0` switches the timeout off. That is also their default.
 - Yes/no settings take `true`, `1`, `yes` or `on`, and `false`, `0`, `no` or `off`.
 - `KRT_NATS_SERVER` takes `nats://`, `tls://`, `ws://` and `wss://` URLs (in any case: `NATS://` is `nats://`),

@@ -16,6 +16,7 @@ from krt_runner.errors import (
     HandlerError,
     HandlerLoadError,
     InvalidRequestError,
+    InvalidResultError,
     ReplyError,
 )
 from krt_runner.node.batch_results import Validated, item_error, outcomes
@@ -236,6 +237,26 @@ def test_call_batch_returns_exceptions_in_their_places_and_raises_what_the_call_
 
     assert answers[0].greeting.startswith("a@1/2")
     assert isinstance(answers[1], ValueError) and str(answers[1]) == "cannot greet fail-b"
+
+
+def test_call_batch_answers_a_request_of_another_type_and_a_result_that_is_no_message_alone_as_a_node_does():
+    requests = [greeter_pb2.Request(name="a"), greeter_pb2.Response(greeting="x"), greeter_pb2.Request(name="none")]
+
+    with run_node(HANDLERS, "batches.py") as node:
+        typed = node.call_batch(requests, greeter_pb2.Response)
+        untyped = node.call_batch([greeter_pb2.Request(name="none")])
+
+    assert typed[0].greeting.startswith("a@1/2")  # the batch holds the two requests of its type
+    assert isinstance(typed[1], InvalidRequestError) and "expected greeter.Request" in str(typed[1])
+    assert isinstance(typed[2], InvalidResultError) and isinstance(untyped[0], InvalidResultError)
+    assert str(untyped[0]) == "handler_batch returned None for this request, not a protobuf message"
+
+
+def test_call_batch_with_no_request_is_refused_as_a_node_never_calls_a_batch_function_with_none():
+    with run_node(HANDLERS, "batches.py") as node, pytest.raises(ValueError, match="at least one request"):
+        node.call_batch([])
+
+    assert node.store == {}
 
 
 def test_call_batch_on_code_without_a_batch_function_says_what_to_call():

@@ -7,6 +7,7 @@ tests/handlers/batches.py greets each request with ``<name>@<call>/<size>`` and 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -88,13 +89,39 @@ async def test_a_result_that_is_an_exception_answers_only_its_own_request_with_a
     assert answers[3].error.endswith("ValueError: cannot greet fail-d")
 
 
-async def test_an_exception_from_the_whole_call_answers_every_request_of_the_batch_and_the_node_goes_on(
+async def test_a_result_that_is_no_protobuf_message_answers_only_its_own_request_naming_the_batch_function(
     nats_server, start_node, requester, tmp_path
 ):
     start_node(**batches_env(nats_server, tmp_path))
 
+    _, answers = await while_one_batch_runs(requester, ["a", "none"])
+
+    assert greeting(answers[0]) == "a@2/2 most=1"
+    assert answers[1].error == "error in node 'batches': handler_batch returned None for this request, not a " \
+                               "protobuf message"
+
+
+async def test_a_batch_only_module_at_batch_size_1_names_its_batch_function_in_its_errors(
+    nats_server, start_node, requester, tmp_path
+):
+    start_node(**batches_env(nats_server, tmp_path, KRT_BATCH_MAX_SIZE="1"))
+
+    raised = await requester.greet("batch-in", "boom")
+    returned = await requester.greet("batch-in", "none")
+
+    assert raised.error == "error in node 'batches': handler_batch raised RuntimeError: boom for the whole batch"
+    assert returned.error == "error in node 'batches': handler_batch returned None, not a protobuf message"
+
+
+async def test_an_exception_from_the_whole_call_answers_every_request_of_the_batch_and_the_node_goes_on(
+    nats_server, start_node, requester, tmp_path
+):
+    node = start_node(**batches_env(nats_server, tmp_path))
+
     held, answers = await while_one_batch_runs(requester, ["a", "boom", "c"])
     after = await requester.greet("batch-in", "after")
+    node.signal()
+    assert node.wait() == 0
 
     assert greeting(held).startswith(f"sleep:{HOLD}@1/1")
     assert [answer.error for answer in answers] == [
@@ -102,6 +129,10 @@ async def test_an_exception_from_the_whole_call_answers_every_request_of_the_bat
         "for its whole batch of 3 requests"
     ] * 3
     assert greeting(after).startswith("after@3/1")
+    lines = [json.loads(line) for line in node.output.splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line.get("event") == answers[0].error]
+    assert len(failed) == 3 and sorted(line["tracking_id"] for line in failed) == sorted(a.tracking_id for a in answers)
+    assert ["RuntimeError: boom" in line.get("exception", "") for line in failed].count(True) == 1, "one traceback"
 
 
 @pytest.mark.parametrize("handler_timeout", ["0", "5"], ids=["no-limit", "with-limit"])

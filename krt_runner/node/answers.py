@@ -35,8 +35,9 @@ class Answers:
     """Builds this node's answers; the broker's max payload is read when an answer is encoded (it can change on
     reconnect)."""
 
-    def __init__(self, *, node_name: str, output_subject: str, broker: Broker) -> None:
+    def __init__(self, *, node_name: str, output_subject: str, broker: Broker, handler_name: str = "handler") -> None:
         self._name = node_name
+        self._handler_name = handler_name  # what returned the result, in the error answer
         self._output = output_subject
         self._broker = broker
 
@@ -48,7 +49,7 @@ class Answers:
         if not isinstance(result, Message):
             if result is None and not self._output and request.replied:
                 return "", b""  # the last node's None after an early reply: nothing more to send, as in KRE v1
-            raise InvalidResultError(f"handler returned {_type_name(result)}, not a protobuf message")
+            raise InvalidResultError(f"{self._handler_name} returned {_type_name(result)}, not a protobuf message")
         request.reply = job.reply
         if request.error:  # a stray incoming error must not mark the answer failed
             request.error = ""

@@ -92,7 +92,7 @@ def one_at_a_time(batch: BatchCode) -> UserFunction:
 
 def _only(name: str, returned: Any) -> Any:
     if isinstance(returned, Validated) and returned.error is not None:
-        raise returned.error
+        raise returned.error  # the user's own, as from a handler: the pipeline names the batch function
     (result,) = outcomes(name, returned, 1)
     if isinstance(result, Exception):
         raise item_error(name, result)

@@ -1,9 +1,10 @@
 """What a batch function's call comes to for each request of the batch: its result, or the error it is answered with.
 
 The batch function returns one result per request, in order. A result that is
-an exception instance answers its request with an error; an exception out of
-the whole call, or a timeout, answers every request of the batch; a wrong number
-of results answers each request with an error naming both counts.
+an exception instance, or not a protobuf message, answers its request with an
+error; an exception out of the whole call, or a timeout, answers every request
+of the batch (its traceback logged once); a wrong number of results answers
+each request with an error naming both counts.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
+
 from krt_runner.errors import (
     BatchResultError,
     HandlerError,
     HandlerTimeoutError,
     InvalidRequestError,
+    InvalidResultError,
     KrtRunnerError,
     describe,
 )
@@ -49,6 +53,14 @@ def outcomes(name: str, returned: Any, count: int) -> list[Any]:
     return list(returned)
 
 
+def answerable(name: str, results: list[Any]) -> list[Any]:
+    """``results`` (from :func:`outcomes`), each that is neither a protobuf message nor an exception replaced by
+    the :class:`InvalidResultError` its request is answered with."""
+    return [result if isinstance(result, Message | Exception) else
+            InvalidResultError(f"{name} returned {_type_name(result)} for this request, not a protobuf message")
+            for result in results]
+
+
 def item_error(name: str, exc: Exception) -> KrtRunnerError:
     """The error a request is answered with when its result is the exception ``exc``."""
     if isinstance(exc, KrtRunnerError):  # ours already (validate's InvalidRequestError, a count error): as it is
@@ -59,7 +71,10 @@ def item_error(name: str, exc: Exception) -> KrtRunnerError:
 def whole_batch_errors(name: str, exc: BaseException, count: int) -> list[HandlerError]:
     """One error per request when the batch function raised ``exc``: each its own instance, ``exc`` their cause."""
     text = f"{name} raised {describe(exc)}, for its whole batch of {_requests(count)}"
-    return [_caused(HandlerError(text), exc) for _ in range(count)]
+    errors = [_caused(HandlerError(text), exc) for _ in range(count)]
+    for error in errors[1:]:
+        error.traceback_logged_with_another = True  # the batch's first request's error line shows it
+    return errors
 
 
 def timeout_errors(name: str, timeout: float, count: int) -> list[HandlerTimeoutError]:

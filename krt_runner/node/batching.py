@@ -29,7 +29,7 @@ from krt_runner.config import DEFAULT_BATCH_MAX_SIZE, Settings
 from krt_runner.errors import BatchResultError, describe
 from krt_runner.node.batch_code import BatchCode
 from krt_runner.node.batch_context import BatchContext
-from krt_runner.node.batch_results import item_error, outcomes, timeout_errors, whole_batch_errors
+from krt_runner.node.batch_results import answerable, item_error, outcomes, timeout_errors, whole_batch_errors
 from krt_runner.node.calling import USER_CODE_FAILURES, Caller
 from krt_runner.node.context import NodeState
 from krt_runner.node.job import Job
@@ -233,7 +233,7 @@ class Batcher:
     async def _outcomes(self, ctx: BatchContext, requests: list[Any], count: int) -> list[Any]:
         """One outcome per request: its result, or the exception its error answer is made from."""
         try:
-            return outcomes(self._name, await self._returned(ctx, requests), count)
+            return answerable(self._name, outcomes(self._name, await self._returned(ctx, requests), count))
         except BatchResultError as exc:
             text = str(exc)
             return [BatchResultError(text) for _ in range(count)]

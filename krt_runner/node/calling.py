@@ -87,18 +87,22 @@ class Caller:
 _ANY_METHODS = frozenset({"Unpack", "Is", "TypeName", "Pack"})
 
 
-def handler_failure(exc: BaseException, timeout: float | None, *, typed: bool = False) -> BaseException:
+def handler_failure(
+    exc: BaseException, timeout: float | None, *, typed: bool = False, name: str = "handler"
+) -> BaseException:
     """What an exception out of the handler's call becomes: the timeout's error when ``wait_for`` timed out,
     else a :class:`HandlerError` naming it (a handler's own ``CancelledError`` included: the node goes on)."""
     if isinstance(exc, asyncio.TimeoutError) and timeout is not None:
         # wait_for's: with a timeout set, the handler's own TimeoutError arrives as a HandlerError
-        failure: BaseException = HandlerTimeoutError(f"handler timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)")
+        failure: BaseException = HandlerTimeoutError(f"{name} timed out after {timeout:g}s (KRT_HANDLER_TIMEOUT)")
         failure.__suppress_context__ = True
         return failure
-    return handler_error(exc, typed=typed)
+    return handler_error(exc, typed=typed, name=name)
 
 
-async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any, typed: bool = False) -> Any:
+async def as_handler_errors(
+    call: Callable[..., Awaitable[Any]], *args: Any, typed: bool = False, name: str = "handler"
+) -> Any:
     """``call(*args)`` awaited, its exceptions as :class:`HandlerError`, so that none is taken for ``wait_for``'s
     timeout (comparing clocks instead fails: uvloop's timers tick in milliseconds and may fire just before the
     bound)."""
@@ -107,13 +111,13 @@ async def as_handler_errors(call: Callable[..., Awaitable[Any]], *args: Any, typ
     except (InvalidRequestError, HandlerError, asyncio.CancelledError):
         raise
     except USER_CODE_FAILURES as exc:
-        raise handler_error(exc, typed=typed)  # noqa: B904  (it carries its cause)
+        raise handler_error(exc, typed=typed, name=name)  # noqa: B904  (it carries its cause)
 
 
-def handler_error(exc: BaseException, *, typed: bool = False) -> HandlerError:
+def handler_error(exc: BaseException, *, typed: bool = False, name: str = "handler") -> HandlerError:
     """The error an exception out of the user's handler becomes, naming it, with it as its cause. ``typed``: the
     handler's data parameter is annotated with a message class (an ``Any`` method on it gets a hint)."""
-    error = HandlerError(f"handler raised {describe(exc)}{_any_method_hint(exc) if typed else ''}")
+    error = HandlerError(f"{name} raised {describe(exc)}{_any_method_hint(exc) if typed else ''}")
     error.__cause__ = exc
     return error
 

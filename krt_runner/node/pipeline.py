@@ -48,10 +48,12 @@ class Pipeline:
         self.processing_ns = 0  # summed over every message handled, for the services API's stats
         self.last_error = ""
         self.last_received = time.perf_counter_ns()  # for KRT_IDLE_TIMEOUT
-        self._answers = Answers(node_name=name, output_subject=settings.output_subject, broker=broker)
+        self._answers = Answers(node_name=name, output_subject=settings.output_subject, broker=broker,
+                                handler_name=code.handler_name)
         self._handler = code.handler
         self._request_type = code.request_type
         self._typed = code.request_type is not None  # an Any method called on its message gets a hint in its error
+        self._handler_name = code.handler_name  # in its error answers
         self._timeout = settings.handler_timeout
         self._drain_timeout = settings.drain_timeout
         self._max_decompressed = settings.max_decompressed_bytes
@@ -170,7 +172,7 @@ class Pipeline:
             return exc
         if self._giving_up and isinstance(exc, asyncio.CancelledError):
             return exc  # the drain's cancellation, not the handler's own
-        return handler_failure(exc, self._timeout, typed=self._typed)
+        return handler_failure(exc, self._timeout, typed=self._typed, name=self._handler_name)
 
     async def _call_handler(self, job: Job) -> Any:
         ctx, data = self._handler_args(job)
@@ -182,7 +184,8 @@ class Pipeline:
             if timeout is None:
                 return await self.caller.call(self._handler, ctx, data)
             return await asyncio.wait_for(
-                as_handler_errors(self.caller.call, self._handler, ctx, data, typed=self._typed), timeout)
+                as_handler_errors(self.caller.call, self._handler, ctx, data, typed=self._typed,
+                                  name=self._handler_name), timeout)
         except USER_CODE_FAILURES as exc:
             raise self._handler_failure(exc)  # noqa: B904  (the failure carries its own cause)
         finally:

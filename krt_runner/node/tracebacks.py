@@ -32,8 +32,11 @@ def from_user_code(exc: BaseException) -> BaseException:
 
 def logged_exception(exc: Exception) -> BaseException | None:
     """The exception whose traceback the log shows for a failed message: the user's own for a handler that raised
-    (not the ``HandlerError`` that carries it), ours for our bugs; ``None`` for bad input and limits (one line)."""
+    (not the ``HandlerError`` that carries it), ours for our bugs; ``None`` for bad input and limits (one line), and
+    for the other requests of a batch whose function raised (its first request's line shows it)."""
     if isinstance(exc, HandlerError):
+        if exc.traceback_logged_with_another:
+            return None
         return from_user_code(exc.__cause__) if exc.__cause__ is not None else exc
     return None if isinstance(exc, KrtRunnerError) else exc
 

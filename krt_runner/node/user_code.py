@@ -41,6 +41,8 @@ class UserCode:
     request_type: type[Message] | None = None
     # handler_batch or process_batch, when the code defines one.
     batch: BatchCode | None = None
+    # What error answers call ``handler``: the batch function's name when it is called one request at a time.
+    handler_name: str = "handler"
 
     @property
     def handler_is_async(self) -> bool:
@@ -101,7 +103,7 @@ def _function_code(
     batch = function_batch(handler_batch, source=source) if handler_batch is not None else None
     if handler is None and batch is not None:
         return UserCode(name=name, source=source, handler=one_at_a_time(batch), init=init,
-                        request_type=batch.request_type, batch=batch)
+                        request_type=batch.request_type, batch=batch, handler_name=batch.name)
     if not callable(handler):
         raise HandlerLoadError(f"{source}: {handler!r} is neither a handler function nor a krt_runner.Processor")
     check_arguments(handler, ("ctx", "data"), f"handler {source!r}")
@@ -145,15 +147,17 @@ def _processor_code(target: Any, *, name: str, source: str) -> UserCode:
     setup = processor.setup if cls.setup is not Processor.setup else None
     batch = processor_batch(processor, where=where, validate=validate)
     process = processor.process if cls.process is not Processor.process else None
+    handler_name = "handler"
     if process is not None:
         handler = _processor_handler(validate, process)
     elif batch is not None:
-        handler = one_at_a_time(batch)
+        handler, handler_name = one_at_a_time(batch), batch.name
     else:
         raise HandlerLoadError(f"{where} defines no process(self, ctx, req) or process_batch(self, ctx, requests) "
                                "method")
     request_type = _processor_request_type(process, validate, batch, where)
-    return UserCode(name=name, source=source, handler=handler, init=setup, request_type=request_type, batch=batch)
+    return UserCode(name=name, source=source, handler=handler, init=setup, request_type=request_type, batch=batch,
+                    handler_name=handler_name)
 
 
 def _instantiate(cls: type[Processor], source: str) -> Processor:

@@ -49,7 +49,9 @@ async def handler_batch(ctx, requests: list[Request]) -> list[Response]:
         RUNNING -= 1
 
 
-def answer(name: str, call: int, size: int) -> Response | Exception:
+def answer(name: str, call: int, size: int) -> Response | Exception | None:
+    if name == "none":
+        return None
     if name.startswith("fail"):
         return ValueError(f"cannot greet {name}")
     return Response(greeting=f"{name}@{call}/{size} most={MOST_RUNNING}")
