@@ -218,6 +218,20 @@ def test_a_folder_reached_through_a_link_first_is_packed_under_both_names_and_a_
     assert not any(name.startswith(("src/models/up", "assets/up/models")) for name in names), names
 
 
+@pytest.mark.parametrize("target", ["..", "/"], ids=["the-folder-above", "the-root"])
+def test_a_link_to_a_folder_above_the_krt_folder_is_not_followed(greeter, target):
+    (greeter.parent / "private").mkdir()
+    (greeter.parent / "private" / "secret.txt").write_text("not the KRT's")
+    (greeter / "up").symlink_to(target)
+
+    done = run_cli("build", str(greeter))
+
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(greeter / "dist" / "greeter-v1.krt") as tar:
+        names = tar.getnames()
+    assert "krt.yml" in names and not any(name.startswith("up") for name in names), names
+
+
 def test_build_output_must_end_in_krt_and_a_package_written_into_the_folder_is_not_packed_again(greeter, tmp_path):
     refused = run_cli("build", str(greeter), "--output", str(tmp_path / "release.tgz"))
     first = run_cli("build", str(greeter), "--output", f"{greeter}/")

@@ -136,6 +136,30 @@ def test_keda_scales_each_node_on_its_jetstream_consumer_and_needs_at_least_once
     assert refused.returncode == 2 and "--delivery at-least-once" in refused.stderr
 
 
+def test_a_version_that_starts_with_a_digit_names_the_entrypoint_service_with_a_letter_first(tmp_path):
+    folder = tmp_path / "digit"
+    shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__"))
+    (folder / "krt.yml").write_text((folder / "krt.yml").read_text().replace("version: greeter-v1",
+                                                                             "version: 2024-greeter"))
+    objects = manifests(folder)
+
+    service = of_kind(objects, "Service")[0]
+    assert service["metadata"]["name"] == "krt-2024-greeter-entrypoint"  # an RFC 1035 label, as Services need
+    assert service["spec"]["selector"]["app.kubernetes.io/instance"] in {
+        item["metadata"]["name"] for item in of_kind(objects, "Deployment")}
+
+
+def test_manifests_on_a_closed_or_full_stdout_say_so_and_fail(tmp_path):
+    command = [*KRT_RUNNER, "manifests", str(GREETER), "--image", "registry.example/krt:1"]
+    with open("/dev/full", "w") as full:
+        on_full = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    closed = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *command], capture_output=True, text=True, timeout=60)
+
+    assert on_full.returncode == 1 and "cannot write to stdout: No space left on device" in on_full.stderr
+    assert "Traceback" not in on_full.stderr
+    assert closed.returncode == 2 and "stdout is closed: nothing written (give --out FILE)" in closed.stderr
+
+
 def test_names_are_short_lower_case_unique_and_the_same_on_every_run(tmp_path):
     folder = tmp_path / "long"
     shutil.copytree(GREETER, folder, ignore=shutil.ignore_patterns("*.lp", "__pycache__", "krt.yml"))
@@ -275,12 +299,15 @@ def test_a_bare_nats_url_with_a_password_is_refused_too_and_keda_watches_the_nat
                            "krt:hunter2@nats.nats:4222"], capture_output=True, text=True, timeout=60)
     objects = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--nats-url", "nats.nats:4222")
     ipv6 = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--nats-url", "nats://[fd00::1]:4222")
+    empty_first = manifests(GREETER, "--keda", "--delivery", "at-least-once", "--nats-url", ",nats://real:4222")
 
     assert bare.returncode == 2 and "--nats-url carries a user or a password" in bare.stderr
     assert "hunter2" not in bare.stderr
     endpoint = [item["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"]
                 for item in (*of_kind(objects, "ScaledObject"), *of_kind(ipv6, "ScaledObject"))]
     assert endpoint == ["nats.nats:8222", "nats.nats:8222", "[fd00::1]:8222", "[fd00::1]:8222"]
+    assert {item["spec"]["triggers"][0]["metadata"]["natsServerMonitoringEndpoint"]
+            for item in of_kind(empty_first, "ScaledObject")} == {"real:8222"}
 
 
 def test_under_keda_the_deployments_leave_the_replica_count_to_it_and_a_node_above_its_default_maximum_is_named(

@@ -81,6 +81,18 @@ def test_check_says_nothing_about_config_that_has_a_value(tmp_path):
     assert done.returncode == 0 and "warning" not in done.stderr
 
 
+def test_check_refuses_a_config_variable_named_like_a_nodes_wiring(tmp_path):
+    krt = copy_of_greeter(tmp_path)
+    text = (krt / "krt.yml").read_text().replace("variables: []", "variables: [KRT_NATS_INPUT, KRT_LOG_LEVEL]")
+    (krt / "krt.yml").write_text(text)
+
+    done = run_check(krt, KRT_NATS_INPUT="shared", KRT_LOG_LEVEL="info")
+
+    assert done.returncode == 2, done.stderr
+    assert "config.variables[0]: 'KRT_NATS_INPUT' is set by krt-runner for each node (its wiring)" in done.stderr
+    assert "KRT_LOG_LEVEL" not in done.stderr  # a setting every node may share
+
+
 def test_a_second_up_on_the_same_nats_server_warns_that_the_entry_subject_already_has_responders(tmp_path):
     with EmbeddedNats() as server:
         first = UpRun(str(GREETER), "--nats", server.url, "--no-entrypoint", cwd=tmp_path)

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import KRT_FILE, Krt, NodeSpec, WorkflowSpec, entry_subject, handler_file
+from krt_runner.krt.model import KRT_FILE, NODE_WIRING, Krt, NodeSpec, WorkflowSpec, entry_subject, handler_file
 from krt_runner.krt.resources import read_replicas, read_resources
 
 # KRE v1's "resource-name": lowercase letters, digits and '-', shorter than 20 characters.
@@ -165,6 +165,9 @@ class KrtReader:
         for index, value in enumerate(values):
             if not isinstance(value, str) or not _ENV_NAME.match(value):
                 self.problem(f"config.{key}[{index}]", f"{value!r} must use capital letters, digits and '_' only")
+            elif value in NODE_WIRING:
+                self.problem(f"config.{key}[{index}]", f"{value!r} is set by krt-runner for each node (its wiring): "
+                             "as a config variable every node would get the same value; choose another name")
         return tuple(str(value) for value in values)
 
     def proto(self, entrypoint: Mapping[str, Any]) -> str:

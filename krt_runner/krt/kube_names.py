@@ -21,6 +21,13 @@ def object_name(*parts: str) -> str:
     return f"{clean[: MAX_LENGTH - len(digest) - 1].rstrip('-')}-{digest}"
 
 
+def service_name(*parts: str) -> str:
+    """:func:`object_name`, starting with a letter (``krt-`` before one that starts with a digit): a Service's name
+    is an RFC 1035 label."""
+    name = object_name(*parts)
+    return name if name[0].isalpha() else object_name("krt", *parts)
+
+
 def label_value(text: str) -> str:
     """``text`` as a label value: at most 63 of ``[A-Za-z0-9_.-]``, starting and ending alphanumeric."""
     clean = _NOT_LABEL.sub("-", text)[:MAX_LENGTH]

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from krt_runner import __version__
 from krt_runner.jetstream_names import consumer_name, stream_name
-from krt_runner.krt.kube_names import label_value, object_name
+from krt_runner.krt.kube_names import label_value, object_name, service_name
 from krt_runner.krt.model import Krt, NodeWiring, entry_subject, wiring
 from krt_runner.setting_values import split_servers, with_nats_scheme
 
@@ -138,7 +138,8 @@ class _Builder:
                 "spec": spec}
 
     def entrypoint_name(self) -> str:
-        return object_name(self.krt.version, "entrypoint")
+        """The entrypoint's Deployment and Service (whose name must start with a letter)."""
+        return service_name(self.krt.version, "entrypoint")
 
     # -- parts ----------------------------------------------------------------------------------
 
@@ -203,7 +204,8 @@ class _Builder:
     def _monitoring(self) -> str:
         if self.options.nats_monitoring:
             return self.options.nats_monitoring
-        host = urlsplit(with_nats_scheme(split_servers(self.options.nats_url)[0].strip())).hostname or "nats"
+        first = next((server.strip() for server in split_servers(self.options.nats_url) if server.strip()), "")
+        host = urlsplit(with_nats_scheme(first)).hostname or "nats"  # the first server the nodes use
         return f"[{host}]:8222" if ":" in host else f"{host}:8222"
 
 

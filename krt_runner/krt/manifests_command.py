@@ -12,7 +12,7 @@ from typing import TextIO
 
 import yaml
 
-from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
+from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KrtFileError
 from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
 from krt_runner.krt.model import Krt, wiring
@@ -148,12 +148,28 @@ def run_manifests(
 
 def _write(text: str, out: Path | None, err: TextIO) -> int:
     if out is None:
-        sys.stdout.write(text)
-        return EXIT_OK
+        return _write_stdout(text, err)
     try:
         out.write_text(text)
     except OSError as exc:
         print(f"krt-runner manifests: cannot write --out {out}: {exc.strerror or exc}", file=err)
         return EXIT_USAGE
     print(f"krt-runner manifests: wrote {out}", file=err)
+    return EXIT_OK
+
+
+def _write_stdout(text: str, err: TextIO) -> int:
+    """The manifests on stdout, whose only product they are: a closed one (``>&-``, which the command line made
+    ``/dev/null``) or a failed write (a full disk) is said, and is not a success."""
+    if getattr(sys.stdout, "name", None) == os.devnull:
+        print("krt-runner manifests: stdout is closed: nothing written (give --out FILE)", file=err)
+        return EXIT_USAGE
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader has gone (| head): the command line ends quietly
+    except OSError as exc:
+        print(f"krt-runner manifests: cannot write to stdout: {exc.strerror or exc}", file=err)
+        return EXIT_FAILED
     return EXIT_OK

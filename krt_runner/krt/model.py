@@ -19,6 +19,10 @@ from krt_runner._user_files import split_class_name
 from krt_runner.krt.resources import Resources
 
 KRT_FILE = "krt.yml"
+# What each node is given of its own (its wiring): a config variable of one of these names would give every node
+# the same value.
+NODE_WIRING = ("KRT_NATS_SERVER", "KRT_NATS_INPUT", "KRT_NATS_OUTPUT", "KRT_BASE_PATH", "KRT_HANDLER_PATH",
+               "KRT_NODE_NAME", "KRT_WORKFLOW_NAME", "KRT_VERSION", "KRT_VERSION_ID")
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,13 @@ def package_files(root: Path) -> list[str]:
 
 
 def _loops_back(root: Path, folder: Path, name: str) -> bool:
-    """``folder/name`` is a link to ``folder`` or a folder above it, within the walk: followed, it never ends."""
+    """``folder/name`` is a link to ``folder`` or a folder that holds it (above it in the walk, the KRT folder, or
+    any folder above that, up to ``/``): followed, it never ends, or packs what is around the KRT."""
     target = os.path.realpath(folder / name)
     above = folder
     while True:
-        if os.path.realpath(above) == target:
+        real = os.path.realpath(above)
+        if os.path.commonpath([real, target]) == target:
             return True
         if above in (root, above.parent):
             return False
