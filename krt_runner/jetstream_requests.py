@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
-from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected
+from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected, UnexpectedAnswer
 from krt_runner.jetstream_names import msg_id_header
 from krt_runner.node.jetstream import require_jetstream
 
@@ -116,6 +116,10 @@ class JetStreamRequests:
                 first = False  # the connection may be down: once it is back, JetStream may still be starting
             except APIError as exc:
                 raise CallError(f"JetStream refused the request on {subject!r}: {exc.description or exc}") from None
+            except ValueError:  # the answer is no JetStream acknowledgement (JSON): a node took the publish itself
+                raise UnexpectedAnswer(f"a node answered the request on {subject!r}, not a JetStream stream: the "
+                                       "workflow runs at-most-once; send it at-most-once too (KRT_DELIVERY, "
+                                       "--delivery)") from None
             except (ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError) as exc:
                 raise NotConnected(f"cannot send on {subject!r}: {type(exc).__name__}") from None
         raise CallTimeout(f"JetStream did not take the request on {subject!r} in time")

@@ -37,6 +37,7 @@ message Response {
 # A node whose behaviour the request's name chooses.
 NODE_SOURCE = """\
 import asyncio
+from google.protobuf.any_pb2 import Any
 from greeter_pb2 import Request, Response
 
 async def handler(ctx, data):
@@ -49,6 +50,8 @@ async def handler(ctx, data):
         await asyncio.sleep(float(argument))
     if command == "wrongtype":
         return Request(name="not a Response")
+    if command == "badbytes":  # labelled a Response, as a node built elsewhere might answer
+        return Any(type_url="type.googleapis.com/greeter.Response", value=b"\\xff\\xff\\xff")
     return Response(greeting=f"Hello, {request.name}!")
 """
 

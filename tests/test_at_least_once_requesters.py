@@ -17,14 +17,14 @@ from pathlib import Path
 import grpc
 import nats
 import pytest
-from conftest import KRT_RUNNER, ROOT, greeter_pb2
+from conftest import KRT_RUNNER, ROOT, NodeProcess, greeter_pb2, node_env
 from entrypoint_helpers import GREET_SUBJECT, entrypoint_env, greet_call, start_entrypoint, write_krt
 from up_helpers import leftovers, run_up, up_env
 
 import krt_runner
 from krt_runner.client import Client
 from krt_runner.envelope import KreNatsMessage
-from krt_runner.errors import NoResponders
+from krt_runner.errors import NoResponders, UnexpectedAnswer
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.local_krt.running_krt import RunningKrt
 
@@ -162,6 +162,31 @@ async def test_an_at_most_once_entrypoint_calling_an_at_least_once_workflow_says
 
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "runs at-least-once; start the entrypoint with KRT_DELIVERY=at-least-once" in caught.value.details()
+
+
+async def test_an_at_least_once_entrypoint_and_client_calling_an_at_most_once_workflow_say_so(tmp_path):
+    krt = write_krt(tmp_path / "krt")
+    with EmbeddedNats(jetstream=True) as server:  # no stream: the at-most-once node answers the publish itself
+        node = NodeProcess([*KRT_RUNNER, "run"], node_env(server, krt, "src/node.py", input=GREET_SUBJECT,
+                                                          name="greet"), cwd=krt)
+        process, address = start_entrypoint(krt, server, KRT_DELIVERY="at-least-once")
+        try:
+            node.wait_for_line("node ready")
+            async with grpc.aio.insecure_channel(address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await greet_call(channel)(greeter_pb2.Request(name="x"), timeout=10)
+            client = await Client.connect(server.url, delivery="at-least-once")
+            with pytest.raises(UnexpectedAnswer, match="runs at-most-once") as refused:
+                await client.call(GREET_SUBJECT, greeter_pb2.Request(name="y"), greeter_pb2.Response, timeout=5)
+            await client.close()
+        finally:
+            process.stop()
+            node.stop()
+
+    assert caught.value.code() == grpc.StatusCode.INTERNAL, caught.value.details()
+    assert f"a node answered the request on {GREET_SUBJECT!r}, not a JetStream stream" in caught.value.details()
+    assert "JSONDecodeError" not in process.output and "Traceback" not in process.output
+    assert "send it at-most-once too" in str(refused.value)
 
 
 def test_leaving_an_at_least_once_local_block_does_not_wait_for_requests_whose_futures_failed(tmp_path):

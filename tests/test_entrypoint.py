@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -78,6 +79,31 @@ async def test_a_call_is_answered_by_the_workflow_with_the_tracking_id_in_the_tr
     assert "greeter.Entrypoint/Greet -> ep-v1-Greet-entrypoint" in process.output
 
 
+async def test_at_debug_a_call_has_a_line_when_it_comes_in_and_one_when_it_is_answered(greet_node, entrypoint):
+    process, address = entrypoint(KRT_LOG_LEVEL="debug")
+
+    _, done = await call(address, "Ada")
+
+    sent = tracking_id(await done.trailing_metadata())
+    process.wait_for_line('"call answered"')
+    lines = [json.loads(line) for line in process.lines if sent in line]
+    assert [line["event"] for line in lines] == ["call received", "call answered"]
+    assert lines[0]["rpc"] == "Greet" and lines[0]["workflow"] == "greet"
+
+
+def test_grpcios_error_for_a_status_its_gone_client_cannot_get_is_not_logged():
+    from grpc._cython.cygrpc import ExecuteBatchError
+
+    from krt_runner.entrypoint.server import _ClientGone
+
+    def record(exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 1, "raised by servicer", (), info)
+
+    assert not _ClientGone().filter(record(ExecuteBatchError("Failed execute_batch")))
+    assert _ClientGone().filter(record(RuntimeError("another error"))) and _ClientGone().filter(record(None))
+
+
 async def test_an_error_answer_is_internal_with_its_text_and_the_tracking_id_of_the_nodes_log(greet_node, entrypoint):
     _, address = entrypoint()
 
@@ -145,6 +171,16 @@ async def test_an_answer_of_the_wrong_type_is_internal_naming_both_types(greet_n
 
     assert error.code() == grpc.StatusCode.INTERNAL
     assert error.details() == "the workflow answered greeter.Request, not the rpc's response type greeter.Response"
+
+
+async def test_answer_bytes_that_are_not_the_response_type_are_internal_not_passed_on(greet_node, entrypoint):
+    _, address = entrypoint()
+
+    error = await failure(address, "badbytes")
+
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert error.details().startswith("the workflow's answer is not a valid greeter.Response: ")
+    assert tracking_id(error.trailing_metadata())
 
 
 async def test_request_bytes_that_are_not_the_request_type_are_invalid_argument(greet_node, entrypoint):

@@ -110,7 +110,7 @@ async def test_a_call_that_came_in_before_the_server_stopped_taking_new_ones_is_
     forwarder = Forwarder(Broker(settings, structlog.get_logger()), request_timeout=5.0, logger=structlog.get_logger())
     rpc = Rpc(name="Greet", workflow="greeting", subject="greeting-entry", request_class=greeter_pb2.Request,
               request_type_url="type.googleapis.com/greeter.Request", response_name="greeter.Response",
-              response_type_url="type.googleapis.com/greeter.Response")
+              response_type_url="type.googleapis.com/greeter.Response", response_class=greeter_pb2.Response)
     forwarder.open_calls.stopping = True  # as EntrypointServer.stop() sets it, before gRPC stops taking calls
 
     with pytest.raises(Refused) as refused:

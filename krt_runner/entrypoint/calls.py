@@ -44,6 +44,7 @@ from krt_runner.errors import (
     EnvelopeError,
     NoResponders,
     PayloadTooLargeError,
+    UnexpectedAnswer,
 )
 from krt_runner.jetstream_requests import JetStreamRequests
 from krt_runner.node.broker import Broker
@@ -71,13 +72,14 @@ class Forwarder:
 
     def __init__(
         self, broker: Broker, *, request_timeout: float, logger: Any, jetstream: JetStreamRequests | None = None,
-        max_answer_bytes: int = MAX_ANSWER_BYTES,
+        max_answer_bytes: int = MAX_ANSWER_BYTES, debug: bool = False,
     ) -> None:
         self._broker = broker
         self._timeout = request_timeout
         self._max_answer = max_answer_bytes
         self._log = logger
         self._jetstream = jetstream  # at-least-once: calls go through JetStream
+        self._debug = debug  # KRT_LOG_LEVEL=debug: a line when a call comes in and one when it is answered
         self.open_calls = OpenCalls()
 
     def handler_for(self, rpc: Rpc) -> Handler:
@@ -87,9 +89,14 @@ class Forwarder:
             tracking_id = str(uuid.uuid4())
             trailer = ((TRACKING_METADATA, tracking_id),)
             context.set_trailing_metadata(trailer)
+            if self._debug:
+                self._log.debug("call received", rpc=rpc.name, workflow=rpc.workflow, tracking_id=tracking_id)
             try:
                 async with self.open_calls.call(context.peer()):  # abort() sends the status: it stays outside
-                    return await self._forward(rpc, request, tracking_id, self._time_left(context))
+                    response = await self._forward(rpc, request, tracking_id, self._time_left(context))
+                if self._debug:
+                    self._log.debug("call answered", rpc=rpc.name, workflow=rpc.workflow, tracking_id=tracking_id)
+                return response
             except Refused as refused:
                 failure = refused
             except asyncio.CancelledError:
@@ -121,16 +128,8 @@ class Forwarder:
         message = self._envelope(rpc, request, tracking_id)
         try:
             reply = await self._send(rpc.subject, message, timeout)
-        except PayloadTooLargeError as exc:
-            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request too large: {exc}") from None
-        except NoResponders:
-            details = f"no node of workflow {rpc.workflow!r} listens on {rpc.subject!r}: is the workflow running?"
-            raise Refused(grpc.StatusCode.UNAVAILABLE, details) from None
-        except CallTimeout:
-            details = f"workflow {rpc.workflow!r} did not answer within {timeout:g}s (KRT_REQUEST_TIMEOUT or deadline)"
-            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, details) from None
-        except CallError as exc:  # NotConnected, or JetStream refused the request
-            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        except (PayloadTooLargeError, CallError) as exc:
+            raise _refusal(exc, rpc, timeout) from None
         if reply[:2] == envelope.GZIP_MAGIC:  # inflating takes a while: not on the loop, where every call waits
             return await asyncio.to_thread(_response, rpc, reply, self._max_answer)
         return _response(rpc, reply, self._max_answer)
@@ -155,6 +154,21 @@ class Forwarder:
         return request_envelope(payload, tracking_id=tracking_id)
 
 
+def _refusal(exc: Exception, rpc: Rpc, timeout: float) -> Refused:
+    """The status of a call whose request could not be sent, or was not answered."""
+    if isinstance(exc, PayloadTooLargeError):
+        return Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request too large: {exc}")
+    if isinstance(exc, NoResponders):
+        details = f"no node of workflow {rpc.workflow!r} listens on {rpc.subject!r}: is the workflow running?"
+        return Refused(grpc.StatusCode.UNAVAILABLE, details)
+    if isinstance(exc, CallTimeout):
+        details = f"workflow {rpc.workflow!r} did not answer within {timeout:g}s (KRT_REQUEST_TIMEOUT or deadline)"
+        return Refused(grpc.StatusCode.DEADLINE_EXCEEDED, details)
+    if isinstance(exc, UnexpectedAnswer):  # at-least-once here, at-most-once in the workflow
+        return Refused(grpc.StatusCode.INTERNAL, str(exc))
+    return Refused(grpc.StatusCode.UNAVAILABLE, str(exc))  # NotConnected, or JetStream refused the request
+
+
 def _response(rpc: Rpc, reply: bytes, max_decompressed: int) -> bytes:
     """The answer's payload bytes when it is the rpc's response type; :class:`Refused` otherwise."""
     try:
@@ -172,6 +186,11 @@ def _response(rpc: Rpc, reply: bytes, max_decompressed: int) -> bytes:
         got = payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
         details = f"the workflow answered {got}, not the rpc's response type {rpc.response_name}"
         raise Refused(grpc.StatusCode.INTERNAL, details)
+    try:  # a node built elsewhere may label bytes that are not the type: the client would fail on them, untold
+        rpc.response_class.FromString(payload.value)
+    except DecodeError as exc:
+        raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer is not a valid {rpc.response_name}: "
+                      f"{exc}") from None
     return payload.value
 
 

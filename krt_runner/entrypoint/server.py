@@ -11,6 +11,7 @@ calls are refused, calls in flight get their answers (up to
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
@@ -41,6 +42,14 @@ _SERVER_OPTIONS = [
 ]
 
 
+class _ClientGone(logging.Filter):
+    """grpcio logs an error with a traceback when a call's status cannot be sent because its client has gone (its
+    deadline passed while the workflow worked): the call's own ``call failed`` line has said what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and type(record.exc_info[1]).__name__ == "ExecuteBatchError")
+
+
 class RunningEntrypoint:
     """The entrypoint's server and connection, from :meth:`start` to :meth:`stop`."""
 
@@ -59,10 +68,12 @@ class RunningEntrypoint:
         self._health_file: HealthFile | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._forwarder = Forwarder(self.broker, request_timeout=settings.request_timeout, logger=logger,
-                                    jetstream=self._jetstream, max_answer_bytes=settings.max_decompressed_bytes)
+                                    jetstream=self._jetstream, max_answer_bytes=settings.max_decompressed_bytes,
+                                    debug=settings.log_level == "debug")
 
     async def start(self) -> None:
         """Listen, then connect to NATS (retrying an unreachable server); ready once connected."""
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGone())
         self._add_services()
         self.address = self._listen()
         await self._set_health(serving=False)

@@ -41,6 +41,7 @@ class Rpc:
     request_type_url: str
     response_name: str
     response_type_url: str
+    response_class: type[Message]
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ def _rpc(method: MethodDescriptor, workflow: str, subject: str) -> Rpc:
         request_type_url=_TYPE_URL_PREFIX + request.full_name,
         response_name=response.full_name,
         response_type_url=_TYPE_URL_PREFIX + response.full_name,
+        response_class=message_factory.GetMessageClass(response),
     )
 
 
