@@ -24,7 +24,7 @@ from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester:
 
 from krt_runner.client import Client
 from krt_runner.errors import ErrorAnswer, NoResponders
-from krt_runner.jetstream_names import stream_name
+from krt_runner.jetstream_names import consumer_name, stream_name
 from krt_runner.local_krt.embedded import EmbeddedNats
 from krt_runner.node import jetstream
 
@@ -115,6 +115,25 @@ async def test_an_at_most_once_node_whose_input_a_stream_captures_warns_at_start
     assert "work-queue JetStream stream" not in audited.output
     assert "a JetStream stream captures this node's input: a request to it gets the stream's acknowledgement" \
         in audited.output and "AUDIT" in audited.output
+
+
+async def test_on_a_stream_that_keeps_handled_requests_a_consumer_made_again_does_not_handle_them_again(
+    js_server, start_node, call_log, requester
+) -> None:
+    nc = await nats.connect(js_server.url)
+    await nc.jetstream().add_stream(name="ARCHIVE", subjects=["in-a"])  # limits retention: acked requests stay
+    node = start_nodes(start_node, js_server, call_log, ["a"])["a"][0]
+    first = await requester.call("in-a", greeter_pb2.Request(name="first"), greeter_pb2.Request, timeout=10)
+    node.stop()
+    await nc.jetstream().delete_consumer("ARCHIVE", consumer_name("in-a"))  # as `nats consumer rm` does
+    await nc.close()
+
+    start_nodes(start_node, js_server, call_log, ["a"])
+    second = await requester.call("in-a", greeter_pb2.Request(name="second"), greeter_pb2.Request, timeout=10)
+    await asyncio.sleep(0.5)
+
+    assert (first.name, second.name) == ("first>a", "second>a")
+    assert [name for *_, name in calls(call_log)] == ["first", "second"]  # "first" is not handled again
 
 
 async def test_stream_copies_a_single_server_cannot_keep_stop_start_up_with_exit_2_saying_what_to_set(

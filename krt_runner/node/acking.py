@@ -45,6 +45,7 @@ _ERROR_LOG_INTERVAL = 5.0
 _SETTLING_WAIT = 1.0
 _ACK = b"+ACK"
 _ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
+_SEQ_MARK = b'"seq"'  # in every one that stored it; a reply without it is no acknowledgement
 _NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 
 Settle = Callable[[Msg], Awaitable[None]]
@@ -175,6 +176,8 @@ class Acker:
             return True
         if data.find(_ERROR_MARK) >= 0:  # not ``in``: bytes' tries the needle as an int first (a TypeError each time)
             self._in_background(self._refused(forwarded, data))
+        elif data.find(_SEQ_MARK) < 0:
+            self._in_background(self._answered_unstored(forwarded))
         else:
             waiting = self._ack_now(forwarded[0])
             if waiting is not None:
@@ -197,6 +200,20 @@ class Acker:
         else:
             self._error("the next node's stream refused an answer; the message will be delivered again",
                         ValueError(refusal))
+            await self.release_later(forwarded[0])
+
+    async def _answered_unstored(self, forwarded: _Forwarded) -> None:
+        """A reply that is no stream's acknowledgement: a subscriber of the next subject took the answer itself (a
+        node at at-most-once delivery, a responder), and would take it again if it were published again. Its
+        request gets an error answer saying so (the answer the subscriber sent came here, and is lost)."""
+        text = (f"the answer published on {forwarded[2]!r} was answered by a subscriber there, not stored by a "
+                "JetStream stream: the next node runs at-most-once, or something else answers on that subject; "
+                "every node of an at-least-once workflow must run at-least-once (KRT_DELIVERY)")
+        self._error("the next subject's reply was no JetStream acknowledgement; the request gets an error answer",
+                    ValueError(text))
+        if self.on_refused is not None:
+            await self.on_refused(forwarded[0], text)
+        else:
             await self.release_later(forwarded[0])
 
     async def _again_or_release(self, forwarded: _Forwarded, why: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
@@ -73,8 +73,17 @@ async def open_input(
     js = await require_jetstream(client, attempts=_API_ATTEMPTS)
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
     stream, created = await _stream_for(js, subject, window, replicas)
-    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver)
+    work_queue = created or await _is_work_queue(js, stream)
+    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver, from_start=work_queue)
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
+
+
+async def _is_work_queue(js: JetStreamContext, stream: str) -> bool:
+    try:
+        info = await answered(lambda: js.stream_info(stream))
+    except (APIError, NatsError, asyncio.TimeoutError) as exc:
+        raise JetStreamError(f"cannot read JetStream stream {stream!r}: {_api_text(exc)}") from None
+    return info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
 async def require_jetstream(client: Client, *, setting: str = NODE_SETTING, attempts: int = 1) -> JetStreamContext:
@@ -199,21 +208,41 @@ def _stream_fix(exc: BaseException, name: str, subject: str) -> str:
     return "; create a stream that captures it (work-queue retention), or let this node's account create streams"
 
 
-async def _make_consumer(js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int) -> None:
-    """Create the durable consumer, or bring an existing one to these settings (the last replica started wins)."""
+async def _make_consumer(
+    js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int, from_start: bool
+) -> None:
+    """Create the durable consumer, or bring an existing one to these settings (the last replica started wins).
+
+    On a work-queue stream (``from_start``) a new consumer starts at the stream's first message: what it holds is
+    what no node has handled. On a stream of another retention (limits, interest: an archive's, say) that holds
+    requests handled long ago, a new consumer starts at the next message; an existing one keeps where it starts.
+    """
     name = consumer_name(subject)
+    start = {"deliver_policy": api.DeliverPolicy.ALL} if from_start else await _existing_start(js, stream, name)
     config = api.ConsumerConfig(
-        name=name, durable_name=name, ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL,
-        ack_wait=ack_wait, max_deliver=consumer_max_deliver(max_deliver), filter_subject=subject,
+        name=name, durable_name=name, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
+        max_deliver=consumer_max_deliver(max_deliver), filter_subject=subject, **start,
     )  # fmt: skip
     try:
         await answered(lambda: js.add_consumer(stream, config))
     except (APIError, NatsError, asyncio.TimeoutError) as exc:
         fix = "" if isinstance(exc, asyncio.TimeoutError) else (
-            "; a consumer of that name that is not a pull consumer, or another consumer of the subject on a "
-            f"work-queue stream, is in the way: delete it (nats consumer rm {stream} <name>)")
+            "; a consumer of that name with settings JetStream will not change (not a pull consumer, another ack "
+            "or deliver policy), or another consumer of the subject on a work-queue stream, is in the way: delete it "
+            f"(nats consumer rm {stream} <name>)")
         raise JetStreamError(f"cannot create or update the durable consumer {name!r} on stream {stream!r} for "
                              f"{subject!r}: {_api_text(exc)}{fix}") from None
+
+
+async def _existing_start(js: JetStreamContext, stream: str, name: str) -> dict[str, Any]:
+    """Where the consumer ``name`` starts if it exists (JetStream does not change that), else at the next message."""
+    try:
+        info = await answered(lambda: js.consumer_info(stream, name))
+    except (APIError, NatsError, asyncio.TimeoutError):  # none (or no answer: the creation's error will say)
+        return {"deliver_policy": api.DeliverPolicy.NEW}
+    existing = info.config
+    return {"deliver_policy": existing.deliver_policy or api.DeliverPolicy.ALL,
+            "opt_start_seq": existing.opt_start_seq, "opt_start_time": existing.opt_start_time}
 
 
 async def answered(request: Callable[[], Awaitable[_T]], *, attempts: int = _API_ATTEMPTS) -> _T:

@@ -118,7 +118,7 @@ class JetStreamPipeline(Pipeline):
         delivered, sequence = _delivery_numbers(ack_subject)
         if delivered > self._max_deliver:
             raise DeliveryLimitError(
-                f"this request was delivered {delivered - 1} times (KRT_JETSTREAM_MAX_DELIVER) and never answered: "
+                f"this request was delivered {_times(delivered - 1)} (KRT_JETSTREAM_MAX_DELIVER) and never answered: "
                 "each node process that took it stopped or lost its connection first (killed, out of memory?), or "
                 "the next node's stream did not store its answer (see this node's warnings); it is terminated"
             )
@@ -171,3 +171,7 @@ def _delivery_numbers(ack_subject: str) -> tuple[int, str]:
     tokens = ack_subject.split(".")
     at = 4 if len(tokens) == _V1_TOKENS else 6
     return int(tokens[at]), tokens[at + 1]
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
