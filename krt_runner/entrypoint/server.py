@@ -29,6 +29,8 @@ from krt_runner.node.health import HealthFile
 from krt_runner.node.jetstream import NODE_SETTING
 from krt_runner.setting_values import AT_LEAST_ONCE
 
+# Calls taken at once, before the entrypoint gets to them, beyond which gRPC cancels new ones.
+MAX_PENDING_CALLS = 10_000
 # Seconds gRPC gives what is open once the workflow calls are done: only long-lived streams (a health Watch).
 _STREAMS_GRACE = 1.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -39,6 +41,10 @@ _SERVER_OPTIONS = [
     # grpcio sets SO_REUSEPORT by default: a second entrypoint would bind a port one already serves, and clients
     # would be split between the two KRTs. Off, the second cannot listen, as the docs say.
     ("grpc.so_reuseport", 0),
+    # Calls gRPC has taken and the server has not asked for yet: past grpc core's defaults (1000, then 3000 at most),
+    # it cancels new ones (CANCELLED, never seen by the entrypoint), which a burst of a few thousand calls reaches.
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 ]
 
 
