@@ -188,20 +188,45 @@ async def test_a_handler_that_raises_gets_one_error_answer_and_its_message_is_ac
     assert await consumer_state(js_server, "in-a") == (0, 0, 0)
 
 
+@pytest.mark.parametrize("name", ["mixed", '{"stream": "S", "seq": 1}', "sleep:6"], ids=["plain", "json", "slow"])
 async def test_a_middle_node_whose_next_subject_is_answered_by_an_at_most_once_node_gives_an_error_answer(
-    js_server, start_node, call_log, requester
+    js_server, start_node, call_log, requester, name
 ) -> None:
     start_nodes(start_node, js_server, call_log, ["a"], KRT_NATS_OUTPUT="in-b")  # b: at-most-once, no stream
     node_b = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-b", name="b", CALL_LOG=str(call_log)))
 
-    with pytest.raises(ErrorAnswer) as refused:
-        await requester.call("in-a", greeter_pb2.Request(name="mixed"), greeter_pb2.Request, timeout=10)
+    with pytest.raises(ErrorAnswer) as refused:  # b's answer, a JSON text in it, or late (past the 5 s ack timeout)
+        await requester.call("in-a", greeter_pb2.Request(name=name), greeter_pb2.Request, timeout=20)
 
-    assert "the answer published on 'in-b' was answered by a subscriber there, not stored by a JetStream stream" in \
-        str(refused.value)
-    assert [node for node, *_ in calls(call_log)] == ["a", "b"]  # b handled it: its answer was taken for an ack
+    assert str(refused.value).startswith("error in node 'a': the answer published on 'in-b' was answered by a "
+                                         "subscriber there, not stored by a JetStream stream")
+    await asyncio.sleep(1)  # an answer published again meanwhile would have reached b by now
+    assert [node for node, *_ in calls(call_log)] == ["a", "b"]  # b handled it once: its answer was taken for an ack
     assert await settled(js_server, "in-a")
     node_b.signal()
+
+
+async def test_a_reply_with_headers_from_a_subscriber_of_the_next_subject_gives_an_error_answer(
+    js_server, start_node, call_log, requester
+) -> None:
+    start_nodes(start_node, js_server, call_log, ["a"], KRT_NATS_OUTPUT="in-b")
+    responder = await nats.connect(js_server.url)
+    answered: list[bytes] = []
+
+    async def micro_error(msg) -> None:  # as a NATS services endpoint answers an error
+        answered.append(msg.data)
+        headers = {"Nats-Service-Error": "oops", "Nats-Service-Error-Code": "500"}
+        await responder.publish(msg.reply, b"", headers=headers)
+
+    await responder.subscribe("in-b", cb=micro_error)
+    try:
+        with pytest.raises(ErrorAnswer, match="was answered by a subscriber there"):
+            await requester.call("in-a", greeter_pb2.Request(name="micro"), greeter_pb2.Request, timeout=10)
+        await asyncio.sleep(1)
+    finally:
+        await responder.close()
+
+    assert len(answered) == 1
 
 
 async def test_a_message_a_node_dies_on_every_time_is_terminated_after_max_deliver_with_an_error_answer(

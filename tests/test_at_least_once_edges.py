@@ -4,6 +4,7 @@ refuses answers, a requester whose server restarts, a node left at most once, st
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 
 import nats
@@ -134,6 +135,23 @@ async def test_on_a_stream_that_keeps_handled_requests_a_consumer_made_again_doe
 
     assert (first.name, second.name) == ("first>a", "second>a")
     assert [name for *_, name in calls(call_log)] == ["first", "second"]  # "first" is not handled again
+
+
+async def test_a_user_allowed_only_the_jetstream_requests_a_node_needs_to_serve_can_restart_it(
+    tmp_path, start_node, call_log
+) -> None:
+    allowed = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.CREATE.>", "$JS.API.CONSUMER.CREATE.>",
+               "$JS.API.CONSUMER.DURABLE.CREATE.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$JS.ACK.>", "_INBOX.>", "$SRV.>"]
+    config = tmp_path / "users.conf"
+    node_user = '{user: "node", password: "pw", permissions: {publish: {allow: ' + json.dumps(allowed) + '}}}'
+    config.write_text(f"authorization {{ users = [ {node_user} ] }}\n")
+    with EmbeddedNats(jetstream=True, extra_args=["-c", str(config)]) as server:
+        env = node_env(server, HANDLERS, HANDLER, input="in-a", name="a", KRT_DELIVERY="at-least-once",
+                       KRT_NATS_USER="node", KRT_NATS_PASSWORD="pw", CALL_LOG=str(call_log))
+        for start in ("makes its stream", "finds it"):
+            node = start_node(**env)  # ready, or the fixture fails
+            assert "JetStream input ready" in node.output, start
+            node.stop()
 
 
 async def test_stream_copies_a_single_server_cannot_keep_stop_start_up_with_exit_2_saying_what_to_set(

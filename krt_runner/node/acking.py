@@ -44,8 +44,7 @@ _ERROR_LOG_INTERVAL = 5.0
 # Seconds close() waits for settlements under way in their own tasks.
 _SETTLING_WAIT = 1.0
 _ACK = b"+ACK"
-_ERROR_MARK = b'"error"'  # in a JetStream publish acknowledgement: the stream refused the message
-_SEQ_MARK = b'"seq"'  # in every one that stored it; a reply without it is no acknowledgement
+_NO_RESPONDERS = b"NATS/1.0 503"  # the status that says no stream (nor anything) took a publish
 _NOT_SETTLED = "could not settle a message; JetStream will deliver it again after the ack wait"
 
 Settle = Callable[[Msg], Awaitable[None]]
@@ -65,6 +64,7 @@ class Acker:
         self._held: dict[str, list[Any]] = {}  # ack subject -> [message, monotonic time of its last sign of life]
         # token -> (message, when its answer was published, subject, answer, msg_id, when it was first published)
         self._forwarded: dict[str, _Forwarded] = {}
+        self._earlier: dict[str, _Forwarded] = {}  # publishes not acknowledged in time, whose answer went out again
         self._tokens = itertools.count()
         self._inbox = ""
         self._token_at = 0
@@ -142,7 +142,11 @@ class Acker:
         """Keep held messages alive; publish again the answers not acknowledged in time."""
         late = [token for token, forwarded in self._forwarded.items() if now - forwarded[1] > PUBLISH_ACK_TIMEOUT]
         for token in late:
-            await self._again_or_release(self._forwarded.pop(token), f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
+            forwarded = self._forwarded.pop(token)
+            self._earlier[token] = forwarded  # its reply may still come (a slow subscriber there)
+            await self._again_or_release(forwarded, f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
+        for token in [token for token, earlier in self._earlier.items() if earlier[0].reply not in self._held]:
+            del self._earlier[token]  # settled since
         for entry in [entry for entry in self._held.values() if now - entry[1] >= self._half_wait]:
             entry[1] = now
             with contextlib.suppress(Exception):  # a lost connection: JetStream delivers it again, as it should
@@ -160,32 +164,48 @@ class Acker:
         """Release whatever is still held (its answer unsent or unacknowledged), so that another replica takes it
         soon rather than after the ack wait, and wait a moment for the releases already under way."""
         self._forwarded.clear()
+        self._earlier.clear()
         for msg, _ in list(self._held.values()):
             await self.release(msg)
         if self._background:
             await asyncio.wait(set(self._background), timeout=_SETTLING_WAIT)
 
     def _on_publish_ack(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-        """The next stream's acknowledgement, straight from the parser; one with a status (a 503: no stream
-        there) is declined, for :meth:`_on_refusal`. A plain function: its message's ack is queued at once, and
-        only what must wait (a refusal's release, a full write buffer) goes on in a task."""
-        if headers:
+        """The next stream's acknowledgement, straight from the parser; a no-responders status (no stream there)
+        is declined, for :meth:`_on_refusal`. A plain function: its message's ack is queued at once, and only what
+        must wait (a refusal's release, an error answer, a full write buffer) goes on in a task. A reply to an
+        answer published again since is taken for the current publish (its token is kept until it is settled)."""
+        if headers and bytes(headers[: len(_NO_RESPONDERS)]) == _NO_RESPONDERS:
             return False
-        forwarded = self._forwarded.pop(subject[self._token_at :].decode(), None)
-        if forwarded is None:  # too late: already released
+        token = subject[self._token_at :].decode()
+        forwarded = self._forwarded.pop(token, None) or self._published_again(token)
+        if forwarded is None:  # too late: already settled
             return True
-        if data.find(_ERROR_MARK) >= 0:  # not ``in``: bytes' tries the needle as an int first (a TypeError each time)
-            self._in_background(self._refused(forwarded, data))
-        elif data.find(_SEQ_MARK) < 0:
+        acknowledged = None if headers else publish_ack(data)
+        if acknowledged is None:  # a subscriber of the next subject answered, with or without headers
             self._in_background(self._answered_unstored(forwarded))
+        elif "error" in acknowledged:
+            self._in_background(self._refused(forwarded, data))
         else:
             waiting = self._ack_now(forwarded[0])
             if waiting is not None:
                 self._in_background(self._settling(waiting))
         return True
 
+    def _published_again(self, token: str) -> _Forwarded | None:
+        """The answer an earlier publish (``token``) carried, if its message is still held: the publish it was
+        published again with is then forgotten, so that its message is settled once."""
+        earlier = self._earlier.pop(token, None)
+        if earlier is None or earlier[0].reply not in self._held:
+            return None
+        for later, forwarded in list(self._forwarded.items()):
+            if forwarded[0] is earlier[0]:
+                del self._forwarded[later]
+        return earlier
+
     async def _on_refusal(self, reply: Msg) -> None:
-        forwarded = self._forwarded.pop(reply.subject[self._token_at :], None)
+        token = reply.subject[self._token_at :]
+        forwarded = self._forwarded.pop(token, None) or self._published_again(token)
         if forwarded is not None:
             await self._refused(forwarded, reply.data or reply.headers)
 
@@ -196,7 +216,7 @@ class Acker:
         elif self.on_refused is not None:  # the stream said why: another delivery would hear it again
             self._error("the next node's stream refused an answer; the request gets an error answer",
                         ValueError(refusal))
-            await self.on_refused(forwarded[0], refusal)
+            await self.on_refused(forwarded[0], f"the next node's stream refused this node's answer: {refusal}")
         else:
             self._error("the next node's stream refused an answer; the message will be delivered again",
                         ValueError(refusal))
@@ -283,3 +303,17 @@ def stream_refusal(why: object) -> str:
     if not description:
         return ""
     return f"{description} (JetStream error {error.get('err_code', error.get('code'))})"
+
+
+def publish_ack(data: bytes) -> dict[str, Any] | None:
+    """A JetStream publish acknowledgement (``{"stream": "S", "seq": 7}``, or ``{"error": {...}}`` for a refusal),
+    or ``None`` for any other reply: what a subscriber of the subject answered."""
+    if data[:1] != b"{":
+        return None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(reply, dict):
+        return None
+    return reply if "error" in reply or ("stream" in reply and isinstance(reply.get("seq"), int)) else None

@@ -73,16 +73,20 @@ async def open_input(
     js = await require_jetstream(client, attempts=_API_ATTEMPTS)
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
     stream, created = await _stream_for(js, subject, window, replicas)
-    work_queue = created or await _is_work_queue(js, stream)
-    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver, from_start=work_queue)
+    lookup = client.jetstream(timeout=_LOOKUP_TIMEOUT)  # what it may do without: a second, not six
+    work_queue = created or await _is_work_queue(lookup, stream)
+    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver,
+                         start=None if work_queue else await _existing_start(lookup, stream, consumer_name(subject)))
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
 
 
 async def _is_work_queue(js: JetStreamContext, stream: str) -> bool:
+    """Whether ``stream`` is a work queue; ``True`` when JetStream does not say (a user allowed only the requests a
+    node made before it looked: its consumer then starts at the first message, as it always did)."""
     try:
-        info = await answered(lambda: js.stream_info(stream))
-    except (APIError, NatsError, asyncio.TimeoutError) as exc:
-        raise JetStreamError(f"cannot read JetStream stream {stream!r}: {_api_text(exc)}") from None
+        info = await js.stream_info(stream)
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return True
     return info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
@@ -209,16 +213,18 @@ def _stream_fix(exc: BaseException, name: str, subject: str) -> str:
 
 
 async def _make_consumer(
-    js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int, from_start: bool
+    js: JetStreamContext, stream: str, subject: str, *, ack_wait: float, max_deliver: int,
+    start: dict[str, Any] | None,
 ) -> None:
     """Create the durable consumer, or bring an existing one to these settings (the last replica started wins).
 
-    On a work-queue stream (``from_start``) a new consumer starts at the stream's first message: what it holds is
+    On a work-queue stream (``start`` None) a new consumer starts at the stream's first message: what it holds is
     what no node has handled. On a stream of another retention (limits, interest: an archive's, say) that holds
-    requests handled long ago, a new consumer starts at the next message; an existing one keeps where it starts.
+    requests handled long ago, a new consumer starts at the next message; an existing one keeps where it starts
+    (``start``, from :func:`_existing_start`).
     """
     name = consumer_name(subject)
-    start = {"deliver_policy": api.DeliverPolicy.ALL} if from_start else await _existing_start(js, stream, name)
+    start = start or {"deliver_policy": api.DeliverPolicy.ALL}
     config = api.ConsumerConfig(
         name=name, durable_name=name, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait,
         max_deliver=consumer_max_deliver(max_deliver), filter_subject=subject, **start,
@@ -235,11 +241,14 @@ async def _make_consumer(
 
 
 async def _existing_start(js: JetStreamContext, stream: str, name: str) -> dict[str, Any]:
-    """Where the consumer ``name`` starts if it exists (JetStream does not change that), else at the next message."""
+    """Where the consumer ``name`` starts if it exists (JetStream does not change that), at the next message if it
+    does not; at the first when JetStream does not say, as it always did."""
     try:
-        info = await answered(lambda: js.consumer_info(stream, name))
-    except (APIError, NatsError, asyncio.TimeoutError):  # none (or no answer: the creation's error will say)
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
         return {"deliver_policy": api.DeliverPolicy.NEW}
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return {"deliver_policy": api.DeliverPolicy.ALL}
     existing = info.config
     return {"deliver_policy": existing.deliver_policy or api.DeliverPolicy.ALL,
             "opt_start_seq": existing.opt_start_seq, "opt_start_time": existing.opt_start_time}

@@ -147,12 +147,13 @@ class JetStreamPipeline(Pipeline):
         return self._acker.ack
 
     async def _answer_refused(self, msg: Msg, refusal: str) -> None:
-        """The next stream refused this message's answer for good: its requester gets an error saying why, and the
-        message is acked, not run again (its handler would only be refused again)."""
+        """The next stream refused this message's answer for good (or a subscriber there took it): its requester gets
+        an error saying why (``refusal``), and the message is acked, not run again (its handler would only be refused
+        again)."""
         job = Job("")
         with contextlib.suppress(InvalidRequestError, EnvelopeError):  # decoded once already: it cannot fail now
             self._decode(job, msg.data)
-        refused = AnswerRefusedError(f"the next node's stream refused this node's answer: {refusal}")
+        refused = AnswerRefusedError(refusal)
         await self._answer_error(job, refused)
         await self._acker.ack(msg)
 
