@@ -2,10 +2,11 @@
 
 A KRE v1 handler may call ``isEnabledFor``, ``getEffectiveLevel``, ``setLevel``, ``addHandler``, ``hasHandlers``,
 ``addFilter`` or ``getChild``, read ``name``, ``level``, ``handlers``, ``filters``, ``propagate`` or ``disabled``,
-pass ``extra={...}`` (its keys become the line's fields) or ``stacklevel``; and a log call whose ``%`` arguments do
-not fit its text (``logger.info("%s scored %d", name)``) never raised there: the standard library reports it and
-carries on. Here such a line is written with its text as it was and its arguments beside it, and the handler goes
-on. Only the levels the logger writes are wrapped: a call below them stays structlog's ``return None``.
+pass ``extra={...}`` (its keys become the line's fields, but for those the line has) or ``stacklevel``; and a log
+call whose ``%`` arguments do not fit its text (``logger.info("%s scored %d", name)``) never raised there: the
+standard library reports it and carries on. Here such a line is written with its text as it was and its arguments
+beside it, and the handler goes on. Only the levels the logger writes are wrapped: a call below them stays
+structlog's ``return None``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
         if args:
             event = _interpolated(event, args, kw)
         if kw:
-            _as_fields(kw)
+            _as_fields(self._context, kw)
         return method(self, event, **kw)
 
     return call
@@ -90,22 +91,38 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
         if args:
             event = _interpolated(event, args, kw)
         if kw:
-            _as_fields(kw)
+            _as_fields(self._context, kw)
         return method(self, level, event, **kw)
 
     return call
 
 
-def _as_fields(kw: dict[str, Any]) -> None:
-    """The standard library's keywords that are not fields: ``extra``'s keys become the line's own (those it
-    already has kept), ``stacklevel`` goes (a line names no caller)."""
+# Keys an ``extra`` may not make fields of: structlog's own arguments, and what every line has.
+_NOT_FIELDS = frozenset({"event", "level", "self", "method_name", "timestamp", "logger", "exception", "stack",
+                         "exc_info", "stack_info"})
+
+
+def _as_fields(context: Mapping[str, Any], kw: dict[str, Any]) -> None:
+    """The standard library's keywords that are not fields: ``extra``'s keys become the line's own, but for those
+    the line has already (its node, workflow, tracking_id, ... and the call's own keywords) or structlog's, which
+    stay together in an ``extra`` field; ``extra=None`` is none; ``stacklevel`` goes (a line names no caller)."""
     kw.pop("stacklevel", None)
-    extra = kw.get("extra")
-    if isinstance(extra, Mapping):
-        del kw["extra"]
-        for key, value in extra.items():
-            if key != "event":  # the line's text: its own
-                kw.setdefault(str(key), value)
+    if "extra" not in kw:
+        return
+    extra = kw.pop("extra")
+    if not isinstance(extra, Mapping):
+        if extra is not None:
+            kw["extra"] = extra
+        return
+    kept = {}
+    for key, value in extra.items():
+        name = str(key)
+        if name in _NOT_FIELDS or name in kw or name in context:
+            kept[name] = value
+        else:
+            kw[name] = value
+    if kept:
+        kw["extra"] = kept
 
 
 def _interpolated(event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:

@@ -263,6 +263,9 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             ctx.logger.getChild("model").getChild("io").info("grandchild line")
             ctx.logger.warning("where am I", stack_info=True)
             ctx.logger.info("with extra", extra={"user": "ada", "event": "not the text"}, stacklevel=2)
+            ctx.logger.log(logging.WARNING, "clashing extra", extra={"level": "high", "node": "other", "self": 1})
+            logging.LoggerAdapter(ctx.logger, {"method_name": "m"}).info("adapted")
+            ctx.logger.info("no extra", extra=None)
             return data
     """))
     node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
@@ -279,5 +282,9 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert lines["child line"]["logger"] == "krt_runner.model" and lines["child line"]["node"] == "chatty"
     assert lines["grandchild line"]["logger"] == "krt_runner.model.io"
     assert "Stack (most recent call last)" in lines["where am I"]["stack"] and "stack_info" not in lines["where am I"]
-    assert lines["with extra"]["user"] == "ada" and "extra" not in lines["with extra"]
+    assert lines["with extra"]["user"] == "ada" and lines["with extra"]["extra"] == {"event": "not the text"}
     assert "stacklevel" not in lines["with extra"]
+    clashing = lines["clashing extra"]  # the line's own fields kept; the clashing keys kept beside them
+    assert (clashing["level"], clashing["node"]) == ("warning", "chatty")
+    assert clashing["extra"] == {"level": "high", "node": "other", "self": 1}
+    assert lines["adapted"]["extra"] == {"method_name": "m"} and "extra" not in lines["no extra"]
