@@ -184,7 +184,7 @@ class NodeUnderTest:
             raise wrong_count
         for index, result in zip(called, answerable(batch.name, results), strict=True):
             typed = response_type is not None and not isinstance(result, Exception)
-            items[index] = _as_type(result, response_type) if typed and response_type else result
+            items[index] = _as_type(result, response_type, batch.name) if typed and response_type else result
         return items
 
     def _batch_data(self, requests: Sequence[Message]) -> tuple[list[Any], list[int], list[Any]]:
@@ -222,15 +222,15 @@ class NodeUnderTest:
         self._loop.close()
 
 
-def _as_type(result: Any, response_type: type[ResponseT]) -> ResponseT:
+def _as_type(result: Any, response_type: type[ResponseT], function: str = "handler") -> ResponseT:
     if isinstance(result, response_type):
         return result
     if isinstance(result, envelope.AnyMessage):
         unpacked = response_type()
         if result.Unpack(unpacked):
             return unpacked
-        raise TypeError(f"handler returned an Any holding {result.type_url}, not {response_type.__name__}")
-    raise TypeError(f"handler returned {type(result).__name__}, not {response_type.__name__}")
+        raise TypeError(f"{function} returned an Any holding {result.type_url}, not {response_type.__name__}")
+    raise TypeError(f"{function} returned {type(result).__name__}, not {response_type.__name__}")
 
 
 @contextmanager

@@ -104,13 +104,19 @@ async def test_a_result_that_is_no_protobuf_message_answers_only_its_own_request
 async def test_a_batch_only_module_at_batch_size_1_names_its_batch_function_in_its_errors(
     nats_server, start_node, requester, tmp_path
 ):
-    start_node(**batches_env(nats_server, tmp_path, KRT_BATCH_MAX_SIZE="1"))
+    node = start_node(**batches_env(nats_server, tmp_path, KRT_BATCH_MAX_SIZE="1"))
 
     raised = await requester.greet("batch-in", "boom")
     returned = await requester.greet("batch-in", "none")
+    no_result = await requester.greet("batch-in", "short")
+    node.signal()
+    assert node.wait() == 0
 
     assert raised.error == "error in node 'batches': handler_batch raised RuntimeError: boom for the whole batch"
     assert returned.error == "error in node 'batches': handler_batch returned None, not a protobuf message"
+    assert no_result.error.startswith("error in node 'batches': handler_batch returned 0 results for a batch of 1 ")
+    lines = [json.loads(line) for line in node.output.splitlines() if line.startswith("{")]
+    assert "exception" not in next(line for line in lines if line.get("event") == no_result.error)  # no traceback
 
 
 async def test_an_exception_from_the_whole_call_answers_every_request_of_the_batch_and_the_node_goes_on(

@@ -16,7 +16,14 @@ from typing import Any
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from krt_runner.errors import HandlerError, HandlerLoadError, HandlerTimeoutError, InvalidRequestError, describe
+from krt_runner.errors import (
+    BatchResultError,
+    HandlerError,
+    HandlerLoadError,
+    HandlerTimeoutError,
+    InvalidRequestError,
+    describe,
+)
 from krt_runner.node.threads import WorkerThreads
 
 # What user code may raise that becomes the request's error answer: any exception, and SystemExit or KeyboardInterrupt
@@ -26,6 +33,9 @@ from krt_runner.node.threads import WorkerThreads
 # timeout class): caught as the message's error, it can never end a worker and leave the node deaf. Where the node's
 # own cancellation must pass (wait_for's timeout, a stop), ``except asyncio.CancelledError: raise`` comes first.
 USER_CODE_FAILURES = (BaseException,)
+# What a handler's call may raise that says what went wrong already: answered as it is, with no traceback of ours
+# (an invalid request; a handler error; a batch function called for one request that returned no list of one).
+SAID_ALREADY = (InvalidRequestError, HandlerError, BatchResultError)
 
 UserFunction = Callable[..., Any]
 
@@ -108,7 +118,7 @@ async def as_handler_errors(
     bound)."""
     try:
         return await call(*args)
-    except (InvalidRequestError, HandlerError, asyncio.CancelledError):
+    except (*SAID_ALREADY, asyncio.CancelledError):
         raise
     except USER_CODE_FAILURES as exc:
         raise handler_error(exc, typed=typed, name=name)  # noqa: B904  (it carries its cause)

@@ -16,12 +16,12 @@ from google.protobuf.message import Message
 
 from krt_runner import envelope
 from krt_runner.config import Settings
-from krt_runner.errors import DrainTimeoutError, EnvelopeError, HandlerError, InvalidRequestError, ReplyError, describe
+from krt_runner.errors import DrainTimeoutError, EnvelopeError, InvalidRequestError, ReplyError, describe
 from krt_runner.measurements import NodePoints, Outcome
 from krt_runner.node.answers import Answers, publishable
 from krt_runner.node.batching import batcher_for
 from krt_runner.node.broker import Broker
-from krt_runner.node.calling import USER_CODE_FAILURES, Caller, as_handler_errors, handler_failure
+from krt_runner.node.calling import SAID_ALREADY, USER_CODE_FAILURES, Caller, as_handler_errors, handler_failure
 from krt_runner.node.cancelling import uncancel
 from krt_runner.node.context import HandlerContext, NodeState
 from krt_runner.node.job import Job
@@ -168,7 +168,7 @@ class Pipeline:
     def _handler_failure(self, exc: BaseException) -> BaseException:
         """What an exception out of the handler's call is raised as: itself when it says what went wrong already (an
         invalid request, a handler error) or is the drain's cancellation, else :func:`handler_failure`'s."""
-        if isinstance(exc, (InvalidRequestError, HandlerError)):
+        if isinstance(exc, SAID_ALREADY):
             return exc
         if self._giving_up and isinstance(exc, asyncio.CancelledError):
             return exc  # the drain's cancellation, not the handler's own
