@@ -144,3 +144,23 @@ async def test_a_call_that_opens_as_the_drain_finds_none_open_is_waited_for_not_
 
     assert await asyncio.wait_for(draining, 5) == 0
     assert late and not open_calls.gave_up and not late[0].cancelled() and answered == ["refused"]
+
+
+def test_an_answer_is_checked_for_proto2s_required_fields_and_a_large_one_by_its_type_name_alone():
+    from google.protobuf.descriptor_pb2 import UninterpretedOption
+
+    from krt_runner.entrypoint.calls import MAX_CHECKED_ANSWER, _check_bytes, _response
+    from krt_runner.envelope import KreNatsMessage
+
+    part = UninterpretedOption.NamePart  # proto2: name_part and is_extension are required
+    rpc = Rpc(name="Get", workflow="w", subject="s", request_class=part, request_type_url="", response_name=
+              "google.protobuf.UninterpretedOption.NamePart", response_type_url="type.googleapis.com/"
+              "google.protobuf.UninterpretedOption.NamePart", response_class=part)
+
+    _check_bytes(rpc, part(name_part="x", is_extension=False).SerializeToString())
+    with pytest.raises(Refused, match="required fields missing: is_extension"):
+        _check_bytes(rpc, part(name_part="x").SerializePartialToString())
+    large = KreNatsMessage()
+    large.payload.type_url = rpc.response_type_url
+    large.payload.value = b"\xff" * (MAX_CHECKED_ANSWER + 1)  # not parsed: several times its size in memory
+    assert _response(rpc, large.SerializeToString(), 64 << 20) == large.payload.value

@@ -58,6 +58,11 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
 
+# Answers up to this many bytes are parsed to check them: parsing builds the whole message, several times the answer's
+# size in memory; a larger one is checked by its type name alone.
+MAX_CHECKED_ANSWER = 4 << 20
+
+
 class Refused(Exception):
     """A call that ends with a status other than OK."""
 
@@ -186,12 +191,23 @@ def _response(rpc: Rpc, reply: bytes, max_decompressed: int) -> bytes:
         got = payload.type_url.rsplit("/", 1)[-1] or "an empty payload"
         details = f"the workflow answered {got}, not the rpc's response type {rpc.response_name}"
         raise Refused(grpc.StatusCode.INTERNAL, details)
-    try:  # a node built elsewhere may label bytes that are not the type: the client would fail on them, untold
-        rpc.response_class.FromString(payload.value)
+    if len(payload.value) <= MAX_CHECKED_ANSWER:
+        _check_bytes(rpc, payload.value)
+    return payload.value
+
+
+def _check_bytes(rpc: Rpc, value: bytes) -> None:
+    """A node built elsewhere may label bytes that are not the type, which the client would fail on, untold."""
+    answer = rpc.response_class()
+    try:
+        answer.ParseFromString(value)
     except DecodeError as exc:
         raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer is not a valid {rpc.response_name}: "
                       f"{exc}") from None
-    return payload.value
+    if not answer.IsInitialized():  # proto2's required fields
+        missing = ", ".join(answer.FindInitializationErrors())  # type: ignore[attr-defined]  # upb's, untyped
+        raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer is not a valid {rpc.response_name}: "
+                      f"required fields missing: {missing}")
 
 
 def _same_type(type_url: str, full_name: str) -> bool:
