@@ -33,7 +33,7 @@ from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected, UnexpectedAnswer
 from krt_runner.jetstream_names import msg_id_header
-from krt_runner.node.jetstream import require_jetstream
+from krt_runner.node.jetstream import require_jetstream, stream_of
 
 # Seconds one publish waits for JetStream's acknowledgement before it is repeated (same Nats-Msg-Id).
 PUBLISH_TIMEOUT = 2.0
@@ -113,16 +113,22 @@ class JetStreamRequests:
                                        "servers holding its stream are down (KRT_JETSTREAM_REPLICAS)") from None
                 await asyncio.sleep(_UNAVAILABLE_PAUSE)
             except NatsTimeoutError:
+                await self._captured(subject)
                 first = False  # the connection may be down: once it is back, JetStream may still be starting
             except APIError as exc:
                 raise CallError(f"JetStream refused the request on {subject!r}: {exc.description or exc}") from None
             except ValueError:  # the answer is no JetStream acknowledgement (JSON): a node took the publish itself
-                raise UnexpectedAnswer(f"a node answered the request on {subject!r}, not a JetStream stream: the "
-                                       "workflow runs at-most-once; send it at-most-once too (KRT_DELIVERY, "
-                                       "--delivery)") from None
+                raise _taken_by_a_node(subject, "and answered it") from None
             except (ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError) as exc:
                 raise NotConnected(f"cannot send on {subject!r}: {type(exc).__name__}") from None
         raise CallTimeout(f"JetStream did not take the request on {subject!r} in time")
+
+    async def _captured(self, subject: str) -> None:
+        """After a publish nothing acknowledged in time: :class:`UnexpectedAnswer` when JetStream says no stream
+        captures ``subject`` (a node took it, at-most-once, and is still at it: published again, it would take it
+        again)."""
+        if await stream_of(self._nc, subject) == "":
+            raise _taken_by_a_node(subject, "and did not answer the publish in time")
 
     async def _answered(
         self, answer: asyncio.Future[bytes], deadline: float, reconnects: int, subject: str, timeout: float
@@ -144,3 +150,8 @@ class JetStreamRequests:
             self.ignored_answers += 1
             return
         waiting.set_result(msg.data)
+
+
+def _taken_by_a_node(subject: str, what_then: str) -> UnexpectedAnswer:
+    return UnexpectedAnswer(f"a node took the request on {subject!r}, not a JetStream stream, {what_then}: the "
+                            "workflow runs at-most-once; send it at-most-once too (KRT_DELIVERY, --delivery)")

@@ -188,14 +188,15 @@ async def test_a_handler_that_raises_gets_one_error_answer_and_its_message_is_ac
     assert await consumer_state(js_server, "in-a") == (0, 0, 0)
 
 
-@pytest.mark.parametrize("name", ["mixed", '{"stream": "S", "seq": 1}', "sleep:6"], ids=["plain", "json", "slow"])
+@pytest.mark.parametrize("name", ["mixed", '{"stream": "S", "seq": 1}', "sleep:8"], ids=["plain", "json", "slow"])
 async def test_a_middle_node_whose_next_subject_is_answered_by_an_at_most_once_node_gives_an_error_answer(
     js_server, start_node, call_log, requester, name
 ) -> None:
     start_nodes(start_node, js_server, call_log, ["a"], KRT_NATS_OUTPUT="in-b")  # b: at-most-once, no stream
     node_b = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-b", name="b", CALL_LOG=str(call_log)))
 
-    with pytest.raises(ErrorAnswer) as refused:  # b's answer, a JSON text in it, or late (past the 5 s ack timeout)
+    # b's answer, a JSON text in it, or late: past the 5 s ack timeout and the 2 s pause before a publish again
+    with pytest.raises(ErrorAnswer) as refused:
         await requester.call("in-a", greeter_pb2.Request(name=name), greeter_pb2.Request, timeout=20)
 
     assert str(refused.value).startswith("error in node 'a': the answer published on 'in-b' was answered by a "

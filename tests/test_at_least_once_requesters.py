@@ -178,13 +178,16 @@ async def test_an_at_least_once_entrypoint_and_client_calling_an_at_most_once_wo
             client = await Client.connect(server.url, delivery="at-least-once")
             with pytest.raises(UnexpectedAnswer, match="runs at-most-once") as refused:
                 await client.call(GREET_SUBJECT, greeter_pb2.Request(name="y"), greeter_pb2.Response, timeout=5)
+            with pytest.raises(UnexpectedAnswer, match="did not answer the publish in time"):  # slower than 2 s
+                await client.call(GREET_SUBJECT, greeter_pb2.Request(name="sleep:3"), greeter_pb2.Response,
+                                  timeout=10)
             await client.close()
         finally:
             process.stop()
             node.stop()
 
     assert caught.value.code() == grpc.StatusCode.INTERNAL, caught.value.details()
-    assert f"a node answered the request on {GREET_SUBJECT!r}, not a JetStream stream" in caught.value.details()
+    assert f"a node took the request on {GREET_SUBJECT!r}, not a JetStream stream" in caught.value.details()
     assert "JSONDecodeError" not in process.output and "Traceback" not in process.output
     assert "send it at-most-once too" in str(refused.value)
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from krt_runner.errors import describe
 from krt_runner.node.broker import Broker, Msg
+from krt_runner.node.jetstream import stream_of
+from krt_runner.node.publish_acks import publish_ack, stream_refusal
 
 # Seconds before a message whose answer could not be published is delivered again: another try, not a storm.
 RETRY_DELAY = 1.0
@@ -141,10 +142,17 @@ class Acker:
     async def tick(self, now: float) -> None:
         """Keep held messages alive; publish again the answers not acknowledged in time."""
         late = [token for token, forwarded in self._forwarded.items() if now - forwarded[1] > PUBLISH_ACK_TIMEOUT]
+        # No stream captures the subject: what took the answers is a subscriber there, which would take them again.
+        subscribers = bool(late) and await stream_of(self._client, self._forwarded[late[0]][2]) == ""
         for token in late:
-            forwarded = self._forwarded.pop(token)
-            self._earlier[token] = forwarded  # its reply may still come (a slow subscriber there)
-            await self._again_or_release(forwarded, f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
+            forwarded = self._forwarded.pop(token, None)  # None: replied to while stream_of waited
+            if forwarded is None:
+                continue
+            self._earlier[token] = forwarded  # its reply may still come
+            if subscribers:
+                self._wait_for_reply(forwarded)
+            else:
+                await self._again_or_release(forwarded, f"not acknowledged in {PUBLISH_ACK_TIMEOUT:g}s")
         for token in [token for token, earlier in self._earlier.items() if earlier[0].reply not in self._held]:
             del self._earlier[token]  # settled since
         for entry in [entry for entry in self._held.values() if now - entry[1] >= self._half_wait]:
@@ -236,6 +244,19 @@ class Acker:
         else:
             await self.release_later(forwarded[0])
 
+    def _wait_for_reply(self, forwarded: _Forwarded) -> None:
+        """An answer a subscriber of the next subject took (no stream captures it) and has not replied to: its reply
+        gets the request its error answer; it is not published again, for :data:`REPUBLISH_FOR` seconds."""
+        self._error("no JetStream stream captures the next subject: a subscriber there took the answer and has not "
+                    "replied yet; waiting for its reply", ValueError(forwarded[2]))
+        msg, left = forwarded[0], REPUBLISH_FOR - (time.monotonic() - forwarded[5])
+
+        def give_up() -> None:
+            if msg.reply in self._held:
+                self._in_background(self.release_later(msg))
+
+        asyncio.get_running_loop().call_later(max(0.0, left), give_up)
+
     async def _again_or_release(self, forwarded: _Forwarded, why: str) -> None:
         """An answer no stream took: published again after a pause (its message kept, in progress), for
         :data:`REPUBLISH_FOR` seconds; then the message goes back to JetStream for a later delivery."""
@@ -287,33 +308,3 @@ class Acker:
         if now - self._last_error_log >= _ERROR_LOG_INTERVAL:
             self._last_error_log = now
             self._log.warning(text, error=describe(exc))
-
-
-def stream_refusal(why: object) -> str:
-    """The stream's own words in a JetStream publish acknowledgement that refuses the message (``{"error":
-    {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"}}``); ``""`` for anything else
-    (a no-responders status: no stream there now, perhaps for a moment)."""
-    if not isinstance(why, bytes):
-        return ""
-    try:
-        error = json.loads(why).get("error") or {}
-    except (ValueError, AttributeError):
-        return ""
-    description = error.get("description") if isinstance(error, dict) else None
-    if not description:
-        return ""
-    return f"{description} (JetStream error {error.get('err_code', error.get('code'))})"
-
-
-def publish_ack(data: bytes) -> dict[str, Any] | None:
-    """A JetStream publish acknowledgement (``{"stream": "S", "seq": 7}``, or ``{"error": {...}}`` for a refusal),
-    or ``None`` for any other reply: what a subscriber of the subject answered."""
-    if data[:1] != b"{":
-        return None
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(reply, dict):
-        return None
-    return reply if "error" in reply or ("stream" in reply and isinstance(reply.get("seq"), int)) else None
