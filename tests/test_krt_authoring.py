@@ -230,6 +230,7 @@ def test_a_link_to_a_folder_above_the_krt_folder_is_not_followed(greeter, target
     with tarfile.open(greeter / "dist" / "greeter-v1.krt") as tar:
         names = tar.getnames()
     assert "krt.yml" in names and not any(name.startswith("up") for name in names), names
+    assert "krt-runner build: left out up: a link to a folder that holds it" in done.stderr
 
 
 def test_build_output_must_end_in_krt_and_a_package_written_into_the_folder_is_not_packed_again(greeter, tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -142,9 +143,13 @@ def test_a_version_that_starts_with_a_digit_names_the_entrypoint_service_with_a_
     (folder / "krt.yml").write_text((folder / "krt.yml").read_text().replace("version: greeter-v1",
                                                                              "version: 2024-greeter"))
     objects = manifests(folder)
+    (folder / "krt.yml").write_text((folder / "krt.yml").read_text().replace("version: 2024-greeter",
+                                                                             "version: krt-2024-greeter"))
+    other = of_kind(manifests(folder), "Service")[0]["metadata"]["name"]
 
     service = of_kind(objects, "Service")[0]
-    assert service["metadata"]["name"] == "krt-2024-greeter-entrypoint"  # an RFC 1035 label, as Services need
+    assert re.fullmatch(r"krt-2024-greeter-entrypoint-[0-9a-f]{8}", service["metadata"]["name"])  # RFC 1035
+    assert other == "krt-2024-greeter-entrypoint"  # that version's own, not the same
     assert service["spec"]["selector"]["app.kubernetes.io/instance"] in {
         item["metadata"]["name"] for item in of_kind(objects, "Deployment")}
 

@@ -83,13 +83,14 @@ def test_check_says_nothing_about_config_that_has_a_value(tmp_path):
 
 def test_check_refuses_a_config_variable_named_like_a_nodes_wiring(tmp_path):
     krt = copy_of_greeter(tmp_path)
-    text = (krt / "krt.yml").read_text().replace("variables: []", "variables: [KRT_NATS_INPUT, KRT_LOG_LEVEL]")
-    (krt / "krt.yml").write_text(text)
+    names = "[KRT_NATS_INPUT, KRT_LOG_LEVEL, KRT_DELIVERY]"
+    (krt / "krt.yml").write_text((krt / "krt.yml").read_text().replace("variables: []", f"variables: {names}"))
 
-    done = run_check(krt, KRT_NATS_INPUT="shared", KRT_LOG_LEVEL="info")
+    done = run_check(krt, KRT_NATS_INPUT="shared", KRT_LOG_LEVEL="info", KRT_DELIVERY="at-least-once")
 
     assert done.returncode == 2, done.stderr
     assert "config.variables[0]: 'KRT_NATS_INPUT' is set by krt-runner for each node (its wiring)" in done.stderr
+    assert "config.variables[2]: 'KRT_DELIVERY' is set by krt-runner up and manifests on every node" in done.stderr
     assert "KRT_LOG_LEVEL" not in done.stderr  # a setting every node may share
 
 

@@ -30,6 +30,7 @@ class Built:
     path: Path
     files: int
     size: int
+    left_out: tuple[str, ...] = ()  # links to a folder that holds them (the KRT folder, or one above it)
 
 
 
@@ -46,8 +47,9 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
     if target.suffix != SUFFIX:
         raise BuildProblems(str(source), [f"--output {output}: a package's name ends in {SUFFIX} (up, check and "
                                           "local() read a package by that suffix); for a folder, end it with /"])
+    links: list[str] = []
     try:
-        files = package_files(directory)
+        files = package_files(directory, links)
     except KrtFileError as exc:  # its .krtignore
         raise BuildProblems(str(source), [f"{exc.path}: {problem}" for problem in exc.problems]) from None
     missing = [name for name in _referenced(krt) if name not in files]
@@ -55,7 +57,7 @@ def build(source: str | Path, *, output: str | Path | None = None) -> Built:
         ignored = [f"{name} is used by krt.yml but left out of the package (by .krtignore?)" for name in missing]
         raise BuildProblems(str(source), ignored)
     made_folder = not target.parent.exists()
-    built = Built(path=target, files=len(files), size=write_package(directory, files, target))
+    built = Built(path=target, files=len(files), size=write_package(directory, files, target), left_out=tuple(links))
     try:
         _, packed_problems, _ = check_source(target)  # what .krtignore left out may be what a handler imports
     except BaseException:  # stopped while checking it: no package nobody checked
@@ -115,6 +117,9 @@ def run_build(
     except (KrtRunnerError, OSError) as exc:
         print(f"krt-runner build: {exc}", file=err)
         return EXIT_FAILED
+    for link in built.left_out:
+        print(f"krt-runner build: left out {link}: a link to a folder that holds it (followed, it would never end, or "
+              "pack what is around the KRT)", file=err)
     print(f"built {_shown(built.path)}: {built.files} files, {human_size(built.size)}", file=out)
     return EXIT_OK
 

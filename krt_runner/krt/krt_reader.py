@@ -11,7 +11,16 @@ from typing import Any
 import yaml
 
 from krt_runner.errors import KrtFileError
-from krt_runner.krt.model import KRT_FILE, NODE_WIRING, Krt, NodeSpec, WorkflowSpec, entry_subject, handler_file
+from krt_runner.krt.model import (
+    KRT_FILE,
+    NODE_WIRING,
+    SET_BY_UP_AND_MANIFESTS,
+    Krt,
+    NodeSpec,
+    WorkflowSpec,
+    entry_subject,
+    handler_file,
+)
 from krt_runner.krt.resources import read_replicas, read_resources
 
 # KRE v1's "resource-name": lowercase letters, digits and '-', shorter than 20 characters.
@@ -168,6 +177,9 @@ class KrtReader:
             elif value in NODE_WIRING:
                 self.problem(f"config.{key}[{index}]", f"{value!r} is set by krt-runner for each node (its wiring): "
                              "as a config variable every node would get the same value; choose another name")
+            elif value in SET_BY_UP_AND_MANIFESTS:
+                self.problem(f"config.{key}[{index}]", f"{value!r} is set by krt-runner up and manifests on every "
+                             "node (from their options and the pod's needs), over a config value: set it there")
         return tuple(str(value) for value in values)
 
     def proto(self, entrypoint: Mapping[str, Any]) -> str:

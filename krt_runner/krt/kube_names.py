@@ -22,10 +22,13 @@ def object_name(*parts: str) -> str:
 
 
 def service_name(*parts: str) -> str:
-    """:func:`object_name`, starting with a letter (``krt-`` before one that starts with a digit): a Service's name
-    is an RFC 1035 label."""
+    """:func:`object_name`, starting with a letter: a Service's name is an RFC 1035 label. One that starts with a
+    digit gets ``krt-`` before it and a short hash of the parts after it, so that no other KRT's name, such as that
+    of version ``krt-2-greeter`` beside ``2-greeter``, comes to the same."""
     name = object_name(*parts)
-    return name if name[0].isalpha() else object_name("krt", *parts)
+    if name[0].isalpha():
+        return name
+    return object_name("krt", *parts, hashlib.sha256("-".join(parts).encode()).hexdigest()[:8])
 
 
 def label_value(text: str) -> str:

@@ -75,18 +75,20 @@ def exclusions(root: Path) -> list[Pattern]:
     return [pattern for pattern in map(Pattern.parse, lines) if pattern is not None]
 
 
-def package_files(root: Path) -> list[str]:
+def package_files(root: Path, left_out: list[str] | None = None) -> list[str]:
     """Every file of the KRT folder a package holds, as sorted paths relative to ``root``. A symlinked folder is
     followed and stored under the link's name (the real one, when it is in the folder too, under its own); a link
-    back to a folder above it is not followed."""
+    back to a folder that holds it (the KRT folder, or one above it) is not followed, and its path is added to
+    ``left_out``."""
     patterns = exclusions(root)
     found: list[str] = []
     for folder, subfolders, files in os.walk(root, followlinks=True):
         here = PurePosixPath(Path(folder).relative_to(root).as_posix())
-        subfolders[:] = sorted(
-            name for name in subfolders
-            if not _excluded(here / name, patterns, is_folder=True) and not _loops_back(root, Path(folder), name)
-        )  # fmt: skip
+        kept = [name for name in subfolders if not _excluded(here / name, patterns, is_folder=True)]
+        looping = [name for name in kept if _loops_back(root, Path(folder), name)]
+        if left_out is not None:
+            left_out += [str(here / name) for name in looping]
+        subfolders[:] = sorted(name for name in kept if name not in looping)
         for name in files:
             if os.path.isfile(os.path.join(folder, name)) and not _excluded(here / name, patterns, is_folder=False):
                 found.append(str(here / name))
