@@ -16,6 +16,13 @@ from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, HandlerLoadError
 from krt_runner.node.health import DEFAULT_MAX_AGE
 from krt_runner.node.health import check as health_problem
 from krt_runner.setting_values import AT_MOST_ONCE, DELIVERY_MODES
+from krt_runner.std_streams import (
+    StdoutUnwritable,
+    closed_streams_to_devnull,
+    drop_stdout,
+    guard_stdout,
+    stdout_closed,
+)
 
 
 def _add_run(commands: Any) -> None:
@@ -259,19 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``krt-runner`` console script."""
-    _closed_streams_to_devnull()
+    closed_streams_to_devnull()
     args = build_parser().parse_args(argv)
+    name = args.command.__name__.lstrip("_")
     if args.command not in (_run, _entrypoint):  # those two stop on signals their own way (draining)
         _stop_signals_interrupt()
+    if args.command is _call and stdout_closed():  # its answer is its product
+        print("krt-runner call: stdout is closed: the answer would be lost", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command not in (_run, _entrypoint, _up):  # those write through their own never-blocking streams
+        guard_stdout()
     try:
-        return int(args.command(args))
+        code = int(args.command(args))
+        sys.stdout.flush()
+        return code
     except BrokenPipeError:  # krt-runner check ... | head: the reader has gone, so has the point of writing
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
+        drop_stdout()
+        return EXIT_FAILED
+    except StdoutUnwritable as exc:  # a full disk
+        print(f"krt-runner {name}: cannot write to stdout: {exc}", file=sys.stderr)
+        drop_stdout()
         return EXIT_FAILED
     except KeyboardInterrupt as stopped:  # Ctrl-C, or SIGTERM or SIGHUP below: what was made is removed by now
         signum = stopped.args[0] if stopped.args and isinstance(stopped.args[0], int) else signal.SIGINT
-        print(f"krt-runner {args.command.__name__.lstrip('_')}: stopped by {signal.Signals(signum).name}",
-              file=sys.stderr)
+        print(f"krt-runner {name}: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
 
 
@@ -284,14 +302,6 @@ def _stop_signals_interrupt() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
-
-
-def _closed_streams_to_devnull() -> None:
-    """Started with stdout or stderr closed (``2>&-``), Python has ``None`` for it: what would go there is dropped,
-    as on a stream that closes later, and the command runs (it exited 1 at its first log line, saying nothing)."""
-    for name in ("stdout", "stderr"):
-        if getattr(sys, name) is None:
-            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115  (for the process's whole life)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,19 @@ def test_call_prints_the_answer_as_json(nats_server, greeter):
     assert json.loads(done.stdout) == {"greeting": "** Hello, Ada! **"}
 
 
+def test_call_on_a_full_or_closed_stdout_says_so_and_fails(nats_server, greeter):
+    command = [*KRT_RUNNER, "call", greeter, "--nats", nats_server.url, "--proto", GREETER_PB2, "--method", "Greet",
+               "--request", '{"name": "Ada"}']
+    with open("/dev/full", "w") as full:
+        on_full = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    closed = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *command], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+
+    assert on_full.returncode == 1 and on_full.stderr.strip() == \
+        "krt-runner call: cannot write to stdout: No space left on device"
+    assert closed.returncode == 2 and "krt-runner call: stdout is closed: the answer would be lost" in closed.stderr
+
+
 def test_call_compiles_a_proto_file_on_the_fly(nats_server, greeter):
     pytest.importorskip("grpc_tools")
     proto = str(GREETER / "proto" / "greeter.proto")

@@ -12,12 +12,13 @@ from typing import TextIO
 
 import yaml
 
-from krt_runner.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, KrtFileError
+from krt_runner.errors import EXIT_OK, EXIT_USAGE, KrtFileError
 from krt_runner.krt.krt_reader import load_krt
 from krt_runner.krt.manifests import AT_LEAST_ONCE, DEFAULT_KEDA_MAX_REPLICAS, ManifestOptions, manifests
 from krt_runner.krt.model import Krt, wiring
 from krt_runner.krt.package import open_krt
 from krt_runner.setting_values import http_url, nats_servers, split_servers, with_nats_scheme
+from krt_runner.std_streams import stdout_closed
 from krt_runner.url_parts import url_credentials
 
 
@@ -160,16 +161,9 @@ def _write(text: str, out: Path | None, err: TextIO) -> int:
 
 def _write_stdout(text: str, err: TextIO) -> int:
     """The manifests on stdout, whose only product they are: a closed one (``>&-``, which the command line made
-    ``/dev/null``) or a failed write (a full disk) is said, and is not a success."""
-    if getattr(sys.stdout, "name", None) == os.devnull:
+    ``/dev/null``) is said, and is not a success."""
+    if stdout_closed():
         print("krt-runner manifests: stdout is closed: nothing written (give --out FILE)", file=err)
         return EXIT_USAGE
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise  # the reader has gone (| head): the command line ends quietly
-    except OSError as exc:
-        print(f"krt-runner manifests: cannot write to stdout: {exc.strerror or exc}", file=err)
-        return EXIT_FAILED
+    sys.stdout.write(text)  # a failure is the command line's to say (krt_runner.std_streams)
     return EXIT_OK
