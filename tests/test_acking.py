@@ -77,3 +77,19 @@ async def test_a_delivery_released_from_the_read_loop_goes_back_at_once(broker):
     await broker.close()  # what was queued goes out first
 
     assert await delivered_again(url, timeout=1.0) == [(b"request 0", 2)]
+
+
+@pytest.mark.parametrize(("reply", "stored"), [
+    (b'{"stream":"KRT_in","seq":12}', True),
+    (b'{"stream":"KRT_in","seq":12,"duplicate":true}', True),
+    (b'{"stream": "KRT_in", "seq": 12}', True),  # another server's spacing: read as JSON
+    (b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}', False),
+    (b'{"name": "{\\"stream\\":\\"S\\",\\"seq\\":1}"}', False),  # a subscriber's JSON holding an acknowledgement
+    (b'{"seq": 1}', False),
+    (b'\n$a-tracking-id', False),  # a subscriber's envelope
+])
+def test_only_a_stream_s_acknowledgement_reads_as_one(reply, stored):
+    from krt_runner.node.publish_acks import publish_ack
+
+    read = publish_ack(reply)
+    assert (read is not None and "error" not in read) is stored
