@@ -56,6 +56,9 @@ class _ClientGone(logging.Filter):
         return not (record.exc_info and type(record.exc_info[1]).__name__ == "ExecuteBatchError")
 
 
+_CLIENT_GONE = _ClientGone()  # one: a filter added again is not added twice
+
+
 class RunningEntrypoint:
     """The entrypoint's server and connection, from :meth:`start` to :meth:`stop`."""
 
@@ -79,7 +82,7 @@ class RunningEntrypoint:
 
     async def start(self) -> None:
         """Listen, then connect to NATS (retrying an unreachable server); ready once connected."""
-        logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGone())
+        logging.getLogger("grpc._cython.cygrpc").addFilter(_CLIENT_GONE)
         self._add_services()
         self.address = self._listen()
         await self._set_health(serving=False)
