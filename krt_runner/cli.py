@@ -271,8 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.command.__name__.lstrip("_")
     if args.command not in (_run, _entrypoint):  # those two stop on signals their own way (draining)
         _stop_signals_interrupt()
-    if args.command is _call and stdout_closed():  # its answer is its product
-        print("krt-runner call: stdout is closed: the answer would be lost", file=sys.stderr)
+    if stdout_closed() and (args.command is _call or (args.command is _up and args.request)):  # the answer's lost
+        print(f"krt-runner {name}: stdout is closed: the answer would be lost", file=sys.stderr)
         return EXIT_USAGE
     if args.command not in (_run, _entrypoint, _up):  # those write through their own never-blocking streams
         guard_stdout()

@@ -99,7 +99,7 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
 
 # Keys an ``extra`` may not make fields of: structlog's own arguments, and what every line has.
 _NOT_FIELDS = frozenset({"event", "level", "self", "method_name", "timestamp", "logger", "exception", "stack",
-                         "exc_info", "stack_info"})
+                         "exc_info", "stack_info", "extra"})
 
 
 def _as_fields(context: Mapping[str, Any], kw: dict[str, Any]) -> None:

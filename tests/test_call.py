@@ -103,10 +103,13 @@ def test_call_on_a_full_or_closed_stdout_says_so_and_fails(nats_server, greeter)
         on_full = subprocess.run(command, cwd=ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
     closed = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *command], cwd=ROOT, capture_output=True, text=True,
                             timeout=60)
+    up = subprocess.run(["sh", "-c", '"$@" >&-', "sh", *KRT_RUNNER, "up", "examples/greeter", "--request", "{}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     assert on_full.returncode == 1 and on_full.stderr.strip() == \
         "krt-runner call: cannot write to stdout: No space left on device"
     assert closed.returncode == 2 and "krt-runner call: stdout is closed: the answer would be lost" in closed.stderr
+    assert up.returncode == 2 and "krt-runner up: stdout is closed: the answer would be lost" in up.stderr
 
 
 def test_call_compiles_a_proto_file_on_the_fly(nats_server, greeter):

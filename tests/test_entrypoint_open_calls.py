@@ -158,8 +158,10 @@ def test_an_answer_is_checked_for_proto2s_required_fields_and_a_large_one_by_its
               "google.protobuf.UninterpretedOption.NamePart", response_class=part)
 
     _check_bytes(rpc, part(name_part="x", is_extension=False).SerializeToString())
-    with pytest.raises(Refused, match="required fields missing: is_extension"):
+    with pytest.raises(Refused, match=r"required fields missing: is_extension$"):
         _check_bytes(rpc, part(name_part="x").SerializePartialToString())
+    with pytest.raises(Refused, match=r"required fields missing: name_part, is_extension$"):
+        _check_bytes(rpc, b"")
     large = KreNatsMessage()
     large.payload.type_url = rpc.response_type_url
     large.payload.value = b"\xff" * (MAX_CHECKED_ANSWER + 1)  # not parsed: several times its size in memory

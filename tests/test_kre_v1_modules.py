@@ -263,7 +263,8 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             ctx.logger.getChild("model").getChild("io").info("grandchild line")
             ctx.logger.warning("where am I", stack_info=True)
             ctx.logger.info("with extra", extra={"user": "ada", "event": "not the text"}, stacklevel=2)
-            ctx.logger.log(logging.WARNING, "clashing extra", extra={"level": "high", "node": "other", "self": 1})
+            ctx.logger.log(logging.WARNING, "clashing extra", extra={"level": "high", "node": "other", "self": 1,
+                                                                      "extra": "mine"})
             logging.LoggerAdapter(ctx.logger, {"method_name": "m"}).info("adapted")
             ctx.logger.info("no extra", extra=None)
             return data
@@ -286,5 +287,5 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert "stacklevel" not in lines["with extra"]
     clashing = lines["clashing extra"]  # the line's own fields kept; the clashing keys kept beside them
     assert (clashing["level"], clashing["node"]) == ("warning", "chatty")
-    assert clashing["extra"] == {"level": "high", "node": "other", "self": 1}
+    assert clashing["extra"] == {"level": "high", "node": "other", "self": 1, "extra": "mine"}
     assert lines["adapted"]["extra"] == {"method_name": "m"} and "extra" not in lines["no extra"]

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from krt_runner import envelope
 from krt_runner.entrypoint.open_calls import OpenCalls
@@ -61,6 +61,7 @@ Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[by
 # Answers up to this many bytes are parsed to check them: parsing builds the whole message, several times the answer's
 # size in memory; a larger one is checked by its type name alone.
 MAX_CHECKED_ANSWER = 4 << 20
+_NAMED = 5  # required fields an error names, at most
 
 
 class Refused(Exception):
@@ -205,9 +206,18 @@ def _check_bytes(rpc: Rpc, value: bytes) -> None:
         raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer is not a valid {rpc.response_name}: "
                       f"{exc}") from None
     if not answer.IsInitialized():  # proto2's required fields
-        missing = ", ".join(answer.FindInitializationErrors())  # type: ignore[attr-defined]  # upb's, untyped
         raise Refused(grpc.StatusCode.INTERNAL, f"the workflow's answer is not a valid {rpc.response_name}: "
-                      f"required fields missing: {missing}")
+                      f"required fields missing: {_missing(answer)}")
+
+
+def _missing(answer: Message) -> str:
+    """A few of the required fields ``answer`` lacks, by name (those of its own; upb's full list of every nested
+    one can be millions long)."""
+    missing = [field.name for field in answer.DESCRIPTOR.fields
+               if field.is_required and not answer.HasField(field.name)]
+    if not missing:
+        return "in a message it holds"
+    return ", ".join(missing[:_NAMED]) + (f" and {len(missing) - _NAMED} more" if len(missing) > _NAMED else "")
 
 
 def _same_type(type_url: str, full_name: str) -> bool:
