@@ -33,7 +33,8 @@ from krt_runner import envelope
 from krt_runner.envelope import KreNatsMessage
 from krt_runner.errors import CallError, CallTimeout, NoResponders, NotConnected, UnexpectedAnswer
 from krt_runner.jetstream_names import msg_id_header
-from krt_runner.node.jetstream import require_jetstream, stream_of
+from krt_runner.node.jetstream import none_captures, require_jetstream
+from krt_runner.node.publish_acks import IN_PROCESS
 
 # Seconds one publish waits for JetStream's acknowledgement before it is repeated (same Nats-Msg-Id).
 PUBLISH_TIMEOUT = 2.0
@@ -116,7 +117,8 @@ class JetStreamRequests:
                 await self._captured(subject)
                 first = False  # the connection may be down: once it is back, JetStream may still be starting
             except APIError as exc:
-                raise CallError(f"JetStream refused the request on {subject!r}: {exc.description or exc}") from None
+                _unless_in_process(exc, subject)
+                first = False
             except ValueError:  # the answer is no JetStream acknowledgement (JSON): a node took the publish itself
                 raise _taken_by_a_node(subject, "and answered it") from None
             except (ConnectionClosedError, ConnectionDrainingError, OutboundBufferLimitError) as exc:
@@ -127,7 +129,7 @@ class JetStreamRequests:
         """After a publish nothing acknowledged in time: :class:`UnexpectedAnswer` when JetStream says no stream
         captures ``subject`` (a node took it, at-most-once, and is still at it: published again, it would take it
         again)."""
-        if await stream_of(self._nc, subject) == "":
+        if await none_captures(self._nc, subject):
             raise _taken_by_a_node(subject, "and did not answer the publish in time")
 
     async def _answered(
@@ -155,3 +157,10 @@ class JetStreamRequests:
 def _taken_by_a_node(subject: str, what_then: str) -> UnexpectedAnswer:
     return UnexpectedAnswer(f"a node took the request on {subject!r}, not a JetStream stream, {what_then}: the "
                             "workflow runs at-most-once; send it at-most-once too (KRT_DELIVERY, --delivery)")
+
+
+def _unless_in_process(exc: APIError, subject: str) -> None:
+    """:class:`CallError` for a refusal, but for "in process" (the first publish is still being stored): then the
+    same publish again."""
+    if exc.err_code != IN_PROCESS:
+        raise CallError(f"JetStream refused the request on {subject!r}: {exc.description or exc}") from None

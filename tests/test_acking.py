@@ -5,6 +5,8 @@ delivery, and a delivery released from the read loop (``release_soon``) goes bac
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import pytest
 from conftest import until
@@ -93,3 +95,46 @@ def test_only_a_stream_s_acknowledgement_reads_as_one(reply, stored):
 
     read = publish_ack(reply)
     assert (read is not None and "error" not in read) is stored
+
+
+def test_a_stream_still_storing_the_first_publish_of_an_id_is_no_refusal_and_the_answer_goes_out_again():
+    from nats.js.errors import APIError
+
+    from krt_runner.errors import CallError
+    from krt_runner.jetstream_requests import _unless_in_process
+    from krt_runner.node.publish_acks import stream_refusal
+
+    in_process = b'{"error":{"code":503,"err_code":10158,"description":"duplicate message id is in process"}}'
+    full = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+
+    assert stream_refusal(in_process) == ""  # published again, as when no stream took it
+    assert stream_refusal(full) == "maximum messages exceeded (JetStream error 10077)"
+    _unless_in_process(APIError(code=503, err_code=10158, description="duplicate message id is in process"), "s")
+    with pytest.raises(CallError, match="maximum messages exceeded"):
+        _unless_in_process(APIError(code=503, err_code=10077, description="maximum messages exceeded"), "s")
+
+
+@pytest.mark.parametrize(("answer", "none"), [
+    ("NotFoundError", True),  # JetStream says no stream captures the subject
+    ("ServiceUnavailableError", False),  # JetStream unavailable for now (a cluster without its meta leader)
+    ("TimeoutError", False),
+    ("a stream", False),
+])
+async def test_only_jetstream_s_own_word_that_no_stream_captures_a_subject_counts_as_none(answer, none):
+    from nats.js import errors
+
+    from krt_runner.node.jetstream import none_captures
+
+    class Lookup:  # the one JetStream request none_captures makes, answered as a server would
+        async def find_stream_name_by_subject(self, subject: str) -> str:
+            if answer == "TimeoutError":
+                raise asyncio.TimeoutError
+            if answer != "a stream":
+                raise getattr(errors, answer)(code=404 if answer == "NotFoundError" else 503)
+            return "KRT_in"
+
+    class Connection:
+        def jetstream(self, timeout: float) -> Lookup:
+            return Lookup()
+
+    assert await none_captures(Connection(), "in") is none  # type: ignore[arg-type]

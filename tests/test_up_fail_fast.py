@@ -90,7 +90,7 @@ def test_check_refuses_a_config_variable_named_like_a_nodes_wiring(tmp_path):
 
     assert done.returncode == 2, done.stderr
     assert "config.variables[0]: 'KRT_NATS_INPUT' is set by krt-runner for each node (its wiring)" in done.stderr
-    assert "config.variables[2]: 'KRT_DELIVERY' is set by krt-runner up and manifests on every node" in done.stderr
+    assert "config.variables[2]: 'KRT_DELIVERY' is set on every node by up's and manifests' --delivery" in done.stderr
     assert "KRT_LOG_LEVEL" not in done.stderr  # a setting every node may share
 
 

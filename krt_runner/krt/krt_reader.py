@@ -178,8 +178,8 @@ class KrtReader:
                 self.problem(f"config.{key}[{index}]", f"{value!r} is set by krt-runner for each node (its wiring): "
                              "as a config variable every node would get the same value; choose another name")
             elif value in SET_BY_UP_AND_MANIFESTS:
-                self.problem(f"config.{key}[{index}]", f"{value!r} is set by krt-runner up and manifests on every "
-                             "node (from their options and the pod's needs), over a config value: set it there")
+                self.problem(f"config.{key}[{index}]", f"{value!r} is set on every node by "
+                             f"{SET_BY_UP_AND_MANIFESTS[value]}, over a config value: set it there")
         return tuple(str(value) for value in values)
 
     def proto(self, entrypoint: Mapping[str, Any]) -> str:

@@ -25,8 +25,16 @@ NODE_WIRING = ("KRT_NATS_SERVER", "KRT_NATS_INPUT", "KRT_NATS_OUTPUT", "KRT_BASE
                "KRT_NODE_NAME", "KRT_WORKFLOW_NAME", "KRT_VERSION", "KRT_VERSION_ID")
 # What up and manifests set on every node's process or pod from their own options and needs: a config variable of one
 # of these names would be overridden there without a word (or, KRT_DELIVERY, reach the nodes and not the entrypoint).
-SET_BY_UP_AND_MANIFESTS = ("KRT_DELIVERY", "KRT_LOG_FORMAT", "KRT_HEALTH_FILE", "KRT_MEASUREMENTS_FILE",
-                           "KRT_INFLUX_URI", "KRT_JETSTREAM_REPLICAS", "KRT_LOCAL_DB_FILE", "KRT_NATS_SUBJECTS_FILE")
+SET_BY_UP_AND_MANIFESTS = {
+    "KRT_DELIVERY": "up's and manifests' --delivery",
+    "KRT_LOG_FORMAT": "up (its own console) and manifests (json)",
+    "KRT_HEALTH_FILE": "up and manifests (for their probes)",
+    "KRT_MEASUREMENTS_FILE": "manifests (without --influx-url) and up (export it for up)",
+    "KRT_INFLUX_URI": "manifests' --influx-url (export it for up)",
+    "KRT_JETSTREAM_REPLICAS": "manifests' --jetstream-replicas (export it for up)",
+    "KRT_LOCAL_DB_FILE": "up (its ctx.db store)",
+    "KRT_NATS_SUBJECTS_FILE": "up (its entrypoint's subjects)",
+}
 
 
 @dataclass(frozen=True)

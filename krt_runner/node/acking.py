@@ -27,7 +27,7 @@ from typing import Any
 
 from krt_runner.errors import describe
 from krt_runner.node.broker import Broker, Msg
-from krt_runner.node.jetstream import stream_of
+from krt_runner.node.jetstream import none_captures
 from krt_runner.node.publish_acks import publish_ack, stream_refusal
 
 # Seconds before a message whose answer could not be published is delivered again: another try, not a storm.
@@ -143,9 +143,9 @@ class Acker:
         """Keep held messages alive; publish again the answers not acknowledged in time."""
         late = [token for token, forwarded in self._forwarded.items() if now - forwarded[1] > PUBLISH_ACK_TIMEOUT]
         # No stream captures the subject: what took the answers is a subscriber there, which would take them again.
-        subscribers = bool(late) and await stream_of(self._client, self._forwarded[late[0]][2]) == ""
+        subscribers = bool(late) and await none_captures(self._client, self._forwarded[late[0]][2])
         for token in late:
-            forwarded = self._forwarded.pop(token, None)  # None: replied to while stream_of waited
+            forwarded = self._forwarded.pop(token, None)  # None: replied to while none_captures waited
             if forwarded is None:
                 continue
             self._earlier[token] = forwarded  # its reply may still come

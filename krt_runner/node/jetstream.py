@@ -135,6 +135,18 @@ async def stream_capturing(client: Client, subject: str) -> tuple[str, bool]:
     return name, info.config.retention == api.RetentionPolicy.WORK_QUEUE
 
 
+async def none_captures(client: Client, subject: str) -> bool:
+    """Whether JetStream answers, within a second, that no stream captures ``subject``; ``False`` for any other
+    answer (a stream, JetStream unavailable for now as while a cluster elects its leader) or none."""
+    try:
+        await client.jetstream(timeout=_LOOKUP_TIMEOUT).find_stream_name_by_subject(subject)
+    except NotFoundError:
+        return True
+    except (APIError, NatsError, asyncio.TimeoutError):
+        return False
+    return False
+
+
 async def stream_of(client: Client, subject: str, *, timeout: float = _LOOKUP_TIMEOUT) -> str | None:
     """The name of the stream that captures ``subject``; ``""`` when none does (or the server has no JetStream);
     ``None`` when JetStream gave no answer in time."""

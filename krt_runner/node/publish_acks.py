@@ -7,6 +7,10 @@ import json
 import re
 from typing import Any
 
+# JetStream's "duplicate message id is in process": the first publish of that id is still being stored (as on a
+# cluster electing its leader); the same publish later is acknowledged as a duplicate, or stored.
+IN_PROCESS = 10158
+
 
 def stream_refusal(why: object) -> str:
     """The stream's own words in a JetStream publish acknowledgement that refuses the message (``{"error":
@@ -19,7 +23,7 @@ def stream_refusal(why: object) -> str:
     except (ValueError, AttributeError):
         return ""
     description = error.get("description") if isinstance(error, dict) else None
-    if not description:
+    if not description or error.get("err_code") == IN_PROCESS:  # not for good: published again
         return ""
     return f"{description} (JetStream error {error.get('err_code', error.get('code'))})"
 
