@@ -1,7 +1,8 @@
 """The stream log lines are written to: it never raises and never blocks the code that logs.
 
 A line is written at once, on the caller's thread, when the stream can take it without blocking (nothing waiting
-before it, and the file descriptor writable for a line up to ``PIPE_BUF``): so the lines a process writes just
+before it, and the file descriptor writable for a line up to ``PIPE_BUF``, checked and written under one lock for
+all the process's streams, which may share a pipe): so the lines a process writes just
 before it dies (``os._exit``, a crash) are out. Otherwise (a reader that stopped reading: a stalled log shipper, a
 full pipe) it waits for a writer thread of its own, up to :data:`MAX_QUEUED` characters; past them, lines are
 dropped and counted, and a line says how many once the stream moves again. A stream that is gone (a closed pipe,
@@ -30,6 +31,16 @@ _EXIT_WAIT = 2.0
 # A write this small to a pipe select() calls writable completes without blocking (POSIX's PIPE_BUF, Linux's page).
 _ATOMIC_WRITE = select.PIPE_BUF
 _STREAMS: list[NeverBlockingStream] = []  # every one made: at exit, they wait for their last lines together
+_WRITING_AT_ONCE = threading.Lock()  # a caller's check that a descriptor can take a line, and its write
+
+
+def _unlocked_in_child() -> None:
+    """In a forked worker: held by another thread of the parent at the fork, the lock would never be released."""
+    if _WRITING_AT_ONCE.locked():
+        _WRITING_AT_ONCE.release()  # a plain lock may be released by any thread
+
+
+os.register_at_fork(after_in_child=_unlocked_in_child)
 
 
 class NeverBlockingStream:
@@ -106,9 +117,7 @@ class NeverBlockingStream:
 
     def _line(self, data: bytes) -> None:
         with self._lock:
-            if not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE and self._writable():
-                with contextlib.suppress(OSError):  # gone: dropped
-                    _write_all(self._descriptor, data)
+            if not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE and self._written_now(data):
                 return
             if self._size + len(data) > MAX_QUEUED and self._waiting:  # one line alone waits, however long
                 self._dropped += 1
@@ -119,12 +128,20 @@ class NeverBlockingStream:
             self._idle.clear()
         self._wake.set()
 
-    def _writable(self) -> bool:
+    def _written_now(self, data: bytes) -> bool:
+        """``data`` written at once, if the descriptor can take it without blocking. Checked and written under one
+        lock for every stream of the process: two streams on one pipe (stdout's and stderr's) that both saw its last
+        free room would otherwise both write, and the second block its caller for as long as the pipe stays full."""
         assert self._descriptor is not None
-        try:
-            return bool(select.select([], [self._descriptor], [], 0)[1])
-        except (OSError, ValueError):
-            return True  # let the write say what is wrong
+        with _WRITING_AT_ONCE:
+            try:
+                if not select.select([], [self._descriptor], [], 0)[1]:
+                    return False
+            except (OSError, ValueError):
+                pass  # let the write say what is wrong
+            with contextlib.suppress(OSError):  # gone: dropped
+                _write_all(self._descriptor, data)
+        return True
 
     def _write_forever(self) -> None:
         while True:

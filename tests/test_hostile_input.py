@@ -432,6 +432,31 @@ def test_one_line_longer_than_the_waiting_limit_is_written_whole_when_nothing_el
     assert b"".join(chunks) == b"L" * (MAX_QUEUED + 100_000) + b"\nafter\n"
 
 
+def test_two_streams_on_one_pipe_nobody_reads_never_block_their_callers():
+    # stdout's and stderr's streams on one pipe: both may see its last free room; only one may write into it
+    read_end, write_end = os.pipe()
+    outs = [open(os.dup(write_end), "w") for _ in range(2)]  # noqa: SIM115  # closed at the end
+    streams = [NeverBlockingStream(out) for out in outs]
+    line = "x" * 3000 + "\n"  # under PIPE_BUF, too large to share a page of the pipe with another
+
+    def spam(stream: NeverBlockingStream) -> None:
+        for _ in range(400):
+            stream.write(line)
+
+    for _ in range(10):
+        callers = [threading.Thread(target=spam, args=(stream,), daemon=True) for stream in streams]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(10)
+        assert not any(caller.is_alive() for caller in callers), "a caller blocked on the full pipe"
+    os.close(read_end)  # the writer threads, blocked on the pipe, get EPIPE and drop the rest
+    for stream, out in zip(streams, outs, strict=True):
+        stream.wait_written(10)
+        out.close()
+    os.close(write_end)
+
+
 def test_a_forked_worker_writes_its_last_lines_before_it_ends():
     read_end, write_end = os.pipe()
     out = open(write_end, "w")  # noqa: SIM115  # closed once the worker is done
