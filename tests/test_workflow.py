@@ -16,7 +16,7 @@ from conftest import ROOT
 
 from krt_runner.errors import KrtFileError, UpError
 from krt_runner.krt.krt_reader import load_krt
-from krt_runner.krt.model import entry_subject, wiring
+from krt_runner.krt.model import NODE_WIRING, entry_subject, wiring
 from krt_runner.local_krt.plan import UpOptions, make_plan, parse_replicas
 
 GREETER = ROOT / "examples" / "greeter"
@@ -105,6 +105,7 @@ def test_a_node_environment_has_the_kre_v1_variables_and_the_config_values(krt_d
         "API_KEY": "k",
         "CERT": "pem",
     }
+    assert set(env) - {"API_KEY", "CERT"} == set(NODE_WIRING)  # what check refuses as config names
 
 
 def test_every_problem_is_reported_at_once_naming_the_field(krt_dir):
