@@ -42,6 +42,7 @@ def test_init_writes_a_krt_that_checks_answers_and_whose_test_passes_as_written(
     tested = plain_pytest("demo", cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "2 passed" in tested.stdout
+    assert "warning" not in (tested.stdout + tested.stderr).lower()  # pytest-asyncio's loop scope: in pytest.ini
 
 
 def test_init_writes_into_an_empty_folder_and_leaves_no_staging_folder(tmp_path):

@@ -4,8 +4,8 @@ It writes a ``krt.yml`` of one workflow and one node, ``proto/entrypoint.proto``
 with the ``Entrypoint`` service, the node ``src/greet.py`` (a typed handler),
 its ``src/entrypoint_pb2.py`` and ``.pyi`` (generated as ``krt-runner protos``
 does: the ``proto`` extra), and ``test_greet.py`` with ``krt_runner.testing``
-beside a ``conftest.py`` that puts ``src/`` on ``sys.path``, so that a plain
-``pytest NAME`` passes as written. Everything is written into a hidden folder
+beside a ``conftest.py`` that puts ``src/`` on ``sys.path`` and a ``pytest.ini``, so that a plain
+``pytest NAME`` passes as written, with no warning. Everything is written into a hidden folder
 beside ``NAME`` first and moved into place at the end: a failure leaves nothing.
 """
 
@@ -86,6 +86,11 @@ def handler(ctx, req: Request) -> Response:
     name = req.name.strip() or "stranger"
     ctx.measurement.save("greetings", {"name_length": len(name)}, {"node": "greet"})
     return Response(greeting=ctx.get("template").format(name=name))
+""",
+    "pytest.ini": """\
+# pytest's settings for this KRT's tests (pytest-asyncio, in krt-runner[test], warns while its loop scope is unset)
+[pytest]
+asyncio_default_fixture_loop_scope = function
 """,
     "conftest.py": """\
 \"\"\"pytest reads this before the tests: src/ goes on sys.path, so they import entrypoint_pb2 as the node does.\"\"\"
