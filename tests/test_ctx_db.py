@@ -46,6 +46,8 @@ def calls(ctx, name):
         return [ctx.db.save(json.loads(arg), {"a": 1})]
     if kind == "prediction":
         return [ctx.prediction.save(**json.loads(arg))]
+    if kind == "nan":  # what Python's json writes and KRE's Go mongo-writer refuses
+        return [ctx.db.save("scores", {"score": float(arg)})]
     if kind == "find":
         return [ctx.db.find("greeter", {"greeting": "Hello"})]
     raise ValueError(name)
@@ -180,6 +182,8 @@ INVALID_CALLS = {
     "coll:5": "TypeError: ctx.db.save: the collection must be a string, not int",
     'prediction:{"true_value": "y"}': "ValueError: ctx.prediction.save: predicted_value='' must be a non-empty",
     'prediction:{"predicted_value": "x", "true_value": 3}': "ValueError: ctx.prediction.save: true_value=3 must",
+    "nan:nan": "ValueError: the document for collection 'scores' holds NaN or an infinity, which JSON cannot hold",
+    "nan:-inf": "ValueError: the document for collection 'scores' holds NaN or an infinity",
     'prediction:{"error": "wrong"}': "ValueError: ctx.prediction.save: error='wrong' is none of missing_values, "
                                      "new_labels",
 }

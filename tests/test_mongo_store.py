@@ -35,7 +35,9 @@ def test_the_writer_side_reads_plain_and_gzipped_requests_alike():
     (b'{"coll": "c", "doc": [1]}', "is not a JSON object"),
     (gzip.compress(b'{"coll": "c", "doc": {"s": "' + b"x" * 200 + b'"}}', mtime=0), "inflates to more than 100 bytes"),
     (b"\x1f\x8bnot gzip", "not valid gzip"),
-], ids=["not-json", "no-coll", "not-an-object", "gzip-bomb", "bad-gzip"])
+    (b'{"coll": "c", "doc": {"score": NaN}}', "NaN is not JSON"),
+    (b'{"coll": "c", "doc": {"score": -Infinity}}', "-Infinity is not JSON"),
+], ids=["not-json", "no-coll", "not-an-object", "gzip-bomb", "bad-gzip", "nan", "infinity"])
 def test_the_writer_side_refuses_what_kres_mongo_writer_cannot_insert(body, reason):
     with pytest.raises(ValueError, match=reason):
         wire.decode(body, max_bytes=100)

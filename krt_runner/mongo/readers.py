@@ -43,10 +43,11 @@ class MongoReader:
         self._lock = threading.Lock()  # finds run on several threads; one client serves them all
 
     def find(self, coll: str, query: dict[str, Any]) -> list[dict[str, Any]]:
+        connection = self._connection()  # without the mongo extra, a DatabaseError that says to install it
         from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
         try:
-            return list(self._connection()[DATABASE][coll].find(query))
+            return list(connection[DATABASE][coll].find(query))
         except ServerSelectionTimeoutError as exc:
             reason = str(exc).split(", Timeout:")[0]
             raise DatabaseError(f"ctx.db.find: cannot reach MongoDB at {redact_url(self._uri)} within "

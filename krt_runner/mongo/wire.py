@@ -28,8 +28,14 @@ class SavedDocument(NamedTuple):
 
 
 def encode(coll: str, doc: Any, *, compress: bool = True) -> bytes:
-    """The request body for ``doc`` in ``coll``; a ``TypeError`` when ``doc`` is not JSON-serializable."""
-    body = json.dumps({"coll": coll, "doc": doc}).encode("utf-8")
+    """The request body for ``doc`` in ``coll``; a ``TypeError`` when ``doc`` is not JSON-serializable, a
+    ``ValueError`` when it holds NaN or an infinity (Python's ``json`` writes them; KRE's Go mongo-writer refuses the
+    request, and the document would be lost)."""
+    try:
+        body = json.dumps({"coll": coll, "doc": doc}, allow_nan=False).encode("utf-8")
+    except ValueError:
+        raise ValueError(f"the document for collection {coll!r} holds NaN or an infinity, which JSON cannot hold: "
+                         "write None or a string instead") from None
     if not compress or len(body) <= COMPRESS_THRESHOLD:
         return body
     packed = gzip.compress(body, compresslevel=_COMPRESS_LEVEL, mtime=0)  # no timestamp: same document, same bytes
@@ -47,7 +53,7 @@ def decode(body: bytes, *, max_bytes: int) -> SavedDocument:
     if body[:2] == GZIP_MAGIC:
         body = _gunzip(body, max_bytes)
     try:
-        request = json.loads(body)
+        request = json.loads(body, parse_constant=_not_json)
     except ValueError as exc:  # UnicodeDecodeError included
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("coll"), str) or not request["coll"]:
@@ -55,6 +61,11 @@ def decode(body: bytes, *, max_bytes: int) -> SavedDocument:
     if not isinstance(request.get("doc"), dict):
         raise ValueError(f"the document for collection {request['coll']!r} is not a JSON object")
     return SavedDocument(request["coll"], request["doc"])
+
+
+def _not_json(constant: str) -> None:
+    """``NaN`` and the infinities, which Python's ``json`` reads and KRE's Go mongo-writer refuses."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _gunzip(body: bytes, max_bytes: int) -> bytes:
