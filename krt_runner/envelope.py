@@ -34,6 +34,10 @@ _INFLATE_CHUNK = 1024 * 1024
 MAX_TRACKING_ENTRIES = 10_000
 _SCANNED_ABOVE = 64 * 1024
 _TRACKING_FIELD = 2
+# An envelope inflating past the cap is refused, its leading fields read from its first bytes (their wire types by
+# field number) so that the error answer reaches its requester: the payload (4) comes after them.
+_HEADING_FIELDS = {1: 2, 2: 2, 3: 2, 6: 0}
+_HEADING_BYTES = 1024 * 1024
 # gzip's fastest level first: on 2 MB of text level 6 took 190 ms and level 1 20 ms, for 30% more bytes. Only an
 # answer that level 1 cannot fit under the max payload pays for the smallest (level 9).
 _GZIP_FAST, _GZIP_SMALLEST = 1, 9
@@ -156,6 +160,34 @@ def _tracking_entries(data: bytes) -> int:
     return count
 
 
+def _heading(chunks: list[bytes]) -> bytes:
+    """The leading fields of an envelope inflated past the cap (``chunks``: its first bytes): the whole fields before
+    the first that does not fit in :data:`_HEADING_BYTES` or is neither ``tracking_id``, ``tracking``, ``reply`` nor
+    ``replied``, as they are on the wire (an envelope of their own, when they are valid)."""
+    data = b""
+    for chunk in chunks:
+        data += chunk
+        if len(data) >= _HEADING_BYTES:
+            break
+    position, end = 0, 0
+    try:
+        while position < _HEADING_BYTES:
+            key, position = _varint(data, position)
+            if _HEADING_FIELDS.get(key >> 3) != key & 7:
+                break
+            if key & 7 == 0:
+                position = _varint(data, position)[1]
+            else:
+                length, position = _varint(data, position)
+                position += length
+            if position > min(len(data), _HEADING_BYTES):
+                break
+            end = position
+    except IndexError:
+        pass
+    return data[:end]
+
+
 def _varint(data: bytes, position: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -176,9 +208,11 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         while pending and not inflater.eof:
             chunk = inflater.decompress(pending, _INFLATE_CHUNK)
             size += len(chunk)
-            if size > limit:
-                raise EnvelopeError(f"gzip message inflates to more than {limit} bytes (KRT_MAX_DECOMPRESSED_BYTES)")
             chunks.append(chunk)
+            if size > limit:
+                error = EnvelopeError(f"gzip message inflates to more than {limit} bytes (KRT_MAX_DECOMPRESSED_BYTES)")
+                error.heading = _heading(chunks)
+                raise error
             pending = inflater.unconsumed_tail
     except zlib.error as exc:
         raise EnvelopeError(f"message has a gzip header but is not valid gzip: {exc}") from None

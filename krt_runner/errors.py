@@ -39,7 +39,13 @@ class HandlerLoadError(KrtRunnerError):
 
 
 class EnvelopeError(KrtRunnerError):
-    """Bytes received are not a valid (possibly gzip-compressed) KreNatsMessage."""
+    """Bytes received are not a valid (possibly gzip-compressed) KreNatsMessage.
+
+    ``heading``: for an envelope that inflates past the cap, its leading fields (``tracking_id``, ``tracking``,
+    ``reply``, which serializers write before the payload) as bytes, so that its requester still gets the error
+    answer; else empty."""
+
+    heading = b""
 
 
 class PayloadTooLargeError(KrtRunnerError):

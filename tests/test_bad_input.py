@@ -214,6 +214,26 @@ async def test_a_gzip_bomb_is_refused_without_inflating_it(
     )
 
 
+async def test_an_envelope_past_the_cap_sent_along_a_chain_gets_its_error_answer_at_its_envelopes_reply(
+    nodes: dict[str, NodeProcess], answer_log: AnswerLog
+) -> None:
+    """A node before it gzips an answer over the max payload: the requester is only in the envelope, whose leading
+    fields (id, tracking, reply) come before the payload that takes it past the cap."""
+    reply = f"{answer_log.prefix}.chain"
+    answer_log.sent[reply] = 0.0
+    message = request_envelope(greeter_pb2.Request(name="x" * (20 * MB)), tracking_id="t-past-the-cap")
+    message.reply = reply
+
+    await answer_log.nc.publish(SUBJECTS["async"], gzip.compress(message.SerializeToString(), compresslevel=1))
+    answer = await answer_log.first_answer(reply, timeout=15)
+    await asyncio.sleep(QUIET_WINDOW)
+
+    assert "inflates to more than 16777216 bytes" in answer.error
+    assert answer.tracking_id == "t-past-the-cap"
+    assert [entry.node_name for entry in answer.tracking] == ["entrypoint", "hostile"]
+    assert answer_log.count(reply) == 1
+
+
 @pytest.mark.parametrize(
     "timestamp", ["not a time", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", ""]
 )

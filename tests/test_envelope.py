@@ -81,6 +81,36 @@ def test_gzip_over_the_cap_is_refused_without_inflating_it_all():
         envelope.decode(bomb, max_decompressed=1024 * 1024)
 
 
+def heading_past_the_cap(data: bytes, cap: int = 1000) -> bytes:
+    with pytest.raises(EnvelopeError, match=f"more than {cap} bytes") as refused:
+        envelope.decode(gzip.compress(data), max_decompressed=cap)
+    return refused.value.heading
+
+
+def test_an_envelope_past_the_cap_keeps_its_leading_fields_for_the_error_answer():
+    message = request()
+    message.reply = "_INBOX.asker"
+    message.tracking.add(node_name="entrypoint", start="2026-01-02T03:04:05.000001", end="2026-01-02T03:04:05.000002")
+    message.payload.value += b"x" * 5000
+
+    heading = KreNatsMessage.FromString(heading_past_the_cap(message.SerializeToString()))
+
+    assert (heading.tracking_id, heading.reply, len(heading.tracking)) == ("t-1", "_INBOX.asker", 1)
+    assert not heading.HasField("payload")
+
+
+@pytest.mark.parametrize("data", [
+    b"\x0a\xff\xff\xff\x7f" + b"x" * 5000,  # a tracking_id longer than what was inflated
+    b"\x22\x05" + b"x" * 5000,  # the payload first: nothing before it
+    b"\xff" * 5000,  # no protobuf at all
+    b"\x1a\x02" + b"\xff\xfe" + b"\x22\x05" + b"x" * 5000,  # a reply that is not UTF-8 (refused when read)
+], ids=["long-id", "payload-first", "garbage", "bad-utf8"])
+def test_an_envelope_past_the_cap_whose_heading_is_unreadable_is_refused_all_the_same(data):
+    heading = heading_past_the_cap(data)
+
+    assert len(heading) <= 4
+
+
 @pytest.mark.parametrize(
     "data",
     [b"\x1f\x8b\x08garbage-after-the-magic", gzip.compress(request().SerializeToString())[:-10]],

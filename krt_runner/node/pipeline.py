@@ -8,6 +8,7 @@ policy as a failing handler: it is decoded inside the same try.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -209,6 +210,12 @@ class Pipeline:
             self.log.debug("answer published", tracking_id=job.tracking_id, subject=subject)
         return waiting
 
+    def _read_heading(self, job: Job, heading: bytes) -> None:
+        """An envelope refused as it inflated past the cap: its id and requester, from its leading fields (an envelope
+        of their own), so that the error answer reaches the requester."""
+        with contextlib.suppress(EnvelopeError):
+            self._decode(job, heading)
+
     def _refuse_reply(self, job: Job) -> None:
         """An answer to a subject this node listens on would come back to it, again and again: no answer at all."""
         refused, job.reply = job.reply, ""
@@ -246,6 +253,8 @@ class Pipeline:
     async def _answer_error(self, job: Job, exc: Exception) -> None:
         """The error answer goes out first; only then is anything logged about it."""
         self.counts["errors"] += 1
+        if job.request is None and isinstance(exc, EnvelopeError) and exc.heading:
+            self._read_heading(job, exc.heading)
         text = self.last_error = self._answers.error_text(exc)
         answered = job.request is not None and job.request.replied
         unsent: Exception | None = None
