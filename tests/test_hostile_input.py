@@ -328,6 +328,31 @@ def test_a_subscription_revoked_while_the_node_serves_stops_it_with_exit_1(tmp_p
     assert "NATS revoked this node's subscription" in node.output
 
 
+async def test_a_middle_node_that_may_not_publish_to_its_output_answers_with_an_error_and_counts_what_was_lost(
+    tmp_path, start_node
+):
+    config = tmp_path / "users.conf"
+    config.write_text('authorization { users = [ {user: "node", password: "pw", permissions: {publish: '
+                      '{allow: ["_INBOX.>"]}}}, {user: "client", password: "pw"} ] }\n')
+    with EmbeddedNats(extra_args=["-c", str(config)]) as server:
+        env = behaviours(server, "perm-in", output="perm-out", KRT_NATS_USER="node", KRT_NATS_PASSWORD="pw")
+        node = start_node(**env)
+        nc = await nats.connect(server.url, user="client", password="pw")
+        requester = Requester(nc)
+        with pytest.raises(nats.errors.TimeoutError):  # handed to NATS before its refusal came back: lost
+            await requester.greet("perm-in", "first", timeout=1)
+
+        answers = [await requester.greet("perm-in", f"then-{i}", timeout=5) for i in range(3)]
+        await nc.close()
+        stopped = summary(node)
+
+    for answer in answers:
+        assert "NATS refuses this node's publishes to its output subject 'perm-out'" in answer.error, answer.error
+        assert "permissions violation for publish" in answer.error.lower()
+    assert stopped["refused_publishes"] == 1 and stopped["errors"] == 3
+    assert node.output.count("NATS refuses this node's publishes to its output subject:") == 1
+
+
 # -- 9 and 10. a sub-second drain, SIGHUP ------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from krt_runner.config import redact_url
 from krt_runner.errors import BrokerConnectError, CallTimeout, NoResponders, NotConnected, describe
 from krt_runner.node.cancelling import cancel_until_done
+from krt_runner.node.lost_messages import PublishRefusals, SlowConsumerDrops
 from krt_runner.node.nats_connection import DirectCallback, NodeClient
 from krt_runner.node.nats_settings import (
     ConnectionSettings,
@@ -72,9 +73,9 @@ class Broker:
         self._said_closed = False
         self._fatal: asyncio.Future[BaseException] | None = None
         self._last_error_log = 0.0
-        self.slow_consumer_drops = 0
-        self._drops_told = 0  # slow-consumer drops a log line has counted
-        self._drops_follow_up: asyncio.TimerHandle | None = None
+        limits = dict(pending_msgs_limit=settings.pending_msgs_limit, pending_bytes_limit=settings.pending_bytes_limit)
+        self.drops = SlowConsumerDrops(logger, self._error_log_due, _ERROR_LOG_INTERVAL, limits)
+        self.refusals = PublishRefusals(self, logger, self._error_log_due)
         self._refused_subscription = ""  # the server's words, once it refused our subscription
         self._subscribed = False  # the server has taken the subscription
         self._discovery_refused = False
@@ -231,7 +232,9 @@ class Broker:
 
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, SlowConsumerError):
-            self._on_slow_consumer()
+            self.drops.add()
+            return
+        if self.refusals.take(str(error)):
             return
         if _SUBSCRIPTION_REFUSED in str(error).lower():
             self._on_subscription_refused(str(error))
@@ -270,25 +273,6 @@ class Broker:
         if not self.failed.is_set():
             self._log.error(reason)
             self.failed.set()
-
-    def _on_slow_consumer(self) -> None:
-        self.slow_consumer_drops += 1
-        if self._error_log_due():
-            self._tell_drops()
-        elif self._drops_follow_up is None:  # the rest of a burst is told once the interval is over
-            self._drops_follow_up = asyncio.get_running_loop().call_later(_ERROR_LOG_INTERVAL, self._tell_drops)
-
-    def _tell_drops(self) -> None:
-        self._drops_follow_up = None
-        if self.slow_consumer_drops == self._drops_told:
-            return
-        self._drops_told = self.slow_consumer_drops
-        self._log.error(
-            "slow consumer: NATS dropped messages this node could not take in time",
-            dropped_total=self.slow_consumer_drops,
-            pending_msgs_limit=self._settings.pending_msgs_limit,
-            pending_bytes_limit=self._settings.pending_bytes_limit,
-        )
 
     def _error_log_due(self) -> bool:
         now = time.monotonic()

@@ -73,6 +73,8 @@ class RunningNode:
                             last_node=settings.is_last_node)
         self.jetstream: JetStreamIntake | None = None  # at-least-once: the input is a JetStream consumer
         self.pipeline, self.intake = self._input(points)
+        if not settings.at_least_once:  # (at-least-once answers wait for the next stream's acknowledgement)
+            self.broker.refusals.output = settings.output_subject
         self.discovery = self._discovery()
         self.ready = asyncio.Event()
         self.health = HealthFile(settings.health_file, is_healthy=lambda: self.broker.is_connected, logger=self.log)
@@ -194,7 +196,8 @@ class RunningNode:
         self.pipeline.close()
         self.pipeline.recorder.record_now()  # should the loop not have come round to the last answers' points
         await self._sink.close(timeout=max(1.0, deadline - time.monotonic()))
-        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.slow_consumer_drops,
+        self.log.info("stopped", **self.counts, slow_consumer_drops=self.broker.drops.count,
+                      refused_publishes=self.broker.refusals.count,
                       bad_frames=self.broker.bad_frames, abandoned_threads=self.pipeline.caller.abandoned_threads)
 
     async def _stop_intake(self) -> bool:
