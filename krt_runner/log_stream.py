@@ -2,12 +2,13 @@
 
 A line is written at once, on the caller's thread, when the stream can take it without blocking (nothing waiting
 before it, and the file descriptor writable for a line up to ``PIPE_BUF``, checked and written under one lock for
-all the process's streams, which may share a pipe): so the lines a process writes just
-before it dies (``os._exit``, a crash) are out. Otherwise (a reader that stopped reading: a stalled log shipper, a
-full pipe) it waits for a writer thread of its own, up to :data:`MAX_QUEUED` characters; past them, lines are
-dropped and counted, and a line says how many once the stream moves again. A stream that is gone (a closed pipe,
-a full disk) drops everything quietly. The writer thread holds no lock of the stream's while it is blocked, so the
-interpreter's exit never waits for it.
+all the process's streams, which may share a pipe): so the lines a process writes just before it dies
+(``os._exit``, a crash) are out. Not on a terminal: select() calls a terminal writable with less room than a line,
+and a write there blocks while the terminal is paused (Ctrl-S, a stalled ssh session). Otherwise (a reader that
+stopped reading: a stalled log shipper, a full pipe) it waits for a writer thread of its own, up to
+:data:`MAX_QUEUED` characters; past them, lines are dropped and counted, and a line says how many once the stream
+moves again. A stream that is gone (a closed pipe, a full disk) drops everything quietly. The writer thread holds
+no lock of the stream's while it is blocked, so the interpreter's exit never waits for it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class NeverBlockingStream:
             self._descriptor: int | None = stream.fileno()
         except (OSError, ValueError, AttributeError):  # no file under it (a StringIO): written as it comes
             self._descriptor = None
+        self._at_once = self._descriptor is not None and not os.isatty(self._descriptor)  # (see the module)
         self._start()
         _STREAMS.append(self)
         os.register_at_fork(after_in_child=self._start_in_child)
@@ -117,7 +119,8 @@ class NeverBlockingStream:
 
     def _line(self, data: bytes) -> None:
         with self._lock:
-            if not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE and self._written_now(data):
+            if (self._at_once and not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE
+                    and self._written_now(data)):
                 return
             if self._size + len(data) > MAX_QUEUED and self._waiting:  # one line alone waits, however long
                 self._dropped += 1

@@ -11,6 +11,8 @@ import gzip
 import json
 import multiprocessing
 import os
+import pty
+import select
 import shlex
 import signal
 import subprocess
@@ -480,6 +482,33 @@ def test_two_streams_on_one_pipe_nobody_reads_never_block_their_callers():
         stream.wait_written(10)
         out.close()
     os.close(write_end)
+
+
+def test_a_paused_terminal_never_blocks_the_code_that_logs():
+    # select() calls a terminal writable with less room than a line; nobody reads this one (Ctrl-S, a stalled ssh)
+    terminal, screen = pty.openpty()
+    out = open(screen, "w")  # noqa: SIM115  # closed at the end
+    stream = NeverBlockingStream(out)
+    caller = threading.Thread(target=lambda: [stream.write("y" * 400 + "\n") for _ in range(2000)], daemon=True)
+    caller.start()
+    caller.join(10)
+
+    assert not caller.is_alive(), "a caller blocked on the paused terminal"
+    reader = threading.Thread(target=lambda: iter_until_quiet(terminal), daemon=True)
+    reader.start()
+    stream.wait_written(10)
+    out.close()
+    reader.join(10)
+    os.close(terminal)
+
+
+def iter_until_quiet(descriptor: int) -> None:
+    """Read a terminal until nothing comes for half a second."""
+    while select.select([descriptor], [], [], 0.5)[0]:
+        try:
+            os.read(descriptor, 65536)
+        except OSError:
+            return
 
 
 def test_a_forked_worker_writes_its_last_lines_before_it_ends():
