@@ -12,10 +12,14 @@ import subprocess
 import sys
 
 import grpc
+import nats
 import pytest
 from conftest import ROOT, node_env
 from entrypoint_helpers import GREET_SUBJECT, address_of, generate_stubs, start_entrypoint, write_krt
 from up_helpers import UpRun
+
+from krt_runner.entrypoint.calls import MAX_DETAILS_BYTES
+from krt_runner.envelope import KreNatsMessage
 
 GREETER = ROOT / "examples" / "greeter"
 GREETER_PROTO = GREETER / "proto" / "greeter.proto"
@@ -104,3 +108,34 @@ def test_the_node_js_client_sees_internal_and_unavailable_with_the_tracking_id(t
     assert failed["code"] == "INTERNAL" and "boom requested" in failed["details"]
     node.wait_for_line(failed["trackingId"])
     assert absent["code"] == "UNAVAILABLE" and len(absent["trackingId"]) == 36
+
+
+async def test_a_node_error_longer_than_grpcs_trailers_take_is_cut_to_fit_for_both_clients(tmp_path, nats_server):
+    """A KRE v1 node does not cut its error text: past 8 KiB grpcio refused the status (RESOURCE_EXHAUSTED), past
+    about 100 KB grpc-js got none until its deadline, and its next call on the channel neither."""
+    krt = write_krt(tmp_path / "krt")
+    nc = await nats.connect(nats_server.url)
+
+    async def kre_v1_node(msg) -> None:  # a stand-in for a node built elsewhere: an uncut error text
+        request = KreNatsMessage.FromString(msg.data)
+        answer = KreNatsMessage(tracking_id=request.tracking_id, error="é" + "E" * 100_000)
+        await msg.respond(answer.SerializeToString())
+
+    await nc.subscribe(GREET_SUBJECT, cb=kre_v1_node)
+    entrypoint, address = start_entrypoint(krt, nats_server)
+    try:
+        from_js = await asyncio.to_thread(node_call, address, [{"name": "a"}, {"name": "b"}],
+                                          proto=krt / "proto" / "svc.proto")
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary("/greeter.Entrypoint/Greet")
+            with pytest.raises(grpc.aio.AioRpcError) as from_python:
+                await call(b"", timeout=10)
+    finally:
+        entrypoint.stop()
+        await nc.close()
+
+    cut = "... (cut: 100001 characters in all, in the entrypoint's 'call failed' line)"
+    assert [(result["code"], len(result["trackingId"])) for result in from_js] == [("INTERNAL", 36)] * 2
+    assert all(result["details"].startswith("éEEE") and result["details"].endswith(cut) for result in from_js)
+    assert from_python.value.code() == grpc.StatusCode.INTERNAL and from_python.value.details().endswith(cut)
+    assert len(from_python.value.details().encode()) < MAX_DETAILS_BYTES

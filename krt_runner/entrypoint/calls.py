@@ -62,6 +62,10 @@ Handler = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[by
 # size in memory; a larger one is checked by its type name alone.
 MAX_CHECKED_ANSWER = 4 << 20
 _NAMED = 5  # required fields an error names, at most
+# Bytes of a status's details, as gRPC sends them (percent-encoded in the trailers): clients refuse trailers over 8 KiB
+# (grpcio's soft limit) or 16 KiB (its hard one), and grpc-js closes the connection past it; a node's error text
+# (a KRE v1 node's is not cut) is cut to fit, its whole text in the "call failed" line.
+MAX_DETAILS_BYTES = 4096
 
 
 class Refused(Exception):
@@ -113,7 +117,7 @@ class Forwarder:
                                   "before the workflow answered")
             self._log.warning("call failed", rpc=rpc.name, workflow=rpc.workflow, tracking_id=tracking_id,
                               status=failure.code.name, details=failure.details)
-            await context.abort(failure.code, failure.details, trailing_metadata=trailer)
+            await context.abort(failure.code, fitted(failure.details), trailing_metadata=trailer)
             raise failure  # abort() raises; this line is for type checkers
 
         return handle
@@ -158,6 +162,28 @@ class Forwarder:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {name}: {exc}") from None
         payload = envelope.AnyMessage(type_url=rpc.request_type_url, value=request)
         return request_envelope(payload, tracking_id=tracking_id)
+
+
+def fitted(details: str) -> str:
+    """``details``, cut to :data:`MAX_DETAILS_BYTES` once percent-encoded as gRPC sends them, saying how long it was."""
+    if _sent_size(details) <= MAX_DETAILS_BYTES:
+        return details
+    note = f"... (cut: {len(details)} characters in all, in the entrypoint's 'call failed' line)"
+    budget, kept = MAX_DETAILS_BYTES - len(note), 0
+    while kept < len(details) and budget >= _sent_size(details[kept]):  # at most MAX_DETAILS_BYTES turns
+        budget -= _sent_size(details[kept])
+        kept += 1
+    return details[:kept] + note
+
+
+# Bytes the grpc-message trailer carries as they are; any other is percent-encoded (3 bytes).
+_PLAIN = bytes(byte for byte in range(0x20, 0x7F) if byte != ord("%"))
+
+
+def _sent_size(text: str) -> int:
+    """Bytes of ``text`` in the grpc-message trailer: UTF-8, percent-encoded but for printable ASCII."""
+    raw = text.encode("utf-8", "replace")
+    return len(raw) + 2 * len(raw.translate(None, _PLAIN))
 
 
 def _refusal(exc: Exception, rpc: Rpc, timeout: float) -> Refused:
