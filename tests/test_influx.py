@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import http.server
 import json
 import re
@@ -389,9 +390,10 @@ async def test_the_token_never_reaches_the_logs():
 
 class RecordingStore:
     """An HTTP server on a free loopback port that records each write's headers and answers with the next of
-    ``answers`` (status, headers), then 204: to see what reaches a store, and how the writer takes a refusal."""
+    ``answers`` (status, headers, and a body if given), then 204: to see what reaches a store, and how the writer
+    takes a refusal."""
 
-    def __init__(self, answers: list[tuple[int, dict[str, str]]] = ()) -> None:
+    def __init__(self, answers: list[tuple[Any, ...]] = ()) -> None:
         self.requests: list[tuple[float, dict[str, str], bytes]] = []
         answers, requests = list(answers), self.requests
 
@@ -399,11 +401,12 @@ class RecordingStore:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 requests.append((time.monotonic(), dict(self.headers), body))
-                status, headers = answers.pop(0) if answers else (204, {})
+                status, headers, *body = answers.pop(0) if answers else (204, {})
                 self.send_response(status)
-                for name, value in {**headers, "Content-Length": "0"}.items():
+                for name, value in {**headers, "Content-Length": str(len(b"".join(body)))}.items():
                     self.send_header(name, value)
                 self.end_headers()
+                self.wfile.write(b"".join(body))
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -464,3 +467,17 @@ async def test_a_store_that_asks_to_retry_after_some_seconds_is_left_alone_that_
     assert sink.counts["written"] == 1
     first, second, third = (at for at, _, _ in store.requests)
     assert second - first >= 0.95 and third - second >= 0.95
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe\x00 a binary error page", gzip.compress(b"Bad Gateway")],
+                         ids=["binary", "gzip"])
+async def test_a_server_error_whose_body_is_not_utf8_is_retried_not_refused_for_good(body):
+    with RecordingStore([(500, {}, body), (502, {}, body)]) as store:
+        logger = RecordingLogger()
+        sink = influx_writer(store.url, logger)
+        sink.put("m f=1i 1")
+        await wait_until(lambda: len(store.requests) == 3, timeout=15)
+        await sink.close(timeout=5)
+
+    assert sink.counts["written"] == 1 and sink.dropped == 0
+    assert "a body that is not UTF-8" in logger.text()

@@ -98,6 +98,9 @@ class InfluxDestination:
             raise WriteError(self._redact(_http_error(exc)), retry=retry, retry_after=_retry_after(exc)) from None
         except (HTTPError, OSError) as exc:  # refused, reset, timed out, DNS: the server may come back
             raise WriteError(self._redact(f"{type(exc).__name__}: {exc}"), retry=True) from None
+        except UnicodeDecodeError:  # influxdb-client reads every answer's body as UTF-8 before its status
+            raise WriteError("the store answered with a body that is not UTF-8 (a proxy's error page?), its status "
+                             "unread", retry=True) from None
         except ValueError as exc:  # a header http.client will not send; its text would show the token
             raise WriteError(f"the request could not be made ({type(exc).__name__}): check KRT_INFLUX_TOKEN and "
                              "KRT_INFLUX_URI", retry=False) from None
