@@ -200,24 +200,29 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=31)
+    """``data`` inflated, up to ``limit`` bytes in all; a gzip of several members (RFC 1952; Go's reader reads them
+    all) is read to its last, and bytes after it that start no member are left, as a single gzip's would be."""
     chunks: list[bytes] = []
     size = 0
     pending = data
     try:
-        while pending and not inflater.eof:
-            chunk = inflater.decompress(pending, _INFLATE_CHUNK)
-            size += len(chunk)
-            chunks.append(chunk)
-            if size > limit:
-                error = EnvelopeError(f"gzip message inflates to more than {limit} bytes (KRT_MAX_DECOMPRESSED_BYTES)")
-                error.heading = _heading(chunks)
-                raise error
-            pending = inflater.unconsumed_tail
+        while pending[:2] == GZIP_MAGIC:
+            inflater = zlib.decompressobj(wbits=31)
+            while pending and not inflater.eof:
+                chunk = inflater.decompress(pending, _INFLATE_CHUNK)
+                size += len(chunk)
+                chunks.append(chunk)
+                if size > limit:
+                    error = EnvelopeError(f"gzip message inflates to more than {limit} bytes "
+                                          "(KRT_MAX_DECOMPRESSED_BYTES)")
+                    error.heading = _heading(chunks)
+                    raise error
+                pending = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise EnvelopeError("gzip message is truncated")
+            pending = inflater.unused_data
     except zlib.error as exc:
         raise EnvelopeError(f"message has a gzip header but is not valid gzip: {exc}") from None
-    if not inflater.eof:
-        raise EnvelopeError("gzip message is truncated")
     return b"".join(chunks)
 
 

@@ -121,6 +121,18 @@ def test_broken_gzip_is_an_envelope_error(data):
         envelope.decode(data, max_decompressed=1024 * 1024)
 
 
+def test_a_gzip_of_several_members_is_read_whole_as_gos_reader_reads_it():
+    data = request("members").SerializeToString()
+
+    joined = envelope.decode(gzip.compress(data[:7]) + gzip.compress(data[7:]), max_decompressed=1024)
+
+    assert joined == request("members")
+    with pytest.raises(EnvelopeError, match="more than 100 bytes"):  # the cap counts every member
+        envelope.decode(gzip.compress(b"\0" * 60) + gzip.compress(b"\0" * 60), max_decompressed=100)
+    with pytest.raises(EnvelopeError, match="truncated"):
+        envelope.decode(gzip.compress(data[:7]) + gzip.compress(data[7:])[:-4], max_decompressed=1024)
+
+
 def test_an_envelope_with_tens_of_millions_of_tracking_entries_is_refused_before_it_is_parsed():
     bomb = KreNatsMessage(tracking_id="t").SerializeToString() + b"\x12\x00" * 30_000_000  # 60 MB of empty entries
 
