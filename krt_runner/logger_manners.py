@@ -77,6 +77,8 @@ def _child(self: Any, suffix: str) -> Any:
 
 def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+        if not isinstance(event, str):  # the standard library logs str(msg): an exception's text, not its repr
+            event = str(event)
         if args:
             event = _interpolated(event, args, kw)
         if kw:
@@ -88,6 +90,8 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
+        if not isinstance(event, str):  # the standard library logs str(msg): an exception's text, not its repr
+            event = str(event)
         if args:
             event = _interpolated(event, args, kw)
         if kw:

@@ -267,6 +267,8 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
                                                                       "extra": "mine"})
             logging.LoggerAdapter(ctx.logger, {"method_name": "m"}).info("adapted")
             ctx.logger.info("no extra", extra=None)
+            ctx.logger.error(ValueError("an exception as the message"))  # logging writes str(msg)
+            ctx.logger.log(logging.ERROR, KeyError("k"))
             return data
     """))
     node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
@@ -289,3 +291,4 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert (clashing["level"], clashing["node"]) == ("warning", "chatty")
     assert clashing["extra"] == {"level": "high", "node": "other", "self": 1, "extra": "mine"}
     assert lines["adapted"]["extra"] == {"method_name": "m"} and "extra" not in lines["no extra"]
+    assert lines["an exception as the message"]["level"] == "error" and "'k'" in lines

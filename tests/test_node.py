@@ -385,14 +385,18 @@ def _summary(output: str) -> dict:
 
 @pytest.mark.parametrize("module", ["behaviours.py", "behaviours_sync.py"])
 async def test_early_reply_answers_at_once_and_the_last_node_stays_silent(nats_server, start_node, requester, module):
-    start_node(**node_env(nats_server, HANDLERS, module, input="e1", output="e2", name="first"))
+    first = start_node(**node_env(nats_server, HANDLERS, module, input="e1", output="e2", name="first",
+                                  KRT_LOG_LEVEL="debug"))
     start_node(**node_env(nats_server, HANDLERS, "behaviours.py", input="e2", name="last"))
 
-    answers = await answers_to(requester, "e1", request_envelope(greeter_pb2.Request(name="early")).SerializeToString())
+    sent = request_envelope(greeter_pb2.Request(name="early"))
+    answers = await answers_to(requester, "e1", sent.SerializeToString())
 
     assert len(answers) == 1
     assert unpack(answers[0], greeter_pb2.Request).name == "early answer"
     assert answers[0].replied
+    first.wait_for_line('"early answer published"')
+    assert any(sent.tracking_id in line and '"early answer published"' in line for line in first.lines)
 
 
 async def test_a_last_node_returning_none_after_its_early_reply_is_no_error(nats_server, start_node, requester):

@@ -242,13 +242,16 @@ class Pipeline:
         if request.replied:
             raise ReplyError("ctx.reply() was already called for this request; a request gets one answer")
         if job.handler_done:
-            self.log.warning("late ctx.reply() ignored: the request was answered when its handler ended or timed out",
-                             tracking_id=request.tracking_id)
-            raise ReplyError("ctx.reply() after the handler ended or timed out; the request was already answered")
+            self.log.warning("late ctx.reply() ignored: the request was answered, or passed on, when its handler ended "
+                             "or timed out", tracking_id=request.tracking_id)
+            raise ReplyError("ctx.reply() after the handler ended or timed out; the request was already answered, or "
+                             "passed on to the next node")
         if not job.reply:
             raise ReplyError("ctx.reply(): this message has no requester to answer (no reply subject)")
         await self.broker.publish(job.reply, self._answers.early(job, message))
         request.replied = True  # the request's envelope says so: the answer's, and a KRE v1 handler's reading
+        if self._debug:
+            self.log.debug("early answer published", tracking_id=job.tracking_id, subject=job.reply)
 
     async def _answer_error(self, job: Job, exc: Exception) -> None:
         """The error answer goes out first; only then is anything logged about it."""
