@@ -79,8 +79,8 @@ class PublishRefusals:
         if self.output and subject == self.output:
             self._refuse_output(error)
         elif self._log_due():
-            self._log.error("NATS refused a publish of this node's: that answer is lost", subject=subject[:200],
-                            error=error[:300], refused_publishes=self.count)
+            self._log.error("NATS refused a publish of this node's (give its NATS user publish permission on the "
+                            "subject)", subject=subject[:200], error=error[:300], refused_publishes=self.count)
         return True
 
     def _refuse_output(self, error: str) -> None:
