@@ -171,7 +171,7 @@ def _heading(chunks: list[bytes]) -> bytes:
             break
     position, end = 0, 0
     try:
-        while position < _HEADING_BYTES:
+        for _ in range(MAX_TRACKING_ENTRIES + len(_HEADING_FIELDS)):  # an envelope of more is refused unread anyway
             key, position = _varint(data, position)
             if _HEADING_FIELDS.get(key >> 3) != key & 7:
                 break
@@ -183,6 +183,8 @@ def _heading(chunks: list[bytes]) -> bytes:
             if position > min(len(data), _HEADING_BYTES):
                 break
             end = position
+        else:
+            return b""
     except IndexError:
         pass
     return data[:end]
