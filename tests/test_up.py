@@ -122,6 +122,59 @@ def test_a_node_that_dies_is_reported_with_its_exit_code_and_last_lines_and_up_e
     assert leftovers(marker) == []
 
 
+HELPER = "import subprocess, sys\nHELPER = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+
+
+def one_node_krt(root, handler: str):
+    (root / "src").mkdir(parents=True)
+    (root / "proto").mkdir()
+    shutil.copy(GREETER / "proto" / "greeter.proto", root / "proto")
+    shutil.copy(GREETER / "src" / "greeter_pb2.py", root / "src")
+    (root / "src" / "node.py").write_text(handler)
+    (root / "krt.yml").write_text(
+        f"version: {root.name}-v1\ndescription: one node\nentrypoint: {{proto: proto/greeter.proto, image: e}}\n"
+        "nodes:\n  - {name: node, image: i, src: src/node.py}\n"
+        "workflows:\n  - {name: main, entrypoint: Greet, sequential: [node]}\n"
+    )
+    return root
+
+
+def test_a_node_that_dies_leaving_a_process_it_started_on_its_output_is_reported_and_that_process_ended(tmp_path):
+    # the helper holds the node's output open: up waited for its end to see the node's (and killed the node only)
+    krt = one_node_krt(tmp_path / "spawner", HELPER + "import os\n\ndef handler(ctx, data):\n    os._exit(3)\n")
+    marker = uuid.uuid4().hex
+
+    done = run_up(str(krt), "--request", '{"name": "x"}', cwd=tmp_path, marker=marker)
+
+    assert done.returncode == 1
+    assert "node exited with code 3; its last lines:" in done.stderr
+    assert leftovers(marker) == []
+
+
+def test_sigterm_stops_a_node_that_started_a_process_of_its_own_at_once_and_that_process_too(start_up, tmp_path):
+    krt = one_node_krt(tmp_path / "helped", HELPER + "\ndef handler(ctx, data):\n    return data\n")
+    run = start_up(str(krt))
+    run.wait_for_call_line()
+
+    run.process.send_signal(signal.SIGTERM)
+
+    assert run.process.wait(timeout=20) == 0
+    assert leftovers(run.marker) == []
+
+
+def test_check_of_a_module_that_starts_a_process_as_it_is_imported_ends_with_the_import_and_ends_that_process(
+    tmp_path
+):
+    krt = one_node_krt(tmp_path / "starter", HELPER + "\ndef handler(ctx, data):\n    return data\n")
+    marker = uuid.uuid4().hex
+
+    checked = subprocess.run([*KRT_RUNNER, "check", str(krt)], env=up_env(marker), capture_output=True, text=True,
+                             timeout=60)  # the helper held the import's pipe: 120 s, then "took over 120s"
+
+    assert checked.returncode == 0, checked.stderr
+    assert leftovers(marker) == []
+
+
 def test_a_node_that_stops_on_its_idle_timeout_is_no_death_up_stops_the_rest_and_exits_0(tmp_path):
     marker = uuid.uuid4().hex
     env = {**up_env(marker), "KRT_IDLE_TIMEOUT": "1"}  # reaches every node, as any KRT_* variable does

@@ -7,7 +7,9 @@ not see each other's. ``init`` is not run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +32,7 @@ IMPORT_TIMEOUT = 120.0
 # Imports run side by side, this many at a time.
 _PARALLEL_IMPORTS = 4
 # The import checks' processes now running (killed when the command is stopped).
-_IMPORTING: set[subprocess.Popen[str]] = set()
+_IMPORTING: set[subprocess.Popen[bytes]] = set()
 
 
 def check_krt(directory: Path | str) -> tuple[Krt | None, list[str]]:
@@ -53,7 +55,7 @@ def import_problems(krt: Krt, nodes: Iterable[NodeSpec], *, env: Mapping[str, st
             return [problem for problem in found if problem]
         except BaseException:  # stopped (Ctrl-C, SIGTERM): the imports stop with the command, not 120 s later
             for child in list(_IMPORTING):
-                child.kill()
+                end_import(child)
             raise
 
 
@@ -124,22 +126,34 @@ def _import_problem(base_path: Path, node: NodeSpec, env: Mapping[str, str] | No
     with tempfile.TemporaryDirectory(prefix="krt-check-") as folder:
         verdict_file = Path(folder) / "verdict"  # not stdout: a module may print there, or replace sys.stdout
         command = python_module("krt_runner.krt.check", str(base_path), node.src, str(verdict_file))
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
-                              env=None if env is None else dict(env)) as child:
+        # Its errors in a file, not a pipe, and in a session of its own: a process the module starts as it is
+        # imported (a model server) would hold a pipe open past the import's end; it is ended with the import.
+        with open(Path(folder) / "stderr", "w+b") as errors:
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+                                     env=None if env is None else dict(env))
             _IMPORTING.add(child)
             try:
-                _, stderr = child.communicate(timeout=IMPORT_TIMEOUT)
+                child.wait(timeout=IMPORT_TIMEOUT)
             except subprocess.TimeoutExpired:
-                child.kill()
                 return f"node {node.name!r}: importing {node.src} took over {IMPORT_TIMEOUT:g}s"
             finally:
                 _IMPORTING.discard(child)
+                end_import(child)
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace")
         verdict = verdict_file.read_text(encoding="utf-8") if verdict_file.is_file() else None
     if verdict is not None and child.returncode in (EXIT_OK, EXIT_USAGE):
         return f"node {node.name!r}: {verdict}" if verdict else ""
     last = (stderr.strip().splitlines() or [""])[-1]
     return (f"node {node.name!r}: importing {node.src} ended its process (exit code {child.returncode})"
             f"{f': {last}' if last else ''}")
+
+
+def end_import(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to an import check's process and whatever it started (its session's process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
 
 
 def check_source(

@@ -28,6 +28,10 @@ TRACEBACK_ABOVE = "(traceback above)"
 _TRACEBACK_BODY = (" ", "The above exception", "During handling")
 # Seconds between two looks at a starting node's health file.
 _READY_POLL = 0.02
+# Seconds between two looks at whether a node has exited, while its output is open; and how long its output is
+# still read after it exited, when a process it started holds it open.
+_EXIT_POLL = 0.1
+_LAST_OUTPUT = 1.0
 # C0 and C1 control characters (tab aside) and DEL, as Python writes them in a string's repr.
 _ESCAPED_CONTROLS = {code: repr(chr(code))[1:-1] for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code != 0x09}
 # Shown by the label in front of each line already.
@@ -160,7 +164,10 @@ class NodeProcess:
             await self.exited
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        """SIGKILL to the node and every process it started."""
+        if self.process.returncode is None:
+            self._told_to_stop = True
+            self._signal_group(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
         if self.process.returncode is None:
@@ -169,6 +176,28 @@ class NodeProcess:
                 self.process.send_signal(signum)
 
     async def _follow(self) -> int:
+        """Its output shown as it comes, until it has exited: its exit code. Once the node is gone, what is left of
+        its process group (a model server it started with ``subprocess.Popen``) is ended, as a container's end would
+        end it: such a process keeps the node's output open past its exit, and what comes on it more than
+        :data:`_LAST_OUTPUT` seconds later is not shown."""
+        output = asyncio.ensure_future(self._show_output())
+        while self.process.returncode is None and not output.done():
+            await asyncio.wait({output}, timeout=_EXIT_POLL)  # (Python 3.11's wait() waits for the output's end too)
+        if output.done():
+            output.result()
+            code = await self.process.wait()
+            self._signal_group(signal.SIGTERM)  # a process it started with output of its own
+            return code
+        self._signal_group(signal.SIGTERM)
+        await asyncio.wait({output}, timeout=_LAST_OUTPUT)
+        self._signal_group(signal.SIGKILL)
+        await asyncio.wait({output}, timeout=_LAST_OUTPUT)
+        output.cancel()
+        exited = self.process.returncode
+        assert exited is not None  # (it exited: the loop above ended on it)
+        return exited
+
+    async def _show_output(self) -> None:
         stream = self.process.stdout
         assert stream is not None
         while True:
@@ -178,8 +207,13 @@ class NodeProcess:
                 self._show(f"(a log line over {LINE_LIMIT} bytes was skipped)")
                 continue
             if not raw:
-                return await self.process.wait()
+                return
             self._show(*render(raw.decode(errors="replace").rstrip("\n")))
+
+    def _signal_group(self, signum: int) -> None:
+        """The node's process group (it leads a session of its own): what it started and left running."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
 
     def _show(self, text: str, traceback: str = "") -> None:
         """Print every line; keep the last ones without their tracebacks, which are shown once, here."""
