@@ -29,6 +29,8 @@ __all__ = [
 GZIP_MAGIC = b"\x1f\x8b"
 # Inflating in chunks bounds memory to one chunk past the cap, whatever the ratio.
 _INFLATE_CHUNK = 1024 * 1024
+# Members a gzip message may have (KRE v1's senders write one; concatenated files make a few).
+_MAX_GZIP_MEMBERS = 16
 # Tracking entries an envelope may carry: one per node passed (KRE v1 workflows have a handful). Counted on the wire,
 # before parsing, in envelopes over _SCANNED_ABOVE bytes (smaller ones cannot hold enough to matter).
 MAX_TRACKING_ENTRIES = 10_000
@@ -164,11 +166,13 @@ def _heading(chunks: list[bytes]) -> bytes:
     """The leading fields of an envelope inflated past the cap (``chunks``: its first bytes): the whole fields before
     the first that does not fit in :data:`_HEADING_BYTES` or is neither ``tracking_id``, ``tracking``, ``reply`` nor
     ``replied``, as they are on the wire (an envelope of their own, when they are valid)."""
-    data = b""
+    first, size = [], 0
     for chunk in chunks:
-        data += chunk
-        if len(data) >= _HEADING_BYTES:
+        first.append(chunk)
+        size += len(chunk)
+        if size >= _HEADING_BYTES:
             break
+    data = b"".join(first)
     position, end = 0, 0
     try:
         for _ in range(MAX_TRACKING_ENTRIES + len(_HEADING_FIELDS)):  # an envelope of more is refused unread anyway
@@ -202,13 +206,17 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """``data`` inflated, up to ``limit`` bytes in all; a gzip of several members (RFC 1952; Go's reader reads them
-    all) is read to its last, and bytes after it that start no member are left, as a single gzip's would be."""
+    """``data`` inflated, up to ``limit`` bytes in all. A gzip of several members (RFC 1952; Go's reader reads them
+    all) is read to its last, up to :data:`_MAX_GZIP_MEMBERS` (each member's end copies what follows it); bytes after
+    the last member that start no member are left, as a single gzip's would be."""
     chunks: list[bytes] = []
-    size = 0
+    size, members = 0, 0
     pending = data
     try:
         while pending[:2] == GZIP_MAGIC:
+            members += 1
+            if members > _MAX_GZIP_MEMBERS:
+                raise EnvelopeError(f"gzip message of more than {_MAX_GZIP_MEMBERS} members: refused")
             inflater = zlib.decompressobj(wbits=31)
             while pending and not inflater.eof:
                 chunk = inflater.decompress(pending, _INFLATE_CHUNK)

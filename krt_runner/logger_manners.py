@@ -77,8 +77,8 @@ def _child(self: Any, suffix: str) -> Any:
 
 def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
-        if not isinstance(event, str):  # the standard library logs str(msg): an exception's text, not its repr
-            event = str(event)
+        if not isinstance(event, str):
+            event = _text(event)
         if args:
             event = _interpolated(event, args, kw)
         if kw:
@@ -90,8 +90,8 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
 
 def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
-        if not isinstance(event, str):  # the standard library logs str(msg): an exception's text, not its repr
-            event = str(event)
+        if not isinstance(event, str):
+            event = _text(event)
         if args:
             event = _interpolated(event, args, kw)
         if kw:
@@ -99,6 +99,15 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
         return method(self, level, event, **kw)
 
     return call
+
+
+def _text(message: Any) -> str:
+    """What the standard library logs for a message that is no text, ``str(msg)`` (an exception's text, not its
+    repr); never raising: a log line fails no request."""
+    try:
+        return str(message)
+    except Exception:
+        return object.__repr__(message)
 
 
 # Keys an ``extra`` may not make fields of: structlog's own arguments, and what every line has.

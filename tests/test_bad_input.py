@@ -234,6 +234,20 @@ async def test_an_envelope_past_the_cap_sent_along_a_chain_gets_its_error_answer
     assert answer_log.count(reply) == 1
 
 
+async def test_an_envelope_past_the_cap_whose_reply_is_refused_says_why_no_error_answer_went(
+    nodes: dict[str, NodeProcess], answer_log: AnswerLog
+) -> None:
+    message = request_envelope(greeter_pb2.Request(name="x" * (20 * MB)), tracking_id="t-looping-reply")
+    message.reply = SUBJECTS["async"]  # its answer would come back to the node
+    lines_before = len(nodes["async"].lines)
+
+    await answer_log.nc.publish(SUBJECTS["async"], gzip.compress(message.SerializeToString(), compresslevel=1))
+    await asyncio.to_thread(nodes["async"].wait_for_line, "t-looping-reply", count=3)
+
+    said = "\n".join(nodes["async"].lines[lines_before:])
+    assert "inflates to more than" in said and "is one this node listens on" in said
+
+
 @pytest.mark.parametrize(
     "timestamp", ["not a time", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", ""]
 )

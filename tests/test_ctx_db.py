@@ -48,6 +48,10 @@ def calls(ctx, name):
         return [ctx.prediction.save(**json.loads(arg))]
     if kind == "nan":  # what Python's json writes and KRE's Go mongo-writer refuses
         return [ctx.db.save("scores", {"score": float(arg)})]
+    if kind == "circular":
+        doc = {}
+        doc["self"] = doc
+        return [ctx.db.save("loops", doc)]
     if kind == "find":
         return [ctx.db.find("greeter", {"greeting": "Hello"})]
     raise ValueError(name)
@@ -184,6 +188,7 @@ INVALID_CALLS = {
     'prediction:{"predicted_value": "x", "true_value": 3}': "ValueError: ctx.prediction.save: true_value=3 must",
     "nan:nan": "ValueError: the document for collection 'scores' holds NaN or an infinity, which JSON cannot hold",
     "nan:-inf": "ValueError: the document for collection 'scores' holds NaN or an infinity",
+    "circular": "ValueError: Circular reference detected",
     'prediction:{"error": "wrong"}': "ValueError: ctx.prediction.save: error='wrong' is none of missing_values, "
                                      "new_labels",
 }

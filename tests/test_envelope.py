@@ -132,6 +132,8 @@ def test_a_gzip_of_several_members_is_read_whole_as_gos_reader_reads_it():
         envelope.decode(gzip.compress(b"\0" * 60) + gzip.compress(b"\0" * 60), max_decompressed=100)
     with pytest.raises(EnvelopeError, match="truncated"):
         envelope.decode(gzip.compress(data[:7]) + gzip.compress(data[7:])[:-4], max_decompressed=1024)
+    with pytest.raises(EnvelopeError, match="more than 16 members"):  # each member's end copies what follows it
+        envelope.decode(gzip.compress(b"") * 50_000, max_decompressed=1024)
 
 
 def test_an_envelope_with_tens_of_millions_of_tracking_entries_is_refused_before_it_is_parsed():

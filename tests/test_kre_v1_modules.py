@@ -269,7 +269,12 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             ctx.logger.info("no extra", extra=None)
             ctx.logger.error(ValueError("an exception as the message"))  # logging writes str(msg)
             ctx.logger.log(logging.ERROR, KeyError("k"))
+            ctx.logger.info(Unprintable())  # logging never raises into its caller
             return data
+
+        class Unprintable:
+            def __str__(self):
+                raise RuntimeError("no text")
     """))
     node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
 
@@ -292,3 +297,4 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert clashing["extra"] == {"level": "high", "node": "other", "self": 1, "extra": "mine"}
     assert lines["adapted"]["extra"] == {"method_name": "m"} and "extra" not in lines["no extra"]
     assert lines["an exception as the message"]["level"] == "error" and "'k'" in lines
+    assert any(event.startswith("<chatty.Unprintable object at ") for event in lines)

@@ -33,7 +33,9 @@ def encode(coll: str, doc: Any, *, compress: bool = True) -> bytes:
     request, and the document would be lost)."""
     try:
         body = json.dumps({"coll": coll, "doc": doc}, allow_nan=False).encode("utf-8")
-    except ValueError:
+    except ValueError as exc:
+        if "Out of range float values" not in str(exc):  # json's words for NaN and the infinities
+            raise
         raise ValueError(f"the document for collection {coll!r} holds NaN or an infinity, which JSON cannot hold: "
                          "write None or a string instead") from None
     if not compress or len(body) <= COMPRESS_THRESHOLD:

@@ -75,8 +75,8 @@ class PublishRefusals:
         if refused is None:
             return False
         self.count += 1
-        subject = refused.group(1)
-        if self.output and subject == self.output:
+        subject = refused.group(1)  # lower-cased, as nats-py gives the server's words
+        if self.output and subject == self.output.lower():
             self._refuse_output(error)
         elif self._log_due():
             self._log.error("NATS refused a publish of this node's (give its NATS user publish permission on the "

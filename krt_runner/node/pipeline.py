@@ -8,7 +8,6 @@ policy as a failing handler: it is decoded inside the same try.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -213,8 +212,10 @@ class Pipeline:
     def _read_heading(self, job: Job, heading: bytes) -> None:
         """An envelope refused as it inflated past the cap: its id and requester, from its leading fields (an envelope
         of their own), so that the error answer reaches the requester."""
-        with contextlib.suppress(EnvelopeError):
+        try:
             self._decode(job, heading)
+        except EnvelopeError as exc:  # a reply subject refused, or fields that cannot be read
+            self.log.warning(f"the refused message's own fields cannot be used: {exc}", tracking_id=job.tracking_id)
 
     def _refuse_reply(self, job: Job) -> None:
         """An answer to a subject this node listens on would come back to it, again and again: no answer at all."""
