@@ -3,12 +3,14 @@
 A line is written at once, on the caller's thread, when the stream can take it without blocking (nothing waiting
 before it, and the file descriptor writable for a line up to ``PIPE_BUF``, checked and written under one lock for
 all the process's streams, which may share a pipe): so the lines a process writes just before it dies
-(``os._exit``, a crash) are out. Not on a terminal: select() calls a terminal writable with less room than a line,
-and a write there blocks while the terminal is paused (Ctrl-S, a stalled ssh session). Otherwise (a reader that
-stopped reading: a stalled log shipper, a full pipe) it waits for a writer thread of its own, up to
-:data:`MAX_QUEUED` characters; past them, lines are dropped and counted, and a line says how many once the stream
-moves again. A stream that is gone (a closed pipe, a full disk) drops everything quietly. The writer thread holds
-no lock of the stream's while it is blocked, so the interpreter's exit never waits for it.
+(``os._exit``, a crash) are out. On a terminal, select() calls it writable with less room than a line, and a write
+there blocks while it is paused (Ctrl-S, a stalled ssh session): a line goes at once through a non-blocking file of
+the stream's own on the terminal (the flag on the stream's own descriptor would be the shell's too), and what it
+does not take waits. Otherwise (a reader that stopped reading: a stalled log shipper, a full pipe) it waits for a
+writer thread of its own, up to :data:`MAX_QUEUED` characters; past them, lines are dropped and counted, and a line
+says how many once the stream moves again. A stream that is gone (a closed pipe, a full disk) drops everything
+quietly. The writer thread holds no lock of the stream's while it is blocked, so the interpreter's exit never waits
+for it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class NeverBlockingStream:
             self._descriptor: int | None = stream.fileno()
         except (OSError, ValueError, AttributeError):  # no file under it (a StringIO): written as it comes
             self._descriptor = None
-        self._at_once = self._descriptor is not None and not os.isatty(self._descriptor)  # (see the module)
+        self._at_once_descriptor = self._descriptor
+        if self._descriptor is not None and os.isatty(self._descriptor):  # (see the module)
+            self._at_once_descriptor = _nonblocking_twin(self._descriptor)
         self._start()
         _STREAMS.append(self)
         os.register_at_fork(after_in_child=self._start_in_child)
@@ -119,9 +123,11 @@ class NeverBlockingStream:
 
     def _line(self, data: bytes) -> None:
         with self._lock:
-            if (self._at_once and not self._waiting and not self._writing and len(data) <= _ATOMIC_WRITE
-                    and self._written_now(data)):
-                return
+            if (self._at_once_descriptor is not None and not self._waiting and not self._writing
+                    and len(data) <= _ATOMIC_WRITE):
+                data = self._written_now(data)
+                if not data:
+                    return
             if self._size + len(data) > MAX_QUEUED and self._waiting:  # one line alone waits, however long
                 self._dropped += 1
                 self._wake.set()  # the notice goes out as soon as the stream moves
@@ -131,20 +137,28 @@ class NeverBlockingStream:
             self._idle.clear()
         self._wake.set()
 
-    def _written_now(self, data: bytes) -> bool:
-        """``data`` written at once, if the descriptor can take it without blocking. Checked and written under one
-        lock for every stream of the process: two streams on one pipe (stdout's and stderr's) that both saw its last
-        free room would otherwise both write, and the second block its caller for as long as the pipe stays full."""
-        assert self._descriptor is not None
+    def _written_now(self, data: bytes) -> bytes:
+        """What is left of ``data`` once written at once as far as the descriptor takes it without blocking. Checked
+        and written under one lock for every stream of the process: two streams on one pipe (stdout's and stderr's)
+        that both saw its last free room would otherwise both write, and the second block its caller for as long as
+        the pipe stays full."""
+        assert self._at_once_descriptor is not None
         with _WRITING_AT_ONCE:
+            if self._at_once_descriptor != self._descriptor:  # a terminal's non-blocking twin
+                try:
+                    return data[os.write(self._at_once_descriptor, data):]
+                except BlockingIOError:
+                    return data
+                except OSError:  # gone: dropped
+                    return b""
             try:
-                if not select.select([], [self._descriptor], [], 0)[1]:
-                    return False
+                if not select.select([], [self._at_once_descriptor], [], 0)[1]:
+                    return data
             except (OSError, ValueError):
                 pass  # let the write say what is wrong
             with contextlib.suppress(OSError):  # gone: dropped
-                _write_all(self._descriptor, data)
-        return True
+                _write_all(self._at_once_descriptor, data)
+        return b""
 
     def _write_forever(self) -> None:
         while True:
@@ -167,6 +181,14 @@ class NeverBlockingStream:
                     self._wake.set()
                 else:
                     self._idle.set()
+
+
+def _nonblocking_twin(terminal: int) -> int | None:
+    """A file of its own on the terminal ``terminal`` is, non-blocking; ``None`` when it cannot be opened."""
+    try:
+        return os.open(os.ttyname(terminal), os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _write_lines(descriptor: int | None, lines: list[bytes]) -> None:

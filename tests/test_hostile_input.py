@@ -16,6 +16,7 @@ import select
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -500,6 +501,29 @@ def test_a_paused_terminal_never_blocks_the_code_that_logs():
     out.close()
     reader.join(10)
     os.close(terminal)
+
+
+def test_on_a_terminal_the_lines_written_just_before_os_exit_are_out():
+    terminal, screen = pty.openpty()
+    script = ("import os, sys\nfrom krt_runner.log_stream import NeverBlockingStream\n"
+              "out, err = NeverBlockingStream(sys.stdout), NeverBlockingStream(sys.stderr)\n"
+              "for n in range(3):\n    out.write(f'print {n}\\n'); err.write(f'log {n}\\n')\nos._exit(3)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=screen, stderr=screen)
+    os.close(screen)
+    shown = b""
+    while select.select([terminal], [], [], 10)[0]:
+        try:
+            read = os.read(terminal, 65536)
+        except OSError:  # the terminal's other end closed: all read
+            break
+        if not read:
+            break
+        shown += read
+    os.close(terminal)
+
+    assert child.wait(10) == 3
+    assert shown.replace(b"\r\n", b"\n").decode().splitlines() == [f"{kind} {n}" for n in range(3)
+                                                                     for kind in ("print", "log")]
 
 
 def iter_until_quiet(descriptor: int) -> None:
