@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import re
 import shlex
 import shutil
@@ -172,6 +174,26 @@ def test_check_of_a_module_that_starts_a_process_as_it_is_imported_ends_with_the
                              timeout=60)  # the helper held the import's pipe: 120 s, then "took over 120s"
 
     assert checked.returncode == 0, checked.stderr
+    assert leftovers(marker) == []
+
+
+def test_up_on_a_paused_terminal_still_answers(tmp_path):
+    # up's event loop printed the nodes' lines: blocked on a terminal nobody reads (Ctrl-S), it sent no request
+    chatty = "def init(ctx):\n    for n in range(3000):\n        ctx.logger.info('warming up', n=n, pad='x' * 150)\n"
+    answer = "\nfrom greeter_pb2 import Response\n\ndef handler(ctx, data):\n    return Response(greeting='hi')\n"
+    krt = one_node_krt(tmp_path / "chatty", chatty + answer)
+    terminal, screen = pty.openpty()
+    marker = uuid.uuid4().hex
+    try:
+        done = subprocess.run([*KRT_RUNNER, "up", str(krt), "--request", '{"name": "Ada"}', "--no-entrypoint"],
+                              cwd=tmp_path, env=up_env(marker), stdout=subprocess.PIPE, stderr=screen, text=True,
+                              timeout=60)
+    finally:
+        os.close(screen)
+        os.close(terminal)
+
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == {"greeting": "hi"}
     assert leftovers(marker) == []
 
 

@@ -35,6 +35,7 @@ from krt_runner.local_krt.node_process import Quiet
 from krt_runner.local_krt.plan import EntryPoint, UpOptions, make_plan
 from krt_runner.local_krt.preflight import unanswered
 from krt_runner.local_krt.supervisor import Ending, Outcome, Supervisor
+from krt_runner.log_stream import NeverBlockingStream
 from krt_runner.setting_values import AT_MOST_ONCE, redact_servers
 
 # Children run in their own sessions, so a closed terminal (SIGHUP) must stop them through up too.
@@ -43,7 +44,7 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run the ``up`` command on a folder or a ``.krt``; its exit code (2 when the KRT or the options are wrong)."""
-    out, err = cast(TextIO, Quiet(out)), cast(TextIO, Quiet(err))  # a reader gone away stops nothing
+    out, err = cast(TextIO, Quiet(out)), cast(TextIO, Quiet(_unpaused(err)))  # a reader gone away stops nothing
     try:
         with open_krt(options.directory) as directory:
             plan = make_plan(replace(options, directory=directory))
@@ -55,6 +56,20 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout, err: TextIO = sys.st
     except (UpError, KrtFileError, ConfigError) as exc:  # a KRT, options, package or credentials that cannot be used
         print(f"krt-runner up: {exc}", file=err)
         return EXIT_USAGE
+
+
+def _unpaused(stream: TextIO) -> TextIO:
+    """The nodes' lines on a terminal, through a stream that never blocks: a paused terminal (Ctrl-S) would stop up's
+    event loop, and with it the mongo-writer the nodes' ``ctx.db`` waits for. Past 1 MB waiting, lines are dropped
+    and counted (see :mod:`krt_runner.log_stream`)."""
+    try:
+        on_a_terminal = stream.isatty()
+    except (OSError, ValueError):
+        return stream
+    if not on_a_terminal:
+        return stream
+    said = "up | {dropped} lines dropped: the terminal did not keep up".format_map
+    return cast(TextIO, NeverBlockingStream(stream, notice=said))
 
 
 class _Up:
