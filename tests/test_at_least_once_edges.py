@@ -137,6 +137,25 @@ async def test_on_a_stream_that_keeps_handled_requests_a_consumer_made_again_doe
     assert [name for *_, name in calls(call_log)] == ["first", "second"]  # "first" is not handled again
 
 
+async def test_on_a_stream_that_keeps_handled_requests_a_consumer_deleted_under_load_loses_no_waiting_request(
+    js_server, start_node, call_log, requester
+) -> None:
+    nc = await nats.connect(js_server.url)
+    await nc.jetstream().add_stream(name="ARCHIVE", subjects=["in-a"])  # limits retention: acked requests stay
+    start_nodes(start_node, js_server, call_log, ["a"], KRT_CONCURRENCY="1", KRT_TEST_DELAY="0.05")
+    names = [f"r{n}" for n in range(60)]
+    calls_made = [asyncio.ensure_future(requester.call("in-a", greeter_pb2.Request(name=name), greeter_pb2.Request,
+                                                       timeout=60)) for name in names]
+    await asyncio.sleep(0.5)  # some handled, most waiting in the stream
+
+    await nc.jetstream().delete_consumer("ARCHIVE", consumer_name("in-a"))  # as `nats consumer rm` does
+    answers = await asyncio.gather(*calls_made)
+    await nc.close()
+
+    assert [answer.name for answer in answers] == [f"{name}>a" for name in names]  # the waiting ones were skipped
+    assert set(names) <= {name for *_, name in calls(call_log)}
+
+
 async def test_a_user_allowed_only_the_jetstream_requests_a_node_needs_to_serve_can_restart_it(
     tmp_path, start_node, call_log
 ) -> None:

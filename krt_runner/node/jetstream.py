@@ -52,6 +52,8 @@ class JetStreamInput:
     stream: str
     consumer: str
     stream_created: bool  # False: a stream that was there already captures the input subject
+    # On a stream that keeps handled requests: where a consumer made here starts (0: a work queue, its first message)
+    resume_at: int = 0
 
 
 def consumer_max_deliver(max_deliver: int) -> int:
@@ -66,28 +68,31 @@ def duplicate_window(*, ack_wait: float, max_deliver: int) -> float:
 
 
 async def open_input(
-    client: Client, *, subject: str, ack_wait: float, max_deliver: int, replicas: int = 1
+    client: Client, *, subject: str, ack_wait: float, max_deliver: int, replicas: int = 1, resume_at: int = 0
 ) -> JetStreamInput:
     """Make sure a stream captures ``subject`` (one made here keeps ``replicas`` copies) and the node's durable
-    consumer reads it; :class:`JetStreamError` with the reason and the fix when JetStream cannot."""
+    consumer reads it; :class:`JetStreamError` with the reason and the fix when JetStream cannot. ``resume_at``: the
+    stream sequence a consumer made again starts at, on a stream that keeps handled requests (0: the next message)."""
     js = await require_jetstream(client, attempts=_API_ATTEMPTS)
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
     stream, created = await _stream_for(js, subject, window, replicas)
     lookup = client.jetstream(timeout=_LOOKUP_TIMEOUT)  # what it may do without: a second, not six
-    work_queue = created or await _is_work_queue(lookup, stream)
-    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver,
-                         start=None if work_queue else await _existing_start(lookup, stream, consumer_name(subject)))
-    return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created)
+    next_message = 0 if created else await _next_message_unless_work_queue(lookup, stream)
+    resume_at = resume_at or next_message
+    start = await _existing_start(lookup, stream, consumer_name(subject), resume_at) if next_message else None
+    await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver, start=start)
+    return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created, resume_at=resume_at)
 
 
-async def _is_work_queue(js: JetStreamContext, stream: str) -> bool:
-    """Whether ``stream`` is a work queue; ``True`` when JetStream does not say (a user allowed only the requests a
-    node made before it looked: its consumer then starts at the first message, as it always did)."""
+async def _next_message_unless_work_queue(js: JetStreamContext, stream: str) -> int:
+    """The sequence ``stream`` gives its next message, or 0 for a work queue, and when JetStream does not say (a user
+    allowed only the requests a node made before it looked: its consumer then starts at the first message, as it
+    always did)."""
     try:
         info = await js.stream_info(stream)
     except (APIError, NatsError, asyncio.TimeoutError):
-        return True
-    return info.config.retention == api.RetentionPolicy.WORK_QUEUE
+        return 0
+    return 0 if info.config.retention == api.RetentionPolicy.WORK_QUEUE else info.state.last_seq + 1
 
 
 async def require_jetstream(client: Client, *, setting: str = NODE_SETTING, attempts: int = 1) -> JetStreamContext:
@@ -232,8 +237,9 @@ async def _make_consumer(
 
     On a work-queue stream (``start`` None) a new consumer starts at the stream's first message: what it holds is
     what no node has handled. On a stream of another retention (limits, interest: an archive's, say) that holds
-    requests handled long ago, a new consumer starts at the next message; an existing one keeps where it starts
-    (``start``, from :func:`_existing_start`).
+    requests handled long ago, a new consumer starts at the next message, or, made again after it was deleted while
+    the node ran, after the last message the node took (those stored since wait there); an existing one keeps where
+    it starts (``start``, from :func:`_existing_start`).
     """
     name = consumer_name(subject)
     start = start or {"deliver_policy": api.DeliverPolicy.ALL}
@@ -252,13 +258,13 @@ async def _make_consumer(
                              f"{subject!r}: {_api_text(exc)}{fix}") from None
 
 
-async def _existing_start(js: JetStreamContext, stream: str, name: str) -> dict[str, Any]:
-    """Where the consumer ``name`` starts if it exists (JetStream does not change that), at the next message if it
-    does not; at the first when JetStream does not say, as it always did."""
+async def _existing_start(js: JetStreamContext, stream: str, name: str, resume_at: int) -> dict[str, Any]:
+    """Where the consumer ``name`` starts if it exists (JetStream does not change that), at ``resume_at`` if it does
+    not; at the first when JetStream does not say, as it always did."""
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
-        return {"deliver_policy": api.DeliverPolicy.NEW}
+        return {"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": resume_at}
     except (APIError, NatsError, asyncio.TimeoutError):
         return {"deliver_policy": api.DeliverPolicy.ALL}
     existing = info.config

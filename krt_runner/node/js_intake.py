@@ -83,9 +83,11 @@ class JetStreamIntake:
     async def prepare(self) -> None:
         """Make sure the stream and the node's durable consumer are there (:class:`JetStreamError` otherwise)."""
         settings = self._settings
+        taken = self._pipeline.last_sequence_taken  # made again: what this node took was delivered, the rest not
         self.input = await open_input(self._broker.client, subject=settings.input_subject,
                                       ack_wait=settings.jetstream_ack_wait, max_deliver=settings.jetstream_max_deliver,
-                                      replicas=settings.jetstream_replicas)
+                                      replicas=settings.jetstream_replicas,
+                                      resume_at=taken + 1 if taken else self.input.resume_at)
         self._log.info("JetStream input ready", stream=self.input.stream, consumer=self.input.consumer,
                        stream_created=self.input.stream_created, ack_wait=settings.jetstream_ack_wait,
                        max_deliver=settings.jetstream_max_deliver)

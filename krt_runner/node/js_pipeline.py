@@ -62,6 +62,7 @@ class JetStreamPipeline(Pipeline):
         self._max_deliver = settings.jetstream_max_deliver
         self._node = parts["name"]
         self.counts["released"] = 0  # given back to JetStream unanswered, for another delivery
+        self.last_sequence_taken = 0  # the highest stream sequence of the deliveries taken (see JetStreamIntake)
 
     async def handle_delivery(self, msg: Msg) -> None:
         """Process one delivery and settle it once (see the module)."""
@@ -116,6 +117,7 @@ class JetStreamPipeline(Pipeline):
     def _sequence_below_limit(self, ack_subject: str) -> str:
         """The message's sequence in its stream; :class:`DeliveryLimitError` past the delivery limit."""
         delivered, sequence = _delivery_numbers(ack_subject)
+        self.last_sequence_taken = max(self.last_sequence_taken, int(sequence))
         if delivered > self._max_deliver:
             raise DeliveryLimitError(
                 f"this request was delivered {_times(delivered - 1)} (KRT_JETSTREAM_MAX_DELIVER) and never answered: "
