@@ -39,8 +39,8 @@ async def test_an_answer_the_next_stream_refuses_for_good_gets_one_error_answer_
                         discard="new")
     await js.publish("in-b", b"the one message it has room for")
     await nc.close()
-    start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-a", output="in-b", name="a",
-                          KRT_DELIVERY="at-least-once", KRT_JETSTREAM_ACK_WAIT="1", CALL_LOG=str(call_log)))
+    node = start_node(**node_env(js_server, HANDLERS, HANDLER, input="in-a", output="in-b", name="a",
+                                 KRT_DELIVERY="at-least-once", KRT_JETSTREAM_ACK_WAIT="1", CALL_LOG=str(call_log)))
 
     with pytest.raises(ErrorAnswer) as refused:
         await requester.call("in-a", greeter_pb2.Request(name="refused"), greeter_pb2.Request, timeout=20)
@@ -50,6 +50,10 @@ async def test_an_answer_the_next_stream_refuses_for_good_gets_one_error_answer_
     assert "error in node 'a': the next node's stream refused this node's answer: maximum messages exceeded" \
         in str(refused.value)
     assert ran == ["a"]  # once, not once per delivery
+    node.signal()
+    assert node.wait() == 0
+    stopped = next(json.loads(line) for line in node.lines if '"stopped"' in line)
+    assert (stopped["received"], stopped["answered"], stopped["errors"]) == (1, 0, 1)  # not answered and an error
 
 
 async def test_a_stream_a_node_made_refuses_answers_in_words_once_an_operator_limits_it(

@@ -156,6 +156,7 @@ class JetStreamPipeline(Pipeline):
         with contextlib.suppress(InvalidRequestError, EnvelopeError):  # decoded once already: it cannot fail now
             self._decode(job, msg.data)
         refused = AnswerRefusedError(refusal)
+        self.counts["answered"] -= 1  # counted once its answer was handed over: an error instead
         await self._answer_error(job, refused)
         await self._acker.ack(msg)
 
