@@ -35,6 +35,8 @@ _MAX_GZIP_MEMBERS = 16
 # before parsing, in envelopes over _SCANNED_ABOVE bytes (smaller ones cannot hold enough to matter).
 MAX_TRACKING_ENTRIES = 10_000
 _SCANNED_ABOVE = 64 * 1024
+# Top-level fields an envelope may have: its tracking entries and a few others (unknown ones included).
+_MAX_FIELDS = MAX_TRACKING_ENTRIES + 64
 _TRACKING_FIELD = 2
 # An envelope inflating past the cap is refused, its leading fields read from its first bytes (their wire types by
 # field number) so that the error answer reaches its requester: the payload (4) comes after them.
@@ -141,25 +143,35 @@ def decode(data: bytes, *, max_decompressed: int) -> KreNatsMessage:
 
 def _tracking_entries(data: bytes) -> int:
     """How many tracking entries (field 2) the envelope's top level has, counted up to one over the limit; 0 for
-    bytes that are no protobuf message (the parser says what is wrong with them)."""
+    bytes that are no protobuf message (the parser says what is wrong with them). An :class:`EnvelopeError` for more
+    top-level fields than :data:`_MAX_FIELDS` (tens of millions of two-byte ones would hold this walk for seconds)."""
     position, end, count = 0, len(data), 0
     try:
-        while position < end and count <= MAX_TRACKING_ENTRIES:
+        for _ in range(_MAX_FIELDS):
+            if position >= end or count > MAX_TRACKING_ENTRIES:
+                return count
             key, position = _varint(data, position)
-            kind = key & 7
-            if kind == 2:  # length-delimited: the payload, the strings, the tracking entries
-                length, position = _varint(data, position)
-                position += length
-            elif kind == 0:
-                position = _varint(data, position)[1]
-            elif kind in (1, 5):
-                position += 8 if kind == 1 else 4
-            else:
+            position = _past_value(data, position, key & 7)
+            if position < 0 or key < 8:  # a wire type no field has, or field number 0: no protobuf message
                 return 0
             count += key >> 3 == _TRACKING_FIELD
     except IndexError:
         return 0
-    return count
+    if position >= end or count > MAX_TRACKING_ENTRIES:
+        return count
+    raise EnvelopeError(f"message has more than {_MAX_FIELDS} top-level fields: refused unread")
+
+
+def _past_value(data: bytes, position: int, kind: int) -> int:
+    """Where a field's value of wire type ``kind`` starting at ``position`` ends; -1 for a wire type no field has."""
+    if kind == 2:  # length-delimited: the payload, the strings, the tracking entries
+        length, position = _varint(data, position)
+        return position + length
+    if kind == 0:
+        return _varint(data, position)[1]
+    if kind in (1, 5):
+        return position + (8 if kind == 1 else 4)
+    return -1
 
 
 def _heading(chunks: list[bytes]) -> bytes:
@@ -179,11 +191,7 @@ def _heading(chunks: list[bytes]) -> bytes:
             key, position = _varint(data, position)
             if _HEADING_FIELDS.get(key >> 3) != key & 7:
                 break
-            if key & 7 == 0:
-                position = _varint(data, position)[1]
-            else:
-                length, position = _varint(data, position)
-                position += length
+            position = _past_value(data, position, key & 7)
             if position > min(len(data), _HEADING_BYTES):
                 break
             end = position

@@ -11,6 +11,7 @@ structlog's ``return None``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -83,7 +84,10 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
             event = _interpolated(event, args, kw)
         if kw:
             _as_fields(self._context, kw)
-        return method(self, event, **kw)
+        try:
+            return method(self, event, **kw)
+        except Exception as exc:
+            return _without_fields(lambda **fields: method(self, event, **fields), exc)
 
     return call
 
@@ -96,9 +100,20 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
             event = _interpolated(event, args, kw)
         if kw:
             _as_fields(self._context, kw)
-        return method(self, level, event, **kw)
+        try:
+            return method(self, level, event, **kw)
+        except Exception as exc:
+            return _without_fields(lambda **fields: method(self, level, event, **fields), exc)
 
     return call
+
+
+def _without_fields(log: Callable[..., Any], exc: Exception) -> Any:
+    """A line whose fields could not be rendered (a ``repr`` that raises), written without them: as the standard
+    library's logging, a log call fails no request."""
+    with contextlib.suppress(Exception):
+        return log(log_error=f"the line's fields could not be rendered: {type(exc).__name__}")
+    return None
 
 
 def _text(message: Any) -> str:
@@ -143,7 +158,7 @@ def _interpolated(event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
     fit, the text as it is, and the arguments and the error added to ``kw``."""
     try:
         return event % (args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args)
-    except (TypeError, ValueError, KeyError) as exc:
-        kw["args"] = repr(args)
+    except Exception as exc:  # a wrong format, or an argument whose str() raises
+        kw["args"] = _text(args)
         kw["format_error"] = f"{type(exc).__name__}: {exc}"
         return event

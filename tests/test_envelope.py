@@ -143,6 +143,15 @@ def test_an_envelope_with_tens_of_millions_of_tracking_entries_is_refused_before
         envelope.decode(gzip.compress(bomb), max_decompressed=64 << 20)
 
 
+@pytest.mark.parametrize("filler", [b"\0" * 60_000_000, b"\x08\x00" * 30_000_000], ids=["zeros", "varints"])
+def test_an_envelope_followed_by_tens_of_millions_of_tiny_fields_is_refused_without_walking_them(filler):
+    # gzip makes 60 MB of them 60 KB on the wire; walking them one by one held the event loop for 10 s
+    data = KreNatsMessage(tracking_id="t").SerializeToString() + filler
+
+    with pytest.raises(EnvelopeError, match=r"not a KreNatsMessage|more than 10064 top-level fields: refused unread"):
+        envelope.decode(gzip.compress(data, compresslevel=1), max_decompressed=64 << 20)
+
+
 def test_a_large_envelope_with_its_tracking_under_the_limit_is_read():
     message = KreNatsMessage(tracking_id="t")
     message.payload.value = os.urandom(200_000)

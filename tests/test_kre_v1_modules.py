@@ -270,10 +270,15 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
             ctx.logger.error(ValueError("an exception as the message"))  # logging writes str(msg)
             ctx.logger.log(logging.ERROR, KeyError("k"))
             ctx.logger.info(Unprintable())  # logging never raises into its caller
+            ctx.logger.info("argument %s", Unprintable())
+            ctx.logger.info("field", model=Unprintable())
             return data
 
         class Unprintable:
             def __str__(self):
+                raise RuntimeError("no text")
+
+            def __repr__(self):
                 raise RuntimeError("no text")
     """))
     node = start_node(**node_env(nats_server, tmp_path, "chatty.py", input="chatty-in", name="chatty"))
@@ -298,3 +303,5 @@ async def test_a_kre_v1_modules_logging_lines_are_written_and_a_bad_format_fails
     assert lines["adapted"]["extra"] == {"method_name": "m"} and "extra" not in lines["no extra"]
     assert lines["an exception as the message"]["level"] == "error" and "'k'" in lines
     assert any(event.startswith("<chatty.Unprintable object at ") for event in lines)
+    assert lines["argument %s"]["format_error"] == "RuntimeError: no text"
+    assert lines["field"]["log_error"] == "the line's fields could not be rendered: RuntimeError"
