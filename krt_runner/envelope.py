@@ -35,8 +35,8 @@ _MAX_GZIP_MEMBERS = 16
 # before parsing, in envelopes over _SCANNED_ABOVE bytes (smaller ones cannot hold enough to matter).
 MAX_TRACKING_ENTRIES = 10_000
 _SCANNED_ABOVE = 64 * 1024
-# Top-level fields an envelope may have: its tracking entries and a few others (unknown ones included).
-_MAX_FIELDS = MAX_TRACKING_ENTRIES + 64
+# Top-level fields an envelope may have: its tracking entries and others (unknown ones included), walked in about 5 ms.
+_MAX_FIELDS = MAX_TRACKING_ENTRIES + 1000
 _TRACKING_FIELD = 2
 # An envelope inflating past the cap is refused, its leading fields read from its first bytes (their wire types by
 # field number) so that the error answer reaches its requester: the payload (4) comes after them.

@@ -87,7 +87,7 @@ def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, event, **kw)
         except Exception as exc:
-            return _without_fields(lambda **fields: method(self, event, **fields), exc)
+            return _without_fields(lambda **fields: method(self, event, **fields), kw, exc)
 
     return call
 
@@ -103,16 +103,17 @@ def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(self, level, event, **kw)
         except Exception as exc:
-            return _without_fields(lambda **fields: method(self, level, event, **fields), exc)
+            return _without_fields(lambda **fields: method(self, level, event, **fields), kw, exc)
 
     return call
 
 
-def _without_fields(log: Callable[..., Any], exc: Exception) -> Any:
-    """A line whose fields could not be rendered (a ``repr`` that raises), written without them: as the standard
-    library's logging, a log call fails no request."""
+def _without_fields(log: Callable[..., Any], kw: dict[str, Any], exc: Exception) -> Any:
+    """A line whose fields could not be rendered (a ``repr`` that raises), written without them (its traceback
+    kept): as the standard library's logging, a log call fails no request."""
+    kept = {key: kw[key] for key in ("exc_info", "stack_info") if key in kw}
     with contextlib.suppress(Exception):
-        return log(log_error=f"the line's fields could not be rendered: {type(exc).__name__}")
+        return log(**kept, log_error=f"the line's fields could not be rendered: {type(exc).__name__}")
     return None
 
 

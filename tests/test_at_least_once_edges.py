@@ -11,7 +11,7 @@ import nats
 import pytest
 from conftest import greeter_pb2, node_env
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import DiscardPolicy
+from nats.js.api import DeliverPolicy, DiscardPolicy
 from test_at_least_once import (  # noqa: F401  (js_server, call_log, requester: fixtures used here)
     HANDLER,
     HANDLERS,
@@ -158,6 +158,28 @@ async def test_on_a_stream_that_keeps_handled_requests_a_consumer_deleted_under_
 
     assert [answer.name for answer in answers] == [f"{name}>a" for name in names]  # the waiting ones were skipped
     assert set(names) <= {name for *_, name in calls(call_log)}
+
+
+@pytest.mark.parametrize(("stored", "resume_at", "starts_at"), [
+    (3, 0, 4),  # a consumer made at the first start: the next message
+    (3, 2, 2),  # made again after its deletion: after the last message the node took
+    (1, 4, 1),  # made again on a stream made again by hand, its sequences anew: its first message
+], ids=["first-start", "made-again", "stream-made-again"])
+async def test_on_a_stream_that_keeps_handled_requests_a_consumer_made_here_starts_where_nothing_is_skipped(
+    js_server, stored, resume_at, starts_at
+) -> None:
+    nc = await nats.connect(js_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="ARCHIVE", subjects=["in-a"])  # limits retention: acked requests stay
+    for number in range(stored):
+        await js.publish("in-a", b"request %d" % number)
+
+    opened = await jetstream.open_input(nc, subject="in-a", ack_wait=10, max_deliver=5, resume_at=resume_at)
+    made = await js.consumer_info("ARCHIVE", consumer_name("in-a"))
+    await nc.close()
+
+    assert (made.config.deliver_policy, made.config.opt_start_seq) == (DeliverPolicy.BY_START_SEQUENCE, starts_at)
+    assert opened.resume_at == starts_at
 
 
 async def test_a_user_allowed_only_the_jetstream_requests_a_node_needs_to_serve_can_restart_it(

@@ -77,22 +77,28 @@ async def open_input(
     window = duplicate_window(ack_wait=ack_wait, max_deliver=max_deliver)
     stream, created = await _stream_for(js, subject, window, replicas)
     lookup = client.jetstream(timeout=_LOOKUP_TIMEOUT)  # what it may do without: a second, not six
-    next_message = 0 if created else await _next_message_unless_work_queue(lookup, stream)
-    resume_at = resume_at or next_message
-    start = await _existing_start(lookup, stream, consumer_name(subject), resume_at) if next_message else None
+    span = None if created else await _span_unless_work_queue(lookup, stream)
+    start = None
+    if span is not None:
+        first, following = span
+        if not resume_at or resume_at > following:  # first start; or the stream was made again, its sequences anew
+            resume_at = following if not resume_at else first
+        start = await _existing_start(lookup, stream, consumer_name(subject), resume_at)
     await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver, start=start)
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created, resume_at=resume_at)
 
 
-async def _next_message_unless_work_queue(js: JetStreamContext, stream: str) -> int:
-    """The sequence ``stream`` gives its next message, or 0 for a work queue, and when JetStream does not say (a user
-    allowed only the requests a node made before it looked: its consumer then starts at the first message, as it
-    always did)."""
+async def _span_unless_work_queue(js: JetStreamContext, stream: str) -> tuple[int, int] | None:
+    """The sequences of ``stream``'s first message and of its next one; ``None`` for a work queue, and when
+    JetStream does not say (a user allowed only the requests a node made before it looked: its consumer then starts
+    at the first message, as it always did)."""
     try:
         info = await js.stream_info(stream)
     except (APIError, NatsError, asyncio.TimeoutError):
-        return 0
-    return 0 if info.config.retention == api.RetentionPolicy.WORK_QUEUE else info.state.last_seq + 1
+        return None
+    if info.config.retention == api.RetentionPolicy.WORK_QUEUE:
+        return None
+    return max(info.state.first_seq, 1), info.state.last_seq + 1
 
 
 async def require_jetstream(client: Client, *, setting: str = NODE_SETTING, attempts: int = 1) -> JetStreamContext:
