@@ -78,34 +78,31 @@ def _child(self: Any, suffix: str) -> Any:
 
 def _forgiving(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
-        if not isinstance(event, str):
-            event = _text(event)
-        if args:
-            event = _interpolated(event, args, kw)
-        if kw:
-            _as_fields(self._context, kw)
-        try:
-            return method(self, event, **kw)
-        except Exception as exc:
-            return _without_fields(lambda **fields: method(self, event, **fields), kw, exc)
+        return _logged(functools.partial(method, self), self, event, args, kw)
 
     return call
 
 
 def _forgiving_log(method: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
-        if not isinstance(event, str):
-            event = _text(event)
-        if args:
-            event = _interpolated(event, args, kw)
-        if kw:
-            _as_fields(self._context, kw)
-        try:
-            return method(self, level, event, **kw)
-        except Exception as exc:
-            return _without_fields(lambda **fields: method(self, level, event, **fields), kw, exc)
+        return _logged(functools.partial(method, self, level), self, event, args, kw)
 
     return call
+
+
+def _logged(log: Callable[..., Any], logger: Any, event: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+    """One line as the standard library's logging takes it (``str(msg)``, ``msg % args``, ``extra=``), written by
+    ``log`` (structlog's method, its logger and level given); never raising into the code that logs."""
+    if not isinstance(event, str):
+        event = _text(event)
+    if args:
+        event = _interpolated(event, args, kw)
+    if kw:
+        _as_fields(logger._context, kw)
+    try:
+        return log(event, **kw)
+    except Exception as exc:
+        return _without_fields(functools.partial(log, event), kw, exc)
 
 
 def _without_fields(log: Callable[..., Any], kw: dict[str, Any], exc: Exception) -> Any:

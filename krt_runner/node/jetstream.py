@@ -81,8 +81,10 @@ async def open_input(
     start = None
     if span is not None:
         first, following = span
-        if not resume_at or resume_at > following:  # first start; or the stream was made again, its sequences anew
-            resume_at = following if not resume_at else first
+        if not resume_at:  # its first start: the next message
+            resume_at = following
+        elif resume_at > following:  # the stream was made again, its sequences anew: none of its messages was taken
+            resume_at = first
         start = await _existing_start(lookup, stream, consumer_name(subject), resume_at)
     await _make_consumer(js, stream, subject, ack_wait=ack_wait, max_deliver=max_deliver, start=start)
     return JetStreamInput(stream=stream, consumer=consumer_name(subject), stream_created=created, resume_at=resume_at)

@@ -115,7 +115,8 @@ class JetStreamPipeline(Pipeline):
         self._step = self._release_instead
 
     def _sequence_below_limit(self, ack_subject: str) -> str:
-        """The message's sequence in its stream; :class:`DeliveryLimitError` past the delivery limit."""
+        """The message's sequence in its stream (the highest taken kept in ``last_sequence_taken``);
+        :class:`DeliveryLimitError` past the delivery limit."""
         delivered, sequence = _delivery_numbers(ack_subject)
         self.last_sequence_taken = max(self.last_sequence_taken, int(sequence))
         if delivered > self._max_deliver:
